@@ -1,0 +1,141 @@
+//! Command-line syntax (clap). Raw flags only: resolving them into settings is the
+//! job of each command in [`crate::commands`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Build minimal Gentoo-style root filesystem images with Portage.
+///
+/// A build config is a genTree-compatible TOML file naming a seed (an imported
+/// stage3-like root), packages to emerge and base configs to stack under it.
+/// Start with `gentree-fs config FILE` to see how a config resolves.
+#[derive(Debug, Parser)]
+#[command(name = "gentree-fs", version, propagate_version = true)]
+pub struct Cli {
+    /// More logging: -d for debug, -dd for trace (RUST_LOG overrides).
+    #[arg(short = 'd', long = "debug", action = clap::ArgAction::Count, global = true)]
+    pub debug: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Resolve a build config and print the result (bases in build order).
+    ///
+    /// Shows what a build would do: the buildname, the emerge command line,
+    /// the exported environment and the filters, for the config and each base.
+    /// Defaults come from the embedded defaults, /etc/gentree/config.toml and
+    /// $XDG_CONFIG_HOME/gentree/config.toml (genTree's paths are read where
+    /// gentree's are absent).
+    Config(ConfigArgs),
+
+    /// Mount a userspace union (overlay) filesystem, fuse-overlayfs style.
+    ///
+    /// Example: gentree-fs union -o lowerdir=/l1:/l2,upperdir=/u,workdir=/w /mnt
+    /// L1 is the topmost lower layer. Without upperdir the mount is read-only.
+    /// Unmount with `fusermount3 -u MOUNTPOINT`, `umount`, or SIGINT/SIGTERM.
+    Union(UnionArgs),
+
+    /// Write a tar of layer directories: the flattened image or one OCI layer.
+    ///
+    /// Layers are given lowest first. Whiteouts and opaque directories in upper
+    /// layers delete entries of lower ones; filters drop documentation, headers and
+    /// so on as a build would.
+    Pack(PackArgs),
+
+    /// Import a seed root (a stage3 tarball or a directory) for builds to run in.
+    ///
+    /// Tarballs may be uncompressed or gzip, xz, bzip2 or zstd compressed
+    /// (detected by content). The import is atomic and refuses hostile archives.
+    #[command(name = "import-seed")]
+    ImportSeed(ImportSeedArgs),
+}
+
+/// Options shared by every command that resolves a build config.
+#[derive(Debug, Clone, Default, Args)]
+pub struct BuildSelect {
+    /// Build for a crossdev target tuple (uses emerge-TUPLE).
+    #[arg(short = 'c', long = "crossdev-target", value_name = "TUPLE")]
+    pub crossdev_target: Option<String>,
+    /// Portage profile (path below profiles/), e.g. default/linux/amd64/23.0.
+    #[arg(short = 'p', long = "profile", value_name = "PROFILE")]
+    pub profile: Option<String>,
+    /// Build tag: selects [default.<seed>.<TAG>] overrides and is part of names.
+    #[arg(short = 't', long = "build-tag", value_name = "TAG")]
+    pub build_tag: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(flatten)]
+    pub select: BuildSelect,
+    /// Print JSON (one object per config, bases nested) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not read the default config files (/etc and ~/.config); embedded defaults only.
+    #[arg(long)]
+    pub no_config: bool,
+    /// The build config (TOML). Defaults to config.toml in the current directory.
+    #[arg(default_value = "config.toml")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct UnionArgs {
+    /// Mount options, comma-separated, repeatable: lowerdir=L1:L2,upperdir=U,workdir=W,
+    /// plus allow_other, allow_root, ro, and fuse-overlayfs options that are accepted
+    /// and ignored.
+    #[arg(short = 'o', value_name = "OPTIONS", required = true)]
+    pub options: Vec<String>,
+    /// Stay in the foreground (the default is to return once the mount is ready).
+    #[arg(short = 'f', long = "foreground")]
+    pub foreground: bool,
+    /// Worker threads (default: the number of CPUs).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Where to mount the union.
+    pub mountpoint: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PackArgs {
+    /// A layer directory, lowest first; repeat for each layer.
+    #[arg(long = "layer", value_name = "DIR", required = true)]
+    pub layers: Vec<PathBuf>,
+    /// Write the top layer's changes as an OCI layer tar (whiteouts kept) instead
+    /// of the flattened image.
+    #[arg(long)]
+    pub oci_layer: bool,
+    /// Turn a filter on or off: man, docs, include, locales, charmaps, completions,
+    /// vardbpkg, dev (NAME alone means NAME=true). Defaults are genTree's tar filters.
+    #[arg(long = "filter", value_name = "NAME[=BOOL]")]
+    pub filters: Vec<String>,
+    /// Clamp mtimes to this Unix time (default: $SOURCE_DATE_EPOCH if set).
+    #[arg(long, value_name = "EPOCH")]
+    pub source_date_epoch: Option<i64>,
+    /// Output file, or - for standard output.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "FILE|-",
+        default_value = "-"
+    )]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportSeedArgs {
+    /// A directory or a stage3-style tarball (uncompressed, gz, xz, bz2 or zst).
+    pub source: PathBuf,
+    /// Seed name (default: the source's file name up to its first dot).
+    pub name: Option<String>,
+    /// Data directory holding seeds/ (default: $XDG_DATA_HOME/gentree).
+    #[arg(long, value_name = "DIR", env = "GENTREE_CONF_ROOT")]
+    pub conf_root: Option<PathBuf>,
+    /// Replace an existing seed of that name.
+    #[arg(long)]
+    pub force: bool,
+}

@@ -1,0 +1,64 @@
+//! One function per subcommand: resolve raw flags into settings, call the library,
+//! print. Errors bubble up to [`report_error`], which prints the whole cause chain.
+
+use std::error::Error;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+
+pub mod config;
+pub mod import_seed;
+pub mod pack;
+pub mod union;
+
+/// What a command returns: an exit code, or an error for [`report_error`].
+pub type CmdResult = Result<ExitCode, Box<dyn Error + Send + Sync>>;
+
+/// Runs the parsed command line.
+pub fn dispatch(cli: Cli) -> CmdResult {
+    match cli.command {
+        Command::Config(a) => config::run(&a),
+        Command::Union(a) => union::run(&a),
+        Command::Pack(a) => pack::run(&a),
+        Command::ImportSeed(a) => import_seed::run(&a),
+    }
+}
+
+/// Logging to stderr: `-d` debug, `-dd` trace; `RUST_LOG` wins when set.
+pub fn init_logging(debug: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match debug {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(debug > 0)
+        .without_time()
+        .try_init();
+}
+
+/// Prints `error: ...` and every underlying cause, one per line.
+pub fn report_error(e: &(dyn Error + 'static)) {
+    eprintln!("gentree-fs: error: {e}");
+    let mut src = e.source();
+    while let Some(s) = src {
+        eprintln!("  caused by: {s}");
+        src = s.source();
+    }
+}
+
+/// The data directory: `$XDG_DATA_HOME/gentree`, else `~/.local/share/gentree`.
+pub fn default_conf_root() -> Result<PathBuf, Box<dyn Error + Send + Sync>> {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d).join("gentree"));
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(h) => Ok(PathBuf::from(h).join(".local/share/gentree")),
+        None => Err("neither XDG_DATA_HOME nor HOME is set: pass --conf-root DIR".into()),
+    }
+}

@@ -1,0 +1,18 @@
+//! gentree-fs: builds minimal Gentoo-style root filesystem images with Portage and
+//! presents them as a filesystem.
+//!
+//! Crate map (see `README.md` and `docs/` for the user's view):
+//! - [`builder`]: config resolution (genTree-compatible TOML), cache keys, emerge
+//!   command lines, the namespaced build helper. Never imports [`fs`].
+//! - [`layers`]: layers on disk: whiteouts, ownership metadata, the union view,
+//!   tar layout and streaming, seed import. Knows nothing of FUSE or namespaces.
+//! - [`fs`]: the only code that talks to FUSE (fuser): thin adapters over `layers`.
+//! - [`sys`]: the few `unsafe` system calls, each documented.
+//! - [`cli`] and [`commands`]: argument parsing and one function per subcommand.
+
+pub mod builder;
+pub mod cli;
+pub mod commands;
+pub mod fs;
+pub mod layers;
+pub mod sys;
