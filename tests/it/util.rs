@@ -1,0 +1,131 @@
+//! Shared fixtures for the integration tests.
+//!
+//! Capability checks (`require_*`) return `false` with a loud message when this machine
+//! cannot run a test, so a developer sees why it did nothing. Under CI (`CI` set) a
+//! missing capability is a failure instead: CI runs as root with /dev/fuse, so every
+//! test must really run there.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `gentree-fs` binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_gentree-fs"))
+}
+
+/// A `Command` for the binary under test, with a clean log level.
+pub fn gentree() -> Command {
+    let mut c = Command::new(bin());
+    c.env_remove("RUST_LOG");
+    c
+}
+
+/// Runs a command and returns its output, panicking with both streams on spawn failure.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs a command that must succeed; returns stdout as a string.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// True in CI, where every capability must be present.
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
+}
+
+/// Reports a missing capability: a failure in CI, a loud skip elsewhere.
+pub fn missing(test: &str, why: &str) -> bool {
+    if in_ci() {
+        panic!("{test}: required capability missing in CI: {why}");
+    }
+    eprintln!("\n!!!! SKIPPING {test}: {why} (runs in CI, which has it) !!!!\n");
+    false
+}
+
+/// Whether we run as root.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Requires root (for kernel overlayfs, chown, mknod).
+pub fn require_root(test: &str) -> bool {
+    is_root() || missing(test, "needs root")
+}
+
+/// Requires a usable /dev/fuse.
+pub fn require_fuse(test: &str) -> bool {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_err()
+    {
+        return missing(test, "/dev/fuse cannot be opened");
+    }
+    true
+}
+
+/// Requires a program on PATH.
+pub fn require_tool(test: &str, tool: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    found
+        || missing(
+            test,
+            &format!("`{tool}` is not installed (scripts/install-deps.sh)"),
+        )
+}
+
+/// The unprivileged test user created by scripts/ci-user.sh, if present.
+pub fn test_user() -> Option<(String, u32, u32)> {
+    let name = std::env::var("GENTREE_TEST_USER").unwrap_or_else(|_| "gentree-test".into());
+    let u = nix::unistd::User::from_name(&name).ok()??;
+    Some((name, u.uid.as_raw(), u.gid.as_raw()))
+}
+
+/// Requires root and the unprivileged test user (to run commands as that user).
+pub fn require_test_user(test: &str) -> Option<(String, u32, u32)> {
+    if !is_root() {
+        missing(test, "needs root to switch to the unprivileged test user");
+        return None;
+    }
+    match test_user() {
+        Some(u) => Some(u),
+        None => {
+            missing(test, "no test user: run scripts/ci-user.sh");
+            None
+        }
+    }
+}
+
+/// A temp dir that is world-traversable (so the test user can reach inside).
+pub fn tempdir() -> tempfile::TempDir {
+    let t = tempfile::Builder::new()
+        .prefix("gentree-it-")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("tempdir: {e}"));
+    set_mode(t.path(), 0o755);
+    t
+}
+
+/// chmod, panicking on failure.
+pub fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
+}
