@@ -52,6 +52,21 @@ pub enum Command {
     /// (detected by content). The import is atomic and refuses hostile archives.
     #[command(name = "import-seed")]
     ImportSeed(ImportSeedArgs),
+
+    /// Internal: the namespace helper (re-executed by gentree-fs itself).
+    #[command(name = "__ns-exec", hide = true)]
+    NsExec,
+
+    /// Internal, for tests and debugging: run a namespace plan (JSON file) as the caller.
+    #[command(name = "__ns-run", hide = true)]
+    NsRun {
+        /// The plan (see builder::namespace::Plan). `mapping: "auto"` is not accepted:
+        /// pass `--auto-map` to replace the plan's mapping with the caller's.
+        plan: PathBuf,
+        /// Use the mapping the caller would get (root, subordinate ids, or single).
+        #[arg(long)]
+        auto_map: bool,
+    },
 }
 
 /// Options shared by every command that resolves a build config.

@@ -9,6 +9,7 @@ use crate::cli::{Cli, Command};
 
 pub mod config;
 pub mod import_seed;
+pub mod namespace;
 pub mod pack;
 pub mod union;
 
@@ -22,6 +23,8 @@ pub fn dispatch(cli: Cli) -> CmdResult {
         Command::Union(a) => union::run(&a),
         Command::Pack(a) => pack::run(&a),
         Command::ImportSeed(a) => import_seed::run(&a),
+        Command::NsExec => namespace::ns_exec(),
+        Command::NsRun { plan, auto_map } => namespace::ns_run(&plan, auto_map),
     }
 }
 

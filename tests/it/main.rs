@@ -1,4 +1,7 @@
 //! The one integration-test binary (one link, many modules). Each module tests one
 //! command or subsystem through the built `gentree-fs` binary and real tools.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+mod namespace;
 mod util;

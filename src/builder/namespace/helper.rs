@@ -1,0 +1,472 @@
+//! The helper side of [`super::run`]: runs in the re-executed `__ns-exec` process.
+//!
+//! Ordering matters and is the point of this file:
+//! - every `unshare` and the `fork` of pid 1 happen while the process has one thread;
+//! - FUSE unions (which start threads) are mounted only after that fork;
+//! - pid 1 waits on a pipe until every mount is in place, then mounts `/proc` (only a
+//!   member of the new pid namespace can), chroots, and runs the command as its child,
+//!   reaping orphans until the command exits.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::signal::Signal;
+use nix::sys::statvfs::{FsFlags, statvfs};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, chdir, chroot, execve, pipe};
+
+use super::{IdMapping, MountSpec, PLAN_ENV, Plan, UnionSpec, in_root};
+
+/// Mounts a union inside the helper's mount namespace and serves it from the
+/// helper's threads; the returned guard unmounts it when dropped. Provided by the
+/// binary so that `builder` does not depend on the FUSE adapter.
+pub trait UnionMounter {
+    fn mount_union(&self, spec: &UnionSpec, target: &Path) -> io::Result<Box<dyn Send>>;
+}
+
+/// A failed step of the helper, naming what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum HelperError {
+    #[error("no namespace plan in ${PLAN_ENV}: `__ns-exec` is internal to gentree-fs")]
+    NoPlan,
+    #[error("malformed namespace plan")]
+    BadPlan(#[source] serde_json::Error),
+    #[error("{step}")]
+    Sys {
+        step: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("mount target {target} has a symlink at {component}: refusing to mount through it")]
+    SymlinkTarget { target: PathBuf, component: PathBuf },
+    #[error("the plan has no command to run")]
+    NoCommand,
+    #[error("the id maps were not written within 10 s (newuidmap/newgidmap did not run?)")]
+    MapTimeout,
+    #[error("a union needs a mounter, and none is available here")]
+    NoUnionMounter,
+}
+
+fn sys<T, E: Into<io::Error>>(
+    r: Result<T, E>,
+    step: impl FnOnce() -> String,
+) -> Result<T, HelperError> {
+    r.map_err(|e| HelperError::Sys {
+        step: step(),
+        source: e.into(),
+    })
+}
+
+fn errno(e: nix::Error) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// Runs the plan from the environment; returns the exit code the helper should exit
+/// with (the command's, or 128 + signal).
+pub fn helper_main(mounter: Option<&dyn UnionMounter>) -> Result<i32, HelperError> {
+    let json = std::env::var(PLAN_ENV).map_err(|_| HelperError::NoPlan)?;
+    let plan: Plan = serde_json::from_str(&json).map_err(HelperError::BadPlan)?;
+    if plan.argv.is_empty() {
+        return Err(HelperError::NoCommand);
+    }
+    // Die with the caller: a killed build leaves nothing running.
+    sys(
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(errno),
+        || "prctl(PR_SET_PDEATHSIG)".into(),
+    )?;
+    enter_namespaces(&plan.mapping)?;
+    let child = ChildPlan::new(&plan)?;
+    let (go_r, go_w) = sys(pipe().map_err(errno), || "pipe".into())?;
+    let forked = sys(crate::sys::fork_single_threaded(), || "fork".into())?;
+    match forked {
+        ForkResult::Child => {
+            drop(go_w);
+            child_main(&child, go_r)
+        }
+        ForkResult::Parent { child: pid } => {
+            drop(go_r);
+            let guards = match do_mounts(&plan, mounter) {
+                Ok(g) => g,
+                Err(e) => {
+                    drop(go_w); // pid 1 reads EOF and exits without running anything
+                    let _ = waitpid(pid, None);
+                    return Err(e);
+                }
+            };
+            let mut go = fs::File::from(go_w);
+            sys(go.write_all(b"g"), || "releasing pid 1".into())?;
+            drop(go);
+            let code = wait_exit_code(pid)?;
+            drop(guards);
+            Ok(code)
+        }
+    }
+}
+
+fn enter_namespaces(mapping: &IdMapping) -> Result<(), HelperError> {
+    match mapping {
+        IdMapping::Root => {
+            sys(unshare(CloneFlags::CLONE_NEWNS).map_err(errno), || {
+                "unshare(mount namespace)".into()
+            })?;
+        }
+        IdMapping::Single { uid, gid } => {
+            sys(
+                unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS).map_err(errno),
+                || "unshare(user and mount namespaces)".into(),
+            )?;
+            // An unprivileged process may map only its own ids, and only after
+            // giving up setgroups(2).
+            write_proc("/proc/self/setgroups", "deny")?;
+            write_proc("/proc/self/uid_map", &format!("0 {uid} 1"))?;
+            write_proc("/proc/self/gid_map", &format!("0 {gid} 1"))?;
+        }
+        IdMapping::Subordinate { .. } => {
+            sys(
+                unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS).map_err(errno),
+                || "unshare(user and mount namespaces)".into(),
+            )?;
+            // The caller watches /proc/PID/ns/user change and runs newuidmap/newgidmap.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while fs::read_to_string("/proc/self/gid_map")
+                .map(|s| s.trim().is_empty())
+                .unwrap_or(true)
+            {
+                if Instant::now() > deadline {
+                    return Err(HelperError::MapTimeout);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let root = nix::unistd::Gid::from_raw(0);
+            sys(nix::unistd::setgroups(&[root]).map_err(errno), || {
+                "setgroups".into()
+            })?;
+        }
+    }
+    // Our mounts must not propagate back to the host.
+    sys(
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(errno),
+        || "making / private".into(),
+    )?;
+    sys(unshare(CloneFlags::CLONE_NEWPID).map_err(errno), || {
+        "unshare(pid namespace)".into()
+    })?;
+    Ok(())
+}
+
+fn write_proc(path: &str, value: &str) -> Result<(), HelperError> {
+    sys(fs::write(path, value), || {
+        format!("writing {value:?} to {path}")
+    })
+}
+
+/// Everything pid 1 needs, converted before the fork.
+struct ChildPlan {
+    procs: Vec<CString>,
+    root: CString,
+    cwd: CString,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    candidates: Vec<CString>,
+}
+
+fn cstr(b: &[u8], what: &str) -> Result<CString, HelperError> {
+    CString::new(b).map_err(|e| HelperError::Sys {
+        step: format!("{what} contains a NUL byte"),
+        source: io::Error::new(io::ErrorKind::InvalidInput, e),
+    })
+}
+
+impl ChildPlan {
+    fn new(plan: &Plan) -> Result<ChildPlan, HelperError> {
+        let procs = plan
+            .mounts
+            .iter()
+            .filter_map(|m| match m {
+                MountSpec::Proc { target } => Some(in_root(&plan.root, target)),
+                _ => None,
+            })
+            .map(|p| cstr(p.as_os_str().as_bytes(), "proc mount target"))
+            .collect::<Result<_, _>>()?;
+        let argv = plan
+            .argv
+            .iter()
+            .map(|a| cstr(a.as_bytes(), "argument"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let env = plan
+            .env
+            .iter()
+            .map(|(k, v)| cstr(format!("{k}={v}").as_bytes(), "environment"))
+            .collect::<Result<_, _>>()?;
+        let prog = &plan.argv[0];
+        let candidates = if prog.contains('/') {
+            vec![cstr(prog.as_bytes(), "command")?]
+        } else {
+            let path = plan
+                .env
+                .iter()
+                .find(|(k, _)| k == "PATH")
+                .map(|(_, v)| v.as_str())
+                .unwrap_or(super::DEFAULT_PATH);
+            path.split(':')
+                .filter(|d| !d.is_empty())
+                .map(|d| cstr(format!("{d}/{prog}").as_bytes(), "command"))
+                .collect::<Result<_, _>>()?
+        };
+        Ok(ChildPlan {
+            procs,
+            root: cstr(plan.root.as_os_str().as_bytes(), "root")?,
+            cwd: cstr(plan.cwd.as_os_str().as_bytes(), "cwd")?,
+            argv,
+            env,
+            candidates,
+        })
+    }
+}
+
+/// pid 1 of the new pid namespace. Never returns.
+fn child_main(c: &ChildPlan, go: OwnedFd) -> ! {
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    let mut buf = [0u8; 1];
+    if !matches!(fs::File::from(go).read(&mut buf), Ok(1)) {
+        std::process::exit(126); // the helper failed to set up; it reports why
+    }
+    let fail = |what: &str, e: nix::Error| -> ! {
+        eprintln!("gentree-fs: in the build namespace: {what}: {e}");
+        std::process::exit(126)
+    };
+    for p in &c.procs {
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        if let Err(e) = mount(
+            Some("proc"),
+            p.as_c_str(),
+            Some("proc"),
+            flags,
+            None::<&str>,
+        ) {
+            fail(&format!("mounting /proc at {p:?}"), e);
+        }
+    }
+    if let Err(e) = chroot(c.root.as_c_str()) {
+        fail(&format!("chroot {:?}", c.root), e);
+    }
+    if let Err(e) = chdir(c.cwd.as_c_str()) {
+        fail(&format!("chdir {:?}", c.cwd), e);
+    }
+    // pid 1 stays as a reaper so orphaned build processes never linger as zombies.
+    match crate::sys::fork_single_threaded() {
+        Ok(ForkResult::Child) => exec_command(c),
+        Ok(ForkResult::Parent { child }) => std::process::exit(reap_until(child)),
+        Err(e) => {
+            eprintln!("gentree-fs: in the build namespace: fork: {e}");
+            std::process::exit(126)
+        }
+    }
+}
+
+fn exec_command(c: &ChildPlan) -> ! {
+    let mut last = nix::Error::ENOENT;
+    for cand in &c.candidates {
+        match execve(cand.as_c_str(), &c.argv, &c.env) {
+            Err(nix::Error::ENOENT) | Err(nix::Error::ENOTDIR) => {}
+            Err(e) => last = e,
+        }
+    }
+    eprintln!(
+        "gentree-fs: cannot execute {:?} in the build root: {last}",
+        c.argv[0]
+    );
+    std::process::exit(127)
+}
+
+fn reap_until(main: Pid) -> i32 {
+    loop {
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == main => return code,
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == main => return 128 + sig as i32,
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(_) => return 127,
+        }
+    }
+}
+
+fn wait_exit_code(pid: Pid) -> Result<i32, HelperError> {
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => return sys(Err(errno(e)), || "waiting for pid 1".into()),
+        }
+    }
+}
+
+fn do_mounts(
+    plan: &Plan,
+    mounter: Option<&dyn UnionMounter>,
+) -> Result<Vec<Box<dyn Send>>, HelperError> {
+    let mut guards = Vec::new();
+    for m in &plan.mounts {
+        match m {
+            MountSpec::Union(spec) => {
+                let target = in_root(&plan.root, &spec.target);
+                let mounter = mounter.ok_or(HelperError::NoUnionMounter)?;
+                let g = sys(mounter.mount_union(spec, &target), || {
+                    format!("mounting the union at {}", target.display())
+                })?;
+                guards.push(g);
+            }
+            MountSpec::Bind {
+                source,
+                target,
+                recursive,
+                readonly,
+            } => bind(&plan.root, source, target, *recursive, *readonly)?,
+            MountSpec::Tmpfs { target, options } => {
+                let t = prepare_target(&plan.root, target, true)?;
+                sys(
+                    mount(
+                        Some("tmpfs"),
+                        &t,
+                        Some("tmpfs"),
+                        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                        Some(options.as_str()),
+                    )
+                    .map_err(errno),
+                    || format!("mounting a tmpfs at {}", t.display()),
+                )?;
+            }
+            MountSpec::Devpts { target } => devpts(&plan.root, target)?,
+            MountSpec::Proc { target } => {
+                prepare_target(&plan.root, target, true)?;
+            }
+        }
+    }
+    Ok(guards)
+}
+
+/// Creates the mount point inside `root` (a directory, or an empty file for file
+/// binds), refusing to walk through symlinks the root may contain.
+fn prepare_target(root: &Path, target: &Path, dir: bool) -> Result<PathBuf, HelperError> {
+    let full = in_root(root, target);
+    let mut cur = root.to_path_buf();
+    let rel = full.strip_prefix(root).unwrap_or(Path::new(""));
+    for comp in rel.components() {
+        cur.push(comp);
+        if let Ok(m) = fs::symlink_metadata(&cur) {
+            if m.file_type().is_symlink() {
+                return Err(HelperError::SymlinkTarget {
+                    target: target.to_path_buf(),
+                    component: cur,
+                });
+            }
+        }
+    }
+    if dir {
+        sys(fs::create_dir_all(&full), || {
+            format!("creating mount point {}", full.display())
+        })?;
+    } else if fs::symlink_metadata(&full).is_err() {
+        if let Some(parent) = full.parent() {
+            sys(fs::create_dir_all(parent), || {
+                format!("creating {}", parent.display())
+            })?;
+        }
+        sys(fs::write(&full, b""), || {
+            format!("creating mount point {}", full.display())
+        })?;
+    }
+    Ok(full)
+}
+
+fn bind(
+    root: &Path,
+    source: &Path,
+    target: &Path,
+    recursive: bool,
+    readonly: bool,
+) -> Result<(), HelperError> {
+    let is_dir = sys(fs::metadata(source), || {
+        format!("bind source {}", source.display())
+    })?
+    .is_dir();
+    let t = prepare_target(root, target, is_dir)?;
+    let mut flags = MsFlags::MS_BIND;
+    if recursive {
+        flags |= MsFlags::MS_REC;
+    }
+    sys(
+        mount(Some(source), &t, None::<&str>, flags, None::<&str>).map_err(errno),
+        || format!("bind-mounting {} at {}", source.display(), t.display()),
+    )?;
+    if readonly {
+        // In a user namespace the source's nosuid/nodev/noexec are locked: a remount
+        // must repeat them or the kernel refuses it.
+        let st = sys(statvfs(&t).map_err(errno), || {
+            format!("statvfs {}", t.display())
+        })?;
+        let mut ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        for (f, m) in [
+            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+            (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        ] {
+            if st.flags().contains(f) {
+                ro |= m;
+            }
+        }
+        sys(
+            mount(None::<&str>, &t, None::<&str>, ro, None::<&str>).map_err(errno),
+            || format!("making {} read-only", t.display()),
+        )?;
+    }
+    Ok(())
+}
+
+fn devpts(root: &Path, target: &Path) -> Result<(), HelperError> {
+    let t = prepare_target(root, target, true)?;
+    sys(
+        mount(
+            Some("devpts"),
+            &t,
+            Some("devpts"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620"),
+        )
+        .map_err(errno),
+        || format!("mounting devpts at {}", t.display()),
+    )?;
+    let ptmx = t.join("ptmx");
+    let dev_ptmx = t.parent().map(|p| p.join("ptmx"));
+    if let Some(dev_ptmx) = dev_ptmx.filter(|p| p.exists()) {
+        sys(
+            mount(
+                Some(&ptmx),
+                &dev_ptmx,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(errno),
+            || format!("binding {} over {}", ptmx.display(), dev_ptmx.display()),
+        )?;
+    }
+    Ok(())
+}

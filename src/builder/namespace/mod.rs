@@ -1,0 +1,253 @@
+//! Running a command in its own user, mount and pid namespaces, chrooted into a
+//! prepared root: the way builds (and `exec`) run Portage without privilege.
+//!
+//! The caller (the CLI or the threaded mount daemon) never forks. It re-executes its
+//! own binary with the hidden `__ns-exec` subcommand and hands it a [`Plan`] (JSON in
+//! an environment variable). The helper, a fresh single-threaded process:
+//!
+//! 1. unshares a user namespace (unless the caller is root) and a mount namespace; the
+//!    caller writes the id maps with `newuidmap`/`newgidmap` when the user has
+//!    subordinate ranges, otherwise the helper maps 0 to the caller itself;
+//! 2. unshares a pid namespace and forks the future pid 1, which waits on a pipe;
+//! 3. performs the plan's mounts (unions, binds, tmpfs, devpts) in its mount namespace
+//!    — FUSE unions are served by the helper's own threads, started only after the
+//!    fork, so no thread is ever forked;
+//! 4. releases pid 1, which mounts `/proc`, chroots, and execs the command with exactly
+//!    the plan's environment.
+//!
+//! Teardown needs no code: pid 1 carries `PR_SET_PDEATHSIG(SIGKILL)` toward the helper
+//! and the helper toward its caller, so killing either end kills every process of the
+//! build, and the mounts vanish with the last process of the mount namespace.
+
+pub mod helper;
+pub mod idmap;
+
+use std::ffi::OsString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+pub use idmap::IdMapping;
+
+/// The environment variable carrying the JSON plan to the helper.
+pub const PLAN_ENV: &str = "GENTREE_NS_PLAN";
+/// The hidden subcommand that runs the helper side.
+pub const HELPER_SUBCOMMAND: &str = "__ns-exec";
+
+/// Everything the helper needs to set up the namespace and run one command.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub mapping: IdMapping,
+    /// Host directory to chroot into (a union mount target is fine: unions are
+    /// mounted first, in plan order).
+    pub root: PathBuf,
+    /// Mounts, in order. Targets are paths inside `root`.
+    pub mounts: Vec<MountSpec>,
+    /// The command; `argv[0]` is looked up in the plan's `PATH` inside the root.
+    pub argv: Vec<String>,
+    /// The complete environment of the command (nothing is inherited).
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the root.
+    pub cwd: PathBuf,
+}
+
+/// One mount performed inside the namespace.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MountSpec {
+    /// A bind mount of a host path (file or directory).
+    Bind {
+        source: PathBuf,
+        target: PathBuf,
+        recursive: bool,
+        readonly: bool,
+    },
+    /// A fresh tmpfs.
+    Tmpfs { target: PathBuf, options: String },
+    /// A fresh procfs for the new pid namespace (mounted by pid 1 itself).
+    Proc { target: PathBuf },
+    /// A new devpts instance, with `dev/ptmx` bound to its `ptmx`.
+    Devpts { target: PathBuf },
+    /// A gentree-fs union, served by the helper's threads. `target` is a host path
+    /// when it is the root itself, else a path inside the root.
+    Union(UnionSpec),
+}
+
+/// A union mount: `lowers` topmost first, an optional writable `upper`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnionSpec {
+    pub lowers: Vec<PathBuf>,
+    pub upper: Option<PathBuf>,
+    pub work: Option<PathBuf>,
+    pub target: PathBuf,
+}
+
+/// Errors of the caller side.
+#[derive(Debug, thiserror::Error)]
+pub enum NsError {
+    #[error("cannot start the namespace helper {exe}")]
+    Spawn {
+        exe: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot encode the namespace plan")]
+    Encode(#[source] serde_json::Error),
+    #[error("the namespace helper (pid {pid}) did not create its user namespace within 10 s")]
+    UnshareTimeout { pid: u32 },
+    #[error(
+        "{tool} failed for pid {pid}: {stderr}\n(check the ranges for this user in /etc/subuid and /etc/subgid)"
+    )]
+    IdMap {
+        tool: &'static str,
+        pid: u32,
+        stderr: String,
+    },
+    #[error("cannot run {tool}")]
+    IdMapSpawn {
+        tool: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("waiting for the namespace helper")]
+    Wait(#[source] io::Error),
+}
+
+/// Runs `plan` in new namespaces and waits for it; stdio is inherited.
+pub fn run(plan: &Plan) -> Result<ExitStatus, NsError> {
+    let exe = PathBuf::from("/proc/self/exe");
+    let json = serde_json::to_string(plan).map_err(NsError::Encode)?;
+    let mut cmd = Command::new(&exe);
+    cmd.arg(HELPER_SUBCOMMAND).env(PLAN_ENV, json);
+    let mut child = cmd.spawn().map_err(|source| NsError::Spawn {
+        exe: exe.clone(),
+        source,
+    })?;
+    if let Some((uid_args, gid_args)) = plan.mapping.map_args() {
+        if let Err(e) = map_ids(child.id(), &uid_args, &gid_args) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    }
+    child.wait().map_err(NsError::Wait)
+}
+
+/// Writes the subordinate id maps of `pid` once it has entered its user namespace.
+fn map_ids(pid: u32, uid_args: &[String], gid_args: &[String]) -> Result<(), NsError> {
+    let ours = std::fs::read_link("/proc/self/ns/user").ok();
+    let theirs = PathBuf::from(format!("/proc/{pid}/ns/user"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::fs::read_link(&theirs) {
+            Ok(ns) if Some(&ns) != ours.as_ref() => break,
+            // The helper exited early: `wait` will report its own error message.
+            Err(_) => return Ok(()),
+            _ if Instant::now() > deadline => return Err(NsError::UnshareTimeout { pid }),
+            _ => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    for (tool, args) in [("newuidmap", uid_args), ("newgidmap", gid_args)] {
+        let out = Command::new(tool)
+            .arg(pid.to_string())
+            .args(args)
+            .output()
+            .map_err(|source| NsError::IdMapSpawn { tool, source })?;
+        if !out.status.success() {
+            return Err(NsError::IdMap {
+                tool,
+                pid,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The caller's mapping, read from the system (`/etc/subuid`, `/etc/subgid`).
+pub fn current_mapping() -> IdMapping {
+    let euid = nix::unistd::geteuid().as_raw();
+    let egid = nix::unistd::getegid().as_raw();
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(euid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_default();
+    let subuid = std::fs::read_to_string("/etc/subuid").ok();
+    let subgid = std::fs::read_to_string("/etc/subgid").ok();
+    idmap::choose(euid, egid, &user, subuid.as_deref(), subgid.as_deref())
+}
+
+/// Joins `inner` (absolute or relative, inside the root) onto `root`.
+pub fn in_root(root: &Path, inner: &Path) -> PathBuf {
+    let rel: PathBuf = inner
+        .components()
+        .filter(|c| matches!(c, std::path::Component::Normal(_)))
+        .collect();
+    root.join(rel)
+}
+
+/// A minimal default `PATH` for commands in a Gentoo-like root.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The environment a command gets when the caller passes nothing else.
+pub fn base_env() -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PATH".to_owned(), DEFAULT_PATH.to_owned()),
+        ("HOME".to_owned(), "/root".to_owned()),
+        ("LANG".to_owned(), "C.UTF-8".to_owned()),
+    ];
+    if let Some(Ok(term)) = std::env::var_os("TERM").map(OsString::into_string) {
+        env.push(("TERM".to_owned(), term));
+    }
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_root_never_escapes() {
+        let r = Path::new("/srv/root");
+        for (inner, want) in [
+            ("/proc", "/srv/root/proc"),
+            ("dev/pts", "/srv/root/dev/pts"),
+            ("/../../etc", "/srv/root/etc"),
+            ("/", "/srv/root"),
+        ] {
+            assert_eq!(in_root(r, Path::new(inner)), PathBuf::from(want), "{inner}");
+        }
+    }
+
+    #[test]
+    fn plan_round_trips_as_json() {
+        let plan = Plan {
+            mapping: IdMapping::Single {
+                uid: 1000,
+                gid: 1000,
+            },
+            root: "/r".into(),
+            mounts: vec![
+                MountSpec::Proc {
+                    target: "/proc".into(),
+                },
+                MountSpec::Bind {
+                    source: "/etc/resolv.conf".into(),
+                    target: "/etc/resolv.conf".into(),
+                    recursive: false,
+                    readonly: true,
+                },
+            ],
+            argv: vec!["emerge".into(), "--info".into()],
+            env: base_env(),
+            cwd: "/".into(),
+        };
+        let json = serde_json::to_string(&plan).expect("encode");
+        let back: Plan = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back.argv, plan.argv);
+        assert_eq!(back.mounts.len(), 2);
+    }
+}

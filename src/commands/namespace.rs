@@ -1,0 +1,39 @@
+//! The hidden namespace subcommands: `__ns-exec` (the helper itself) and `__ns-run`
+//! (run a plan file as the caller; for tests and debugging).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::CmdResult;
+use crate::builder::namespace::{self, Plan, helper};
+
+/// `__ns-exec`: the helper side. Exits with the command's status.
+pub fn ns_exec() -> CmdResult {
+    match helper::helper_main(None) {
+        Ok(code) => Ok(exit_code(code)),
+        Err(e) => {
+            super::report_error(&e);
+            Ok(ExitCode::from(125))
+        }
+    }
+}
+
+/// `__ns-run PLAN`: runs the plan in new namespaces and returns its exit status.
+pub fn ns_run(plan_file: &Path, auto_map: bool) -> CmdResult {
+    let text = std::fs::read_to_string(plan_file)
+        .map_err(|e| format!("cannot read plan {}: {e}", plan_file.display()))?;
+    let mut plan: Plan = serde_json::from_str(&text)
+        .map_err(|e| format!("malformed plan {}: {e}", plan_file.display()))?;
+    if auto_map {
+        plan.mapping = namespace::current_mapping();
+    }
+    let status = namespace::run(&plan)?;
+    Ok(match status.code() {
+        Some(c) => exit_code(c),
+        None => ExitCode::from(125),
+    })
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(125))
+}
