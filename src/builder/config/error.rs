@@ -8,7 +8,7 @@ use super::value::Loc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {}: {source}", path.display())]
+    #[error("cannot read config {}", path.display())]
     Read {
         path: PathBuf,
         #[source]
@@ -54,9 +54,13 @@ pub enum ConfigError {
     },
 
     #[error(
-        "{}: no seed: add `seed = \"NAME\"` to it or to a default config ({}), naming a seed imported with `gentree-fs import-seed`",
+        "{}: no seed: add `seed = \"NAME\"` to it{}, naming a seed imported with `gentree-fs import-seed`",
         path.display(),
-        defaults.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" or ")
+        if defaults.is_empty() {
+            " (no default config files were read)".to_string()
+        } else {
+            format!(" or to a default config ({})", defaults.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" or "))
+        }
     )]
     MissingSeed {
         path: PathBuf,
