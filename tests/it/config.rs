@@ -65,11 +65,10 @@ fn base<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
 
 /// The names of a config's direct bases, in order.
 fn base_names(v: &Value) -> Vec<&str> {
-    v["bases"]
-        .as_array()
-        .unwrap()
+    let bases = v["bases"].as_array().map(Vec::as_slice).unwrap_or_default();
+    bases
         .iter()
-        .map(|b| b["name"].as_str().unwrap())
+        .map(|b| b["name"].as_str().unwrap_or("?"))
         .collect()
 }
 
