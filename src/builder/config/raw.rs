@@ -181,10 +181,10 @@ pub fn check(t: &Table, ctx: Ctx) -> Result<Table, ConfigError> {
             });
             continue;
         }
-        let name = canonical(&e.key, &e.key_at, "")?;
+        let name = canonical(&e.key, &e.key_at);
         let Some(s) = spec(name) else {
             // [default.<seed>.<tag>] sub-tables are handled by the caller.
-            return Err(unknown_top_key(e, ctx));
+            return Err(unknown_top_key(e));
         };
         if out.get(name).is_some() {
             return Err(ConfigError::BadValue {
@@ -252,7 +252,7 @@ fn check_override(t: &Table, allow_tags: bool, prefix: &str) -> Result<Table, Co
     let mut keys = Table::default();
     let mut tags = Vec::new();
     for e in &t.entries {
-        let is_key = spec(canonical(&e.key, &e.key_at, prefix)?).is_some();
+        let is_key = spec(&e.key).is_some() || ALIASES.iter().any(|(alias, _)| *alias == e.key);
         if !is_key && allow_tags && e.node.as_table().is_some() {
             tags.push(e);
         } else {
@@ -278,17 +278,18 @@ fn table_of<'a>(n: &'a Node, key: &str, expected: &'static str) -> Result<&'a Ta
     n.as_table().ok_or_else(|| wrong_type(n, key, expected))
 }
 
-fn canonical<'a>(key: &'a str, at: &Loc, prefix: &str) -> Result<&'a str, ConfigError> {
-    for (alias, name) in ALIASES {
-        if key == *alias {
-            tracing::warn!("{at}: `{prefix}{alias}` is genTree's spelling; using `{name}`");
-            return Ok(name);
+/// The canonical name of a key written under an alias (with a warning).
+fn canonical<'a>(key: &'a str, at: &Loc) -> &'a str {
+    match ALIASES.iter().find(|(alias, _)| *alias == key) {
+        Some((alias, name)) => {
+            tracing::warn!("{at}: `{alias}` is genTree's spelling; using `{name}`");
+            name
         }
+        None => key,
     }
-    Ok(key)
 }
 
-fn unknown_top_key(e: &Entry, ctx: Ctx) -> ConfigError {
+fn unknown_top_key(e: &Entry) -> ConfigError {
     let key = e.key.as_str();
     let hint = if key == "default" {
         Some("[default.<seed>] tables belong in a default config file (~/.config/gentree/config.toml)".to_string())
@@ -309,7 +310,6 @@ fn unknown_top_key(e: &Entry, ctx: Ctx) -> ConfigError {
             .chain(ALIASES.iter().map(|a| a.0));
         did_you_mean(key, names)
     };
-    let _ = ctx;
     ConfigError::UnknownKey {
         at: e.key_at.clone(),
         key: key.to_string(),
@@ -397,6 +397,7 @@ fn check_subtable(t: &Table, ty: Ty, key: &str) -> Result<Table, ConfigError> {
                     });
                 }
                 if !KNOWN_ENV.contains(&name.as_str())
+                    && !name.starts_with("cpu_flags_")
                     && let Some(h) = did_you_mean(&name, KNOWN_ENV.iter().copied())
                 {
                     tracing::warn!(
