@@ -47,6 +47,58 @@ pub fn option_args(
     v
 }
 
+/// What a layer's emerge, unmerge and depclean command lines are built from.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerCommands<'a> {
+    pub target: Option<&'a str>,
+    /// `/builds/<buildname>`.
+    pub root: &'a str,
+    pub config_overlay: bool,
+    pub args: &'a [(String, String)],
+    pub bools: &'a [(String, bool)],
+    pub plain: &'a [String],
+    pub packages: &'a [String],
+    pub unmerge: &'a [String],
+    pub depclean: bool,
+}
+
+impl LayerCommands<'_> {
+    fn base(&self) -> Vec<String> {
+        let mut v = vec![program(self.target)];
+        v.extend(root_args(self.root, self.config_overlay));
+        v
+    }
+
+    /// Program, root, options, packages (spec 4.1); `None` without packages.
+    pub fn emerge(&self) -> Option<Vec<String>> {
+        (!self.packages.is_empty()).then(|| {
+            let mut v = self.base();
+            v.extend(option_args(self.args, self.bools, self.plain));
+            v.extend(self.packages.iter().cloned());
+            v
+        })
+    }
+
+    /// `--unmerge` of the `unmerge` packages; `None` without any.
+    pub fn unmerge(&self) -> Option<Vec<String>> {
+        (!self.unmerge.is_empty()).then(|| {
+            let mut v = self.base();
+            v.push("--unmerge".into());
+            v.extend(self.unmerge.iter().cloned());
+            v
+        })
+    }
+
+    /// `--depclean --with-bdeps=n`, only with `depclean` and packages (spec 5.2 step 7).
+    pub fn depclean(&self) -> Option<Vec<String>> {
+        (self.depclean && !self.packages.is_empty()).then(|| {
+            let mut v = self.base();
+            v.extend(["--depclean".to_string(), "--with-bdeps=n".to_string()]);
+            v
+        })
+    }
+}
+
 /// Splits a string shell-style (quotes and backslashes honoured, no expansion), as
 /// genTree does for `seed_update_args` (spec 1.4).
 pub fn shell_split(s: &str) -> Result<Vec<String>, &'static str> {

@@ -258,11 +258,37 @@ struct Resolver<'a> {
 }
 
 impl Resolver<'_> {
+    /// Resolves one config and, recursively, its bases; `chain` holds the configs
+    /// being resolved (for the cycle check).
     fn resolve(
         &self,
         src: &Source,
         parent: Option<&ResolvedConfig>,
         chain: &mut Vec<(String, String)>,
+    ) -> Result<ResolvedConfig, ConfigError> {
+        let mut out = self.layer(src, parent)?;
+        chain.push((src.id.clone(), src.origin.to_string()));
+        let mut bases = Vec::new();
+        for base_ref in get_list(&src.table, "bases").unwrap_or_default() {
+            let (borigin, bid) = self.locate(src, &base_ref)?;
+            if let Some(pos) = chain.iter().position(|(id, _)| *id == bid) {
+                let mut names: Vec<String> = chain[pos..].iter().map(|(_, n)| n.clone()).collect();
+                names.push(borigin.to_string());
+                return Err(ConfigError::Cycle { chain: names });
+            }
+            let bsrc = self.load_base(src, &base_ref, borigin, bid)?;
+            bases.push(self.resolve(&bsrc, Some(&out), chain)?);
+        }
+        chain.pop();
+        out.bases = bases;
+        Ok(out)
+    }
+
+    /// One config without its bases.
+    fn layer(
+        &self,
+        src: &Source,
+        parent: Option<&ResolvedConfig>,
     ) -> Result<ResolvedConfig, ConfigError> {
         let f = &src.table;
         let d = self.defaults;
@@ -390,33 +416,19 @@ impl Resolver<'_> {
 
         let depclean = b("depclean", None);
         let root = format!("/builds/{buildname}");
-        let prog = emerge::program(crossdev_target.as_deref());
-        let base_argv = || {
-            let mut v = vec![prog.clone()];
-            v.extend(emerge::root_args(&root, config_overlay.is_some()));
-            v
+        let cmds = emerge::LayerCommands {
+            target: crossdev_target.as_deref(),
+            root: &root,
+            config_overlay: config_overlay.is_some(),
+            args: &emerge_args.0,
+            bools: &emerge_bools.0,
+            plain: &emerge_plain_bools,
+            packages: &packages,
+            unmerge: &unmerge,
+            depclean,
         };
-        let emerge_argv = (!packages.is_empty()).then(|| {
-            let mut v = base_argv();
-            v.extend(emerge::option_args(
-                &emerge_args.0,
-                &emerge_bools.0,
-                &emerge_plain_bools,
-            ));
-            v.extend(packages.iter().cloned());
-            v
-        });
-        let unmerge_argv = (!unmerge.is_empty()).then(|| {
-            let mut v = base_argv();
-            v.push("--unmerge".into());
-            v.extend(unmerge.iter().cloned());
-            v
-        });
-        let depclean_argv = (depclean && !packages.is_empty()).then(|| {
-            let mut v = base_argv();
-            v.extend(["--depclean".to_string(), "--with-bdeps=n".to_string()]);
-            v
-        });
+        let (emerge_argv, unmerge_argv, depclean_argv) =
+            (cmds.emerge(), cmds.unmerge(), cmds.depclean());
 
         let seed_update_text = s("seed_update_args", None).unwrap_or_default();
         let seed_update_args = emerge::shell_split(&seed_update_text).map_err(|why| {
@@ -435,7 +447,7 @@ impl Resolver<'_> {
             ),
         };
 
-        let mut out = ResolvedConfig {
+        Ok(ResolvedConfig {
             name,
             origin: src.origin.clone(),
             buildname,
@@ -485,23 +497,7 @@ impl Resolver<'_> {
             whiteouts: rel_paths(f, "whiteouts")?,
             opaques: rel_paths(f, "opaques")?,
             bases: Vec::new(),
-        };
-
-        chain.push((src.id.clone(), src.origin.to_string()));
-        let mut bases = Vec::new();
-        for base_ref in get_list(f, "bases").unwrap_or_default() {
-            let (borigin, bid) = self.locate(src, &base_ref)?;
-            if let Some(pos) = chain.iter().position(|(id, _)| *id == bid) {
-                let mut names: Vec<String> = chain[pos..].iter().map(|(_, n)| n.clone()).collect();
-                names.push(borigin.to_string());
-                return Err(ConfigError::Cycle { chain: names });
-            }
-            let bsrc = self.load_base(src, &base_ref, borigin, bid)?;
-            bases.push(self.resolve(&bsrc, Some(&out), chain)?);
-        }
-        chain.pop();
-        out.bases = bases;
-        Ok(out)
+        })
     }
 
     /// Finds base `reference` of `parent` without reading it: a builtin by bare
