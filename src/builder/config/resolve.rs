@@ -739,6 +739,34 @@ mod tests {
         include_str!("../../../tests/fixtures/configs/home/.config/genTree/config.toml");
 
     #[test]
+    fn spec_3_7_worked_example() {
+        let c = ok(
+            README_NGINX,
+            &["[env]\ncommon_flags = \"-march=native -O3 -pipe\"\n"],
+        );
+        let flags = "-march=native -O3 -pipe";
+        let want: BTreeMap<String, String> = [
+            ("USE", "nginx"),
+            ("FEATURES", "buildpkg binpkg-multi-instance parallel-fetch parallel-install -ebuild-locks -merge-wait -merge-sync"),
+            ("BINPKG_FORMAT", "gpkg"),
+            ("COMMON_FLAGS", flags),
+            ("CFLAGS", flags),
+            ("CXXFLAGS", flags),
+            ("FCFLAGS", flags),
+            ("FFLAGS", flags),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(c.env, want);
+        // Bases get their own file USE or none, never nginx; their flags are not doubled.
+        let base = find(&c, "base");
+        assert_eq!(base.env["USE"], "build");
+        assert_eq!(base.env["CFLAGS"], flags);
+        assert_eq!(find(&c, "tini").env.get("USE"), None);
+    }
+
+    #[test]
     fn readme_user_defaults_with_pi3_tag() {
         let cli = CliOverrides {
             build_tag: Some("pi3".into()),
