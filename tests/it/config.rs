@@ -283,6 +283,22 @@ fn emerge_options_config_overlay_and_depclean() {
 }
 
 #[test]
+fn shipped_nginx_example() {
+    let (mut c, _t) = config_cmd(None);
+    let v = json_of(c.arg("--no-config").arg(fixture("examples/nginx.toml")));
+    assert_eq!(base_names(&v), ["tini", "gcc", "ca-certificates"]);
+    assert_eq!(v["tar_filters"]["vardbpkg"], true);
+    let ca = base(&v, &["ca-certificates"]);
+    assert_eq!(
+        ca["emerge"],
+        argv(
+            "emerge --root /builds/stage3-openrc-ca-certificates --jobs=8 --verbose=y --nodeps --usepkg=y --with-bdeps=n --oneshot app-misc/ca-certificates"
+        )
+    );
+    assert_eq!(ca["bases"], json!([]));
+}
+
+#[test]
 fn dnscrypt_example() {
     let (mut c, _t) = config_cmd(None);
     let v = json_of(c.arg("--no-config").arg(fixture("examples/dnscrypt.toml")));
