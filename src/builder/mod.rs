@@ -1,4 +1,6 @@
 //! Turning configs into layers: config resolution, cache keys, emerge command lines
-//! and (later) the namespaced build helper. Never imports [`crate::fs`].
+//! and the namespaced build helper. Never imports [`crate::fs`].
+
+pub mod config;
 pub mod key;
 pub mod namespace;
