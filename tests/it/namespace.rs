@@ -34,10 +34,13 @@ fn plan(root: &Path, mapping: serde_json::Value, script: &str) -> serde_json::Va
             {"Tmpfs": {"target": "/tmp", "options": "mode=1777"}},
             {"Proc": {"target": "/proc"}}
         ],
-        "argv": ["sh", "-c", script],
-        "env": [["PATH", "/usr/bin:/bin"], ["MARK", "yes"]],
+        "steps": [{"Run": {"argv": ["sh", "-c", script], "env": env()}}],
         "cwd": "/"
     })
+}
+
+fn env() -> serde_json::Value {
+    serde_json::json!([["PATH", "/usr/bin:/bin"], ["MARK", "yes"]])
 }
 
 fn write_plan(dir: &Path, plan: &serde_json::Value) -> std::path::PathBuf {
@@ -163,7 +166,7 @@ fn namespace_reports_setup_and_exec_failures() {
     assert!(err.contains("/nonexistent-gentree-src"), "{err}");
 
     let mut nocmd = plan(&root, "Root".into(), "true");
-    nocmd["argv"] = serde_json::json!(["no-such-command-xyz"]);
+    nocmd["steps"][0]["Run"]["argv"] = serde_json::json!(["no-such-command-xyz"]);
     let out = run(gentree().arg("__ns-run").arg(write_plan(t.path(), &nocmd)));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(127), "{err}");
@@ -211,4 +214,46 @@ fn namespace_dies_with_its_caller() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn namespace_runs_steps_in_order_and_stops_at_a_failure() {
+    if !util::require_root("namespace_runs_steps_in_order_and_stops_at_a_failure") {
+        return;
+    }
+    let (t, root) = mini_root();
+    let mut p = plan(&root, "Root".into(), "true");
+    let run =
+        |script: &str| serde_json::json!({"Run": {"argv": ["sh", "-c", script], "env": env()}});
+    p["steps"] = serde_json::json!([
+        {"WriteFile": {"path": "/tmp/log/app.log", "contents": "old line\n"}},
+        {"Symlink": {"link": "/tmp/profile", "target": "/usr/share"}},
+        run("readlink /tmp/profile; cat /tmp/log/app.log"),
+        {"Run": {
+            "argv": ["sh", "-c", "echo 'new line: the cause' >> /tmp/log/app.log; exit 3"],
+            "env": env(),
+            "on_failure": [["echo", "diagnostic output"]],
+            "log_tail": "/tmp/log/app.log"
+        }},
+        run("echo must-not-run")
+    ]);
+    let out = run_cmd(&p, t.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(stdout.contains("/usr/share\nold line\n"), "{stdout}");
+    assert!(stdout.contains("diagnostic output"), "{stdout}");
+    assert!(
+        stderr.contains("new line: the cause"),
+        "log growth not shown: {stderr}"
+    );
+    assert!(
+        !stderr.contains("old line"),
+        "only the growth is shown: {stderr}"
+    );
+    assert!(!stdout.contains("must-not-run"), "{stdout}");
+}
+
+fn run_cmd(plan: &serde_json::Value, dir: &Path) -> std::process::Output {
+    run(gentree().arg("__ns-run").arg(write_plan(dir, plan)))
 }

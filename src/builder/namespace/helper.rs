@@ -11,7 +11,6 @@ use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,7 @@ use nix::sys::statvfs::{FsFlags, statvfs};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, chdir, chroot, execve, pipe};
 
-use super::{IdMapping, MountSpec, PLAN_ENV, Plan, UnionSpec, in_root};
+use super::{IdMapping, MountSpec, PLAN_ENV, Plan, RunStep, Step, UnionSpec, in_root};
 
 /// Mounts a union inside the helper's mount namespace and serves it from the
 /// helper's threads; the returned guard unmounts it when dropped. Provided by the
@@ -46,7 +45,7 @@ pub enum HelperError {
     },
     #[error("mount target {target} has a symlink at {component}: refusing to mount through it")]
     SymlinkTarget { target: PathBuf, component: PathBuf },
-    #[error("the plan has no command to run")]
+    #[error("a step of the plan has an empty command")]
     NoCommand,
     #[error("the id maps were not written within 10 s (newuidmap/newgidmap did not run?)")]
     MapTimeout,
@@ -73,7 +72,11 @@ fn errno(e: nix::Error) -> io::Error {
 pub fn helper_main(mounter: Option<&dyn UnionMounter>) -> Result<i32, HelperError> {
     let json = std::env::var(PLAN_ENV).map_err(|_| HelperError::NoPlan)?;
     let plan: Plan = serde_json::from_str(&json).map_err(HelperError::BadPlan)?;
-    if plan.argv.is_empty() {
+    if plan
+        .steps
+        .iter()
+        .any(|s| matches!(s, Step::Run(r) if r.argv.is_empty()))
+    {
         return Err(HelperError::NoCommand);
     }
     // Die with the caller: a killed build leaves nothing running.
@@ -82,13 +85,12 @@ pub fn helper_main(mounter: Option<&dyn UnionMounter>) -> Result<i32, HelperErro
         || "prctl(PR_SET_PDEATHSIG)".into(),
     )?;
     enter_namespaces(&plan.mapping)?;
-    let child = ChildPlan::new(&plan)?;
     let (go_r, go_w) = sys(pipe().map_err(errno), || "pipe".into())?;
     let forked = sys(crate::sys::fork_single_threaded(), || "fork".into())?;
     match forked {
         ForkResult::Child => {
             drop(go_w);
-            child_main(&child, go_r)
+            child_main(&plan, go_r)
         }
         ForkResult::Parent { child: pid } => {
             drop(go_r);
@@ -174,14 +176,176 @@ fn write_proc(path: &str, value: &str) -> Result<(), HelperError> {
     })
 }
 
-/// Everything pid 1 needs, converted before the fork.
-struct ChildPlan {
-    procs: Vec<CString>,
-    root: CString,
-    cwd: CString,
-    argv: Vec<CString>,
-    env: Vec<CString>,
-    candidates: Vec<CString>,
+/// pid 1 of the new pid namespace: mounts `/proc`, chroots, runs the steps. Never
+/// returns. It is single-threaded (forked from the single-threaded helper), so it may
+/// allocate and fork freely.
+fn child_main(plan: &Plan, go: OwnedFd) -> ! {
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    let mut buf = [0u8; 1];
+    if !matches!(fs::File::from(go).read(&mut buf), Ok(1)) {
+        std::process::exit(126); // the helper failed to set up; it reports why
+    }
+    let fail = |what: String, e: &dyn std::fmt::Display| -> ! {
+        eprintln!("gentree-fs: in the build namespace: {what}: {e}");
+        std::process::exit(126)
+    };
+    for m in &plan.mounts {
+        if let MountSpec::Proc { target } = m {
+            let p = in_root(&plan.root, target);
+            let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+            if let Err(e) = mount(Some("proc"), &p, Some("proc"), flags, None::<&str>) {
+                fail(format!("mounting /proc at {}", p.display()), &e);
+            }
+        }
+    }
+    if let Err(e) = chroot(&plan.root) {
+        fail(format!("chroot {}", plan.root.display()), &e);
+    }
+    if let Err(e) = chdir(&plan.cwd) {
+        fail(format!("chdir {}", plan.cwd.display()), &e);
+    }
+    for step in &plan.steps {
+        let code = match step {
+            Step::Run(r) => run_step(r),
+            Step::Symlink { link, target } => {
+                if let Err(e) = replace_with_symlink(link, target) {
+                    fail(
+                        format!("linking {} to {}", link.display(), target.display()),
+                        &e,
+                    );
+                }
+                0
+            }
+            Step::WriteFile { path, contents } => {
+                let r = path
+                    .parent()
+                    .map_or(Ok(()), fs::create_dir_all)
+                    .and_then(|_| fs::write(path, contents));
+                if let Err(e) = r {
+                    fail(format!("writing {}", path.display()), &e);
+                }
+                0
+            }
+        };
+        if code != 0 {
+            std::process::exit(code);
+        }
+    }
+    std::process::exit(0)
+}
+
+fn replace_with_symlink(link: &Path, target: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(link) {
+        Ok(m) if m.file_type().is_symlink() && fs::read_link(link)? == target => return Ok(()),
+        Ok(m) if m.is_dir() => fs::remove_dir_all(link)?,
+        Ok(_) => fs::remove_file(link)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(parent) = link.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    std::os::unix::fs::symlink(target, link)
+}
+
+/// Runs one command to completion (reaping orphans meanwhile); on failure prints
+/// the log growth and the diagnostics. Returns the exit code (128 + signal).
+fn run_step(r: &RunStep) -> i32 {
+    let log_start = r
+        .log_tail
+        .as_ref()
+        .and_then(|p| fs::metadata(p).ok())
+        .map_or(0, |m| m.len());
+    let code = spawn_and_reap(&r.argv, &r.env);
+    if code != 0 {
+        if let Some(log) = &r.log_tail {
+            print_log_growth(log, log_start);
+        }
+        for argv in &r.on_failure {
+            eprintln!("gentree-fs: diagnostics: {}", argv.join(" "));
+            spawn_and_reap(argv, &r.env);
+        }
+    }
+    code
+}
+
+fn print_log_growth(log: &Path, from: u64) {
+    use std::io::{Seek, SeekFrom};
+    let Ok(mut f) = fs::File::open(log) else {
+        return;
+    };
+    let mut text = String::new();
+    if f.seek(SeekFrom::Start(from)).is_ok() && f.read_to_string(&mut text).is_ok() {
+        eprintln!("gentree-fs: {} during the failed step:", log.display());
+        let lines: Vec<&str> = text.lines().collect();
+        for l in &lines[lines.len().saturating_sub(40)..] {
+            eprintln!("  {l}");
+        }
+    }
+}
+
+fn spawn_and_reap(argv: &[String], env: &[(String, String)]) -> i32 {
+    match crate::sys::fork_single_threaded() {
+        Ok(ForkResult::Child) => exec_command(argv, env),
+        Ok(ForkResult::Parent { child }) => reap_until(child),
+        Err(e) => {
+            eprintln!("gentree-fs: in the build namespace: fork: {e}");
+            126
+        }
+    }
+}
+
+/// An execve call prepared: argv, envp, and the paths to try in PATH order.
+struct Exec {
+    args: Vec<CString>,
+    envs: Vec<CString>,
+    cands: Vec<CString>,
+}
+
+fn exec_command(argv: &[String], env: &[(String, String)]) -> ! {
+    let prepared = (|| -> Result<Exec, HelperError> {
+        let args = argv
+            .iter()
+            .map(|a| cstr(a.as_bytes(), "argument"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let envs = env
+            .iter()
+            .map(|(k, v)| cstr(format!("{k}={v}").as_bytes(), "environment"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let prog = argv.first().map(String::as_str).unwrap_or("");
+        let cands = if prog.contains('/') {
+            vec![cstr(prog.as_bytes(), "command")?]
+        } else {
+            let path = env
+                .iter()
+                .find(|(k, _)| k == "PATH")
+                .map_or(super::DEFAULT_PATH, |(_, v)| v.as_str());
+            path.split(':')
+                .filter(|d| !d.is_empty())
+                .map(|d| cstr(format!("{d}/{prog}").as_bytes(), "command"))
+                .collect::<Result<_, _>>()?
+        };
+        Ok(Exec { args, envs, cands })
+    })();
+    let Exec { args, envs, cands } = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("gentree-fs: {e}");
+            std::process::exit(127)
+        }
+    };
+    let mut last = nix::Error::ENOENT;
+    for cand in &cands {
+        match execve(cand.as_c_str(), &args, &envs) {
+            Err(nix::Error::ENOENT) | Err(nix::Error::ENOTDIR) => {}
+            Err(e) => last = e,
+        }
+    }
+    eprintln!(
+        "gentree-fs: cannot execute {:?} in the build root: {last}",
+        argv.first().map(String::as_str).unwrap_or("")
+    );
+    std::process::exit(127)
 }
 
 fn cstr(b: &[u8], what: &str) -> Result<CString, HelperError> {
@@ -189,108 +353,6 @@ fn cstr(b: &[u8], what: &str) -> Result<CString, HelperError> {
         step: format!("{what} contains a NUL byte"),
         source: io::Error::new(io::ErrorKind::InvalidInput, e),
     })
-}
-
-impl ChildPlan {
-    fn new(plan: &Plan) -> Result<ChildPlan, HelperError> {
-        let procs = plan
-            .mounts
-            .iter()
-            .filter_map(|m| match m {
-                MountSpec::Proc { target } => Some(in_root(&plan.root, target)),
-                _ => None,
-            })
-            .map(|p| cstr(p.as_os_str().as_bytes(), "proc mount target"))
-            .collect::<Result<_, _>>()?;
-        let argv = plan
-            .argv
-            .iter()
-            .map(|a| cstr(a.as_bytes(), "argument"))
-            .collect::<Result<Vec<_>, _>>()?;
-        let env = plan
-            .env
-            .iter()
-            .map(|(k, v)| cstr(format!("{k}={v}").as_bytes(), "environment"))
-            .collect::<Result<_, _>>()?;
-        let prog = &plan.argv[0];
-        let candidates = if prog.contains('/') {
-            vec![cstr(prog.as_bytes(), "command")?]
-        } else {
-            let path = plan
-                .env
-                .iter()
-                .find(|(k, _)| k == "PATH")
-                .map(|(_, v)| v.as_str())
-                .unwrap_or(super::DEFAULT_PATH);
-            path.split(':')
-                .filter(|d| !d.is_empty())
-                .map(|d| cstr(format!("{d}/{prog}").as_bytes(), "command"))
-                .collect::<Result<_, _>>()?
-        };
-        Ok(ChildPlan {
-            procs,
-            root: cstr(plan.root.as_os_str().as_bytes(), "root")?,
-            cwd: cstr(plan.cwd.as_os_str().as_bytes(), "cwd")?,
-            argv,
-            env,
-            candidates,
-        })
-    }
-}
-
-/// pid 1 of the new pid namespace. Never returns.
-fn child_main(c: &ChildPlan, go: OwnedFd) -> ! {
-    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    let mut buf = [0u8; 1];
-    if !matches!(fs::File::from(go).read(&mut buf), Ok(1)) {
-        std::process::exit(126); // the helper failed to set up; it reports why
-    }
-    let fail = |what: &str, e: nix::Error| -> ! {
-        eprintln!("gentree-fs: in the build namespace: {what}: {e}");
-        std::process::exit(126)
-    };
-    for p in &c.procs {
-        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        if let Err(e) = mount(
-            Some("proc"),
-            p.as_c_str(),
-            Some("proc"),
-            flags,
-            None::<&str>,
-        ) {
-            fail(&format!("mounting /proc at {p:?}"), e);
-        }
-    }
-    if let Err(e) = chroot(c.root.as_c_str()) {
-        fail(&format!("chroot {:?}", c.root), e);
-    }
-    if let Err(e) = chdir(c.cwd.as_c_str()) {
-        fail(&format!("chdir {:?}", c.cwd), e);
-    }
-    // pid 1 stays as a reaper so orphaned build processes never linger as zombies.
-    match crate::sys::fork_single_threaded() {
-        Ok(ForkResult::Child) => exec_command(c),
-        Ok(ForkResult::Parent { child }) => std::process::exit(reap_until(child)),
-        Err(e) => {
-            eprintln!("gentree-fs: in the build namespace: fork: {e}");
-            std::process::exit(126)
-        }
-    }
-}
-
-fn exec_command(c: &ChildPlan) -> ! {
-    let mut last = nix::Error::ENOENT;
-    for cand in &c.candidates {
-        match execve(cand.as_c_str(), &c.argv, &c.env) {
-            Err(nix::Error::ENOENT) | Err(nix::Error::ENOTDIR) => {}
-            Err(e) => last = e,
-        }
-    }
-    eprintln!(
-        "gentree-fs: cannot execute {:?} in the build root: {last}",
-        c.argv[0]
-    );
-    std::process::exit(127)
 }
 
 fn reap_until(main: Pid) -> i32 {

@@ -12,8 +12,8 @@
 //! 3. performs the plan's mounts (unions, binds, tmpfs, devpts) in its mount namespace
 //!    — FUSE unions are served by the helper's own threads, started only after the
 //!    fork, so no thread is ever forked;
-//! 4. releases pid 1, which mounts `/proc`, chroots, and execs the command with exactly
-//!    the plan's environment.
+//! 4. releases pid 1, which mounts `/proc`, chroots, and runs the plan's steps: each
+//!    command as its own child with exactly the step's environment, reaping orphans.
 //!
 //! Teardown needs no code: pid 1 carries `PR_SET_PDEATHSIG(SIGKILL)` toward the helper
 //! and the helper toward its caller, so killing either end kills every process of the
@@ -46,12 +46,50 @@ pub struct Plan {
     pub root: PathBuf,
     /// Mounts, in order. Targets are paths inside `root`.
     pub mounts: Vec<MountSpec>,
-    /// The command; `argv[0]` is looked up in the plan's `PATH` inside the root.
+    /// What pid 1 does, in order, once chrooted; the first failing step ends the plan.
+    pub steps: Vec<Step>,
+    /// Working directory inside the root.
+    pub cwd: PathBuf,
+}
+
+/// One step run by pid 1 inside the chroot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Step {
+    /// Runs a command and waits for it; a non-zero exit ends the plan with that status.
+    Run(RunStep),
+    /// Makes `link` a symlink to `target`, replacing what was there (make.profile).
+    Symlink { link: PathBuf, target: PathBuf },
+    /// Writes a file (creating parent directories), replacing what was there.
+    WriteFile { path: PathBuf, contents: String },
+}
+
+/// A command of a plan.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunStep {
+    /// `argv[0]` is looked up in this step's `PATH` inside the root.
     pub argv: Vec<String>,
     /// The complete environment of the command (nothing is inherited).
     pub env: Vec<(String, String)>,
-    /// Working directory inside the root.
-    pub cwd: PathBuf,
+    /// Commands whose output explains a failure (e.g. `emerge --info`), run when this
+    /// step fails, before the plan ends.
+    #[serde(default)]
+    pub on_failure: Vec<Vec<String>>,
+    /// A log file whose growth during this step is printed when it fails
+    /// (`/var/log/emerge.log`).
+    #[serde(default)]
+    pub log_tail: Option<PathBuf>,
+}
+
+impl RunStep {
+    /// A plain command with an environment.
+    pub fn new(argv: Vec<String>, env: Vec<(String, String)>) -> RunStep {
+        RunStep {
+            argv,
+            env,
+            on_failure: Vec::new(),
+            log_tail: None,
+        }
+    }
 }
 
 /// One mount performed inside the namespace.
@@ -241,13 +279,15 @@ mod tests {
                     readonly: true,
                 },
             ],
-            argv: vec!["emerge".into(), "--info".into()],
-            env: base_env(),
+            steps: vec![Step::Run(RunStep::new(
+                vec!["emerge".into(), "--info".into()],
+                base_env(),
+            ))],
             cwd: "/".into(),
         };
         let json = serde_json::to_string(&plan).expect("encode");
         let back: Plan = serde_json::from_str(&json).expect("decode");
-        assert_eq!(back.argv, plan.argv);
+        assert!(matches!(&back.steps[..], [Step::Run(r)] if r.argv[0] == "emerge"));
         assert_eq!(back.mounts.len(), 2);
     }
 }
