@@ -37,8 +37,11 @@ pub fn run(args: &ImportSeedArgs) -> CmdResult {
     let r = seed::import(&opts, &intr, &mut prog)?;
     let s = &r.stats;
     let mut extra = String::new();
-    if s.devices_recorded > 0 {
-        extra += &format!(", {} device nodes recorded as files", s.devices_recorded);
+    if s.specials_recorded > 0 {
+        extra += &format!(
+            ", {} device nodes or fifos recorded as plain files",
+            s.specials_recorded
+        );
     }
     if s.skipped > 0 {
         extra += &format!(", {} entries skipped", s.skipped);

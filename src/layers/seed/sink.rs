@@ -22,8 +22,10 @@
 //! search for directories) so the importing user can always read and delete the seed.
 //! Device nodes that cannot be created (not root, or `mknod` refused) become empty
 //! regular files whose override records `char-MAJ-MIN`/`block-MAJ-MIN` with the owner
-//! and mode: the union and tar code present them as devices. Symlinks cannot carry
-//! user xattrs on Linux, so an unprivileged import leaves their (unimportant) owner.
+//! and mode: the union and tar code present them as devices. Likewise fifos in an
+//! unprivileged import (type `pipe`), because Linux allows `user.*` xattrs only on
+//! regular files and directories. Symlinks cannot carry them either, so an
+//! unprivileged import leaves a symlink's (unimportant) owner unrecorded.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -95,8 +97,8 @@ pub enum Owners {
 pub struct Stats {
     pub entries: u64,
     pub bytes: u64,
-    /// Device nodes recorded as plain files with an override type.
-    pub devices_recorded: u64,
+    /// Device nodes and fifos recorded as plain files with an override type.
+    pub specials_recorded: u64,
     /// Entries not extracted (sockets, unknown tar types), with a warning each.
     pub skipped: u64,
     /// xattrs that could not be set (e.g. `security.*` without privilege).
@@ -279,11 +281,17 @@ impl Sink {
                     .map_err(errno_io)
                     .map_err(entry_err("link"))?;
             }
-            Kind::Fifo => {
+            Kind::Fifo if self.owners == Owners::Real => {
                 mkfifoat(dir, file_name, Mode::from_bits_truncate(0o600))
                     .map_err(errno_io)
                     .map_err(entry_err("mkfifo"))?;
                 self.apply(Target::At(dir, file_name), &meta, Some(&kind), name)?;
+            }
+            Kind::Fifo => {
+                // Only files and directories take user xattrs: record the fifo.
+                let file = create_file(dir, file_name).map_err(entry_err("create"))?;
+                self.stats.specials_recorded += 1;
+                self.apply(Target::Fd(&file), &meta, Some(&kind), name)?;
             }
             Kind::Char { major, minor } | Kind::Block { major, minor } => {
                 let sflag = if matches!(kind, Kind::Char { .. }) {
@@ -307,7 +315,7 @@ impl Sink {
                     self.apply(Target::At(dir, file_name), &meta, Some(&kind), name)?;
                 } else {
                     let file = create_file(dir, file_name).map_err(entry_err("create"))?;
-                    self.stats.devices_recorded += 1;
+                    self.stats.specials_recorded += 1;
                     self.apply(Target::Fd(&file), &meta, Some(&kind), name)?;
                 }
             }
@@ -489,8 +497,9 @@ impl Sink {
         };
         let is_symlink = matches!(kind, Some(Kind::Symlink(_)));
         let is_dir = matches!(kind, Some(Kind::Dir));
-        // A device recorded as a plain file carries its type in the override.
+        // A device or fifo recorded as a plain file carries its type in the override.
         let recorded_type = match (kind, &target) {
+            (Some(Kind::Fifo), Target::Fd(_)) => Some(FileKind::Pipe),
             (Some(Kind::Char { major, minor }), Target::Fd(_)) => Some(FileKind::Char {
                 major: *major,
                 minor: *minor,
