@@ -1,6 +1,8 @@
 //! `gentree-fs import-seed`: tarballs made by GNU tar (each compression format, by the
 //! real CLI compressors) and by Python's tarfile (hostile members), directory
 //! sources, as root and as an ordinary user, atomicity and name checks.
+// Fixture helpers outside #[test] fns: a panic there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -34,7 +36,6 @@ struct Node {
 }
 
 /// Walks `root` without following symlinks. `keep_xattr` selects the xattrs compared.
-#[allow(clippy::unwrap_used, clippy::expect_used)] // a test fixture: panics are failures
 fn snapshot(root: &Path, keep_xattr: &dyn Fn(&str) -> bool) -> BTreeMap<PathBuf, Node> {
     let mut out = BTreeMap::new();
     let mut inodes: HashMap<(u64, u64), PathBuf> = HashMap::new();
