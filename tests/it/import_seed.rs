@@ -549,7 +549,8 @@ fn benign_tricky_archives_are_accepted() {
         &tar,
         "d('./'); sym('./lib', '/usr/lib'); sym('./x', '/etc'); f('./x', b'file now')
 f('./usr/lib/libc.so', b'elf'); hard('./usr/lib/libc.so.6', './usr/lib/libc.so')
-f('a/b/c', b'parents left out'); f('dup', b'one'); f('dup', b'two')",
+f('a/b/c', b'parents left out'); f('dup', b'one'); f('dup', b'two')
+d('was-dir', 0o700); f('was-dir', b'now a file')",
     );
     let conf = tmp.path().join("conf");
     let o = import(&tar, None, &conf, &[]);
@@ -563,6 +564,7 @@ f('a/b/c', b'parents left out'); f('dup', b'one'); f('dup', b'two')",
     assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
     assert_eq!(fs::read(s.join("a/b/c")).unwrap(), b"parents left out");
     assert_eq!(fs::read(s.join("dup")).unwrap(), b"two");
+    assert_eq!(fs::read(s.join("was-dir")).unwrap(), b"now a file");
 }
 
 #[test]

@@ -129,7 +129,8 @@ pub fn clean_name(raw: &[u8]) -> Result<PathBuf, &'static str> {
 #[derive(Debug)]
 struct PendingDir {
     rel: PathBuf,
-    meta: Meta,
+    /// `None` once a later member replaced the directory.
+    meta: Option<Meta>,
 }
 
 /// Writes entries below one root directory. See the module docs for the rules.
@@ -188,10 +189,13 @@ impl Sink {
 
     fn pend_dir(&mut self, rel: PathBuf, meta: Meta) {
         match self.dir_index.get(&rel) {
-            Some(&i) => self.dirs[i].meta = meta,
+            Some(&i) => self.dirs[i].meta = Some(meta),
             None => {
                 self.dir_index.insert(rel.clone(), self.dirs.len());
-                self.dirs.push(PendingDir { rel, meta });
+                self.dirs.push(PendingDir {
+                    rel,
+                    meta: Some(meta),
+                });
             }
         }
     }
@@ -229,7 +233,7 @@ impl Sink {
         let parent_rel = rel.parent().unwrap_or(Path::new(""));
         let parent = self.open_dir(parent_rel, name)?;
         let dir = parent.as_fd();
-        self.clear_place(dir, file_name, &kind, name)?;
+        self.clear_place(dir, rel, file_name, &kind, name)?;
         self.created.remove(rel);
         match kind {
             Kind::Dir => {
@@ -329,6 +333,7 @@ impl Sink {
     pub fn finish(&mut self) -> Result<(), SeedError> {
         let dirs = std::mem::take(&mut self.dirs);
         for d in dirs.iter().rev() {
+            let Some(meta) = &d.meta else { continue };
             let name = if d.rel.as_os_str().is_empty() {
                 "./".to_string()
             } else {
@@ -336,7 +341,7 @@ impl Sink {
             };
             let fd = self.open_dir(&d.rel, &name)?;
             let file = File::from(fd);
-            self.apply(Target::Fd(&file), &d.meta, Some(&Kind::Dir), &name)?;
+            self.apply(Target::Fd(&file), meta, Some(&Kind::Dir), &name)?;
         }
         Ok(())
     }
@@ -347,6 +352,7 @@ impl Sink {
     fn clear_place(
         &mut self,
         dir: BorrowedFd<'_>,
+        rel: &Path,
         file_name: &OsStr,
         kind: &Kind,
         name: &str,
@@ -371,7 +377,13 @@ impl Sink {
                 "replace the earlier entry"
             },
             source: errno_io(e),
-        })
+        })?;
+        if is_dir {
+            if let Some(i) = self.dir_index.remove(rel) {
+                self.dirs[i].meta = None;
+            }
+        }
+        Ok(())
     }
 
     /// Opens the directory `rel` below the root, never following a symlink. Missing
