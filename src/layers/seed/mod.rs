@@ -242,13 +242,13 @@ fn extract(
     intr: &Interrupt,
     progress: &mut Progress,
 ) -> Result<(&'static str, Stats), SeedError> {
-    let mut sink = sink::Sink::new(tmp, opts.owners)?;
+    let mut sink = sink::Sink::new(tmp, opts.owners, intr, progress)?;
     let format = if src_meta.is_dir() {
-        source::read_dir_tree(&opts.source, &mut sink, intr, progress)?;
+        source::read_dir_tree(&opts.source, &mut sink)?;
         "directory"
     } else {
         let (comp, mut reader) = source::open_decompressed(&opts.source)?;
-        source::read_tar(&mut reader, &mut sink, intr, progress)?;
+        source::read_tar(&mut reader, &mut sink)?;
         comp.name()
     };
     if intr.pending() {

@@ -47,6 +47,7 @@ use xattr::FileExt;
 
 use super::SeedError;
 use super::interrupt::Interrupt;
+use super::progress::Progress;
 use crate::layers::ownership::{FileKind, OVERRIDE_XATTR, OverrideStat};
 
 /// What an entry is.
@@ -135,8 +136,10 @@ struct PendingDir {
 
 /// Writes entries below one root directory. See the module docs for the rules.
 #[derive(Debug)]
-pub struct Sink {
+pub struct Sink<'a> {
     root: OwnedFd,
+    intr: &'a Interrupt,
+    progress: &'a mut Progress,
     owners: Owners,
     /// Non-directories created so far: the only valid hard-link targets.
     created: HashSet<PathBuf>,
@@ -160,9 +163,15 @@ fn errno_io(e: Errno) -> io::Error {
     io::Error::from(e)
 }
 
-impl Sink {
-    /// A sink writing below the existing, empty directory `root`.
-    pub fn new(root: &Path, owners: Owners) -> Result<Sink, SeedError> {
+impl<'a> Sink<'a> {
+    /// A sink writing below the existing, empty directory `root`. It stops with
+    /// [`SeedError::Interrupted`] once `intr` fires, and reports to `progress`.
+    pub fn new(
+        root: &Path,
+        owners: Owners,
+        intr: &'a Interrupt,
+        progress: &'a mut Progress,
+    ) -> Result<Sink<'a>, SeedError> {
         let fd = nix::fcntl::open(
             root,
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
@@ -174,6 +183,8 @@ impl Sink {
         })?;
         let mut sink = Sink {
             root: fd,
+            intr,
+            progress,
             owners,
             created: HashSet::new(),
             dirs: Vec::new(),
@@ -209,9 +220,24 @@ impl Sink {
         kind: Kind,
         meta: Meta,
         data: Option<&mut dyn Read>,
-        intr: &Interrupt,
     ) -> Result<(), SeedError> {
+        if self.intr.pending() {
+            return Err(SeedError::Interrupted);
+        }
+        self.add_inner(rel, name, kind, meta, data)?;
         self.stats.entries += 1;
+        self.progress.tick(&self.stats);
+        Ok(())
+    }
+
+    fn add_inner(
+        &mut self,
+        rel: &Path,
+        name: &str,
+        kind: Kind,
+        meta: Meta,
+        data: Option<&mut dyn Read>,
+    ) -> Result<(), SeedError> {
         let entry_err = |op: &'static str| {
             move |e: io::Error| SeedError::Entry {
                 entry: name.to_string(),
@@ -248,7 +274,7 @@ impl Sink {
             Kind::File => {
                 let file = create_file(dir, file_name).map_err(entry_err("create"))?;
                 if let Some(data) = data {
-                    self.copy_data(data, &file, intr).map_err(|e| match e {
+                    self.copy_data(data, &file).map_err(|e| match e {
                         CopyError::Interrupted => SeedError::Interrupted,
                         CopyError::Read(e) => SeedError::Archive {
                             after: name.to_string(),
@@ -470,12 +496,7 @@ impl Sink {
         }
     }
 
-    fn copy_data(
-        &mut self,
-        data: &mut dyn Read,
-        mut file: &File,
-        intr: &Interrupt,
-    ) -> Result<(), CopyError> {
+    fn copy_data(&mut self, data: &mut dyn Read, mut file: &File) -> Result<(), CopyError> {
         loop {
             let n = match data.read(&mut self.buf) {
                 Ok(0) => return Ok(()),
@@ -485,9 +506,10 @@ impl Sink {
             };
             file.write_all(&self.buf[..n]).map_err(CopyError::Write)?;
             self.stats.bytes += n as u64;
-            if intr.pending() {
+            if self.intr.pending() {
                 return Err(CopyError::Interrupted);
             }
+            self.progress.tick(&self.stats);
         }
     }
 

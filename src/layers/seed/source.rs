@@ -10,8 +10,6 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::SeedError;
-use super::interrupt::Interrupt;
-use super::progress::Progress;
 use super::sink::{Kind, Meta, Sink, clean_name};
 use crate::layers::ownership::{Effective, FileKind, OVERRIDE_XATTR};
 
@@ -105,12 +103,7 @@ pub fn parse_pax_time(v: &str) -> Option<(i64, u32)> {
 }
 
 /// Extracts every member of a tar stream into `sink`.
-pub fn read_tar(
-    reader: &mut dyn Read,
-    sink: &mut Sink,
-    intr: &Interrupt,
-    progress: &mut Progress,
-) -> Result<(), SeedError> {
+pub fn read_tar(reader: &mut dyn Read, sink: &mut Sink<'_>) -> Result<(), SeedError> {
     let mut ar = tar::Archive::new(reader);
     let mut last = String::from("(start of archive)");
     let arch_err = |after: &str| {
@@ -119,9 +112,6 @@ pub fn read_tar(
     };
     let entries = ar.entries().map_err(arch_err(&last))?;
     for entry in entries {
-        if intr.pending() {
-            return Err(SeedError::Interrupted);
-        }
         let mut e = entry.map_err(arch_err(&last))?;
         let et = e.header().entry_type();
         if et.is_pax_global_extensions() || et.is_pax_local_extensions() {
@@ -209,8 +199,7 @@ pub fn read_tar(
         } else {
             None
         };
-        sink.add(&rel, &name, kind, meta, data, intr)?;
-        progress.tick(&sink.stats);
+        sink.add(&rel, &name, kind, meta, data)?;
     }
     Ok(())
 }
@@ -218,18 +207,10 @@ pub fn read_tar(
 /// Copies the directory tree `src` into `sink`: symlinks as symlinks, hard links as
 /// links, owners from the source (its override xattrs honoured, so an imported seed
 /// can be imported again), `security.capability` and `user.*` xattrs.
-pub fn read_dir_tree(
-    src: &Path,
-    sink: &mut Sink,
-    intr: &Interrupt,
-    progress: &mut Progress,
-) -> Result<(), SeedError> {
+pub fn read_dir_tree(src: &Path, sink: &mut Sink<'_>) -> Result<(), SeedError> {
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
-        if intr.pending() {
-            return Err(SeedError::Interrupted);
-        }
         let abs = if rel.as_os_str().is_empty() {
             src.to_path_buf()
         } else {
@@ -296,8 +277,7 @@ pub fn read_dir_tree(
             continue;
         };
         let data = file.as_mut().map(|f: &mut File| f as &mut dyn Read);
-        sink.add(&rel, &name, kind, meta, data, intr)?;
-        progress.tick(&sink.stats);
+        sink.add(&rel, &name, kind, meta, data)?;
     }
     Ok(())
 }
@@ -308,7 +288,7 @@ fn plain_kind(
     abs: &Path,
     file: &mut Option<File>,
     name: &str,
-    sink: &mut Sink,
+    sink: &mut Sink<'_>,
 ) -> Result<Option<Kind>, SeedError> {
     Ok(Some(match k {
         FileKind::File => {
