@@ -90,7 +90,8 @@ pub const MAX_NAME: usize = 200;
 
 /// Checks a seed name: non-empty, at most [`MAX_NAME`] bytes, `[A-Za-z0-9._+-]` only,
 /// not starting with `.` (hidden names in `seeds/` are the import's temporary
-/// directories and the seeds' overlay dirs, and this also rules out `.` and `..`).
+/// directories, and this also rules out `.` and `..`), not ending in `.upper` (the
+/// seed's persistent upper, `seeds/<name>.upper/`, lives beside it).
 pub fn validate_name(name: &str) -> Result<(), SeedError> {
     let bad = |reason| {
         Err(SeedError::InvalidName {
@@ -109,6 +110,9 @@ pub fn validate_name(name: &str) -> Result<(), SeedError> {
     }
     if name.starts_with('.') {
         return bad("it starts with `.`");
+    }
+    if name.ends_with(".upper") {
+        return bad("`NAME.upper` is reserved for a seed's persistent upper layer");
     }
     if !name
         .bytes()
