@@ -7,5 +7,6 @@
 //! plain temp dirs.
 
 pub mod ownership;
+pub mod seed;
 pub mod store;
 pub mod whiteout;
