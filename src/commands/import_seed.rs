@@ -35,6 +35,8 @@ pub fn run(args: &ImportSeedArgs) -> CmdResult {
     let intr = Interrupt::install();
     let mut prog = Progress::new(std::io::stderr().is_terminal());
     let r = seed::import(&opts, &intr, &mut prog)?;
+    // A new or replaced seed invalidates every layer built on the old one.
+    crate::layers::store::Store::open(&opts.conf_root)?.bump_seed_id(&opts.name)?;
     let s = &r.stats;
     let mut extra = String::new();
     if s.specials_recorded > 0 {
