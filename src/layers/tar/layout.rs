@@ -152,15 +152,7 @@ impl TarLayout {
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
-            .map_err(|err| {
-                io::Error::new(
-                    err.kind(),
-                    DataError {
-                        path: path.clone(),
-                        err,
-                    },
-                )
-            })?;
+            .map_err(data_err(&path))?;
         Ok((path, f))
     }
 
@@ -174,7 +166,7 @@ impl TarLayout {
                 Ok(0) => break,
                 Ok(k) => got += k,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return Err(io::Error::new(err.kind(), DataError { path, err })),
+                Err(err) => return Err(data_err(&path)(err)),
             }
         }
         if got < buf.len() {
@@ -196,28 +188,10 @@ impl TarLayout {
                 let got = if e.size <= SMALL_FILE {
                     let start = pending.len();
                     pending.resize(start + e.size as usize, 0);
-                    read_full(&mut f, &mut pending[start..]).map_err(|err| {
-                        io::Error::new(
-                            err.kind(),
-                            DataError {
-                                path: path.clone(),
-                                err,
-                            },
-                        )
-                    })?
+                    read_full(&mut f, &mut pending[start..]).map_err(data_err(&path))?
                 } else {
-                    out.write_all(&pending)?;
-                    written += pending.len() as u64;
-                    pending.clear();
-                    let n = io::copy(&mut (&mut f).take(e.size), out).map_err(|err| {
-                        io::Error::new(
-                            err.kind(),
-                            DataError {
-                                path: path.clone(),
-                                err,
-                            },
-                        )
-                    })?;
+                    flush(out, &mut pending, &mut written)?;
+                    let n = io::copy(&mut (&mut f).take(e.size), out).map_err(data_err(&path))?;
                     written += n;
                     n
                 };
@@ -231,9 +205,7 @@ impl TarLayout {
                     while left > 0 {
                         let k = left.min(OUT_BUF as u64) as usize;
                         pending.resize(pending.len() + k, 0);
-                        out.write_all(&pending)?;
-                        written += pending.len() as u64;
-                        pending.clear();
+                        flush(out, &mut pending, &mut written)?;
                         left -= k as u64;
                     }
                 }
@@ -241,14 +213,11 @@ impl TarLayout {
                 pending.resize(pending.len() + (padded(e.size) - e.size) as usize, 0);
             }
             if pending.len() >= OUT_BUF {
-                out.write_all(&pending)?;
-                written += pending.len() as u64;
-                pending.clear();
+                flush(out, &mut pending, &mut written)?;
             }
         }
         pending.resize(pending.len() + TRAILER as usize, 0);
-        out.write_all(&pending)?;
-        written += pending.len() as u64;
+        flush(out, &mut pending, &mut written)?;
         out.flush()?;
         Ok(written)
     }
@@ -279,6 +248,28 @@ struct DataError {
     path: PathBuf,
     #[source]
     err: io::Error,
+}
+
+/// Wraps an I/O error on the layer file `path`, keeping its kind (and errno) visible.
+fn data_err(path: &Path) -> impl FnOnce(io::Error) -> io::Error + '_ {
+    move |err| {
+        let kind = err.kind();
+        io::Error::new(
+            kind,
+            DataError {
+                path: path.to_path_buf(),
+                err,
+            },
+        )
+    }
+}
+
+/// Writes and empties `pending`, counting the bytes.
+fn flush<W: Write>(out: &mut W, pending: &mut Vec<u8>, written: &mut u64) -> io::Result<()> {
+    out.write_all(pending)?;
+    *written += pending.len() as u64;
+    pending.clear();
+    Ok(())
 }
 
 fn warn_size_changed(path: &Path, size: u64) {
