@@ -11,6 +11,9 @@ use super::CmdResult;
 use crate::cli::PackArgs;
 use crate::layers::tar::{FilterSet, PackOptions, TarLayout};
 
+/// The default unprivileged maximum (`/proc/sys/fs/pipe-max-size`).
+const PIPE_SIZE: i32 = 1 << 20;
+
 pub fn run(args: &PackArgs) -> CmdResult {
     let mut filters = FilterSet::default();
     filters.apply_args(&args.filters)?;
@@ -33,13 +36,18 @@ pub fn run(args: &PackArgs) -> CmdResult {
         layout.size()
     );
     let mut out = open_output(&args.output)?;
-    match layout.write_to(&mut out) {
+    let regular = out.metadata().is_ok_and(|m| m.is_file());
+    if !regular {
+        // A larger pipe buffer means fewer wake-ups of the reader; best effort.
+        let _ = nix::fcntl::fcntl(&out, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+    }
+    match layout.write_to_file(&mut out) {
         Ok(_) => {}
         // A reader that stops early (`| head`) is not an error of ours.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::from(141)),
         Err(e) => return Err(format!("writing {}: {e}", args.output.display()).into()),
     }
-    if args.output != Path::new("-") {
+    if regular {
         out.sync_all()
             .map_err(|e| format!("writing {}: {e}", args.output.display()))?;
     }

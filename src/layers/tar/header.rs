@@ -196,10 +196,13 @@ fn capped(v: u64, max: u64) -> u64 {
 }
 
 /// Zero-padded octal digits filling all but the last byte, which is NUL.
-fn octal(field: &mut [u8], v: u64) {
+/// Callers cap `v` to the field's width first.
+fn octal(field: &mut [u8], mut v: u64) {
     let digits = field.len() - 1;
-    let s = format!("{v:0digits$o}");
-    field[..digits].copy_from_slice(s.as_bytes());
+    for b in field[..digits].iter_mut().rev() {
+        *b = b'0' + (v & 7) as u8;
+        v >>= 3;
+    }
     field[digits] = 0;
 }
 
@@ -372,6 +375,16 @@ mod tests {
         assert_eq!(xattrs[0].0, "security.capability");
         assert_eq!(xattrs[0].1[5], 0x20);
         assert_eq!(xattrs[1], ("user.note".to_owned(), b"hello=world".to_vec()));
+    }
+
+    #[test]
+    fn octal_fields() {
+        let mut f = [0xffu8; 8];
+        octal(&mut f, 0o4755);
+        assert_eq!(&f, b"0004755\0");
+        let mut f = [0u8; 12];
+        octal(&mut f, MAX_OCTAL_11);
+        assert_eq!(&f, b"77777777777\0");
     }
 
     #[test]

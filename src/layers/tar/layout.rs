@@ -19,10 +19,12 @@ use crate::layers::ownership::FileKind;
 
 const TRAILER: u64 = 2 * BLOCK;
 /// Files up to this size are copied through the output buffer; larger ones are
-/// handed to `io::copy`, which uses `sendfile`/`copy_file_range` for a `File`.
+/// copied by `sendfile` ([`TarLayout::write_to_file`]) or in chunks.
 const SMALL_FILE: u64 = 64 * 1024;
 /// Bytes of headers and small files gathered before one `write`.
 const OUT_BUF: usize = 256 * 1024;
+/// Chunk size of buffered copies of large files.
+const COPY_CHUNK: usize = 256 * 1024;
 
 /// A tar computed from layers: entries, offsets, total size.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,24 +181,52 @@ impl TarLayout {
     /// Writes the whole archive to `out`; returns the bytes written (== `size()`).
     /// Memory stays bounded: data is copied in chunks, never gathered.
     pub fn write_to<W: Write>(&self, out: &mut W) -> io::Result<u64> {
+        let mut buf = vec![0u8; COPY_CHUNK];
+        self.stream(out, |f, len, out| buffered_copy(f, len, out, &mut buf))
+    }
+
+    /// [`TarLayout::write_to`] for a file, pipe or socket: large files go by
+    /// `sendfile` (no copy through user space; into a pipe, only page references).
+    pub fn write_to_file(&self, out: &mut File) -> io::Result<u64> {
+        let mut buf = Vec::new();
+        self.stream(out, |f, len, out| match sendfile_copy(f, len, out) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
+                buf.resize(COPY_CHUNK, 0);
+                buffered_copy(f, len, out, &mut buf)
+            }
+            r => r,
+        })
+    }
+
+    /// The streaming loop: headers and small files gathered in one buffer, large
+    /// files copied by `copy(file, len, out)` (which returns the bytes it copied,
+    /// fewer at EOF).
+    fn stream<W: Write>(
+        &self,
+        out: &mut W,
+        mut copy: impl FnMut(&mut File, u64, &mut W) -> io::Result<u64>,
+    ) -> io::Result<u64> {
         let mut pending: Vec<u8> = Vec::with_capacity(OUT_BUF + SMALL_FILE as usize + 4096);
         let mut written = 0u64;
         for e in &self.entries {
             header::encode(e, &mut pending);
             if e.size > 0 {
                 let (path, mut f) = self.open_data(e)?;
-                let got = if e.size <= SMALL_FILE {
+                let (got, grew) = if e.size <= SMALL_FILE {
+                    // One byte more than recorded: a file that grew shows it
+                    // without an extra read.
                     let start = pending.len();
-                    pending.resize(start + e.size as usize, 0);
-                    read_full(&mut f, &mut pending[start..]).map_err(data_err(&path))?
+                    pending.resize(start + e.size as usize + 1, 0);
+                    let got = read_full(&mut f, &mut pending[start..]).map_err(data_err(&path))?;
+                    pending.truncate(start + e.size as usize);
+                    (got.min(e.size), got > e.size)
                 } else {
                     flush(out, &mut pending, &mut written)?;
-                    let n = io::copy(&mut (&mut f).take(e.size), out).map_err(data_err(&path))?;
+                    let n = copy(&mut f, e.size, out).map_err(data_err(&path))?;
                     written += n;
-                    n
+                    (n, n == e.size && probe_more(&mut f))
                 };
-                let more = probe_more(&mut f);
-                if got < e.size || more {
+                if got < e.size || grew {
                     warn_size_changed(&path, e.size);
                 }
                 if got < e.size && e.size > SMALL_FILE {
@@ -277,6 +307,36 @@ fn warn_size_changed(path: &Path, size: u64) {
         "{} changed size while the tar was read; kept its recorded size {size} (truncated or zero-padded)",
         path.display()
     );
+}
+
+/// Copies up to `len` bytes from `f`'s position to `out` through `buf`.
+fn buffered_copy<W: Write>(f: &mut File, len: u64, out: &mut W, buf: &mut [u8]) -> io::Result<u64> {
+    let mut done = 0u64;
+    while done < len {
+        let want = buf.len().min((len - done) as usize);
+        let n = read_full(f, &mut buf[..want])? as usize;
+        out.write_all(&buf[..n])?;
+        done += n as u64;
+        if n < want {
+            break;
+        }
+    }
+    Ok(done)
+}
+
+/// Copies up to `len` bytes from `f`'s position to `out` with `sendfile`.
+fn sendfile_copy(f: &mut File, len: u64, out: &mut File) -> io::Result<u64> {
+    let mut done = 0u64;
+    while done < len {
+        let want = (len - done).min(1 << 30) as usize;
+        match nix::sys::sendfile::sendfile(&*out, &*f, None, want) {
+            Ok(0) => break,
+            Ok(n) => done += n as u64,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(done)
 }
 
 /// Reads until `buf` is full or EOF; returns the bytes read.
@@ -393,11 +453,19 @@ mod tests {
         }
     }
 
+    /// The archive by `write_to`, checked against `write_to_file` (sendfile).
     fn stream(l: &TarLayout) -> Vec<u8> {
         let mut v = Vec::new();
         let n = l.write_to(&mut v).expect("write_to");
         assert_eq!(n, l.size());
         assert_eq!(v.len() as u64, l.size());
+        let mut f = tempfile::tempfile().expect("tempfile");
+        assert_eq!(l.write_to_file(&mut f).expect("write_to_file"), l.size());
+        let mut back = Vec::new();
+        use std::io::Seek;
+        f.rewind().expect("rewind");
+        f.read_to_end(&mut back).expect("read back");
+        assert!(back == v, "write_to_file differs from write_to");
         v
     }
 
