@@ -83,6 +83,15 @@ impl Default for FilterSet {
 }
 
 impl FilterSet {
+    /// The reference's `clean_filter_options` defaults: the tar defaults' path
+    /// filters, no device filter (clean runs on the merged root, devices stay).
+    pub fn clean_default() -> FilterSet {
+        FilterSet {
+            dev: false,
+            ..FilterSet::default()
+        }
+    }
+
     /// No filter at all.
     pub fn none() -> FilterSet {
         FilterSet {
@@ -215,6 +224,13 @@ mod tests {
             .map(|((n, _), _)| *n)
             .collect();
         assert_eq!(on, ["man", "docs", "include", "charmaps", "completions"]);
+    }
+
+    #[test]
+    fn clean_defaults_keep_devices() {
+        let c = FilterSet::clean_default();
+        assert!(!c.dev);
+        assert_eq!(c.path, FilterSet::default().path);
     }
 
     #[test]
