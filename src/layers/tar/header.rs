@@ -1,7 +1,9 @@
 //! Header bytes of one entry: a ustar header, preceded by a pax extended header
 //! when ustar falls short.
 //!
-//! pax records are written, in this fixed order, only when needed: `path` (name over
+//! pax records are written, in this fixed order, only when needed: `hdrcharset=BINARY`
+//! (a pax path or link path that is not UTF-8; without it bsdtar exits with an
+//! error, with it GNU tar 1.34 warns "unknown keyword" and reads the bytes), `path` (name over
 //! 100 bytes that cannot be split into ustar prefix/name), `linkpath` (over 100
 //! bytes), `size` (8 GiB or more), `uid`/`gid` (over 2097151), `mtime` (beyond the
 //! 11-digit octal field), then `SCHILY.xattr.<name>` sorted by name. The ustar field
@@ -29,15 +31,23 @@ pub fn encode(e: &TarEntry, out: &mut Vec<u8>) {
         name.push(b'/');
     }
     let mut pax = Vec::new();
-    let (prefix, short) = match split_name(&name) {
+    let split = split_name(&name);
+    let link = e.link.as_deref().unwrap_or(b"");
+    let long_link = link.len() > 100;
+    // pax values are UTF-8 unless declared binary (POSIX `hdrcharset`).
+    let binary = (split.is_none() && std::str::from_utf8(&name).is_err())
+        || (long_link && std::str::from_utf8(link).is_err());
+    if binary {
+        pax_record(&mut pax, b"hdrcharset", b"BINARY");
+    }
+    let (prefix, short) = match split {
         Some(split) => split,
         None => {
             pax_record(&mut pax, b"path", &name);
             (&[][..], &name[..name.len().min(100)])
         }
     };
-    let link = e.link.as_deref().unwrap_or(b"");
-    if link.len() > 100 {
+    if long_link {
         pax_record(&mut pax, b"linkpath", link);
     }
     let size = if e.kind == EntryKind::File { e.size } else { 0 };
@@ -375,6 +385,26 @@ mod tests {
         assert_eq!(xattrs[0].0, "security.capability");
         assert_eq!(xattrs[0].1[5], 0x20);
         assert_eq!(xattrs[1], ("user.note".to_owned(), b"hello=world".to_vec()));
+    }
+
+    #[test]
+    fn non_utf8_long_name_is_declared_binary() {
+        let mut name = b"d/".to_vec();
+        name.extend(std::iter::repeat_n(0xe9u8, 120)); // Latin-1 'é'
+        let mut e = file("x");
+        e.path = name.clone().into();
+        let mut v = Vec::new();
+        encode(&e, &mut v);
+        let rec = &v[512..1024];
+        assert!(
+            rec.starts_with(b"21 hdrcharset=BINARY\n"),
+            "{:?}",
+            &rec[..40]
+        );
+        assert_eq!(read_back(&e).0, name);
+        // A short non-UTF-8 name fits ustar: no pax header at all.
+        e.path = b"caf\xe9".to_vec().into();
+        assert_eq!(len(&e), 512);
     }
 
     #[test]
