@@ -217,7 +217,8 @@ impl TarLayout {
                     // without an extra read.
                     let start = pending.len();
                     pending.resize(start + e.size as usize + 1, 0);
-                    let got = read_full(&mut f, &mut pending[start..]).map_err(data_err(&path))?;
+                    let got = read_small(&mut f, &mut pending[start..], e.size)
+                        .map_err(data_err(&path))?;
                     pending.truncate(start + e.size as usize);
                     (got.min(e.size), got > e.size)
                 } else {
@@ -337,6 +338,21 @@ fn sendfile_copy(f: &mut File, len: u64, out: &mut File) -> io::Result<u64> {
         }
     }
     Ok(done)
+}
+
+/// Reads a file expected to hold `size` bytes into `buf` (`size + 1` long): one
+/// `read` in the usual case, more only when it came back short of `size`.
+fn read_small(f: &mut File, buf: &mut [u8], size: u64) -> io::Result<u64> {
+    let first = loop {
+        match f.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => break r?,
+        }
+    };
+    if first as u64 >= size || first == 0 {
+        return Ok(first as u64);
+    }
+    Ok(first as u64 + read_full(f, &mut buf[first..])?)
 }
 
 /// Reads until `buf` is full or EOF; returns the bytes read.

@@ -104,19 +104,20 @@ pub fn list_dir(
             source,
         }
     };
-    let mut names: Vec<Box<[u8]>> = fs::read_dir(&dir)
+    // `DirEntry::metadata` stats relative to the open directory: no path walk.
+    let mut names: Vec<(Box<[u8]>, fs::DirEntry)> = fs::read_dir(&dir)
         .map_err(walk_err(dir.clone()))?
-        .map(|d| d.map(|d| d.file_name().as_bytes().into()))
+        .map(|d| d.map(|d| (d.file_name().as_bytes().into(), d)))
         .collect::<io::Result<_>>()
         .map_err(walk_err(dir.clone()))?;
-    names.sort_unstable();
+    names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let mut out = Listing {
         opaque: opaque_xattr,
         ..Listing::default()
     };
-    for name in names {
+    for (name, dirent) in names {
         let path = dir.join(OsStr::from_bytes(&name));
-        let meta = fs::symlink_metadata(&path).map_err(walk_err(path.clone()))?;
+        let meta = dirent.metadata().map_err(walk_err(path.clone()))?;
         match whiteout::classify(&path, OsStr::from_bytes(&name), &meta) {
             Marker::Opaque => out.opaque = true,
             Marker::Whiteout(n) => out.whiteouts.push(n.as_bytes().into()),
