@@ -149,4 +149,44 @@ mod tests {
             .collect();
         assert_eq!(got.len(), names.len());
     }
+
+    #[test]
+    fn other_encodings_become_oci_markers_once() {
+        let t = tempfile::tempdir().expect("tmp");
+        let l = t.path().join("l");
+        build(&l, "w etc/dup\nf etc/keep 1\nd opq\nf opq/x 1");
+        if xattr::set(l.join("opq"), "user.overlay.opaque", b"y").is_err() {
+            eprintln!("SKIPPING other_encodings_become_oci_markers_once: no user xattrs");
+            return;
+        }
+        let mut want = vec![
+            "etc",
+            "etc/.wh.dup",
+            "etc/keep",
+            "opq",
+            "opq/.wh..wh..opq",
+            "opq/x",
+        ];
+        if nix::unistd::geteuid().is_root() {
+            // A kernel-overlayfs whiteout of the same name, and of another name.
+            for n in ["dup", "gone"] {
+                nix::sys::stat::mknod(
+                    &l.join("etc").join(n),
+                    nix::sys::stat::SFlag::S_IFCHR,
+                    nix::sys::stat::Mode::from_bits_truncate(0o600),
+                    0,
+                )
+                .expect("mknod");
+            }
+            want.insert(2, "etc/.wh.gone");
+        }
+        let opts = PackOptions::default();
+        let layout = TarLayout::oci_layer(&[l], &opts).expect("layout");
+        let names: Vec<String> = layout
+            .entries()
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.path).into_owned())
+            .collect();
+        assert_eq!(names, want);
+    }
 }
