@@ -383,6 +383,14 @@ fn python_members(tar: &Path) -> Vec<(String, Member, i64)> {
         .collect()
 }
 
+/// Members by name, as Python's tarfile reads them.
+fn python_tree(tar: &Path) -> BTreeMap<String, Member> {
+    python_members(tar)
+        .into_iter()
+        .map(|(n, m, _)| (n, m))
+        .collect()
+}
+
 /// Symlink and hard-link modes are not meaningful across readers; compare 0.
 fn normalise(mut w: Member) -> Member {
     if matches!(w.kind, 'l' | 'h') {
@@ -578,10 +586,7 @@ fn pack_filters_and_devices() {
         &["--filter", "dev=false", "--filter", "man=false"],
         &out,
     );
-    let got: BTreeMap<String, Member> = python_members(&out)
-        .into_iter()
-        .map(|(n, m, _)| (n, m))
-        .collect();
+    let got = python_tree(&out);
     for (k, w) in &fx.devices {
         assert_eq!(&got[k], w, "device {k}");
     }
