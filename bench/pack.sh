@@ -4,7 +4,8 @@
 #   bench/pack.sh [RUNS]        (default 5 runs; set BENCH_DIR to move the work dir)
 #
 # In one run: builds the release binary, generates a ~1 GiB, ~30k-file tree under
-# $BENCH_DIR (default /tmp/gentree-bench; reused when present), warms the page cache,
+# $BENCH_DIR (default /tmp/gentree-bench; reused when present; measured: 30000 files,
+# 1.26 GiB), warms the page cache,
 # then times RUNS rounds of
 #   gentree-fs pack --layer T -o - | cat >/dev/null
 #   tar -cf - -C T . | cat >/dev/null

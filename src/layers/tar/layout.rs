@@ -96,6 +96,19 @@ impl TarLayout {
         &self.layers
     }
 
+    /// Points the layout at the same layers in a new place (a moved layer store).
+    /// The count must match; nothing is re-read.
+    pub fn relocate(&mut self, layers: Vec<PathBuf>) -> Result<(), TarError> {
+        if layers.len() != self.layers.len() {
+            return Err(TarError::Relocate {
+                have: self.layers.len(),
+                given: layers.len(),
+            });
+        }
+        self.layers = absolute(&layers)?;
+        Ok(())
+    }
+
     /// Fills `buf` with the archive bytes at `offset`; returns the count, short only
     /// at the end of the archive (0 at or past it).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
@@ -691,6 +704,19 @@ mod tests {
         let back = TarLayout::load(&idx).expect("load");
         assert_eq!(back, l);
         assert_eq!(stream(&back), stream(&l));
+        let moved = t.path().join("moved");
+        fs::rename(&l.layers()[0], &moved).expect("move layer");
+        let mut back = back;
+        assert!(back.relocate(vec![]).is_err());
+        back.relocate(vec![moved]).expect("relocate");
+        assert_eq!(
+            stream(&back),
+            stream(&{
+                let mut l = l.clone();
+                l.layers = back.layers.clone();
+                l
+            })
+        );
         let mut bytes = fs::read(&idx).expect("read");
         let last = bytes.len() - 1;
         bytes[last] ^= 1;

@@ -56,6 +56,8 @@ pub enum TarError {
         #[source]
         source: io::Error,
     },
+    #[error("the tar layout reads {have} layers, {given} given to relocate it")]
+    Relocate { have: usize, given: usize },
     #[error("tar index {path}")]
     IndexIo {
         path: PathBuf,
