@@ -125,7 +125,8 @@ pub struct PackArgs {
     #[arg(long)]
     pub oci_layer: bool,
     /// Turn a filter on or off: man, docs, include, locales, charmaps, completions,
-    /// vardbpkg, dev (NAME alone means NAME=true). Defaults are genTree's tar filters.
+    /// vardbpkg, gconv, locale_archive, dev (NAME alone means NAME=true). Defaults
+    /// are genTree's tar filters: man, docs, include, charmaps, completions, dev.
     #[arg(long = "filter", value_name = "NAME[=BOOL]")]
     pub filters: Vec<String>,
     /// Clamp mtimes to this Unix time (default: $SOURCE_DATE_EPOCH if set).

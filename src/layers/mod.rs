@@ -9,4 +9,5 @@
 pub mod ownership;
 pub mod seed;
 pub mod store;
+pub mod tar;
 pub mod whiteout;

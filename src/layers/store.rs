@@ -6,7 +6,7 @@
 //! layers/<key>/meta.json    LayerMeta
 //! layers/<key>.lock         flock: held while a layer of that key is being built
 //! layers/.tmp-<key>-<pid>-<n>/   a layer being built (never visible as finished)
-//! seeds/<name>.id           the seed's identity token, part of every layer key
+//! state/seed-ids/<name>     the seed's identity token, part of every layer key
 //! ```
 //!
 //! Invariants:
@@ -312,7 +312,7 @@ impl Store {
     }
 
     fn seed_id_path(&self, seed: &str) -> PathBuf {
-        self.conf_root.join("seeds").join(format!("{seed}.id"))
+        self.conf_root.join("state/seed-ids").join(seed)
     }
 
     /// The identity token of a seed, created on first use. It changes whenever the
@@ -340,7 +340,7 @@ impl Store {
             std::process::id(),
             PENDING_SEQ.fetch_add(1, Ordering::Relaxed)
         );
-        let tmp = p.with_extension(format!("id.tmp{}", std::process::id()));
+        let tmp = p.with_file_name(format!(".{seed}.tmp{}", std::process::id()));
         if let Some(parent) = p.parent() {
             fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
         }

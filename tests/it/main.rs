@@ -6,4 +6,5 @@
 mod config;
 mod import_seed;
 mod namespace;
+mod pack;
 mod util;
