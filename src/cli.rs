@@ -53,6 +53,14 @@ pub enum Command {
     #[command(name = "import-seed")]
     ImportSeed(ImportSeedArgs),
 
+    /// Build a config's layers with Portage and write the flattened image tar.
+    ///
+    /// Each layer (bases first) is reused when its inputs are unchanged and built
+    /// otherwise, by emerge in a user+mount namespace chrooted into the seed, on
+    /// userspace unions (no kernel overlayfs, no root needed). Output streams to
+    /// the terminal and to CONF_ROOT/builds/<buildname>.log.
+    Build(BuildArgs),
+
     /// Internal: the namespace helper (re-executed by gentree-fs itself).
     #[command(name = "__ns-exec", hide = true)]
     NsExec,
@@ -154,4 +162,26 @@ pub struct ImportSeedArgs {
     /// Replace an existing seed of that name.
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub select: BuildSelect,
+    /// Rebuild the config's own layer even if one with the same inputs exists.
+    #[arg(long)]
+    pub rebuild: bool,
+    /// Where to write the image (default: CONF_ROOT/builds/<buildname>-full.tar, or
+    /// the config's output_file relative to the build dir).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Data directory (default: $XDG_DATA_HOME/gentree).
+    #[arg(long, value_name = "DIR", env = "GENTREE_CONF_ROOT")]
+    pub conf_root: Option<PathBuf>,
+    /// Do not read the default config files (/etc and ~/.config).
+    #[arg(long)]
+    pub no_config: bool,
+    /// The build config (TOML).
+    #[arg(default_value = "config.toml")]
+    pub file: PathBuf,
 }

@@ -4,3 +4,4 @@
 pub mod config;
 pub mod key;
 pub mod namespace;
+pub mod build;

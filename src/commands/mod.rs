@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
 
+pub mod build;
 pub mod config;
 pub mod import_seed;
 pub mod namespace;
@@ -23,6 +24,7 @@ pub fn dispatch(cli: Cli) -> CmdResult {
         Command::Union(a) => union::run(&a),
         Command::Pack(a) => pack::run(&a),
         Command::ImportSeed(a) => import_seed::run(&a),
+        Command::Build(a) => build::run(&a),
         Command::NsExec => namespace::ns_exec(),
         Command::NsRun { plan, auto_map } => namespace::ns_run(&plan, auto_map),
     }

@@ -27,7 +27,7 @@ pub fn ns_run(plan_file: &Path, auto_map: bool) -> CmdResult {
     if auto_map {
         plan.mapping = namespace::current_mapping();
     }
-    let status = namespace::run(&plan)?;
+    let status = namespace::run(&plan, None)?;
     Ok(match status.code() {
         Some(c) => exit_code(c),
         None => ExitCode::from(125),

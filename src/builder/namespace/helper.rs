@@ -216,6 +216,14 @@ fn child_main(plan: &Plan, go: OwnedFd) -> ! {
                 }
                 0
             }
+            Step::Remove { paths } => {
+                for p in paths {
+                    if let Err(e) = crate::layers::store::remove_tree(p) {
+                        fail(format!("removing {}", p.display()), &e);
+                    }
+                }
+                0
+            }
             Step::WriteFile { path, contents } => {
                 let r = path
                     .parent()

@@ -61,6 +61,9 @@ pub enum Step {
     Symlink { link: PathBuf, target: PathBuf },
     /// Writes a file (creating parent directories), replacing what was there.
     WriteFile { path: PathBuf, contents: String },
+    /// Removes each path (recursively) if it exists: the clean filters, applied
+    /// through the union so that deleting a lower layer's file records a whiteout.
+    Remove { paths: Vec<PathBuf> },
 }
 
 /// A command of a plan.
@@ -151,15 +154,48 @@ pub enum NsError {
     },
     #[error("waiting for the namespace helper")]
     Wait(#[source] io::Error),
+    #[error("cannot write the build log {path}")]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
-/// Runs `plan` in new namespaces and waits for it; stdio is inherited.
-pub fn run(plan: &Plan) -> Result<ExitStatus, NsError> {
+/// Runs `plan` in new namespaces and waits for it. Standard input is inherited;
+/// output is inherited too, or, with `log`, both streams go to our stderr and are
+/// appended to the log file (the build log users can `tail -f`).
+pub fn run(plan: &Plan, log: Option<&Path>) -> Result<ExitStatus, NsError> {
     let exe = PathBuf::from("/proc/self/exe");
     let json = serde_json::to_string(plan).map_err(NsError::Encode)?;
     let mut cmd = Command::new(&exe);
     cmd.arg(HELPER_SUBCOMMAND).env(PLAN_ENV, json);
-    let mut child = cmd.spawn().map_err(|source| NsError::Spawn {
+    let tee = match log {
+        Some(path) => {
+            let file = std::fs::File::options()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| NsError::Log {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            let (reader, writer) = io::pipe().map_err(|source| NsError::Log {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let w2 = writer.try_clone().map_err(|source| NsError::Log {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            cmd.stdout(writer).stderr(w2);
+            Some(std::thread::spawn(move || tee_to(reader, file)))
+        }
+        None => None,
+    };
+    let spawned = cmd.spawn();
+    drop(cmd); // our copies of the pipe's write end: the tee ends when the helper does
+    let mut child = spawned.map_err(|source| NsError::Spawn {
         exe: exe.clone(),
         source,
     })?;
@@ -170,7 +206,25 @@ pub fn run(plan: &Plan) -> Result<ExitStatus, NsError> {
             return Err(e);
         }
     }
-    child.wait().map_err(NsError::Wait)
+    let status = child.wait().map_err(NsError::Wait);
+    if let Some(t) = tee {
+        let _ = t.join();
+    }
+    status
+}
+
+/// Copies the helper's output to our stderr and the log, until the pipe closes.
+fn tee_to(mut reader: io::PipeReader, mut log: std::fs::File) {
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut stderr = io::stderr();
+    while let Ok(n) = reader.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        let _ = stderr.write_all(&buf[..n]);
+        let _ = log.write_all(&buf[..n]);
+    }
 }
 
 /// Writes the subordinate id maps of `pid` once it has entered its user namespace.

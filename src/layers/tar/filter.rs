@@ -141,6 +141,22 @@ impl FilterSet {
         Ok(())
     }
 
+    /// The directory prefixes (ending in `/`) the enabled path filters reject: what a
+    /// clean step deletes from a layer.
+    pub fn path_prefixes(&self) -> Vec<&'static str> {
+        let mut out: Vec<&'static str> = Vec::new();
+        for ((_, prefixes), on) in PATH_FILTERS.iter().zip(self.path) {
+            if on {
+                for p in *prefixes {
+                    if !out.contains(p) {
+                        out.push(p);
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The name of the path filter rejecting `path`, if any.
     pub fn rejects_path(&self, path: &[u8]) -> Option<&'static str> {
         let n = normalise(path);

@@ -1,0 +1,642 @@
+//! Building a resolved config into layers: keys, reuse, one namespaced run per
+//! missing layer, atomic publication.
+//!
+//! For each distinct layer in build order (bases first):
+//! 1. its key hashes its resolved config, the seed's identity, the keys of the layers
+//!    below it and the config overlay's content ([`crate::builder::key`]);
+//! 2. a published layer with that key is reused as it is (no emerge runs);
+//! 3. otherwise, under the key's lock, a fresh upper dir is stacked over the layers
+//!    below it in a gentree-fs union at `/builds/<buildname>`, inside a chroot whose
+//!    root is a union of the seed's persistent upper over the seed; the profile is
+//!    linked, emerge / depclean / unmerge run, the clean filters delete through the
+//!    union; and the upper is published as the layer. A failure publishes nothing.
+//!
+//! The plan for one layer is computed by [`layer_plan`], a pure function, so the
+//! mounts and commands a build will run are unit-tested without running them.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::builder::config::ResolvedConfig;
+use crate::builder::key::{self, KeyInputs, LAYER_FORMAT_VERSION};
+use crate::builder::namespace::{self, IdMapping, MountSpec, Plan, RunStep, Step, UnionSpec};
+use crate::layers::store::{self, BuildKey, Layer, LayerMeta, Store, StoreError};
+use crate::layers::tar::{FilterSet, PackOptions, TarLayout};
+
+/// Host directories a build uses (spec 2.1), after `_seed_dir`-style overrides.
+#[derive(Debug, Clone)]
+pub struct HostDirs {
+    pub conf_root: PathBuf,
+    pub seeds: PathBuf,
+    pub builds: PathBuf,
+    pub distfiles: PathBuf,
+    pub repos: PathBuf,
+    pub config: PathBuf,
+    /// Replaces the per-config binpkg dir when set.
+    pub pkgdir_override: Option<PathBuf>,
+    /// Mount points of running builds.
+    pub run: PathBuf,
+}
+
+impl HostDirs {
+    /// The directories for a top-level config under `conf_root` (the config's
+    /// `conf_root` key, when set, wins).
+    pub fn new(conf_root: &Path, top: &ResolvedConfig) -> HostDirs {
+        let d = &top.dirs;
+        let root = d.conf_root.clone().unwrap_or_else(|| conf_root.to_path_buf());
+        let under = |o: &Option<PathBuf>, name: &str| {
+            o.as_ref()
+                .map(|p| if p.is_absolute() { p.clone() } else { root.join(p) })
+                .unwrap_or_else(|| root.join(name))
+        };
+        HostDirs {
+            seeds: under(&d.seed_dir, "seeds"),
+            builds: under(&d.build_dir, "builds"),
+            distfiles: under(&d.distfile_dir, "distfiles"),
+            repos: under(&d.repo_dir, "repos"),
+            config: under(&d.config_dir, "config"),
+            pkgdir_override: d.pkgdir.as_ref().map(|p| {
+                if p.is_absolute() {
+                    p.clone()
+                } else {
+                    root.join(p)
+                }
+            }),
+            run: root.join("run"),
+            conf_root: root,
+        }
+    }
+
+    /// The imported seed.
+    pub fn seed(&self, seed: &str) -> PathBuf {
+        self.seeds.join(seed)
+    }
+    /// The seed's persistent upper and work dirs.
+    pub fn seed_upper(&self, seed: &str) -> (PathBuf, PathBuf) {
+        (
+            self.seeds.join(format!("{seed}.upper")),
+            self.seeds.join(format!("{seed}.work")),
+        )
+    }
+    /// The binary package dir of a layer.
+    pub fn pkgdir(&self, cfg: &ResolvedConfig) -> PathBuf {
+        self.pkgdir_override
+            .clone()
+            .unwrap_or_else(|| self.conf_root.join(&cfg.pkgdir))
+    }
+}
+
+/// Errors of a build, each naming the layer or path at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(
+        "seed {seed:?} is not imported ({path} does not exist): run `gentree-fs import-seed SOURCE {seed}`"
+    )]
+    NoSeed { seed: String, path: PathBuf },
+    #[error("config overlay {name:?} of layer {layer} does not exist ({path})")]
+    NoOverlay {
+        name: String,
+        layer: String,
+        path: PathBuf,
+    },
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("running the build of layer {layer}")]
+    Namespace {
+        layer: String,
+        #[source]
+        source: namespace::NsError,
+    },
+    #[error("layer {layer} failed (exit status {code}); its log is {log}")]
+    Failed {
+        layer: String,
+        code: i32,
+        log: PathBuf,
+    },
+    #[error("writing the image {path}")]
+    Image {
+        path: PathBuf,
+        #[source]
+        source: crate::layers::tar::TarError,
+    },
+    #[error("filter option of {layer}")]
+    Filter {
+        layer: String,
+        #[source]
+        source: crate::layers::tar::FilterError,
+    },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BuildError + 'a {
+    move |source| BuildError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One distinct layer of a build and its key.
+#[derive(Debug, Clone)]
+pub struct LayerJob<'a> {
+    pub config: &'a ResolvedConfig,
+    pub key: BuildKey,
+    /// Keys of the layers below, lowest first.
+    pub lower_keys: Vec<BuildKey>,
+}
+
+/// The part of a resolved config that determines a layer's content, as hashed into
+/// its key: everything except where it came from, its bases (their keys stand in),
+/// and what only matters for the final image or for forcing a rebuild.
+pub fn key_config(cfg: &ResolvedConfig) -> serde_json::Value {
+    let mut v = serde_json::to_value(cfg).unwrap_or(serde_json::Value::Null);
+    if let Some(m) = v.as_object_mut() {
+        for k in [
+            "origin",
+            "bases",
+            "rebuild",
+            "output_file",
+            "refilter",
+            "tar_filters",
+            "dirs",
+            "seed_update_args",
+        ] {
+            m.remove(k);
+        }
+    }
+    v
+}
+
+/// Computes the key of every distinct layer, in build order.
+pub fn plan_jobs<'a>(
+    top: &'a ResolvedConfig,
+    store: &Store,
+    dirs: &HostDirs,
+) -> Result<Vec<LayerJob<'a>>, BuildError> {
+    let seed_path = dirs.seed(&top.seed);
+    if !seed_path.is_dir() {
+        return Err(BuildError::NoSeed {
+            seed: top.seed.clone(),
+            path: seed_path,
+        });
+    }
+    let seed_id = store.seed_id(&top.seed)?;
+    let mut jobs: Vec<LayerJob<'a>> = Vec::new();
+    for cfg in top.build_order() {
+        let lower_keys: Vec<BuildKey> = cfg
+            .build_order()
+            .iter()
+            .filter(|c| !std::ptr::eq(**c, cfg))
+            .map(|c| {
+                jobs.iter()
+                    .find(|j| j.config == *c)
+                    .map(|j| j.key.clone())
+                    .ok_or_else(|| BuildError::Io {
+                        what: "internal error: base built after its user:",
+                        path: PathBuf::from(&c.buildname),
+                        source: io::ErrorKind::NotFound.into(),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let overlay = match &cfg.config_overlay {
+            Some(name) => {
+                let p = dirs.config.join(name);
+                if !p.is_dir() {
+                    return Err(BuildError::NoOverlay {
+                        name: name.clone(),
+                        layer: cfg.buildname.clone(),
+                        path: p,
+                    });
+                }
+                Some(key::digest_tree(&p).map_err(io_err("cannot read config overlay", &p))?)
+            }
+            None => None,
+        };
+        let config = key_config(cfg);
+        let key = key::layer_key(&KeyInputs {
+            config: &config,
+            seed_id: &seed_id,
+            base_keys: &lower_keys,
+            overlay_digest: overlay.as_deref(),
+        });
+        jobs.push(LayerJob {
+            config: cfg,
+            key,
+            lower_keys,
+        });
+    }
+    Ok(jobs)
+}
+
+/// Where one layer's build mounts things on the host.
+#[derive(Debug, Clone)]
+pub struct LayerPaths {
+    /// The chroot root (mount point of the seed union).
+    pub root: PathBuf,
+    /// An empty dir, the lower of a layer with no bases.
+    pub empty: PathBuf,
+    /// The new layer's upper and work dirs.
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    /// Lower layer trees, topmost first.
+    pub lowers: Vec<PathBuf>,
+}
+
+/// The environment of every Portage command of a layer: a clean base, the layer's
+/// resolved env, and what rootless Portage needs with a single mapped id.
+pub fn emerge_env(cfg: &ResolvedConfig, mapping: &IdMapping) -> Vec<(String, String)> {
+    let mut env = namespace::base_env();
+    for (k, v) in &cfg.env {
+        env.retain(|(e, _)| e != k);
+        env.push((k.clone(), v.clone()));
+    }
+    if !mapping.has_subids() {
+        // Only root exists in the namespace: Portage cannot drop privileges
+        // (portage-on-debian.md), and userfetch's setgroups() is denied.
+        env.push(("PORTAGE_USERNAME".into(), "root".into()));
+        env.push(("PORTAGE_GRPNAME".into(), "root".into()));
+        let features = env
+            .iter()
+            .find(|(k, _)| k == "FEATURES")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        env.retain(|(k, _)| k != "FEATURES");
+        let extra = "-userfetch -userpriv -usersync";
+        env.push((
+            "FEATURES".into(),
+            format!("{features} {extra}").trim().to_owned(),
+        ));
+    }
+    for (k, v) in [("CLEAN_DELAY", "0"), ("EMERGE_WARNING_DELAY", "0")] {
+        if !env.iter().any(|(e, _)| e == k) {
+            env.push((k.into(), v.into()));
+        }
+    }
+    env
+}
+
+/// The namespace plan that builds one layer.
+pub fn layer_plan(
+    cfg: &ResolvedConfig,
+    dirs: &HostDirs,
+    paths: &LayerPaths,
+    mapping: &IdMapping,
+) -> Plan {
+    let (seed_upper, seed_work) = dirs.seed_upper(&cfg.seed);
+    let bind = |source: PathBuf, target: &str, recursive: bool, readonly: bool| {
+        MountSpec::Bind {
+            source,
+            target: target.into(),
+            recursive,
+            readonly,
+        }
+    };
+    let target = cfg.crossdev_target.as_deref();
+    let pkgdir_target = match target {
+        Some(t) => format!("/usr/{t}/var/cache/binpkgs"),
+        None => "/var/cache/binpkgs".to_owned(),
+    };
+    let repos = if cfg.bind_system_repos {
+        bind(cfg.system_repos.clone(), "/var/db/repos", true, true)
+    } else {
+        bind(dirs.repos.clone(), "/var/db/repos", true, false)
+    };
+    let layer_root = cfg.root();
+    let mut mounts = vec![
+        MountSpec::Union(UnionSpec {
+            lowers: vec![dirs.seed(&cfg.seed)],
+            upper: Some(seed_upper),
+            work: Some(seed_work),
+            target: "/".into(),
+        }),
+        MountSpec::Proc {
+            target: "/proc".into(),
+        },
+        bind("/sys".into(), "/sys", true, true),
+        bind("/dev".into(), "/dev", true, true),
+        MountSpec::Devpts {
+            target: "/dev/pts".into(),
+        },
+        MountSpec::Tmpfs {
+            target: "/run".into(),
+            options: "mode=0755".into(),
+        },
+        repos,
+        bind(dirs.pkgdir(cfg), &pkgdir_target, false, false),
+        bind(dirs.distfiles.clone(), "/var/cache/distfiles", false, false),
+        MountSpec::Tmpfs {
+            target: "/builds".into(),
+            options: "mode=0755".into(),
+        },
+        MountSpec::Union(UnionSpec {
+            lowers: if paths.lowers.is_empty() {
+                vec![paths.empty.clone()]
+            } else {
+                paths.lowers.clone()
+            },
+            upper: Some(paths.upper.clone()),
+            work: Some(paths.work.clone()),
+            target: layer_root.clone().into(),
+        }),
+    ];
+    if Path::new("/etc/resolv.conf").exists() {
+        mounts.insert(
+            7,
+            bind("/etc/resolv.conf".into(), "/etc/resolv.conf", false, true),
+        );
+    }
+    if let Some(ov) = &cfg.config_overlay {
+        // Portage reads `--config-root /builds/<bn>`: the overlay's files over the
+        // seed's /etc/portage, read-only, so nothing of it lands in the layer.
+        let (seed_upper, _) = dirs.seed_upper(&cfg.seed);
+        mounts.push(bind(dirs.config.clone(), "/config", true, false));
+        mounts.push(MountSpec::Union(UnionSpec {
+            lowers: vec![
+                dirs.config.join(ov),
+                seed_upper.join("etc/portage"),
+                dirs.seed(&cfg.seed).join("etc/portage"),
+            ]
+            .into_iter()
+            .filter(|p| p.is_dir())
+            .collect(),
+            upper: None,
+            work: None,
+            target: format!("{layer_root}/etc/portage").into(),
+        }));
+    }
+
+    let env = emerge_env(cfg, mapping);
+    let program = cfg
+        .emerge
+        .as_ref()
+        .and_then(|a| a.first().cloned())
+        .unwrap_or_else(|| "emerge".into());
+    let run = |argv: &Vec<String>| {
+        Step::Run(RunStep {
+            argv: argv.clone(),
+            env: env.clone(),
+            on_failure: vec![vec![program.clone(), "--info".into()]],
+            log_tail: Some("/var/log/emerge.log".into()),
+        })
+    };
+    let mut steps = Vec::new();
+    if let Some(profile) = cfg.effective_profile() {
+        let link = match target {
+            Some(t) => format!("/usr/{t}/etc/portage/make.profile"),
+            None => "/etc/portage/make.profile".to_owned(),
+        };
+        steps.push(Step::Symlink {
+            link: link.into(),
+            target: format!("/var/db/repos/{}/profiles/{profile}", cfg.profile_repo).into(),
+        });
+    }
+    for argv in [&cfg.emerge, &cfg.depclean_argv, &cfg.unmerge_argv]
+        .into_iter()
+        .flatten()
+    {
+        steps.push(run(argv));
+    }
+    let clean = clean_paths(cfg, &layer_root);
+    if !clean.is_empty() {
+        steps.push(Step::Remove { paths: clean });
+    }
+    Plan {
+        mapping: mapping.clone(),
+        root: paths.root.clone(),
+        mounts,
+        steps,
+        cwd: "/".into(),
+    }
+}
+
+/// The paths (inside the namespace) the clean filters delete from a layer's root.
+pub fn clean_paths(cfg: &ResolvedConfig, layer_root: &str) -> Vec<PathBuf> {
+    let mut set = FilterSet::none();
+    let mut out = Vec::new();
+    for (name, on) in &cfg.clean_filters.0 {
+        if set.set(name, *on).is_err() {
+            tracing::warn!("{}: unknown clean filter {name:?} ignored", cfg.buildname);
+        }
+    }
+    for prefix in set.path_prefixes() {
+        out.push(Path::new(layer_root).join(prefix.trim_end_matches('/')));
+    }
+    out
+}
+
+/// What happened to one layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Reused,
+    Built,
+}
+
+/// The result of a build: every layer (build order) and what happened to it.
+#[derive(Debug)]
+pub struct BuildReport {
+    pub layers: Vec<(Layer, Outcome)>,
+}
+
+impl BuildReport {
+    /// The image's layer trees, lowest first.
+    pub fn image_layers(&self) -> Vec<PathBuf> {
+        self.layers.iter().map(|(l, _)| l.root()).collect()
+    }
+}
+
+/// Options of [`build`].
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Rebuild the top layer even if a layer with its key exists (`--rebuild`);
+    /// per-layer `rebuild = true` does the same for that layer.
+    pub rebuild: bool,
+    pub mapping: IdMapping,
+}
+
+/// Builds (or reuses) every layer of `top`. `log` receives the output of every
+/// namespaced run (and is shown on stderr).
+pub fn build(
+    top: &ResolvedConfig,
+    dirs: &HostDirs,
+    opts: &BuildOptions,
+    log: &Path,
+) -> Result<BuildReport, BuildError> {
+    let store = Store::open(&dirs.conf_root)?;
+    let jobs = plan_jobs(top, &store, dirs)?;
+    let mut done: Vec<(Layer, Outcome)> = Vec::new();
+    let _seed_lock = lock_seed(dirs, &top.seed)?;
+    if top.clean_seed {
+        let (upper, work) = dirs.seed_upper(&top.seed);
+        for p in [&upper, &work] {
+            store::remove_tree(p).map_err(io_err("cannot clean the seed overlay", p))?;
+        }
+    }
+    let n = jobs.len();
+    for (i, job) in jobs.iter().enumerate() {
+        let cfg = job.config;
+        let forced = cfg.rebuild || (opts.rebuild && i + 1 == n);
+        if !forced {
+            if let Some(layer) = store.lookup(&job.key)? {
+                tracing::info!(
+                    "[{}/{n}] {}: reusing layer {}",
+                    i + 1,
+                    cfg.buildname,
+                    job.key.short()
+                );
+                done.push((layer, Outcome::Reused));
+                continue;
+            }
+        }
+        tracing::info!(
+            "[{}/{n}] {}: building layer {}",
+            i + 1,
+            cfg.buildname,
+            job.key.short()
+        );
+        let layer = build_layer(job, &done, dirs, &store, opts, log)?;
+        done.push((layer, Outcome::Built));
+    }
+    Ok(BuildReport { layers: done })
+}
+
+fn lock_seed(dirs: &HostDirs, seed: &str) -> Result<nix::fcntl::Flock<fs::File>, BuildError> {
+    let path = dirs.seeds.join(format!(".{seed}.lock"));
+    let f = fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err("cannot open the seed lock", &path))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| io_err("cannot lock", &path)(io::Error::from(e)))
+}
+
+fn build_layer(
+    job: &LayerJob<'_>,
+    done: &[(Layer, Outcome)],
+    dirs: &HostDirs,
+    store: &Store,
+    opts: &BuildOptions,
+    log: &Path,
+) -> Result<Layer, BuildError> {
+    let cfg = job.config;
+    let lock = store.lock(&job.key)?;
+    let pending = store.begin(&job.key, &lock)?;
+    let lowers: Vec<PathBuf> = job
+        .lower_keys
+        .iter()
+        .rev()
+        .map(|k| {
+            done.iter()
+                .find(|(l, _)| &l.meta.key == k)
+                .map(|(l, _)| l.root())
+                .unwrap_or_else(|| store.layer_dir(k).join("root"))
+        })
+        .collect();
+    let run_dir = dirs.run.join(format!("{}-{}", job.key.short(), std::process::id()));
+    let paths = LayerPaths {
+        root: run_dir.join("root"),
+        empty: run_dir.join("empty"),
+        upper: pending.root(),
+        work: pending.work(),
+        lowers,
+    };
+    for p in [&paths.root, &paths.empty, &dirs.distfiles, &dirs.repos, &dirs.builds] {
+        fs::create_dir_all(p).map_err(io_err("cannot create", p))?;
+    }
+    let (seed_upper, seed_work) = dirs.seed_upper(&cfg.seed);
+    for p in [&seed_upper, &seed_work, &dirs.pkgdir(cfg)] {
+        fs::create_dir_all(p).map_err(io_err("cannot create", p))?;
+    }
+    let plan = layer_plan(cfg, dirs, &paths, &opts.mapping);
+    let status = namespace::run(&plan, Some(log)).map_err(|source| BuildError::Namespace {
+        layer: cfg.buildname.clone(),
+        source,
+    });
+    let _ = store::remove_tree(&run_dir);
+    let status = status?;
+    if !status.success() {
+        return Err(BuildError::Failed {
+            layer: cfg.buildname.clone(),
+            code: status.code().unwrap_or(-1),
+            log: log.to_path_buf(),
+        });
+    }
+    remove_empty_mountpoint(&pending.root().join("etc/portage"));
+    let meta = LayerMeta {
+        key: job.key.clone(),
+        name: cfg.name.clone(),
+        buildname: cfg.buildname.clone(),
+        base_keys: job.lower_keys.clone(),
+        created: store::now_secs(),
+        format: LAYER_FORMAT_VERSION,
+    };
+    Ok(store.publish(pending, meta)?)
+}
+
+/// The config overlay's mount point leaves an empty `etc/portage` (and maybe `etc`)
+/// in the layer (B50): remove them when empty.
+fn remove_empty_mountpoint(dir: &Path) {
+    if fs::remove_dir(dir).is_ok() {
+        if let Some(parent) = dir.parent() {
+            let _ = fs::remove_dir(parent);
+        }
+    }
+}
+
+/// The tar filters of the final image: the top config's `tar_filters`.
+pub fn image_filters(top: &ResolvedConfig) -> Result<FilterSet, BuildError> {
+    let mut set = FilterSet::none();
+    for (name, on) in &top.tar_filters.0 {
+        set.set(name, *on).map_err(|source| BuildError::Filter {
+            layer: top.buildname.clone(),
+            source,
+        })?;
+    }
+    Ok(set)
+}
+
+/// Writes the flattened, filtered image of a finished build to `out` atomically.
+pub fn write_image(
+    top: &ResolvedConfig,
+    report: &BuildReport,
+    out: &Path,
+    source_date_epoch: Option<i64>,
+) -> Result<u64, BuildError> {
+    let opts = PackOptions {
+        filters: image_filters(top)?,
+        source_date_epoch,
+    };
+    let layout = TarLayout::flattened(&report.image_layers(), &opts).map_err(|source| {
+        BuildError::Image {
+            path: out.to_path_buf(),
+            source,
+        }
+    })?;
+    let tmp = out.with_file_name(format!(
+        ".{}.tmp{}",
+        out.file_name().and_then(|n| n.to_str()).unwrap_or("image"),
+        std::process::id()
+    ));
+    let mut f = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
+    let n = layout
+        .write_to_file(&mut f)
+        .and_then(|n| f.sync_all().map(|_| n))
+        .map_err(io_err("cannot write", &tmp));
+    let n = match n {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    fs::rename(&tmp, out).map_err(io_err("cannot write", out))?;
+    Ok(n)
+}
