@@ -7,4 +7,5 @@
 //! plain temp dirs.
 
 pub mod ownership;
+pub mod union;
 pub mod whiteout;
