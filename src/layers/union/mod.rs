@@ -57,9 +57,10 @@ pub const WORK_SUBDIR: &str = "gentree-work";
 /// Attributes of one merged entry, as the union presents them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attr {
-    /// Node id (FUSE nodeid); stable for the life of the mount.
+    /// Node id (FUSE nodeid); stable for the life of the mount, one per file (all
+    /// names of a hard-linked upper file share it).
     pub node: u64,
-    /// `st_ino`: the node id, shared by the names of one hard-linked file.
+    /// `st_ino`: equal to `node`.
     pub ino: u64,
     pub size: u64,
     pub blocks: u64,
@@ -172,6 +173,12 @@ fn enoent_is_none<T>(r: io::Result<T>) -> io::Result<Option<T>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// True for POSIX ACL xattrs: the union does not support ACLs (no `FUSE_POSIX_ACL`), so
+/// tools such as `cp -a` fall back to chmod, which the kernel's attribute cache sees.
+fn is_acl_xattr(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(b"system.posix_acl_")
 }
 
 /// True for xattrs the union keeps to itself: ownership records and overlay markers.
@@ -418,8 +425,12 @@ impl Union {
         }
     }
 
-    fn link_key(loc: &Loc, meta: &Metadata) -> Option<(usize, u64, u64)> {
-        (!meta.is_dir() && meta.nlink() > 1).then(|| (loc.top(), meta.dev(), meta.ino()))
+    /// The disk identity that makes the names of a hard-linked upper file one node.
+    /// Lower hard links stay separate nodes: a copy-up breaks them, as in overlayfs
+    /// without `index`.
+    fn link_key(&self, loc: &Loc, meta: &Metadata) -> Option<(u64, u64)> {
+        (self.is_upper(loc.top()) && !meta.is_dir() && meta.nlink() > 1)
+            .then(|| (meta.dev(), meta.ino()))
     }
 
     /// Looks `name` up in `parent`, adding one kernel reference to the node.
@@ -428,11 +439,11 @@ impl Union {
         let (loc, meta) = self
             .resolve_child(&pinfo, name)?
             .ok_or_else(|| errno(libc::ENOENT))?;
-        let key = Self::link_key(&loc, &meta);
-        let (id, st_ino) = self.tree.insert(parent, name, loc.clone(), key, true);
+        let key = self.link_key(&loc, &meta);
+        let id = self.tree.insert(parent, name, loc.clone(), key, true);
         self.attr(
             id,
-            st_ino,
+            id,
             &loc,
             &meta,
             &self.abs(loc.top(), &pinfo.path.join(name)),
@@ -683,7 +694,29 @@ impl Union {
         Ok((pinfo, dst, had_whiteout))
     }
 
-    /// Finishes a new entry at `dst`: owner, opaque marker, whiteout removal, node.
+    /// After a new entry appeared at `dst`: a directory that replaces a whiteout turns
+    /// opaque, then the OCI whiteout goes (in this order, so the lower entry never shows).
+    fn settle_whiteout(
+        &self,
+        pinfo: &tree::NodeInfo,
+        name: &OsStr,
+        dst: &Path,
+        had_whiteout: bool,
+    ) -> io::Result<()> {
+        if !had_whiteout {
+            return Ok(());
+        }
+        if fs::symlink_metadata(dst)?.is_dir() {
+            whiteout::write_opaque(dst)?;
+        }
+        let wh = self.abs(0, &pinfo.path.join(whiteout::whiteout_name(name)));
+        match fs::remove_file(wh) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Finishes a new entry at `dst`: whiteouts settled, a fresh node.
     fn finish_new(
         &self,
         parent: u64,
@@ -692,23 +725,13 @@ impl Union {
         dst: &Path,
         had_whiteout: bool,
     ) -> io::Result<Attr> {
-        if had_whiteout {
-            let meta = fs::symlink_metadata(dst)?;
-            if meta.is_dir() {
-                whiteout::write_opaque(dst)?;
-            }
-            let wh = self.abs(0, &pinfo.path.join(whiteout::whiteout_name(name)));
-            match fs::remove_file(wh) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-        }
+        self.settle_whiteout(pinfo, name, dst, had_whiteout)?;
         self.tree.detach(parent, name);
         let meta = fs::symlink_metadata(dst)?;
         let loc = Loc::one(0);
-        let key = Self::link_key(&loc, &meta);
-        let (id, st_ino) = self.tree.insert(parent, name, loc.clone(), key, true);
-        self.attr(id, st_ino, &loc, &meta, dst)
+        let key = self.link_key(&loc, &meta);
+        let id = self.tree.insert(parent, name, loc.clone(), key, true);
+        self.attr(id, id, &loc, &meta, dst)
     }
 
     /// The owner group and permission bits of a new entry, honouring a setgid parent.
@@ -843,10 +866,12 @@ impl Union {
         let (pinfo, dst, had_wh) = self.prepare_new(newparent, newname)?;
         let src = self.abs(0, &info.path);
         fs::hard_link(&src, &dst)?;
+        self.settle_whiteout(&pinfo, newname, &dst, had_wh)?;
         let meta = fs::symlink_metadata(&dst)?;
+        self.tree.detach(newparent, newname);
         self.tree
-            .join_link_group((0, meta.dev(), meta.ino()), info.st_ino);
-        self.finish_new(newparent, &pinfo, newname, &dst, had_wh)
+            .add_link(ino, newparent, newname, (meta.dev(), meta.ino()));
+        self.getattr(ino, None)
     }
 
     // ----- removal and rename -----------------------------------------------------
@@ -953,8 +978,8 @@ impl Union {
         let src_node = match self.tree.child(parent, name) {
             Some(id) => id,
             None => {
-                let key = Self::link_key(&sloc, &smeta);
-                self.tree.insert(parent, name, sloc.clone(), key, false).0
+                let key = self.link_key(&sloc, &smeta);
+                self.tree.insert(parent, name, sloc.clone(), key, false)
             }
         };
         let sinfo = self.copy_up(src_node)?;
@@ -1048,6 +1073,9 @@ impl Union {
 
     /// The value of a user-visible xattr (ENODATA when absent or private).
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> io::Result<Vec<u8>> {
+        if is_acl_xattr(name) {
+            return Err(errno(libc::EOPNOTSUPP));
+        }
         if is_private_xattr(name) {
             return Err(errno(libc::ENODATA));
         }
@@ -1062,7 +1090,7 @@ impl Union {
             Err(e) if ownership::is_unsupported(&e) => return Ok(out),
             Err(e) => return Err(e),
         };
-        for n in names.filter(|n| !is_private_xattr(n)) {
+        for n in names.filter(|n| !is_private_xattr(n) && !is_acl_xattr(n)) {
             out.extend_from_slice(n.as_bytes());
             out.push(0);
         }
@@ -1071,6 +1099,9 @@ impl Union {
 
     /// Sets an xattr (copying up first). `flags` are `XATTR_CREATE`/`XATTR_REPLACE`.
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+        if is_acl_xattr(name) {
+            return Err(errno(libc::EOPNOTSUPP));
+        }
         if is_private_xattr(name) {
             return Err(errno(libc::EPERM));
         }
@@ -1217,21 +1248,18 @@ impl Union {
                 Some(m) => m,
                 None => continue,
             };
-            let (st_ino, kind) = match self.tree.child(ino, &name).and_then(|c| self.tree.get(c)) {
-                Some(c) => (c.st_ino, FileKind::of(&meta)),
+            let child = match self.tree.child(ino, &name) {
+                Some(c) => c,
                 None => {
                     let loc = Loc::one(layer);
-                    let key = Self::link_key(&loc, &meta);
-                    (
-                        self.tree.insert(ino, &name, loc, key, false).1,
-                        FileKind::of(&meta),
-                    )
+                    let key = self.link_key(&loc, &meta);
+                    self.tree.insert(ino, &name, loc, key, false)
                 }
             };
             entries.push(DirEntry {
                 name,
-                ino: st_ino,
-                kind,
+                ino: child,
+                kind: FileKind::of(&meta),
             });
         }
         Ok(self.put_handle(Handle::Dir(Arc::new(entries))))

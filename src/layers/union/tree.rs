@@ -1,7 +1,9 @@
 //! The node arena: stable inode numbers for merged paths.
 //!
-//! A node is one name in the merged tree (`parent` + `name`); its id is the FUSE node id
-//! and, unless it is one of several hard links, its `st_ino`. Ids are never reused, and
+//! A node is one file of the merged tree, reached by a primary name (`parent` + `name`)
+//! and, for hard links in the upper layer, alias names; its id is both the FUSE node id
+//! and `st_ino` (so the kernel sees one inode, with one link count, for all names of a
+//! hard-linked file). Ids are never reused, and
 //! a node stays in the arena while it is attached (so a path keeps its inode number for
 //! the life of the mount, whatever the kernel forgets). Removing or replacing a name
 //! detaches its node; a detached node lives until the kernel forgets it, so open files
@@ -49,7 +51,8 @@ impl Loc {
 struct Node {
     parent: u64,
     name: OsString,
-    st_ino: u64,
+    /// Further names of a hard-linked upper file.
+    aliases: Vec<(u64, OsString)>,
     loc: Loc,
     attached: bool,
     lookups: u64,
@@ -59,8 +62,8 @@ struct Node {
 struct Maps {
     nodes: HashMap<u64, Node>,
     children: HashMap<(u64, OsString), u64>,
-    /// Hard-link groups: (layer, st_dev, st_ino) on disk → the st_ino the union shows.
-    links: HashMap<(usize, u64, u64), u64>,
+    /// Hard-linked upper files: (st_dev, st_ino) on disk → their node.
+    links: HashMap<(u64, u64), u64>,
     next: u64,
 }
 
@@ -92,7 +95,7 @@ impl Tree {
             Node {
                 parent: ROOT,
                 name: OsString::new(),
-                st_ino: ROOT,
+                aliases: Vec::new(),
                 loc: root_loc,
                 attached: true,
                 lookups: 1,
@@ -119,7 +122,7 @@ impl Tree {
         Some(NodeInfo {
             path,
             loc: node.loc.clone(),
-            st_ino: node.st_ino,
+            st_ino: ino,
             parent: node.parent,
         })
     }
@@ -134,8 +137,9 @@ impl Tree {
     }
 
     /// Records that `parent/name` lives at `loc` and returns its node id, creating the
-    /// node on first sight. `link_key` (layer, dev, ino) groups hard links so that they
-    /// share one `st_ino`. `counted` adds a kernel lookup reference.
+    /// node on first sight. `link_key` (st_dev, st_ino of an upper file with several
+    /// links) makes every name of one file the same node. `counted` adds a kernel
+    /// lookup reference.
     ///
     /// An existing node keeps its location unless `loc` is higher up the stack: a
     /// lookup that raced with a copy-up must not move the node back down.
@@ -144,9 +148,9 @@ impl Tree {
         parent: u64,
         name: &OsStr,
         loc: Loc,
-        link_key: Option<(usize, u64, u64)>,
+        link_key: Option<(u64, u64)>,
         counted: bool,
-    ) -> (u64, u64) {
+    ) -> u64 {
         let mut maps = self.maps.write();
         let key = (parent, name.to_owned());
         if let Some(&id) = maps.children.get(&key) {
@@ -157,28 +161,35 @@ impl Tree {
                     node.loc = loc;
                 }
                 node.lookups += u64::from(counted);
-                return (id, node.st_ino);
+                return id;
+            }
+        }
+        if let Some(id) = link_key.and_then(|k| maps.links.get(&k).copied()) {
+            if let Some(node) = maps.nodes.get_mut(&id).filter(|n| n.attached) {
+                node.aliases.push(key.clone());
+                node.lookups += u64::from(counted);
+                maps.children.insert(key, id);
+                return id;
             }
         }
         let id = maps.next;
         maps.next += 1;
-        let st_ino = match link_key {
-            Some(k) => *maps.links.entry(k).or_insert(id),
-            None => id,
-        };
+        if let Some(k) = link_key {
+            maps.links.insert(k, id);
+        }
         maps.nodes.insert(
             id,
             Node {
                 parent,
                 name: name.to_owned(),
-                st_ino,
+                aliases: Vec::new(),
                 loc,
                 attached: true,
                 lookups: u64::from(counted),
             },
         );
         maps.children.insert(key, id);
-        (id, st_ino)
+        id
     }
 
     /// Sets the location of `ino` (after copy-up or creation in the upper layer).
@@ -188,22 +199,46 @@ impl Tree {
         }
     }
 
-    /// Makes `key` (an upper file's dev/ino) show as `st_ino`: the target of a new hard
-    /// link keeps the inode number of the name it was linked from.
-    pub fn join_link_group(&self, key: (usize, u64, u64), st_ino: u64) {
-        self.maps.write().links.insert(key, st_ino);
+    /// Adds the name `parent/name` to `ino` (a new hard link to the upper file with
+    /// disk identity `link_key`), with one kernel reference for the entry reply.
+    pub fn add_link(&self, ino: u64, parent: u64, name: &OsStr, link_key: (u64, u64)) {
+        let mut maps = self.maps.write();
+        let key = (parent, name.to_owned());
+        let Some(node) = maps.nodes.get_mut(&ino) else {
+            return;
+        };
+        node.aliases.push(key.clone());
+        node.lookups += 1;
+        maps.children.insert(key, ino);
+        maps.links.insert(link_key, ino);
+    }
+
+    /// Removes one name of a node; a node without names is detached.
+    fn unname(maps: &mut Maps, id: u64, parent: u64, name: &OsStr) {
+        let Some(n) = maps.nodes.get_mut(&id) else {
+            return;
+        };
+        if n.parent == parent && n.name == name {
+            match n.aliases.pop() {
+                Some((p, nm)) => {
+                    n.parent = p;
+                    n.name = nm;
+                }
+                None => n.attached = false,
+            }
+        } else {
+            n.aliases.retain(|(p, nm)| !(*p == parent && nm == name));
+        }
+        if !n.attached && n.lookups == 0 {
+            maps.nodes.remove(&id);
+        }
     }
 
     /// Detaches `parent/name` (unlinked, removed or replaced). Returns its id if known.
     pub fn detach(&self, parent: u64, name: &OsStr) -> Option<u64> {
         let mut maps = self.maps.write();
         let id = maps.children.remove(&(parent, name.to_owned()))?;
-        if let Some(n) = maps.nodes.get_mut(&id) {
-            n.attached = false;
-            if n.lookups == 0 {
-                maps.nodes.remove(&id);
-            }
-        }
+        Self::unname(&mut maps, id, parent, name);
         Some(id)
     }
 
@@ -215,13 +250,21 @@ impl Tree {
             return;
         };
         if let Some(old) = maps.children.insert((new_parent, new_name.to_owned()), id) {
-            if let Some(n) = maps.nodes.get_mut(&old) {
-                n.attached = false;
+            if old != id {
+                Self::unname(&mut maps, old, new_parent, new_name);
             }
         }
         if let Some(n) = maps.nodes.get_mut(&id) {
-            n.parent = new_parent;
-            n.name = new_name.to_owned();
+            if n.parent == parent && n.name == name {
+                n.parent = new_parent;
+                n.name = new_name.to_owned();
+            } else if let Some(a) = n
+                .aliases
+                .iter_mut()
+                .find(|(p, nm)| *p == parent && nm == name)
+            {
+                *a = (new_parent, new_name.to_owned());
+            }
         }
     }
 
@@ -259,11 +302,11 @@ mod tests {
     #[test]
     fn paths_follow_renames_and_ids_are_stable() {
         let t = Tree::new(Loc::one(0));
-        let (a, _) = t.insert(ROOT, OsStr::new("a"), Loc::one(1), None, true);
-        let (b, _) = t.insert(a, OsStr::new("b"), Loc::one(1), None, true);
+        let a = t.insert(ROOT, OsStr::new("a"), Loc::one(1), None, true);
+        let b = t.insert(a, OsStr::new("b"), Loc::one(1), None, true);
         assert_eq!(t.get(b).map(|i| i.path), Some(PathBuf::from("a/b")));
         // Same name again: same id; a higher location wins, a lower one does not.
-        assert_eq!(t.insert(a, OsStr::new("b"), Loc::one(0), None, true).0, b);
+        assert_eq!(t.insert(a, OsStr::new("b"), Loc::one(0), None, true), b);
         assert_eq!(t.get(b).map(|i| i.loc.top()), Some(0));
         t.insert(a, OsStr::new("b"), Loc::one(2), None, false);
         assert_eq!(t.get(b).map(|i| i.loc.top()), Some(0));
@@ -277,7 +320,7 @@ mod tests {
     #[test]
     fn detached_nodes_live_until_forgotten() {
         let t = Tree::new(Loc::one(0));
-        let (f, _) = t.insert(ROOT, OsStr::new("f"), Loc::one(0), None, true);
+        let f = t.insert(ROOT, OsStr::new("f"), Loc::one(0), None, true);
         assert_eq!(t.detach(ROOT, OsStr::new("f")), Some(f));
         assert!(
             t.get(f).is_some(),
@@ -286,7 +329,7 @@ mod tests {
         t.forget(f, 1);
         assert!(t.get(f).is_none());
         // A new file of the same name is a new inode.
-        let (g, _) = t.insert(ROOT, OsStr::new("f"), Loc::one(0), None, true);
+        let g = t.insert(ROOT, OsStr::new("f"), Loc::one(0), None, true);
         assert_ne!(f, g);
         // Attached nodes survive forget: stable inode numbers.
         t.forget(g, 1);
@@ -294,12 +337,17 @@ mod tests {
     }
 
     #[test]
-    fn hard_links_share_st_ino() {
+    fn hard_links_are_one_node_that_survives_unlink_of_either_name() {
         let t = Tree::new(Loc::one(0));
-        let (a, ia) = t.insert(ROOT, OsStr::new("a"), Loc::one(0), Some((0, 5, 77)), true);
-        let (b, ib) = t.insert(ROOT, OsStr::new("b"), Loc::one(0), Some((0, 5, 77)), true);
-        assert_ne!(a, b);
-        assert_eq!(ia, ib);
-        assert_eq!(ia, a);
+        let a = t.insert(ROOT, OsStr::new("a"), Loc::one(0), Some((5, 77)), true);
+        let b = t.insert(ROOT, OsStr::new("b"), Loc::one(0), Some((5, 77)), true);
+        assert_eq!(a, b);
+        t.detach(ROOT, OsStr::new("a"));
+        assert_eq!(t.get(a).map(|i| i.path), Some(PathBuf::from("b")));
+        let d = t.insert(ROOT, OsStr::new("d"), Loc::one(0), None, true);
+        t.add_link(a, d, OsStr::new("c"), (5, 77));
+        t.rename(ROOT, OsStr::new("b"), ROOT, OsStr::new("b2"));
+        t.detach(d, OsStr::new("c"));
+        assert_eq!(t.get(a).map(|i| i.path), Some(PathBuf::from("b2")));
     }
 }
