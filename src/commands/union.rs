@@ -16,7 +16,7 @@ use nix::sys::signal::{SigSet, Signal};
 
 use super::CmdResult;
 use crate::cli::UnionArgs;
-use crate::fs::union::{MountSpec, session};
+use crate::fs::union::{MountSpec, Mounted, session};
 use crate::layers::union::UnionOptions;
 
 /// Environment variable naming the readiness pipe's write end in the re-exec'd child.
@@ -43,7 +43,9 @@ fn serve(spec: &MountSpec) -> CmdResult {
         Ok(v) => {
             // The variable names a pipe our parent left open for us.
             let fd: i32 = v.parse().map_err(|_| format!("bad {READY_FD_ENV}={v:?}"))?;
-            let fd = crate::sys::take_inherited_fd(fd)?;
+            let fd = crate::sys::adopt_fd(fd)?;
+            // Helpers we start (fusermount3) must not hold the parent's pipe open.
+            nix::fcntl::fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
             // Leave the parent's session so its terminal's signals do not reach us.
             let _ = nix::unistd::setsid();
             Some(fd)
@@ -57,8 +59,10 @@ fn serve(spec: &MountSpec) -> CmdResult {
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGHUP);
     signals.thread_block()?;
-    let mut session = session(spec)?;
-    let mut unmounter = session.unmount_callable();
+    let Mounted {
+        session,
+        mut unmounter,
+    } = session(spec)?;
     let mountpoint = spec.mountpoint.clone();
     std::thread::Builder::new()
         .name("signals".into())

@@ -451,6 +451,15 @@ pub enum MountError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "cannot mount the union on {mountpoint}: /dev/fuse is not open to this user \
+         (ordinary users need it mode 0666, e.g. `chmod 0666 /dev/fuse` as root): {source}"
+    )]
+    DevFuseClosed {
+        mountpoint: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot mount the union on {mountpoint}: {source}")]
     Mount {
         mountpoint: PathBuf,
@@ -508,9 +517,16 @@ pub fn fuse_config(spec: &MountSpec) -> Config {
     cfg
 }
 
+/// A mounted union session and the means to unmount it from another thread.
+#[derive(Debug)]
+pub struct Mounted {
+    pub session: fuser::Session<UnionFs>,
+    pub unmounter: fuser::SessionUnmounter,
+}
+
 /// Validates, opens and mounts a union; the returned session is mounted (the INIT
 /// handshake is done) but not yet serving.
-pub fn session(spec: &MountSpec) -> Result<fuser::Session<UnionFs>, MountError> {
+pub fn session(spec: &MountSpec) -> Result<Mounted, MountError> {
     let options = spec.options.validate(&spec.mountpoint)?;
     let union = Union::new(&options).map_err(|source| MountError::Work {
         work: options.work.clone().unwrap_or_default(),
@@ -520,15 +536,36 @@ pub fn session(spec: &MountSpec) -> Result<fuser::Session<UnionFs>, MountError> 
         options,
         ..spec.clone()
     };
-    fuser::Session::new(UnionFs::new(union), &spec.mountpoint, &fuse_config(&spec)).map_err(
-        |source| MountError::Mount {
-            mountpoint: spec.mountpoint.clone(),
-            source,
-        },
-    )
+    let cfg = fuse_config(&spec);
+    let mut session = fuser::Session::new(UnionFs::new(union), &spec.mountpoint, &cfg)
+        .map_err(|source| mount_error(&spec.mountpoint, source))?;
+    let unmounter = session.unmount_callable();
+    Ok(Mounted { session, unmounter })
 }
 
-/// A union mounted and served from background threads. Dropping it unmounts.
+/// fuser falls back to fusermount3 only when mount(2) says EPERM; when `/dev/fuse` is
+/// closed to the user (mode 0600, as in some containers) even fusermount3 cannot help,
+/// since it opens the device with the caller's rights.
+fn mount_error(mountpoint: &Path, source: io::Error) -> MountError {
+    let closed = !nix::unistd::geteuid().is_root()
+        && matches!(
+            std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse"),
+            Err(e) if e.raw_os_error() == Some(libc::EACCES)
+        );
+    if closed {
+        return MountError::DevFuseClosed {
+            mountpoint: mountpoint.to_owned(),
+            source,
+        };
+    }
+    MountError::Mount {
+        mountpoint: mountpoint.to_owned(),
+        source,
+    }
+}
+
+/// A union mounted and served from background threads. Dropping it unmounts (without
+/// waiting for the threads); [`UnionMount::unmount`] also waits.
 #[derive(Debug)]
 pub struct UnionMount {
     bg: fuser::BackgroundSession,
@@ -550,11 +587,10 @@ impl UnionMount {
 /// Mounts a union and serves it from background threads (for in-process use, e.g. the
 /// namespaced build helper). Returns once the mount is usable.
 pub fn mount(spec: &MountSpec) -> Result<UnionMount, MountError> {
-    let s = session(spec)?;
-    let bg = s.spawn().map_err(|source| MountError::Mount {
-        mountpoint: spec.mountpoint.clone(),
-        source,
-    })?;
+    let Mounted { session, .. } = session(spec)?;
+    let bg = session
+        .spawn()
+        .map_err(|source| mount_error(&spec.mountpoint, source))?;
     Ok(UnionMount {
         bg,
         mountpoint: spec.mountpoint.clone(),

@@ -7,12 +7,12 @@
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-/// Takes ownership of a file descriptor inherited across `exec` (its number passed in
-/// the environment by the parent, e.g. the readiness pipe of `gentree-fs union`).
+/// Takes ownership of a file descriptor this process was handed by number, e.g.
+/// inherited across `exec` (the readiness pipe of `gentree-fs union`).
 ///
 /// Fails with EBADF unless `fd` is open; descriptors 0–2 are refused (EINVAL) so the
 /// standard streams are never adopted by mistake.
-pub fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+pub fn adopt_fd(fd: RawFd) -> io::Result<OwnedFd> {
     if fd <= 2 {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
@@ -20,7 +20,8 @@ pub fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: `fd` is open (checked above), was inherited for this purpose, and nothing
-    // else in this process owns it: the environment variable naming it is read once.
+    // SAFETY: `fd` is open (checked above) and was handed to this process for this
+    // purpose; callers adopt each number once (an environment variable read once), so
+    // nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
