@@ -70,7 +70,16 @@ fn serve(spec: &MountSpec) -> CmdResult {
             if let Ok(sig) = signals.wait() {
                 tracing::info!("{sig}: unmounting {}", mountpoint.display());
                 if let Err(e) = unmounter.unmount() {
-                    tracing::error!("unmounting {}: {e}", mountpoint.display());
+                    // Busy (as root fuser does not detach): detach lazily instead, so the
+                    // daemon still ends once the last user of the mount lets go.
+                    tracing::warn!("unmounting {}: {e}; detaching", mountpoint.display());
+                    let lazy = Command::new("fusermount3")
+                        .args(["-u", "-z", "--"])
+                        .arg(&mountpoint)
+                        .status();
+                    if !lazy.is_ok_and(|s| s.success()) {
+                        tracing::error!("cannot unmount {}", mountpoint.display());
+                    }
                 }
             }
         })?;

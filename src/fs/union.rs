@@ -536,11 +536,23 @@ pub fn session(spec: &MountSpec) -> Result<Mounted, MountError> {
         options,
         ..spec.clone()
     };
+    raise_fd_limit();
     let cfg = fuse_config(&spec);
     let mut session = fuser::Session::new(UnionFs::new(union), &spec.mountpoint, &cfg)
         .map_err(|source| mount_error(&spec.mountpoint, source))?;
     let unmounter = session.unmount_callable();
     Ok(Mounted { session, unmounter })
+}
+
+/// Every open file of the union holds a real fd: allow as many as the hard limit does
+/// (fuse-overlayfs does the same; EMFILE otherwise comes early under builds).
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
 }
 
 /// fuser falls back to fusermount3 only when mount(2) says EPERM; when `/dev/fuse` is

@@ -1242,24 +1242,28 @@ impl Union {
                 kind: FileKind::Dir,
             },
         ];
-        for (name, layer) in self.list_merged(&info.path, &info.loc.layers)? {
-            let p = self.abs(layer, &info.path.join(&name));
-            let meta = match enoent_is_none(fs::symlink_metadata(&p))? {
-                Some(m) => m,
-                None => continue,
-            };
+        for (name, layer, ft) in self.list_merged(&info.path, &info.loc.layers)? {
             let child = match self.tree.child(ino, &name) {
                 Some(c) => c,
                 None => {
                     let loc = Loc::one(layer);
-                    let key = self.link_key(&loc, &meta);
+                    // Only upper regular files can be hard links that share a node.
+                    let key = if self.is_upper(layer) && ft.is_file() {
+                        let p = self.abs(layer, &info.path.join(&name));
+                        match enoent_is_none(fs::symlink_metadata(&p))? {
+                            Some(meta) => self.link_key(&loc, &meta),
+                            None => continue,
+                        }
+                    } else {
+                        None
+                    };
                     self.tree.insert(ino, &name, loc, key, false)
                 }
             };
             entries.push(DirEntry {
                 name,
                 ino: child,
-                kind: FileKind::of(&meta),
+                kind: kind_of_type(ft),
             });
         }
         Ok(self.put_handle(Handle::Dir(Arc::new(entries))))
@@ -1275,7 +1279,11 @@ impl Union {
 
     /// The visible names of the merged directory `path` over `layers`, each with the
     /// layer that provides it, in layer order.
-    pub fn list_merged(&self, path: &Path, layers: &[usize]) -> io::Result<Vec<(OsString, usize)>> {
+    pub fn list_merged(
+        &self,
+        path: &Path,
+        layers: &[usize],
+    ) -> io::Result<Vec<(OsString, usize, fs::FileType)>> {
         let mut out = Vec::new();
         let mut seen: HashSet<OsString> = HashSet::new();
         let mut hidden: HashSet<OsString> = HashSet::new();
@@ -1312,11 +1320,30 @@ impl Union {
                     }
                 }
                 seen.insert(name.clone());
-                out.push((name, l));
+                out.push((name, l, ft));
             }
             hidden.extend(layer_whiteouts);
         }
         Ok(out)
+    }
+}
+
+/// The kind of a directory entry's type, for `d_type` (device numbers are not needed).
+fn kind_of_type(ft: fs::FileType) -> FileKind {
+    if ft.is_dir() {
+        FileKind::Dir
+    } else if ft.is_symlink() {
+        FileKind::Symlink
+    } else if ft.is_fifo() {
+        FileKind::Pipe
+    } else if ft.is_socket() {
+        FileKind::Socket
+    } else if ft.is_block_device() {
+        FileKind::Block { major: 0, minor: 0 }
+    } else if ft.is_char_device() {
+        FileKind::Char { major: 0, minor: 0 }
+    } else {
+        FileKind::File
     }
 }
 
