@@ -629,3 +629,86 @@ fn union_as_unprivileged_user_records_ownership() {
     );
     assert!(names(&l.p("u")).is_empty());
 }
+
+#[test]
+fn union_in_user_namespace_records_owners_and_stays_removable() {
+    let t = "union_in_user_namespace_records_owners_and_stays_removable";
+    let Some((user, uid, gid)) = util::require_test_user(t) else {
+        return;
+    };
+    if !util::require_fuse(t) || !util::require_tool(t, "fusermount3") {
+        return;
+    }
+    // The build helper's setting: root of a user namespace with the user's subuid range.
+    let probe = run(Command::new("runuser").args([
+        "-u",
+        &user,
+        "--",
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--map-auto",
+        "--mount",
+        "test",
+        "-w",
+        "/dev/fuse",
+    ]));
+    if !probe.status.success() {
+        util::missing(
+            t,
+            &format!(
+                "user namespace with subuids or /dev/fuse unavailable to the test user: {}",
+                String::from_utf8_lossy(&probe.stderr).trim()
+            ),
+        );
+        return;
+    }
+    let l = Layers::new();
+    l.put("l1/etc/seedfile", "seed");
+    fs::set_permissions(l.p("l1/etc/seedfile"), fs::Permissions::from_mode(0o666)).expect("chmod");
+    for d in ["u", "w", "mp"] {
+        std::os::unix::fs::chown(l.p(d), Some(uid), Some(gid)).expect("chown to test user");
+    }
+    let script = format!(
+        "'{bin}' union -o 'lowerdir={l1},upperdir={u},workdir={w},allow_other' '{mp}'
+         cd '{mp}'
+         echo x > new; chown 1234:2345 new; chmod 4750 new
+         mkdir -p usr/portage; chown 250:250 usr/portage
+         echo more >> etc/seedfile
+         stat -c '%n %u %g %a' new usr/portage
+         cd /; umount '{mp}'",
+        bin = util::bin().display(),
+        l1 = l.p("l1").display(),
+        u = l.p("u").display(),
+        w = l.p("w").display(),
+        mp = l.p("mp").display(),
+    );
+    let out = run_ok(Command::new("runuser").args([
+        "-u",
+        &user,
+        "--",
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--map-auto",
+        "--mount",
+        "sh",
+        "-euc",
+        &script,
+    ]));
+    assert_eq!(out, "new 1234 2345 4750\nusr/portage 250 250 755\n");
+    let rec = |p: &str| {
+        let v = xattr::get(l.p(p), OVERRIDE)
+            .expect("xattr")
+            .unwrap_or_default();
+        String::from_utf8_lossy(&v).into_owned()
+    };
+    assert_eq!(rec("u/new"), "1234:2345:4750");
+    assert_eq!(rec("u/usr/portage"), "250:250:0755");
+    for p in ["u/new", "u/usr", "u/usr/portage", "u/etc/seedfile"] {
+        let st = fs::symlink_metadata(l.p(p)).expect("stat");
+        assert_eq!(st.uid(), uid, "{p} must stay owned by the user on the host");
+    }
+    as_user(&user, &format!("rm -rf '{}'/*", l.p("u").display()));
+    assert!(names(&l.p("u")).is_empty());
+}

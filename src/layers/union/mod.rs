@@ -15,8 +15,9 @@
 //!   directory created where a whiteout was is made opaque (`.wh..wh..opq`).
 //! - **Rename** of a directory that exists in a lower layer fails with `EXDEV`, as
 //!   kernel overlayfs without `redirect_dir` does; `mv` then copies.
-//! - **Ownership**: as root the union chowns for real; otherwise (or when chown fails
-//!   with EPERM/EINVAL, e.g. an unmapped id in a user namespace) it records
+//! - **Ownership**: as root of the initial user namespace the union chowns for real;
+//!   otherwise (an ordinary user, root of a user namespace, or a chown refused with
+//!   EPERM/EINVAL) it records
 //!   `uid:gid:mode[:type]` in `user.containers.override_stat` and keeps the file on
 //!   disk readable and removable by the daemon's user. Recorded values are presented
 //!   everywhere, for lower files too. The private xattrs are hidden from users.
@@ -222,7 +223,7 @@ impl Union {
             }
             _ => None,
         };
-        let owner_mode = if nix::unistd::geteuid().is_root() {
+        let owner_mode = if nix::unistd::geteuid().is_root() && in_initial_userns() {
             OwnerMode::Chown
         } else {
             OwnerMode::Record
@@ -1326,6 +1327,15 @@ impl Union {
         }
         Ok(out)
     }
+}
+
+/// True in the initial user namespace (identity uid map). Root of any other namespace
+/// records ownership instead of chowning: a real chown there would hand upper files on
+/// the host to subordinate ids that the user who runs the union cannot remove.
+pub fn in_initial_userns() -> bool {
+    let map = fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    let fields: Vec<&str> = map.split_whitespace().collect();
+    fields == ["0", "0", "4294967295"]
 }
 
 /// The kind of a directory entry's type, for `d_type` (device numbers are not needed).
