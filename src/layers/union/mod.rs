@@ -456,21 +456,28 @@ impl Union {
         self.tree.forget(ino, n);
     }
 
-    /// Attributes of `ino`; with an open file handle, of the open file (which may have
-    /// been unlinked).
+    /// Attributes of `ino`. The path wins over an open handle (a read-only handle may
+    /// still point at the lower copy after a copy-up); the handle answers only when the
+    /// name is gone (an open, unlinked file).
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> io::Result<Attr> {
         let info = self.node(ino)?;
-        if let Some(Handle::File(f)) = fh.and_then(|fh| self.handle(fh).ok()).as_deref() {
-            let meta = f.metadata()?;
-            let ov = match xattr::FileExt::get_xattr(f, OVERRIDE_XATTR) {
-                Ok(Some(v)) => OverrideStat::parse(&v).ok(),
-                _ => None,
-            };
-            return Ok(self.attr_from(ino, info.st_ino, &info.loc, &meta, ov.as_ref()));
-        }
         let p = self.abs(info.loc.top(), &info.path);
-        let meta = fs::symlink_metadata(&p)?;
-        self.attr(ino, info.st_ino, &info.loc, &meta, &p)
+        match fs::symlink_metadata(&p) {
+            Ok(meta) => self.attr(ino, info.st_ino, &info.loc, &meta, &p),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let h = fh.and_then(|fh| self.handle(fh).ok());
+                let Some(Handle::File(f)) = h.as_deref() else {
+                    return Err(e);
+                };
+                let meta = f.metadata()?;
+                let ov = match xattr::FileExt::get_xattr(f, OVERRIDE_XATTR) {
+                    Ok(Some(v)) => OverrideStat::parse(&v).ok(),
+                    _ => None,
+                };
+                Ok(self.attr_from(ino, info.st_ino, &info.loc, &meta, ov.as_ref()))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The target of a symlink.

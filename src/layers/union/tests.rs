@@ -459,3 +459,53 @@ fn read_only_union_refuses_writes() -> io::Result<()> {
     assert_eq!(u.read(fh, 0, 10)?, b"x");
     Ok(())
 }
+
+#[test]
+fn open_unlinked_file_keeps_working_through_its_handle() -> io::Result<()> {
+    let f = fixture(1, |l| write(&l[0].join("f"), "lower"))?;
+    let a = f.walk("f")?;
+    let fh = f.u.open(a.node, libc::O_RDWR)?;
+    f.u.unlink(ROOT, os("f"))?;
+    assert_eq!(Fixture::errno_of(f.u.getattr(a.node, None)), libc::ENOENT);
+    f.u.write(fh, 0, b"UPPER")?;
+    assert_eq!(f.u.getattr(a.node, Some(fh))?.size, 5);
+    assert_eq!(f.u.read(fh, 0, 100)?, b"UPPER");
+    f.u.release(fh);
+    f.u.forget(a.node, 1);
+    assert_eq!(Fixture::errno_of(f.u.getattr(a.node, None)), libc::ESTALE);
+    assert_eq!(fs::read_to_string(f.lowers[0].join("f"))?, "lower");
+    Ok(())
+}
+
+#[test]
+fn lookup_races_never_move_a_node_below_its_copy_up() -> io::Result<()> {
+    let f = fixture(1, |l| write(&l[0].join("dir/f"), "x"))?;
+    let a = f.walk("dir/f")?;
+    let parent = f.walk("dir")?.node;
+    // Many threads: copy-up (open for write) and lookups of the same name at once.
+    std::thread::scope(|s| {
+        for i in 0..8 {
+            let u = &f.u;
+            s.spawn(move || {
+                if i % 2 == 0 {
+                    let fh = u.open(a.node, libc::O_WRONLY).expect("open");
+                    u.release(fh);
+                } else {
+                    u.lookup(parent, os("f")).expect("lookup");
+                }
+            });
+        }
+    });
+    let fh = f.u.open(a.node, libc::O_WRONLY)?;
+    f.u.write(fh, 0, b"y")?;
+    f.u.release(fh);
+    assert_eq!(f.cat("dir/f")?, "y");
+    assert_eq!(fs::read_to_string(f.upper.join("dir/f"))?, "y");
+    assert!(
+        fs::read_dir(f._t.path().join("w").join(WORK_SUBDIR))?
+            .next()
+            .is_none(),
+        "losing copy-ups leave nothing behind in the work dir"
+    );
+    Ok(())
+}
