@@ -13,8 +13,9 @@ use std::time::Duration;
 use fuser::{
     AccessFlags, BsdFileFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem,
     FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow,
+    WriteFlags,
 };
 
 use crate::layers::ownership::FileKind;
@@ -112,6 +113,8 @@ impl Filesystem for UnionFs {
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_MAX_PAGES,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
         ] {
             let _ = config.add_capabilities(flag);
         }
@@ -349,6 +352,49 @@ impl Filesystem for UnionFs {
         };
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(e.ino), i as u64 + 1, file_type(e.kind), &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.union.readdir(fh.0) {
+            Ok(e) => e,
+            Err(e) => return reply.error(Errno::from(e)),
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            // The kernel ignores the attributes of "." and ".." and takes no reference.
+            let dots = e.name == "." || e.name == "..";
+            let attr = if dots {
+                self.union.getattr(ino.0, None)
+            } else {
+                self.union.lookup(ino.0, &e.name)
+            };
+            let Ok(mut attr) = attr else {
+                continue; // gone since opendir
+            };
+            if dots {
+                attr.ino = e.ino;
+            }
+            if reply.add(
+                INodeNo(attr.ino),
+                i as u64 + 1,
+                &e.name,
+                &TTL,
+                &file_attr(&attr),
+                Generation(0),
+            ) {
+                if !dots {
+                    self.union.forget(attr.node, 1); // not sent: drop the lookup reference
+                }
                 break;
             }
         }

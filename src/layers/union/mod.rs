@@ -311,6 +311,11 @@ impl Union {
         }
         let rel = dir_path.join(name);
         let mut found: Option<(Loc, Metadata)> = None;
+        let last = dir_layers.last().copied();
+        // Opaqueness only matters when a layer below could show through.
+        let opaque = |l: usize, p: &Path| -> io::Result<bool> {
+            Ok(Some(l) == last || whiteout::is_opaque_dir(p)?)
+        };
         for &l in dir_layers {
             let p = self.abs(l, &rel);
             match enoent_is_none(fs::symlink_metadata(&p))? {
@@ -322,7 +327,7 @@ impl Union {
                         None => {
                             let is_dir = meta.is_dir();
                             found = Some((Loc::one(l), meta));
-                            if !is_dir || whiteout::is_opaque_dir(&p)? {
+                            if !is_dir || opaque(l, &p)? {
                                 break;
                             }
                         }
@@ -331,7 +336,7 @@ impl Union {
                                 break;
                             }
                             loc.layers.push(l);
-                            if whiteout::is_opaque_dir(&p)? {
+                            if opaque(l, &p)? {
                                 break;
                             }
                         }
