@@ -21,19 +21,17 @@ use fuser::{
 use crate::layers::ownership::FileKind;
 use crate::layers::union::{Attr, Caller, SetAttr, SetTime, Union, UnionOptions};
 
-/// Entry and attribute TTL. Short: the union changes under the kernel's feet only through
-/// this daemon, but other mounts of the same layers (or a test) may look at the upper.
-const TTL: Duration = Duration::from_secs(1);
-
 /// The fuser `Filesystem` over a [`Union`].
 #[derive(Debug)]
 pub struct UnionFs {
     union: Union,
+    /// Entry and attribute cache time ([`UnionOptions::cache_timeout`]).
+    ttl: Duration,
 }
 
 impl UnionFs {
-    pub fn new(union: Union) -> UnionFs {
-        UnionFs { union }
+    pub fn new(union: Union, ttl: Duration) -> UnionFs {
+        UnionFs { union, ttl }
     }
 }
 
@@ -69,9 +67,9 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
-fn reply_entry(reply: ReplyEntry, r: io::Result<Attr>) {
+fn reply_entry(reply: ReplyEntry, ttl: Duration, r: io::Result<Attr>) {
     match r {
-        Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+        Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
         Err(e) => reply.error(Errno::from(e)),
     }
 }
@@ -124,7 +122,7 @@ impl Filesystem for UnionFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(reply, self.union.lookup(parent.0, name));
+        reply_entry(reply, self.ttl, self.union.lookup(parent.0, name));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -133,7 +131,7 @@ impl Filesystem for UnionFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.union.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(Errno::from(e)),
         }
     }
@@ -165,7 +163,7 @@ impl Filesystem for UnionFs {
             mtime: set_time(mtime),
         };
         match self.union.setattr(ino.0, set, fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(Errno::from(e)),
         }
     }
@@ -191,7 +189,7 @@ impl Filesystem for UnionFs {
         let r = self
             .union
             .mknod(parent.0, name, mode, u64::from(rdev), caller(req));
-        reply_entry(reply, r);
+        reply_entry(reply, self.ttl, r);
     }
 
     fn mkdir(
@@ -203,7 +201,11 @@ impl Filesystem for UnionFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply_entry(reply, self.union.mkdir(parent.0, name, mode, caller(req)));
+        reply_entry(
+            reply,
+            self.ttl,
+            self.union.mkdir(parent.0, name, mode, caller(req)),
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -223,7 +225,7 @@ impl Filesystem for UnionFs {
         reply: ReplyEntry,
     ) {
         let r = self.union.symlink(parent.0, link_name, target, caller(req));
-        reply_entry(reply, r);
+        reply_entry(reply, self.ttl, r);
     }
 
     fn rename(
@@ -250,7 +252,11 @@ impl Filesystem for UnionFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply_entry(reply, self.union.link(ino.0, newparent.0, newname));
+        reply_entry(
+            reply,
+            self.ttl,
+            self.union.link(ino.0, newparent.0, newname),
+        );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -388,7 +394,7 @@ impl Filesystem for UnionFs {
                 INodeNo(attr.ino),
                 i as u64 + 1,
                 &e.name,
-                &TTL,
+                &self.ttl,
                 &file_attr(&attr),
                 Generation(0),
             ) {
@@ -475,7 +481,7 @@ impl Filesystem for UnionFs {
     ) {
         match self.union.create(parent.0, name, mode, flags, caller(req)) {
             Ok((a, fh)) => reply.created(
-                &TTL,
+                &self.ttl,
                 &file_attr(&a),
                 Generation(0),
                 FileHandle(fh),
@@ -584,8 +590,12 @@ pub fn session(spec: &MountSpec) -> Result<Mounted, MountError> {
     };
     raise_fd_limit();
     let cfg = fuse_config(&spec);
-    let mut session = fuser::Session::new(UnionFs::new(union), &spec.mountpoint, &cfg)
-        .map_err(|source| mount_error(&spec.mountpoint, source))?;
+    let mut session = fuser::Session::new(
+        UnionFs::new(union, spec.options.cache_timeout()),
+        &spec.mountpoint,
+        &cfg,
+    )
+    .map_err(|source| mount_error(&spec.mountpoint, source))?;
     let unmounter = session.unmount_callable();
     Ok(Mounted { session, unmounter })
 }

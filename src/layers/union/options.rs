@@ -27,6 +27,9 @@ pub struct UnionOptions {
     pub dev: bool,
     /// Honour setuid bits (`suid`); the default is `nosuid`.
     pub suid: bool,
+    /// Entry and attribute cache time in seconds (`timeout=`, as fuse-overlayfs names
+    /// it); `None` picks the default for the kind of union.
+    pub timeout: Option<std::time::Duration>,
     /// Options accepted for fuse-overlayfs compatibility and ignored.
     pub ignored: Vec<String>,
 }
@@ -40,6 +43,8 @@ pub enum OptionsError {
     MissingValue(String),
     #[error("no lowerdir given: pass -o lowerdir=DIR[:DIR...]")]
     NoLower,
+    #[error("timeout={0:?} is not a number of seconds")]
+    BadTimeout(String),
     #[error("lowerdir {0:?} contains an empty layer path")]
     EmptyLayer(String),
     #[error("upperdir {0} needs a workdir: pass -o workdir=DIR on the same filesystem")]
@@ -97,7 +102,6 @@ const IGNORED: &[&str] = &[
     "plugins",
     "uidmapping",
     "gidmapping",
-    "timeout",
     "context",
     "fscontext",
     "defcontext",
@@ -147,6 +151,14 @@ impl UnionOptions {
             }
             "upperdir" => self.upper = Some(PathBuf::from(need(value)?)),
             "workdir" => self.work = Some(PathBuf::from(need(value)?)),
+            "timeout" => {
+                let v = need(value)?;
+                let secs: f64 = v.parse().map_err(|_| OptionsError::BadTimeout(v.clone()))?;
+                if !(0.0..=1e9).contains(&secs) {
+                    return Err(OptionsError::BadTimeout(v));
+                }
+                self.timeout = Some(std::time::Duration::from_secs_f64(secs));
+            }
             "allow_other" => self.allow_other = true,
             "allow_root" => self.allow_root = true,
             "ro" => self.read_only = true,
@@ -156,6 +168,17 @@ impl UnionOptions {
             _ => return Err(OptionsError::Unknown(opt.to_owned())),
         }
         Ok(())
+    }
+
+    /// How long the kernel may cache entries and attributes. A read-only union never
+    /// changes, so the kernel may keep them for good; a writable one defaults to one
+    /// second, so changes made to the layer dirs behind the union's back show soon.
+    pub fn cache_timeout(&self) -> std::time::Duration {
+        match self.timeout {
+            Some(t) => t,
+            None if self.is_read_only() => std::time::Duration::from_secs(1_000_000_000),
+            None => std::time::Duration::from_secs(1),
+        }
     }
 
     /// True when writes are refused with EROFS.
@@ -299,6 +322,10 @@ mod tests {
 
         let ro = UnionOptions::parse(&["lowerdir=/a"]).expect("parses");
         assert!(ro.is_read_only());
+        assert_eq!(ro.cache_timeout().as_secs(), 1_000_000_000);
+        assert_eq!(o.cache_timeout().as_secs(), 1);
+        let t = UnionOptions::parse(&["lowerdir=/a,timeout=0.5"]).expect("parses");
+        assert_eq!(t.cache_timeout().as_millis(), 500);
 
         for (bad, want) in [
             (&["upperdir=/u,workdir=/w"][..], "no lowerdir"),
@@ -307,6 +334,8 @@ mod tests {
             (&["lowerdir=/a::/b"][..], "empty layer"),
             (&["lowerdir="][..], "needs a value"),
             (&["lowerdir=/a,frobnicate"][..], "unknown union option"),
+            (&["lowerdir=/a,timeout=soon"][..], "not a number"),
+            (&["lowerdir=/a,timeout=-1"][..], "not a number"),
         ] {
             let e = UnionOptions::parse(bad).expect_err("must fail").to_string();
             assert!(e.contains(want), "{bad:?}: {e}");
