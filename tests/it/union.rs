@@ -712,3 +712,31 @@ fn union_in_user_namespace_records_owners_and_stays_removable() {
     as_user(&user, &format!("rm -rf '{}'/*", l.p("u").display()));
     assert!(names(&l.p("u")).is_empty());
 }
+
+#[test]
+fn union_mounts_in_process_through_the_library() {
+    use gentree_fs::fs::union::{MountSpec, mount};
+    use gentree_fs::layers::union::UnionOptions;
+    let t = "union_mounts_in_process_through_the_library";
+    if !util::require_fuse(t) || !util::require_tool(t, "fusermount3") {
+        return;
+    }
+    let l = Layers::new();
+    fill_lowers(&l);
+    let spec = MountSpec {
+        options: UnionOptions::parse(&[l.rw_opts()]).expect("options"),
+        mountpoint: l.p("mp"),
+        threads: Some(2),
+    };
+    let m = mount(&spec).expect("mount");
+    let _guard = Unmount(l.p("mp"));
+    assert_eq!(m.mountpoint(), l.p("mp"));
+    assert!(mounted(&l.p("mp")));
+    fs::write(l.mp("dir/in-process"), "x").expect("write through the mount");
+    m.unmount().expect("unmount");
+    assert!(!mounted(&l.p("mp")));
+    assert_eq!(
+        fs::read_to_string(l.p("u/dir/in-process")).expect("upper"),
+        "x"
+    );
+}
