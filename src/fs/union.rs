@@ -372,39 +372,21 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.union.readdir(fh.0) {
-            Ok(e) => e,
-            Err(e) => return reply.error(Errno::from(e)),
-        };
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            // The kernel ignores the attributes of "." and ".." and takes no reference.
-            let dots = e.name == "." || e.name == "..";
-            let attr = if dots {
-                self.union.getattr(ino.0, None)
-            } else {
-                self.union.lookup(ino.0, &e.name)
-            };
-            let Ok(mut attr) = attr else {
-                continue; // gone since opendir
-            };
-            if dots {
-                attr.ino = e.ino;
-            }
-            if reply.add(
-                INodeNo(attr.ino),
-                i as u64 + 1,
+        let ttl = self.ttl;
+        let r = self.union.readdirplus(ino.0, fh.0, offset, |next, e, a| {
+            reply.add(
+                INodeNo(a.node),
+                next,
                 &e.name,
-                &self.ttl,
-                &file_attr(&attr),
+                &ttl,
+                &file_attr(a),
                 Generation(0),
-            ) {
-                if !dots {
-                    self.union.forget(attr.node, 1); // not sent: drop the lookup reference
-                }
-                break;
-            }
+            )
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(Errno::from(e)),
         }
-        reply.ok();
     }
 
     fn releasedir(

@@ -442,18 +442,57 @@ impl Union {
     /// Looks `name` up in `parent`, adding one kernel reference to the node.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<Attr> {
         let pinfo = self.node(parent)?;
+        self.lookup_in(parent, &pinfo, name)
+    }
+
+    fn lookup_in(&self, parent: u64, pinfo: &tree::NodeInfo, name: &OsStr) -> io::Result<Attr> {
         let (loc, meta) = self
-            .resolve_child(&pinfo, name)?
+            .resolve_child(pinfo, name)?
             .ok_or_else(|| errno(libc::ENOENT))?;
         let key = self.link_key(&loc, &meta);
         let id = self.tree.insert(parent, name, loc.clone(), key, true);
-        self.attr(
-            id,
-            id,
-            &loc,
-            &meta,
-            &self.abs(loc.top(), &pinfo.path.join(name)),
-        )
+        let path = self.abs(loc.top(), &pinfo.path.join(name));
+        self.attr(id, id, &loc, &meta, &path)
+    }
+
+    /// Walks the snapshot of `fh` (directory `dir`) from `offset`, handing `emit` each
+    /// entry's next offset, the entry and its attributes as a lookup finds them (one
+    /// kernel reference each, except for `.` and `..`), until `emit` reports the reply
+    /// full; the entry that did not fit gets its reference back. Entries gone since
+    /// `opendir` are skipped.
+    pub fn readdirplus(
+        &self,
+        dir: u64,
+        fh: u64,
+        offset: u64,
+        mut emit: impl FnMut(u64, &DirEntry, &Attr) -> bool,
+    ) -> io::Result<()> {
+        let entries = self.readdir(fh)?;
+        let pinfo = self.node(dir)?;
+        let dir_attr = self.getattr(dir, None)?;
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let dots = e.name == "." || e.name == "..";
+            let attr = if dots {
+                // The kernel takes neither attributes nor a reference from these.
+                Attr {
+                    node: e.ino,
+                    ino: e.ino,
+                    ..dir_attr
+                }
+            } else {
+                match self.lookup_in(dir, &pinfo, &e.name) {
+                    Ok(a) => a,
+                    Err(_) => continue,
+                }
+            };
+            if emit(i as u64 + 1, e, &attr) {
+                if !dots {
+                    self.forget(attr.node, 1);
+                }
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Drops `n` kernel references to `ino`.

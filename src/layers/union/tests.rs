@@ -509,3 +509,43 @@ fn lookup_races_never_move_a_node_below_its_copy_up() -> io::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn readdirplus_counts_references_only_for_entries_sent() -> io::Result<()> {
+    let f = fixture(1, |l| {
+        for n in ["a", "b", "c"] {
+            write(&l[0].join("d").join(n), n)?;
+        }
+        Ok(())
+    })?;
+    let d = f.walk("d")?.node;
+    let fh = f.u.opendir(d)?;
+    let mut sent = Vec::new();
+    let mut refused = None;
+    f.u.readdirplus(d, fh, 0, |next, e, a| {
+        if sent.len() == 4 {
+            refused = Some(a.node);
+            return true; // full
+        }
+        sent.push((next, e.name.to_string_lossy().into_owned(), a.kind));
+        false
+    })?;
+    assert_eq!(sent.len(), 4);
+    assert_eq!(sent[0], (1, ".".to_owned(), FileKind::Dir));
+    assert_eq!(sent[1], (2, "..".to_owned(), FileKind::Dir));
+    let refused = refused.expect("a fifth entry was offered");
+    // Resuming at the last offset sent yields exactly the refused entry.
+    let mut rest = Vec::new();
+    f.u.readdirplus(d, fh, 4, |_, e, _| {
+        rest.push(e.name.clone());
+        false
+    })?;
+    assert_eq!(rest.len(), 1);
+    f.u.release(fh);
+    // The refused entry's reference went back; the resumed one holds one reference.
+    let name = rest[0].clone();
+    f.u.forget(refused, 1);
+    f.u.unlink(d, &name)?;
+    assert_eq!(Fixture::errno_of(f.u.getattr(refused, None)), libc::ESTALE);
+    Ok(())
+}

@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::PathBuf;
 
 use parking_lot::RwLock;
@@ -47,6 +48,42 @@ impl Loc {
     }
 }
 
+/// A multiply-rotate hasher (the "Fx" hash of rustc): the maps are keyed by node ids
+/// and file names, hashed on every request, and SipHash showed up in profiles.
+#[derive(Debug, Default, Clone, Copy)]
+struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let mut w = [0u8; 8];
+        let rest = chunks.remainder();
+        w[..rest.len()].copy_from_slice(rest);
+        self.add(u64::from_le_bytes(w) ^ (rest.len() as u64) << 56);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl FastHasher {
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
 #[derive(Debug, Clone)]
 struct Node {
     parent: u64,
@@ -60,11 +97,35 @@ struct Node {
 
 #[derive(Debug, Default)]
 struct Maps {
-    nodes: HashMap<u64, Node>,
-    children: HashMap<(u64, OsString), u64>,
+    nodes: FastMap<u64, Node>,
+    /// parent → name → child. Two levels, so a lookup borrows the name instead of
+    /// allocating a key.
+    children: FastMap<u64, FastMap<OsString, u64>>,
     /// Hard-linked upper files: (st_dev, st_ino) on disk → their node.
-    links: HashMap<(u64, u64), u64>,
+    links: FastMap<(u64, u64), u64>,
     next: u64,
+}
+
+impl Maps {
+    fn get_child(&self, parent: u64, name: &OsStr) -> Option<u64> {
+        self.children.get(&parent)?.get(name).copied()
+    }
+
+    fn put_child(&mut self, parent: u64, name: &OsStr, id: u64) -> Option<u64> {
+        self.children
+            .entry(parent)
+            .or_default()
+            .insert(name.to_owned(), id)
+    }
+
+    fn take_child(&mut self, parent: u64, name: &OsStr) -> Option<u64> {
+        let names = self.children.get_mut(&parent)?;
+        let id = names.remove(name);
+        if names.is_empty() {
+            self.children.remove(&parent);
+        }
+        id
+    }
 }
 
 /// The arena. Cheap to share behind `&`.
@@ -132,7 +193,8 @@ impl Tree {
         self.maps
             .read()
             .children
-            .get(&(parent, name.to_owned()))
+            .get(&parent)
+            .and_then(|m| m.get(name))
             .copied()
     }
 
@@ -152,8 +214,7 @@ impl Tree {
         counted: bool,
     ) -> u64 {
         let mut maps = self.maps.write();
-        let key = (parent, name.to_owned());
-        if let Some(&id) = maps.children.get(&key) {
+        if let Some(id) = maps.get_child(parent, name) {
             if let Some(node) = maps.nodes.get_mut(&id) {
                 if loc.top() < node.loc.top()
                     || (loc.top() == node.loc.top() && loc.layers.len() > node.loc.layers.len())
@@ -166,9 +227,9 @@ impl Tree {
         }
         if let Some(id) = link_key.and_then(|k| maps.links.get(&k).copied()) {
             if let Some(node) = maps.nodes.get_mut(&id).filter(|n| n.attached) {
-                node.aliases.push(key.clone());
+                node.aliases.push((parent, name.to_owned()));
                 node.lookups += u64::from(counted);
-                maps.children.insert(key, id);
+                maps.put_child(parent, name, id);
                 return id;
             }
         }
@@ -188,7 +249,7 @@ impl Tree {
                 lookups: u64::from(counted),
             },
         );
-        maps.children.insert(key, id);
+        maps.put_child(parent, name, id);
         id
     }
 
@@ -203,13 +264,12 @@ impl Tree {
     /// disk identity `link_key`), with one kernel reference for the entry reply.
     pub fn add_link(&self, ino: u64, parent: u64, name: &OsStr, link_key: (u64, u64)) {
         let mut maps = self.maps.write();
-        let key = (parent, name.to_owned());
         let Some(node) = maps.nodes.get_mut(&ino) else {
             return;
         };
-        node.aliases.push(key.clone());
+        node.aliases.push((parent, name.to_owned()));
         node.lookups += 1;
-        maps.children.insert(key, ino);
+        maps.put_child(parent, name, ino);
         maps.links.insert(link_key, ino);
     }
 
@@ -237,7 +297,7 @@ impl Tree {
     /// Detaches `parent/name` (unlinked, removed or replaced). Returns its id if known.
     pub fn detach(&self, parent: u64, name: &OsStr) -> Option<u64> {
         let mut maps = self.maps.write();
-        let id = maps.children.remove(&(parent, name.to_owned()))?;
+        let id = maps.take_child(parent, name)?;
         Self::unname(&mut maps, id, parent, name);
         Some(id)
     }
@@ -246,10 +306,10 @@ impl Tree {
     /// there. Descendants follow, since paths are computed from parent links.
     pub fn rename(&self, parent: u64, name: &OsStr, new_parent: u64, new_name: &OsStr) {
         let mut maps = self.maps.write();
-        let Some(id) = maps.children.remove(&(parent, name.to_owned())) else {
+        let Some(id) = maps.take_child(parent, name) else {
             return;
         };
-        if let Some(old) = maps.children.insert((new_parent, new_name.to_owned()), id) {
+        if let Some(old) = maps.put_child(new_parent, new_name, id) {
             if old != id {
                 Self::unname(&mut maps, old, new_parent, new_name);
             }
