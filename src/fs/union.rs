@@ -21,6 +21,14 @@ use fuser::{
 use crate::layers::ownership::FileKind;
 use crate::layers::union::{Attr, Caller, SetAttr, SetTime, Union, UnionOptions};
 
+/// Page cache policy. Every change to the union passes through the kernel (writes
+/// update its cache, creates and unlinks bump the directory's version), and
+/// `FUSE_AUTO_INVAL_DATA` drops cached data whose mtime changed behind our back, so
+/// file data and directory listings may outlive an open: the second read of a file or
+/// listing is then served without the daemon.
+const CACHE_FILE: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
+const CACHE_DIR: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOPEN_CACHE_DIR);
+
 /// The fuser `Filesystem` over a [`Union`].
 #[derive(Debug)]
 pub struct UnionFs {
@@ -113,6 +121,9 @@ impl Filesystem for UnionFs {
             InitFlags::FUSE_MAX_PAGES,
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
+            // Cached pages and listings are dropped when a refreshed mtime differs, so
+            // changes made behind the union's back show once the attributes expire.
+            InitFlags::FUSE_AUTO_INVAL_DATA,
         ] {
             let _ = config.add_capabilities(flag);
         }
@@ -261,7 +272,7 @@ impl Filesystem for UnionFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.union.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), CACHE_FILE),
             Err(e) => reply.error(Errno::from(e)),
         }
     }
@@ -339,7 +350,7 @@ impl Filesystem for UnionFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.union.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), CACHE_DIR),
             Err(e) => reply.error(Errno::from(e)),
         }
     }
@@ -467,7 +478,7 @@ impl Filesystem for UnionFs {
                 &file_attr(&a),
                 Generation(0),
                 FileHandle(fh),
-                FopenFlags::empty(),
+                CACHE_FILE,
             ),
             Err(e) => reply.error(Errno::from(e)),
         }
