@@ -348,6 +348,19 @@ impl Filesystem for UnionFs {
         reply_empty(reply, self.union.fsync(fh.0, datasync));
     }
 
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.union.fallocate(fh.0, offset, length, mode));
+    }
+
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.union.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), CACHE_DIR),

@@ -217,6 +217,18 @@ fn union_mount_every_operation_as_root() {
         .and_then(|f| f.set_len(5))
         .expect("truncate");
     assert_eq!(fs::read_to_string(l.mp("new")).expect("read"), "hello");
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(l.mp("new"))
+        .expect("open");
+    nix::fcntl::fallocate(&f, nix::fcntl::FallocateFlags::empty(), 0, 8192).expect("fallocate");
+    drop(f);
+    assert_eq!(fs::metadata(l.mp("new")).expect("stat").len(), 8192);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(l.mp("new"))
+        .and_then(|f| f.set_len(5))
+        .expect("truncate back");
     fs::set_permissions(l.mp("only-low"), fs::Permissions::from_mode(0o600)).expect("chmod");
     std::os::unix::fs::lchown(l.mp("only-low"), Some(1234), Some(2345)).expect("chown");
     let st = fs::metadata(l.p("u/only-low")).expect("copied up");

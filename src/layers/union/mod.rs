@@ -1272,6 +1272,19 @@ impl Union {
         }
     }
 
+    /// Allocates or punches space in an open file (`fallocate(2)` mode bits).
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> io::Result<()> {
+        let h = self.file(fh)?;
+        let Handle::File(f) = &*h else {
+            return Err(errno(libc::EISDIR));
+        };
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(errno(libc::EINVAL));
+        };
+        let flags = nix::fcntl::FallocateFlags::from_bits_retain(mode);
+        nix::fcntl::fallocate(f, flags, offset, len).map_err(nix_err)
+    }
+
     /// Closes a file or directory handle.
     pub fn release(&self, fh: u64) {
         self.handles.write().remove(&fh);

@@ -549,3 +549,23 @@ fn readdirplus_counts_references_only_for_entries_sent() -> io::Result<()> {
     assert_eq!(Fixture::errno_of(f.u.getattr(refused, None)), libc::ESTALE);
     Ok(())
 }
+
+#[test]
+fn new_entries_inherit_the_group_of_a_setgid_directory() -> io::Result<()> {
+    let mut f = fixture(1, |l| fs::create_dir(l[0].join("shared")))?;
+    f.u.set_owner_mode(OwnerMode::Record);
+    let d = f.walk("shared")?;
+    let set = SetAttr {
+        gid: Some(4242),
+        mode: Some(0o2775),
+        ..SetAttr::default()
+    };
+    f.u.setattr(d.node, set, None)?;
+    let who = Caller { uid: 7, gid: 8 };
+    let (file, fh) = f.u.create(d.node, os("file"), 0o644, libc::O_RDWR, who)?;
+    f.u.release(fh);
+    let sub = f.u.mkdir(d.node, os("sub"), 0o755, who)?;
+    assert_eq!((file.uid, file.gid, file.perm), (7, 4242, 0o644));
+    assert_eq!((sub.uid, sub.gid, sub.perm), (7, 4242, 0o2755));
+    Ok(())
+}
