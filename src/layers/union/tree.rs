@@ -343,16 +343,6 @@ impl Tree {
             maps.nodes.remove(&ino);
         }
     }
-
-    /// Number of nodes held (for tests).
-    pub fn len(&self) -> usize {
-        self.maps.read().nodes.len()
-    }
-
-    /// Never true: the root is always there.
-    pub fn is_empty(&self) -> bool {
-        false
-    }
 }
 
 #[cfg(test)]
