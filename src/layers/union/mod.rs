@@ -292,8 +292,20 @@ impl Union {
         }
     }
 
+    /// The node's info for path-based work: ENOENT once it has no name (its old path may
+    /// meanwhile name another file), ESTALE when unknown.
     fn node(&self, ino: u64) -> io::Result<tree::NodeInfo> {
-        self.tree.get(ino).ok_or_else(|| errno(libc::ESTALE))
+        match self.tree.get(ino) {
+            Some(info) if info.attached => Ok(info),
+            Some(_) => Err(errno(libc::ENOENT)),
+            None => Err(errno(libc::ESTALE)),
+        }
+    }
+
+    /// The open file behind `fh`, if it is one.
+    fn open_file(&self, fh: Option<u64>) -> Option<Arc<Handle>> {
+        fh.and_then(|fh| self.handle(fh).ok())
+            .filter(|h| matches!(**h, Handle::File(_)))
     }
 
     // ----- resolution -------------------------------------------------------------
@@ -504,24 +516,25 @@ impl Union {
     /// still point at the lower copy after a copy-up); the handle answers only when the
     /// name is gone (an open, unlinked file).
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> io::Result<Attr> {
-        let info = self.node(ino)?;
-        let p = self.abs(info.loc.top(), &info.path);
-        match fs::symlink_metadata(&p) {
-            Ok(meta) => self.attr(ino, info.st_ino, &info.loc, &meta, &p),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let h = fh.and_then(|fh| self.handle(fh).ok());
-                let Some(Handle::File(f)) = h.as_deref() else {
-                    return Err(e);
-                };
-                let meta = f.metadata()?;
-                let ov = match xattr::FileExt::get_xattr(f, OVERRIDE_XATTR) {
-                    Ok(Some(v)) => OverrideStat::parse(&v).ok(),
-                    _ => None,
-                };
-                Ok(self.attr_from(ino, info.st_ino, &info.loc, &meta, ov.as_ref()))
+        let info = self.tree.get(ino).ok_or_else(|| errno(libc::ESTALE))?;
+        if info.attached {
+            let p = self.abs(info.loc.top(), &info.path);
+            match fs::symlink_metadata(&p) {
+                Ok(meta) => return self.attr(ino, info.st_ino, &info.loc, &meta, &p),
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                Err(_) => {}
             }
-            Err(e) => Err(e),
         }
+        let h = self.open_file(fh).ok_or_else(|| errno(libc::ENOENT))?;
+        let Handle::File(f) = &*h else {
+            return Err(errno(libc::ENOENT));
+        };
+        let meta = f.metadata()?;
+        let ov = match xattr::FileExt::get_xattr(f, OVERRIDE_XATTR) {
+            Ok(Some(v)) => OverrideStat::parse(&v).ok(),
+            _ => None,
+        };
+        Ok(self.attr_from(ino, info.st_ino, &info.loc, &meta, ov.as_ref()))
     }
 
     /// The target of a symlink.
@@ -1073,13 +1086,24 @@ impl Union {
 
     /// Changes size, mode, owner or times, copying the entry up first.
     pub fn setattr(&self, ino: u64, set: SetAttr, fh: Option<u64>) -> io::Result<Attr> {
+        let open = self.open_file(fh);
+        if let (Some(size), Some(Handle::File(f))) = (set.size, open.as_deref()) {
+            // Through the handle: works for open, unlinked files too.
+            self.writable()?;
+            f.set_len(size)?;
+            if set
+                == (SetAttr {
+                    size: set.size,
+                    ..SetAttr::default()
+                })
+            {
+                return self.getattr(ino, fh);
+            }
+        }
         let info = self.copy_up(ino)?;
         let path = self.abs(0, &info.path);
-        if let Some(size) = set.size {
-            match fh.and_then(|fh| self.handle(fh).ok()).as_deref() {
-                Some(Handle::File(f)) => f.set_len(size)?,
-                _ => OpenOptions::new().write(true).open(&path)?.set_len(size)?,
-            }
+        if let (Some(size), None) = (set.size, &open) {
+            OpenOptions::new().write(true).open(&path)?.set_len(size)?;
         }
         if set.mode.is_some() || set.uid.is_some() || set.gid.is_some() {
             let meta = fs::symlink_metadata(&path)?;

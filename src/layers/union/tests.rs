@@ -470,10 +470,30 @@ fn open_unlinked_file_keeps_working_through_its_handle() -> io::Result<()> {
     f.u.write(fh, 0, b"UPPER")?;
     assert_eq!(f.u.getattr(a.node, Some(fh))?.size, 5);
     assert_eq!(f.u.read(fh, 0, 100)?, b"UPPER");
+    let trunc = SetAttr {
+        size: Some(2),
+        ..SetAttr::default()
+    };
+    assert_eq!(f.u.setattr(a.node, trunc, Some(fh))?.size, 2);
+    // A new file of the old name is another file: the unlinked node never reaches it.
+    let (b, fh2) = f.u.create(ROOT, os("f"), 0o644, libc::O_RDWR, caller())?;
+    f.u.release(fh2);
+    assert_ne!(b.node, a.node);
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        ..SetAttr::default()
+    };
+    assert_eq!(
+        Fixture::errno_of(f.u.setattr(a.node, chmod, Some(fh))),
+        libc::ENOENT
+    );
+    assert_eq!(f.u.getattr(b.node, None)?.perm, 0o644);
+    assert_eq!(f.u.getattr(a.node, Some(fh))?.size, 2);
     f.u.release(fh);
     f.u.forget(a.node, 1);
     assert_eq!(Fixture::errno_of(f.u.getattr(a.node, None)), libc::ESTALE);
     assert_eq!(fs::read_to_string(f.lowers[0].join("f"))?, "lower");
+    assert_eq!(f.cat("f")?, "");
     Ok(())
 }
 

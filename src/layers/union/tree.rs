@@ -142,6 +142,8 @@ pub struct NodeInfo {
     pub loc: Loc,
     pub st_ino: u64,
     pub parent: u64,
+    /// False once the last name is gone: `path` may then name another file.
+    pub attached: bool,
 }
 
 impl Tree {
@@ -185,6 +187,7 @@ impl Tree {
             loc: node.loc.clone(),
             st_ino: ino,
             parent: node.parent,
+            attached: node.attached,
         })
     }
 
