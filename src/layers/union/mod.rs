@@ -1091,12 +1091,8 @@ impl Union {
             // Through the handle: works for open, unlinked files too.
             self.writable()?;
             f.set_len(size)?;
-            if set
-                == (SetAttr {
-                    size: set.size,
-                    ..SetAttr::default()
-                })
-            {
+            let only_size = SetAttr { size: None, ..set } == SetAttr::default();
+            if only_size {
                 return self.getattr(ino, fh);
             }
         }
