@@ -19,7 +19,7 @@ use fuser::{
 };
 
 use crate::layers::ownership::FileKind;
-use crate::layers::union::{Attr, Caller, SetAttr, SetTime, Union, UnionOptions};
+use crate::layers::union::{Attr, Caller, Fh, Ino, SetAttr, SetTime, Union, UnionOptions};
 
 /// Page cache policy. Every change to the union passes through the kernel (writes
 /// update its cache, creates and unlinks bump the directory's version), and
@@ -133,15 +133,15 @@ impl Filesystem for UnionFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(reply, self.ttl, self.union.lookup(parent.0, name));
+        reply_entry(reply, self.ttl, self.union.lookup(Ino(parent.0), name));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.union.forget(ino.0, nlookup);
+        self.union.forget(Ino(ino.0), nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.union.getattr(ino.0, fh.map(|f| f.0)) {
+        match self.union.getattr(Ino(ino.0), fh.map(|f| Fh(f.0))) {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(Errno::from(e)),
         }
@@ -173,7 +173,7 @@ impl Filesystem for UnionFs {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
-        match self.union.setattr(ino.0, set, fh.map(|f| f.0)) {
+        match self.union.setattr(Ino(ino.0), set, fh.map(|f| Fh(f.0))) {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(Errno::from(e)),
         }
@@ -181,7 +181,7 @@ impl Filesystem for UnionFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         use std::os::unix::ffi::OsStrExt;
-        match self.union.readlink(ino.0) {
+        match self.union.readlink(Ino(ino.0)) {
             Ok(t) => reply.data(t.as_os_str().as_bytes()),
             Err(e) => reply.error(Errno::from(e)),
         }
@@ -199,7 +199,7 @@ impl Filesystem for UnionFs {
     ) {
         let r = self
             .union
-            .mknod(parent.0, name, mode, u64::from(rdev), caller(req));
+            .mknod(Ino(parent.0), name, mode, u64::from(rdev), caller(req));
         reply_entry(reply, self.ttl, r);
     }
 
@@ -215,16 +215,16 @@ impl Filesystem for UnionFs {
         reply_entry(
             reply,
             self.ttl,
-            self.union.mkdir(parent.0, name, mode, caller(req)),
+            self.union.mkdir(Ino(parent.0), name, mode, caller(req)),
         );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.union.unlink(parent.0, name));
+        reply_empty(reply, self.union.unlink(Ino(parent.0), name));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.union.rmdir(parent.0, name));
+        reply_empty(reply, self.union.rmdir(Ino(parent.0), name));
     }
 
     fn symlink(
@@ -235,7 +235,9 @@ impl Filesystem for UnionFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = self.union.symlink(parent.0, link_name, target, caller(req));
+        let r = self
+            .union
+            .symlink(Ino(parent.0), link_name, target, caller(req));
         reply_entry(reply, self.ttl, r);
     }
 
@@ -251,7 +253,7 @@ impl Filesystem for UnionFs {
     ) {
         let r = self
             .union
-            .rename(parent.0, name, newparent.0, newname, flags.bits());
+            .rename(Ino(parent.0), name, Ino(newparent.0), newname, flags.bits());
         reply_empty(reply, r);
     }
 
@@ -266,13 +268,13 @@ impl Filesystem for UnionFs {
         reply_entry(
             reply,
             self.ttl,
-            self.union.link(ino.0, newparent.0, newname),
+            self.union.link(Ino(ino.0), Ino(newparent.0), newname),
         );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.union.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), CACHE_FILE),
+        match self.union.open(Ino(ino.0), flags.0) {
+            Ok(fh) => reply.opened(FileHandle(fh.0), CACHE_FILE),
             Err(e) => reply.error(Errno::from(e)),
         }
     }
@@ -288,7 +290,7 @@ impl Filesystem for UnionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.union.read(fh.0, offset, size) {
+        match self.union.read(Fh(fh.0), offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(Errno::from(e)),
         }
@@ -306,7 +308,7 @@ impl Filesystem for UnionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.union.write(fh.0, offset, data) {
+        match self.union.write(Fh(fh.0), offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(Errno::from(e)),
         }
@@ -333,7 +335,7 @@ impl Filesystem for UnionFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.union.release(fh.0);
+        self.union.release(Fh(fh.0));
         reply.ok();
     }
 
@@ -345,7 +347,7 @@ impl Filesystem for UnionFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.union.fsync(fh.0, datasync));
+        reply_empty(reply, self.union.fsync(Fh(fh.0), datasync));
     }
 
     fn fallocate(
@@ -358,12 +360,12 @@ impl Filesystem for UnionFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.union.fallocate(fh.0, offset, length, mode));
+        reply_empty(reply, self.union.fallocate(Fh(fh.0), offset, length, mode));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.union.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), CACHE_DIR),
+        match self.union.opendir(Ino(ino.0)) {
+            Ok(fh) => reply.opened(FileHandle(fh.0), CACHE_DIR),
             Err(e) => reply.error(Errno::from(e)),
         }
     }
@@ -376,7 +378,7 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.union.readdir(fh.0) {
+        let entries = match self.union.readdir(Fh(fh.0)) {
             Ok(e) => e,
             Err(e) => return reply.error(Errno::from(e)),
         };
@@ -397,16 +399,18 @@ impl Filesystem for UnionFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         let ttl = self.ttl;
-        let r = self.union.readdirplus(ino.0, fh.0, offset, |next, e, a| {
-            reply.add(
-                INodeNo(a.node),
-                next,
-                &e.name,
-                &ttl,
-                &file_attr(a),
-                Generation(0),
-            )
-        });
+        let r = self
+            .union
+            .readdirplus(Ino(ino.0), Fh(fh.0), offset, |next, e, a| {
+                reply.add(
+                    INodeNo(a.node.0),
+                    next,
+                    &e.name,
+                    &ttl,
+                    &file_attr(a),
+                    Generation(0),
+                )
+            });
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(Errno::from(e)),
@@ -421,7 +425,7 @@ impl Filesystem for UnionFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.union.release(fh.0);
+        self.union.release(Fh(fh.0));
         reply.ok();
     }
 
@@ -455,24 +459,24 @@ impl Filesystem for UnionFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.union.setxattr(ino.0, name, value, flags));
+        reply_empty(reply, self.union.setxattr(Ino(ino.0), name, value, flags));
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply_xattr(reply, size, self.union.getxattr(ino.0, name));
+        reply_xattr(reply, size, self.union.getxattr(Ino(ino.0), name));
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        reply_xattr(reply, size, self.union.listxattr(ino.0));
+        reply_xattr(reply, size, self.union.listxattr(Ino(ino.0)));
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.union.removexattr(ino.0, name));
+        reply_empty(reply, self.union.removexattr(Ino(ino.0), name));
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // default_permissions makes the kernel check modes; this only confirms existence.
-        reply_empty(reply, self.union.getattr(ino.0, None).map(drop));
+        reply_empty(reply, self.union.getattr(Ino(ino.0), None).map(drop));
     }
 
     fn create(
@@ -485,12 +489,15 @@ impl Filesystem for UnionFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.union.create(parent.0, name, mode, flags, caller(req)) {
+        match self
+            .union
+            .create(Ino(parent.0), name, mode, flags, caller(req))
+        {
             Ok((a, fh)) => reply.created(
                 &self.ttl,
                 &file_attr(&a),
                 Generation(0),
-                FileHandle(fh),
+                FileHandle(fh.0),
                 CACHE_FILE,
             ),
             Err(e) => reply.error(Errno::from(e)),

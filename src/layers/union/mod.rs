@@ -50,7 +50,7 @@ use crate::layers::ownership::{self, Effective, FileKind, OVERRIDE_XATTR, Overri
 use crate::layers::whiteout::{self, Marker};
 
 pub use options::{OptionsError, UnionOptions};
-pub use tree::{Loc, ROOT};
+pub use tree::{Ino, Loc, ROOT};
 
 /// Name of the scratch directory the union keeps inside the work dir.
 pub const WORK_SUBDIR: &str = "gentree-work";
@@ -60,7 +60,7 @@ pub const WORK_SUBDIR: &str = "gentree-work";
 pub struct Attr {
     /// Node id (FUSE nodeid); stable for the life of the mount, one per file (all
     /// names of a hard-linked upper file share it).
-    pub node: u64,
+    pub node: Ino,
     /// `st_ino`: equal to `node`.
     pub ino: u64,
     pub size: u64,
@@ -138,6 +138,10 @@ pub struct StatFs {
     pub frsize: u32,
 }
 
+/// An open file or directory of the union.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fh(pub u64);
+
 #[derive(Debug)]
 enum Handle {
     File(File),
@@ -155,7 +159,7 @@ pub struct Union {
     work: Option<PathBuf>,
     owner_mode: OwnerMode,
     tree: tree::Tree,
-    handles: RwLock<HashMap<u64, Arc<Handle>>>,
+    handles: RwLock<HashMap<Fh, Arc<Handle>>>,
     next_fh: AtomicU64,
     next_tmp: AtomicU64,
 }
@@ -294,7 +298,7 @@ impl Union {
 
     /// The node's info for path-based work: ENOENT once it has no name (its old path may
     /// meanwhile name another file), ESTALE when unknown.
-    fn node(&self, ino: u64) -> io::Result<tree::NodeInfo> {
+    fn node(&self, ino: Ino) -> io::Result<tree::NodeInfo> {
         match self.tree.get(ino) {
             Some(info) if info.attached => Ok(info),
             Some(_) => Err(errno(libc::ENOENT)),
@@ -303,7 +307,7 @@ impl Union {
     }
 
     /// The open file behind `fh`, if it is one.
-    fn open_file(&self, fh: Option<u64>) -> Option<Arc<Handle>> {
+    fn open_file(&self, fh: Option<Fh>) -> Option<Arc<Handle>> {
         fh.and_then(|fh| self.handle(fh).ok())
             .filter(|h| matches!(**h, Handle::File(_)))
     }
@@ -388,7 +392,7 @@ impl Union {
 
     fn attr(
         &self,
-        node: u64,
+        node: Ino,
         st_ino: u64,
         loc: &Loc,
         meta: &Metadata,
@@ -404,7 +408,7 @@ impl Union {
 
     fn attr_from(
         &self,
-        node: u64,
+        node: Ino,
         st_ino: u64,
         loc: &Loc,
         meta: &Metadata,
@@ -452,19 +456,19 @@ impl Union {
     }
 
     /// Looks `name` up in `parent`, adding one kernel reference to the node.
-    pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<Attr> {
+    pub fn lookup(&self, parent: Ino, name: &OsStr) -> io::Result<Attr> {
         let pinfo = self.node(parent)?;
         self.lookup_in(parent, &pinfo, name)
     }
 
-    fn lookup_in(&self, parent: u64, pinfo: &tree::NodeInfo, name: &OsStr) -> io::Result<Attr> {
+    fn lookup_in(&self, parent: Ino, pinfo: &tree::NodeInfo, name: &OsStr) -> io::Result<Attr> {
         let (loc, meta) = self
             .resolve_child(pinfo, name)?
             .ok_or_else(|| errno(libc::ENOENT))?;
         let key = self.link_key(&loc, &meta);
         let id = self.tree.insert(parent, name, loc.clone(), key, true);
         let path = self.abs(loc.top(), &pinfo.path.join(name));
-        self.attr(id, id, &loc, &meta, &path)
+        self.attr(id, id.0, &loc, &meta, &path)
     }
 
     /// Walks the snapshot of `fh` (directory `dir`) from `offset`, handing `emit` each
@@ -474,8 +478,8 @@ impl Union {
     /// `opendir` are skipped.
     pub fn readdirplus(
         &self,
-        dir: u64,
-        fh: u64,
+        dir: Ino,
+        fh: Fh,
         offset: u64,
         mut emit: impl FnMut(u64, &DirEntry, &Attr) -> bool,
     ) -> io::Result<()> {
@@ -487,7 +491,7 @@ impl Union {
             let attr = if dots {
                 // The kernel takes neither attributes nor a reference from these.
                 Attr {
-                    node: e.ino,
+                    node: Ino(e.ino),
                     ino: e.ino,
                     ..dir_attr
                 }
@@ -508,14 +512,14 @@ impl Union {
     }
 
     /// Drops `n` kernel references to `ino`.
-    pub fn forget(&self, ino: u64, n: u64) {
+    pub fn forget(&self, ino: Ino, n: u64) {
         self.tree.forget(ino, n);
     }
 
     /// Attributes of `ino`. The path wins over an open handle (a read-only handle may
     /// still point at the lower copy after a copy-up); the handle answers only when the
     /// name is gone (an open, unlinked file).
-    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> io::Result<Attr> {
+    pub fn getattr(&self, ino: Ino, fh: Option<Fh>) -> io::Result<Attr> {
         let info = self.tree.get(ino).ok_or_else(|| errno(libc::ESTALE))?;
         if info.attached {
             let p = self.abs(info.loc.top(), &info.path);
@@ -538,7 +542,7 @@ impl Union {
     }
 
     /// The target of a symlink.
-    pub fn readlink(&self, ino: u64) -> io::Result<PathBuf> {
+    pub fn readlink(&self, ino: Ino) -> io::Result<PathBuf> {
         let info = self.node(ino)?;
         fs::read_link(self.abs(info.loc.top(), &info.path))
     }
@@ -553,7 +557,7 @@ impl Union {
 
     /// Makes sure `ino` has its own entry in the upper layer (copying it up with its
     /// parents if needed) and returns its node info with the upper location.
-    pub fn copy_up(&self, ino: u64) -> io::Result<tree::NodeInfo> {
+    pub fn copy_up(&self, ino: Ino) -> io::Result<tree::NodeInfo> {
         self.writable()?;
         let info = self.node(ino)?;
         if self.is_upper(info.loc.top()) {
@@ -732,7 +736,7 @@ impl Union {
     /// upper path, and whether a whiteout was there (a new directory must be opaque).
     fn prepare_new(
         &self,
-        parent: u64,
+        parent: Ino,
         name: &OsStr,
     ) -> io::Result<(tree::NodeInfo, PathBuf, bool)> {
         self.writable()?;
@@ -784,7 +788,7 @@ impl Union {
     /// Finishes a new entry at `dst`: whiteouts settled, a fresh node.
     fn finish_new(
         &self,
-        parent: u64,
+        parent: Ino,
         pinfo: &tree::NodeInfo,
         name: &OsStr,
         dst: &Path,
@@ -796,7 +800,7 @@ impl Union {
         let loc = Loc::one(0);
         let key = self.link_key(&loc, &meta);
         let id = self.tree.insert(parent, name, loc.clone(), key, true);
-        self.attr(id, id, &loc, &meta, dst)
+        self.attr(id, id.0, &loc, &meta, dst)
     }
 
     /// The owner group and permission bits of a new entry, honouring a setgid parent.
@@ -817,7 +821,7 @@ impl Union {
 
     fn create_entry(
         &self,
-        parent: u64,
+        parent: Ino,
         name: &OsStr,
         kind: FileKind,
         perm: u32,
@@ -835,7 +839,7 @@ impl Union {
     }
 
     /// Creates a directory.
-    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> io::Result<Attr> {
+    pub fn mkdir(&self, parent: Ino, name: &OsStr, mode: u32, caller: Caller) -> io::Result<Attr> {
         self.create_entry(parent, name, FileKind::Dir, mode, caller, |p| {
             fs::create_dir(p)?;
             fs::set_permissions(p, fs::Permissions::from_mode(0o700))?;
@@ -846,7 +850,7 @@ impl Union {
     /// Creates a fifo, socket, device node or empty regular file (`mode` has the type bits).
     pub fn mknod(
         &self,
-        parent: u64,
+        parent: Ino,
         name: &OsStr,
         mode: u32,
         rdev: u64,
@@ -883,7 +887,7 @@ impl Union {
     /// Creates a symlink.
     pub fn symlink(
         &self,
-        parent: u64,
+        parent: Ino,
         name: &OsStr,
         target: &Path,
         caller: Caller,
@@ -897,12 +901,12 @@ impl Union {
     /// Creates and opens a regular file; returns its attributes and a file handle.
     pub fn create(
         &self,
-        parent: u64,
+        parent: Ino,
         name: &OsStr,
         mode: u32,
         flags: i32,
         caller: Caller,
-    ) -> io::Result<(Attr, u64)> {
+    ) -> io::Result<(Attr, Fh)> {
         let mut file = None;
         let attr = self.create_entry(parent, name, FileKind::File, mode, caller, |p| {
             let f = OpenOptions::new()
@@ -926,7 +930,7 @@ impl Union {
     }
 
     /// Makes a hard link `newparent/newname` to `ino`.
-    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> io::Result<Attr> {
+    pub fn link(&self, ino: Ino, newparent: Ino, newname: &OsStr) -> io::Result<Attr> {
         let info = self.copy_up(ino)?;
         let (pinfo, dst, had_wh) = self.prepare_new(newparent, newname)?;
         let src = self.abs(0, &info.path);
@@ -942,16 +946,16 @@ impl Union {
     // ----- removal and rename -----------------------------------------------------
 
     /// Removes a non-directory.
-    pub fn unlink(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+    pub fn unlink(&self, parent: Ino, name: &OsStr) -> io::Result<()> {
         self.remove(parent, name, false)
     }
 
     /// Removes an empty directory (entries hidden by whiteouts do not count).
-    pub fn rmdir(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+    pub fn rmdir(&self, parent: Ino, name: &OsStr) -> io::Result<()> {
         self.remove(parent, name, true)
     }
 
-    fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> io::Result<()> {
+    fn remove(&self, parent: Ino, name: &OsStr, dir: bool) -> io::Result<()> {
         self.writable()?;
         let pinfo = self.node(parent)?;
         let (loc, meta) = self
@@ -993,9 +997,9 @@ impl Union {
     /// in a lower layer fails with EXDEV (callers such as `mv` then copy).
     pub fn rename(
         &self,
-        parent: u64,
+        parent: Ino,
         name: &OsStr,
-        newparent: u64,
+        newparent: Ino,
         newname: &OsStr,
         flags: u32,
     ) -> io::Result<()> {
@@ -1085,7 +1089,7 @@ impl Union {
     // ----- attributes -------------------------------------------------------------
 
     /// Changes size, mode, owner or times, copying the entry up first.
-    pub fn setattr(&self, ino: u64, set: SetAttr, fh: Option<u64>) -> io::Result<Attr> {
+    pub fn setattr(&self, ino: Ino, set: SetAttr, fh: Option<Fh>) -> io::Result<Attr> {
         let open = self.open_file(fh);
         if let (Some(size), Some(Handle::File(f))) = (set.size, open.as_deref()) {
             // Through the handle: works for open, unlinked files too.
@@ -1138,13 +1142,13 @@ impl Union {
 
     // ----- xattrs -----------------------------------------------------------------
 
-    fn top_path(&self, ino: u64) -> io::Result<PathBuf> {
+    fn top_path(&self, ino: Ino) -> io::Result<PathBuf> {
         let info = self.node(ino)?;
         Ok(self.abs(info.loc.top(), &info.path))
     }
 
     /// The value of a user-visible xattr (ENODATA when absent or private).
-    pub fn getxattr(&self, ino: u64, name: &OsStr) -> io::Result<Vec<u8>> {
+    pub fn getxattr(&self, ino: Ino, name: &OsStr) -> io::Result<Vec<u8>> {
         if is_acl_xattr(name) {
             return Err(errno(libc::EOPNOTSUPP));
         }
@@ -1155,7 +1159,7 @@ impl Union {
     }
 
     /// The user-visible xattr names, each NUL-terminated (the `listxattr` format).
-    pub fn listxattr(&self, ino: u64) -> io::Result<Vec<u8>> {
+    pub fn listxattr(&self, ino: Ino) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
         let names = match xattr::list(self.top_path(ino)?) {
             Ok(n) => n,
@@ -1170,7 +1174,7 @@ impl Union {
     }
 
     /// Sets an xattr (copying up first). `flags` are `XATTR_CREATE`/`XATTR_REPLACE`.
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+    pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
         if is_acl_xattr(name) {
             return Err(errno(libc::EOPNOTSUPP));
         }
@@ -1192,7 +1196,7 @@ impl Union {
     }
 
     /// Removes an xattr (copying up first).
-    pub fn removexattr(&self, ino: u64, name: &OsStr) -> io::Result<()> {
+    pub fn removexattr(&self, ino: Ino, name: &OsStr) -> io::Result<()> {
         if is_private_xattr(name) {
             return Err(errno(libc::EPERM));
         }
@@ -1206,13 +1210,13 @@ impl Union {
 
     // ----- files ------------------------------------------------------------------
 
-    fn put_handle(&self, h: Handle) -> u64 {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+    fn put_handle(&self, h: Handle) -> Fh {
+        let fh = Fh(self.next_fh.fetch_add(1, Ordering::Relaxed));
         self.handles.write().insert(fh, Arc::new(h));
         fh
     }
 
-    fn handle(&self, fh: u64) -> io::Result<Arc<Handle>> {
+    fn handle(&self, fh: Fh) -> io::Result<Arc<Handle>> {
         self.handles
             .read()
             .get(&fh)
@@ -1220,7 +1224,7 @@ impl Union {
             .ok_or_else(|| errno(libc::EBADF))
     }
 
-    fn file(&self, fh: u64) -> io::Result<Arc<Handle>> {
+    fn file(&self, fh: Fh) -> io::Result<Arc<Handle>> {
         let h = self.handle(fh)?;
         match *h {
             Handle::File(_) => Ok(h),
@@ -1229,7 +1233,7 @@ impl Union {
     }
 
     /// Opens `ino` with `open(2)` flags; writing opens copy the file up first.
-    pub fn open(&self, ino: u64, flags: i32) -> io::Result<u64> {
+    pub fn open(&self, ino: Ino, flags: i32) -> io::Result<Fh> {
         let acc = flags & libc::O_ACCMODE;
         let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let info = if write {
@@ -1250,7 +1254,7 @@ impl Union {
     }
 
     /// Reads up to `size` bytes at `offset`; short only at end of file.
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+    pub fn read(&self, fh: Fh, offset: u64, size: u32) -> io::Result<Vec<u8>> {
         let h = self.file(fh)?;
         let Handle::File(f) = &*h else {
             return Err(errno(libc::EISDIR));
@@ -1270,7 +1274,7 @@ impl Union {
     }
 
     /// Writes `data` at `offset`; returns the bytes written.
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> io::Result<usize> {
+    pub fn write(&self, fh: Fh, offset: u64, data: &[u8]) -> io::Result<usize> {
         let h = self.file(fh)?;
         let Handle::File(f) = &*h else {
             return Err(errno(libc::EISDIR));
@@ -1280,7 +1284,7 @@ impl Union {
     }
 
     /// Flushes a file to disk.
-    pub fn fsync(&self, fh: u64, datasync: bool) -> io::Result<()> {
+    pub fn fsync(&self, fh: Fh, datasync: bool) -> io::Result<()> {
         let h = self.file(fh)?;
         let Handle::File(f) = &*h else {
             return Err(errno(libc::EISDIR));
@@ -1293,7 +1297,7 @@ impl Union {
     }
 
     /// Allocates or punches space in an open file (`fallocate(2)` mode bits).
-    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> io::Result<()> {
+    pub fn fallocate(&self, fh: Fh, offset: u64, len: u64, mode: i32) -> io::Result<()> {
         let h = self.file(fh)?;
         let Handle::File(f) = &*h else {
             return Err(errno(libc::EISDIR));
@@ -1306,13 +1310,13 @@ impl Union {
     }
 
     /// Closes a file or directory handle.
-    pub fn release(&self, fh: u64) {
+    pub fn release(&self, fh: Fh) {
         self.handles.write().remove(&fh);
     }
 
     /// Snapshots the merged listing of directory `ino` (with `.` and `..`); readdir
     /// offsets index into this snapshot, so they stay stable while it is open.
-    pub fn opendir(&self, ino: u64) -> io::Result<u64> {
+    pub fn opendir(&self, ino: Ino) -> io::Result<Fh> {
         let info = self.node(ino)?;
         let parent_ino = self.tree.get(info.parent).map_or(info.st_ino, |p| p.st_ino);
         let mut entries = vec![
@@ -1347,7 +1351,7 @@ impl Union {
             };
             entries.push(DirEntry {
                 name,
-                ino: child,
+                ino: child.0,
                 kind: kind_of_type(ft),
             });
         }
@@ -1355,7 +1359,7 @@ impl Union {
     }
 
     /// The snapshot entries from `offset` on.
-    pub fn readdir(&self, fh: u64) -> io::Result<Arc<Vec<DirEntry>>> {
+    pub fn readdir(&self, fh: Fh) -> io::Result<Arc<Vec<DirEntry>>> {
         match &*self.handle(fh)? {
             Handle::Dir(d) => Ok(d.clone()),
             Handle::File(_) => Err(errno(libc::ENOTDIR)),

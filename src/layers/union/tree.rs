@@ -22,8 +22,12 @@ use std::path::PathBuf;
 
 use parking_lot::RwLock;
 
+/// A node id: the FUSE node id and the `st_ino` of one merged file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ino(pub u64);
+
 /// The root's node id (FUSE_ROOT_ID).
-pub const ROOT: u64 = 1;
+pub const ROOT: Ino = Ino(1);
 
 /// Where a merged entry lives: layer indices, upper (0, when present) first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,10 +90,10 @@ type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
 #[derive(Debug, Clone)]
 struct Node {
-    parent: u64,
+    parent: Ino,
     name: OsString,
     /// Further names of a hard-linked upper file.
-    aliases: Vec<(u64, OsString)>,
+    aliases: Vec<(Ino, OsString)>,
     loc: Loc,
     attached: bool,
     lookups: u64,
@@ -97,28 +101,28 @@ struct Node {
 
 #[derive(Debug, Default)]
 struct Maps {
-    nodes: FastMap<u64, Node>,
+    nodes: FastMap<Ino, Node>,
     /// parent → name → child. Two levels, so a lookup borrows the name instead of
     /// allocating a key.
-    children: FastMap<u64, FastMap<OsString, u64>>,
+    children: FastMap<Ino, FastMap<OsString, Ino>>,
     /// Hard-linked upper files: (st_dev, st_ino) on disk → their node.
-    links: FastMap<(u64, u64), u64>,
+    links: FastMap<(u64, u64), Ino>,
     next: u64,
 }
 
 impl Maps {
-    fn get_child(&self, parent: u64, name: &OsStr) -> Option<u64> {
+    fn get_child(&self, parent: Ino, name: &OsStr) -> Option<Ino> {
         self.children.get(&parent)?.get(name).copied()
     }
 
-    fn put_child(&mut self, parent: u64, name: &OsStr, id: u64) -> Option<u64> {
+    fn put_child(&mut self, parent: Ino, name: &OsStr, id: Ino) -> Option<Ino> {
         self.children
             .entry(parent)
             .or_default()
             .insert(name.to_owned(), id)
     }
 
-    fn take_child(&mut self, parent: u64, name: &OsStr) -> Option<u64> {
+    fn take_child(&mut self, parent: Ino, name: &OsStr) -> Option<Ino> {
         let names = self.children.get_mut(&parent)?;
         let id = names.remove(name);
         if names.is_empty() {
@@ -141,7 +145,7 @@ pub struct NodeInfo {
     pub path: PathBuf,
     pub loc: Loc,
     pub st_ino: u64,
-    pub parent: u64,
+    pub parent: Ino,
     /// False once the last name is gone: `path` may then name another file.
     pub attached: bool,
 }
@@ -150,7 +154,7 @@ impl Tree {
     /// A tree holding only the root, located in `root_loc`.
     pub fn new(root_loc: Loc) -> Tree {
         let mut maps = Maps {
-            next: ROOT + 1,
+            next: ROOT.0 + 1,
             ..Maps::default()
         };
         maps.nodes.insert(
@@ -170,7 +174,7 @@ impl Tree {
     }
 
     /// The node's path, location and inode number; `None` for an unknown id.
-    pub fn get(&self, ino: u64) -> Option<NodeInfo> {
+    pub fn get(&self, ino: Ino) -> Option<NodeInfo> {
         let maps = self.maps.read();
         let node = maps.nodes.get(&ino)?;
         let mut names = Vec::new();
@@ -185,14 +189,14 @@ impl Tree {
         Some(NodeInfo {
             path,
             loc: node.loc.clone(),
-            st_ino: ino,
+            st_ino: ino.0,
             parent: node.parent,
             attached: node.attached,
         })
     }
 
     /// The attached child `name` of `parent`, if the tree knows it.
-    pub fn child(&self, parent: u64, name: &OsStr) -> Option<u64> {
+    pub fn child(&self, parent: Ino, name: &OsStr) -> Option<Ino> {
         self.maps
             .read()
             .children
@@ -210,12 +214,12 @@ impl Tree {
     /// lookup that raced with a copy-up must not move the node back down.
     pub fn insert(
         &self,
-        parent: u64,
+        parent: Ino,
         name: &OsStr,
         loc: Loc,
         link_key: Option<(u64, u64)>,
         counted: bool,
-    ) -> u64 {
+    ) -> Ino {
         let mut maps = self.maps.write();
         if let Some(id) = maps.get_child(parent, name) {
             if let Some(node) = maps.nodes.get_mut(&id) {
@@ -236,7 +240,7 @@ impl Tree {
                 return id;
             }
         }
-        let id = maps.next;
+        let id = Ino(maps.next);
         maps.next += 1;
         if let Some(k) = link_key {
             maps.links.insert(k, id);
@@ -257,7 +261,7 @@ impl Tree {
     }
 
     /// Sets the location of `ino` (after copy-up or creation in the upper layer).
-    pub fn set_loc(&self, ino: u64, loc: Loc) {
+    pub fn set_loc(&self, ino: Ino, loc: Loc) {
         if let Some(n) = self.maps.write().nodes.get_mut(&ino) {
             n.loc = loc;
         }
@@ -265,7 +269,7 @@ impl Tree {
 
     /// Adds the name `parent/name` to `ino` (a new hard link to the upper file with
     /// disk identity `link_key`), with one kernel reference for the entry reply.
-    pub fn add_link(&self, ino: u64, parent: u64, name: &OsStr, link_key: (u64, u64)) {
+    pub fn add_link(&self, ino: Ino, parent: Ino, name: &OsStr, link_key: (u64, u64)) {
         let mut maps = self.maps.write();
         let Some(node) = maps.nodes.get_mut(&ino) else {
             return;
@@ -277,7 +281,7 @@ impl Tree {
     }
 
     /// Removes one name of a node; a node without names is detached.
-    fn unname(maps: &mut Maps, id: u64, parent: u64, name: &OsStr) {
+    fn unname(maps: &mut Maps, id: Ino, parent: Ino, name: &OsStr) {
         let Some(n) = maps.nodes.get_mut(&id) else {
             return;
         };
@@ -298,7 +302,7 @@ impl Tree {
     }
 
     /// Detaches `parent/name` (unlinked, removed or replaced). Returns its id if known.
-    pub fn detach(&self, parent: u64, name: &OsStr) -> Option<u64> {
+    pub fn detach(&self, parent: Ino, name: &OsStr) -> Option<Ino> {
         let mut maps = self.maps.write();
         let id = maps.take_child(parent, name)?;
         Self::unname(&mut maps, id, parent, name);
@@ -307,7 +311,7 @@ impl Tree {
 
     /// Moves the node at `parent/name` to `new_parent/new_name`, detaching whatever was
     /// there. Descendants follow, since paths are computed from parent links.
-    pub fn rename(&self, parent: u64, name: &OsStr, new_parent: u64, new_name: &OsStr) {
+    pub fn rename(&self, parent: Ino, name: &OsStr, new_parent: Ino, new_name: &OsStr) {
         let mut maps = self.maps.write();
         let Some(id) = maps.take_child(parent, name) else {
             return;
@@ -333,7 +337,7 @@ impl Tree {
 
     /// Drops `n` kernel references; a detached node with none left is freed. The root
     /// and attached nodes stay, so their inode numbers stay stable.
-    pub fn forget(&self, ino: u64, n: u64) {
+    pub fn forget(&self, ino: Ino, n: u64) {
         let mut maps = self.maps.write();
         let free = match maps.nodes.get_mut(&ino) {
             Some(node) => {
