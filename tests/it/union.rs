@@ -752,3 +752,30 @@ fn union_mounts_in_process_through_the_library() {
         "x"
     );
 }
+
+#[test]
+fn union_names_a_layer_the_user_cannot_read() {
+    let t = "union_names_a_layer_the_user_cannot_read";
+    let Some((user, uid, gid)) = util::require_test_user(t) else {
+        return;
+    };
+    let l = Layers::new();
+    util::set_mode(&l.p("l2"), 0o700); // root's, closed to the user
+    for d in ["u", "w", "mp"] {
+        std::os::unix::fs::chown(l.p(d), Some(uid), Some(gid)).expect("chown to test user");
+    }
+    let out = run(Command::new("runuser")
+        .args(["-u", &user, "--"])
+        .arg(util::bin())
+        .args(["union", "-o", &l.rw_opts()])
+        .arg(l.p("mp")));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("lowerdir")
+            && err.contains(&*l.p("l2").to_string_lossy())
+            && err.contains("Permission denied"),
+        "{err}"
+    );
+    assert!(!mounted(&l.p("mp")));
+}
