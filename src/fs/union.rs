@@ -1,6 +1,7 @@
 //! FUSE adapter for the union ([`crate::layers::union::Union`]) and the mount entry
-//! points: [`mount`] (background threads, for in-process use such as the build helper)
-//! and [`serve`] (blocking, for `gentree-fs union -f`).
+//! points: [`mount`] (served from background threads, for in-process use such as the
+//! build helper; unmounts on drop) and [`session`] (mounted but not yet serving, with an
+//! unmounter for a signal thread: `gentree-fs union -f`).
 //!
 //! Each `Filesystem` method decodes the request, calls one `Union` method and replies;
 //! errors keep the OS errno of the `io::Error`.
