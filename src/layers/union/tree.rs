@@ -138,7 +138,7 @@ pub struct Tree {
     maps: RwLock<Maps>,
 }
 
-/// What [`Tree::path`] and [`Tree::get`] return for one node.
+/// What [`Tree::get`] returns for one node.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
     /// The merged path, relative to the union root (`""` for the root).
