@@ -687,7 +687,8 @@ fn union_in_user_namespace_records_owners_and_stays_removable() {
          echo x > new; chown 1234:2345 new; chmod 4750 new
          mkdir -p usr/portage; chown 250:250 usr/portage
          echo more >> etc/seedfile
-         stat -c '%n %u %g %a' new usr/portage
+         setpriv --reuid=250 --regid=250 --clear-groups sh -c 'echo p > usr/portage/by250'
+         stat -c '%n %u %g %a' new usr/portage usr/portage/by250
          cd /; umount '{mp}'",
         bin = util::bin().display(),
         l1 = l.p("l1").display(),
@@ -708,7 +709,11 @@ fn union_in_user_namespace_records_owners_and_stays_removable() {
         "-euc",
         &script,
     ]));
-    assert_eq!(out, "new 1234 2345 4750\nusr/portage 250 250 755\n");
+    // Another user of the namespace (Portage's) works in the mount too: allow_other.
+    assert_eq!(
+        out,
+        "new 1234 2345 4750\nusr/portage 250 250 755\nusr/portage/by250 250 250 644\n"
+    );
     let rec = |p: &str| {
         let v = xattr::get(l.p(p), OVERRIDE)
             .expect("xattr")
@@ -716,6 +721,7 @@ fn union_in_user_namespace_records_owners_and_stays_removable() {
         String::from_utf8_lossy(&v).into_owned()
     };
     assert_eq!(rec("u/new"), "1234:2345:4750");
+    assert_eq!(rec("u/usr/portage/by250"), "250:250:0644");
     assert_eq!(rec("u/usr/portage"), "250:250:0755");
     for p in ["u/new", "u/usr", "u/usr/portage", "u/etc/seedfile"] {
         let st = fs::symlink_metadata(l.p(p)).expect("stat");
