@@ -511,7 +511,7 @@ impl Filesystem for UnionFs {
 pub enum MountError {
     #[error(transparent)]
     Options(#[from] crate::layers::union::OptionsError),
-    #[error("cannot prepare the union's work dir under {work}: {source}")]
+    #[error("cannot prepare the union's work dir under {work}")]
     Work {
         work: PathBuf,
         #[source]
@@ -519,14 +519,14 @@ pub enum MountError {
     },
     #[error(
         "cannot mount the union on {mountpoint}: /dev/fuse is not open to this user \
-         (ordinary users need it mode 0666, e.g. `chmod 0666 /dev/fuse` as root): {source}"
+         (ordinary users need it mode 0666, e.g. `chmod 0666 /dev/fuse` as root)"
     )]
     DevFuseClosed {
         mountpoint: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("cannot mount the union on {mountpoint}: {source}")]
+    #[error("cannot mount the union on {mountpoint}")]
     Mount {
         mountpoint: PathBuf,
         #[source]

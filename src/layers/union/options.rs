@@ -51,7 +51,7 @@ pub enum OptionsError {
     NoWorkdir(PathBuf),
     #[error("workdir {0} given without upperdir")]
     WorkdirWithoutUpper(PathBuf),
-    #[error("{role} {path}: {source}")]
+    #[error("cannot use {role} {path}")]
     Unusable {
         role: &'static str,
         path: PathBuf,
