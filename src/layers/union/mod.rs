@@ -1311,7 +1311,9 @@ impl Union {
 
     /// Closes a file or directory handle.
     pub fn release(&self, fh: Fh) {
-        self.handles.write().remove(&fh);
+        let handle = self.handles.write().remove(&fh);
+        // Closed here, after the table lock is gone (close may flush).
+        drop(handle);
     }
 
     /// Snapshots the merged listing of directory `ino` (with `.` and `..`); readdir
