@@ -9,4 +9,4 @@ grep -q "^$user:" /etc/subgid 2>/dev/null || echo "$user:300000:65536" >> /etc/s
 echo "test user: $user ($(id -u "$user"))"
 # Ordinary users mount FUSE (fusermount3 opens /dev/fuse with the caller's rights);
 # containers often pass the device in as 0600. Debian's udev default is 0666.
-[[ -c /dev/fuse ]] && chmod 0666 /dev/fuse
+if [[ -c /dev/fuse ]]; then chmod 0666 /dev/fuse; fi
