@@ -1333,28 +1333,30 @@ impl Union {
                 kind: FileKind::Dir,
             },
         ];
-        for (name, layer, ft) in self.list_merged(&info.path, &info.loc.layers)? {
-            let child = match self.tree.child(ino, &name) {
+        for m in self.list_merged(&info.path, &info.loc.layers)? {
+            let mut kind = kind_of_type(m.ft);
+            if let Some(meta) = &m.meta {
+                // A device recorded on an empty file lists as the device.
+                if meta.len() == 0 {
+                    let p = self.abs(m.layer, &info.path.join(&m.name));
+                    if let Ok(Some(o)) = OverrideStat::read(&p) {
+                        kind = o.kind.unwrap_or(kind);
+                    }
+                }
+            }
+            let child = match self.tree.child(ino, &m.name) {
                 Some(c) => c,
                 None => {
-                    let loc = Loc::one(layer);
+                    let loc = Loc::one(m.layer);
                     // Only upper regular files can be hard links that share a node.
-                    let key = if self.is_upper(layer) && ft.is_file() {
-                        let p = self.abs(layer, &info.path.join(&name));
-                        match enoent_is_none(fs::symlink_metadata(&p))? {
-                            Some(meta) => self.link_key(&loc, &meta),
-                            None => continue,
-                        }
-                    } else {
-                        None
-                    };
-                    self.tree.insert(ino, &name, loc, key, false)
+                    let key = m.meta.as_ref().and_then(|meta| self.link_key(&loc, meta));
+                    self.tree.insert(ino, &m.name, loc, key, false)
                 }
             };
             entries.push(DirEntry {
-                name,
+                name: m.name,
                 ino: child.0,
-                kind: kind_of_type(ft),
+                kind,
             });
         }
         Ok(self.put_handle(Handle::Dir(Arc::new(entries))))
@@ -1368,13 +1370,8 @@ impl Union {
         }
     }
 
-    /// The visible names of the merged directory `path` over `layers`, each with the
-    /// layer that provides it, in layer order.
-    pub fn list_merged(
-        &self,
-        path: &Path,
-        layers: &[usize],
-    ) -> io::Result<Vec<(OsString, usize, fs::FileType)>> {
+    /// The visible entries of the merged directory `path` over `layers`, in layer order.
+    pub fn list_merged(&self, path: &Path, layers: &[usize]) -> io::Result<Vec<Listed>> {
         let mut out = Vec::new();
         let mut seen: HashSet<OsString> = HashSet::new();
         let mut hidden: HashSet<OsString> = HashSet::new();
@@ -1400,23 +1397,45 @@ impl Union {
                     continue;
                 }
                 let ft = entry.file_type()?;
-                // Only char devices and empty regular files can be in-place whiteouts.
-                if ft.is_char_device() || (ft.is_file() && !self.is_upper(l)) {
+                // Char devices and empty regular files may be in-place whiteouts; regular
+                // files' metadata also serves hard-link grouping and recorded devices.
+                let mut meta = None;
+                if ft.is_char_device() || ft.is_file() {
                     let p = entry.path();
-                    if let Some(meta) = enoent_is_none(fs::symlink_metadata(&p))? {
-                        if whiteout::classify(&p, &name, &meta) != Marker::Entry {
-                            layer_whiteouts.push(name);
-                            continue;
-                        }
+                    let Some(m) = enoent_is_none(fs::symlink_metadata(&p))? else {
+                        continue;
+                    };
+                    if (ft.is_char_device() || !self.is_upper(l))
+                        && whiteout::classify(&p, &name, &m) != Marker::Entry
+                    {
+                        layer_whiteouts.push(name);
+                        continue;
                     }
+                    meta = ft.is_file().then_some(m);
                 }
                 seen.insert(name.clone());
-                out.push((name, l, ft));
+                out.push(Listed {
+                    name,
+                    layer: l,
+                    ft,
+                    meta,
+                });
             }
             hidden.extend(layer_whiteouts);
         }
         Ok(out)
     }
+}
+
+/// One visible entry of a merged directory listing.
+#[derive(Debug)]
+pub struct Listed {
+    pub name: OsString,
+    /// The layer that provides it.
+    pub layer: usize,
+    pub ft: fs::FileType,
+    /// `lstat` of regular files (taken anyway to rule out whiteouts).
+    pub meta: Option<Metadata>,
 }
 
 /// True in the initial user namespace (identity uid map). Root of any other namespace

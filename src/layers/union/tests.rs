@@ -366,6 +366,15 @@ fn recorded_ownership_is_written_and_presented() -> io::Result<()> {
         who,
     )?;
     assert_eq!(d.kind, FileKind::Char { major: 1, minor: 3 });
+    let fh = f.u.opendir(ROOT)?;
+    let listed = f.u.readdir(fh)?;
+    f.u.release(fh);
+    let null = listed.iter().find(|e| e.name == "null").map(|e| e.kind);
+    assert_eq!(
+        null,
+        Some(FileKind::Char { major: 1, minor: 3 }),
+        "listing agrees with stat"
+    );
     // Private xattrs never show.
     assert!(f.u.listxattr(a.node)?.is_empty());
     assert_eq!(
