@@ -257,6 +257,9 @@ fn union_mount_every_operation_as_root() {
 
     // mkdir, mknod (fifo, socket), symlink, hard link
     fs::create_dir(l.mp("newdir")).expect("mkdir");
+    fs::File::open(l.mp("newdir"))
+        .and_then(|d| d.sync_all())
+        .expect("fsync a directory");
     nix::unistd::mkfifo(
         &l.mp("newdir/fifo"),
         nix::sys::stat::Mode::from_bits_truncate(0o644),

@@ -1296,6 +1296,15 @@ impl Union {
         }
     }
 
+    /// Flushes a directory of the upper layer to disk (lower layers never change).
+    pub fn fsyncdir(&self, ino: Ino) -> io::Result<()> {
+        let info = self.node(ino)?;
+        if !self.is_upper(info.loc.top()) {
+            return Ok(());
+        }
+        File::open(self.abs(0, &info.path))?.sync_all()
+    }
+
     /// Allocates or punches space in an open file (`fallocate(2)` mode bits).
     pub fn fallocate(&self, fh: Fh, offset: u64, len: u64, mode: i32) -> io::Result<()> {
         let h = self.file(fh)?;
