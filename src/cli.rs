@@ -109,8 +109,9 @@ pub struct ConfigArgs {
 #[derive(Debug, Args)]
 pub struct UnionArgs {
     /// Mount options, comma-separated, repeatable: lowerdir=L1:L2,upperdir=U,workdir=W,
-    /// plus allow_other, allow_root, ro, and fuse-overlayfs options that are accepted
-    /// and ignored.
+    /// plus allow_other, allow_root, ro, dev, suid, timeout=SECS (kernel cache time:
+    /// 1 s for a writable union, unlimited for a read-only one), and fuse-overlayfs
+    /// options that are accepted and ignored.
     #[arg(short = 'o', value_name = "OPTIONS", required = true)]
     pub options: Vec<String>,
     /// Stay in the foreground (the default is to return once the mount is ready).

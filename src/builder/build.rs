@@ -44,10 +44,19 @@ impl HostDirs {
     /// `conf_root` key, when set, wins).
     pub fn new(conf_root: &Path, top: &ResolvedConfig) -> HostDirs {
         let d = &top.dirs;
-        let root = d.conf_root.clone().unwrap_or_else(|| conf_root.to_path_buf());
+        let root = d
+            .conf_root
+            .clone()
+            .unwrap_or_else(|| conf_root.to_path_buf());
         let under = |o: &Option<PathBuf>, name: &str| {
             o.as_ref()
-                .map(|p| if p.is_absolute() { p.clone() } else { root.join(p) })
+                .map(|p| {
+                    if p.is_absolute() {
+                        p.clone()
+                    } else {
+                        root.join(p)
+                    }
+                })
                 .unwrap_or_else(|| root.join(name))
         };
         HostDirs {
@@ -290,13 +299,11 @@ pub fn layer_plan(
     mapping: &IdMapping,
 ) -> Plan {
     let (seed_upper, seed_work) = dirs.seed_upper(&cfg.seed);
-    let bind = |source: PathBuf, target: &str, recursive: bool, readonly: bool| {
-        MountSpec::Bind {
-            source,
-            target: target.into(),
-            recursive,
-            readonly,
-        }
+    let bind = |source: PathBuf, target: &str, recursive: bool, readonly: bool| MountSpec::Bind {
+        source,
+        target: target.into(),
+        recursive,
+        readonly,
     };
     let target = cfg.crossdev_target.as_deref();
     let pkgdir_target = match target {
@@ -540,7 +547,9 @@ fn build_layer(
                 .unwrap_or_else(|| store.layer_dir(k).join("root"))
         })
         .collect();
-    let run_dir = dirs.run.join(format!("{}-{}", job.key.short(), std::process::id()));
+    let run_dir = dirs
+        .run
+        .join(format!("{}-{}", job.key.short(), std::process::id()));
     let paths = LayerPaths {
         root: run_dir.join("root"),
         empty: run_dir.join("empty"),
@@ -548,7 +557,13 @@ fn build_layer(
         work: pending.work(),
         lowers,
     };
-    for p in [&paths.root, &paths.empty, &dirs.distfiles, &dirs.repos, &dirs.builds] {
+    for p in [
+        &paths.root,
+        &paths.empty,
+        &dirs.distfiles,
+        &dirs.repos,
+        &dirs.builds,
+    ] {
         fs::create_dir_all(p).map_err(io_err("cannot create", p))?;
     }
     let (seed_upper, seed_work) = dirs.seed_upper(&cfg.seed);

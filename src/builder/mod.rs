@@ -1,7 +1,7 @@
 //! Turning configs into layers: config resolution, cache keys, emerge command lines
 //! and the namespaced build helper. Never imports [`crate::fs`].
 
+pub mod build;
 pub mod config;
 pub mod key;
 pub mod namespace;
-pub mod build;

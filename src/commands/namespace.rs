@@ -1,15 +1,41 @@
 //! The hidden namespace subcommands: `__ns-exec` (the helper itself) and `__ns-run`
 //! (run a plan file as the caller; for tests and debugging).
 
+use std::io;
 use std::path::Path;
 use std::process::ExitCode;
 
 use super::CmdResult;
-use crate::builder::namespace::{self, Plan, helper};
+use crate::builder::namespace::{self, Plan, UnionSpec, helper};
+use crate::fs::union;
+use crate::layers::union::UnionOptions;
+
+/// Mounts plan unions with gentree-fs's own FUSE union, served by the helper's threads.
+struct FuseUnions;
+
+impl helper::UnionMounter for FuseUnions {
+    fn mount_union(&self, spec: &UnionSpec, target: &Path) -> io::Result<Box<dyn Send>> {
+        let options = UnionOptions {
+            lowers: spec.lowers.clone(),
+            upper: spec.upper.clone(),
+            work: spec.work.clone(),
+            // Portage's own users (portage, acct-user ids) must reach the build root.
+            allow_other: true,
+            ..UnionOptions::default()
+        };
+        let mount = union::mount(&union::MountSpec {
+            options,
+            mountpoint: target.to_path_buf(),
+            threads: None,
+        })
+        .map_err(io::Error::other)?;
+        Ok(Box::new(mount))
+    }
+}
 
 /// `__ns-exec`: the helper side. Exits with the command's status.
 pub fn ns_exec() -> CmdResult {
-    match helper::helper_main(None) {
+    match helper::helper_main(Some(&FuseUnions)) {
         Ok(code) => Ok(exit_code(code)),
         Err(e) => {
             super::report_error(&e);

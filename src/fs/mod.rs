@@ -2,3 +2,4 @@
 //!
 //! Each `Filesystem` method decodes its request, calls one method of a core type from
 //! [`crate::layers`], and writes one reply. Inode and handle tables live here.
+pub mod union;

@@ -10,4 +10,5 @@ pub mod ownership;
 pub mod seed;
 pub mod store;
 pub mod tar;
+pub mod union;
 pub mod whiteout;

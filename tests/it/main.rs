@@ -7,4 +7,5 @@ mod config;
 mod import_seed;
 mod namespace;
 mod pack;
+mod union;
 mod util;

@@ -1,0 +1,680 @@
+//! FUSE adapter for the union ([`crate::layers::union::Union`]) and the mount entry
+//! points: [`mount`] (served from background threads, for in-process use such as the
+//! build helper; unmounts on drop) and [`session`] (mounted but not yet serving, with an
+//! unmounter for a signal thread: `gentree-fs union -f`).
+//!
+//! Each `Filesystem` method decodes the request, calls one `Union` method and replies;
+//! errors keep the OS errno of the `io::Error`.
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fuser::{
+    AccessFlags, BsdFileFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow,
+    WriteFlags,
+};
+
+use crate::layers::ownership::FileKind;
+use crate::layers::union::{Attr, Caller, Fh, Ino, SetAttr, SetTime, Union, UnionOptions};
+
+/// Page cache policy. Every change to the union passes through the kernel (writes
+/// update its cache, creates and unlinks bump the directory's version), and
+/// `FUSE_AUTO_INVAL_DATA` drops cached data whose mtime changed behind our back, so
+/// file data and directory listings may outlive an open: the second read of a file or
+/// listing is then served without the daemon.
+const CACHE_FILE: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
+const CACHE_DIR: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOPEN_CACHE_DIR);
+
+/// The fuser `Filesystem` over a [`Union`].
+#[derive(Debug)]
+pub struct UnionFs {
+    union: Union,
+    /// Entry and attribute cache time ([`UnionOptions::cache_timeout`]).
+    ttl: Duration,
+}
+
+impl UnionFs {
+    pub fn new(union: Union, ttl: Duration) -> UnionFs {
+        UnionFs { union, ttl }
+    }
+}
+
+fn file_type(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Pipe => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::Block { .. } => FileType::BlockDevice,
+        FileKind::Char { .. } => FileType::CharDevice,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.ctime,
+        kind: file_type(a.kind),
+        perm: a.perm as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev as u32,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn reply_entry(reply: ReplyEntry, ttl: Duration, r: io::Result<Attr>) {
+    match r {
+        Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
+        Err(e) => reply.error(Errno::from(e)),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, r: io::Result<()>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(Errno::from(e)),
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, r: io::Result<Vec<u8>>) {
+    match r {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
+        Ok(v) => reply.data(&v),
+        Err(e) => reply.error(Errno::from(e)),
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
+    t.map(|t| match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => SetTime::At(t),
+    })
+}
+
+impl Filesystem for UnionFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // One flag at a time: add_capabilities is all-or-nothing.
+        for flag in [
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_MAX_PAGES,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            // Cached pages and listings are dropped when a refreshed mtime differs, so
+            // changes made behind the union's back show once the attributes expire.
+            InitFlags::FUSE_AUTO_INVAL_DATA,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        reply_entry(reply, self.ttl, self.union.lookup(Ino(parent.0), name));
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.union.forget(Ino(ino.0), nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.union.getattr(Ino(ino.0), fh.map(|f| Fh(f.0))) {
+            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+            Err(e) => reply.error(Errno::from(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+        };
+        match self.union.setattr(Ino(ino.0), set, fh.map(|f| Fh(f.0))) {
+            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+            Err(e) => reply.error(Errno::from(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        use std::os::unix::ffi::OsStrExt;
+        match self.union.readlink(Ino(ino.0)) {
+            Ok(t) => reply.data(t.as_os_str().as_bytes()),
+            Err(e) => reply.error(Errno::from(e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .union
+            .mknod(Ino(parent.0), name, mode, u64::from(rdev), caller(req));
+        reply_entry(reply, self.ttl, r);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply_entry(
+            reply,
+            self.ttl,
+            self.union.mkdir(Ino(parent.0), name, mode, caller(req)),
+        );
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.union.unlink(Ino(parent.0), name));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.union.rmdir(Ino(parent.0), name));
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .union
+            .symlink(Ino(parent.0), link_name, target, caller(req));
+        reply_entry(reply, self.ttl, r);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let r = self
+            .union
+            .rename(Ino(parent.0), name, Ino(newparent.0), newname, flags.bits());
+        reply_empty(reply, r);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply_entry(
+            reply,
+            self.ttl,
+            self.union.link(Ino(ino.0), Ino(newparent.0), newname),
+        );
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.union.open(Ino(ino.0), flags.0) {
+            Ok(fh) => reply.opened(FileHandle(fh.0), CACHE_FILE),
+            Err(e) => reply.error(Errno::from(e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.union.read(Fh(fh.0), offset, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(Errno::from(e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.union.write(Fh(fh.0), offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(Errno::from(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.union.release(Fh(fh.0));
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.union.fsync(Fh(fh.0), datasync));
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.union.fallocate(Fh(fh.0), offset, length, mode));
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.union.opendir(Ino(ino.0)) {
+            Ok(fh) => reply.opened(FileHandle(fh.0), CACHE_DIR),
+            Err(e) => reply.error(Errno::from(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.union.readdir(Fh(fh.0)) {
+            Ok(e) => e,
+            Err(e) => return reply.error(Errno::from(e)),
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(e.ino), i as u64 + 1, file_type(e.kind), &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let ttl = self.ttl;
+        let r = self
+            .union
+            .readdirplus(Ino(ino.0), Fh(fh.0), offset, |next, e, a| {
+                reply.add(
+                    INodeNo(a.node.0),
+                    next,
+                    &e.name,
+                    &ttl,
+                    &file_attr(a),
+                    Generation(0),
+                )
+            });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(Errno::from(e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.union.release(Fh(fh.0));
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.union.fsyncdir(Ino(ino.0)));
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.union.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            ),
+            Err(e) => reply.error(Errno::from(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.union.setxattr(Ino(ino.0), name, value, flags));
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, size, self.union.getxattr(Ino(ino.0), name));
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, size, self.union.listxattr(Ino(ino.0)));
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.union.removexattr(Ino(ino.0), name));
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // default_permissions makes the kernel check modes; this only confirms existence.
+        reply_empty(reply, self.union.getattr(Ino(ino.0), None).map(drop));
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self
+            .union
+            .create(Ino(parent.0), name, mode, flags, caller(req))
+        {
+            Ok((a, fh)) => reply.created(
+                &self.ttl,
+                &file_attr(&a),
+                Generation(0),
+                FileHandle(fh.0),
+                CACHE_FILE,
+            ),
+            Err(e) => reply.error(Errno::from(e)),
+        }
+    }
+}
+
+/// Why a union could not be mounted.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error(transparent)]
+    Options(#[from] crate::layers::union::OptionsError),
+    #[error("cannot prepare the union's work dir under {work}")]
+    Work {
+        work: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "cannot mount the union on {mountpoint}: /dev/fuse is not open to this user \
+         (ordinary users need it mode 0666, e.g. `chmod 0666 /dev/fuse` as root)"
+    )]
+    DevFuseClosed {
+        mountpoint: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot mount the union on {mountpoint}")]
+    Mount {
+        mountpoint: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Everything needed to mount a union (the CLI's `-o` options, parsed).
+#[derive(Debug, Clone)]
+pub struct MountSpec {
+    pub options: UnionOptions,
+    pub mountpoint: PathBuf,
+    /// Event-loop threads; `None` means one per CPU.
+    pub threads: Option<usize>,
+}
+
+/// The fuser configuration for a union: `default_permissions` (the kernel checks the
+/// presented, possibly recorded, ownership), `allow_other` when asked (needed inside the
+/// build's user namespace so Portage's users are not locked out), one event loop per CPU
+/// with its own cloned fd.
+pub fn fuse_config(spec: &MountSpec) -> Config {
+    let o = &spec.options;
+    let mut cfg = Config::default();
+    cfg.mount_options = vec![
+        MountOption::FSName("gentree-union".into()),
+        MountOption::Subtype("gentree-union".into()),
+        MountOption::DefaultPermissions,
+        if o.is_read_only() {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
+        if o.dev {
+            MountOption::Dev
+        } else {
+            MountOption::NoDev
+        },
+        if o.suid {
+            MountOption::Suid
+        } else {
+            MountOption::NoSuid
+        },
+    ];
+    cfg.acl = if o.allow_other {
+        SessionACL::All
+    } else if o.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cfg.n_threads = Some(spec.threads.unwrap_or(cpus).max(1));
+    cfg.clone_fd = true;
+    cfg
+}
+
+/// A mounted union session and the means to unmount it from another thread.
+#[derive(Debug)]
+pub struct Mounted {
+    pub session: fuser::Session<UnionFs>,
+    pub unmounter: fuser::SessionUnmounter,
+}
+
+/// Validates, opens and mounts a union; the returned session is mounted (the INIT
+/// handshake is done) but not yet serving.
+pub fn session(spec: &MountSpec) -> Result<Mounted, MountError> {
+    let options = spec.options.validate(&spec.mountpoint)?;
+    let union = Union::new(&options).map_err(|source| MountError::Work {
+        work: options.work.clone().unwrap_or_default(),
+        source,
+    })?;
+    let spec = MountSpec {
+        options,
+        ..spec.clone()
+    };
+    raise_fd_limit();
+    let cfg = fuse_config(&spec);
+    let mut session = fuser::Session::new(
+        UnionFs::new(union, spec.options.cache_timeout()),
+        &spec.mountpoint,
+        &cfg,
+    )
+    .map_err(|source| mount_error(&spec.mountpoint, source))?;
+    let unmounter = session.unmount_callable();
+    Ok(Mounted { session, unmounter })
+}
+
+/// Every open file of the union holds a real fd: allow as many as the hard limit does
+/// (fuse-overlayfs does the same; EMFILE otherwise comes early under builds).
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
+/// fuser falls back to fusermount3 only when mount(2) says EPERM; when `/dev/fuse` is
+/// closed to the user (mode 0600, as in some containers) even fusermount3 cannot help,
+/// since it opens the device with the caller's rights.
+fn mount_error(mountpoint: &Path, source: io::Error) -> MountError {
+    let closed = !nix::unistd::geteuid().is_root()
+        && matches!(
+            std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse"),
+            Err(e) if e.raw_os_error() == Some(libc::EACCES)
+        );
+    if closed {
+        return MountError::DevFuseClosed {
+            mountpoint: mountpoint.to_owned(),
+            source,
+        };
+    }
+    MountError::Mount {
+        mountpoint: mountpoint.to_owned(),
+        source,
+    }
+}
+
+/// A union mounted and served from background threads. Dropping it unmounts (without
+/// waiting for the threads); [`UnionMount::unmount`] also waits.
+#[derive(Debug)]
+pub struct UnionMount {
+    bg: fuser::BackgroundSession,
+    mountpoint: PathBuf,
+}
+
+impl UnionMount {
+    /// Where the union is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmounts and waits for the serving threads to finish.
+    pub fn unmount(self) -> io::Result<()> {
+        self.bg.umount_and_join()
+    }
+}
+
+/// Mounts a union and serves it from background threads (for in-process use, e.g. the
+/// namespaced build helper). Returns once the mount is usable.
+pub fn mount(spec: &MountSpec) -> Result<UnionMount, MountError> {
+    let Mounted { session, .. } = session(spec)?;
+    let bg = session
+        .spawn()
+        .map_err(|source| mount_error(&spec.mountpoint, source))?;
+    Ok(UnionMount {
+        bg,
+        mountpoint: spec.mountpoint.clone(),
+    })
+}

@@ -1,0 +1,1562 @@
+//! The union view: a writable upper layer over read-only lower layers, with kernel
+//! overlayfs semantics, computed in userspace.
+//!
+//! Layers are indexed topmost first: index 0 is the upper layer when there is one, then
+//! the lower layers in `lowerdir` order. Lower layers are never modified.
+//!
+//! - **Lookup** walks a directory's layers top down: the first entry wins; a whiteout in
+//!   any encoding ([`crate::layers::whiteout`]) stops the walk; a directory merges with
+//!   the directories of the same path below it until an opaque one.
+//! - **Copy-up** copies an entry (data, mode, owner, times, xattrs) into the upper layer
+//!   before any change: built in the work dir, then renamed into place with
+//!   `RENAME_NOREPLACE`, so a concurrent copy-up of the same file loses harmlessly and
+//!   a crash never leaves a half-copied file in the upper layer.
+//! - **Deletion** of a name that exists below writes an OCI whiteout (`.wh.NAME`); a
+//!   directory created where a whiteout was is made opaque (`.wh..wh..opq`).
+//! - **Rename** of a directory that exists in a lower layer fails with `EXDEV`, as
+//!   kernel overlayfs without `redirect_dir` does; `mv` then copies.
+//! - **Ownership**: as root of the initial user namespace the union chowns for real;
+//!   otherwise (an ordinary user, root of a user namespace, or a chown refused with
+//!   EPERM/EINVAL) it records
+//!   `uid:gid:mode[:type]` in `user.containers.override_stat` and keeps the file on
+//!   disk readable and removable by the daemon's user. Recorded values are presented
+//!   everywhere, for lower files too. The private xattrs are hidden from users.
+//!
+//! Every method takes node ids and returns `io::Result` carrying the OS errno; the
+//! FUSE adapter (`crate::fs::union`) only decodes and replies. No lock is held across
+//! disk I/O: the node arena ([`tree`]) and the handle table are locked only to look up
+//! or insert.
+
+pub mod options;
+pub mod tree;
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use nix::fcntl::{AT_FDCWD, AtFlags, RenameFlags};
+use nix::sys::stat::{Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use parking_lot::RwLock;
+
+use crate::layers::ownership::{self, Effective, FileKind, OVERRIDE_XATTR, OverrideStat};
+use crate::layers::whiteout::{self, Marker};
+
+pub use options::{OptionsError, UnionOptions};
+pub use tree::{Ino, Loc, ROOT};
+
+/// Name of the scratch directory the union keeps inside the work dir.
+pub const WORK_SUBDIR: &str = "gentree-work";
+
+/// Attributes of one merged entry, as the union presents them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    /// Node id (FUSE nodeid); stable for the life of the mount, one per file (all
+    /// names of a hard-linked upper file share it).
+    pub node: Ino,
+    /// `st_ino`: equal to `node`.
+    pub ino: u64,
+    pub size: u64,
+    pub blocks: u64,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    pub kind: FileKind,
+    /// Permission bits (`0o7777`).
+    pub perm: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
+    pub blksize: u32,
+}
+
+/// One entry of a merged directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: OsString,
+    pub ino: u64,
+    pub kind: FileKind,
+}
+
+/// Who asks: owner of new files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A time to set: now, or a given instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetTime {
+    Now,
+    At(SystemTime),
+}
+
+/// The changes of one `setattr`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+/// How ownership reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerMode {
+    /// chown/chmod for real, falling back to [`OwnerMode::Record`] per file on EPERM/EINVAL.
+    Chown,
+    /// Record owner, group, mode (and type) in `user.containers.override_stat`.
+    Record,
+}
+
+/// `renameat2` flags the union understands.
+pub const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
+/// Atomic exchange: not supported (EINVAL), as for kernel overlayfs over most uppers.
+pub const RENAME_EXCHANGE: u32 = libc::RENAME_EXCHANGE;
+
+/// Filesystem statistics of the upper (or topmost) layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// An open file or directory of the union.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fh(pub u64);
+
+#[derive(Debug)]
+enum Handle {
+    File(File),
+    Dir(Arc<Vec<DirEntry>>),
+}
+
+/// The union of one upper and several lower layers.
+#[derive(Debug)]
+pub struct Union {
+    /// Layer roots, topmost first (the upper first when there is one).
+    layers: Vec<PathBuf>,
+    has_upper: bool,
+    read_only: bool,
+    /// Scratch dir for copy-up, on the upper's filesystem.
+    work: Option<PathBuf>,
+    owner_mode: OwnerMode,
+    tree: tree::Tree,
+    handles: RwLock<HashMap<Fh, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    next_tmp: AtomicU64,
+}
+
+fn errno(e: i32) -> io::Error {
+    io::Error::from_raw_os_error(e)
+}
+
+fn nix_err(e: nix::Error) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+fn enoent_is_none<T>(r: io::Result<T>) -> io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// True for POSIX ACL xattrs: the union does not support ACLs (no `FUSE_POSIX_ACL`), so
+/// tools such as `cp -a` fall back to chmod, which the kernel's attribute cache sees.
+fn is_acl_xattr(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(b"system.posix_acl_")
+}
+
+/// True for xattrs the union keeps to itself: ownership records and overlay markers.
+pub fn is_private_xattr(name: &OsStr) -> bool {
+    let n = name.as_bytes();
+    n == OVERRIDE_XATTR.as_bytes()
+        || n.starts_with(b"trusted.overlay.")
+        || n.starts_with(b"user.overlay.")
+        || n.starts_with(b"user.fuseoverlayfs.")
+}
+
+/// On-disk permission bits for a recorded file: the daemon's user keeps read and write
+/// (and search for directories) so the upper stays removable by that user.
+fn accessible(perm: u32, kind: FileKind) -> u32 {
+    match kind {
+        FileKind::Dir => (perm & 0o7777) | 0o700,
+        _ => (perm & 0o7777) | 0o600,
+    }
+}
+
+impl Union {
+    /// Opens a union over validated options ([`UnionOptions::validate`]).
+    ///
+    /// Creates (and empties) the scratch dir `WORKDIR/gentree-work`.
+    pub fn new(opts: &UnionOptions) -> io::Result<Union> {
+        let mut layers = Vec::new();
+        layers.extend(opts.upper.iter().cloned());
+        layers.extend(opts.lowers.iter().cloned());
+        let has_upper = opts.upper.is_some();
+        let work = match &opts.work {
+            Some(w) if has_upper => {
+                let dir = w.join(WORK_SUBDIR);
+                match fs::remove_dir_all(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                fs::create_dir(&dir)?;
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+                Some(dir)
+            }
+            _ => None,
+        };
+        let owner_mode = if nix::unistd::geteuid().is_root() && in_initial_userns() {
+            OwnerMode::Chown
+        } else {
+            OwnerMode::Record
+        };
+        let mut u = Union {
+            layers,
+            has_upper,
+            read_only: opts.is_read_only(),
+            work,
+            owner_mode,
+            tree: tree::Tree::new(Loc::one(0)),
+            handles: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            next_tmp: AtomicU64::new(0),
+        };
+        let root_layers = u.root_layers()?;
+        u.tree = tree::Tree::new(Loc {
+            layers: root_layers,
+        });
+        Ok(u)
+    }
+
+    /// Forces an ownership mode (tests exercise the unprivileged path as root).
+    pub fn set_owner_mode(&mut self, mode: OwnerMode) {
+        self.owner_mode = mode;
+    }
+
+    /// The ownership mode in force.
+    pub fn owner_mode(&self) -> OwnerMode {
+        self.owner_mode
+    }
+
+    /// True when writes fail with EROFS.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn root_layers(&self) -> io::Result<Vec<usize>> {
+        let mut out = Vec::new();
+        for (i, root) in self.layers.iter().enumerate() {
+            out.push(i);
+            if whiteout::is_opaque_dir(root)? {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn abs(&self, layer: usize, rel: &Path) -> PathBuf {
+        if rel.as_os_str().is_empty() {
+            self.layers[layer].clone()
+        } else {
+            self.layers[layer].join(rel)
+        }
+    }
+
+    fn is_upper(&self, layer: usize) -> bool {
+        self.has_upper && layer == 0
+    }
+
+    fn writable(&self) -> io::Result<()> {
+        if self.read_only {
+            Err(errno(libc::EROFS))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The node's info for path-based work: ENOENT once it has no name (its old path may
+    /// meanwhile name another file), ESTALE when unknown.
+    fn node(&self, ino: Ino) -> io::Result<tree::NodeInfo> {
+        match self.tree.get(ino) {
+            Some(info) if info.attached => Ok(info),
+            Some(_) => Err(errno(libc::ENOENT)),
+            None => Err(errno(libc::ESTALE)),
+        }
+    }
+
+    /// The open file behind `fh`, if it is one.
+    fn open_file(&self, fh: Option<Fh>) -> Option<Arc<Handle>> {
+        fh.and_then(|fh| self.handle(fh).ok())
+            .filter(|h| matches!(**h, Handle::File(_)))
+    }
+
+    // ----- resolution -------------------------------------------------------------
+
+    /// Resolves `name` in the directory `dir` (path `dir_path`, layers `dir_layers`).
+    /// Returns the child's location and the metadata of its topmost entry.
+    fn resolve_in(
+        &self,
+        dir_path: &Path,
+        dir_layers: &[usize],
+        name: &OsStr,
+    ) -> io::Result<Option<(Loc, Metadata)>> {
+        if whiteout::classify_name(name) != Marker::Entry {
+            return Ok(None);
+        }
+        let rel = dir_path.join(name);
+        let mut found: Option<(Loc, Metadata)> = None;
+        let last = dir_layers.last().copied();
+        // Opaqueness only matters when a layer below could show through.
+        let opaque = |l: usize, p: &Path| -> io::Result<bool> {
+            Ok(Some(l) == last || whiteout::is_opaque_dir(p)?)
+        };
+        for &l in dir_layers {
+            let p = self.abs(l, &rel);
+            match enoent_is_none(fs::symlink_metadata(&p))? {
+                Some(meta) => {
+                    if whiteout::classify(&p, name, &meta) != Marker::Entry {
+                        break;
+                    }
+                    match &mut found {
+                        None => {
+                            let is_dir = meta.is_dir();
+                            found = Some((Loc::one(l), meta));
+                            if !is_dir || opaque(l, &p)? {
+                                break;
+                            }
+                        }
+                        Some((loc, _)) => {
+                            if !meta.is_dir() {
+                                break;
+                            }
+                            loc.layers.push(l);
+                            if opaque(l, &p)? {
+                                break;
+                            }
+                        }
+                    }
+                }
+                None => {
+                    let wh = self.abs(l, &dir_path.join(whiteout::whiteout_name(name)));
+                    if enoent_is_none(fs::symlink_metadata(&wh))?.is_some() {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    fn resolve_child(
+        &self,
+        parent: &tree::NodeInfo,
+        name: &OsStr,
+    ) -> io::Result<Option<(Loc, Metadata)>> {
+        self.resolve_in(&parent.path, &parent.loc.layers, name)
+    }
+
+    /// True when `name` shows through from a lower layer of `parent` (so deleting or
+    /// renaming it from the upper layer needs a whiteout).
+    fn lower_has(&self, parent: &tree::NodeInfo, name: &OsStr) -> io::Result<bool> {
+        let lowers: Vec<usize> = parent
+            .loc
+            .layers
+            .iter()
+            .copied()
+            .filter(|&l| !self.is_upper(l))
+            .collect();
+        Ok(self.resolve_in(&parent.path, &lowers, name)?.is_some())
+    }
+
+    fn attr(
+        &self,
+        node: Ino,
+        st_ino: u64,
+        loc: &Loc,
+        meta: &Metadata,
+        path: &Path,
+    ) -> io::Result<Attr> {
+        let ov = if meta.file_type().is_symlink() {
+            None
+        } else {
+            OverrideStat::read(path)?
+        };
+        Ok(self.attr_from(node, st_ino, loc, meta, ov.as_ref()))
+    }
+
+    fn attr_from(
+        &self,
+        node: Ino,
+        st_ino: u64,
+        loc: &Loc,
+        meta: &Metadata,
+        ov: Option<&OverrideStat>,
+    ) -> Attr {
+        let eff = Effective::new(meta, ov);
+        let time = |s: i64, ns: i64| {
+            let d = Duration::new(s.unsigned_abs(), ns.clamp(0, 999_999_999) as u32);
+            if s >= 0 {
+                SystemTime::UNIX_EPOCH + d
+            } else {
+                SystemTime::UNIX_EPOCH - d
+            }
+        };
+        // Kernel overlayfs reports 1 for merged directories: their real count is unknown.
+        let nlink = if meta.is_dir() && loc.layers.len() > 1 {
+            1
+        } else {
+            meta.nlink() as u32
+        };
+        Attr {
+            node,
+            ino: st_ino,
+            size: meta.size(),
+            blocks: meta.blocks(),
+            atime: time(meta.atime(), meta.atime_nsec()),
+            mtime: time(meta.mtime(), meta.mtime_nsec()),
+            ctime: time(meta.ctime(), meta.ctime_nsec()),
+            kind: eff.kind,
+            perm: eff.perm,
+            nlink,
+            uid: eff.uid,
+            gid: eff.gid,
+            rdev: eff.kind.rdev(),
+            blksize: meta.blksize() as u32,
+        }
+    }
+
+    /// The disk identity that makes the names of a hard-linked upper file one node.
+    /// Lower hard links stay separate nodes: a copy-up breaks them, as in overlayfs
+    /// without `index`.
+    fn link_key(&self, loc: &Loc, meta: &Metadata) -> Option<(u64, u64)> {
+        (self.is_upper(loc.top()) && !meta.is_dir() && meta.nlink() > 1)
+            .then(|| (meta.dev(), meta.ino()))
+    }
+
+    /// Looks `name` up in `parent`, adding one kernel reference to the node.
+    pub fn lookup(&self, parent: Ino, name: &OsStr) -> io::Result<Attr> {
+        let pinfo = self.node(parent)?;
+        self.lookup_in(parent, &pinfo, name)
+    }
+
+    fn lookup_in(&self, parent: Ino, pinfo: &tree::NodeInfo, name: &OsStr) -> io::Result<Attr> {
+        let (loc, meta) = self
+            .resolve_child(pinfo, name)?
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        let key = self.link_key(&loc, &meta);
+        let id = self.tree.insert(parent, name, loc.clone(), key, true);
+        let path = self.abs(loc.top(), &pinfo.path.join(name));
+        self.attr(id, id.0, &loc, &meta, &path)
+    }
+
+    /// Walks the snapshot of `fh` (directory `dir`) from `offset`, handing `emit` each
+    /// entry's next offset, the entry and its attributes as a lookup finds them (one
+    /// kernel reference each, except for `.` and `..`), until `emit` reports the reply
+    /// full; the entry that did not fit gets its reference back. Entries gone since
+    /// `opendir` are skipped.
+    pub fn readdirplus(
+        &self,
+        dir: Ino,
+        fh: Fh,
+        offset: u64,
+        mut emit: impl FnMut(u64, &DirEntry, &Attr) -> bool,
+    ) -> io::Result<()> {
+        let entries = self.readdir(fh)?;
+        let pinfo = self.node(dir)?;
+        let dir_attr = self.getattr(dir, None)?;
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let dots = e.name == "." || e.name == "..";
+            let attr = if dots {
+                // The kernel takes neither attributes nor a reference from these.
+                Attr {
+                    node: Ino(e.ino),
+                    ino: e.ino,
+                    ..dir_attr
+                }
+            } else {
+                match self.lookup_in(dir, &pinfo, &e.name) {
+                    Ok(a) => a,
+                    Err(_) => continue,
+                }
+            };
+            if emit(i as u64 + 1, e, &attr) {
+                if !dots {
+                    self.forget(attr.node, 1);
+                }
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops `n` kernel references to `ino`.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        self.tree.forget(ino, n);
+    }
+
+    /// Attributes of `ino`. The path wins over an open handle (a read-only handle may
+    /// still point at the lower copy after a copy-up); the handle answers only when the
+    /// name is gone (an open, unlinked file).
+    pub fn getattr(&self, ino: Ino, fh: Option<Fh>) -> io::Result<Attr> {
+        let info = self.tree.get(ino).ok_or_else(|| errno(libc::ESTALE))?;
+        if info.attached {
+            let p = self.abs(info.loc.top(), &info.path);
+            match fs::symlink_metadata(&p) {
+                Ok(meta) => return self.attr(ino, info.st_ino, &info.loc, &meta, &p),
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                Err(_) => {}
+            }
+        }
+        let h = self.open_file(fh).ok_or_else(|| errno(libc::ENOENT))?;
+        let Handle::File(f) = &*h else {
+            return Err(errno(libc::ENOENT));
+        };
+        let meta = f.metadata()?;
+        let ov = match xattr::FileExt::get_xattr(f, OVERRIDE_XATTR) {
+            Ok(Some(v)) => OverrideStat::parse(&v).ok(),
+            _ => None,
+        };
+        Ok(self.attr_from(ino, info.st_ino, &info.loc, &meta, ov.as_ref()))
+    }
+
+    /// The target of a symlink.
+    pub fn readlink(&self, ino: Ino) -> io::Result<PathBuf> {
+        let info = self.node(ino)?;
+        fs::read_link(self.abs(info.loc.top(), &info.path))
+    }
+
+    // ----- copy-up ----------------------------------------------------------------
+
+    fn tmp_path(&self) -> io::Result<PathBuf> {
+        let work = self.work.as_ref().ok_or_else(|| errno(libc::EROFS))?;
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        Ok(work.join(format!("tmp-{}-{n}", std::process::id())))
+    }
+
+    /// Makes sure `ino` has its own entry in the upper layer (copying it up with its
+    /// parents if needed) and returns its node info with the upper location.
+    pub fn copy_up(&self, ino: Ino) -> io::Result<tree::NodeInfo> {
+        self.writable()?;
+        let info = self.node(ino)?;
+        if self.is_upper(info.loc.top()) {
+            return Ok(info);
+        }
+        if ino != ROOT {
+            self.copy_up(info.parent)?;
+        }
+        let src = self.abs(info.loc.top(), &info.path);
+        let dst = self.abs(0, &info.path);
+        let meta = fs::symlink_metadata(&src)?;
+        let tmp = self.tmp_path()?;
+        let built = self.build_copy(&src, &meta, &tmp);
+        if let Err(e) = built {
+            let _ = remove_any(&tmp);
+            return Err(e);
+        }
+        match nix::fcntl::renameat2(
+            AT_FDCWD,
+            &tmp,
+            AT_FDCWD,
+            &dst,
+            RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Ok(()) => {}
+            // Another thread copied it up first: use theirs.
+            Err(nix::Error::EEXIST) | Err(nix::Error::ENOTEMPTY) => remove_any(&tmp)?,
+            Err(e) => {
+                let _ = remove_any(&tmp);
+                return Err(nix_err(e));
+            }
+        }
+        let mut layers = vec![0];
+        if meta.is_dir() {
+            layers.extend(info.loc.layers.iter().copied());
+        }
+        let loc = Loc { layers };
+        self.tree.set_loc(ino, loc.clone());
+        Ok(tree::NodeInfo { loc, ..info })
+    }
+
+    /// Builds a copy of `src` at `tmp`: content, xattrs, owner, mode, times.
+    fn build_copy(&self, src: &Path, meta: &Metadata, tmp: &Path) -> io::Result<()> {
+        let ft = meta.file_type();
+        let ov = if ft.is_symlink() {
+            None
+        } else {
+            OverrideStat::read(src)?
+        };
+        let eff = Effective::new(meta, ov.as_ref());
+        let mut kind_on_disk = FileKind::of(meta);
+        if ft.is_dir() {
+            fs::create_dir(tmp)?;
+            fs::set_permissions(tmp, fs::Permissions::from_mode(0o700))?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(src)?, tmp)?;
+        } else if ft.is_file() {
+            let mut from = File::open(src)?;
+            let mut to = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(tmp)?;
+            io::copy(&mut from, &mut to)?;
+        } else {
+            kind_on_disk = self.make_special(tmp, FileKind::of(meta), 0o600)?;
+        }
+        if !ft.is_symlink() {
+            copy_xattrs(src, tmp)?;
+        }
+        let force_record = kind_on_disk != eff.kind;
+        self.apply_owner(
+            tmp,
+            eff.kind,
+            eff.uid,
+            eff.gid,
+            eff.perm,
+            force_record || ov.is_some(),
+        )?;
+        set_times(
+            tmp,
+            Some(SetTime::At(meta.accessed()?)),
+            Some(SetTime::At(meta.modified()?)),
+        )
+    }
+
+    /// Creates a fifo, socket or device node at `path`. A device the daemon may not
+    /// create becomes an empty regular file whose recorded type is the device.
+    /// Returns the kind actually on disk.
+    fn make_special(&self, path: &Path, kind: FileKind, perm: u32) -> io::Result<FileKind> {
+        let sflag = match kind {
+            FileKind::Pipe => SFlag::S_IFIFO,
+            FileKind::Socket => SFlag::S_IFSOCK,
+            FileKind::Block { .. } => SFlag::S_IFBLK,
+            FileKind::Char { .. } => SFlag::S_IFCHR,
+            _ => return Err(errno(libc::EINVAL)),
+        };
+        let mode = Mode::from_bits_truncate(perm & 0o777);
+        let device = matches!(kind, FileKind::Block { .. } | FileKind::Char { .. });
+        let as_file = || {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map(|_| FileKind::File)
+        };
+        // A recorded device must be a regular file: devices cannot carry user xattrs.
+        if device && self.owner_mode == OwnerMode::Record {
+            return as_file();
+        }
+        match nix::sys::stat::mknod(path, sflag, mode, kind.rdev()) {
+            Ok(()) => Ok(kind),
+            Err(nix::Error::EPERM) if device => as_file(),
+            Err(e) => Err(nix_err(e)),
+        }
+    }
+
+    /// Gives `path` the owner, group and mode the image should show: by chown/chmod, or
+    /// recorded in the override xattr (always when `record`, when the mode says so, or
+    /// when a real chown is refused).
+    fn apply_owner(
+        &self,
+        path: &Path,
+        kind: FileKind,
+        uid: u32,
+        gid: u32,
+        perm: u32,
+        record: bool,
+    ) -> io::Result<()> {
+        let meta = fs::symlink_metadata(path)?;
+        let is_symlink = meta.file_type().is_symlink();
+        let mut record = record || self.owner_mode == OwnerMode::Record;
+        if !record && (meta.uid() != uid || meta.gid() != gid) {
+            match nix::unistd::fchownat(
+                AT_FDCWD,
+                path,
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(gid)),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) {
+                Ok(()) => {}
+                Err(nix::Error::EPERM) | Err(nix::Error::EINVAL) => record = true,
+                Err(e) => return Err(nix_err(e)),
+            }
+        }
+        if is_symlink {
+            // Symlinks carry neither modes nor user xattrs on Linux.
+            return Ok(());
+        }
+        let ft = meta.file_type();
+        if record && !ft.is_file() && !ft.is_dir() {
+            // Fifos and sockets cannot carry user xattrs: keep the real mode, and the
+            // owner the daemon could give them.
+            return fs::set_permissions(path, fs::Permissions::from_mode(perm & 0o7777));
+        }
+        if record {
+            fs::set_permissions(path, fs::Permissions::from_mode(accessible(perm, kind)))?;
+            let on_disk = FileKind::of(&meta);
+            OverrideStat {
+                uid,
+                gid,
+                mode: perm & 0o7777,
+                kind: (on_disk != kind).then_some(kind),
+            }
+            .write(path)
+        } else {
+            fs::set_permissions(path, fs::Permissions::from_mode(perm & 0o7777))
+        }
+    }
+
+    // ----- creation ---------------------------------------------------------------
+
+    /// Readies `parent/name` for a new entry: the parent in the upper layer, no visible
+    /// entry of that name, in-place whiteouts removed. Returns the parent's info, the
+    /// upper path, and whether a whiteout was there (a new directory must be opaque).
+    fn prepare_new(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+    ) -> io::Result<(tree::NodeInfo, PathBuf, bool)> {
+        self.writable()?;
+        if whiteout::classify_name(name) != Marker::Entry {
+            return Err(errno(libc::EINVAL));
+        }
+        let pinfo = self.node(parent)?;
+        if self.resolve_child(&pinfo, name)?.is_some() {
+            return Err(errno(libc::EEXIST));
+        }
+        let pinfo = self.copy_up(parent)?;
+        let dst = self.abs(0, &pinfo.path.join(name));
+        let mut had_whiteout = false;
+        // A kernel-style whiteout occupies the name itself: it must go first.
+        if let Some(meta) = enoent_is_none(fs::symlink_metadata(&dst))? {
+            if whiteout::classify(&dst, name, &meta) == Marker::Entry {
+                return Err(errno(libc::EEXIST));
+            }
+            fs::remove_file(&dst)?;
+            had_whiteout = true;
+        }
+        let wh = self.abs(0, &pinfo.path.join(whiteout::whiteout_name(name)));
+        had_whiteout |= enoent_is_none(fs::symlink_metadata(&wh))?.is_some();
+        Ok((pinfo, dst, had_whiteout))
+    }
+
+    /// After a new entry appeared at `dst`: a directory that replaces a whiteout turns
+    /// opaque, then the OCI whiteout goes (in this order, so the lower entry never shows).
+    fn settle_whiteout(
+        &self,
+        pinfo: &tree::NodeInfo,
+        name: &OsStr,
+        dst: &Path,
+        had_whiteout: bool,
+    ) -> io::Result<()> {
+        if !had_whiteout {
+            return Ok(());
+        }
+        if fs::symlink_metadata(dst)?.is_dir() {
+            whiteout::write_opaque(dst)?;
+        }
+        let wh = self.abs(0, &pinfo.path.join(whiteout::whiteout_name(name)));
+        match fs::remove_file(wh) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Finishes a new entry at `dst`: whiteouts settled, a fresh node.
+    fn finish_new(
+        &self,
+        parent: Ino,
+        pinfo: &tree::NodeInfo,
+        name: &OsStr,
+        dst: &Path,
+        had_whiteout: bool,
+    ) -> io::Result<Attr> {
+        self.settle_whiteout(pinfo, name, dst, had_whiteout)?;
+        self.tree.detach(parent, name);
+        let meta = fs::symlink_metadata(dst)?;
+        let loc = Loc::one(0);
+        let key = self.link_key(&loc, &meta);
+        let id = self.tree.insert(parent, name, loc.clone(), key, true);
+        self.attr(id, id.0, &loc, &meta, dst)
+    }
+
+    /// The owner group and permission bits of a new entry, honouring a setgid parent.
+    fn new_owner(
+        &self,
+        pinfo: &tree::NodeInfo,
+        caller: Caller,
+        perm: u32,
+        is_dir: bool,
+    ) -> io::Result<(u32, u32)> {
+        let (_, peff) = Effective::of_path(&self.abs(pinfo.loc.top(), &pinfo.path))?;
+        if peff.perm & libc::S_ISGID != 0 {
+            let perm = if is_dir { perm | libc::S_ISGID } else { perm };
+            return Ok((peff.gid, perm));
+        }
+        Ok((caller.gid, perm))
+    }
+
+    fn create_entry(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        kind: FileKind,
+        perm: u32,
+        caller: Caller,
+        make: impl FnOnce(&Path) -> io::Result<FileKind>,
+    ) -> io::Result<Attr> {
+        let (pinfo, dst, had_wh) = self.prepare_new(parent, name)?;
+        let (gid, perm) = self.new_owner(&pinfo, caller, perm & 0o7777, kind == FileKind::Dir)?;
+        let on_disk = make(&dst)?;
+        if let Err(e) = self.apply_owner(&dst, kind, caller.uid, gid, perm, on_disk != kind) {
+            let _ = remove_any(&dst);
+            return Err(e);
+        }
+        self.finish_new(parent, &pinfo, name, &dst, had_wh)
+    }
+
+    /// Creates a directory.
+    pub fn mkdir(&self, parent: Ino, name: &OsStr, mode: u32, caller: Caller) -> io::Result<Attr> {
+        self.create_entry(parent, name, FileKind::Dir, mode, caller, |p| {
+            fs::create_dir(p)?;
+            fs::set_permissions(p, fs::Permissions::from_mode(0o700))?;
+            Ok(FileKind::Dir)
+        })
+    }
+
+    /// Creates a fifo, socket, device node or empty regular file (`mode` has the type bits).
+    pub fn mknod(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        rdev: u64,
+        caller: Caller,
+    ) -> io::Result<Attr> {
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => FileKind::File,
+            libc::S_IFIFO => FileKind::Pipe,
+            libc::S_IFSOCK => FileKind::Socket,
+            libc::S_IFCHR => FileKind::Char {
+                major: libc::major(rdev),
+                minor: libc::minor(rdev),
+            },
+            libc::S_IFBLK => FileKind::Block {
+                major: libc::major(rdev),
+                minor: libc::minor(rdev),
+            },
+            _ => return Err(errno(libc::EINVAL)),
+        };
+        self.create_entry(parent, name, kind, mode, caller, |p| {
+            if kind == FileKind::File {
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(p)?;
+                Ok(FileKind::File)
+            } else {
+                self.make_special(p, kind, 0o600)
+            }
+        })
+    }
+
+    /// Creates a symlink.
+    pub fn symlink(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        target: &Path,
+        caller: Caller,
+    ) -> io::Result<Attr> {
+        self.create_entry(parent, name, FileKind::Symlink, 0o777, caller, |p| {
+            std::os::unix::fs::symlink(target, p)?;
+            Ok(FileKind::Symlink)
+        })
+    }
+
+    /// Creates and opens a regular file; returns its attributes and a file handle.
+    pub fn create(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> io::Result<(Attr, Fh)> {
+        let mut file = None;
+        let attr = self.create_entry(parent, name, FileKind::File, mode, caller, |p| {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(p)?;
+            file = Some(f);
+            Ok(FileKind::File)
+        })?;
+        let f = match file {
+            Some(f) if flags & libc::O_ACCMODE != libc::O_RDONLY => f,
+            // Read-only create: reopen read-only so a later write fails with EBADF.
+            _ => {
+                let info = self.node(attr.node)?;
+                File::open(self.abs(0, &info.path))?
+            }
+        };
+        Ok((attr, self.put_handle(Handle::File(f))))
+    }
+
+    /// Makes a hard link `newparent/newname` to `ino`.
+    pub fn link(&self, ino: Ino, newparent: Ino, newname: &OsStr) -> io::Result<Attr> {
+        let info = self.copy_up(ino)?;
+        let (pinfo, dst, had_wh) = self.prepare_new(newparent, newname)?;
+        let src = self.abs(0, &info.path);
+        fs::hard_link(&src, &dst)?;
+        self.settle_whiteout(&pinfo, newname, &dst, had_wh)?;
+        let meta = fs::symlink_metadata(&dst)?;
+        self.tree.detach(newparent, newname);
+        self.tree
+            .add_link(ino, newparent, newname, (meta.dev(), meta.ino()));
+        self.getattr(ino, None)
+    }
+
+    // ----- removal and rename -----------------------------------------------------
+
+    /// Removes a non-directory.
+    pub fn unlink(&self, parent: Ino, name: &OsStr) -> io::Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    /// Removes an empty directory (entries hidden by whiteouts do not count).
+    pub fn rmdir(&self, parent: Ino, name: &OsStr) -> io::Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn remove(&self, parent: Ino, name: &OsStr, dir: bool) -> io::Result<()> {
+        self.writable()?;
+        let pinfo = self.node(parent)?;
+        let (loc, meta) = self
+            .resolve_child(&pinfo, name)?
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        match (dir, meta.is_dir()) {
+            (true, false) => return Err(errno(libc::ENOTDIR)),
+            (false, true) => return Err(errno(libc::EISDIR)),
+            _ => {}
+        }
+        let path = pinfo.path.join(name);
+        if dir && !self.list_merged(&path, &loc.layers)?.is_empty() {
+            return Err(errno(libc::ENOTEMPTY));
+        }
+        let needs_whiteout = self.lower_has(&pinfo, name)?;
+        let pinfo = if needs_whiteout {
+            self.copy_up(parent)?
+        } else {
+            pinfo
+        };
+        if self.is_upper(loc.top()) {
+            let p = self.abs(0, &path);
+            if dir {
+                clear_markers(&p)?;
+                fs::remove_dir(&p)?;
+            } else {
+                fs::remove_file(&p)?;
+            }
+        }
+        if needs_whiteout {
+            whiteout::write_whiteout(&self.abs(0, &pinfo.path), name)?;
+        }
+        self.tree.detach(parent, name);
+        Ok(())
+    }
+
+    /// Renames `parent/name` to `newparent/newname`. Supports `RENAME_NOREPLACE`;
+    /// `RENAME_EXCHANGE` and `RENAME_WHITEOUT` fail with EINVAL. A directory present
+    /// in a lower layer fails with EXDEV (callers such as `mv` then copy).
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        newparent: Ino,
+        newname: &OsStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        if flags & !RENAME_NOREPLACE != 0 {
+            return Err(errno(libc::EINVAL));
+        }
+        self.writable()?;
+        if whiteout::classify_name(newname) != Marker::Entry {
+            return Err(errno(libc::EINVAL));
+        }
+        let pinfo = self.node(parent)?;
+        let (sloc, smeta) = self
+            .resolve_child(&pinfo, name)?
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        let src_dir = smeta.is_dir();
+        if src_dir && sloc.layers.iter().any(|&l| !self.is_upper(l)) {
+            return Err(errno(libc::EXDEV));
+        }
+        let npinfo = self.node(newparent)?;
+        let target = self.resolve_child(&npinfo, newname)?;
+        if let Some((tloc, tmeta)) = &target {
+            if flags & RENAME_NOREPLACE != 0 {
+                return Err(errno(libc::EEXIST));
+            }
+            if parent == newparent && name == newname {
+                return Ok(());
+            }
+            match (src_dir, tmeta.is_dir()) {
+                (true, false) => return Err(errno(libc::ENOTDIR)),
+                (false, true) => return Err(errno(libc::EISDIR)),
+                (true, true)
+                    if !self
+                        .list_merged(&npinfo.path.join(newname), &tloc.layers)?
+                        .is_empty() =>
+                {
+                    return Err(errno(libc::ENOTEMPTY));
+                }
+                _ => {}
+            }
+            if !src_dir && tmeta.ino() == smeta.ino() && tmeta.dev() == smeta.dev() {
+                // Two names of one file: POSIX says do nothing.
+                return Ok(());
+            }
+        }
+        let src_node = match self.tree.child(parent, name) {
+            Some(id) => id,
+            None => {
+                let key = self.link_key(&sloc, &smeta);
+                self.tree.insert(parent, name, sloc.clone(), key, false)
+            }
+        };
+        let sinfo = self.copy_up(src_node)?;
+        let npinfo = self.copy_up(newparent)?;
+        let pinfo = self.node(parent)?;
+        let from = self.abs(0, &sinfo.path);
+        let to = self.abs(0, &npinfo.path.join(newname));
+        let target_in_lower = self.lower_has(&npinfo, newname)?;
+        let wh_path = self.abs(0, &npinfo.path.join(whiteout::whiteout_name(newname)));
+        let had_wh = enoent_is_none(fs::symlink_metadata(&wh_path))?.is_some();
+        // A kernel-style whiteout or an emptied merged directory may sit at the target.
+        if let Some(meta) = enoent_is_none(fs::symlink_metadata(&to))? {
+            if meta.is_dir() && src_dir {
+                clear_markers(&to)?;
+            } else if whiteout::classify(&to, newname, &meta) != Marker::Entry {
+                fs::remove_file(&to)?;
+            }
+        }
+        let rflags = if flags & RENAME_NOREPLACE != 0 {
+            RenameFlags::RENAME_NOREPLACE
+        } else {
+            RenameFlags::empty()
+        };
+        nix::fcntl::renameat2(AT_FDCWD, &from, AT_FDCWD, &to, rflags).map_err(nix_err)?;
+        if src_dir && (target_in_lower || had_wh) {
+            whiteout::write_opaque(&to)?;
+        }
+        if had_wh {
+            fs::remove_file(&wh_path)?;
+        }
+        if self.lower_has(&pinfo, name)? {
+            whiteout::write_whiteout(&self.abs(0, &pinfo.path), name)?;
+        }
+        self.tree.rename(parent, name, newparent, newname);
+        Ok(())
+    }
+
+    // ----- attributes -------------------------------------------------------------
+
+    /// Changes size, mode, owner or times, copying the entry up first.
+    pub fn setattr(&self, ino: Ino, set: SetAttr, fh: Option<Fh>) -> io::Result<Attr> {
+        let open = self.open_file(fh);
+        if let (Some(size), Some(Handle::File(f))) = (set.size, open.as_deref()) {
+            // Through the handle: works for open, unlinked files too.
+            self.writable()?;
+            f.set_len(size)?;
+            let only_size = SetAttr { size: None, ..set } == SetAttr::default();
+            if only_size {
+                return self.getattr(ino, fh);
+            }
+        }
+        let info = self.copy_up(ino)?;
+        let path = self.abs(0, &info.path);
+        if let (Some(size), None) = (set.size, &open) {
+            OpenOptions::new().write(true).open(&path)?.set_len(size)?;
+        }
+        if set.mode.is_some() || set.uid.is_some() || set.gid.is_some() {
+            let meta = fs::symlink_metadata(&path)?;
+            let ov = if meta.file_type().is_symlink() {
+                None
+            } else {
+                OverrideStat::read(&path)?
+            };
+            let eff = Effective::new(&meta, ov.as_ref());
+            let uid = set.uid.unwrap_or(eff.uid);
+            let gid = set.gid.unwrap_or(eff.gid);
+            let perm = set.mode.map_or(eff.perm, |m| m & 0o7777);
+            let record = ov.is_some() || FileKind::of(&meta) != eff.kind;
+            self.apply_owner(&path, eff.kind, uid, gid, perm, record)?;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            set_times(&path, set.atime, set.mtime)?;
+        }
+        self.getattr(ino, fh)
+    }
+
+    /// Filesystem statistics of the upper (or topmost) layer.
+    pub fn statfs(&self) -> io::Result<StatFs> {
+        let s = nix::sys::statvfs::statvfs(&self.layers[0]).map_err(nix_err)?;
+        Ok(StatFs {
+            blocks: s.blocks(),
+            bfree: s.blocks_free(),
+            bavail: s.blocks_available(),
+            files: s.files(),
+            ffree: s.files_free(),
+            bsize: s.block_size() as u32,
+            namelen: s.name_max() as u32,
+            frsize: s.fragment_size() as u32,
+        })
+    }
+
+    // ----- xattrs -----------------------------------------------------------------
+
+    fn top_path(&self, ino: Ino) -> io::Result<PathBuf> {
+        let info = self.node(ino)?;
+        Ok(self.abs(info.loc.top(), &info.path))
+    }
+
+    /// The value of a user-visible xattr (ENODATA when absent or private).
+    pub fn getxattr(&self, ino: Ino, name: &OsStr) -> io::Result<Vec<u8>> {
+        if is_acl_xattr(name) {
+            return Err(errno(libc::EOPNOTSUPP));
+        }
+        if is_private_xattr(name) {
+            return Err(errno(libc::ENODATA));
+        }
+        xattr::get(self.top_path(ino)?, name)?.ok_or_else(|| errno(libc::ENODATA))
+    }
+
+    /// The user-visible xattr names, each NUL-terminated (the `listxattr` format).
+    pub fn listxattr(&self, ino: Ino) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let names = match xattr::list(self.top_path(ino)?) {
+            Ok(n) => n,
+            Err(e) if ownership::is_unsupported(&e) => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        for n in names.filter(|n| !is_private_xattr(n) && !is_acl_xattr(n)) {
+            out.extend_from_slice(n.as_bytes());
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    /// Sets an xattr (copying up first). `flags` are `XATTR_CREATE`/`XATTR_REPLACE`.
+    pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+        if is_acl_xattr(name) {
+            return Err(errno(libc::EOPNOTSUPP));
+        }
+        if is_private_xattr(name) {
+            return Err(errno(libc::EPERM));
+        }
+        let info = self.copy_up(ino)?;
+        let path = self.abs(0, &info.path);
+        if flags & (libc::XATTR_CREATE | libc::XATTR_REPLACE) != 0 {
+            let exists = xattr::get(&path, name)?.is_some();
+            if flags & libc::XATTR_CREATE != 0 && exists {
+                return Err(errno(libc::EEXIST));
+            }
+            if flags & libc::XATTR_REPLACE != 0 && !exists {
+                return Err(errno(libc::ENODATA));
+            }
+        }
+        xattr::set(&path, name, value)
+    }
+
+    /// Removes an xattr (copying up first).
+    pub fn removexattr(&self, ino: Ino, name: &OsStr) -> io::Result<()> {
+        if is_private_xattr(name) {
+            return Err(errno(libc::EPERM));
+        }
+        let info = self.node(ino)?;
+        if xattr::get(self.abs(info.loc.top(), &info.path), name)?.is_none() {
+            return Err(errno(libc::ENODATA));
+        }
+        let info = self.copy_up(ino)?;
+        xattr::remove(self.abs(0, &info.path), name)
+    }
+
+    // ----- files ------------------------------------------------------------------
+
+    fn put_handle(&self, h: Handle) -> Fh {
+        let fh = Fh(self.next_fh.fetch_add(1, Ordering::Relaxed));
+        self.handles.write().insert(fh, Arc::new(h));
+        fh
+    }
+
+    fn handle(&self, fh: Fh) -> io::Result<Arc<Handle>> {
+        self.handles
+            .read()
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| errno(libc::EBADF))
+    }
+
+    fn file(&self, fh: Fh) -> io::Result<Arc<Handle>> {
+        let h = self.handle(fh)?;
+        match *h {
+            Handle::File(_) => Ok(h),
+            Handle::Dir(_) => Err(errno(libc::EISDIR)),
+        }
+    }
+
+    /// Opens `ino` with `open(2)` flags; writing opens copy the file up first.
+    pub fn open(&self, ino: Ino, flags: i32) -> io::Result<Fh> {
+        let acc = flags & libc::O_ACCMODE;
+        let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let info = if write {
+            self.copy_up(ino)?
+        } else {
+            self.node(ino)?
+        };
+        let path = self.abs(info.loc.top(), &info.path);
+        // Offsets come with every request, so O_APPEND must not reach the backing file
+        // (pwrite on an O_APPEND fd appends on Linux); creation flags were handled.
+        let keep = libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME;
+        let f = OpenOptions::new()
+            .read(acc != libc::O_WRONLY)
+            .write(acc != libc::O_RDONLY)
+            .custom_flags((flags & keep) | libc::O_NOFOLLOW)
+            .open(path)?;
+        Ok(self.put_handle(Handle::File(f)))
+    }
+
+    /// Reads up to `size` bytes at `offset`; short only at end of file.
+    pub fn read(&self, fh: Fh, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+        let h = self.file(fh)?;
+        let Handle::File(f) = &*h else {
+            return Err(errno(libc::EISDIR));
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            match f.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    /// Writes `data` at `offset`; returns the bytes written.
+    pub fn write(&self, fh: Fh, offset: u64, data: &[u8]) -> io::Result<usize> {
+        let h = self.file(fh)?;
+        let Handle::File(f) = &*h else {
+            return Err(errno(libc::EISDIR));
+        };
+        f.write_all_at(data, offset)?;
+        Ok(data.len())
+    }
+
+    /// Flushes a file to disk.
+    pub fn fsync(&self, fh: Fh, datasync: bool) -> io::Result<()> {
+        let h = self.file(fh)?;
+        let Handle::File(f) = &*h else {
+            return Err(errno(libc::EISDIR));
+        };
+        if datasync {
+            f.sync_data()
+        } else {
+            f.sync_all()
+        }
+    }
+
+    /// Flushes a directory of the upper layer to disk (lower layers never change).
+    pub fn fsyncdir(&self, ino: Ino) -> io::Result<()> {
+        let info = self.node(ino)?;
+        if !self.is_upper(info.loc.top()) {
+            return Ok(());
+        }
+        File::open(self.abs(0, &info.path))?.sync_all()
+    }
+
+    /// Allocates or punches space in an open file (`fallocate(2)` mode bits).
+    pub fn fallocate(&self, fh: Fh, offset: u64, len: u64, mode: i32) -> io::Result<()> {
+        let h = self.file(fh)?;
+        let Handle::File(f) = &*h else {
+            return Err(errno(libc::EISDIR));
+        };
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(errno(libc::EINVAL));
+        };
+        let flags = nix::fcntl::FallocateFlags::from_bits_retain(mode);
+        nix::fcntl::fallocate(f, flags, offset, len).map_err(nix_err)
+    }
+
+    /// Closes a file or directory handle.
+    pub fn release(&self, fh: Fh) {
+        let handle = self.handles.write().remove(&fh);
+        // Closed here, after the table lock is gone (close may flush).
+        drop(handle);
+    }
+
+    /// Snapshots the merged listing of directory `ino` (with `.` and `..`); readdir
+    /// offsets index into this snapshot, so they stay stable while it is open.
+    pub fn opendir(&self, ino: Ino) -> io::Result<Fh> {
+        let info = self.node(ino)?;
+        let parent_ino = self.tree.get(info.parent).map_or(info.st_ino, |p| p.st_ino);
+        let mut entries = vec![
+            DirEntry {
+                name: ".".into(),
+                ino: info.st_ino,
+                kind: FileKind::Dir,
+            },
+            DirEntry {
+                name: "..".into(),
+                ino: parent_ino,
+                kind: FileKind::Dir,
+            },
+        ];
+        for m in self.list_merged(&info.path, &info.loc.layers)? {
+            let mut kind = kind_of_type(m.ft);
+            if let Some(meta) = &m.meta {
+                // A device recorded on an empty file lists as the device.
+                if meta.len() == 0 {
+                    let p = self.abs(m.layer, &info.path.join(&m.name));
+                    if let Ok(Some(o)) = OverrideStat::read(&p) {
+                        kind = o.kind.unwrap_or(kind);
+                    }
+                }
+            }
+            let child = match self.tree.child(ino, &m.name) {
+                Some(c) => c,
+                None => {
+                    let loc = Loc::one(m.layer);
+                    // Only upper regular files can be hard links that share a node.
+                    let key = m.meta.as_ref().and_then(|meta| self.link_key(&loc, meta));
+                    self.tree.insert(ino, &m.name, loc, key, false)
+                }
+            };
+            entries.push(DirEntry {
+                name: m.name,
+                ino: child.0,
+                kind,
+            });
+        }
+        Ok(self.put_handle(Handle::Dir(Arc::new(entries))))
+    }
+
+    /// The snapshot entries from `offset` on.
+    pub fn readdir(&self, fh: Fh) -> io::Result<Arc<Vec<DirEntry>>> {
+        match &*self.handle(fh)? {
+            Handle::Dir(d) => Ok(d.clone()),
+            Handle::File(_) => Err(errno(libc::ENOTDIR)),
+        }
+    }
+
+    /// The visible entries of the merged directory `path` over `layers`, in layer order.
+    pub fn list_merged(&self, path: &Path, layers: &[usize]) -> io::Result<Vec<Listed>> {
+        let mut out = Vec::new();
+        let mut seen: HashSet<OsString> = HashSet::new();
+        let mut hidden: HashSet<OsString> = HashSet::new();
+        for &l in layers {
+            let dir = self.abs(l, path);
+            let rd = match enoent_is_none(fs::read_dir(&dir))? {
+                Some(rd) => rd,
+                None => continue,
+            };
+            let mut layer_whiteouts = Vec::new();
+            for entry in rd {
+                let entry = entry?;
+                let name = entry.file_name();
+                match whiteout::classify_name(&name) {
+                    Marker::Opaque => continue,
+                    Marker::Whiteout(x) => {
+                        layer_whiteouts.push(x);
+                        continue;
+                    }
+                    Marker::Entry => {}
+                }
+                if seen.contains(&name) || hidden.contains(&name) {
+                    continue;
+                }
+                let ft = entry.file_type()?;
+                // Char devices and empty regular files may be in-place whiteouts; regular
+                // files' metadata also serves hard-link grouping and recorded devices.
+                let mut meta = None;
+                if ft.is_char_device() || ft.is_file() {
+                    let p = entry.path();
+                    let Some(m) = enoent_is_none(fs::symlink_metadata(&p))? else {
+                        continue;
+                    };
+                    if (ft.is_char_device() || !self.is_upper(l))
+                        && whiteout::classify(&p, &name, &m) != Marker::Entry
+                    {
+                        layer_whiteouts.push(name);
+                        continue;
+                    }
+                    meta = ft.is_file().then_some(m);
+                }
+                seen.insert(name.clone());
+                out.push(Listed {
+                    name,
+                    layer: l,
+                    ft,
+                    meta,
+                });
+            }
+            hidden.extend(layer_whiteouts);
+        }
+        Ok(out)
+    }
+}
+
+/// One visible entry of a merged directory listing.
+#[derive(Debug)]
+pub struct Listed {
+    pub name: OsString,
+    /// The layer that provides it.
+    pub layer: usize,
+    pub ft: fs::FileType,
+    /// `lstat` of regular files (taken anyway to rule out whiteouts).
+    pub meta: Option<Metadata>,
+}
+
+/// True in the initial user namespace (identity uid map). Root of any other namespace
+/// records ownership instead of chowning: a real chown there would hand upper files on
+/// the host to subordinate ids that the user who runs the union cannot remove.
+pub fn in_initial_userns() -> bool {
+    let map = fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    let fields: Vec<&str> = map.split_whitespace().collect();
+    fields == ["0", "0", "4294967295"]
+}
+
+/// The kind of a directory entry's type, for `d_type` (device numbers are not needed).
+fn kind_of_type(ft: fs::FileType) -> FileKind {
+    if ft.is_dir() {
+        FileKind::Dir
+    } else if ft.is_symlink() {
+        FileKind::Symlink
+    } else if ft.is_fifo() {
+        FileKind::Pipe
+    } else if ft.is_socket() {
+        FileKind::Socket
+    } else if ft.is_block_device() {
+        FileKind::Block { major: 0, minor: 0 }
+    } else if ft.is_char_device() {
+        FileKind::Char { major: 0, minor: 0 }
+    } else {
+        FileKind::File
+    }
+}
+
+/// Copies the user-visible and security xattrs of `src` to `dst` (both not followed);
+/// overlay markers stay behind (they would change meaning in the upper layer), and
+/// namespaces the daemon may not write (`trusted.*` unprivileged) are skipped.
+fn copy_xattrs(src: &Path, dst: &Path) -> io::Result<()> {
+    let names = match xattr::list(src) {
+        Ok(n) => n,
+        Err(e) if ownership::is_unsupported(&e) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for name in names {
+        if is_private_xattr(&name) && name.as_bytes() != OVERRIDE_XATTR.as_bytes() {
+            continue;
+        }
+        let Some(v) = xattr::get(src, &name)? else {
+            continue;
+        };
+        match xattr::set(dst, &name, &v) {
+            Ok(()) => {}
+            Err(e) if ownership::is_unsupported(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn timespec(t: Option<SetTime>) -> TimeSpec {
+    match t {
+        None => TimeSpec::UTIME_OMIT,
+        Some(SetTime::Now) => TimeSpec::UTIME_NOW,
+        Some(SetTime::At(t)) => {
+            let (s, ns) = match t.duration_since(SystemTime::UNIX_EPOCH) {
+                Ok(d) => (d.as_secs() as i64, i64::from(d.subsec_nanos())),
+                Err(e) => {
+                    let d = e.duration();
+                    let mut s = -(d.as_secs() as i64);
+                    let mut ns = i64::from(d.subsec_nanos());
+                    if ns > 0 {
+                        s -= 1;
+                        ns = 1_000_000_000 - ns;
+                    }
+                    (s, ns)
+                }
+            };
+            TimeSpec::new(s, ns)
+        }
+    }
+}
+
+/// Sets access and modification times of `path` without following symlinks.
+fn set_times(path: &Path, atime: Option<SetTime>, mtime: Option<SetTime>) -> io::Result<()> {
+    nix::sys::stat::utimensat(
+        AT_FDCWD,
+        path,
+        &timespec(atime),
+        &timespec(mtime),
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(nix_err)
+}
+
+/// Removes the whiteouts and opaque marker left in an upper directory whose merged view
+/// is empty, so the directory itself can be removed or replaced.
+fn clear_markers(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            // A visible subdirectory would have made the merged view non-empty.
+            return Err(errno(libc::ENOTEMPTY));
+        }
+        fs::remove_file(entry.path())?;
+    }
+    Ok(())
+}
+
+fn remove_any(p: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+        Ok(_) => fs::remove_file(p),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,410 @@
+//! The node arena: stable inode numbers for merged paths.
+//!
+//! A node is one file of the merged tree, reached by a primary name (`parent` + `name`)
+//! and, for hard links in the upper layer, alias names; its id is both the FUSE node id
+//! and `st_ino` (so the kernel sees one inode, with one link count, for all names of a
+//! hard-linked file). Ids are never reused, and
+//! a node stays in the arena while it is attached (so a path keeps its inode number for
+//! the life of the mount, whatever the kernel forgets). Removing or replacing a name
+//! detaches its node; a detached node lives until the kernel forgets it, so open files
+//! of deleted names keep working.
+//!
+//! Each node caches where its entry lives (`Loc`). Only this union changes the layers, so
+//! the cache is updated by the operations that move an entry (copy-up, create, rename).
+//!
+//! Locking: one `RwLock` over the maps, taken only to look up or insert, never across
+//! disk I/O.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::path::PathBuf;
+
+use parking_lot::RwLock;
+
+/// A node id: the FUSE node id and the `st_ino` of one merged file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ino(pub u64);
+
+/// The root's node id (FUSE_ROOT_ID).
+pub const ROOT: Ino = Ino(1);
+
+/// Where a merged entry lives: layer indices, upper (0, when present) first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loc {
+    /// The layers holding this entry, topmost first. A non-directory has exactly one;
+    /// a directory has every layer whose directory of that path shows through (down to
+    /// the first opaque one).
+    pub layers: Vec<usize>,
+}
+
+impl Loc {
+    /// A location in one layer.
+    pub fn one(layer: usize) -> Loc {
+        Loc {
+            layers: vec![layer],
+        }
+    }
+
+    /// The topmost layer: the one whose metadata the union presents.
+    pub fn top(&self) -> usize {
+        self.layers.first().copied().unwrap_or(0)
+    }
+}
+
+/// A multiply-rotate hasher (the "Fx" hash of rustc): the maps are keyed by node ids
+/// and file names, hashed on every request, and SipHash showed up in profiles.
+#[derive(Debug, Default, Clone, Copy)]
+struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let mut w = [0u8; 8];
+        let rest = chunks.remainder();
+        w[..rest.len()].copy_from_slice(rest);
+        self.add(u64::from_le_bytes(w) ^ (rest.len() as u64) << 56);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl FastHasher {
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
+#[derive(Debug, Clone)]
+struct Node {
+    parent: Ino,
+    name: OsString,
+    /// Further names of a hard-linked upper file.
+    aliases: Vec<(Ino, OsString)>,
+    loc: Loc,
+    attached: bool,
+    lookups: u64,
+}
+
+#[derive(Debug, Default)]
+struct Maps {
+    nodes: FastMap<Ino, Node>,
+    /// parent → name → child. Two levels, so a lookup borrows the name instead of
+    /// allocating a key.
+    children: FastMap<Ino, FastMap<OsString, Ino>>,
+    /// Hard-linked upper files: (st_dev, st_ino) on disk → their node.
+    links: FastMap<(u64, u64), Ino>,
+    next: u64,
+}
+
+impl Maps {
+    fn get_child(&self, parent: Ino, name: &OsStr) -> Option<Ino> {
+        self.children.get(&parent)?.get(name).copied()
+    }
+
+    fn put_child(&mut self, parent: Ino, name: &OsStr, id: Ino) -> Option<Ino> {
+        self.children
+            .entry(parent)
+            .or_default()
+            .insert(name.to_owned(), id)
+    }
+
+    fn take_child(&mut self, parent: Ino, name: &OsStr) -> Option<Ino> {
+        let names = self.children.get_mut(&parent)?;
+        let id = names.remove(name);
+        if names.is_empty() {
+            self.children.remove(&parent);
+        }
+        id
+    }
+}
+
+/// The arena. Cheap to share behind `&`.
+#[derive(Debug)]
+pub struct Tree {
+    maps: RwLock<Maps>,
+}
+
+/// What [`Tree::get`] returns for one node.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    /// The merged path, relative to the union root (`""` for the root).
+    pub path: PathBuf,
+    pub loc: Loc,
+    pub st_ino: u64,
+    pub parent: Ino,
+    /// False once the last name is gone: `path` may then name another file.
+    pub attached: bool,
+}
+
+impl Tree {
+    /// A tree holding only the root, located in `root_loc`.
+    pub fn new(root_loc: Loc) -> Tree {
+        let mut maps = Maps {
+            next: ROOT.0 + 1,
+            ..Maps::default()
+        };
+        maps.nodes.insert(
+            ROOT,
+            Node {
+                parent: ROOT,
+                name: OsString::new(),
+                aliases: Vec::new(),
+                loc: root_loc,
+                attached: true,
+                lookups: 1,
+            },
+        );
+        Tree {
+            maps: RwLock::new(maps),
+        }
+    }
+
+    /// The node's path, location and inode number; `None` for an unknown id.
+    pub fn get(&self, ino: Ino) -> Option<NodeInfo> {
+        let maps = self.maps.read();
+        let node = maps.nodes.get(&ino)?;
+        let mut names = Vec::new();
+        let mut cur = node;
+        let mut id = ino;
+        while id != ROOT {
+            names.push(cur.name.as_os_str());
+            id = cur.parent;
+            cur = maps.nodes.get(&id)?;
+        }
+        let path = names.iter().rev().collect();
+        Some(NodeInfo {
+            path,
+            loc: node.loc.clone(),
+            st_ino: ino.0,
+            parent: node.parent,
+            attached: node.attached,
+        })
+    }
+
+    /// The attached child `name` of `parent`, if the tree knows it.
+    pub fn child(&self, parent: Ino, name: &OsStr) -> Option<Ino> {
+        self.maps
+            .read()
+            .children
+            .get(&parent)
+            .and_then(|m| m.get(name))
+            .copied()
+    }
+
+    /// Records that `parent/name` lives at `loc` and returns its node id, creating the
+    /// node on first sight. `link_key` (st_dev, st_ino of an upper file with several
+    /// links) makes every name of one file the same node. `counted` adds a kernel
+    /// lookup reference.
+    ///
+    /// An existing node keeps its location unless `loc` is higher up the stack: a
+    /// lookup that raced with a copy-up must not move the node back down.
+    pub fn insert(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        loc: Loc,
+        link_key: Option<(u64, u64)>,
+        counted: bool,
+    ) -> Ino {
+        let mut maps = self.maps.write();
+        if let Some(id) = maps.get_child(parent, name) {
+            if let Some(node) = maps.nodes.get_mut(&id) {
+                if loc.top() < node.loc.top()
+                    || (loc.top() == node.loc.top() && loc.layers.len() > node.loc.layers.len())
+                {
+                    node.loc = loc;
+                }
+                node.lookups += u64::from(counted);
+                return id;
+            }
+        }
+        if let Some(id) = link_key.and_then(|k| maps.links.get(&k).copied()) {
+            if let Some(node) = maps.nodes.get_mut(&id).filter(|n| n.attached) {
+                node.aliases.push((parent, name.to_owned()));
+                node.lookups += u64::from(counted);
+                maps.put_child(parent, name, id);
+                return id;
+            }
+        }
+        let id = Ino(maps.next);
+        maps.next += 1;
+        if let Some(k) = link_key {
+            maps.links.insert(k, id);
+        }
+        maps.nodes.insert(
+            id,
+            Node {
+                parent,
+                name: name.to_owned(),
+                aliases: Vec::new(),
+                loc,
+                attached: true,
+                lookups: u64::from(counted),
+            },
+        );
+        maps.put_child(parent, name, id);
+        id
+    }
+
+    /// Sets the location of `ino` (after copy-up or creation in the upper layer).
+    pub fn set_loc(&self, ino: Ino, loc: Loc) {
+        if let Some(n) = self.maps.write().nodes.get_mut(&ino) {
+            n.loc = loc;
+        }
+    }
+
+    /// Adds the name `parent/name` to `ino` (a new hard link to the upper file with
+    /// disk identity `link_key`), with one kernel reference for the entry reply.
+    pub fn add_link(&self, ino: Ino, parent: Ino, name: &OsStr, link_key: (u64, u64)) {
+        let mut maps = self.maps.write();
+        let Some(node) = maps.nodes.get_mut(&ino) else {
+            return;
+        };
+        node.aliases.push((parent, name.to_owned()));
+        node.lookups += 1;
+        maps.put_child(parent, name, ino);
+        maps.links.insert(link_key, ino);
+    }
+
+    /// Removes one name of a node; a node without names is detached.
+    fn unname(maps: &mut Maps, id: Ino, parent: Ino, name: &OsStr) {
+        let Some(n) = maps.nodes.get_mut(&id) else {
+            return;
+        };
+        if n.parent == parent && n.name == name {
+            match n.aliases.pop() {
+                Some((p, nm)) => {
+                    n.parent = p;
+                    n.name = nm;
+                }
+                None => n.attached = false,
+            }
+        } else {
+            n.aliases.retain(|(p, nm)| !(*p == parent && nm == name));
+        }
+        if !n.attached && n.lookups == 0 {
+            maps.nodes.remove(&id);
+        }
+    }
+
+    /// Detaches `parent/name` (unlinked, removed or replaced). Returns its id if known.
+    pub fn detach(&self, parent: Ino, name: &OsStr) -> Option<Ino> {
+        let mut maps = self.maps.write();
+        let id = maps.take_child(parent, name)?;
+        Self::unname(&mut maps, id, parent, name);
+        Some(id)
+    }
+
+    /// Moves the node at `parent/name` to `new_parent/new_name`, detaching whatever was
+    /// there. Descendants follow, since paths are computed from parent links.
+    pub fn rename(&self, parent: Ino, name: &OsStr, new_parent: Ino, new_name: &OsStr) {
+        let mut maps = self.maps.write();
+        let Some(id) = maps.take_child(parent, name) else {
+            return;
+        };
+        if let Some(old) = maps.put_child(new_parent, new_name, id) {
+            if old != id {
+                Self::unname(&mut maps, old, new_parent, new_name);
+            }
+        }
+        if let Some(n) = maps.nodes.get_mut(&id) {
+            if n.parent == parent && n.name == name {
+                n.parent = new_parent;
+                n.name = new_name.to_owned();
+            } else if let Some(a) = n
+                .aliases
+                .iter_mut()
+                .find(|(p, nm)| *p == parent && nm == name)
+            {
+                *a = (new_parent, new_name.to_owned());
+            }
+        }
+    }
+
+    /// Drops `n` kernel references; a detached node with none left is freed. The root
+    /// and attached nodes stay, so their inode numbers stay stable.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        let mut maps = self.maps.write();
+        let free = match maps.nodes.get_mut(&ino) {
+            Some(node) => {
+                node.lookups = node.lookups.saturating_sub(n);
+                node.lookups == 0 && !node.attached && ino != ROOT
+            }
+            None => false,
+        };
+        if free {
+            maps.nodes.remove(&ino);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_follow_renames_and_ids_are_stable() {
+        let t = Tree::new(Loc::one(0));
+        let a = t.insert(ROOT, OsStr::new("a"), Loc::one(1), None, true);
+        let b = t.insert(a, OsStr::new("b"), Loc::one(1), None, true);
+        assert_eq!(t.get(b).map(|i| i.path), Some(PathBuf::from("a/b")));
+        // Same name again: same id; a higher location wins, a lower one does not.
+        assert_eq!(t.insert(a, OsStr::new("b"), Loc::one(0), None, true), b);
+        assert_eq!(t.get(b).map(|i| i.loc.top()), Some(0));
+        t.insert(a, OsStr::new("b"), Loc::one(2), None, false);
+        assert_eq!(t.get(b).map(|i| i.loc.top()), Some(0));
+
+        t.rename(ROOT, OsStr::new("a"), ROOT, OsStr::new("z"));
+        assert_eq!(t.get(b).map(|i| i.path), Some(PathBuf::from("z/b")));
+        assert_eq!(t.child(ROOT, OsStr::new("a")), None);
+        assert_eq!(t.child(ROOT, OsStr::new("z")), Some(a));
+    }
+
+    #[test]
+    fn detached_nodes_live_until_forgotten() {
+        let t = Tree::new(Loc::one(0));
+        let f = t.insert(ROOT, OsStr::new("f"), Loc::one(0), None, true);
+        assert_eq!(t.detach(ROOT, OsStr::new("f")), Some(f));
+        assert!(
+            t.get(f).is_some(),
+            "open file of a deleted name still resolves"
+        );
+        t.forget(f, 1);
+        assert!(t.get(f).is_none());
+        // A new file of the same name is a new inode.
+        let g = t.insert(ROOT, OsStr::new("f"), Loc::one(0), None, true);
+        assert_ne!(f, g);
+        // Attached nodes survive forget: stable inode numbers.
+        t.forget(g, 1);
+        assert!(t.get(g).is_some());
+    }
+
+    #[test]
+    fn hard_links_are_one_node_that_survives_unlink_of_either_name() {
+        let t = Tree::new(Loc::one(0));
+        let a = t.insert(ROOT, OsStr::new("a"), Loc::one(0), Some((5, 77)), true);
+        let b = t.insert(ROOT, OsStr::new("b"), Loc::one(0), Some((5, 77)), true);
+        assert_eq!(a, b);
+        t.detach(ROOT, OsStr::new("a"));
+        assert_eq!(t.get(a).map(|i| i.path), Some(PathBuf::from("b")));
+        let d = t.insert(ROOT, OsStr::new("d"), Loc::one(0), None, true);
+        t.add_link(a, d, OsStr::new("c"), (5, 77));
+        t.rename(ROOT, OsStr::new("b"), ROOT, OsStr::new("b2"));
+        t.detach(d, OsStr::new("c"));
+        assert_eq!(t.get(a).map(|i| i.path), Some(PathBuf::from("b2")));
+    }
+}

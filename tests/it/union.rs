@@ -1,0 +1,790 @@
+//! `gentree-fs union` through real FUSE mounts: every operation as root, ownership
+//! recording and clean-up as the unprivileged test user, clean unmounts.
+// Fixture helpers panic with context on setup failures, like the tests themselves.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{self, gentree, run, run_ok};
+
+const OVERRIDE: &str = "user.containers.override_stat";
+
+/// True when `mp` is a mount point in this mount namespace.
+fn mounted(mp: &Path) -> bool {
+    let mi = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = mp.to_string_lossy().replace(' ', "\\040");
+    mi.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Unmounts on drop, even when the test failed half-way.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if mounted(&self.0) {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.0)
+                .status();
+        }
+    }
+}
+
+/// Layer dirs for one union: `l1` over `l2`, upper `u`, work `w`, mountpoint `mp`.
+struct Layers {
+    _t: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Layers {
+    fn new() -> Layers {
+        let t = util::tempdir();
+        let root = fs::canonicalize(t.path()).expect("canonical tempdir");
+        for d in ["l1", "l2", "u", "w", "mp"] {
+            fs::create_dir(root.join(d)).expect("mkdir");
+        }
+        Layers { _t: t, root }
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    fn put(&self, rel: &str, data: &str) {
+        let p = self.p(rel);
+        fs::create_dir_all(p.parent().expect("parent")).expect("mkdir -p");
+        fs::write(&p, data).expect("write fixture");
+    }
+
+    fn rw_opts(&self) -> String {
+        format!(
+            "lowerdir={}:{},upperdir={},workdir={}",
+            self.p("l1").display(),
+            self.p("l2").display(),
+            self.p("u").display(),
+            self.p("w").display()
+        )
+    }
+
+    /// Mounts in the background (the command returns when the mount is ready).
+    fn mount(&self, opts: &str) -> Unmount {
+        let mp = self.p("mp");
+        run_ok(gentree().args(["union", "-o", opts]).arg(&mp));
+        assert!(
+            mounted(&mp),
+            "{} not mounted after `union` returned",
+            mp.display()
+        );
+        Unmount(mp)
+    }
+
+    fn mp(&self, rel: &str) -> PathBuf {
+        self.p("mp").join(rel)
+    }
+}
+
+fn errno<T: std::fmt::Debug>(r: io::Result<T>) -> i32 {
+    r.expect_err("must fail")
+        .raw_os_error()
+        .expect("an OS error")
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A fixture shared by the root tests: two lowers with every whiteout/opaque encoding.
+fn fill_lowers(l: &Layers) {
+    l.put("l1/top", "top over bottom");
+    l.put("l2/top", "bottom");
+    l.put("l2/only-low", "low");
+    l.put("l2/dir/a", "a");
+    l.put("l1/dir/b", "b");
+    l.put("l2/gone", "hidden by .wh.");
+    l.put("l1/.wh.gone", "");
+    l.put("l2/opq/hidden", "x");
+    l.put("l1/opq/.wh..wh..opq", "");
+    l.put("l1/opq/shown", "y");
+    l.put("l2/xopq/hidden", "x");
+    fs::create_dir(l.p("l1/xopq")).expect("mkdir");
+    xattr::set(l.p("l1/xopq"), "user.overlay.opaque", b"y").expect("xattr");
+    l.put("l2/app", "0123456789");
+    fs::set_permissions(l.p("l2/app"), fs::Permissions::from_mode(0o640)).expect("chmod");
+    xattr::set(l.p("l2/app"), "user.tag", b"lower").expect("xattr");
+    l.put("l2/lowdir/f", "f");
+}
+
+#[test]
+fn union_mount_merges_layers_and_hides_markers() {
+    let t = "union_mount_merges_layers_and_hides_markers";
+    if !util::require_fuse(t) || !util::require_tool(t, "fusermount3") {
+        return;
+    }
+    let l = Layers::new();
+    fill_lowers(&l);
+    if util::is_root() {
+        nix::sys::stat::mknod(
+            &l.p("l1/chr-gone"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::empty(),
+            0,
+        )
+        .expect("mknod 0/0");
+        l.put("l2/chr-gone", "hidden by a char device");
+    }
+    let _m = l.mount(&l.rw_opts());
+    assert_eq!(
+        names(&l.p("mp")),
+        vec!["app", "dir", "lowdir", "only-low", "opq", "top", "xopq"]
+    );
+    assert_eq!(
+        fs::read_to_string(l.mp("top")).expect("read"),
+        "top over bottom"
+    );
+    assert_eq!(names(&l.mp("dir")), vec!["a", "b"]);
+    assert_eq!(names(&l.mp("opq")), vec!["shown"]);
+    assert!(names(&l.mp("xopq")).is_empty());
+    assert_eq!(errno(fs::metadata(l.mp("gone"))), libc::ENOENT);
+    assert_eq!(errno(fs::metadata(l.mp(".wh.gone"))), libc::ENOENT);
+    // Stable inode numbers: a second look gives the same numbers.
+    let ino = fs::metadata(l.mp("dir/a")).expect("stat").ino();
+    assert_eq!(fs::metadata(l.mp("dir/a")).expect("stat").ino(), ino);
+}
+
+#[test]
+fn union_mount_every_operation_as_root() {
+    let t = "union_mount_every_operation_as_root";
+    if !util::require_root(t) || !util::require_fuse(t) || !util::require_tool(t, "fusermount3") {
+        return;
+    }
+    let l = Layers::new();
+    fill_lowers(&l);
+    let lower_before = run_ok(Command::new("sh").arg("-c").arg(format!(
+        "cd {} && find . -printf '%p %m %s\\n' | sort && cat l1/top l2/app",
+        l.root.display()
+    )));
+    let m = l.mount(&l.rw_opts());
+
+    // Copy-up on append keeps mode, xattrs and the inode number; lower untouched.
+    let ino = fs::metadata(l.mp("app")).expect("stat").ino();
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(l.mp("app"))
+        .expect("open append");
+    f.write_all(b"+").expect("append");
+    f.sync_all().expect("fsync");
+    drop(f);
+    assert_eq!(
+        fs::read_to_string(l.mp("app")).expect("read"),
+        "0123456789+"
+    );
+    assert_eq!(
+        fs::read_to_string(l.p("u/app")).expect("upper"),
+        "0123456789+"
+    );
+    let st = fs::metadata(l.mp("app")).expect("stat");
+    assert_eq!((st.ino(), st.mode() & 0o7777), (ino, 0o640));
+    assert_eq!(
+        xattr::get(l.p("u/app"), "user.tag").expect("xattr"),
+        Some(b"lower".to_vec())
+    );
+
+    // create, write, truncate, chmod, chown, utimens
+    fs::write(l.mp("new"), "hello world").expect("create");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(l.mp("new"))
+        .and_then(|f| f.set_len(5))
+        .expect("truncate");
+    assert_eq!(fs::read_to_string(l.mp("new")).expect("read"), "hello");
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(l.mp("new"))
+        .expect("open");
+    nix::fcntl::fallocate(&f, nix::fcntl::FallocateFlags::empty(), 0, 8192).expect("fallocate");
+    drop(f);
+    assert_eq!(fs::metadata(l.mp("new")).expect("stat").len(), 8192);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(l.mp("new"))
+        .and_then(|f| f.set_len(5))
+        .expect("truncate back");
+    fs::set_permissions(l.mp("only-low"), fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::os::unix::fs::lchown(l.mp("only-low"), Some(1234), Some(2345)).expect("chown");
+    let st = fs::metadata(l.p("u/only-low")).expect("copied up");
+    assert_eq!(
+        (st.uid(), st.gid(), st.mode() & 0o7777),
+        (1234, 2345, 0o600)
+    );
+    assert_eq!(
+        xattr::get(l.p("u/only-low"), OVERRIDE).expect("xattr"),
+        None,
+        "root chowns for real"
+    );
+    run_ok(
+        Command::new("touch")
+            .args(["-m", "-d", "@1000000000"])
+            .arg(l.mp("top")),
+    );
+    assert_eq!(
+        fs::metadata(l.mp("top")).expect("stat").mtime(),
+        1_000_000_000
+    );
+    assert_eq!(
+        fs::metadata(l.p("u/top")).expect("upper").mtime(),
+        1_000_000_000
+    );
+
+    // mkdir, mknod (fifo, socket), symlink, hard link
+    fs::create_dir(l.mp("newdir")).expect("mkdir");
+    fs::File::open(l.mp("newdir"))
+        .and_then(|d| d.sync_all())
+        .expect("fsync a directory");
+    nix::unistd::mkfifo(
+        &l.mp("newdir/fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .expect("mkfifo");
+    nix::sys::stat::mknod(
+        &l.mp("newdir/sock"),
+        nix::sys::stat::SFlag::S_IFSOCK,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        0,
+    )
+    .expect("mknod socket");
+    assert!(
+        fs::symlink_metadata(l.mp("newdir/fifo"))
+            .expect("fifo")
+            .file_type()
+            .is_fifo()
+    );
+    assert!(
+        fs::symlink_metadata(l.mp("newdir/sock"))
+            .expect("sock")
+            .file_type()
+            .is_socket()
+    );
+    std::os::unix::fs::symlink("../top", l.mp("newdir/link")).expect("symlink");
+    assert_eq!(
+        fs::read_link(l.mp("newdir/link")).expect("readlink"),
+        PathBuf::from("../top")
+    );
+    fs::hard_link(l.mp("top"), l.mp("newdir/hard")).expect("link");
+    let (a, b) = (
+        fs::metadata(l.mp("top")).expect("stat"),
+        fs::metadata(l.mp("newdir/hard")).expect("stat"),
+    );
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+
+    // unlink of a lower file leaves an OCI whiteout; rmdir honours whiteouts
+    fs::remove_file(l.mp("top")).expect("unlink");
+    assert_eq!(fs::metadata(l.mp("newdir/hard")).expect("stat").nlink(), 1);
+    assert_eq!(
+        fs::read_to_string(l.mp("newdir/hard")).expect("read"),
+        "top over bottom"
+    );
+    assert!(
+        fs::symlink_metadata(l.p("u/.wh.top"))
+            .expect("whiteout")
+            .is_file()
+    );
+    assert_eq!(errno(fs::remove_dir(l.mp("dir"))), libc::ENOTEMPTY);
+    fs::remove_file(l.mp("dir/a")).expect("unlink a");
+    fs::remove_file(l.mp("dir/b")).expect("unlink b");
+    fs::remove_dir(l.mp("dir")).expect("rmdir");
+    assert!(l.p("u/.wh.dir").is_file());
+    fs::create_dir(l.mp("dir")).expect("mkdir again");
+    assert!(names(&l.mp("dir")).is_empty(), "recreated dir is opaque");
+    assert!(l.p("u/dir/.wh..wh..opq").is_file());
+
+    // rename: files, upper dirs; lower dirs EXDEV; NOREPLACE and EXCHANGE
+    fs::rename(l.mp("new"), l.mp("renamed")).expect("rename file");
+    assert_eq!(
+        errno(fs::rename(l.mp("lowdir"), l.mp("lowdir2"))),
+        libc::EXDEV
+    );
+    fs::rename(l.mp("newdir"), l.mp("newdir2")).expect("rename upper dir");
+    assert_eq!(
+        names(&l.mp("newdir2")),
+        vec!["fifo", "hard", "link", "sock"]
+    );
+    let rename2 = |flags| {
+        let at = nix::fcntl::AT_FDCWD;
+        nix::fcntl::renameat2(at, &l.mp("renamed"), at, &l.mp("app"), flags)
+    };
+    use nix::fcntl::RenameFlags;
+    assert_eq!(
+        rename2(RenameFlags::RENAME_NOREPLACE),
+        Err(nix::Error::EEXIST)
+    );
+    assert_eq!(
+        rename2(RenameFlags::RENAME_EXCHANGE),
+        Err(nix::Error::EINVAL)
+    );
+    fs::rename(l.mp("only-low"), l.mp("moved-low")).expect("rename lower file");
+    assert!(l.p("u/.wh.only-low").is_file());
+
+    // xattrs: user.* and security.capability; private ones hidden
+    xattr::set(l.mp("renamed"), "user.x", b"1").expect("setxattr");
+    assert_eq!(
+        xattr::get(l.mp("renamed"), "user.x").expect("get"),
+        Some(b"1".to_vec())
+    );
+    // VFS_CAP_REVISION_2, effective, permitted = CAP_NET_BIND_SERVICE.
+    let mut cap = Vec::new();
+    for word in [0x0200_0001u32, 1 << 10, 0, 0, 0] {
+        cap.extend_from_slice(&word.to_le_bytes());
+    }
+    xattr::set(l.mp("renamed"), "security.capability", &cap).expect("set capability");
+    assert_eq!(
+        xattr::get(l.p("u/renamed"), "security.capability").expect("get"),
+        Some(cap.clone())
+    );
+    xattr::set(l.p("u/renamed"), OVERRIDE, b"0:0:0644").expect("plant override");
+    let listed: Vec<_> = xattr::list(l.mp("renamed")).expect("list").collect();
+    assert!(
+        listed.iter().any(|n| n == OsStr::new("user.x")),
+        "{listed:?}"
+    );
+    assert!(
+        !listed.iter().any(|n| n == OsStr::new(OVERRIDE)),
+        "{listed:?}"
+    );
+    xattr::remove(l.mp("renamed"), "user.x").expect("removexattr");
+    assert_eq!(xattr::get(l.mp("renamed"), "user.x").expect("get"), None);
+
+    // statfs reports the upper's filesystem
+    let (s_mp, s_up) = (
+        nix::sys::statvfs::statvfs(&l.p("mp")).expect("statvfs"),
+        nix::sys::statvfs::statvfs(&l.p("u")).expect("statvfs"),
+    );
+    assert_eq!(s_mp.blocks(), s_up.blocks());
+
+    // readdir offsets: a listing larger than one reply comes back whole and once
+    fs::create_dir(l.mp("many")).expect("mkdir");
+    for i in 0..300 {
+        fs::write(l.mp(&format!("many/file-with-a-longish-name-{i:04}")), "").expect("create");
+    }
+    assert_eq!(names(&l.mp("many")).len(), 300);
+
+    drop(m);
+    assert!(!mounted(&l.p("mp")));
+    let lower_after = run_ok(Command::new("sh").arg("-c").arg(format!(
+        "cd {} && find . -printf '%p %m %s\\n' | sort && cat l1/top l2/app",
+        l.root.display()
+    )));
+    let layers_only = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|s| !s.starts_with("./u") && !s.starts_with("./w") && !s.starts_with("./m"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(
+        layers_only(&lower_after),
+        layers_only(&lower_before),
+        "lower layers must not change"
+    );
+}
+
+#[test]
+fn union_without_upper_is_read_only() {
+    let t = "union_without_upper_is_read_only";
+    if !util::require_fuse(t) || !util::require_tool(t, "fusermount3") {
+        return;
+    }
+    let l = Layers::new();
+    fill_lowers(&l);
+    let _m = l.mount(&format!("lowerdir={}", l.p("l1").display()));
+    assert_eq!(
+        fs::read_to_string(l.mp("top")).expect("read"),
+        "top over bottom"
+    );
+    assert_eq!(errno(fs::write(l.mp("x"), "x")), libc::EROFS);
+    assert_eq!(errno(fs::remove_file(l.mp("top"))), libc::EROFS);
+    assert_eq!(
+        errno(fs::OpenOptions::new().append(true).open(l.mp("top"))),
+        libc::EROFS
+    );
+}
+
+/// Starts `union -f` as a child and waits for the mount.
+fn spawn_foreground(l: &Layers) -> (Child, Unmount) {
+    let mut child = gentree()
+        .args(["union", "-f", "-o", &l.rw_opts()])
+        .arg(l.p("mp"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn union -f");
+    let mp = l.p("mp");
+    let end = Instant::now() + Duration::from_secs(10);
+    while !mounted(&mp) {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("union -f exited early: {st}");
+        }
+        assert!(Instant::now() < end, "union -f did not mount");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, Unmount(mp))
+}
+
+#[test]
+fn union_unmounts_on_sigterm_and_sigint() {
+    let t = "union_unmounts_on_sigterm_and_sigint";
+    if !util::require_fuse(t) || !util::require_tool(t, "fusermount3") {
+        return;
+    }
+    for sig in [nix::sys::signal::SIGTERM, nix::sys::signal::SIGINT] {
+        let l = Layers::new();
+        fill_lowers(&l);
+        let (mut child, _guard) = spawn_foreground(&l);
+        assert_eq!(names(&l.mp("dir")), vec!["a", "b"]);
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, sig).expect("kill");
+        let status = child.wait().expect("wait");
+        assert!(status.success(), "{sig}: exit {status}");
+        assert!(!mounted(&l.p("mp")), "{sig}: still mounted");
+    }
+}
+
+#[test]
+fn union_daemon_exits_after_fusermount_u() {
+    let t = "union_daemon_exits_after_fusermount_u";
+    if !util::require_fuse(t) || !util::require_tool(t, "fusermount3") {
+        return;
+    }
+    let l = Layers::new();
+    fill_lowers(&l);
+    let (mut child, _guard) = spawn_foreground(&l);
+    run_ok(Command::new("fusermount3").arg("-u").arg(l.p("mp")));
+    let mut status = None;
+    wait_for("the daemon to exit", || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
+#[test]
+fn union_rejects_bad_layouts_before_mounting() {
+    let l = Layers::new();
+    let bad = |opts: String, mp: PathBuf, want: &[&str]| {
+        let out = run(gentree().args(["union", "-o", &opts]).arg(&mp));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{opts}: must fail");
+        for w in want {
+            assert!(err.contains(w), "{opts}: {w:?} not in {err}");
+        }
+        assert!(!mounted(&mp));
+    };
+    let w = l.p("w").display().to_string();
+    let u = l.p("u").display().to_string();
+    let l1 = l.p("l1").display().to_string();
+    let missing = l.p("missing").display().to_string();
+    bad(
+        format!("lowerdir={missing},upperdir={u},workdir={w}"),
+        l.p("mp"),
+        &["lowerdir", &missing],
+    );
+    fs::create_dir(l.p("l1/up")).expect("mkdir");
+    let nested = l.p("l1/up").display().to_string();
+    bad(
+        format!("lowerdir={l1},upperdir={nested},workdir={w}"),
+        l.p("mp"),
+        &["inside lowerdir", &nested],
+    );
+    fs::create_dir(l.p("u/mnt")).expect("mkdir");
+    bad(
+        format!("lowerdir={l1},upperdir={u},workdir={w}"),
+        l.p("u/mnt"),
+        &["mountpoint", "upperdir"],
+    );
+    bad(
+        format!("lowerdir={l1},upperdir={u}"),
+        l.p("mp"),
+        &["workdir"],
+    );
+}
+
+/// Runs a shell script as `user` and returns its stdout.
+fn as_user(user: &str, script: &str) -> String {
+    run_ok(Command::new("runuser").args(["-u", user, "--", "sh", "-euc", script]))
+}
+
+#[test]
+fn union_as_unprivileged_user_records_ownership() {
+    let t = "union_as_unprivileged_user_records_ownership";
+    let Some((user, uid, gid)) = util::require_test_user(t) else {
+        return;
+    };
+    if !util::require_fuse(t) || !util::require_tool(t, "fusermount3") {
+        return;
+    }
+    let opens = Command::new("runuser")
+        .args([
+            "-u",
+            &user,
+            "--",
+            "test",
+            "-r",
+            "/dev/fuse",
+            "-a",
+            "-w",
+            "/dev/fuse",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !opens {
+        util::missing(
+            t,
+            "/dev/fuse is not open to the test user (mode 0600?): scripts/ci-user.sh makes it 0666",
+        );
+        return;
+    }
+    let l = Layers::new();
+    // Lower layers as a root-built seed would be: root-owned, one shared writable file.
+    l.put("l2/etc/shared", "seed");
+    fs::set_permissions(l.p("l2/etc/shared"), fs::Permissions::from_mode(0o666)).expect("chmod");
+    l.put("l2/rootowned", "r");
+    l.put("l1/bin/tool", "#!/bin/sh\n");
+    xattr::set(l.p("l1/bin/tool"), OVERRIDE, b"0:0:4755").expect("record on lower");
+    for d in ["u", "w", "mp"] {
+        std::os::unix::fs::chown(l.p(d), Some(uid), Some(gid)).expect("chown to test user");
+    }
+    let opts = format!("{},allow_other", l.rw_opts());
+    let mp = l.p("mp");
+    as_user(
+        &user,
+        &format!(
+            "'{}' union -o '{opts}' '{}'",
+            util::bin().display(),
+            mp.display()
+        ),
+    );
+    let _m = Unmount(mp.clone());
+    assert!(mounted(&mp));
+    let m = mp.display();
+    let out = as_user(
+        &user,
+        &format!(
+            "cd '{m}'
+             echo new > mine; chmod 640 mine
+             mkdir d; mkdir d/sub; chmod 500 d
+             echo more >> etc/shared
+             mkfifo fifo; ln -s etc/shared sl; ln mine mine2
+             rm rootowned
+             stat -c '%n %u %g %a %h' mine mine2 d etc/shared bin/tool
+             cat etc/shared"
+        ),
+    );
+    let want = format!(
+        "mine {uid} {gid} 640 2\nmine2 {uid} {gid} 640 2\nd {uid} {gid} 500 3\n\
+         etc/shared 0 0 666 1\nbin/tool 0 0 4755 1\nseedmore\n"
+    );
+    assert_eq!(out, want);
+    // The recorded ownership, in the upper layer on the host.
+    let rec = |p: &str| {
+        let v = xattr::get(l.p(p), OVERRIDE)
+            .expect("xattr")
+            .unwrap_or_default();
+        String::from_utf8_lossy(&v).into_owned()
+    };
+    assert_eq!(rec("u/mine"), format!("{uid}:{gid}:0640"));
+    assert_eq!(rec("u/d"), format!("{uid}:{gid}:0500"));
+    assert_eq!(
+        rec("u/etc/shared"),
+        "0:0:0666",
+        "copy-up keeps the presented owner"
+    );
+    assert!(l.p("u/.wh.rootowned").is_file());
+    for p in ["u/mine", "u/d", "u/etc/shared", "u/etc"] {
+        assert_eq!(
+            fs::symlink_metadata(l.p(p)).expect("stat").uid(),
+            uid,
+            "{p} on disk"
+        );
+    }
+    // The root user reaches the mount too (allow_other) and sees the same owners.
+    assert_eq!(fs::metadata(l.mp("etc/shared")).expect("stat").uid(), 0);
+    // chown to ids the user does not own is refused by the kernel (default_permissions).
+    let denied = run(Command::new("runuser")
+        .args(["-u", &user, "--", "chown", "0"])
+        .arg(l.mp("mine")));
+    assert!(!denied.status.success());
+    // Unmounted, the user can delete everything it stored.
+    run_ok(Command::new("fusermount3").arg("-u").arg(&mp));
+    wait_for("unmount", || !mounted(&mp));
+    as_user(
+        &user,
+        &format!(
+            "rm -rf '{}'/* '{}'/.[!.]*",
+            l.p("u").display(),
+            l.p("u").display()
+        ),
+    );
+    assert!(names(&l.p("u")).is_empty());
+}
+
+#[test]
+fn union_in_user_namespace_records_owners_and_stays_removable() {
+    let t = "union_in_user_namespace_records_owners_and_stays_removable";
+    let Some((user, uid, gid)) = util::require_test_user(t) else {
+        return;
+    };
+    if !util::require_fuse(t) || !util::require_tool(t, "fusermount3") {
+        return;
+    }
+    // The build helper's setting: root of a user namespace with the user's subuid range.
+    let probe = run(Command::new("runuser").args([
+        "-u",
+        &user,
+        "--",
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--map-auto",
+        "--mount",
+        "test",
+        "-w",
+        "/dev/fuse",
+    ]));
+    if !probe.status.success() {
+        util::missing(
+            t,
+            &format!(
+                "user namespace with subuids or /dev/fuse unavailable to the test user: {}",
+                String::from_utf8_lossy(&probe.stderr).trim()
+            ),
+        );
+        return;
+    }
+    let l = Layers::new();
+    l.put("l1/etc/seedfile", "seed");
+    fs::set_permissions(l.p("l1/etc/seedfile"), fs::Permissions::from_mode(0o666)).expect("chmod");
+    for d in ["u", "w", "mp"] {
+        std::os::unix::fs::chown(l.p(d), Some(uid), Some(gid)).expect("chown to test user");
+    }
+    let script = format!(
+        "'{bin}' union -o 'lowerdir={l1},upperdir={u},workdir={w},allow_other' '{mp}'
+         cd '{mp}'
+         echo x > new; chown 1234:2345 new; chmod 4750 new
+         mkdir -p usr/portage; chown 250:250 usr/portage
+         echo more >> etc/seedfile
+         setpriv --reuid=250 --regid=250 --clear-groups sh -c 'echo p > usr/portage/by250'
+         stat -c '%n %u %g %a' new usr/portage usr/portage/by250
+         cd /; umount '{mp}'",
+        bin = util::bin().display(),
+        l1 = l.p("l1").display(),
+        u = l.p("u").display(),
+        w = l.p("w").display(),
+        mp = l.p("mp").display(),
+    );
+    let out = run_ok(Command::new("runuser").args([
+        "-u",
+        &user,
+        "--",
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--map-auto",
+        "--mount",
+        "sh",
+        "-euc",
+        &script,
+    ]));
+    // Another user of the namespace (Portage's) works in the mount too: allow_other.
+    assert_eq!(
+        out,
+        "new 1234 2345 4750\nusr/portage 250 250 755\nusr/portage/by250 250 250 644\n"
+    );
+    let rec = |p: &str| {
+        let v = xattr::get(l.p(p), OVERRIDE)
+            .expect("xattr")
+            .unwrap_or_default();
+        String::from_utf8_lossy(&v).into_owned()
+    };
+    assert_eq!(rec("u/new"), "1234:2345:4750");
+    assert_eq!(rec("u/usr/portage/by250"), "250:250:0644");
+    assert_eq!(rec("u/usr/portage"), "250:250:0755");
+    for p in ["u/new", "u/usr", "u/usr/portage", "u/etc/seedfile"] {
+        let st = fs::symlink_metadata(l.p(p)).expect("stat");
+        assert_eq!(st.uid(), uid, "{p} must stay owned by the user on the host");
+    }
+    as_user(&user, &format!("rm -rf '{}'/*", l.p("u").display()));
+    assert!(names(&l.p("u")).is_empty());
+}
+
+#[test]
+fn union_mounts_in_process_through_the_library() {
+    use gentree_fs::fs::union::{MountSpec, mount};
+    use gentree_fs::layers::union::UnionOptions;
+    let t = "union_mounts_in_process_through_the_library";
+    if !util::require_fuse(t) || !util::require_tool(t, "fusermount3") {
+        return;
+    }
+    let l = Layers::new();
+    fill_lowers(&l);
+    let spec = MountSpec {
+        options: UnionOptions::parse(&[l.rw_opts()]).expect("options"),
+        mountpoint: l.p("mp"),
+        threads: Some(2),
+    };
+    let m = mount(&spec).expect("mount");
+    let _guard = Unmount(l.p("mp"));
+    assert_eq!(m.mountpoint(), l.p("mp"));
+    assert!(mounted(&l.p("mp")));
+    fs::write(l.mp("dir/in-process"), "x").expect("write through the mount");
+    m.unmount().expect("unmount");
+    assert!(!mounted(&l.p("mp")));
+    assert_eq!(
+        fs::read_to_string(l.p("u/dir/in-process")).expect("upper"),
+        "x"
+    );
+}
+
+#[test]
+fn union_names_a_layer_the_user_cannot_read() {
+    let t = "union_names_a_layer_the_user_cannot_read";
+    let Some((user, uid, gid)) = util::require_test_user(t) else {
+        return;
+    };
+    let l = Layers::new();
+    util::set_mode(&l.p("l2"), 0o700); // root's, closed to the user
+    for d in ["u", "w", "mp"] {
+        std::os::unix::fs::chown(l.p(d), Some(uid), Some(gid)).expect("chown to test user");
+    }
+    let out = run(Command::new("runuser")
+        .args(["-u", &user, "--"])
+        .arg(util::bin())
+        .args(["union", "-o", &l.rw_opts()])
+        .arg(l.p("mp")));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("lowerdir")
+            && err.contains(&*l.p("l2").to_string_lossy())
+            && err.contains("Permission denied"),
+        "{err}"
+    );
+    assert!(!mounted(&l.p("mp")));
+}
