@@ -27,9 +27,9 @@
 //! mv(1) does (copy, then delete), and an implementation that renames for real instead
 //! counts as the same outcome (the merged trees must still agree).
 //!
-//! fuse-overlayfs 1.10 (Debian) against kernel 6.18 overlayfs, as root, so this test fails
-//! with GENTREE_UNION_IMPL=fuse-overlayfs. Every operation outcome and the merged tree
-//! before the operations agree; it differs in:
+//! Validation: with GENTREE_UNION_IMPL=fuse-overlayfs (1.10, Debian) against kernel 6.18
+//! overlayfs, as root, the test fails, rightly, on the differences below; the merged tree
+//! before the operations and every other operation outcome agree.
 //! 1. Hard links. Appending to `data/hl_a` (one of three lower names of one inode): the
 //!    kernel (index=off) copies up that name alone, so the others keep the old contents
 //!    and the lower st_nlink. fuse-overlayfs shows all names linked (nlink 4 after the
@@ -45,6 +45,8 @@
 //!    directory it makes also gets a stray character device 0/0 named `.wh..opq` next to
 //!    `.wh..wh..opq` and the `trusted.overlay.opaque` xattr (shown as a whiteout of
 //!    `.opq`).
+//! 5. Copy-up of a lower socket fails: `chown var/spool/sock` gives ENXIO (it opens the
+//!    socket to copy it), the kernel copies it up and chowns.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -90,6 +92,7 @@ enum Fx {
     /// A hard link `path` to the existing `target`.
     HardLink(&'static str, &'static str),
     Fifo(&'static str, u32),
+    Socket(&'static str, u32),
     /// A kernel-format whiteout (character device 0/0) hiding lower layers' `path`.
     Whiteout(&'static str),
     /// A directory marked opaque with `trusted.overlay.opaque=y` (kernel format).
@@ -132,6 +135,7 @@ const LOWER_BOTTOM: &[Fx] = &[
     Fx::Dir("var", 0o755, ROOT),
     Fx::Dir("var/spool", 0o1777, ROOT),
     Fx::Fifo("var/spool/fifo", 0o620),
+    Fx::Socket("var/spool/sock", 0o660),
     Fx::Dir("var/empty", 0o755, ROOT),
     Fx::File("var/empty/one", 0o644, ROOT, Text("1\n")),
     Fx::File("var/empty/two", 0o644, ROOT, Text("2\n")),
@@ -216,6 +220,12 @@ fn build_entry(dir: &Path, fx: &Fx) -> io::Result<()> {
             &dir.join(p),
             Mode::from_bits_truncate(mode),
         )?),
+        Fx::Socket(p, mode) => Ok(mknod(
+            &dir.join(p),
+            SFlag::S_IFSOCK,
+            Mode::from_bits_truncate(mode),
+            0,
+        )?),
         Fx::Whiteout(p) => Ok(mknod(&dir.join(p), SFlag::S_IFCHR, Mode::empty(), 0)?),
         Fx::Xattr(p, name, value) => xattr::set(dir.join(p), name, value.as_bytes()),
     }
@@ -279,6 +289,8 @@ enum Op {
     /// A symlink at `path` pointing to `target`.
     Symlink(&'static str, &'static str),
     Mkfifo(&'static str, u32),
+    /// mknod of a socket.
+    Mksock(&'static str, u32),
 }
 
 const OPS: &[Op] = &[
@@ -331,6 +343,8 @@ const OPS: &[Op] = &[
     Op::Link("data/hl_b", "data/hl_d"),
     Op::Symlink("usr/passwd.link", "../etc/passwd"),
     Op::Mkfifo("var/spool/newfifo", 0o640),
+    Op::Mksock("var/spool/newsock", 0o600),
+    Op::Chown("var/spool/sock", 1000, 1000),
     // Delete, then re-create.
     Op::Unlink("etc/motd"),
     Op::Create("etc/motd", "new motd\n"),
@@ -408,6 +422,10 @@ fn apply(m: &Path, op: &Op) -> String {
         Op::Symlink(path, target) => outcome(std::os::unix::fs::symlink(target, p(path))),
         Op::Mkfifo(f, mode) => outcome(
             nix::unistd::mkfifo(&p(f), Mode::from_bits_truncate(mode)).map_err(io::Error::from),
+        ),
+        Op::Mksock(f, mode) => outcome(
+            mknod(&p(f), SFlag::S_IFSOCK, Mode::from_bits_truncate(mode), 0)
+                .map_err(io::Error::from),
         ),
     }
 }
@@ -822,6 +840,12 @@ impl Mount {
             }
         };
         util::run_ok(cmd.arg(mnt));
+        // From here on the guard unmounts whatever happens.
+        let mount = Mount {
+            imp,
+            mnt: mnt.to_owned(),
+            mounted: true,
+        };
         // Daemons return once mounted; wait anyway so a slow start is not a false diff.
         let deadline = Instant::now() + Duration::from_secs(10);
         while st_dev(mnt) == parent_dev {
@@ -832,11 +856,7 @@ impl Mount {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Mount {
-            imp,
-            mnt: mnt.to_owned(),
-            mounted: true,
-        }
+        mount
     }
 
     fn unmount_cmd(&self) -> Command {
