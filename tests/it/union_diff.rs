@@ -1064,6 +1064,28 @@ fn check_reference(k: &Run) {
     assert!(matches!(up.get("etc/motd"), Some(Upper::Entry(_))));
 }
 
+/// Overlayfs refuses an upper dir on overlayfs (a container's /tmp) and `trusted.overlay.*`
+/// xattrs on its own files: mount a tmpfs over `dir` then, unmounted when the guard drops.
+fn layer_fs(dir: &Path) -> Option<Mount> {
+    use nix::sys::statfs::{OVERLAYFS_SUPER_MAGIC, statfs};
+    let fs_type = statfs(dir)
+        .unwrap_or_else(|e| panic!("statfs {}: {e}", dir.display()))
+        .filesystem_type();
+    if fs_type != OVERLAYFS_SUPER_MAGIC {
+        return None;
+    }
+    util::run_ok(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(dir),
+    );
+    Some(Mount {
+        imp: Impl::Kernel,
+        mnt: dir.to_owned(),
+        mounted: true,
+    })
+}
+
 #[test]
 fn union_matches_kernel_overlayfs() {
     let t = "union_diff::union_matches_kernel_overlayfs";
@@ -1075,6 +1097,7 @@ fn union_matches_kernel_overlayfs() {
         return;
     }
     let tmp = util::tempdir();
+    let _tmpfs = layer_fs(tmp.path());
     let kernel = run_side(Impl::Kernel, &tmp.path().join("kernel"));
     check_reference(&kernel);
     let other = run_side(imp, &tmp.path().join("other"));
@@ -1093,6 +1116,7 @@ fn normaliser_maps_every_encoding() {
         return;
     }
     let tmp = util::tempdir();
+    let _tmpfs = layer_fs(tmp.path());
     let u = tmp.path();
     for d in ["oci", "kern", "user", "fov", "plain"] {
         fs::create_dir(u.join(d)).unwrap();
