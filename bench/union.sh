@@ -4,6 +4,7 @@
 #
 #   cargo build --release && sudo bench/union.sh            # 5 rounds
 #   sudo ROUNDS=9 GENTREE_FS=/path/to/gentree-fs bench/union.sh
+#   bench/union.sh --report RESULTS.tsv                  # re-print a run's tables
 #
 # Environment:
 #   ROUNDS       rounds (default 5). Each round runs every implementation in turn, so
@@ -40,6 +41,47 @@ FIXTURE_VERSION="v1 files=30000 top=2000 tar=5000"
 
 die() { echo "union.sh: $*" >&2; exit 1; }
 loud() { printf '\n!!!! %s !!!!\n\n' "$*" >&2; }
+
+# Prints medians, spread and ratios from a results file ($1).
+report() {
+  python3 - "$1" "${WORKLOADS[@]}" <<'EOF'
+import csv, statistics, sys
+path, workloads = sys.argv[1], sys.argv[2:]
+runs = {}
+for row in csv.DictReader(open(path), delimiter="\t"):
+    runs.setdefault((row["impl"], row["workload"]), []).append(float(row["seconds"]))
+impls = [i for i in ["native", "overlayfs", "fuse-overlayfs", "gentree-fs"]
+         if any(k[0] == i for k in runs)]
+med = {k: statistics.median(v) for k, v in runs.items()}
+def ratio(i, ref, w):
+    if (i, w) not in med or (ref, w) not in med or med[(ref, w)] == 0:
+        return "-"
+    return f"{med[(i, w)] / med[(ref, w)]:.2f}x"
+head = f"{'workload':<9}" + "".join(f"{i:>16}" for i in impls)
+print(head)
+for w in workloads:
+    print(f"{w:<9}" + "".join(f"{med.get((i, w), float('nan')):>16.3f}" for i in impls))
+print("\n== spread: min..max seconds over the rounds (a wide range means a noisy machine)")
+print(head)
+for w in workloads:
+    cells = [f"{min(runs[(i, w)]):.2f}..{max(runs[(i, w)]):.2f}" if (i, w) in runs else "-"
+             for i in impls]
+    print(f"{w:<9}" + "".join(f"{c:>16}" for c in cells))
+for ref in ["overlayfs", "fuse-overlayfs"]:
+    if ref not in impls:
+        continue
+    print(f"\n== ratio of median to {ref} (lower is faster)")
+    print(head)
+    for w in workloads:
+        print(f"{w:<9}" + "".join(f"{ratio(i, ref, w):>16}" for i in impls))
+EOF
+}
+
+if [[ ${1:-} == --report ]]; then
+  [[ -f ${2:-} ]] || die "usage: $0 --report RESULTS.tsv"
+  report "$2"
+  exit 0
+fi
 
 [[ $(id -u) == 0 ]] || die "run as root (kernel overlayfs needs it): sudo $0"
 for t in python3 tar find xargs mountpoint; do
@@ -228,28 +270,4 @@ done
 # --- report ---------------------------------------------------------------------------
 echo
 echo "== medians over $ROUNDS rounds (seconds; raw data: $RESULTS)"
-python3 - "$RESULTS" "${WORKLOADS[@]}" <<'EOF'
-import csv, statistics, sys
-path, workloads = sys.argv[1], sys.argv[2:]
-runs = {}
-for row in csv.DictReader(open(path), delimiter="\t"):
-    runs.setdefault((row["impl"], row["workload"]), []).append(float(row["seconds"]))
-impls = [i for i in ["native", "overlayfs", "fuse-overlayfs", "gentree-fs"]
-         if any(k[0] == i for k in runs)]
-med = {k: statistics.median(v) for k, v in runs.items()}
-def ratio(i, ref, w):
-    if (i, w) not in med or (ref, w) not in med or med[(ref, w)] == 0:
-        return "-"
-    return f"{med[(i, w)] / med[(ref, w)]:.2f}x"
-head = f"{'workload':<9}" + "".join(f"{i:>16}" for i in impls)
-print(head)
-for w in workloads:
-    print(f"{w:<9}" + "".join(f"{med.get((i, w), float('nan')):>16.3f}" for i in impls))
-for ref in ["overlayfs", "fuse-overlayfs"]:
-    if ref not in impls:
-        continue
-    print(f"\n== ratio of median to {ref} (lower is faster)")
-    print(head)
-    for w in workloads:
-        print(f"{w:<9}" + "".join(f"{ratio(i, ref, w):>16}" for i in impls))
-EOF
+report "$RESULTS"
