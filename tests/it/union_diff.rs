@@ -923,7 +923,7 @@ fn run_side(imp: Impl, dir: &Path) -> Run {
     mount.unmount();
 
     for (l, before) in lowers.iter().zip(&lowers_before) {
-        let diffs = diff_maps(before, &snapshot_raw(l));
+        let diffs = diff_maps(before, &snapshot_raw(l), ("before", "after"));
         assert!(
             diffs.is_empty(),
             "{imp:?} modified lower dir {}:\n{}",
@@ -940,28 +940,29 @@ fn run_side(imp: Impl, dir: &Path) -> Run {
     }
 }
 
-/// Human-readable differences between two maps (kernel on the left).
+/// Human-readable differences between two maps, sides named by `names`.
 fn diff_maps<V: PartialEq + std::fmt::Debug>(
     a: &BTreeMap<String, V>,
     b: &BTreeMap<String, V>,
+    (na, nb): (&str, &str),
 ) -> Vec<String> {
     let mut out = Vec::new();
     for (k, va) in a {
         match b.get(k) {
-            None => out.push(format!("  {k}: only in kernel: {va:?}")),
-            Some(vb) if vb != va => {
-                out.push(format!("  {k}:\n    kernel: {va:?}\n    other:  {vb:?}"))
-            }
+            None => out.push(format!("  {k}: only in {na}: {va:?}")),
+            Some(vb) if vb != va => out.push(format!("  {k}:\n    {na}: {va:?}\n    {nb}: {vb:?}")),
             Some(_) => {}
         }
     }
     for (k, vb) in b {
         if !a.contains_key(k) {
-            out.push(format!("  {k}: only in other: {vb:?}"));
+            out.push(format!("  {k}: only in {nb}: {vb:?}"));
         }
     }
     out
 }
+
+const SIDES: (&str, &str) = ("kernel", "other");
 
 /// All differences between the kernel's run and the other's, as report lines.
 fn compare(kernel: &Run, other: &Run) -> Vec<String> {
@@ -975,19 +976,19 @@ fn compare(kernel: &Run, other: &Run) -> Vec<String> {
         ("operation outcomes", std::mem::take(&mut report)),
         (
             "merged tree before the operations",
-            diff_maps(&kernel.merged_before, &other.merged_before),
+            diff_maps(&kernel.merged_before, &other.merged_before, SIDES),
         ),
         (
             "merged tree after the operations",
-            diff_maps(&kernel.merged_after, &other.merged_after),
+            diff_maps(&kernel.merged_after, &other.merged_after, SIDES),
         ),
         (
             "merged tree after unmounting and mounting again",
-            diff_maps(&kernel.merged_remounted, &other.merged_remounted),
+            diff_maps(&kernel.merged_remounted, &other.merged_remounted, SIDES),
         ),
         (
             "upper dir (whiteouts normalised)",
-            diff_maps(&kernel.upper, &other.upper),
+            diff_maps(&kernel.upper, &other.upper, SIDES),
         ),
     ];
     for (title, lines) in sections {
