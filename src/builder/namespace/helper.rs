@@ -1,11 +1,13 @@
 //! The helper side of [`super::run`]: runs in the re-executed `__ns-exec` process.
 //!
 //! Ordering matters and is the point of this file:
-//! - every `unshare` and the `fork` of pid 1 happen while the process has one thread;
-//! - FUSE unions (which start threads) are mounted only after that fork;
-//! - pid 1 waits on a pipe until every mount is in place, then mounts `/proc` (only a
-//!   member of the new pid namespace can), chroots, and runs the command as its child,
-//!   reaping orphans until the command exits.
+//! - the user and mount namespaces are unshared, and a child forked, while the helper
+//!   has one thread;
+//! - FUSE unions (which start threads) are mounted by the helper only after that fork;
+//! - the child waits on a pipe until every mount is in place, then unshares the pid
+//!   namespace (a process that did so cannot start threads, so the helper never does)
+//!   and forks pid 1, which mounts `/proc` (only a member of the new pid namespace
+//!   can), chroots, and runs the steps, reaping orphans.
 
 use std::ffi::CString;
 use std::fs;
@@ -94,19 +96,18 @@ pub fn helper_main(mounter: Option<&dyn UnionMounter>) -> Result<i32, HelperErro
         }
         ForkResult::Parent { child: pid } => {
             drop(go_r);
-            let guards = match do_mounts(&plan, mounter) {
-                Ok(g) => g,
-                Err(e) => {
-                    drop(go_w); // pid 1 reads EOF and exits without running anything
-                    let _ = waitpid(pid, None);
-                    return Err(e);
-                }
-            };
+            let mut guards = Vec::new();
+            if let Err((done, e)) = do_mounts(&plan, mounter, &mut guards) {
+                drop(go_w); // the child reads EOF and exits without running anything
+                let _ = waitpid(pid, None);
+                unmount_all(&plan, &plan.mounts[..done], guards);
+                return Err(e);
+            }
             let mut go = fs::File::from(go_w);
             sys(go.write_all(b"g"), || "releasing pid 1".into())?;
             drop(go);
             let code = wait_exit_code(pid)?;
-            drop(guards);
+            unmount_all(&plan, &plan.mounts, guards);
             Ok(code)
         }
     }
@@ -164,9 +165,6 @@ fn enter_namespaces(mapping: &IdMapping) -> Result<(), HelperError> {
         .map_err(errno),
         || "making / private".into(),
     )?;
-    sys(unshare(CloneFlags::CLONE_NEWPID).map_err(errno), || {
-        "unshare(pid namespace)".into()
-    })?;
     Ok(())
 }
 
@@ -176,15 +174,34 @@ fn write_proc(path: &str, value: &str) -> Result<(), HelperError> {
     })
 }
 
-/// pid 1 of the new pid namespace: mounts `/proc`, chroots, runs the steps. Never
-/// returns. It is single-threaded (forked from the single-threaded helper), so it may
-/// allocate and fork freely.
+/// The helper's single-threaded child: waits until the mounts are in place, then
+/// enters a new pid namespace and forks its pid 1. (The helper itself cannot unshare
+/// the pid namespace: a process that has done so may not create threads, and the
+/// helper serves the unions from threads.) Never returns.
 fn child_main(plan: &Plan, go: OwnedFd) -> ! {
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     let mut buf = [0u8; 1];
     if !matches!(fs::File::from(go).read(&mut buf), Ok(1)) {
         std::process::exit(126); // the helper failed to set up; it reports why
     }
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWPID) {
+        eprintln!("gentree-fs: in the build namespace: unshare(pid namespace): {e}");
+        std::process::exit(126)
+    }
+    match crate::sys::fork_single_threaded() {
+        Ok(ForkResult::Child) => pid1_main(plan),
+        Ok(ForkResult::Parent { child }) => std::process::exit(reap_until(child)),
+        Err(e) => {
+            eprintln!("gentree-fs: in the build namespace: fork: {e}");
+            std::process::exit(126)
+        }
+    }
+}
+
+/// pid 1 of the new pid namespace: mounts `/proc`, chroots, runs the steps, reaping
+/// orphans. Never returns. Single-threaded, so it may allocate and fork freely.
+fn pid1_main(plan: &Plan) -> ! {
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     let fail = |what: String, e: &dyn std::fmt::Display| -> ! {
         eprintln!("gentree-fs: in the build namespace: {what}: {e}");
         std::process::exit(126)
@@ -385,15 +402,57 @@ fn wait_exit_code(pid: Pid) -> Result<i32, HelperError> {
     }
 }
 
+/// Unmounts in reverse plan order, so that each union is unmounted (by dropping its
+/// guard) only after everything mounted inside it. The mount namespace dies with the
+/// helper anyway; this lets the FUSE sessions end cleanly instead of failing busy.
+fn unmount_all(plan: &Plan, mounted: &[MountSpec], mut guards: Vec<Box<dyn Send>>) {
+    use nix::mount::{MntFlags, umount2};
+    for m in mounted.iter().rev() {
+        match m {
+            MountSpec::Union(_) => drop(guards.pop()),
+            MountSpec::Devpts { target } => {
+                let t = in_root(&plan.root, target);
+                if let Some(ptmx) = t.parent().map(|p| p.join("ptmx")) {
+                    let _ = umount2(&ptmx, MntFlags::MNT_DETACH);
+                }
+                let _ = umount2(&t, MntFlags::MNT_DETACH);
+            }
+            MountSpec::Bind { target, .. }
+            | MountSpec::Tmpfs { target, .. }
+            | MountSpec::Proc { target } => {
+                let _ = umount2(&in_root(&plan.root, target), MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
+
+/// Performs the plan's mounts in order, pushing each union's guard. On failure,
+/// returns how many mounts were done (the failed one excluded) with the error.
 fn do_mounts(
     plan: &Plan,
     mounter: Option<&dyn UnionMounter>,
-) -> Result<Vec<Box<dyn Send>>, HelperError> {
-    let mut guards = Vec::new();
-    for m in &plan.mounts {
+    guards: &mut Vec<Box<dyn Send>>,
+) -> Result<(), (usize, HelperError)> {
+    for (i, m) in plan.mounts.iter().enumerate() {
+        do_mount(plan, m, mounter, guards).map_err(|e| (i, e))?;
+    }
+    Ok(())
+}
+
+fn do_mount(
+    plan: &Plan,
+    m: &MountSpec,
+    mounter: Option<&dyn UnionMounter>,
+    guards: &mut Vec<Box<dyn Send>>,
+) -> Result<(), HelperError> {
+    {
         match m {
             MountSpec::Union(spec) => {
-                let target = in_root(&plan.root, &spec.target);
+                let target = if spec.target.components().count() <= 1 {
+                    plan.root.clone() // the root itself: it exists
+                } else {
+                    prepare_target(&plan.root, &spec.target, true)?
+                };
                 let mounter = mounter.ok_or(HelperError::NoUnionMounter)?;
                 let g = sys(mounter.mount_union(spec, &target), || {
                     format!("mounting the union at {}", target.display())
@@ -426,7 +485,7 @@ fn do_mounts(
             }
         }
     }
-    Ok(guards)
+    Ok(())
 }
 
 /// Creates the mount point inside `root` (a directory, or an empty file for file
