@@ -229,23 +229,35 @@ CLEAN_DELAY=0
 EMERGE_WARNING_DELAY=0
 EOF
 cat > "$partial/etc/portage/bashrc" <<'EOF'
-# gentree-fs test seed. Sourced by ebuild.sh in every phase, including "depend", where external
-# commands are fatal ("masked by: corruption"): bash builtins only, and nothing in that phase.
-# When the user namespace maps exactly one id, chown/chgrp to any other id fails with EINVAL; Portage's
-# ebuild-helpers/unprivileged wrappers turn that into a warning, but Portage adds them to PATH only
-# when the uid is not 0, and inside the namespace it is 0. So add them here.
+# gentree-fs test seed. Sourced by ebuild.sh in the "depend" phase, where external commands are
+# fatal ("masked by: corruption"): bash builtins only, and nothing at all in that phase.
+# When the user namespace maps exactly one id, chown/chgrp to any other id fails with EINVAL and
+# fowners kills the build. Portage's ebuild-helpers/unprivileged wrappers turn that failure into a
+# warning, but Portage puts them on PATH only when the uid is not 0, and inside the namespace it is 0.
+# This file is sourced only in the first phase of a build (later phases restore the saved
+# environment, which keeps functions but not PATH), so it also defines pre_<phase> hooks that put
+# the wrappers back on PATH in every later phase.
 if [[ ${EBUILD_PHASE} != depend && -r /proc/self/uid_map ]]; then
-  __gt_lines=0 __gt_count=
-  while read -r _ _ __gt_count; do
+  __gt_lines=0 __gt_ids=
+  while read -r _ _ __gt_count; do  # inside-id outside-id count; read clears __gt_count at EOF
     ((++__gt_lines))
+    __gt_ids=${__gt_count}
   done < /proc/self/uid_map
-  if [[ ${__gt_lines} == 1 && ${__gt_count} == 1 ]]; then
-    case ":${PATH}:" in
-      *":${PORTAGE_BIN_PATH}/ebuild-helpers/unprivileged:"*) ;;
-      *) PATH="${PORTAGE_BIN_PATH}/ebuild-helpers/unprivileged:${PATH}" ;;
-    esac
+  if [[ ${__gt_lines} == 1 && ${__gt_ids} == 1 ]]; then
+    gentree_unprivileged_path() {
+      case ":${PATH}:" in
+        *":${PORTAGE_BIN_PATH}/ebuild-helpers/unprivileged:"*) ;;
+        *) PATH="${PORTAGE_BIN_PATH}/ebuild-helpers/unprivileged:${PATH}" ;;
+      esac
+    }
+    gentree_unprivileged_path
+    for __gt_phase in pkg_pretend pkg_setup src_unpack src_prepare src_configure src_compile \
+        src_test src_install pkg_preinst pkg_postinst pkg_prerm pkg_postrm pkg_config pkg_info; do
+      eval "pre_${__gt_phase}() { gentree_unprivileged_path; }"
+    done
+    unset __gt_phase
   fi
-  unset __gt_lines __gt_count
+  unset __gt_lines __gt_count __gt_ids
 fi
 EOF
 # The portage user and group (250), used in the subuid mode (FEATURES=userpriv).

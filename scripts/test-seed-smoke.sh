@@ -81,8 +81,10 @@ in_chroot() {
         [[ $(owner_of /var/lib/gt-special/owned-file) == 1234:2345 ]] || fail "owned-file owner $(owner_of /var/lib/gt-special/owned-file), expected 1234:2345"
         ;;
       user)  # one id mapped: chown to 1234 is EINVAL; the unprivileged wrappers (seed bashrc) ignore it
-        grep -q 'chown failure ignored with unprivileged user' "$log/$1.log" \
-          || fail "no 'chown failure ignored' warning with a single mapped id"
+        if ! grep -q '>>> Emerging binary' "$log/$1.log"; then  # fowners runs only in a build
+          grep -q 'chown failure ignored with unprivileged user' "$log/$1.log" \
+            || fail "no 'chown failure ignored' warning with a single mapped id"
+        fi
         [[ $(owner_of /var/lib/gt-special/owned-dir) == 0:0 ]] || fail "owned-dir owner $(owner_of /var/lib/gt-special/owned-dir), expected 0:0"
         ;;
     esac
