@@ -209,7 +209,7 @@ cat > "$partial/usr/share/portage/config/repos.conf" <<'EOF'
 [DEFAULT]
 main-repo = gentree-test
 EOF
-mkdir -p "$partial"/etc/portage/repos.conf "$partial"/var/db/repos/gentree-test \
+mkdir -p "$partial"/etc/portage/repos.conf "$partial"/var/db/repos/gentree-test "$partial"/var/db/pkg \
   "$partial"/var/cache/distfiles "$partial"/var/cache/binpkgs
 cat > "$partial/etc/portage/repos.conf/gentree-test.conf" <<'EOF'
 [gentree-test]

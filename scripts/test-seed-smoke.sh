@@ -216,7 +216,8 @@ for p in "${passes[@]}"; do
   fi
 done
 
-snapshot() { find "$seed" -xdev -printf '%p %y %m %U:%G %s %T@\n' | sort; }
+# Directory mtimes are left out: Portage creates and removes a lock file next to /var/db/pkg.
+snapshot() { find "$seed" -xdev \( -type d -printf '%p %y %m %U:%G\n' \) -o -printf '%p %y %m %U:%G %s %T@\n' | sort; }
 before=$(mktemp); after=$(mktemp); logdir=$(mktemp -d)
 trap 'rm -f "$before" "$after"; rm -rf "$logdir"' EXIT
 snapshot > "$before"
@@ -239,7 +240,7 @@ for p in "${passes[@]}"; do
   set -e
   grep -q "^SMOKE PASSED \[$p\]" "$logdir/$p.log" && ((rc == 0)) || die "pass $p failed (exit $rc); see the output above"
   echo "TIMING $p total $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')" | tee -a "$logdir/$p.log"
-  blob[$p]=$(awk '$1 == "RESULT" && $2 == "blob-sha256" { print $3 }' "$logdir/$p.log")
+  blob[$p]=$(awk '$1 == "RESULT" && $2 == "blob-sha256" { print $3 }' "$logdir/$p.log" | sort -u)
 done
 
 snapshot > "$after"
