@@ -24,7 +24,7 @@ log() { echo "make-test-seed: $*" >&2; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
-dest= cache=
+dest='' cache=''
 while (($#)); do
   case $1 in
     --cache) (($# >= 2)) || die "--cache needs a directory"; cache=$2; shift 2 ;;
@@ -121,6 +121,8 @@ t=$(now)
 wheel_dir=${cache:-$tmpdir}
 wheel=$wheel_dir/portage-$portage_version-py3-none-any.whl
 if [[ ! -f $wheel ]]; then
+  python3 -m pip --version >/dev/null 2>&1 \
+    || die "the host's python3 has no pip (needed to download the portage wheel): apt-get install python3-pip"
   python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$wheel_dir" \
     "portage==$portage_version" || die "pip download of portage==$portage_version failed"
   [[ -f $wheel ]] || die "pip did not produce $wheel"
@@ -191,9 +193,10 @@ sed -i -e 's|^    PORTAGE_BASE_PATH = """"""$|    PORTAGE_BASE_PATH = """/usr/li
 # Both patches must have applied: installation.py must now pick SYSTEM first, const.py must carry the paths.
 grep -A1 -x 'if "MODULE" == "MODULE":' "$pydir/installation.py" | grep -qx '    TYPE = TYPES.SYSTEM' \
   || die "patch of portage/installation.py (TYPE = TYPES.SYSTEM) did not apply; the wheel changed"
-grep -qx '    PORTAGE_BASE_PATH = """/usr/lib/portage"""' "$pydir/const.py" \
-  && grep -qx '    PORTAGE_BIN_PATH = """/usr/lib/portage/bin"""' "$pydir/const.py" \
-  || die "patch of portage/const.py (PORTAGE_BASE_PATH/PORTAGE_BIN_PATH) did not apply; the wheel changed"
+for want in 'PORTAGE_BASE_PATH = """/usr/lib/portage"""' 'PORTAGE_BIN_PATH = """/usr/lib/portage/bin"""'; do
+  grep -qx "    $want" "$pydir/const.py" \
+    || die "patch of portage/const.py ($want) did not apply; the wheel changed"
+done
 # Portage's unpack and xpak code call gtar; Debian has only tar.
 ln -sfn tar "$partial/usr/bin/gtar"
 # Byte-compile once, so every emerge does not (and read-only seeds need no __pycache__ writes).

@@ -238,7 +238,9 @@ for p in "${passes[@]}"; do
   "${cmd[@]}" 2>&1 | tee "$logdir/$p.log"
   rc=${PIPESTATUS[0]}
   set -e
-  grep -q "^SMOKE PASSED \[$p\]" "$logdir/$p.log" && ((rc == 0)) || die "pass $p failed (exit $rc); see the output above"
+  if ((rc != 0)) || ! grep -q "^SMOKE PASSED \[$p\]" "$logdir/$p.log"; then
+    die "pass $p failed (exit $rc); see the output above"
+  fi
   echo "TIMING $p total $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')" | tee -a "$logdir/$p.log"
   blob[$p]=$(awk '$1 == "RESULT" && $2 == "blob-sha256" { print $3 }' "$logdir/$p.log" | sort -u)
 done
