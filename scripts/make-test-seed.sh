@@ -214,6 +214,9 @@ main-repo = gentree-test
 EOF
 mkdir -p "$partial"/etc/portage/repos.conf "$partial"/var/db/repos/gentree-test "$partial"/var/db/pkg \
   "$partial"/var/cache/distfiles "$partial"/var/cache/binpkgs
+# emerge creates /var/lib/portage (2755) in the config root even with --root elsewhere: ship it, so
+# a seed used read-only (tmpfs over /tmp, /var/tmp, /var/cache, /var/log) stays unchanged.
+install -d -m 2755 "$partial/var/lib/portage"
 cat > "$partial/etc/portage/repos.conf/gentree-test.conf" <<'EOF'
 [gentree-test]
 location = /var/db/repos/gentree-test
