@@ -61,6 +61,15 @@ pub enum Command {
     /// the terminal and to CONF_ROOT/builds/<buildname>.log.
     Build(BuildArgs),
 
+    /// Run a command in a seed, in the same namespaces builds use.
+    ///
+    /// By default changes go to a throwaway upper layer and vanish afterwards;
+    /// with --persistent the command writes into the seed itself (which changes the
+    /// seed's identity, so layers built on it rebuild). Typical first use:
+    /// `gentree-fs exec SEED emerge --sync` to fill CONF_ROOT/repos.
+    /// The command's exit status is passed through.
+    Exec(ExecArgs),
+
     /// Internal: the namespace helper (re-executed by gentree-fs itself).
     #[command(name = "__ns-exec", hide = true)]
     NsExec,
@@ -185,4 +194,19 @@ pub struct BuildArgs {
     /// The build config (TOML).
     #[arg(default_value = "config.toml")]
     pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Write into the seed itself instead of a throwaway layer.
+    #[arg(long)]
+    pub persistent: bool,
+    /// Data directory (default: $XDG_DATA_HOME/gentree).
+    #[arg(long, value_name = "DIR", env = "GENTREE_CONF_ROOT")]
+    pub conf_root: Option<PathBuf>,
+    /// The seed's name (as given to import-seed).
+    pub seed: String,
+    /// The command and its arguments (default: /bin/sh).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
 }

@@ -40,10 +40,18 @@ pub struct HostDirs {
 }
 
 impl HostDirs {
+    /// The default directories under `conf_root` (no config overrides).
+    pub fn plain(conf_root: &Path) -> HostDirs {
+        HostDirs::with(conf_root, &crate::builder::config::Dirs::default())
+    }
+
     /// The directories for a top-level config under `conf_root` (the config's
     /// `conf_root` key, when set, wins).
     pub fn new(conf_root: &Path, top: &ResolvedConfig) -> HostDirs {
-        let d = &top.dirs;
+        HostDirs::with(conf_root, &top.dirs)
+    }
+
+    fn with(conf_root: &Path, d: &crate::builder::config::Dirs) -> HostDirs {
         let root = d
             .conf_root
             .clone()
@@ -291,6 +299,120 @@ pub fn emerge_env(cfg: &ResolvedConfig, mapping: &IdMapping) -> Vec<(String, Str
     env
 }
 
+/// How the seed appears as the chroot root.
+#[derive(Debug, Clone)]
+pub enum SeedRoot {
+    /// A union of an upper (persistent or throwaway) over the imported seed.
+    Union { upper: PathBuf, work: PathBuf },
+    /// The imported seed itself, written in place (`exec --persistent`).
+    Direct,
+}
+
+/// What the seed's namespace mounts, whatever runs in it (spec 2.4): the seed root,
+/// proc, sys, dev, devpts, a private /run, the repositories, resolv.conf, the binary
+/// package dir and the distfiles.
+#[derive(Debug, Clone)]
+pub struct SeedMounts<'a> {
+    pub dirs: &'a HostDirs,
+    pub seed: &'a str,
+    pub root: SeedRoot,
+    pub pkgdir: PathBuf,
+    pub crossdev_target: Option<&'a str>,
+    /// `bind_system_repos`: the host's repos, read-only, instead of the user's.
+    pub system_repos: Option<&'a Path>,
+}
+
+fn bind(source: PathBuf, target: &str, recursive: bool, readonly: bool) -> MountSpec {
+    MountSpec::Bind {
+        source,
+        target: target.into(),
+        recursive,
+        readonly,
+    }
+}
+
+impl SeedMounts<'_> {
+    /// The mounts, in order.
+    pub fn mounts(&self) -> Vec<MountSpec> {
+        let mut mounts = Vec::new();
+        if let SeedRoot::Union { upper, work } = &self.root {
+            mounts.push(MountSpec::Union(UnionSpec {
+                lowers: vec![self.dirs.seed(self.seed)],
+                upper: Some(upper.clone()),
+                work: Some(work.clone()),
+                target: "/".into(),
+            }));
+        }
+        mounts.extend([
+            MountSpec::Proc {
+                target: "/proc".into(),
+            },
+            bind("/sys".into(), "/sys", true, true),
+            bind("/dev".into(), "/dev", true, true),
+            MountSpec::Devpts {
+                target: "/dev/pts".into(),
+            },
+            MountSpec::Tmpfs {
+                target: "/run".into(),
+                options: "mode=0755".into(),
+            },
+            match self.system_repos {
+                Some(p) => bind(p.to_path_buf(), "/var/db/repos", true, true),
+                None => bind(self.dirs.repos.clone(), "/var/db/repos", true, false),
+            },
+        ]);
+        if Path::new("/etc/resolv.conf").exists() {
+            mounts.push(bind(
+                "/etc/resolv.conf".into(),
+                "/etc/resolv.conf",
+                false,
+                true,
+            ));
+        }
+        let pkgdir_target = match self.crossdev_target {
+            Some(t) => format!("/usr/{t}/var/cache/binpkgs"),
+            None => "/var/cache/binpkgs".to_owned(),
+        };
+        mounts.push(bind(self.pkgdir.clone(), &pkgdir_target, false, false));
+        mounts.push(bind(
+            self.dirs.distfiles.clone(),
+            "/var/cache/distfiles",
+            false,
+            false,
+        ));
+        mounts
+    }
+
+    /// Creates the host directories the mounts need.
+    pub fn create_dirs(&self) -> Result<(), BuildError> {
+        let mut dirs = vec![&self.dirs.distfiles, &self.pkgdir];
+        if self.system_repos.is_none() {
+            dirs.push(&self.dirs.repos);
+        }
+        if let SeedRoot::Union { upper, work } = &self.root {
+            dirs.push(upper);
+            dirs.push(work);
+        }
+        for p in dirs {
+            fs::create_dir_all(p).map_err(io_err("cannot create", p))?;
+        }
+        Ok(())
+    }
+}
+
+/// The seed mounts of a layer build.
+pub fn layer_seed_mounts<'a>(cfg: &'a ResolvedConfig, dirs: &'a HostDirs) -> SeedMounts<'a> {
+    let (upper, work) = dirs.seed_upper(&cfg.seed);
+    SeedMounts {
+        dirs,
+        seed: &cfg.seed,
+        root: SeedRoot::Union { upper, work },
+        pkgdir: dirs.pkgdir(cfg),
+        crossdev_target: cfg.crossdev_target.as_deref(),
+        system_repos: cfg.bind_system_repos.then_some(cfg.system_repos.as_path()),
+    }
+}
+
 /// The namespace plan that builds one layer.
 pub fn layer_plan(
     cfg: &ResolvedConfig,
@@ -298,46 +420,10 @@ pub fn layer_plan(
     paths: &LayerPaths,
     mapping: &IdMapping,
 ) -> Plan {
-    let (seed_upper, seed_work) = dirs.seed_upper(&cfg.seed);
-    let bind = |source: PathBuf, target: &str, recursive: bool, readonly: bool| MountSpec::Bind {
-        source,
-        target: target.into(),
-        recursive,
-        readonly,
-    };
     let target = cfg.crossdev_target.as_deref();
-    let pkgdir_target = match target {
-        Some(t) => format!("/usr/{t}/var/cache/binpkgs"),
-        None => "/var/cache/binpkgs".to_owned(),
-    };
-    let repos = if cfg.bind_system_repos {
-        bind(cfg.system_repos.clone(), "/var/db/repos", true, true)
-    } else {
-        bind(dirs.repos.clone(), "/var/db/repos", true, false)
-    };
     let layer_root = cfg.root();
-    let mut mounts = vec![
-        MountSpec::Union(UnionSpec {
-            lowers: vec![dirs.seed(&cfg.seed)],
-            upper: Some(seed_upper),
-            work: Some(seed_work),
-            target: "/".into(),
-        }),
-        MountSpec::Proc {
-            target: "/proc".into(),
-        },
-        bind("/sys".into(), "/sys", true, true),
-        bind("/dev".into(), "/dev", true, true),
-        MountSpec::Devpts {
-            target: "/dev/pts".into(),
-        },
-        MountSpec::Tmpfs {
-            target: "/run".into(),
-            options: "mode=0755".into(),
-        },
-        repos,
-        bind(dirs.pkgdir(cfg), &pkgdir_target, false, false),
-        bind(dirs.distfiles.clone(), "/var/cache/distfiles", false, false),
+    let mut mounts = layer_seed_mounts(cfg, dirs).mounts();
+    mounts.extend([
         MountSpec::Tmpfs {
             target: "/builds".into(),
             options: "mode=0755".into(),
@@ -352,13 +438,7 @@ pub fn layer_plan(
             work: Some(paths.work.clone()),
             target: layer_root.clone().into(),
         }),
-    ];
-    if Path::new("/etc/resolv.conf").exists() {
-        mounts.insert(
-            7,
-            bind("/etc/resolv.conf".into(), "/etc/resolv.conf", false, true),
-        );
-    }
+    ]);
     if let Some(ov) = &cfg.config_overlay {
         // Portage reads `--config-root /builds/<bn>`: the overlay's files over the
         // seed's /etc/portage, read-only, so nothing of it lands in the layer.
@@ -513,7 +593,9 @@ pub fn build(
     Ok(BuildReport { layers: done })
 }
 
-fn lock_seed(dirs: &HostDirs, seed: &str) -> Result<nix::fcntl::Flock<fs::File>, BuildError> {
+/// Takes the seed's exclusive lock: one writer of a seed's upper (or of the seed
+/// itself) at a time.
+pub fn lock_seed(dirs: &HostDirs, seed: &str) -> Result<nix::fcntl::Flock<fs::File>, BuildError> {
     let path = dirs.seeds.join(format!(".{seed}.lock"));
     let f = fs::File::options()
         .create(true)

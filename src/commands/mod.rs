@@ -9,6 +9,7 @@ use crate::cli::{Cli, Command};
 
 pub mod build;
 pub mod config;
+pub mod exec;
 pub mod import_seed;
 pub mod namespace;
 pub mod pack;
@@ -25,6 +26,7 @@ pub fn dispatch(cli: Cli) -> CmdResult {
         Command::Pack(a) => pack::run(&a),
         Command::ImportSeed(a) => import_seed::run(&a),
         Command::Build(a) => build::run(&a),
+        Command::Exec(a) => exec::run(&a),
         Command::NsExec => namespace::ns_exec(),
         Command::NsRun { plan, auto_map } => namespace::ns_run(&plan, auto_map),
     }
@@ -33,9 +35,10 @@ pub fn dispatch(cli: Cli) -> CmdResult {
 /// Logging to stderr: `-d` debug, `-dd` trace; `RUST_LOG` wins when set.
 pub fn init_logging(debug: u8) {
     use tracing_subscriber::EnvFilter;
+    // fuser logs every mount and unimplemented request at info/warn: noise to users.
     let default = match debug {
-        0 => "info",
-        1 => "debug",
+        0 => "info,fuser=error",
+        1 => "debug,fuser=info",
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
