@@ -10,6 +10,8 @@ pkgs=(
   fuse-overlayfs   # reference implementation for the union benchmark
   debootstrap      # builds the test seed (Debian minbase + Portage)
   zstd xz-utils bzip2 gzip tar python3
+  python3-pip      # make-test-seed.sh downloads the portage wheel with pip
+  strace           # debugging aid for namespace and FUSE problems
 )
 missing=()
 for p in "${pkgs[@]}"; do

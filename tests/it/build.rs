@@ -1,0 +1,326 @@
+//! Builds with real Portage: the test seed (Debian minbase + the PyPI portage wheel,
+//! made by scripts/make-test-seed.sh and cached) and the project's ebuild repository
+//! (tests/repo/gentree-test), through `gentree-fs build` and `gentree-fs exec`.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use crate::util::{self, gentree, run, run_ok};
+
+/// Where the test seed and its download cache live between test runs.
+fn cache_dir() -> PathBuf {
+    std::env::var_os("GENTREE_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/gentree-test-cache"))
+}
+
+fn repo_src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/repo/gentree-test")
+}
+
+/// The test seed, built once (debootstrap needs root) and reused.
+fn test_seed() -> &'static Path {
+    static SEED: OnceLock<PathBuf> = OnceLock::new();
+    SEED.get_or_init(|| {
+        let cache = cache_dir();
+        let seed = cache.join("seed");
+        fs::create_dir_all(&cache).unwrap();
+        let lock = fs::File::create(cache.join(".lock")).unwrap();
+        let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .unwrap();
+        if !seed.join("usr/bin/emerge").exists() {
+            let _ = fs::remove_dir_all(&seed);
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-test-seed.sh");
+            run_ok(
+                Command::new(script)
+                    .arg(&seed)
+                    .arg("--cache")
+                    .arg(cache.join("downloads")),
+            );
+        }
+        util::set_mode(&cache, 0o755);
+        seed
+    })
+}
+
+/// A conf root with the test seed imported as `testseed` and the test repository
+/// in place, plus a directory for configs.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new(user: Option<&str>) -> Fixture {
+        let dir = util::tempdir();
+        let f = Fixture { dir };
+        fs::create_dir_all(f.cfg_dir()).unwrap();
+        let repos = f.conf().join("repos");
+        fs::create_dir_all(&repos).unwrap();
+        run_ok(Command::new("cp").arg("-a").arg(repo_src()).arg(&repos));
+        if let Some(u) = user {
+            run_ok(Command::new("chown").args(["-R", u]).arg(f.dir.path()));
+        }
+        let mut import = f.cmd(user);
+        import
+            .arg("import-seed")
+            .arg(test_seed())
+            .arg("testseed")
+            .arg("--conf-root")
+            .arg(f.conf());
+        run_ok(&mut import);
+        f
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("conf")
+    }
+
+    fn cfg_dir(&self) -> PathBuf {
+        self.dir.path().join("cfg")
+    }
+
+    fn write_cfg(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.cfg_dir().join(name);
+        fs::write(&p, text).unwrap();
+        util::set_mode(&p, 0o644);
+        p
+    }
+
+    /// The binary, as root or as `user`, never reading the real default configs.
+    fn cmd(&self, user: Option<&str>) -> Command {
+        let mut c = match user {
+            Some(u) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", u, "--"]).arg(util::bin());
+                c
+            }
+            None => gentree(),
+        };
+        c.env("HOME", self.dir.path()).env_remove("XDG_CONFIG_HOME");
+        c
+    }
+
+    fn build(&self, user: Option<&str>, cfg: &Path, extra: &[&str]) -> Output {
+        let out = run(self
+            .cmd(user)
+            .arg("build")
+            .arg("--no-config")
+            .arg("--conf-root")
+            .arg(self.conf())
+            .args(extra)
+            .arg(cfg));
+        eprintln!(
+            "--- build {} stderr:\n{}",
+            cfg.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn layers(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(self.conf().join("layers"))
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.retain(|p| p.join("meta.json").exists());
+        v.sort();
+        v
+    }
+}
+
+/// `tar -tv`-style facts of one member: (type+mode string, owner, link target).
+fn tar_listing(tar: &Path) -> String {
+    run_ok(Command::new("tar").args(["--numeric-owner", "-tvf"]).arg(tar))
+}
+
+fn member<'a>(listing: &'a str, name: &str) -> Option<&'a str> {
+    listing
+        .lines()
+        .find(|l| l.ends_with(&format!(" {name}")) || l.contains(&format!(" {name} -> ")))
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const BASE: &str = "packages = [\"sys-apps/gt-baselayout\"]\n[emerge_bools]\noneshot = true\n";
+const MID: &str = "bases = [\"base.toml\"]\npackages = [\"app-misc/gt-lib\", \"app-misc/gt-removable\"]\n";
+
+fn app(use_flags: &str, unmerge: bool) -> String {
+    let unmerge = if unmerge {
+        "unmerge = [\"app-misc/gt-removable\"]\n"
+    } else {
+        ""
+    };
+    format!(
+        "seed = \"testseed\"\nbases = [\"mid.toml\"]\n\
+         packages = [\"app-misc/gt-app\", \"app-misc/gt-special\", \"app-misc/gt-probe\"]\n\
+         {unmerge}[env]\nuse = \"{use_flags}\"\n"
+    )
+}
+
+#[test]
+fn build_two_levels_of_bases_and_reuse_layers() {
+    if !util::require_root("build_two_levels_of_bases_and_reuse_layers") {
+        return;
+    }
+    let f = Fixture::new(None);
+    f.write_cfg("base.toml", BASE);
+    f.write_cfg("mid.toml", MID);
+    let cfg = f.write_cfg("app.toml", &app("extras", true));
+
+    let out = f.build(None, &cfg, &[]);
+    assert!(out.status.success(), "first build failed");
+    let image = PathBuf::from(stdout(&out).trim());
+    assert!(image.is_file(), "no image at {}", image.display());
+    assert_eq!(f.layers().len(), 3, "three layers published");
+
+    let l = tar_listing(&image);
+    // Files of every layer, with modes and in-image owners.
+    assert!(member(&l, "usr/bin/gt-app").is_some(), "{l}");
+    assert!(member(&l, "etc/os-release").is_some(), "{l}");
+    let suid = member(&l, "usr/bin/gt-suid").expect("setuid file");
+    assert!(suid.starts_with("-rwsr-xr-x"), "{suid}");
+    let owned = member(&l, "var/lib/gt-special/owned-file").expect("fowners file");
+    assert!(owned.contains(" 1234/1234 ") || owned.contains(" 1234/2345 "), "{owned}");
+    // Absolute symlinks are rewritten relative (spec 6.3).
+    let abs = member(&l, "usr/share/gt-special/abs-link").expect("absolute link");
+    assert!(!abs.contains("-> /"), "absolute target kept: {abs}");
+    // Filtered paths are gone (man, docs, include are on by default).
+    for gone in ["usr/share/man/", "usr/share/doc/", "usr/include/"] {
+        assert!(
+            !l.lines().any(|x| x.contains(&format!(" {gone}"))),
+            "{gone} in the image"
+        );
+    }
+    // The unmerge in the top layer removed the base's package from the image.
+    assert!(
+        !l.contains("usr/share/gt-removable"),
+        "unmerged files present:\n{l}"
+    );
+    // The build root was gentree-fs's FUSE union, never kernel overlayfs.
+    let x = util::tempdir();
+    run_ok(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&image)
+            .arg("-C")
+            .arg(x.path())
+            .arg("usr/share/gt-probe/mounts"),
+    );
+    let mounts = fs::read_to_string(x.path().join("usr/share/gt-probe/mounts")).unwrap();
+    assert!(mounts.contains("fuse.gentree-union"), "{mounts}");
+    assert!(!mounts.contains("overlay"), "{mounts}");
+
+    // Same inputs: every layer reused, no emerge at all.
+    let again = f.build(None, &cfg, &[]);
+    assert!(again.status.success());
+    assert_eq!(stderr(&again).matches("reusing layer").count(), 3);
+    assert!(!stderr(&again).contains(">>> Emerging"), "emerge ran again");
+    assert_eq!(fs::read(&image).unwrap(), {
+        let again_image = PathBuf::from(stdout(&again).trim());
+        fs::read(again_image).unwrap()
+    });
+
+    // A USE change in the top config rebuilds only the top layer.
+    let cfg2 = f.write_cfg("app.toml", &app("-extras", true));
+    let third = f.build(None, &cfg2, &[]);
+    assert!(third.status.success());
+    assert_eq!(stderr(&third).matches("reusing layer").count(), 2);
+    assert_eq!(stderr(&third).matches("building layer").count(), 1);
+    assert_eq!(f.layers().len(), 4);
+}
+
+#[test]
+fn failing_emerge_publishes_nothing_and_logs_the_cause() {
+    if !util::require_root("failing_emerge_publishes_nothing_and_logs_the_cause") {
+        return;
+    }
+    let f = Fixture::new(None);
+    f.write_cfg("base.toml", BASE);
+    let cfg = f.write_cfg(
+        "bad.toml",
+        "seed = \"testseed\"\nbases = [\"base.toml\"]\npackages = [\"app-misc/gt-fail\"]\n",
+    );
+    let out = f.build(None, &cfg, &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("layer testseed-bad failed"), "{err}");
+    // Only the base was published; no temp dir is left that could pass for a layer.
+    assert_eq!(f.layers().len(), 1);
+    let log = fs::read_to_string(f.conf().join("builds/testseed-bad.log")).unwrap();
+    assert!(log.contains("gt-fail"), "log lacks the package");
+    assert!(log.contains("emerge --info") || log.contains("Portage 3"), "no diagnostics");
+    assert!(!f.conf().join("builds/testseed-bad-full.tar").exists());
+    let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mi.contains(f.conf().to_str().unwrap()), "mounts left behind");
+}
+
+#[test]
+fn exec_runs_in_the_seed_and_passes_the_status_through() {
+    if !util::require_root("exec_runs_in_the_seed_and_passes_the_status_through") {
+        return;
+    }
+    let f = Fixture::new(None);
+    let exec = |extra: &[&str], script: &str| {
+        run(f
+            .cmd(None)
+            .arg("exec")
+            .args(extra)
+            .arg("--conf-root")
+            .arg(f.conf())
+            .args(["testseed", "--", "sh", "-c", script]))
+    };
+    let o = exec(&[], "test -x /usr/bin/emerge && touch /etc/throwaway; exit 5");
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    let o = exec(&[], "test -e /etc/throwaway");
+    assert_eq!(o.status.code(), Some(1), "a throwaway change persisted");
+    let id_before = fs::read_to_string(f.conf().join("state/seed-ids/testseed")).ok();
+    let o = exec(&["--persistent"], "touch /etc/kept");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(f.conf().join("seeds/testseed/etc/kept").exists());
+    let id_after = fs::read_to_string(f.conf().join("state/seed-ids/testseed")).ok();
+    assert_ne!(id_before, id_after, "a persistent exec must change the seed identity");
+}
+
+#[test]
+fn unprivileged_build_with_subids_keeps_the_store_removable() {
+    let Some((user, uid, _)) =
+        util::require_test_user("unprivileged_build_with_subids_keeps_the_store_removable")
+    else {
+        return;
+    };
+    let f = Fixture::new(Some(&user));
+    f.write_cfg("base.toml", BASE);
+    let cfg = f.write_cfg(
+        "small.toml",
+        "seed = \"testseed\"\nbases = [\"base.toml\"]\npackages = [\"app-misc/gt-special\"]\n",
+    );
+    run_ok(Command::new("chown").args(["-R", &user]).arg(f.cfg_dir()));
+    let out = f.build(Some(&user), &cfg, &[]);
+    assert!(out.status.success(), "unprivileged build failed");
+    let image = PathBuf::from(stdout(&out).trim());
+    let l = tar_listing(&image);
+    let owned = member(&l, "var/lib/gt-special/owned-file").expect("fowners file");
+    assert!(owned.contains(" 1234/"), "subuid ownership lost: {owned}");
+    // Everything on the host belongs to the user, who can delete the whole store.
+    let foreign = run_ok(
+        Command::new("find")
+            .arg(f.conf())
+            .args(["-not", "-uid", &uid.to_string(), "-print", "-quit"]),
+    );
+    assert!(foreign.trim().is_empty(), "not owned by the user: {foreign}");
+    let rm = run(Command::new("runuser")
+        .args(["-u", &user, "--", "rm", "-rf"])
+        .arg(f.conf()));
+    assert!(rm.status.success(), "{}", stderr(&rm));
+    assert!(!f.conf().exists());
+    let _ = fs::metadata(f.dir.path()).map(|m| m.uid());
+}
