@@ -8,4 +8,5 @@ mod import_seed;
 mod namespace;
 mod pack;
 mod union;
+mod union_diff;
 mod util;
