@@ -577,13 +577,25 @@ impl Union {
     /// of its own; the other names stay linked in the lower layer (kernel overlayfs
     /// without `index`).
     pub fn copy_up(&self, ino: Ino) -> io::Result<tree::NodeInfo> {
+        self.copy_up_as(ino, None)
+    }
+
+    /// [`Union::copy_up`], copying up the name `parent/name` when `ino` is a lower
+    /// hard-link group (default: the name last looked up). That name leaves the group
+    /// once its copy is in place.
+    fn copy_up_as(&self, ino: Ino, name: Option<(Ino, &OsStr)>) -> io::Result<tree::NodeInfo> {
         self.writable()?;
-        if let Some((parent, name)) = self.tree.last_name(ino) {
-            self.tree.split_off(ino, parent, &name);
-        }
-        let info = self.node(ino)?;
+        let mut info = self.node(ino)?;
         if self.is_upper(info.loc.top()) {
             return Ok(info);
+        }
+        let chosen = match name {
+            Some((p, n)) => Some((p, n.to_owned())),
+            None => self.tree.last_name(ino),
+        };
+        if let Some((p, n)) = &chosen {
+            info.path = self.node(*p)?.path.join(n);
+            info.parent = *p;
         }
         if ino != ROOT {
             self.copy_up(info.parent)?;
@@ -626,6 +638,9 @@ impl Union {
                 let _ = remove_any(&tmp);
                 return Err(nix_err(e));
             }
+        }
+        if let Some((p, n)) = &chosen {
+            self.tree.split_off(ino, *p, n);
         }
         let mut layers = vec![0];
         if meta.is_dir() {
@@ -1089,8 +1104,7 @@ impl Union {
             }
         };
         // Of a lower hard-link group, this name moves alone.
-        self.tree.split_off(src_node, parent, name);
-        let sinfo = self.copy_up(src_node)?;
+        let sinfo = self.copy_up_as(src_node, Some((parent, name)))?;
         let npinfo = self.copy_up(newparent)?;
         let pinfo = self.node(parent)?;
         let from = self.abs(0, &sinfo.path);

@@ -356,6 +356,27 @@ fn lower_hard_links_are_one_inode_and_copy_up_breaks_off_the_name_used() -> io::
 }
 
 #[test]
+fn copy_up_of_a_link_before_its_other_names_are_seen_leaves_them_alone() -> io::Result<()> {
+    let f = fixture(1, |l| {
+        write(&l[0].join("d1/x"), "old")?;
+        write(&l[0].join("d2/keep"), "")?;
+        fs::hard_link(l[0].join("d1/x"), l[0].join("d2/y"))
+    })?;
+    let x = f.walk("d1/x")?;
+    let fh = f.u.open(x.node, libc::O_WRONLY | libc::O_TRUNC)?;
+    f.u.write(fh, 0, b"new")?;
+    f.u.release(fh);
+    let y = f.walk("d2/y")?;
+    assert_ne!(y.node, x.node);
+    assert_eq!(
+        (f.cat("d1/x")?, f.cat("d2/y")?),
+        ("new".into(), "old".into())
+    );
+    assert_eq!((f.walk("d1/x")?.nlink, y.nlink), (1, 2));
+    Ok(())
+}
+
+#[test]
 fn copy_up_keeps_parent_times_and_creation_updates_them() -> io::Result<()> {
     let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
     let f = fixture(1, |l| {

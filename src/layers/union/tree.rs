@@ -244,7 +244,10 @@ impl Tree {
     /// reference (and makes this name the last one resolved, for a lower group).
     ///
     /// An existing node keeps its location unless `loc` is higher up the stack: a
-    /// lookup that raced with a copy-up must not move the node back down.
+    /// lookup that raced with a copy-up must not move the node back down. An existing
+    /// single-name node without a key (a listing made it without the metadata that
+    /// shows the links: symlinks, fifos) gets `link_key` now, joining the node of that
+    /// group if there is one; the kernel finds the new node when it looks again.
     pub fn insert(
         &self,
         parent: Ino,
@@ -254,6 +257,24 @@ impl Tree {
         counted: bool,
     ) -> Ino {
         let mut maps = self.maps.write();
+        if let (Some(id), Some(k)) = (maps.get_child(parent, name), link_key) {
+            let group = maps
+                .links
+                .get(&k)
+                .copied()
+                .filter(|&g| g != id && maps.nodes.get(&g).is_some_and(|n| n.attached));
+            if let Some(node) = maps.nodes.get_mut(&id).filter(|n| n.link.is_none()) {
+                if node.aliases.is_empty() {
+                    if group.is_some() {
+                        maps.take_child(parent, name);
+                        Self::unname(&mut maps, id, parent, name);
+                    } else {
+                        node.link = Some(k);
+                        maps.links.insert(k, id);
+                    }
+                }
+            }
+        }
         if let Some(id) = maps.get_child(parent, name) {
             if let Some(node) = maps.nodes.get_mut(&id) {
                 if loc.top() < node.loc.top()
@@ -306,19 +327,10 @@ impl Tree {
         }
     }
 
-    /// True when `ino` stands for several names of one lower file: a name of it may
-    /// resolve to another node after a copy-up, so the kernel must not cache it.
-    pub fn is_lower_group(&self, ino: Ino) -> bool {
-        self.maps
-            .read()
-            .nodes
-            .get(&ino)
-            .is_some_and(|n| matches!(n.link, Some(LinkKey::Lower(..))))
-    }
-
     /// The name of `ino` a copy-up should break off: the one the last lookup resolved
     /// if it still names the node, else the primary name. `None` unless `ino` is a
-    /// lower hard-link group with several names.
+    /// lower hard-link group (which may have only one name in the tree so far: other
+    /// names may not have been looked up yet).
     ///
     /// FUSE requests on a node (open, setattr, setxattr, link) carry no name; the
     /// kernel looks a name up right before them because the adapter gives group names
@@ -327,7 +339,7 @@ impl Tree {
     pub fn last_name(&self, ino: Ino) -> Option<(Ino, OsString)> {
         let maps = self.maps.read();
         let node = maps.nodes.get(&ino)?;
-        if node.aliases.is_empty() || !matches!(node.link, Some(LinkKey::Lower(..))) {
+        if !matches!(node.link, Some(LinkKey::Lower(..))) {
             return None;
         }
         match &node.last {
@@ -338,8 +350,9 @@ impl Tree {
 
     /// Makes `parent/name` the only name of `ino`; its other names move to a new node
     /// that takes over the hard-link group (same location, no kernel references: the
-    /// kernel finds it on its next lookup of those names). `ino` leaves the group: it
-    /// is about to be copied up as a file of its own.
+    /// kernel finds it on its next lookup of those names; with no other names, names
+    /// not looked up yet will make a new node). `ino` leaves the group: it has been
+    /// copied up as a file of its own.
     pub fn split_off(&self, ino: Ino, parent: Ino, name: &OsStr) {
         let mut maps = self.maps.write();
         let Some(node) = maps.nodes.get_mut(&ino) else {
@@ -360,6 +373,11 @@ impl Tree {
         node.aliases.clear();
         node.last = None;
         let Some(((first_parent, first_name), rest)) = others.split_first() else {
+            if let Some(k) = link {
+                if maps.links.get(&k) == Some(&ino) {
+                    maps.links.remove(&k);
+                }
+            }
             return;
         };
         let id = Ino(maps.next);
@@ -555,7 +573,6 @@ mod tests {
         let b = t.insert(ROOT, OsStr::new("b"), Loc::one(2), key, true);
         let c = t.insert(ROOT, OsStr::new("c"), Loc::one(2), key, false);
         assert!(a == b && b == c);
-        assert!(t.is_lower_group(a));
         // The same inode number in another layer is another file.
         let o = t.insert(
             ROOT,
@@ -573,6 +590,7 @@ mod tests {
         t.split_off(a, ROOT, OsStr::new("c"));
         assert_eq!(t.get(a).map(|i| i.path), Some(PathBuf::from("c")));
         assert_eq!(t.last_name(a), None);
+        assert_eq!(t.insert(ROOT, OsStr::new("c"), Loc::one(0), None, true), a);
         let rest = t.child(ROOT, OsStr::new("a"));
         assert!(rest.is_some_and(|r| r != a));
         assert_eq!(t.child(ROOT, OsStr::new("b")), rest);
@@ -587,5 +605,35 @@ mod tests {
         t.detach(ROOT, OsStr::new("a"));
         let r = rest.unwrap_or(a);
         assert_eq!(t.get(r).map(|i| i.path), Some(PathBuf::from("b")));
+    }
+
+    #[test]
+    fn a_listed_name_joins_its_link_group_on_lookup() {
+        let t = Tree::new(Loc::one(0));
+        let key = Some(LinkKey::Lower(1, 5, 9));
+        // A listing made both without keys; the first lookup makes `a` the group.
+        let a = t.insert(ROOT, OsStr::new("a"), Loc::one(1), None, false);
+        let b = t.insert(ROOT, OsStr::new("b"), Loc::one(1), None, true);
+        assert_ne!(a, b);
+        assert_eq!(t.insert(ROOT, OsStr::new("a"), Loc::one(1), key, true), a);
+        // `b` moves over; its old node lives on, nameless, until the kernel forgets it.
+        assert_eq!(t.insert(ROOT, OsStr::new("b"), Loc::one(1), key, true), a);
+        assert_eq!(t.child(ROOT, OsStr::new("b")), Some(a));
+        assert!(t.get(b).is_some_and(|i| !i.attached));
+        t.forget(b, 1);
+        assert!(t.get(b).is_none());
+    }
+
+    #[test]
+    fn a_group_copied_up_before_its_other_names_were_seen_does_not_take_them() {
+        let t = Tree::new(Loc::one(0));
+        let key = Some(LinkKey::Lower(1, 5, 9));
+        let a = t.insert(ROOT, OsStr::new("a"), Loc::one(1), key, true);
+        assert_eq!(t.last_name(a), Some((ROOT, OsString::from("a"))));
+        t.split_off(a, ROOT, OsStr::new("a"));
+        t.set_loc(a, Loc::one(0));
+        let b = t.insert(ROOT, OsStr::new("b"), Loc::one(1), key, true);
+        assert_ne!(a, b);
+        assert_eq!(t.insert(ROOT, OsStr::new("c"), Loc::one(1), key, true), b);
     }
 }
