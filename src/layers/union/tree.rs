@@ -108,7 +108,7 @@ pub enum LinkKey {
 struct Node {
     parent: Ino,
     name: OsString,
-    /// Further names of a hard-linked upper file.
+    /// Further names of a hard-linked file.
     aliases: Vec<(Ino, OsString)>,
     loc: Loc,
     /// The group this node stands for, when its file has several links.
