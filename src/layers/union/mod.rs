@@ -624,12 +624,14 @@ impl Union {
             RenameFlags::RENAME_NOREPLACE,
         ) {
             Ok(()) => {
+                // Best effort, as in the kernel: the copy is in place, and a parent the
+                // daemon may not set times on (not its own) just keeps the new ones.
                 if let (Some(p), Some(pm)) = (&dst_parent, &parent_times) {
-                    set_times(
+                    let _ = set_times(
                         p,
-                        Some(SetTime::At(pm.accessed()?)),
-                        Some(SetTime::At(pm.modified()?)),
-                    )?;
+                        pm.accessed().ok().map(SetTime::At),
+                        pm.modified().ok().map(SetTime::At),
+                    );
                 }
             }
             // Another thread copied it up first: use theirs.
