@@ -78,7 +78,14 @@ fn file_attr(a: &Attr) -> FileAttr {
 
 fn reply_entry(reply: ReplyEntry, ttl: Duration, r: io::Result<Attr>) {
     match r {
-        Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
+        Ok(a) => {
+            let entry_ttl = if a.uncached_entry {
+                Duration::ZERO
+            } else {
+                ttl
+            };
+            reply.entry_with_ttls(&ttl, &entry_ttl, &file_attr(&a), Generation(0));
+        }
         Err(e) => reply.error(Errno::from(e)),
     }
 }
@@ -403,6 +410,12 @@ impl Filesystem for UnionFs {
         let r = self
             .union
             .readdirplus(Ino(ino.0), Fh(fh.0), offset, |next, e, a| {
+                // One TTL serves entry and attributes here: none for a lower group.
+                let ttl = if a.uncached_entry {
+                    Duration::ZERO
+                } else {
+                    ttl
+                };
                 reply.add(
                     INodeNo(a.node.0),
                     next,

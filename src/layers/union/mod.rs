@@ -50,7 +50,7 @@ use crate::layers::ownership::{self, Effective, FileKind, OVERRIDE_XATTR, Overri
 use crate::layers::whiteout::{self, Marker};
 
 pub use options::{OptionsError, UnionOptions};
-pub use tree::{Ino, Loc, ROOT};
+pub use tree::{Ino, LinkKey, Loc, ROOT};
 
 /// Name of the scratch directory the union keeps inside the work dir.
 pub const WORK_SUBDIR: &str = "gentree-work";
@@ -76,6 +76,10 @@ pub struct Attr {
     pub gid: u32,
     pub rdev: u64,
     pub blksize: u32,
+    /// The name looked up belongs to a hard-link group of a lower layer: it may resolve
+    /// to another node once a name of the group is copied up, so the kernel must look
+    /// it up again on every use (no entry cache).
+    pub uncached_entry: bool,
 }
 
 /// One entry of a merged directory listing.
@@ -444,15 +448,22 @@ impl Union {
             gid: eff.gid,
             rdev: eff.kind.rdev(),
             blksize: meta.blksize() as u32,
+            uncached_entry: false,
         }
     }
 
-    /// The disk identity that makes the names of a hard-linked upper file one node.
-    /// Lower hard links stay separate nodes: a copy-up breaks them, as in overlayfs
-    /// without `index`.
-    fn link_key(&self, loc: &Loc, meta: &Metadata) -> Option<(u64, u64)> {
-        (self.is_upper(loc.top()) && !meta.is_dir() && meta.nlink() > 1)
-            .then(|| (meta.dev(), meta.ino()))
+    /// The disk identity that makes the names of a hard-linked file one node. Names of
+    /// a lower file share the node until one is copied up ([`tree::Tree::split_off`]).
+    fn link_key(&self, loc: &Loc, meta: &Metadata) -> Option<LinkKey> {
+        if meta.is_dir() || meta.nlink() < 2 {
+            return None;
+        }
+        let l = loc.top();
+        Some(if self.is_upper(l) {
+            LinkKey::Upper(meta.dev(), meta.ino())
+        } else {
+            LinkKey::Lower(l, meta.dev(), meta.ino())
+        })
     }
 
     /// Looks `name` up in `parent`, adding one kernel reference to the node.
@@ -468,7 +479,11 @@ impl Union {
         let key = self.link_key(&loc, &meta);
         let id = self.tree.insert(parent, name, loc.clone(), key, true);
         let path = self.abs(loc.top(), &pinfo.path.join(name));
-        self.attr(id, id.0, &loc, &meta, &path)
+        let attr = self.attr(id, id.0, &loc, &meta, &path)?;
+        Ok(Attr {
+            uncached_entry: matches!(key, Some(LinkKey::Lower(..))),
+            ..attr
+        })
     }
 
     /// Walks the snapshot of `fh` (directory `dir`) from `offset`, handing `emit` each
@@ -557,17 +572,43 @@ impl Union {
 
     /// Makes sure `ino` has its own entry in the upper layer (copying it up with its
     /// parents if needed) and returns its node info with the upper location.
+    ///
+    /// Of a lower hard-link group only the name last looked up is copied up, as a file
+    /// of its own; the other names stay linked in the lower layer (kernel overlayfs
+    /// without `index`).
     pub fn copy_up(&self, ino: Ino) -> io::Result<tree::NodeInfo> {
+        self.copy_up_as(ino, None)
+    }
+
+    /// [`Union::copy_up`], copying up the name `parent/name` when `ino` is a lower
+    /// hard-link group (default: the name last looked up). That name leaves the group
+    /// once its copy is in place.
+    fn copy_up_as(&self, ino: Ino, name: Option<(Ino, &OsStr)>) -> io::Result<tree::NodeInfo> {
         self.writable()?;
-        let info = self.node(ino)?;
+        let mut info = self.node(ino)?;
         if self.is_upper(info.loc.top()) {
             return Ok(info);
+        }
+        let chosen = match name {
+            Some((p, n)) => Some((p, n.to_owned())),
+            None => self.tree.last_name(ino),
+        };
+        if let Some((p, n)) = &chosen {
+            info.path = self.node(*p)?.path.join(n);
+            info.parent = *p;
         }
         if ino != ROOT {
             self.copy_up(info.parent)?;
         }
         let src = self.abs(info.loc.top(), &info.path);
         let dst = self.abs(0, &info.path);
+        // Linking the copy in is no change the user made: the upper parent keeps its
+        // times, as kernel overlayfs restores them (ovl_set_timestamps) after copy-up.
+        let dst_parent = dst.parent().map(Path::to_path_buf);
+        let parent_times = match &dst_parent {
+            Some(p) if ino != ROOT => Some(fs::symlink_metadata(p)?),
+            _ => None,
+        };
         let meta = fs::symlink_metadata(&src)?;
         let tmp = self.tmp_path()?;
         let built = self.build_copy(&src, &meta, &tmp);
@@ -582,13 +623,26 @@ impl Union {
             &dst,
             RenameFlags::RENAME_NOREPLACE,
         ) {
-            Ok(()) => {}
+            Ok(()) => {
+                // Best effort, as in the kernel: the copy is in place, and a parent the
+                // daemon may not set times on (not its own) just keeps the new ones.
+                if let (Some(p), Some(pm)) = (&dst_parent, &parent_times) {
+                    let _ = set_times(
+                        p,
+                        pm.accessed().ok().map(SetTime::At),
+                        pm.modified().ok().map(SetTime::At),
+                    );
+                }
+            }
             // Another thread copied it up first: use theirs.
             Err(nix::Error::EEXIST) | Err(nix::Error::ENOTEMPTY) => remove_any(&tmp)?,
             Err(e) => {
                 let _ = remove_any(&tmp);
                 return Err(nix_err(e));
             }
+        }
+        if let Some((p, n)) = &chosen {
+            self.tree.split_off(ino, *p, n);
         }
         let mut layers = vec![0];
         if meta.is_dir() {
@@ -1051,7 +1105,8 @@ impl Union {
                 self.tree.insert(parent, name, sloc.clone(), key, false)
             }
         };
-        let sinfo = self.copy_up(src_node)?;
+        // Of a lower hard-link group, this name moves alone.
+        let sinfo = self.copy_up_as(src_node, Some((parent, name)))?;
         let npinfo = self.copy_up(newparent)?;
         let pinfo = self.node(parent)?;
         let from = self.abs(0, &sinfo.path);

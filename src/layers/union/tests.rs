@@ -315,6 +315,102 @@ fn hard_links_share_inode_and_count() -> io::Result<()> {
 }
 
 #[test]
+fn lower_hard_links_are_one_inode_and_copy_up_breaks_off_the_name_used() -> io::Result<()> {
+    let f = fixture(1, |l| {
+        write(&l[0].join("d/a"), "old")?;
+        fs::hard_link(l[0].join("d/a"), l[0].join("d/b"))?;
+        fs::hard_link(l[0].join("d/a"), l[0].join("d/c"))
+    })?;
+    let d = f.walk("d")?.node;
+    let (a, b, c) = (f.walk("d/a")?, f.walk("d/b")?, f.walk("d/c")?);
+    assert!(
+        a.ino == b.ino && b.ino == c.ino,
+        "one inode: {a:?} {b:?} {c:?}"
+    );
+    assert_eq!((a.nlink, b.nlink), (3, 3), "st_nlink as on disk");
+    assert!(
+        b.uncached_entry,
+        "group names must not be cached by the kernel"
+    );
+    // Writing through the node after looking up `b` copies up `b` alone.
+    f.walk("d/b")?;
+    let fh = f.u.open(b.node, libc::O_WRONLY)?;
+    f.u.write(fh, 0, b"NEW")?;
+    f.u.release(fh);
+    assert_eq!(f.cat("d/b")?, "NEW");
+    assert_eq!((f.cat("d/a")?, f.cat("d/c")?), ("old".into(), "old".into()));
+    let (a2, b2, c2) = (f.walk("d/a")?, f.walk("d/b")?, f.walk("d/c")?);
+    assert_eq!(b2.node, b.node, "open files keep the copied-up name's node");
+    assert_eq!((b2.nlink, b2.uncached_entry), (1, false));
+    assert_eq!(a2.ino, c2.ino);
+    assert_ne!(a2.ino, b2.ino);
+    assert_eq!(a2.nlink, 3);
+    assert!(f.upper.join("d/b").exists() && !f.upper.join("d/a").exists());
+    // A rename moves its own name only, whichever name was looked up last.
+    f.walk("d/a")?;
+    f.u.rename(d, os("c"), d, os("c2"), 0)?;
+    assert_ne!(f.walk("d/c2")?.ino, f.walk("d/a")?.ino);
+    assert_eq!(f.cat("d/a")?, "old");
+    assert!(!f.upper.join("d/a").exists());
+    Ok(())
+}
+
+#[test]
+fn copy_up_of_a_link_before_its_other_names_are_seen_leaves_them_alone() -> io::Result<()> {
+    let f = fixture(1, |l| {
+        write(&l[0].join("d1/x"), "old")?;
+        write(&l[0].join("d2/keep"), "")?;
+        fs::hard_link(l[0].join("d1/x"), l[0].join("d2/y"))
+    })?;
+    let x = f.walk("d1/x")?;
+    let fh = f.u.open(x.node, libc::O_WRONLY | libc::O_TRUNC)?;
+    f.u.write(fh, 0, b"new")?;
+    f.u.release(fh);
+    let y = f.walk("d2/y")?;
+    assert_ne!(y.node, x.node);
+    assert_eq!(
+        (f.cat("d1/x")?, f.cat("d2/y")?),
+        ("new".into(), "old".into())
+    );
+    assert_eq!((f.walk("d1/x")?.nlink, y.nlink), (1, 2));
+    Ok(())
+}
+
+#[test]
+fn copy_up_keeps_parent_times_and_creation_updates_them() -> io::Result<()> {
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    let f = fixture(1, |l| {
+        write(&l[0].join("a/b/f"), "x")?;
+        for p in ["a/b", "a"] {
+            set_times(
+                &l[0].join(p),
+                Some(SetTime::At(old)),
+                Some(SetTime::At(old)),
+            )?;
+        }
+        Ok(())
+    })?;
+    let file = f.walk("a/b/f")?;
+    f.u.setattr(
+        file.node,
+        SetAttr {
+            mode: Some(0o600),
+            ..SetAttr::default()
+        },
+        None,
+    )?;
+    assert!(f.upper.join("a/b/f").exists());
+    assert_eq!(f.walk("a")?.mtime, old);
+    assert_eq!(f.walk("a/b")?.mtime, old);
+    // A new name is a change the user made: its parent's mtime moves.
+    let b = f.walk("a/b")?.node;
+    f.u.mknod(b, os("new"), libc::S_IFREG | 0o644, 0, caller())?;
+    assert!(f.walk("a/b")?.mtime > old);
+    assert_eq!(f.walk("a")?.mtime, old);
+    Ok(())
+}
+
+#[test]
 fn recorded_ownership_is_written_and_presented() -> io::Result<()> {
     let mut f = fixture(1, |l| {
         write(&l[0].join("low"), "x")?;

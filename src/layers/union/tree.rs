@@ -1,9 +1,16 @@
 //! The node arena: stable inode numbers for merged paths.
 //!
 //! A node is one file of the merged tree, reached by a primary name (`parent` + `name`)
-//! and, for hard links in the upper layer, alias names; its id is both the FUSE node id
-//! and `st_ino` (so the kernel sees one inode, with one link count, for all names of a
-//! hard-linked file). Ids are never reused, and
+//! and, for hard links, alias names; its id is both the FUSE node id and `st_ino` (so
+//! the kernel sees one inode, with one link count, for all names of a hard-linked file).
+//!
+//! Hard links inside a lower layer are one node too (keyed by layer, st_dev, st_ino),
+//! as kernel overlayfs shows them, until one name is copied up: as in overlayfs without
+//! `index`, that name then becomes a file of its own and the other names stay linked
+//! ([`Tree::split_off`]). FUSE requests on a node do not say which name the caller
+//! used, so the tree remembers the name a lookup last resolved to such a node, and the
+//! adapter gives these names no entry cache, so every path walk looks them up (see
+//! [`Tree::last_name`]). Ids are never reused, and
 //! a node stays in the arena while it is attached (so a path keeps its inode number for
 //! the life of the mount, whatever the kernel forgets). Removing or replacing a name
 //! detaches its node; a detached node lives until the kernel forgets it, so open files
@@ -88,15 +95,39 @@ impl FastHasher {
 
 type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
+/// The disk identity of a file with several links, which makes its names one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinkKey {
+    /// (st_dev, st_ino) of an upper file.
+    Upper(u64, u64),
+    /// (layer, st_dev, st_ino) of a lower file: the names share a node until copy-up.
+    Lower(usize, u64, u64),
+}
+
 #[derive(Debug, Clone)]
 struct Node {
     parent: Ino,
     name: OsString,
-    /// Further names of a hard-linked upper file.
+    /// Further names of a hard-linked file.
     aliases: Vec<(Ino, OsString)>,
     loc: Loc,
+    /// The group this node stands for, when its file has several links.
+    link: Option<LinkKey>,
+    /// Of a lower hard-link group: the name the last lookup resolved.
+    last: Option<(Ino, OsString)>,
     attached: bool,
     lookups: u64,
+}
+
+impl Node {
+    fn names(&self) -> impl Iterator<Item = (Ino, &OsStr)> {
+        std::iter::once((self.parent, self.name.as_os_str()))
+            .chain(self.aliases.iter().map(|(p, n)| (*p, n.as_os_str())))
+    }
+
+    fn has_name(&self, parent: Ino, name: &OsStr) -> bool {
+        self.names().any(|(p, n)| p == parent && n == name)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -105,8 +136,8 @@ struct Maps {
     /// parent → name → child. Two levels, so a lookup borrows the name instead of
     /// allocating a key.
     children: FastMap<Ino, FastMap<OsString, Ino>>,
-    /// Hard-linked upper files: (st_dev, st_ino) on disk → their node.
-    links: FastMap<(u64, u64), Ino>,
+    /// Hard-linked files: disk identity → their node.
+    links: FastMap<LinkKey, Ino>,
     next: u64,
 }
 
@@ -164,6 +195,8 @@ impl Tree {
                 name: OsString::new(),
                 aliases: Vec::new(),
                 loc: root_loc,
+                link: None,
+                last: None,
                 attached: true,
                 lookups: 1,
             },
@@ -206,21 +239,42 @@ impl Tree {
     }
 
     /// Records that `parent/name` lives at `loc` and returns its node id, creating the
-    /// node on first sight. `link_key` (st_dev, st_ino of an upper file with several
-    /// links) makes every name of one file the same node. `counted` adds a kernel
-    /// lookup reference.
+    /// node on first sight. `link_key` (the disk identity of a file with several links)
+    /// makes every name of one file the same node. `counted` adds a kernel lookup
+    /// reference (and makes this name the last one resolved, for a lower group).
     ///
     /// An existing node keeps its location unless `loc` is higher up the stack: a
-    /// lookup that raced with a copy-up must not move the node back down.
+    /// lookup that raced with a copy-up must not move the node back down. An existing
+    /// single-name node without a key (a listing made it without the metadata that
+    /// shows the links: symlinks, fifos) gets `link_key` now, joining the node of that
+    /// group if there is one; the kernel finds the new node when it looks again.
     pub fn insert(
         &self,
         parent: Ino,
         name: &OsStr,
         loc: Loc,
-        link_key: Option<(u64, u64)>,
+        link_key: Option<LinkKey>,
         counted: bool,
     ) -> Ino {
         let mut maps = self.maps.write();
+        if let (Some(id), Some(k)) = (maps.get_child(parent, name), link_key) {
+            let group = maps
+                .links
+                .get(&k)
+                .copied()
+                .filter(|&g| g != id && maps.nodes.get(&g).is_some_and(|n| n.attached));
+            if let Some(node) = maps.nodes.get_mut(&id).filter(|n| n.link.is_none()) {
+                if node.aliases.is_empty() {
+                    if group.is_some() {
+                        maps.take_child(parent, name);
+                        Self::unname(&mut maps, id, parent, name);
+                    } else {
+                        node.link = Some(k);
+                        maps.links.insert(k, id);
+                    }
+                }
+            }
+        }
         if let Some(id) = maps.get_child(parent, name) {
             if let Some(node) = maps.nodes.get_mut(&id) {
                 if loc.top() < node.loc.top()
@@ -229,6 +283,7 @@ impl Tree {
                     node.loc = loc;
                 }
                 node.lookups += u64::from(counted);
+                Self::note_lookup(node, parent, name, counted);
                 return id;
             }
         }
@@ -236,6 +291,7 @@ impl Tree {
             if let Some(node) = maps.nodes.get_mut(&id).filter(|n| n.attached) {
                 node.aliases.push((parent, name.to_owned()));
                 node.lookups += u64::from(counted);
+                Self::note_lookup(node, parent, name, counted);
                 maps.put_child(parent, name, id);
                 return id;
             }
@@ -252,12 +308,99 @@ impl Tree {
                 name: name.to_owned(),
                 aliases: Vec::new(),
                 loc,
+                link: link_key,
+                last: None,
                 attached: true,
                 lookups: u64::from(counted),
             },
         );
         maps.put_child(parent, name, id);
         id
+    }
+
+    fn note_lookup(node: &mut Node, parent: Ino, name: &OsStr, counted: bool) {
+        if counted && matches!(node.link, Some(LinkKey::Lower(..))) {
+            match &mut node.last {
+                Some((p, n)) if *p == parent && n == name => {}
+                last => *last = Some((parent, name.to_owned())),
+            }
+        }
+    }
+
+    /// The name of `ino` a copy-up should break off: the one the last lookup resolved
+    /// if it still names the node, else the primary name. `None` unless `ino` is a
+    /// lower hard-link group (which may have only one name in the tree so far: other
+    /// names may not have been looked up yet).
+    ///
+    /// FUSE requests on a node (open, setattr, setxattr, link) carry no name; the
+    /// kernel looks a name up right before them because the adapter gives group names
+    /// no entry cache. Two processes resolving different names of one group at the
+    /// same moment can still make the wrong name the last one: a known limit.
+    pub fn last_name(&self, ino: Ino) -> Option<(Ino, OsString)> {
+        let maps = self.maps.read();
+        let node = maps.nodes.get(&ino)?;
+        if !matches!(node.link, Some(LinkKey::Lower(..))) {
+            return None;
+        }
+        match &node.last {
+            Some((p, n)) if node.has_name(*p, n) => Some((*p, n.clone())),
+            _ => Some((node.parent, node.name.clone())),
+        }
+    }
+
+    /// Makes `parent/name` the only name of `ino`; its other names move to a new node
+    /// that takes over the hard-link group (same location, no kernel references: the
+    /// kernel finds it on its next lookup of those names; with no other names, names
+    /// not looked up yet will make a new node). `ino` leaves the group: it has been
+    /// copied up as a file of its own.
+    pub fn split_off(&self, ino: Ino, parent: Ino, name: &OsStr) {
+        let mut maps = self.maps.write();
+        let Some(node) = maps.nodes.get_mut(&ino) else {
+            return;
+        };
+        if !matches!(node.link, Some(LinkKey::Lower(..))) || !node.has_name(parent, name) {
+            return;
+        }
+        let others: Vec<(Ino, OsString)> = node
+            .names()
+            .filter(|&(p, n)| !(p == parent && n == name))
+            .map(|(p, n)| (p, n.to_owned()))
+            .collect();
+        let link = node.link.take();
+        let loc = node.loc.clone();
+        node.parent = parent;
+        node.name = name.to_owned();
+        node.aliases.clear();
+        node.last = None;
+        let Some(((first_parent, first_name), rest)) = others.split_first() else {
+            if let Some(k) = link {
+                if maps.links.get(&k) == Some(&ino) {
+                    maps.links.remove(&k);
+                }
+            }
+            return;
+        };
+        let id = Ino(maps.next);
+        maps.next += 1;
+        maps.nodes.insert(
+            id,
+            Node {
+                parent: *first_parent,
+                name: first_name.clone(),
+                aliases: rest.to_vec(),
+                loc,
+                link,
+                last: None,
+                attached: true,
+                lookups: 0,
+            },
+        );
+        for (p, n) in &others {
+            maps.put_child(*p, n, id);
+        }
+        if let Some(k) = link {
+            maps.links.insert(k, id);
+        }
     }
 
     /// Sets the location of `ino` (after copy-up or creation in the upper layer).
@@ -274,10 +417,12 @@ impl Tree {
         let Some(node) = maps.nodes.get_mut(&ino) else {
             return;
         };
+        let key = LinkKey::Upper(link_key.0, link_key.1);
         node.aliases.push((parent, name.to_owned()));
         node.lookups += 1;
+        node.link = Some(key);
         maps.put_child(parent, name, ino);
-        maps.links.insert(link_key, ino);
+        maps.links.insert(key, ino);
     }
 
     /// Removes one name of a node; a node without names is detached.
@@ -396,8 +541,20 @@ mod tests {
     #[test]
     fn hard_links_are_one_node_that_survives_unlink_of_either_name() {
         let t = Tree::new(Loc::one(0));
-        let a = t.insert(ROOT, OsStr::new("a"), Loc::one(0), Some((5, 77)), true);
-        let b = t.insert(ROOT, OsStr::new("b"), Loc::one(0), Some((5, 77)), true);
+        let a = t.insert(
+            ROOT,
+            OsStr::new("a"),
+            Loc::one(0),
+            Some(LinkKey::Upper(5, 77)),
+            true,
+        );
+        let b = t.insert(
+            ROOT,
+            OsStr::new("b"),
+            Loc::one(0),
+            Some(LinkKey::Upper(5, 77)),
+            true,
+        );
         assert_eq!(a, b);
         t.detach(ROOT, OsStr::new("a"));
         assert_eq!(t.get(a).map(|i| i.path), Some(PathBuf::from("b")));
@@ -406,5 +563,77 @@ mod tests {
         t.rename(ROOT, OsStr::new("b"), ROOT, OsStr::new("b2"));
         t.detach(d, OsStr::new("c"));
         assert_eq!(t.get(a).map(|i| i.path), Some(PathBuf::from("b2")));
+    }
+
+    #[test]
+    fn lower_hard_links_are_one_node_until_a_name_is_split_off() {
+        let t = Tree::new(Loc::one(0));
+        let key = Some(LinkKey::Lower(2, 5, 77));
+        let a = t.insert(ROOT, OsStr::new("a"), Loc::one(2), key, true);
+        let b = t.insert(ROOT, OsStr::new("b"), Loc::one(2), key, true);
+        let c = t.insert(ROOT, OsStr::new("c"), Loc::one(2), key, false);
+        assert!(a == b && b == c);
+        // The same inode number in another layer is another file.
+        let o = t.insert(
+            ROOT,
+            OsStr::new("o"),
+            Loc::one(1),
+            Some(LinkKey::Lower(1, 5, 77)),
+            true,
+        );
+        assert_ne!(o, a);
+        // Only counted lookups pick the name to copy up.
+        assert_eq!(t.last_name(a), Some((ROOT, OsString::from("b"))));
+        t.insert(ROOT, OsStr::new("c"), Loc::one(2), key, true);
+        assert_eq!(t.last_name(a), Some((ROOT, OsString::from("c"))));
+
+        t.split_off(a, ROOT, OsStr::new("c"));
+        assert_eq!(t.get(a).map(|i| i.path), Some(PathBuf::from("c")));
+        assert_eq!(t.last_name(a), None);
+        assert_eq!(t.insert(ROOT, OsStr::new("c"), Loc::one(0), None, true), a);
+        let rest = t.child(ROOT, OsStr::new("a"));
+        assert!(rest.is_some_and(|r| r != a));
+        assert_eq!(t.child(ROOT, OsStr::new("b")), rest);
+        assert_eq!(t.child(ROOT, OsStr::new("c")), Some(a));
+        // The group lives on in the new node: a fresh lookup by key finds it.
+        t.detach(ROOT, OsStr::new("b"));
+        assert_eq!(
+            t.insert(ROOT, OsStr::new("b"), Loc::one(2), key, true),
+            rest.unwrap_or(a)
+        );
+        // Unlinking a name leaves the rest: the last name left is the primary one.
+        t.detach(ROOT, OsStr::new("a"));
+        let r = rest.unwrap_or(a);
+        assert_eq!(t.get(r).map(|i| i.path), Some(PathBuf::from("b")));
+    }
+
+    #[test]
+    fn a_listed_name_joins_its_link_group_on_lookup() {
+        let t = Tree::new(Loc::one(0));
+        let key = Some(LinkKey::Lower(1, 5, 9));
+        // A listing made both without keys; the first lookup makes `a` the group.
+        let a = t.insert(ROOT, OsStr::new("a"), Loc::one(1), None, false);
+        let b = t.insert(ROOT, OsStr::new("b"), Loc::one(1), None, true);
+        assert_ne!(a, b);
+        assert_eq!(t.insert(ROOT, OsStr::new("a"), Loc::one(1), key, true), a);
+        // `b` moves over; its old node lives on, nameless, until the kernel forgets it.
+        assert_eq!(t.insert(ROOT, OsStr::new("b"), Loc::one(1), key, true), a);
+        assert_eq!(t.child(ROOT, OsStr::new("b")), Some(a));
+        assert!(t.get(b).is_some_and(|i| !i.attached));
+        t.forget(b, 1);
+        assert!(t.get(b).is_none());
+    }
+
+    #[test]
+    fn a_group_copied_up_before_its_other_names_were_seen_does_not_take_them() {
+        let t = Tree::new(Loc::one(0));
+        let key = Some(LinkKey::Lower(1, 5, 9));
+        let a = t.insert(ROOT, OsStr::new("a"), Loc::one(1), key, true);
+        assert_eq!(t.last_name(a), Some((ROOT, OsString::from("a"))));
+        t.split_off(a, ROOT, OsStr::new("a"));
+        t.set_loc(a, Loc::one(0));
+        let b = t.insert(ROOT, OsStr::new("b"), Loc::one(1), key, true);
+        assert_ne!(a, b);
+        assert_eq!(t.insert(ROOT, OsStr::new("c"), Loc::one(1), key, true), b);
     }
 }
