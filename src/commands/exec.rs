@@ -55,8 +55,7 @@ pub fn run(args: &ExecArgs) -> CmdResult {
         system_repos: None,
     };
     mounts.create_dirs()?;
-    std::fs::create_dir_all(&root)
-        .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+    std::fs::create_dir_all(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
     let argv = if args.command.is_empty() {
         vec!["/bin/sh".to_owned()]
     } else {

@@ -133,7 +133,11 @@ impl Fixture {
 
 /// `tar -tv`-style facts of one member: (type+mode string, owner, link target).
 fn tar_listing(tar: &Path) -> String {
-    run_ok(Command::new("tar").args(["--numeric-owner", "-tvf"]).arg(tar))
+    run_ok(
+        Command::new("tar")
+            .args(["--numeric-owner", "-tvf"])
+            .arg(tar),
+    )
 }
 
 fn member<'a>(listing: &'a str, name: &str) -> Option<&'a str> {
@@ -151,7 +155,8 @@ fn stderr(o: &Output) -> String {
 }
 
 const BASE: &str = "packages = [\"sys-apps/gt-baselayout\"]\n[emerge_bools]\noneshot = true\n";
-const MID: &str = "bases = [\"base.toml\"]\npackages = [\"app-misc/gt-lib\", \"app-misc/gt-removable\"]\n";
+const MID: &str =
+    "bases = [\"base.toml\"]\npackages = [\"app-misc/gt-lib\", \"app-misc/gt-removable\"]\n";
 
 fn app(use_flags: &str, unmerge: bool) -> String {
     let unmerge = if unmerge {
@@ -189,7 +194,10 @@ fn build_two_levels_of_bases_and_reuse_layers() {
     let suid = member(&l, "usr/bin/gt-suid").expect("setuid file");
     assert!(suid.starts_with("-rwsr-xr-x"), "{suid}");
     let owned = member(&l, "var/lib/gt-special/owned-file").expect("fowners file");
-    assert!(owned.contains(" 1234/1234 ") || owned.contains(" 1234/2345 "), "{owned}");
+    assert!(
+        owned.contains(" 1234/1234 ") || owned.contains(" 1234/2345 "),
+        "{owned}"
+    );
     // Absolute symlinks are rewritten relative (spec 6.3).
     let abs = member(&l, "usr/share/gt-special/abs-link").expect("absolute link");
     assert!(!abs.contains("-> /"), "absolute target kept: {abs}");
@@ -257,10 +265,16 @@ fn failing_emerge_publishes_nothing_and_logs_the_cause() {
     assert_eq!(f.layers().len(), 1);
     let log = fs::read_to_string(f.conf().join("builds/testseed-bad.log")).unwrap();
     assert!(log.contains("gt-fail"), "log lacks the package");
-    assert!(log.contains("emerge --info") || log.contains("Portage 3"), "no diagnostics");
+    assert!(
+        log.contains("emerge --info") || log.contains("Portage 3"),
+        "no diagnostics"
+    );
     assert!(!f.conf().join("builds/testseed-bad-full.tar").exists());
     let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mi.contains(f.conf().to_str().unwrap()), "mounts left behind");
+    assert!(
+        !mi.contains(f.conf().to_str().unwrap()),
+        "mounts left behind"
+    );
 }
 
 #[test]
@@ -278,7 +292,10 @@ fn exec_runs_in_the_seed_and_passes_the_status_through() {
             .arg(f.conf())
             .args(["testseed", "--", "sh", "-c", script]))
     };
-    let o = exec(&[], "test -x /usr/bin/emerge && touch /etc/throwaway; exit 5");
+    let o = exec(
+        &[],
+        "test -x /usr/bin/emerge && touch /etc/throwaway; exit 5",
+    );
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     let o = exec(&[], "test -e /etc/throwaway");
     assert_eq!(o.status.code(), Some(1), "a throwaway change persisted");
@@ -287,7 +304,10 @@ fn exec_runs_in_the_seed_and_passes_the_status_through() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(f.conf().join("seeds/testseed/etc/kept").exists());
     let id_after = fs::read_to_string(f.conf().join("state/seed-ids/testseed")).ok();
-    assert_ne!(id_before, id_after, "a persistent exec must change the seed identity");
+    assert_ne!(
+        id_before, id_after,
+        "a persistent exec must change the seed identity"
+    );
 }
 
 #[test]
@@ -311,12 +331,17 @@ fn unprivileged_build_with_subids_keeps_the_store_removable() {
     let owned = member(&l, "var/lib/gt-special/owned-file").expect("fowners file");
     assert!(owned.contains(" 1234/"), "subuid ownership lost: {owned}");
     // Everything on the host belongs to the user, who can delete the whole store.
-    let foreign = run_ok(
-        Command::new("find")
-            .arg(f.conf())
-            .args(["-not", "-uid", &uid.to_string(), "-print", "-quit"]),
+    let foreign = run_ok(Command::new("find").arg(f.conf()).args([
+        "-not",
+        "-uid",
+        &uid.to_string(),
+        "-print",
+        "-quit",
+    ]));
+    assert!(
+        foreign.trim().is_empty(),
+        "not owned by the user: {foreign}"
     );
-    assert!(foreign.trim().is_empty(), "not owned by the user: {foreign}");
     let rm = run(Command::new("runuser")
         .args(["-u", &user, "--", "rm", "-rf"])
         .arg(f.conf()));
