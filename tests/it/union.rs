@@ -788,3 +788,45 @@ fn union_names_a_layer_the_user_cannot_read() {
     );
     assert!(!mounted(&l.p("mp")));
 }
+
+/// Shells keep here-documents in unlinked temp files and read them through the open
+/// descriptor; tools reopen `/proc/self/fd/N` of unlinked files. Portage's `newins -`
+/// does both, so a build on the union depends on it.
+#[test]
+fn union_unlinked_open_files_stay_usable() {
+    let t = "union_unlinked_open_files_stay_usable";
+    if !util::require_fuse(t)
+        || !util::require_tool(t, "fusermount3")
+        || !util::require_tool(t, "bash")
+    {
+        return;
+    }
+    let l = Layers::new();
+    fill_lowers(&l);
+    let _m = l.mount(&l.rw_opts());
+    let big = "x".repeat(70_000);
+    let script = format!(
+        "cat - > heredoc.out <<'EOF'\n{big}\nEOF\n\
+         exec 3<>tmpf; rm tmpf; echo data >&3; cat /proc/self/fd/3 > reopen.out; \
+         chmod 600 /proc/self/fd/3; stat -L -c %a /proc/self/fd/3 > mode.out"
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(l.p("mp"))
+        .env("TMPDIR", l.p("mp"))
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fs::read_to_string(l.mp("heredoc.out")).unwrap(),
+        format!("{big}\n")
+    );
+    assert_eq!(fs::read_to_string(l.mp("reopen.out")).unwrap(), "data\n");
+    assert_eq!(fs::read_to_string(l.mp("mode.out")).unwrap(), "600\n");
+    assert_eq!(errno(fs::metadata(l.mp("tmpf"))), libc::ENOENT);
+}

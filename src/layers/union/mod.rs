@@ -164,6 +164,9 @@ pub struct Union {
     owner_mode: OwnerMode,
     tree: tree::Tree,
     handles: RwLock<HashMap<Fh, Arc<Handle>>>,
+    /// The open file handles of each node: an unlinked file stays usable through
+    /// them (stat, reopen via /proc/self/fd, chmod, utimens), as on any filesystem.
+    open_files: parking_lot::Mutex<HashMap<Ino, Vec<Fh>>>,
     next_fh: AtomicU64,
     next_tmp: AtomicU64,
 }
@@ -244,6 +247,7 @@ impl Union {
             owner_mode,
             tree: tree::Tree::new(Loc::one(0)),
             handles: RwLock::new(HashMap::new()),
+            open_files: parking_lot::Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             next_tmp: AtomicU64::new(0),
         };
@@ -544,7 +548,10 @@ impl Union {
                 Err(_) => {}
             }
         }
-        let h = self.open_file(fh).ok_or_else(|| errno(libc::ENOENT))?;
+        let h = self
+            .open_file(fh)
+            .or_else(|| self.any_open_file(ino))
+            .ok_or_else(|| errno(libc::ENOENT))?;
         let Handle::File(f) = &*h else {
             return Err(errno(libc::ENOENT));
         };
@@ -980,7 +987,7 @@ impl Union {
                 File::open(self.abs(0, &info.path))?
             }
         };
-        Ok((attr, self.put_handle(Handle::File(f))))
+        Ok((attr, self.put_file(attr.node, f)))
     }
 
     /// Makes a hard link `newparent/newname` to `ino`.
@@ -1145,7 +1152,13 @@ impl Union {
 
     /// Changes size, mode, owner or times, copying the entry up first.
     pub fn setattr(&self, ino: Ino, set: SetAttr, fh: Option<Fh>) -> io::Result<Attr> {
-        let open = self.open_file(fh);
+        let detached = self.tree.get(ino).is_some_and(|i| !i.attached);
+        let open = self
+            .open_file(fh)
+            .or_else(|| detached.then(|| self.any_open_file(ino)).flatten());
+        if detached {
+            return self.setattr_unlinked(ino, set, open.as_deref());
+        }
         if let (Some(size), Some(Handle::File(f))) = (set.size, open.as_deref()) {
             // Through the handle: works for open, unlinked files too.
             self.writable()?;
@@ -1178,6 +1191,46 @@ impl Union {
             set_times(&path, set.atime, set.mtime)?;
         }
         self.getattr(ino, fh)
+    }
+
+    /// setattr of an unlinked file, through an open file of it; only files of the
+    /// upper layer may change.
+    fn setattr_unlinked(&self, ino: Ino, set: SetAttr, open: Option<&Handle>) -> io::Result<Attr> {
+        self.writable()?;
+        let info = self.tree.get(ino).ok_or_else(|| errno(libc::ESTALE))?;
+        let Some(Handle::File(f)) = open else {
+            return Err(errno(libc::ENOENT));
+        };
+        if !self.is_upper(info.loc.top()) {
+            return Err(errno(libc::ENOENT));
+        }
+        if let Some(size) = set.size {
+            f.set_len(size)?;
+        }
+        if let Some(mode) = set.mode {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            nix::unistd::fchown(
+                f,
+                set.uid.map(nix::unistd::Uid::from_raw),
+                set.gid.map(nix::unistd::Gid::from_raw),
+            )
+            .map_err(nix_err)?;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let ts = |t: Option<SetTime>| match t {
+                None => nix::sys::time::TimeSpec::new(0, libc::UTIME_OMIT),
+                Some(SetTime::Now) => nix::sys::time::TimeSpec::new(0, libc::UTIME_NOW),
+                Some(SetTime::At(t)) => {
+                    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                    nix::sys::time::TimeSpec::new(d.as_secs() as i64, d.subsec_nanos() as i64)
+                }
+            };
+            nix::sys::stat::futimens(f, &ts(set.atime), &ts(set.mtime)).map_err(nix_err)?;
+        }
+        self.getattr(ino, None)
     }
 
     /// Filesystem statistics of the upper (or topmost) layer.
@@ -1291,6 +1344,9 @@ impl Union {
     pub fn open(&self, ino: Ino, flags: i32) -> io::Result<Fh> {
         let acc = flags & libc::O_ACCMODE;
         let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        if let Some(f) = self.reopen_unlinked(ino, acc, write)? {
+            return Ok(self.put_file(ino, f));
+        }
         let info = if write {
             self.copy_up(ino)?
         } else {
@@ -1305,7 +1361,46 @@ impl Union {
             .write(acc != libc::O_RDONLY)
             .custom_flags((flags & keep) | libc::O_NOFOLLOW)
             .open(path)?;
-        Ok(self.put_handle(Handle::File(f)))
+        Ok(self.put_file(ino, f))
+    }
+
+    /// An unlinked node that is still open elsewhere is reopened through one of its
+    /// open files (`/proc/self/fd/N`), as the kernel does for `/proc/PID/fd` links.
+    /// A write-open is allowed only when that file is in the upper layer: a lower file
+    /// must never be written.
+    fn reopen_unlinked(&self, ino: Ino, acc: i32, write: bool) -> io::Result<Option<File>> {
+        let info = self.tree.get(ino).ok_or_else(|| errno(libc::ESTALE))?;
+        if info.attached {
+            return Ok(None);
+        }
+        let Some(h) = self.any_open_file(ino) else {
+            return Err(errno(libc::ENOENT));
+        };
+        if write && !self.is_upper(info.loc.top()) {
+            return Err(errno(libc::ENOENT));
+        }
+        let Handle::File(f) = &*h else {
+            return Err(errno(libc::ENOENT));
+        };
+        use std::os::fd::AsRawFd;
+        let f = OpenOptions::new()
+            .read(acc != libc::O_WRONLY)
+            .write(acc != libc::O_RDONLY)
+            .open(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
+        Ok(Some(f))
+    }
+
+    /// Registers an open file of `ino`.
+    fn put_file(&self, ino: Ino, f: File) -> Fh {
+        let fh = self.put_handle(Handle::File(f));
+        self.open_files.lock().entry(ino).or_default().push(fh);
+        fh
+    }
+
+    /// Any open file handle of `ino`.
+    fn any_open_file(&self, ino: Ino) -> Option<Arc<Handle>> {
+        let fh = self.open_files.lock().get(&ino)?.first().copied()?;
+        self.open_file(Some(fh))
     }
 
     /// Reads up to `size` bytes at `offset`; short only at end of file.
@@ -1375,6 +1470,13 @@ impl Union {
 
     /// Closes a file or directory handle.
     pub fn release(&self, fh: Fh) {
+        {
+            let mut open = self.open_files.lock();
+            open.retain(|_, fhs| {
+                fhs.retain(|f| *f != fh);
+                !fhs.is_empty()
+            });
+        }
         let handle = self.handles.write().remove(&fh);
         // Closed here, after the table lock is gone (close may flush).
         drop(handle);

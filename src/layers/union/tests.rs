@@ -571,7 +571,12 @@ fn open_unlinked_file_keeps_working_through_its_handle() -> io::Result<()> {
     let a = f.walk("f")?;
     let fh = f.u.open(a.node, libc::O_RDWR)?;
     f.u.unlink(ROOT, os("f"))?;
-    assert_eq!(Fixture::errno_of(f.u.getattr(a.node, None)), libc::ENOENT);
+    // Like any filesystem: an unlinked file that is still open can be stat'ed (the
+    // kernel revalidates without a handle), reopened (/proc/PID/fd) and chmod'ed.
+    assert_eq!(f.u.getattr(a.node, None)?.size, 5);
+    let again = f.u.open(a.node, libc::O_RDONLY)?;
+    assert_eq!(f.u.read(again, 0, 100)?, b"lower");
+    f.u.release(again);
     f.u.write(fh, 0, b"UPPER")?;
     assert_eq!(f.u.getattr(a.node, Some(fh))?.size, 5);
     assert_eq!(f.u.read(fh, 0, 100)?, b"UPPER");
@@ -588,13 +593,16 @@ fn open_unlinked_file_keeps_working_through_its_handle() -> io::Result<()> {
         mode: Some(0o600),
         ..SetAttr::default()
     };
-    assert_eq!(
-        Fixture::errno_of(f.u.setattr(a.node, chmod, Some(fh))),
-        libc::ENOENT
-    );
+    assert_eq!(f.u.setattr(a.node, chmod, None)?.perm, 0o600);
     assert_eq!(f.u.getattr(b.node, None)?.perm, 0o644);
     assert_eq!(f.u.getattr(a.node, Some(fh))?.size, 2);
     f.u.release(fh);
+    // Closed: the unlinked file is gone for good.
+    assert_eq!(Fixture::errno_of(f.u.getattr(a.node, None)), libc::ENOENT);
+    assert_eq!(
+        Fixture::errno_of(f.u.open(a.node, libc::O_RDONLY)),
+        libc::ENOENT
+    );
     f.u.forget(a.node, 1);
     assert_eq!(Fixture::errno_of(f.u.getattr(a.node, None)), libc::ESTALE);
     assert_eq!(fs::read_to_string(f.lowers[0].join("f"))?, "lower");
