@@ -1113,10 +1113,12 @@ impl Union {
             }
         };
         // Of a lower hard-link group, this name moves alone.
-        let sinfo = self.copy_up_as(src_node, Some((parent, name)))?;
+        self.copy_up_as(src_node, Some((parent, name)))?;
         let npinfo = self.copy_up(newparent)?;
         let pinfo = self.node(parent)?;
-        let from = self.abs(0, &sinfo.path);
+        // The name given, not the node's path: the node of a hard-link group is known
+        // by one of its names, and this rename moves `name` alone.
+        let from = self.abs(0, &pinfo.path.join(name));
         let to = self.abs(0, &npinfo.path.join(newname));
         let target_in_lower = self.lower_has(&npinfo, newname)?;
         let wh_path = self.abs(0, &npinfo.path.join(whiteout::whiteout_name(newname)));

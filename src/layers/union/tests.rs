@@ -702,3 +702,23 @@ fn new_entries_inherit_the_group_of_a_setgid_directory() -> io::Result<()> {
     assert_eq!((sub.uid, sub.gid, sub.perm), (7, 4242, 0o2755));
     Ok(())
 }
+
+/// Portage merges a hard link as `link(first, tmp)` then `rename(tmp, second)`: the
+/// rename must move the name it is given, not the name the node is known by.
+#[test]
+fn rename_moves_the_given_name_of_an_upper_hard_link() -> io::Result<()> {
+    let f = fixture(1, |_| Ok(()))?;
+    let (a, fh) =
+        f.u.create(ROOT, os("first"), 0o644, libc::O_RDWR, caller())?;
+    f.u.write(fh, 0, b"x")?;
+    f.u.release(fh);
+    f.u.link(a.node, ROOT, os(".tmp"))?;
+    f.u.rename(ROOT, os(".tmp"), ROOT, os("second"), 0)?;
+    let upper = &f.upper;
+    assert!(upper.join("first").exists(), "the other name was moved");
+    assert!(upper.join("second").exists());
+    assert!(!upper.join(".tmp").exists());
+    assert_eq!(f.walk("second")?.nlink, 2);
+    assert_eq!(f.cat("second")?, "x");
+    Ok(())
+}
