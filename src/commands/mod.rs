@@ -35,9 +35,10 @@ pub fn dispatch(cli: Cli) -> CmdResult {
 /// Logging to stderr: `-d` debug, `-dd` trace; `RUST_LOG` wins when set.
 pub fn init_logging(debug: u8) {
     use tracing_subscriber::EnvFilter;
-    // fuser logs every mount and unimplemented request at info/warn: noise to users.
+    // fuser logs every mount, unimplemented request and reply to an interrupted
+    // request (ENOENT from /dev/fuse, normal when a build kills a process): noise.
     let default = match debug {
-        0 => "info,fuser=error",
+        0 => "info,fuser=off",
         1 => "debug,fuser=info",
         _ => "trace",
     };

@@ -47,6 +47,30 @@ fn test_seed() -> &'static Path {
     })
 }
 
+/// The test seed as a tarball anyone can read, for imports by the unprivileged user
+/// (the seed dir has root-only files, as a stage3 does).
+fn test_seed_tar() -> &'static Path {
+    static TAR: OnceLock<PathBuf> = OnceLock::new();
+    TAR.get_or_init(|| {
+        let seed = test_seed();
+        let tar = cache_dir().join("seed.tar");
+        if !tar.exists() {
+            let tmp = cache_dir().join(format!("seed.tar.tmp{}", std::process::id()));
+            run_ok(
+                Command::new("tar")
+                    .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-cf"])
+                    .arg(&tmp)
+                    .arg("-C")
+                    .arg(seed)
+                    .arg("."),
+            );
+            fs::rename(&tmp, &tar).unwrap();
+        }
+        util::set_mode(&tar, 0o644);
+        tar
+    })
+}
+
 /// A conf root with the test seed imported as `testseed` and the test repository
 /// in place, plus a directory for configs.
 struct Fixture {
@@ -65,9 +89,13 @@ impl Fixture {
             run_ok(Command::new("chown").args(["-R", u]).arg(f.dir.path()));
         }
         let mut import = f.cmd(user);
+        let source = match user {
+            Some(_) => test_seed_tar(),
+            None => test_seed(),
+        };
         import
             .arg("import-seed")
-            .arg(test_seed())
+            .arg(source)
             .arg("testseed")
             .arg("--conf-root")
             .arg(f.conf());
@@ -224,7 +252,12 @@ fn build_two_levels_of_bases_and_reuse_layers() {
             .arg("usr/share/gt-probe/mounts"),
     );
     let mounts = fs::read_to_string(x.path().join("usr/share/gt-probe/mounts")).unwrap();
-    assert!(mounts.contains("fuse.gentree-union"), "{mounts}");
+    // "<mount point> <fs type> <source>" of the chroot root and of the layer root.
+    assert!(mounts.contains("/ fuse gentree-union\n"), "{mounts}");
+    assert!(
+        mounts.contains("/builds/testseed-app fuse gentree-union\n"),
+        "{mounts}"
+    );
     assert!(!mounts.contains("overlay"), "{mounts}");
 
     // Same inputs: every layer reused, no emerge at all.

@@ -14,7 +14,10 @@ KEYWORDS="amd64"
 pkg_preinst() {
 	local root=${ROOT%/}
 	[[ -n ${root} ]] || root=/
-	awk -v r="${root}" '$5 == "/" || $5 == r { print $5, $9, $10 }' /proc/self/mountinfo \
+	# mountinfo: mount point is field 5; the file system type follows the "-" field.
+	awk -v r="${root}" '$5 == "/" || $5 == r {
+		for (i = 7; i <= NF; i++) if ($i == "-") { print $5, $(i + 1), $(i + 2); break }
+	}' /proc/self/mountinfo \
 		> "${ED}/usr/share/gt-probe/mounts" || die "cannot read the mount table"
 }
 
