@@ -181,6 +181,7 @@ pub fn key_config(cfg: &ResolvedConfig) -> serde_json::Value {
             "rebuild",
             "output_file",
             "refilter",
+            "reproducible",
             "tar_filters",
             "dirs",
             "seed_update_args",

@@ -38,9 +38,11 @@ pub fn run(args: &BuildArgs) -> CmdResult {
         (None, Some(f)) => dirs.builds.join(f),
         (None, None) => dirs.builds.join(format!("{}-full.tar", cfg.buildname)),
     };
+    // SOURCE_DATE_EPOCH clamps mtimes; `reproducible = true` does too, to 0 if unset.
     let sde = std::env::var("SOURCE_DATE_EPOCH")
         .ok()
-        .and_then(|s| s.trim().parse().ok());
+        .and_then(|s| s.trim().parse().ok())
+        .or(cfg.reproducible.then_some(0));
     let size = build::write_image(&cfg, &report, &out, sde)?;
     for (layer, outcome) in &report.layers {
         let what = match outcome {

@@ -81,6 +81,7 @@ pub const KEYS: &[KeySpec] = &[
     k("package_tag", Ty::Str, TOP_ONLY),
     k("output_file", Ty::Str, FILE_ONLY | TOP_ONLY),
     k("refilter", Ty::Bool, TOP_ONLY),
+    k("reproducible", Ty::Bool, TOP_ONLY),
     k("clean_seed", Ty::Bool, 0),
     k("ephemeral_seed", Ty::Bool, 0),
     k("bind_system_repos", Ty::Bool, 0),

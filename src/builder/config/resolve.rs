@@ -133,6 +133,8 @@ pub struct ResolvedConfig {
     /// Top-level only: the final output name, relative to the build dir.
     pub output_file: Option<PathBuf>,
     pub refilter: bool,
+    /// Top-level only: clamp image mtimes to `SOURCE_DATE_EPOCH` (0 when unset).
+    pub reproducible: bool,
     pub dirs: Dirs,
     /// Pre-seeded deletions (relative paths).
     pub whiteouts: Vec<String>,
@@ -438,11 +440,12 @@ impl Resolver<'_> {
             bad_value(at, "seed_update_args", why)
         })?;
 
-        let (dirs, refilter, output_file) = match parent {
-            Some(p) => (p.dirs.clone(), p.refilter, None),
+        let (dirs, refilter, reproducible, output_file) = match parent {
+            Some(p) => (p.dirs.clone(), p.refilter, p.reproducible, None),
             None => (
                 self.dirs(f)?,
                 b("refilter", None),
+                b("reproducible", None),
                 get_str(f, "output_file").map(PathBuf::from),
             ),
         };
@@ -493,6 +496,7 @@ impl Resolver<'_> {
             seed_update_args,
             output_file,
             refilter,
+            reproducible,
             dirs,
             whiteouts: rel_paths(f, "whiteouts")?,
             opaques: rel_paths(f, "opaques")?,
@@ -679,6 +683,17 @@ mod tests {
     }
 
     const README_NGINX: &str = "seed = \"stage3-openrc\"\nbases = [\"tini\", \"gcc\"]\npackages = [\"www-servers/nginx\"]\nunmerge = [\"sys-devel/gcc\"]\n[env]\nuse = \"nginx\"\n[clean_filter_options]\ncharmaps = true\n[tar_filter_options]\nlocales = true\n";
+
+    #[test]
+    fn reproducible_is_a_top_level_switch_that_bases_share() {
+        let c = ok(
+            "seed = \"s\"\nbases = [\"glibc\"]\nreproducible = true\n",
+            &[],
+        );
+        assert!(c.reproducible && find(&c, "glibc").reproducible);
+        assert!(!ok("seed = \"s\"\n", &[]).reproducible);
+        assert!(ok("seed = \"s\"\n", &["reproducible = true\n"]).reproducible);
+    }
 
     #[test]
     fn glibc_layer_argv_matches_spec_4_1() {
