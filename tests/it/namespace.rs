@@ -257,3 +257,25 @@ fn namespace_runs_steps_in_order_and_stops_at_a_failure() {
 fn run_cmd(plan: &serde_json::Value, dir: &Path) -> std::process::Output {
     run(gentree().arg("__ns-run").arg(write_plan(dir, plan)))
 }
+
+#[test]
+fn namespace_symlink_step_checks_the_target_first() {
+    if !util::require_root("namespace_symlink_step_checks_the_target_first") {
+        return;
+    }
+    let (t, root) = mini_root();
+    let mut p = plan(&root, "Root".into(), "true");
+    p["steps"] = serde_json::json!([
+        {"Symlink": {"link": "/etc/make.profile", "target": "/usr/share"}},
+        {"Symlink": {"link": "/etc/make.profile", "target": "/nonexistent/profile"}}
+    ]);
+    let out = run_cmd(&p, t.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(126), "{err}");
+    assert!(err.contains("/nonexistent/profile does not exist"), "{err}");
+    // The existing link was left alone (B48).
+    assert_eq!(
+        std::fs::read_link(root.join("etc/make.profile")).unwrap(),
+        Path::new("/usr/share")
+    );
+}

@@ -259,7 +259,17 @@ fn pid1_main(plan: &Plan) -> ! {
     std::process::exit(0)
 }
 
+/// Points `link` at `target`, which must exist (B48: check before removing anything).
 fn replace_with_symlink(link: &Path, target: &Path) -> io::Result<()> {
+    if !target.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "{} does not exist in the seed (is the profile name right, and is its repository in /var/db/repos?)",
+                target.display()
+            ),
+        ));
+    }
     match fs::symlink_metadata(link) {
         Ok(m) if m.file_type().is_symlink() && fs::read_link(link)? == target => return Ok(()),
         Ok(m) if m.is_dir() => fs::remove_dir_all(link)?,
