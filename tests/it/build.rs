@@ -382,3 +382,34 @@ fn unprivileged_build_with_subids_keeps_the_store_removable() {
     assert!(!f.conf().exists());
     let _ = fs::metadata(f.dir.path()).map(|m| m.uid());
 }
+
+#[test]
+fn build_without_subids_falls_back_to_a_single_mapping() {
+    let Some(user) =
+        util::require_nosub_user("build_without_subids_falls_back_to_a_single_mapping")
+    else {
+        return;
+    };
+    let f = Fixture::new(Some(&user));
+    f.write_cfg("base.toml", BASE);
+    let cfg = f.write_cfg(
+        "small.toml",
+        "seed = \"testseed\"\nbases = [\"base.toml\"]\npackages = [\"app-misc/gt-special\"]\n",
+    );
+    run_ok(Command::new("chown").args(["-R", &user]).arg(f.cfg_dir()));
+    let out = f.build(Some(&user), &cfg, &[]);
+    assert!(out.status.success(), "single-mapping build failed");
+    let err = stderr(&out);
+    assert_eq!(
+        err.matches("no subordinate id range for user").count(),
+        1,
+        "the fallback must be explained once: {err}"
+    );
+    assert!(err.contains("usermod --add-subuids"), "{err}");
+    // Only root exists in the namespace: fowners could not give the file away.
+    let l = tar_listing(&PathBuf::from(stdout(&out).trim()));
+    let owned = member(&l, "var/lib/gt-special/owned-file").expect("fowners file");
+    assert!(owned.contains(" 0/0 "), "{owned}");
+    let suid = member(&l, "usr/bin/gt-suid").expect("setuid file");
+    assert!(suid.starts_with("-rwsr-xr-x"), "{suid}");
+}

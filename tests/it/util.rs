@@ -129,3 +129,17 @@ pub fn set_mode(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
         .unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
 }
+
+/// The unprivileged test user without subordinate ids (scripts/ci-user.sh).
+pub fn require_nosub_user(test: &str) -> Option<String> {
+    if !is_root() {
+        missing(test, "needs root to switch to the unprivileged test user");
+        return None;
+    }
+    let name = std::env::var("GENTREE_TEST_NOSUB_USER").unwrap_or_else(|_| "gentree-nosub".into());
+    if nix::unistd::User::from_name(&name).ok().flatten().is_none() {
+        missing(test, &format!("no user {name}: run scripts/ci-user.sh"));
+        return None;
+    }
+    Some(name)
+}
