@@ -6,6 +6,7 @@
 
 use super::ConfigError;
 use super::value::{Entry, Loc, Node, Table, Val};
+use crate::layers::tar::filter;
 
 /// The type a key's value must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,22 +119,6 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("repo_dir", "_repo_dir"),
     ("config_dir", "_config_dir"),
 ];
-
-/// Path filters, in the order they run (spec 6.2), plus gentree-fs's opt-in
-/// `gconv` and `locale_archive` (B52).
-pub const PATH_FILTERS: &[&str] = &[
-    "man",
-    "docs",
-    "include",
-    "locales",
-    "charmaps",
-    "completions",
-    "vardbpkg",
-    "gconv",
-    "locale_archive",
-];
-/// Filters only the tar filter has (spec 6.3).
-pub const TAR_ONLY_FILTERS: &[&str] = &["whiteout", "dev"];
 
 /// Env keys with a meaning of their own (spec 3.7); any other lower-case key is
 /// exported as-is.
@@ -430,11 +415,12 @@ fn check_subtable(t: &Table, ty: Ty, key: &str) -> Result<Table, ConfigError> {
                     );
                     name = "whiteout".into();
                 }
-                let known: Vec<&str> = PATH_FILTERS
-                    .iter()
-                    .chain(if tar { TAR_ONLY_FILTERS } else { &[] })
-                    .copied()
-                    .collect();
+                // One list of filter names: the packer's (spec 6.2, 6.3).
+                let known: Vec<&str> = if tar {
+                    filter::known()
+                } else {
+                    filter::path_filter_names().collect()
+                };
                 if !known.contains(&name.as_str()) {
                     return Err(ConfigError::UnknownKey {
                         at: e.key_at.clone(),

@@ -19,7 +19,7 @@ use crate::layers::ownership::FileKind;
 /// A bad `--filter` argument or config filter option.
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
-    #[error("unknown filter {name:?} (known: {})", KNOWN.join(", "))]
+    #[error("unknown filter {name:?} (known: {})", known().join(", "))]
     Unknown { name: String },
     #[error("filter {name:?}: {value:?} is not a boolean (use true/false, yes/no, on/off, 1/0)")]
     BadValue { name: String, value: String },
@@ -46,20 +46,22 @@ const PATH_FILTERS: &[(&str, &[&str])] = &[
     ("locale_archive", &["usr/lib/locale/locale-archive/"]),
 ];
 
+/// Filters only a tar filter has (spec 6.3); `whiteout` is accepted and always on.
+pub const TAR_ONLY: &[&str] = &["whiteout", "dev"];
+
+/// The path filter names, in the order they run.
+pub fn path_filter_names() -> impl Iterator<Item = &'static str> {
+    PATH_FILTERS.iter().map(|(n, _)| *n)
+}
+
 /// Every accepted filter name.
-pub const KNOWN: &[&str] = &[
-    "whiteout",
-    "dev",
-    "man",
-    "docs",
-    "include",
-    "locales",
-    "charmaps",
-    "completions",
-    "vardbpkg",
-    "gconv",
-    "locale_archive",
-];
+pub fn known() -> Vec<&'static str> {
+    TAR_ONLY
+        .iter()
+        .copied()
+        .chain(path_filter_names())
+        .collect()
+}
 
 /// Which filters are on. [`Default`] is the reference's `tar_filter_options`.
 #[derive(Debug, Clone, PartialEq, Eq)]
