@@ -6,7 +6,9 @@
 //! /                      ROOT
 //! ├── seeds/<seed>/      read-only union of the seed (and its persistent upper)
 //! ├── configs/           union whose upper is the configs dir: real files there
-//! └── builds/            <config>.tar (built on open) and <config>.log, per *.toml
+//! ├── builds/            <config>.tar (built on open) and <config>.log, per *.toml
+//! └── layers/            <buildname>.tar: the newest published layer of each
+//!                        buildname as an OCI layer tar (whiteouts kept)
 //! ```
 //!
 //! Inode ranges route requests: the fixed directories and the builds entries use small
@@ -28,12 +30,16 @@ use parking_lot::{Mutex, RwLock};
 
 use super::images::Images;
 use crate::layers::ownership::FileKind;
-use crate::layers::tar::TarLayout;
+use crate::layers::store::{BuildKey, Store};
+use crate::layers::tar::{FilterSet, PackOptions, TarLayout};
 use crate::layers::union::{Attr, Caller, DirEntry, Fh, Ino, SetAttr, StatFs, Union, UnionOptions};
 
 pub const ROOT: u64 = 1;
 pub const SEEDS: u64 = 2;
 pub const BUILDS: u64 = 3;
+pub const LAYERS: u64 = 4;
+/// First inode of the layers entries (`FIRST_LAYER + i` is layer i).
+const FIRST_LAYER: u64 = 1 << 40;
 /// First inode of the builds entries: `FIRST_BUILD + 2 * i` is config i's tar,
 /// `+ 1` its log.
 const FIRST_BUILD: u64 = 16;
@@ -54,8 +60,11 @@ pub enum Node {
     Root,
     Seeds,
     Builds,
+    Layers,
     Tar(usize),
     Log(usize),
+    /// `layers/<buildname>.tar`, by layers index.
+    Layer(usize),
     /// Union `index`, its inode.
     Union(usize, Ino),
 }
@@ -66,10 +75,12 @@ impl Node {
             ROOT => Some(Node::Root),
             SEEDS => Some(Node::Seeds),
             BUILDS => Some(Node::Builds),
+            LAYERS => Some(Node::Layers),
             i if i >> UNION_SHIFT > 0 => Some(Node::Union(
                 (i >> UNION_SHIFT) as usize - 1,
                 Ino(i & ((1 << UNION_SHIFT) - 1)),
             )),
+            i if i >= FIRST_LAYER => Some(Node::Layer((i - FIRST_LAYER) as usize)),
             i if i >= FIRST_BUILD => {
                 let n = ((i - FIRST_BUILD) / 2) as usize;
                 Some(if (i - FIRST_BUILD).is_multiple_of(2) {
@@ -87,6 +98,8 @@ impl Node {
             Node::Root => ROOT,
             Node::Seeds => SEEDS,
             Node::Builds => BUILDS,
+            Node::Layers => LAYERS,
+            Node::Layer(n) => FIRST_LAYER + n as u64,
             Node::Tar(n) => FIRST_BUILD + 2 * n as u64,
             Node::Log(n) => FIRST_BUILD + 2 * n as u64 + 1,
             Node::Union(u, ino) => union_ino(u, ino.0),
@@ -162,6 +175,10 @@ pub struct GentreeFs {
     unions: RwLock<Vec<(String, Arc<Union>)>>,
     /// Config names by builds index (names are never reused for another index).
     builds: RwLock<Vec<String>>,
+    /// Layer keys by layers index.
+    layers: RwLock<Vec<BuildKey>>,
+    /// OCI layouts of layers, by key (layers are immutable).
+    oci: Mutex<HashMap<BuildKey, Arc<TarLayout>>>,
     pub handles: Arc<Handles>,
     started: SystemTime,
 }
@@ -187,6 +204,8 @@ impl GentreeFs {
             images,
             unions: RwLock::new(vec![("configs".into(), Arc::new(configs))]),
             builds: RwLock::new(Vec::new()),
+            layers: RwLock::new(Vec::new()),
+            oci: Mutex::new(HashMap::new()),
             handles: Arc::new(Handles::default()),
             started: SystemTime::now(),
         })
@@ -275,6 +294,81 @@ impl GentreeFs {
             .ok_or_else(|| errno(libc::ESTALE))
     }
 
+    /// The newest published layer of each buildname.
+    fn layer_names(&self) -> Vec<(String, BuildKey)> {
+        let Ok(store) = Store::open(&self.images.env().conf_root) else {
+            return Vec::new();
+        };
+        let mut newest: HashMap<String, (u64, BuildKey)> = HashMap::new();
+        for l in store.list().unwrap_or_default() {
+            let e = newest
+                .entry(l.meta.buildname.clone())
+                .or_insert((l.meta.created, l.meta.key.clone()));
+            if l.meta.created > e.0 {
+                *e = (l.meta.created, l.meta.key.clone());
+            }
+        }
+        let mut v: Vec<(String, BuildKey)> = newest.into_iter().map(|(n, (_, k))| (n, k)).collect();
+        v.sort();
+        v
+    }
+
+    fn layer_index(&self, key: &BuildKey) -> usize {
+        if let Some(i) = self.layers.read().iter().position(|k| k == key) {
+            return i;
+        }
+        let mut l = self.layers.write();
+        if let Some(i) = l.iter().position(|k| k == key) {
+            return i;
+        }
+        l.push(key.clone());
+        l.len() - 1
+    }
+
+    /// The OCI layer tar of layer i: cached, else its persisted index, else a walk of
+    /// the layer (then persisted in the layer dir).
+    fn oci_layout(&self, i: usize) -> io::Result<Arc<TarLayout>> {
+        let key = self
+            .layers
+            .read()
+            .get(i)
+            .cloned()
+            .ok_or_else(|| errno(libc::ESTALE))?;
+        if let Some(l) = self.oci.lock().get(&key) {
+            return Ok(l.clone());
+        }
+        let store = Store::open(&self.images.env().conf_root).map_err(|_| errno(libc::EIO))?;
+        let layer = store
+            .lookup(&key)
+            .map_err(|_| errno(libc::EIO))?
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        let idx = layer.dir.join("oci.idx");
+        let root = layer.root();
+        let loaded = TarLayout::load(&idx).ok().and_then(|mut l| {
+            (l.layers() == [root.clone()] || l.relocate(vec![root.clone()]).is_ok()).then_some(l)
+        });
+        let layout = match loaded {
+            Some(l) => l,
+            None => {
+                let opts = PackOptions {
+                    filters: FilterSet::none(),
+                    source_date_epoch: None,
+                };
+                let l = TarLayout::oci_layer(&[root], &opts).map_err(|e| {
+                    tracing::warn!("layer {key}: {e}");
+                    errno(libc::EIO)
+                })?;
+                if let Err(e) = l.save(&idx) {
+                    tracing::warn!("layer {key}: cannot save its index: {e}");
+                }
+                l
+            }
+        };
+        let layout = Arc::new(layout);
+        self.oci.lock().insert(key, layout.clone());
+        Ok(layout)
+    }
+
     fn dir_attr(&self, ino: u64, perm: u32) -> Attr {
         self.attr(ino, FileKind::Dir, perm, 0, self.started)
     }
@@ -312,6 +406,7 @@ impl GentreeFs {
                 Some("seeds") => self.getattr(SEEDS),
                 Some("builds") => self.getattr(BUILDS),
                 Some("configs") => self.getattr(union_ino(CONFIGS_UNION, 1)),
+                Some("layers") => self.getattr(LAYERS),
                 _ => Err(errno(libc::ENOENT)),
             },
             Node::Seeds => {
@@ -328,8 +423,18 @@ impl GentreeFs {
                 let i = self.build_index(stem).ok_or_else(|| errno(libc::ENOENT))?;
                 self.getattr(if tar { Node::Tar(i) } else { Node::Log(i) }.ino())
             }
+            Node::Layers => {
+                let n = n.and_then(|n| n.strip_suffix(".tar"));
+                let n = n.ok_or_else(|| errno(libc::ENOENT))?;
+                let (_, key) = self
+                    .layer_names()
+                    .into_iter()
+                    .find(|(b, _)| b == n)
+                    .ok_or_else(|| errno(libc::ENOENT))?;
+                self.getattr(Node::Layer(self.layer_index(&key)).ino())
+            }
             Node::Union(u, ino) => Ok(Self::mapped(u, self.union(u)?.lookup(ino, name)?)),
-            Node::Tar(_) | Node::Log(_) => Err(errno(libc::ENOTDIR)),
+            Node::Tar(_) | Node::Log(_) | Node::Layer(_) => Err(errno(libc::ENOTDIR)),
         }
     }
 
@@ -348,6 +453,11 @@ impl GentreeFs {
             Node::Root => Ok(self.dir_attr(ROOT, 0o755)),
             Node::Seeds => Ok(self.dir_attr(SEEDS, 0o555)),
             Node::Builds => Ok(self.dir_attr(BUILDS, 0o755)),
+            Node::Layers => Ok(self.dir_attr(LAYERS, 0o555)),
+            Node::Layer(i) => {
+                let size = self.oci_layout(i)?.size();
+                Ok(self.attr(ino, FileKind::File, 0o444, size, self.started))
+            }
             Node::Tar(i) => {
                 let name = self.build_name(i)?;
                 let status = self.images.status(&name);
@@ -411,6 +521,7 @@ impl GentreeFs {
                 v.push((SEEDS, FileKind::Dir, "seeds".into()));
                 v.push((union_ino(CONFIGS_UNION, 1), FileKind::Dir, "configs".into()));
                 v.push((BUILDS, FileKind::Dir, "builds".into()));
+                v.push((LAYERS, FileKind::Dir, "layers".into()));
                 Ok(own(v))
             }
             Node::Seeds => {
@@ -432,8 +543,16 @@ impl GentreeFs {
                 }
                 Ok(own(v))
             }
+            Node::Layers => {
+                let mut v = dot(LAYERS, ROOT);
+                for (name, key) in self.layer_names() {
+                    let i = self.layer_index(&key);
+                    v.push((Node::Layer(i).ino(), FileKind::File, format!("{name}.tar")));
+                }
+                Ok(own(v))
+            }
             Node::Union(u, i) => Ok(union_fh_out(u, self.union(u)?.opendir(i)?.0)),
-            Node::Tar(_) | Node::Log(_) => Err(errno(libc::ENOTDIR)),
+            Node::Tar(_) | Node::Log(_) | Node::Layer(_) => Err(errno(libc::ENOTDIR)),
         }
     }
 
@@ -482,7 +601,10 @@ impl GentreeFs {
                     Opened::Cached(fh)
                 })
             }
-            Node::Tar(_) | Node::Log(_) if writing => Err(errno(libc::EACCES)),
+            Node::Tar(_) | Node::Log(_) | Node::Layer(_) if writing => Err(errno(libc::EACCES)),
+            Node::Layer(i) => Ok(Opened::Cached(
+                self.handles.insert(Handle::Tar(self.oci_layout(i)?)),
+            )),
             Node::Tar(i) => Ok(Opened::Image(self.build_name(i)?)),
             Node::Log(i) => {
                 let name = self.build_name(i)?;
@@ -494,7 +616,7 @@ impl GentreeFs {
                 };
                 Ok(Opened::Direct(self.handles.insert(Handle::Log(f))))
             }
-            Node::Root | Node::Seeds | Node::Builds => Err(errno(libc::EISDIR)),
+            Node::Root | Node::Seeds | Node::Builds | Node::Layers => Err(errno(libc::EISDIR)),
         }
     }
 
@@ -691,6 +813,9 @@ mod tests {
             Node::Root,
             Node::Seeds,
             Node::Builds,
+            Node::Layers,
+            Node::Layer(0),
+            Node::Layer(99),
             Node::Tar(0),
             Node::Log(0),
             Node::Tar(7),

@@ -138,7 +138,8 @@ fn mount_tree_without_portage() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     top.sort();
-    assert_eq!(top, ["builds", "configs", "seeds"]);
+    assert_eq!(top, ["builds", "configs", "layers", "seeds"]);
+    assert_eq!(fs::read_dir(mp.join("layers")).unwrap().count(), 0);
 
     // seeds/: the seed with its upper, read-only.
     let seed = mp.join("seeds/s1");
@@ -398,6 +399,39 @@ fn mount_builds_images_on_read() {
         assert!(&buf[..n] == want, "bytes at {off}+{len}");
     }
     drop(file);
+
+    // layers/: each layer as an OCI layer tar, with its own files only.
+    let mut layers: Vec<String> = fs::read_dir(mp.join("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    layers.sort();
+    assert_eq!(layers, ["testseed-base.tar", "testseed-small.tar"]);
+    let top = run_ok(
+        Command::new("tar")
+            .arg("-tf")
+            .arg(mp.join("layers/testseed-small.tar")),
+    );
+    let base = run_ok(
+        Command::new("tar")
+            .arg("-tf")
+            .arg(mp.join("layers/testseed-base.tar")),
+    );
+    assert!(top.contains("var/lib/gt-special/owned-file"), "{top}");
+    assert!(!base.contains("var/lib/gt-special/owned-file"), "{base}");
+    assert!(
+        base.lines().any(|l| l.ends_with("etc/os-release")),
+        "{base}"
+    );
+    assert!(!top.lines().any(|l| l.ends_with("etc/os-release")), "{top}");
+    assert_eq!(
+        fs::metadata(mp.join("layers/testseed-small.tar"))
+            .unwrap()
+            .len(),
+        fs::read(mp.join("layers/testseed-small.tar"))
+            .unwrap()
+            .len() as u64
+    );
 
     // A new daemon on the same store serves it at once, from the persisted index.
     d.stop();
