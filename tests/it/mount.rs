@@ -549,3 +549,93 @@ fn mount_interrupts_waiters_and_reports_failures() {
     );
     d.stop();
 }
+
+/// Command lines of live processes that mention `needle` (to check nothing is left).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        if let Ok(c) = fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains(needle) {
+                v.push(c);
+            }
+        }
+    }
+    v
+}
+
+/// Rootless: an ordinary user mounts (fusermount3), builds on read and unmounts.
+#[test]
+fn mount_as_unprivileged_user() {
+    let Some((user, _, _)) = util::require_test_user("mount_as_unprivileged_user") else {
+        return;
+    };
+    if !util::require_fuse("mount_as_unprivileged_user") {
+        return;
+    }
+    let f = Fixture::new(Some(&user));
+    f.write_cfg("base.toml", BASE);
+    f.write_cfg(
+        "small.toml",
+        "seed = \"testseed\"\nbases = [\"base.toml\"]\npackages = [\"app-misc/gt-special\"]\n",
+    );
+    let mp = f.dir.path().join("mp");
+    let out = f.dir.path().join("out");
+    for d in [&mp, &out] {
+        fs::create_dir(d).unwrap();
+    }
+    run_ok(
+        Command::new("chown")
+            .args(["-R", &user])
+            .arg(&mp)
+            .arg(&out)
+            .arg(f.cfg_dir()),
+    );
+    let as_user = |args: &[&std::ffi::OsStr]| {
+        let mut c = Command::new("runuser");
+        c.args(["-u", &user, "--"]).args(args);
+        run(&mut c)
+    };
+    let started = run(f
+        .cmd(Some(&user))
+        .args(["--no-config", "--conf-root"])
+        .arg(f.conf())
+        .arg("--configs")
+        .arg(f.cfg_dir())
+        .arg(&mp));
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    assert!(mounted(&mp));
+    let tar = mp.join("builds/small.tar");
+    let copy = out.join("small.tar");
+    let cp = as_user(&["cp".as_ref(), tar.as_os_str(), copy.as_os_str()]);
+    assert!(
+        cp.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cp.stderr)
+    );
+    let listing = run_ok(
+        Command::new("tar")
+            .args(["--numeric-owner", "-tvf"])
+            .arg(&copy),
+    );
+    let owned = listing
+        .lines()
+        .find(|l| l.ends_with("var/lib/gt-special/owned-file"))
+        .expect("fowners file");
+    assert!(owned.contains(" 1234/"), "subuid ownership lost: {owned}");
+    let um = as_user(&["fusermount3".as_ref(), "-u".as_ref(), mp.as_os_str()]);
+    assert!(
+        um.status.success(),
+        "{}",
+        String::from_utf8_lossy(&um.stderr)
+    );
+    assert!(!mounted(&mp));
+    let mp_str = mp.to_str().unwrap().to_owned();
+    wait_until("the daemon to exit", Duration::from_secs(10), || {
+        processes_mentioning(&mp_str).is_empty()
+    });
+}
