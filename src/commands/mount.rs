@@ -48,6 +48,8 @@ pub fn run(args: &MountArgs) -> CmdResult {
         .ok_or("no mountpoint given (gentree-fs [OPTIONS] MOUNTPOINT)")?;
     let opts = parse_options(&args.options)?;
     check_mountpoint(&mountpoint)?;
+    let mountpoint = std::fs::canonicalize(&mountpoint)
+        .map_err(|e| format!("cannot use mountpoint {}: {e}", mountpoint.display()))?;
     // Absolute: the daemon's paths must not depend on where it was started.
     let conf_root = std::path::absolute(match &args.conf_root {
         Some(d) => d.clone(),
@@ -89,7 +91,7 @@ pub fn run(args: &MountArgs) -> CmdResult {
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
         },
-        images,
+        images.clone(),
     )
     .map_err(|source| crate::fs::mount::MountError::Configs {
         configs: configs.clone(),
@@ -104,7 +106,10 @@ pub fn run(args: &MountArgs) -> CmdResult {
     let Mounted { session, unmounter } = session(tree, &spec)?;
     fg.unmount_on_signal(mountpoint.clone(), unmounter)?;
     tracing::info!("gentree mounted on {}", mountpoint.display());
-    session.run()?;
+    let served = session.run();
+    // Unmounted (or the session failed): no build may outlive the daemon.
+    images.shutdown(std::time::Duration::from_secs(30));
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 

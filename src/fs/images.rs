@@ -592,6 +592,38 @@ impl Images {
         }
     }
 
+    /// True while any build job runs.
+    pub fn any_building(&self) -> bool {
+        self.slots
+            .lock()
+            .values()
+            .any(|s| s.state == Some(State::Building))
+    }
+
+    /// After unmounting: stops running builds so that no helper process or half layer
+    /// is left. Kills our child processes (the builds' namespace helpers; their own
+    /// children die with them by PDEATHSIG), then waits up to `timeout` for the jobs
+    /// to clean up their unfinished layers and end.
+    pub fn shutdown(&self, timeout: Duration) {
+        if !self.any_building() {
+            return;
+        }
+        tracing::info!("stopping the running builds");
+        let start = std::time::Instant::now();
+        while self.any_building() && start.elapsed() < timeout {
+            for pid in child_pids() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if self.any_building() {
+            tracing::warn!("builds still running after {timeout:?}; exiting anyway");
+        }
+    }
+
     /// `rm builds/<name>.tar`: forgets the image and removes the config's own (top)
     /// layer, so the next open rebuilds it; base layers stay (other configs share
     /// them). EBUSY while building.
@@ -620,6 +652,23 @@ impl Images {
         tracing::info!("{name}: image dropped (layer {} removed)", top.short());
         Ok(())
     }
+}
+
+/// Our child processes (every thread's), from `/proc/self/task/*/children`.
+fn child_pids() -> Vec<i32> {
+    let mut v = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return v;
+    };
+    for t in tasks.filter_map(Result::ok) {
+        if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
+            v.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    v
 }
 
 fn waiter_ready(w: Box<dyn Waiter>, image: Arc<TarLayout>) {

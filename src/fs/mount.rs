@@ -436,6 +436,29 @@ impl Filesystem for GentreeFuse {
     }
 }
 
+/// The device (`maj:min`) of the topmost gentree FUSE mount on `mountpoint` in our
+/// mount namespace, from `/proc/self/mountinfo` (a `stat` would ask ourselves).
+fn mount_dev(mountpoint: &Path) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mountpoint
+        .to_str()?
+        .replace('\\', "\\134")
+        .replace(' ', "\\040")
+        .replace('\t', "\\011")
+        .replace('\n', "\\012");
+    let ours = |l: &&str| {
+        let (head, tail) = l.split_once(" - ").unwrap_or((l, ""));
+        let mut t = tail.split(' ');
+        let (fstype, source) = (t.next().unwrap_or(""), t.next().unwrap_or(""));
+        head.split(' ').nth(4) == Some(want.as_str())
+            && (fstype == "fuse" || fstype == "fuse.gentree")
+            && source == "gentree"
+    };
+    text.lines()
+        .rfind(ours)
+        .and_then(|l| l.split(' ').nth(2).map(str::to_owned))
+}
+
 /// Why the mount could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -506,12 +529,21 @@ pub fn session(fs: GentreeFs, spec: &MountSpec) -> Result<Mounted, MountError> {
             let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
         }
     }));
+    // The build helpers' mount namespaces hold copies of this mount, so an unmount in
+    // ours does not end the session while a build runs: watch for it and stop the
+    // builds, which releases the copies (and then the session ends).
+    let dev = mount_dev(&spec.mountpoint);
+    let mountpoint = spec.mountpoint.clone();
     let images = Arc::downgrade(fs.images());
     std::thread::Builder::new()
         .name("interrupts".into())
         .spawn(move || {
             while let Some(images) = images.upgrade() {
                 images.check_interrupts();
+                if images.any_building() && dev.is_some() && mount_dev(&mountpoint) != dev {
+                    tracing::info!("{} was unmounted", mountpoint.display());
+                    images.shutdown(Duration::from_secs(30));
+                }
                 drop(images);
                 std::thread::sleep(INTERRUPT_POLL);
             }

@@ -547,7 +547,80 @@ fn mount_interrupts_waiters_and_reports_failures() {
         errno_of(fs::read(mp.join("builds/nonexistent.tar"))),
         Some(libc::ENOENT)
     );
-    d.stop();
+
+    // Unmounting during a build stops it: no helper process, no half layer left.
+    f.write_cfg(
+        "lib.toml",
+        "seed = \"testseed\"\nbases = [\"base.toml\"]\npackages = [\"app-misc/gt-lib\", \"app-misc/gt-app\"]\n",
+    );
+    let mut cp = Command::new("cp")
+        .arg(&tar)
+        .arg(f.dir.path().join("lib2.tar"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the second build", Duration::from_secs(30), || {
+        xattr_str(&tar, "user.gentree.state").as_deref() == Some("building")
+    });
+    let daemon = d.child.id();
+    let mut helpers = Vec::new();
+    wait_until("a build helper", Duration::from_secs(30), || {
+        helpers = child_pids(daemon);
+        !helpers.is_empty()
+    });
+    // The reader goes first (Ctrl-C), then SIGTERM to the daemon: it unmounts (lazily
+    // if busy) and stops the build.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(cp.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert!(!cp.wait().unwrap().success());
+    assert!(d.jobs() >= 5 && d.log().matches("image ready").count() == 1);
+    let t0 = Instant::now();
+    let mut d = d;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    wait_until("the daemon to exit", Duration::from_secs(20), || {
+        d.child.try_wait().unwrap().is_some()
+    });
+    eprintln!(
+        "SIGTERM during a build; daemon gone after {:?}",
+        t0.elapsed()
+    );
+    assert!(!mounted(&mp), "mount left behind");
+    for pid in helpers {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "build helper {pid} outlived the daemon"
+        );
+    }
+    let leftovers: Vec<_> = fs::read_dir(f.conf().join("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "half layers: {leftovers:?}");
+}
+
+/// The children of every thread of `pid`.
+fn child_pids(pid: u32) -> Vec<u32> {
+    let mut v = Vec::new();
+    for t in fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(Result::ok)
+    {
+        if let Ok(text) = fs::read_to_string(t.path().join("children")) {
+            v.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    v
 }
 
 /// Command lines of live processes that mention `needle` (to check nothing is left).
