@@ -143,6 +143,8 @@ struct Slot {
     key: Option<BuildKey>,
     image: Option<Arc<TarLayout>>,
     waiters: Vec<Box<dyn Waiter>>,
+    /// The image last handed to an opener (see [`Images::first_open`]).
+    served: Option<Arc<TarLayout>>,
 }
 
 /// Called (off any lock) when a config's image becomes ready: the mount invalidates
@@ -590,6 +592,18 @@ impl Images {
             tracing::debug!("open by {} interrupted", w.pid());
             w.fail(libc::EINTR);
         }
+    }
+
+    /// Records that `image` is handed to an opener of `name`; true when it is another
+    /// image than the one handed out before. The kernel may still cache the pages (and
+    /// the size) of that earlier image for the same inode, so the mount serves a first
+    /// open of a new image with direct I/O and only later ones from the page cache.
+    pub fn first_open(&self, name: &str, image: &Arc<TarLayout>) -> bool {
+        let mut slots = self.slots.lock();
+        let s = slots.entry(name.to_owned()).or_default();
+        let new = !s.served.as_ref().is_some_and(|p| Arc::ptr_eq(p, image));
+        s.served = Some(image.clone());
+        new
     }
 
     /// True while any build job runs.

@@ -6,11 +6,14 @@
 //! thread when the image is ready, failed, or the opener got a signal; no FUSE worker
 //! thread waits for a build.
 //!
-//! Size policy (fuser-notes lesson 1): an image that is ready reports its exact size and
-//! is opened with `FOPEN_KEEP_CACHE`; one that had to be built reported size 0 to the
-//! `stat` before the open, so that open is answered with `FOPEN_DIRECT_IO` (reads go to
-//! the daemon regardless of the kernel's idea of the size and `cp` copies all of it),
-//! and the inode's cached attributes are invalidated once the build is done.
+//! Size policy (fuser-notes lesson 1): an image that is ready reports its exact size;
+//! one that is not reports size 0, and an open that had to wait for the build is
+//! answered with `FOPEN_DIRECT_IO` (reads go to the daemon whatever the kernel thinks
+//! the size is, so `cp` copies all of it); the inode's cached attributes and pages are
+//! invalidated once the build is done. The first open of each new image of a config is
+//! direct too (the kernel may hold the size and pages of the image before it, e.g. after
+//! a config edit); later opens use `FOPEN_KEEP_CACHE`, so repeated reads of a finished
+//! image come from the page cache.
 
 use std::ffi::OsStr;
 use std::io;
@@ -124,6 +127,8 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
 struct OpenWaiter {
     reply: ReplyOpen,
     pid: u32,
+    name: String,
+    images: Arc<Images>,
     handles: Arc<Handles>,
     /// The image was not ready when the open arrived (see the module docs).
     direct: bool,
@@ -134,8 +139,9 @@ impl Waiter for OpenWaiter {
         self.pid
     }
     fn ready(self: Box<Self>, image: Arc<TarLayout>) {
+        let first = self.images.first_open(&self.name, &image);
         let fh = self.handles.insert(Handle::Tar(image));
-        let flags = if self.direct {
+        let flags = if self.direct || first {
             FopenFlags::FOPEN_DIRECT_IO
         } else {
             FopenFlags::FOPEN_KEEP_CACHE
@@ -272,6 +278,8 @@ impl Filesystem for GentreeFuse {
                 let waiter = OpenWaiter {
                     reply,
                     pid: req.pid(),
+                    name: name.clone(),
+                    images: images.clone(),
                     handles: self.fs.handles.clone(),
                     direct,
                 };

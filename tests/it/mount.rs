@@ -458,6 +458,33 @@ fn mount_builds_images_on_read() {
     assert!(log.contains("reused layer testseed-base"), "{log}");
     assert!(log.contains("built layer testseed-small"), "{log}");
     assert_eq!(d.jobs(), 1);
+
+    // An edited config is another image; editing it back serves the first one again
+    // (its layers and index exist), never pages of the image in between.
+    let small = fs::read_to_string(f.cfg_dir().join("small.toml")).unwrap();
+    f.write_cfg(
+        "small.toml",
+        &small.replace(
+            "\"app-misc/gt-special\"",
+            "\"app-misc/gt-special\", \"app-misc/gt-lib\"",
+        ),
+    );
+    let other = fs::read(&tar).unwrap();
+    assert!(other != rebuilt, "an edited config gave the same image");
+    // Read again: now from the page cache, which then holds this image's pages.
+    assert!(fs::read(&tar).unwrap() == other);
+    let other_copy = f.dir.path().join("other.tar");
+    fs::write(&other_copy, &other).unwrap();
+    let listing = run_ok(Command::new("tar").arg("-tf").arg(&other_copy));
+    assert!(listing.contains("gt-lib"), "{listing}");
+    f.write_cfg("small.toml", &small);
+    assert_eq!(fs::metadata(&tar).unwrap().len(), rebuilt.len() as u64);
+    assert!(
+        fs::read(&tar).unwrap() == rebuilt,
+        "stale bytes after editing back"
+    );
+    assert!(fs::read(&tar).unwrap() == rebuilt);
+    assert_eq!(d.jobs(), 2, "editing back rebuilt: {}", d.log());
     d.stop();
 }
 
