@@ -299,6 +299,24 @@ fn mount_in_background_and_unmount_by_signal() {
     assert!(st.success(), "{st}: {}", d.log());
     assert!(!mounted(&mp), "SIGTERM left the mount");
 
+    // A daemon killed outright leaves a stale mount: detected, with what to do.
+    let mut d = Daemon::start(util::gentree(), &conf, &configs, &mp, t.path());
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    assert!(mounted(&mp));
+    let stale = run(util::gentree()
+        .args(["--no-config", "--conf-root"])
+        .arg(&conf)
+        .arg(&mp));
+    let err = String::from_utf8_lossy(&stale.stderr);
+    assert!(!stale.status.success());
+    assert!(
+        err.contains("stale mount") && err.contains("fusermount3 -u"),
+        "{err}"
+    );
+    run_ok(Command::new("fusermount3").arg("-u").arg(&mp));
+    drop(d);
+
     // Subcommands still parse next to the optional mountpoint.
     let cfg = t.path().join("c.toml");
     fs::write(&cfg, "seed = \"s1\"\n").unwrap();
