@@ -10,15 +10,56 @@ use clap::{Args, Parser, Subcommand};
 /// A build config is a genTree-compatible TOML file naming a seed (an imported
 /// stage3-like root), packages to emerge and base configs to stack under it.
 /// Start with `gentree-fs config FILE` to see how a config resolves.
+///
+/// Without a subcommand, `gentree-fs [OPTIONS] MOUNTPOINT` mounts the gentree
+/// filesystem: seeds/<seed>/ (read-only), configs/ (the build configs),
+/// builds/<config>.tar (built when first read, then reused while its inputs are
+/// unchanged) and builds/<config>.log. Unmount with `fusermount3 -u MOUNTPOINT`,
+/// `umount`, or SIGINT/SIGTERM to the daemon.
 #[derive(Debug, Parser)]
-#[command(name = "gentree-fs", version, propagate_version = true)]
+#[command(
+    name = "gentree-fs",
+    version,
+    propagate_version = true,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct Cli {
     /// More logging: -d for debug, -dd for trace (RUST_LOG overrides).
     #[arg(short = 'd', long = "debug", action = clap::ArgAction::Count, global = true)]
     pub debug: u8,
 
+    #[command(flatten)]
+    pub mount: MountArgs,
+
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+}
+
+/// The top-level mount: `gentree-fs [OPTIONS] MOUNTPOINT`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct MountArgs {
+    /// Stay in the foreground (the default is to return once the mount is ready).
+    #[arg(short = 'f', long = "foreground")]
+    pub foreground: bool,
+    /// Mount options, comma-separated, repeatable: allow_other, allow_root.
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+    /// Data directory (default: $XDG_DATA_HOME/gentree).
+    #[arg(long, value_name = "DIR", env = "GENTREE_CONF_ROOT")]
+    pub conf_root: Option<PathBuf>,
+    /// The build configs shown as configs/ (default: CONF_ROOT/configs).
+    #[arg(long, value_name = "DIR")]
+    pub configs: Option<PathBuf>,
+    /// Do not read the default config files (/etc and ~/.config).
+    #[arg(long)]
+    pub no_config: bool,
+    /// Worker threads (default: the number of CPUs).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Where to mount.
+    #[arg(required = true)]
+    pub mountpoint: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,8 +9,10 @@ use crate::cli::{Cli, Command};
 
 pub mod build;
 pub mod config;
+pub mod daemon;
 pub mod exec;
 pub mod import_seed;
+pub mod mount;
 pub mod namespace;
 pub mod pack;
 pub mod union;
@@ -20,7 +22,10 @@ pub type CmdResult = Result<ExitCode, Box<dyn Error + Send + Sync>>;
 
 /// Runs the parsed command line.
 pub fn dispatch(cli: Cli) -> CmdResult {
-    match cli.command {
+    let Some(command) = cli.command else {
+        return mount::run(&cli.mount);
+    };
+    match command {
         Command::Config(a) => config::run(&a),
         Command::Union(a) => union::run(&a),
         Command::Pack(a) => pack::run(&a),

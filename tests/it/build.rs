@@ -73,12 +73,12 @@ fn test_seed_tar() -> &'static Path {
 
 /// A conf root with the test seed imported as `testseed` and the test repository
 /// in place, plus a directory for configs.
-struct Fixture {
-    dir: tempfile::TempDir,
+pub(crate) struct Fixture {
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Fixture {
-    fn new(user: Option<&str>) -> Fixture {
+    pub(crate) fn new(user: Option<&str>) -> Fixture {
         let dir = util::tempdir();
         let f = Fixture { dir };
         fs::create_dir_all(f.cfg_dir()).unwrap();
@@ -103,15 +103,15 @@ impl Fixture {
         f
     }
 
-    fn conf(&self) -> PathBuf {
+    pub(crate) fn conf(&self) -> PathBuf {
         self.dir.path().join("conf")
     }
 
-    fn cfg_dir(&self) -> PathBuf {
+    pub(crate) fn cfg_dir(&self) -> PathBuf {
         self.dir.path().join("cfg")
     }
 
-    fn write_cfg(&self, name: &str, text: &str) -> PathBuf {
+    pub(crate) fn write_cfg(&self, name: &str, text: &str) -> PathBuf {
         let p = self.cfg_dir().join(name);
         fs::write(&p, text).unwrap();
         util::set_mode(&p, 0o644);
@@ -119,7 +119,7 @@ impl Fixture {
     }
 
     /// The binary, as root or as `user`, never reading the real default configs.
-    fn cmd(&self, user: Option<&str>) -> Command {
+    pub(crate) fn cmd(&self, user: Option<&str>) -> Command {
         let mut c = match user {
             Some(u) => {
                 let mut c = Command::new("runuser");
@@ -149,7 +149,7 @@ impl Fixture {
         out
     }
 
-    fn layers(&self) -> Vec<PathBuf> {
+    pub(crate) fn layers(&self) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = fs::read_dir(self.conf().join("layers"))
             .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
             .unwrap_or_default();
@@ -182,7 +182,8 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-const BASE: &str = "packages = [\"sys-apps/gt-baselayout\"]\n[emerge_bools]\noneshot = true\n";
+pub(crate) const BASE: &str =
+    "packages = [\"sys-apps/gt-baselayout\"]\n[emerge_bools]\noneshot = true\n";
 const MID: &str =
     "bases = [\"base.toml\"]\npackages = [\"app-misc/gt-lib\", \"app-misc/gt-removable\"]\n";
 

@@ -6,6 +6,7 @@
 mod build;
 mod config;
 mod import_seed;
+mod mount;
 mod namespace;
 mod pack;
 mod union;

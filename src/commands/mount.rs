@@ -1,0 +1,172 @@
+//! `gentree-fs [OPTIONS] MOUNTPOINT`: mount the gentree tree ([`crate::fs::tree`]).
+//!
+//! Foreground and background (re-exec) handling: [`super::daemon`].
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use super::{CmdResult, daemon};
+use crate::builder::config::{DefaultSources, Defaults};
+use crate::builder::namespace;
+use crate::cli::MountArgs;
+use crate::fs::images::{BuildEnv, Images};
+use crate::fs::mount::{MountSpec, Mounted, session};
+use crate::fs::tree::{GentreeFs, TreeSpec};
+
+/// The `-o` options we understand.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Options {
+    allow_other: bool,
+    allow_root: bool,
+}
+
+fn parse_options(groups: &[String]) -> Result<Options, String> {
+    let mut o = Options::default();
+    for opt in groups
+        .iter()
+        .flat_map(|g| g.split(','))
+        .filter(|s| !s.is_empty())
+    {
+        match opt {
+            "allow_other" => o.allow_other = true,
+            "allow_root" => o.allow_root = true,
+            other => {
+                return Err(format!(
+                    "unknown mount option {other:?} (known: allow_other, allow_root)"
+                ));
+            }
+        }
+    }
+    Ok(o)
+}
+
+pub fn run(args: &MountArgs) -> CmdResult {
+    let mountpoint = args
+        .mountpoint
+        .clone()
+        .ok_or("no mountpoint given (gentree-fs [OPTIONS] MOUNTPOINT)")?;
+    let opts = parse_options(&args.options)?;
+    check_mountpoint(&mountpoint)?;
+    let mountpoint = std::fs::canonicalize(&mountpoint)
+        .map_err(|e| format!("cannot use mountpoint {}: {e}", mountpoint.display()))?;
+    // Absolute: the daemon's paths must not depend on where it was started.
+    let conf_root = std::path::absolute(match &args.conf_root {
+        Some(d) => d.clone(),
+        None => super::default_conf_root()?,
+    })?;
+    let configs = std::path::absolute(
+        args.configs
+            .clone()
+            .unwrap_or_else(|| conf_root.join("configs")),
+    )?;
+    if !args.foreground {
+        // Report what we can here, before starting a daemon.
+        prepare_dirs(&conf_root, &configs)?;
+        return daemon::spawn_daemon(None, "mount");
+    }
+    let fg = daemon::Foreground::start()?;
+    let (seeds, work) = prepare_dirs(&conf_root, &configs)?;
+    let sources = if args.no_config {
+        DefaultSources::none()
+    } else {
+        DefaultSources::from_env()
+    };
+    let mapping = namespace::current_mapping();
+    super::build::warn_single_mapping(&mapping);
+    let images = Images::new(BuildEnv {
+        conf_root: conf_root.clone(),
+        configs: configs.clone(),
+        defaults: Defaults::load(&sources)?,
+        mapping,
+        source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|s| s.trim().parse().ok()),
+    });
+    let tree = GentreeFs::new(
+        TreeSpec {
+            seeds,
+            configs: configs.clone(),
+            configs_work: work,
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        },
+        images.clone(),
+    )
+    .map_err(|source| crate::fs::mount::MountError::Configs {
+        configs: configs.clone(),
+        source,
+    })?;
+    let spec = MountSpec {
+        mountpoint: mountpoint.clone(),
+        allow_other: opts.allow_other,
+        allow_root: opts.allow_root,
+        threads: args.threads,
+    };
+    let Mounted { session, unmounter } = session(tree, &spec)?;
+    fg.unmount_on_signal(mountpoint.clone(), unmounter)?;
+    tracing::info!("gentree mounted on {}", mountpoint.display());
+    let served = session.run();
+    // Unmounted (or the session failed): no build may outlive the daemon.
+    images.shutdown(std::time::Duration::from_secs(30));
+    served?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Creates the seeds and configs dirs and the configs union's scratch dir (on the
+/// configs dir's filesystem, else none: creating configs then fails with EROFS).
+fn prepare_dirs(
+    conf_root: &Path,
+    configs: &Path,
+) -> Result<(PathBuf, Option<PathBuf>), Box<dyn std::error::Error + Send + Sync>> {
+    let seeds = crate::builder::build::HostDirs::plain(conf_root).seeds;
+    let work = conf_root.join("state/configs-work");
+    for d in [&seeds, configs, &work] {
+        std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    }
+    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    let work = (dev(&work) == dev(configs)).then_some(work);
+    if work.is_none() {
+        tracing::warn!(
+            "{} is on another filesystem than {}: configs/ cannot take new files",
+            configs.display(),
+            conf_root.display()
+        );
+    }
+    Ok((seeds, work))
+}
+
+/// A stale mount or a non-empty mountpoint, with what to do about it.
+fn check_mountpoint(mp: &Path) -> Result<(), String> {
+    match std::fs::read_dir(mp) {
+        Ok(mut d) => {
+            if d.next().is_some() {
+                return Err(format!(
+                    "mountpoint {} is not empty: use an empty directory",
+                    mp.display()
+                ));
+            }
+            Ok(())
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Err(format!(
+            "{} is a stale mount (transport endpoint is not connected): \
+             run `fusermount3 -u {}` first",
+            mp.display(),
+            mp.display()
+        )),
+        Err(e) => Err(format!("cannot use mountpoint {}: {e}", mp.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_parse_and_reject_unknown_ones() {
+        assert_eq!(parse_options(&[]), Ok(Options::default()));
+        let o = parse_options(&["allow_other".into(), "allow_root,".into()]).unwrap_or_default();
+        assert!(o.allow_other && o.allow_root);
+        assert!(parse_options(&["rw,bogus".into()]).is_err());
+    }
+}

@@ -1,0 +1,758 @@
+//! `builds/<config>.tar`: images built on first open and shared by concurrent openers.
+//!
+//! Each config (`<name>.toml` in the configs dir) has one [`Slot`]: its state, the key of
+//! its top layer, the cached [`TarLayout`] of its image and the openers waiting for a
+//! build. Invariants:
+//! - at most one build job per config runs at a time; openers arriving while it runs
+//!   join its waiters, and every waiter is answered exactly once (ready, failed, or
+//!   interrupted);
+//! - no caller of [`Images::open`] blocks on a build: the job runs on its own thread
+//!   (the build itself runs emerge in re-exec'd helper processes, never forking us)
+//!   and answers the waiters when done;
+//! - a cached layout is served only while the config still resolves to the same key,
+//!   so an edited config or a changed seed rebuilds on the next open;
+//! - the flattened index is persisted next to the top layer
+//!   (`layers/<key>/image-<filters digest>.idx`) so reopening after a restart needs no
+//!   tree walk.
+//!
+//! The lock over the slots is never held across I/O on layers, a build, or a reply.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+
+use crate::builder::build::{self, BuildError, BuildOptions, HostDirs};
+use crate::builder::config::{CliOverrides, ConfigError, Defaults, ResolvedConfig, resolve_file};
+use crate::builder::namespace::IdMapping;
+use crate::layers::store::{BuildKey, Store, StoreError};
+use crate::layers::tar::{PackOptions, TarError, TarLayout};
+
+/// How often waiting openers are checked for pending signals.
+pub const INTERRUPT_POLL: Duration = Duration::from_millis(200);
+
+/// Someone waiting for an image: a FUSE open in the mount, a channel in tests.
+pub trait Waiter: Send + 'static {
+    /// The waiting thread (its pending signals are watched).
+    fn pid(&self) -> u32;
+    /// The image is ready.
+    fn ready(self: Box<Self>, image: Arc<TarLayout>);
+    /// The open fails with this errno (EIO for a failed build, EINTR when interrupted).
+    fn fail(self: Box<Self>, errno: i32);
+}
+
+/// What `getfattr` shows as `user.gentree.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Absent,
+    Building,
+    Ready,
+    Failed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Absent => "absent",
+            State::Building => "building",
+            State::Ready => "ready",
+            State::Failed => "failed",
+        }
+    }
+}
+
+/// The state of one config's image, as seen now.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub state: State,
+    pub key: Option<BuildKey>,
+    /// The image, when it is ready.
+    pub image: Option<Arc<TarLayout>>,
+}
+
+/// Why an image could not be produced (written to the config's log).
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("config {name}")]
+    Config {
+        name: String,
+        #[source]
+        source: ConfigError,
+    },
+    #[error("building {name}")]
+    Build {
+        name: String,
+        #[source]
+        source: BuildError,
+    },
+    #[error("layer store of {name}")]
+    Store {
+        name: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("layer {key} of {name} vanished from the store during the build")]
+    Vanished { name: String, key: BuildKey },
+    #[error("image layout of {name}")]
+    Layout {
+        name: String,
+        #[source]
+        source: TarError,
+    },
+    #[error("cannot write the log {path}")]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Everything a build needs that does not change while mounted.
+#[derive(Debug)]
+pub struct BuildEnv {
+    pub conf_root: PathBuf,
+    /// The configs dir (`<name>.toml` files).
+    pub configs: PathBuf,
+    pub defaults: Defaults,
+    pub mapping: IdMapping,
+    pub source_date_epoch: Option<i64>,
+}
+
+/// A config resolved to its layer keys.
+#[derive(Debug)]
+struct Plan {
+    cfg: ResolvedConfig,
+    dirs: HostDirs,
+    /// Every layer's key, build order (the top layer last).
+    keys: Vec<BuildKey>,
+}
+
+impl Plan {
+    fn top(&self) -> Option<&BuildKey> {
+        self.keys.last()
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    state: Option<State>,
+    key: Option<BuildKey>,
+    image: Option<Arc<TarLayout>>,
+    waiters: Vec<Box<dyn Waiter>>,
+    /// The image last handed to an opener (see [`Images::first_open`]).
+    served: Option<Arc<TarLayout>>,
+}
+
+/// Called (off any lock) when a config's image becomes ready: the mount invalidates
+/// the kernel's cached size.
+pub type ReadyHook = Box<dyn Fn(&str) + Send + Sync>;
+
+/// The images of every config, and their build jobs.
+pub struct Images {
+    env: Arc<BuildEnv>,
+    slots: Mutex<HashMap<String, Slot>>,
+    on_ready: Mutex<Option<Arc<ReadyHook>>>,
+    /// Build jobs started (for the log and tests).
+    jobs: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Images {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Images").field("env", &self.env).finish()
+    }
+}
+
+impl Images {
+    pub fn new(env: BuildEnv) -> Arc<Images> {
+        Arc::new(Images {
+            env: Arc::new(env),
+            slots: Mutex::new(HashMap::new()),
+            on_ready: Mutex::new(None),
+            jobs: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    pub fn env(&self) -> &BuildEnv {
+        &self.env
+    }
+
+    pub fn set_ready_hook(&self, hook: ReadyHook) {
+        *self.on_ready.lock() = Some(Arc::new(hook));
+    }
+
+    /// The config file of `name`.
+    pub fn config_path(&self, name: &str) -> PathBuf {
+        self.env.configs.join(format!("{name}.toml"))
+    }
+
+    /// The live log of `name`'s latest build.
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        HostDirs::plain(&self.env.conf_root)
+            .builds
+            .join(format!("{name}.log"))
+    }
+
+    /// The config names: every `*.toml` in the configs dir, sorted.
+    pub fn names(&self) -> io::Result<Vec<String>> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(&self.env.configs)? {
+            let e = e?;
+            let n = e.file_name();
+            let Some(n) = n.to_str() else { continue };
+            if let Some(stem) = n.strip_suffix(".toml") {
+                if !stem.is_empty() && !stem.starts_with('.') && e.path().is_file() {
+                    v.push(stem.to_owned());
+                }
+            }
+        }
+        v.sort();
+        Ok(v)
+    }
+
+    fn plan(&self, name: &str) -> Result<Plan, ImageError> {
+        let cfg = resolve_file(
+            &self.config_path(name),
+            &CliOverrides::default(),
+            &self.env.defaults,
+        )
+        .map_err(|source| ImageError::Config {
+            name: name.to_owned(),
+            source,
+        })?;
+        let dirs = HostDirs::new(&self.env.conf_root, &cfg);
+        let store = self.store(name, &dirs)?;
+        let keys = build::plan_jobs(&cfg, &store, &dirs)
+            .map_err(|source| ImageError::Build {
+                name: name.to_owned(),
+                source,
+            })?
+            .into_iter()
+            .map(|j| j.key)
+            .collect();
+        Ok(Plan { cfg, dirs, keys })
+    }
+
+    fn store(&self, name: &str, dirs: &HostDirs) -> Result<Store, ImageError> {
+        Store::open(&dirs.conf_root).map_err(|source| ImageError::Store {
+            name: name.to_owned(),
+            source,
+        })
+    }
+
+    /// The state of `name`'s image. A ready image whose config now resolves to another
+    /// key is no longer ready; an image all of whose layers exist (built by an earlier
+    /// mount or `gentree-fs build`) is ready once its persisted index loads.
+    pub fn status(&self, name: &str) -> Status {
+        {
+            let slots = self.slots.lock();
+            if let Some(s) = slots.get(name) {
+                if s.state == Some(State::Building) {
+                    return Status {
+                        state: State::Building,
+                        key: s.key.clone(),
+                        image: None,
+                    };
+                }
+            }
+        }
+        let plan = match self.plan(name) {
+            Ok(p) => p,
+            Err(_) => {
+                let state = match self.recorded_state(name) {
+                    Some(State::Failed) => State::Failed,
+                    _ => State::Absent,
+                };
+                return Status {
+                    state,
+                    key: None,
+                    image: None,
+                };
+            }
+        };
+        let key = plan.top().cloned();
+        let cached = {
+            let slots = self.slots.lock();
+            slots.get(name).and_then(|s| match (&s.image, &s.key) {
+                (Some(img), Some(k)) if Some(k) == key.as_ref() => Some(img.clone()),
+                _ => None,
+            })
+        };
+        if let Some(image) = cached {
+            return Status {
+                state: State::Ready,
+                key,
+                image: Some(image),
+            };
+        }
+        // Not in memory: the layers may exist with a persisted index.
+        if let Ok(Some(image)) = self.load_existing(name, &plan) {
+            let image = Arc::new(image);
+            let mut slots = self.slots.lock();
+            let s = slots.entry(name.to_owned()).or_default();
+            if s.state != Some(State::Building) {
+                s.state = Some(State::Ready);
+                s.key = key.clone();
+                s.image = Some(image.clone());
+                return Status {
+                    state: State::Ready,
+                    key,
+                    image: Some(image),
+                };
+            }
+        }
+        let state = match self.recorded_state(name) {
+            Some(State::Failed) => State::Failed,
+            _ => State::Absent,
+        };
+        Status {
+            state,
+            key,
+            image: None,
+        }
+    }
+
+    fn recorded_state(&self, name: &str) -> Option<State> {
+        self.slots.lock().get(name).and_then(|s| s.state)
+    }
+
+    /// The image of a plan whose layers all exist, from its persisted index only
+    /// (`None` when a layer or the index is missing).
+    fn load_existing(&self, name: &str, plan: &Plan) -> Result<Option<TarLayout>, ImageError> {
+        let Some(top) = plan.top() else {
+            return Ok(None);
+        };
+        let store = self.store(name, &plan.dirs)?;
+        let idx = self.index_path(name, &store, top, &plan.cfg)?;
+        if !idx.is_file() {
+            return Ok(None);
+        }
+        let Some(roots) = self.layer_roots(name, &store, &plan.keys)? else {
+            return Ok(None);
+        };
+        match TarLayout::load(&idx) {
+            Ok(mut l) => {
+                // The store may have moved since the index was written.
+                if l.layers() != roots.as_slice() && l.relocate(roots).is_err() {
+                    return Ok(None);
+                }
+                Ok(Some(l))
+            }
+            Err(e) => {
+                tracing::warn!("{}: ignoring unreadable index: {e}", idx.display());
+                Ok(None)
+            }
+        }
+    }
+
+    /// The roots of the plan's layers, lowest first; `None` if one is not built.
+    fn layer_roots(
+        &self,
+        name: &str,
+        store: &Store,
+        keys: &[BuildKey],
+    ) -> Result<Option<Vec<PathBuf>>, ImageError> {
+        let mut roots = Vec::new();
+        for k in keys {
+            match store.lookup(k).map_err(|source| ImageError::Store {
+                name: name.to_owned(),
+                source,
+            })? {
+                Some(l) => roots.push(l.root()),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(roots))
+    }
+
+    fn pack_options(&self, name: &str, cfg: &ResolvedConfig) -> Result<PackOptions, ImageError> {
+        Ok(PackOptions {
+            filters: build::image_filters(cfg).map_err(|source| ImageError::Build {
+                name: name.to_owned(),
+                source,
+            })?,
+            source_date_epoch: self.env.source_date_epoch,
+        })
+    }
+
+    /// Where the index of the image over `top` is kept: the image depends on the layer
+    /// stack (the top key covers it) and on the image's filters and epoch (not in it).
+    fn index_path(
+        &self,
+        name: &str,
+        store: &Store,
+        top: &BuildKey,
+        cfg: &ResolvedConfig,
+    ) -> Result<PathBuf, ImageError> {
+        let opts = self.pack_options(name, cfg)?;
+        let mut h = Sha256::new();
+        h.update(format!("{:?}\n{:?}", cfg.tar_filters, opts.source_date_epoch).as_bytes());
+        let digest: String = h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(store.layer_dir(top).join(format!("image-{digest}.idx")))
+    }
+
+    /// Opens `name`'s image: answers `waiter` at once when the image is ready, else
+    /// makes it wait for the (one) build job of that config, starting it if needed.
+    pub fn open(self: &Arc<Self>, name: &str, waiter: Box<dyn Waiter>) {
+        let Some(waiter) = self.join_running(name, waiter) else {
+            return;
+        };
+        // Not building: serve what is ready for the current key, else start a job.
+        let status = self.status(name);
+        if let Some(image) = status.image {
+            return waiter_ready(waiter, image);
+        }
+        let mut slots = self.slots.lock();
+        let s = slots.entry(name.to_owned()).or_default();
+        s.waiters.push(waiter);
+        if s.state == Some(State::Building) {
+            return;
+        }
+        s.state = Some(State::Building);
+        s.image = None;
+        drop(slots);
+        let me = Arc::clone(self);
+        let owned = name.to_owned();
+        let spawned = std::thread::Builder::new()
+            .name(format!("build-{name}"))
+            .spawn(move || me.run_job(&owned));
+        if let Err(e) = spawned {
+            tracing::error!("cannot start a build thread for {name}: {e}");
+            self.finish(name, None, Err(libc::EAGAIN));
+        }
+    }
+
+    /// Adds `waiter` to a running job; gives it back when none runs.
+    fn join_running(&self, name: &str, waiter: Box<dyn Waiter>) -> Option<Box<dyn Waiter>> {
+        let mut slots = self.slots.lock();
+        match slots.get_mut(name) {
+            Some(s) if s.state == Some(State::Building) => {
+                s.waiters.push(waiter);
+                None
+            }
+            _ => Some(waiter),
+        }
+    }
+
+    /// Build jobs started since mounting.
+    pub fn jobs_started(&self) -> u64 {
+        self.jobs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// One build job: resolve, build what is missing, lay out the image, answer.
+    fn run_job(&self, name: &str) {
+        let n = self.jobs.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        tracing::info!("{name}: build job {n} started");
+        let log = self.log_path(name);
+        let result = self.job(name, &log);
+        match result {
+            Ok((key, image)) => {
+                tracing::info!("{name}: image ready ({} bytes)", image.size());
+                self.finish(name, Some(key), Ok(Arc::new(image)));
+            }
+            Err(e) => {
+                let mut text = format!("gentree-fs: error: {e}\n");
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    text.push_str(&format!("  caused by: {s}\n"));
+                    src = s.source();
+                }
+                tracing::error!("{name}: {}", text.trim_end());
+                let _ = append(&log, &text);
+                self.finish(name, None, Err(libc::EIO));
+            }
+        }
+    }
+
+    fn job(&self, name: &str, log: &Path) -> Result<(BuildKey, TarLayout), ImageError> {
+        let log_err = |source| ImageError::Log {
+            path: log.to_path_buf(),
+            source,
+        };
+        if let Some(d) = log.parent() {
+            std::fs::create_dir_all(d).map_err(log_err)?;
+        }
+        std::fs::write(log, format!("gentree-fs: image {name}\n")).map_err(log_err)?;
+        let plan = self.plan(name)?;
+        let Some(top) = plan.top().cloned() else {
+            return Err(ImageError::Vanished {
+                name: name.to_owned(),
+                key: BuildKey::from_digest(&[0; 32]),
+            });
+        };
+        let store = self.store(name, &plan.dirs)?;
+        let roots = match self.layer_roots(name, &store, &plan.keys)? {
+            Some(r) => {
+                append(log, &format!("all layers present (top {})\n", top.short()))
+                    .map_err(log_err)?;
+                r
+            }
+            None => {
+                append(log, &format!("building (top layer {})\n", top.short())).map_err(log_err)?;
+                let opts = BuildOptions {
+                    rebuild: false,
+                    mapping: self.env.mapping.clone(),
+                };
+                let report = build::build(&plan.cfg, &plan.dirs, &opts, log).map_err(|source| {
+                    ImageError::Build {
+                        name: name.to_owned(),
+                        source,
+                    }
+                })?;
+                for (layer, outcome) in &report.layers {
+                    let what = match outcome {
+                        build::Outcome::Reused => "reused",
+                        build::Outcome::Built => "built",
+                    };
+                    let line = format!(
+                        "{what} layer {} ({})\n",
+                        layer.meta.buildname,
+                        layer.meta.key.short()
+                    );
+                    append(log, &line).map_err(log_err)?;
+                }
+                report.image_layers()
+            }
+        };
+        let idx = self.index_path(name, &store, &top, &plan.cfg)?;
+        if let Ok(Some(image)) = self.load_existing(name, &plan) {
+            append(log, "image index loaded\n").map_err(log_err)?;
+            return Ok((top, image));
+        }
+        let opts = self.pack_options(name, &plan.cfg)?;
+        let image = TarLayout::flattened(&roots, &opts).map_err(|source| ImageError::Layout {
+            name: name.to_owned(),
+            source,
+        })?;
+        if let Err(e) = image.save(&idx) {
+            // Only the next mount's first open is slower.
+            tracing::warn!("{name}: cannot save the image index: {e}");
+        }
+        append(log, &format!("image ready: {} bytes\n", image.size())).map_err(log_err)?;
+        Ok((top, image))
+    }
+
+    /// Ends a job: records the outcome and answers every waiter, off the lock.
+    fn finish(&self, name: &str, key: Option<BuildKey>, r: Result<Arc<TarLayout>, i32>) {
+        let waiters = {
+            let mut slots = self.slots.lock();
+            let s = slots.entry(name.to_owned()).or_default();
+            match &r {
+                Ok(img) => {
+                    s.state = Some(State::Ready);
+                    s.key = key;
+                    s.image = Some(img.clone());
+                }
+                Err(_) => {
+                    s.state = Some(State::Failed);
+                    s.image = None;
+                }
+            }
+            std::mem::take(&mut s.waiters)
+        };
+        for w in waiters {
+            match &r {
+                Ok(img) => waiter_ready(w, img.clone()),
+                Err(errno) => w.fail(*errno),
+            }
+        }
+        if r.is_ok() {
+            let hook = self.on_ready.lock().clone();
+            if let Some(h) = hook {
+                h(name);
+            }
+        }
+    }
+
+    /// Answers EINTR to every waiter with a signal pending (FUSE_INTERRUPT never
+    /// reaches us: fuser 0.18 answers it ENOSYS). The build goes on.
+    pub fn check_interrupts(&self) {
+        let interrupted: Vec<Box<dyn Waiter>> = {
+            let mut slots = self.slots.lock();
+            let mut out = Vec::new();
+            for s in slots.values_mut() {
+                if s.waiters.is_empty() {
+                    continue;
+                }
+                let (gone, stay): (Vec<_>, Vec<_>) = std::mem::take(&mut s.waiters)
+                    .into_iter()
+                    .partition(|w| signal_pending(w.pid()));
+                s.waiters = stay;
+                out.extend(gone);
+            }
+            out
+        };
+        for w in interrupted {
+            tracing::debug!("open by {} interrupted", w.pid());
+            w.fail(libc::EINTR);
+        }
+    }
+
+    /// Records that `image` is handed to an opener of `name`; true when it is another
+    /// image than the one handed out before. The kernel may still cache the pages (and
+    /// the size) of that earlier image for the same inode, so the mount serves a first
+    /// open of a new image with direct I/O and only later ones from the page cache.
+    pub fn first_open(&self, name: &str, image: &Arc<TarLayout>) -> bool {
+        let mut slots = self.slots.lock();
+        let s = slots.entry(name.to_owned()).or_default();
+        let new = !s.served.as_ref().is_some_and(|p| Arc::ptr_eq(p, image));
+        s.served = Some(image.clone());
+        new
+    }
+
+    /// True while any build job runs.
+    pub fn any_building(&self) -> bool {
+        self.slots
+            .lock()
+            .values()
+            .any(|s| s.state == Some(State::Building))
+    }
+
+    /// After unmounting: stops running builds so that no helper process or half layer
+    /// is left. Kills our child processes (the builds' namespace helpers; their own
+    /// children die with them by PDEATHSIG), then waits up to `timeout` for the jobs
+    /// to clean up their unfinished layers and end.
+    pub fn shutdown(&self, timeout: Duration) {
+        if !self.any_building() {
+            return;
+        }
+        tracing::info!("stopping the running builds");
+        let start = std::time::Instant::now();
+        while self.any_building() && start.elapsed() < timeout {
+            for pid in child_pids() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if self.any_building() {
+            tracing::warn!("builds still running after {timeout:?}; exiting anyway");
+        }
+    }
+
+    /// `rm builds/<name>.tar`: forgets the image and removes the config's own (top)
+    /// layer, so the next open rebuilds it; base layers stay (other configs share
+    /// them). EBUSY while building.
+    pub fn remove(&self, name: &str) -> io::Result<()> {
+        if !self.config_path(name).is_file() {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        {
+            let mut slots = self.slots.lock();
+            let s = slots.entry(name.to_owned()).or_default();
+            if s.state == Some(State::Building) {
+                return Err(io::Error::from_raw_os_error(libc::EBUSY));
+            }
+            s.state = Some(State::Absent);
+            s.image = None;
+            s.key = None;
+        }
+        // A config that does not resolve has no layer of its own to drop.
+        let Ok(plan) = self.plan(name) else {
+            return Ok(());
+        };
+        let Some(top) = plan.top() else { return Ok(()) };
+        let store = Store::open(&plan.dirs.conf_root).map_err(store_io)?;
+        let _lock = store.lock(top).map_err(store_io)?;
+        store.remove(top).map_err(store_io)?;
+        tracing::info!("{name}: image dropped (layer {} removed)", top.short());
+        Ok(())
+    }
+}
+
+/// Our child processes (every thread's), from `/proc/self/task/*/children`.
+fn child_pids() -> Vec<i32> {
+    let mut v = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return v;
+    };
+    for t in tasks.filter_map(Result::ok) {
+        if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
+            v.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    v
+}
+
+fn waiter_ready(w: Box<dyn Waiter>, image: Arc<TarLayout>) {
+    w.ready(image);
+}
+
+fn store_io(e: StoreError) -> io::Error {
+    tracing::warn!("{e}");
+    match std::error::Error::source(&e).and_then(|s| s.downcast_ref::<io::Error>()) {
+        Some(io) if io.raw_os_error().is_some() => {
+            io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(libc::EIO))
+        }
+        _ => io::Error::from_raw_os_error(libc::EIO),
+    }
+}
+
+fn append(path: &Path, text: &str) -> io::Result<()> {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)?
+        .write_all(text.as_bytes())
+}
+
+/// True when thread `pid` has a signal pending that it neither blocks nor ignores
+/// (`/proc/<pid>/status`: SigPnd for the thread, ShdPnd for the process). A gone
+/// process counts as interrupted: nobody waits for the answer.
+pub fn signal_pending(pid: u32) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    pending_in_status(&text)
+}
+
+/// The test of [`signal_pending`] on the text of a `/proc/<pid>/status` file.
+pub fn pending_in_status(text: &str) -> bool {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let pending = field("SigPnd:") | field("ShdPnd:");
+    pending & !field("SigBlk:") & !field("SigIgn:") != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_signals_count_unless_blocked_or_ignored() {
+        let status = |pnd: &str, shd: &str, blk: &str, ign: &str| {
+            format!(
+                "Name:\tcp\nSigQ:\t0/1\nSigPnd:\t{pnd}\nShdPnd:\t{shd}\nSigBlk:\t{blk}\nSigIgn:\t{ign}\nSigCgt:\t0\n"
+            )
+        };
+        let z = "0000000000000000";
+        let sigint = "0000000000000002";
+        assert!(!pending_in_status(&status(z, z, z, z)));
+        assert!(pending_in_status(&status(z, sigint, z, z)), "shared SIGINT");
+        assert!(pending_in_status(&status(sigint, z, z, z)), "thread SIGINT");
+        assert!(!pending_in_status(&status(z, sigint, sigint, z)), "blocked");
+        assert!(!pending_in_status(&status(z, sigint, z, sigint)), "ignored");
+        assert!(pending_in_status(&status(z, "0000000000000102", sigint, z)));
+    }
+
+    #[test]
+    fn a_vanished_process_counts_as_interrupted() {
+        assert!(signal_pending(u32::MAX - 1));
+        assert!(!signal_pending(std::process::id()));
+    }
+}

@@ -1,0 +1,562 @@
+//! FUSE adapter for the gentree mount ([`super::tree::GentreeFs`]) and its session.
+//!
+//! Each method decodes, calls one `GentreeFs` method and replies. The exception is
+//! opening `builds/<config>.tar`: the `ReplyOpen` moves into an [`OpenWaiter`] handed
+//! to the build manager ([`super::images::Images`]), which answers it from its own
+//! thread when the image is ready, failed, or the opener got a signal; no FUSE worker
+//! thread waits for a build.
+//!
+//! Size policy (fuser-notes lesson 1): an image that is ready reports its exact size;
+//! one that is not reports size 0, and an open that had to wait for the build is
+//! answered with `FOPEN_DIRECT_IO` (reads go to the daemon whatever the kernel thinks
+//! the size is, so `cp` copies all of it); the inode's cached attributes and pages are
+//! invalidated once the build is done. The first open of each new image of a config is
+//! direct too (the kernel may hold the size and pages of the image before it, e.g. after
+//! a config edit); later opens use `FOPEN_KEEP_CACHE`, so repeated reads of a finished
+//! image come from the page cache.
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{
+    AccessFlags, BsdFileFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+};
+
+use super::images::{INTERRUPT_POLL, Images, Waiter};
+use super::tree::{GentreeFs, Handle, Handles, Opened};
+use crate::layers::ownership::FileKind;
+use crate::layers::tar::TarLayout;
+use crate::layers::union::{Attr, Caller, SetAttr, SetTime};
+
+/// The fuser `Filesystem` over a [`GentreeFs`].
+#[derive(Debug)]
+pub struct GentreeFuse {
+    fs: Arc<GentreeFs>,
+}
+
+fn file_type(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Pipe => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::Block { .. } => FileType::BlockDevice,
+        FileKind::Char { .. } => FileType::CharDevice,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.ctime,
+        kind: file_type(a.kind),
+        perm: a.perm as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev as u32,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn reply_entry(reply: ReplyEntry, ttl: Duration, r: io::Result<Attr>) {
+    match r {
+        Ok(a) => {
+            let entry_ttl = if a.uncached_entry {
+                Duration::ZERO
+            } else {
+                ttl
+            };
+            reply.entry_with_ttls(&ttl, &entry_ttl, &file_attr(&a), Generation(0));
+        }
+        Err(e) => reply.error(Errno::from(e)),
+    }
+}
+
+fn reply_attr(reply: ReplyAttr, ttl: Duration, r: io::Result<Attr>) {
+    match r {
+        Ok(a) => reply.attr(&ttl, &file_attr(&a)),
+        Err(e) => reply.error(Errno::from(e)),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, r: io::Result<()>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(Errno::from(e)),
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, r: io::Result<Vec<u8>>) {
+    match r {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
+        Ok(v) => reply.data(&v),
+        Err(e) => reply.error(Errno::from(e)),
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
+    t.map(|t| match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => SetTime::At(t),
+    })
+}
+
+/// An open of `builds/<config>.tar` waiting for its image.
+struct OpenWaiter {
+    reply: ReplyOpen,
+    pid: u32,
+    name: String,
+    images: Arc<Images>,
+    handles: Arc<Handles>,
+    /// The image was not ready when the open arrived (see the module docs).
+    direct: bool,
+}
+
+impl Waiter for OpenWaiter {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+    fn ready(self: Box<Self>, image: Arc<TarLayout>) {
+        let first = self.images.first_open(&self.name, &image);
+        let fh = self.handles.insert(Handle::Tar(image));
+        let flags = if self.direct || first {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE
+        };
+        self.reply.opened(FileHandle(fh), flags);
+    }
+    fn fail(self: Box<Self>, errno: i32) {
+        self.reply.error(Errno::from_i32(errno));
+    }
+}
+
+impl Filesystem for GentreeFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // One flag at a time: add_capabilities is all-or-nothing.
+        for flag in [
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_MAX_PAGES,
+            InitFlags::FUSE_AUTO_INVAL_DATA,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        reply_entry(reply, self.fs.ttl(), self.fs.lookup(parent.0, name));
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        reply_attr(reply, self.fs.ttl(), self.fs.getattr(ino.0));
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+        };
+        let r = self.fs.setattr(ino.0, set, fh.map(|f| f.0));
+        reply_attr(reply, self.fs.ttl(), r);
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        use std::os::unix::ffi::OsStrExt;
+        match self.fs.readlink(ino.0) {
+            Ok(t) => reply.data(t.as_os_str().as_bytes()),
+            Err(e) => reply.error(Errno::from(e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self.fs.mkdir(parent.0, name, mode, caller(req));
+        reply_entry(reply, self.fs.ttl(), r);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.fs.unlink(parent.0, name));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.fs.rmdir(parent.0, name));
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = self.fs.symlink(parent.0, link_name, target, caller(req));
+        reply_entry(reply, self.fs.ttl(), r);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let r = self
+            .fs
+            .rename(parent.0, name, newparent.0, newname, flags.bits());
+        reply_empty(reply, r);
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.open(ino.0, flags.0) {
+            Ok(Opened::Cached(fh)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(Opened::Direct(fh)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            Ok(Opened::Image(name)) => {
+                let images: &Arc<Images> = self.fs.images();
+                let direct = images.status(&name).image.is_none();
+                let waiter = OpenWaiter {
+                    reply,
+                    pid: req.pid(),
+                    name: name.clone(),
+                    images: images.clone(),
+                    handles: self.fs.handles.clone(),
+                    direct,
+                };
+                images.open(&name, Box::new(waiter));
+            }
+            Err(e) => reply.error(Errno::from(e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.fs.read(fh.0, offset, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(Errno::from(e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(Errno::from(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.fs.fsync(fh.0, datasync));
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(Errno::from(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.fs.readdir(fh.0) {
+            Ok(e) => e,
+            Err(e) => return reply.error(Errno::from(e)),
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(e.ino), i as u64 + 1, file_type(e.kind), &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.fs.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            ),
+            Err(e) => reply.error(Errno::from(e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, size, self.fs.getxattr(ino.0, name));
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, size, self.fs.listxattr(ino.0));
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // default_permissions makes the kernel check modes; this only confirms existence.
+        reply_empty(reply, self.fs.getattr(ino.0).map(drop));
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.fs.create(parent.0, name, mode, flags, caller(req)) {
+            Ok((a, fh)) => reply.created(
+                &self.fs.ttl(),
+                &file_attr(&a),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::FOPEN_DIRECT_IO,
+            ),
+            Err(e) => reply.error(Errno::from(e)),
+        }
+    }
+}
+
+/// The device (`maj:min`) of the topmost gentree FUSE mount on `mountpoint` in our
+/// mount namespace, from `/proc/self/mountinfo` (a `stat` would ask ourselves).
+fn mount_dev(mountpoint: &Path) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mountpoint
+        .to_str()?
+        .replace('\\', "\\134")
+        .replace(' ', "\\040")
+        .replace('\t', "\\011")
+        .replace('\n', "\\012");
+    let ours = |l: &&str| {
+        let (head, tail) = l.split_once(" - ").unwrap_or((l, ""));
+        let mut t = tail.split(' ');
+        let (fstype, source) = (t.next().unwrap_or(""), t.next().unwrap_or(""));
+        head.split(' ').nth(4) == Some(want.as_str())
+            && (fstype == "fuse" || fstype == "fuse.gentree")
+            && source == "gentree"
+    };
+    text.lines()
+        .rfind(ours)
+        .and_then(|l| l.split(' ').nth(2).map(str::to_owned))
+}
+
+/// Why the mount could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("cannot open the configs dir {configs} as a union")]
+    Configs {
+        configs: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot mount on {mountpoint}")]
+    Mount {
+        mountpoint: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// How to mount.
+#[derive(Debug, Clone)]
+pub struct MountSpec {
+    pub mountpoint: PathBuf,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    pub threads: Option<usize>,
+}
+
+/// The mounted session (not yet serving) and its unmounter.
+#[derive(Debug)]
+pub struct Mounted {
+    pub session: fuser::Session<GentreeFuse>,
+    pub unmounter: fuser::SessionUnmounter,
+}
+
+/// Mounts the tree and starts the build manager's interrupt watcher; serve with
+/// `session.run()`.
+pub fn session(fs: GentreeFs, spec: &MountSpec) -> Result<Mounted, MountError> {
+    let fs = Arc::new(fs);
+    let mut cfg = Config::default();
+    cfg.mount_options = vec![
+        MountOption::FSName("gentree".into()),
+        MountOption::Subtype("gentree".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    cfg.acl = if spec.allow_other {
+        SessionACL::All
+    } else if spec.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cfg.n_threads = Some(spec.threads.unwrap_or(cpus).max(1));
+    cfg.clone_fd = true;
+    let mount_err = |source| MountError::Mount {
+        mountpoint: spec.mountpoint.clone(),
+        source,
+    };
+    let mut session = fuser::Session::new(GentreeFuse { fs: fs.clone() }, &spec.mountpoint, &cfg)
+        .map_err(mount_err)?;
+    // A finished build changes the image's size: drop the kernel's cached attributes.
+    // The hook runs on the build job's thread, never in a handler or under our locks.
+    let notifier = session.notifier();
+    let weak = Arc::downgrade(&fs);
+    fs.images().set_ready_hook(Box::new(move |name| {
+        if let Some(ino) = weak.upgrade().and_then(|fs| fs.tar_ino(name)) {
+            let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
+        }
+    }));
+    // The build helpers' mount namespaces hold copies of this mount, so an unmount in
+    // ours does not end the session while a build runs: watch for it and stop the
+    // builds, which releases the copies (and then the session ends).
+    let dev = mount_dev(&spec.mountpoint);
+    let mountpoint = spec.mountpoint.clone();
+    let images = Arc::downgrade(fs.images());
+    std::thread::Builder::new()
+        .name("interrupts".into())
+        .spawn(move || {
+            while let Some(images) = images.upgrade() {
+                images.check_interrupts();
+                if images.any_building() && dev.is_some() && mount_dev(&mountpoint) != dev {
+                    tracing::info!("{} was unmounted", mountpoint.display());
+                    images.shutdown(Duration::from_secs(30));
+                }
+                drop(images);
+                std::thread::sleep(INTERRUPT_POLL);
+            }
+        })
+        .map_err(mount_err)?;
+    let unmounter = session.unmount_callable();
+    Ok(Mounted { session, unmounter })
+}

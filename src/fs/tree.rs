@@ -1,0 +1,839 @@
+//! The gentree mount's tree, without FUSE: [`GentreeFs`] answers lookups, listings,
+//! opens and reads with `io::Result`s; the fuser adapter ([`super::mount`]) only
+//! decodes and replies.
+//!
+//! ```text
+//! /                      ROOT
+//! ├── seeds/<seed>/      read-only union of the seed (and its persistent upper)
+//! ├── configs/           union whose upper is the configs dir: real files there
+//! ├── builds/            <config>.tar (built on open) and <config>.log, per *.toml
+//! └── layers/            <buildname>.tar: the newest published layer of each
+//!                        buildname as an OCI layer tar (whiteouts kept)
+//! ```
+//!
+//! Inode ranges route requests: the fixed directories and the builds entries use small
+//! numbers; each union gets its own range, `(index + 1) << 48 | union inode`
+//! (index 0 is configs/, then seeds in the order first seen). File handles are split
+//! the same way: below `1 << 48` they are ours, above it they belong to a union.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use parking_lot::{Mutex, RwLock};
+
+use super::images::Images;
+use crate::layers::ownership::FileKind;
+use crate::layers::store::{BuildKey, Store};
+use crate::layers::tar::{FilterSet, PackOptions, TarLayout};
+use crate::layers::union::{Attr, Caller, DirEntry, Fh, Ino, SetAttr, StatFs, Union, UnionOptions};
+
+pub const ROOT: u64 = 1;
+pub const SEEDS: u64 = 2;
+pub const BUILDS: u64 = 3;
+pub const LAYERS: u64 = 4;
+/// First inode of the layers entries (`FIRST_LAYER + i` is layer i).
+const FIRST_LAYER: u64 = 1 << 40;
+/// First inode of the builds entries: `FIRST_BUILD + 2 * i` is config i's tar,
+/// `+ 1` its log.
+const FIRST_BUILD: u64 = 16;
+const UNION_SHIFT: u32 = 48;
+const CONFIGS_UNION: usize = 0;
+
+/// The xattrs of `builds/<config>.tar`.
+pub const XATTR_STATE: &str = "user.gentree.state";
+pub const XATTR_KEY: &str = "user.gentree.key";
+
+fn errno(e: i32) -> io::Error {
+    io::Error::from_raw_os_error(e)
+}
+
+/// What an inode is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Node {
+    Root,
+    Seeds,
+    Builds,
+    Layers,
+    Tar(usize),
+    Log(usize),
+    /// `layers/<buildname>.tar`, by layers index.
+    Layer(usize),
+    /// Union `index`, its inode.
+    Union(usize, Ino),
+}
+
+impl Node {
+    pub fn of(ino: u64) -> Option<Node> {
+        match ino {
+            ROOT => Some(Node::Root),
+            SEEDS => Some(Node::Seeds),
+            BUILDS => Some(Node::Builds),
+            LAYERS => Some(Node::Layers),
+            i if i >> UNION_SHIFT > 0 => Some(Node::Union(
+                (i >> UNION_SHIFT) as usize - 1,
+                Ino(i & ((1 << UNION_SHIFT) - 1)),
+            )),
+            i if i >= FIRST_LAYER => Some(Node::Layer((i - FIRST_LAYER) as usize)),
+            i if i >= FIRST_BUILD => {
+                let n = ((i - FIRST_BUILD) / 2) as usize;
+                Some(if (i - FIRST_BUILD).is_multiple_of(2) {
+                    Node::Tar(n)
+                } else {
+                    Node::Log(n)
+                })
+            }
+            _ => None,
+        }
+    }
+
+    pub fn ino(self) -> u64 {
+        match self {
+            Node::Root => ROOT,
+            Node::Seeds => SEEDS,
+            Node::Builds => BUILDS,
+            Node::Layers => LAYERS,
+            Node::Layer(n) => FIRST_LAYER + n as u64,
+            Node::Tar(n) => FIRST_BUILD + 2 * n as u64,
+            Node::Log(n) => FIRST_BUILD + 2 * n as u64 + 1,
+            Node::Union(u, ino) => union_ino(u, ino.0),
+        }
+    }
+}
+
+fn union_ino(u: usize, ino: u64) -> u64 {
+    ((u as u64 + 1) << UNION_SHIFT) | ino
+}
+
+/// An open file of ours.
+#[derive(Debug)]
+pub enum Handle {
+    Tar(Arc<TarLayout>),
+    Log(File),
+    /// A directory listing snapshot.
+    Dir(Arc<Vec<DirEntry>>),
+}
+
+/// How an open should be answered.
+#[derive(Debug)]
+pub enum Opened {
+    /// A file of stable content (the page cache may keep it).
+    Cached(u64),
+    /// A file that grows or whose size the kernel may not know (direct I/O).
+    Direct(u64),
+    /// `builds/<name>.tar`: ask [`Images::open`] and reply when it answers.
+    Image(String),
+}
+
+/// Open handles of ours.
+#[derive(Debug, Default)]
+pub struct Handles {
+    map: Mutex<HashMap<u64, Arc<Handle>>>,
+    next: AtomicU64,
+}
+
+impl Handles {
+    pub fn insert(&self, h: Handle) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.map.lock().insert(fh, Arc::new(h));
+        fh
+    }
+    fn get(&self, fh: u64) -> io::Result<Arc<Handle>> {
+        self.map
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| errno(libc::EBADF))
+    }
+    fn remove(&self, fh: u64) {
+        self.map.lock().remove(&fh);
+    }
+}
+
+/// Where the mount's parts live and who owns the synthetic files.
+#[derive(Debug, Clone)]
+pub struct TreeSpec {
+    pub seeds: PathBuf,
+    pub configs: PathBuf,
+    /// Scratch dir for the configs union (same filesystem as `configs`), or `None`.
+    pub configs_work: Option<PathBuf>,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The whole tree.
+pub struct GentreeFs {
+    spec: TreeSpec,
+    images: Arc<Images>,
+    /// Unions by index: configs/ first, then seeds by name.
+    unions: RwLock<Vec<(String, Arc<Union>)>>,
+    /// Config names by builds index (names are never reused for another index).
+    builds: RwLock<Vec<String>>,
+    /// Layer keys by layers index.
+    layers: RwLock<Vec<BuildKey>>,
+    /// OCI layouts of layers, by key (layers are immutable).
+    oci: Mutex<HashMap<BuildKey, Arc<TarLayout>>>,
+    pub handles: Arc<Handles>,
+    started: SystemTime,
+}
+
+impl std::fmt::Debug for GentreeFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GentreeFs")
+            .field("spec", &self.spec)
+            .finish()
+    }
+}
+
+impl GentreeFs {
+    pub fn new(spec: TreeSpec, images: Arc<Images>) -> io::Result<GentreeFs> {
+        let configs = Union::new(&UnionOptions {
+            lowers: Vec::new(),
+            upper: Some(spec.configs.clone()),
+            work: spec.configs_work.clone(),
+            ..UnionOptions::default()
+        })?;
+        Ok(GentreeFs {
+            spec,
+            images,
+            unions: RwLock::new(vec![("configs".into(), Arc::new(configs))]),
+            builds: RwLock::new(Vec::new()),
+            layers: RwLock::new(Vec::new()),
+            oci: Mutex::new(HashMap::new()),
+            handles: Arc::new(Handles::default()),
+            started: SystemTime::now(),
+        })
+    }
+
+    pub fn images(&self) -> &Arc<Images> {
+        &self.images
+    }
+
+    fn union(&self, u: usize) -> io::Result<Arc<Union>> {
+        self.unions
+            .read()
+            .get(u)
+            .map(|(_, un)| un.clone())
+            .ok_or_else(|| errno(libc::ESTALE))
+    }
+
+    /// The seed names: directories in the seeds dir other than uppers and work dirs.
+    fn seed_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.spec.seeds)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| {
+                        !n.starts_with('.') && !n.ends_with(".upper") && !n.ends_with(".work")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// The union of seed `name`, opened on first use.
+    fn seed_union(&self, name: &str) -> io::Result<usize> {
+        if let Some(i) = self.unions.read().iter().position(|(n, _)| n == name) {
+            if i != CONFIGS_UNION {
+                return Ok(i);
+            }
+        }
+        if !self.seed_names().iter().any(|n| n == name) {
+            return Err(errno(libc::ENOENT));
+        }
+        let seed = self.spec.seeds.join(name);
+        let upper = self.spec.seeds.join(format!("{name}.upper"));
+        let mut lowers = Vec::new();
+        if upper.is_dir() {
+            lowers.push(upper);
+        }
+        lowers.push(seed);
+        // No upper: every write fails with EROFS.
+        let union = Union::new(&UnionOptions {
+            lowers,
+            ..UnionOptions::default()
+        })?;
+        let mut unions = self.unions.write();
+        if let Some(i) = unions.iter().position(|(n, _)| n == name) {
+            return Ok(i);
+        }
+        unions.push((name.to_owned(), Arc::new(union)));
+        Ok(unions.len() - 1)
+    }
+
+    /// The builds index of config `name`, if the config exists.
+    fn build_index(&self, name: &str) -> Option<usize> {
+        if !self.images.config_path(name).is_file() {
+            return None;
+        }
+        if let Some(i) = self.builds.read().iter().position(|n| n == name) {
+            return Some(i);
+        }
+        let mut b = self.builds.write();
+        if let Some(i) = b.iter().position(|n| n == name) {
+            return Some(i);
+        }
+        b.push(name.to_owned());
+        Some(b.len() - 1)
+    }
+
+    fn build_name(&self, i: usize) -> io::Result<String> {
+        self.builds
+            .read()
+            .get(i)
+            .cloned()
+            .ok_or_else(|| errno(libc::ESTALE))
+    }
+
+    /// The newest published layer of each buildname.
+    fn layer_names(&self) -> Vec<(String, BuildKey)> {
+        let Ok(store) = Store::open(&self.images.env().conf_root) else {
+            return Vec::new();
+        };
+        let mut newest: HashMap<String, (u64, BuildKey)> = HashMap::new();
+        for l in store.list().unwrap_or_default() {
+            let e = newest
+                .entry(l.meta.buildname.clone())
+                .or_insert((l.meta.created, l.meta.key.clone()));
+            if l.meta.created > e.0 {
+                *e = (l.meta.created, l.meta.key.clone());
+            }
+        }
+        let mut v: Vec<(String, BuildKey)> = newest.into_iter().map(|(n, (_, k))| (n, k)).collect();
+        v.sort();
+        v
+    }
+
+    fn layer_index(&self, key: &BuildKey) -> usize {
+        if let Some(i) = self.layers.read().iter().position(|k| k == key) {
+            return i;
+        }
+        let mut l = self.layers.write();
+        if let Some(i) = l.iter().position(|k| k == key) {
+            return i;
+        }
+        l.push(key.clone());
+        l.len() - 1
+    }
+
+    /// The OCI layer tar of layer i: cached, else its persisted index, else a walk of
+    /// the layer (then persisted in the layer dir).
+    fn oci_layout(&self, i: usize) -> io::Result<Arc<TarLayout>> {
+        let key = self
+            .layers
+            .read()
+            .get(i)
+            .cloned()
+            .ok_or_else(|| errno(libc::ESTALE))?;
+        if let Some(l) = self.oci.lock().get(&key) {
+            return Ok(l.clone());
+        }
+        let store = Store::open(&self.images.env().conf_root).map_err(|_| errno(libc::EIO))?;
+        let layer = store
+            .lookup(&key)
+            .map_err(|_| errno(libc::EIO))?
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        let idx = layer.dir.join("oci.idx");
+        let root = layer.root();
+        let loaded = TarLayout::load(&idx).ok().and_then(|mut l| {
+            (l.layers() == [root.clone()] || l.relocate(vec![root.clone()]).is_ok()).then_some(l)
+        });
+        let layout = match loaded {
+            Some(l) => l,
+            None => {
+                let opts = PackOptions {
+                    filters: FilterSet::none(),
+                    source_date_epoch: None,
+                };
+                let l = TarLayout::oci_layer(&[root], &opts).map_err(|e| {
+                    tracing::warn!("layer {key}: {e}");
+                    errno(libc::EIO)
+                })?;
+                if let Err(e) = l.save(&idx) {
+                    tracing::warn!("layer {key}: cannot save its index: {e}");
+                }
+                l
+            }
+        };
+        let layout = Arc::new(layout);
+        self.oci.lock().insert(key, layout.clone());
+        Ok(layout)
+    }
+
+    fn dir_attr(&self, ino: u64, perm: u32) -> Attr {
+        self.attr(ino, FileKind::Dir, perm, 0, self.started)
+    }
+
+    fn attr(&self, ino: u64, kind: FileKind, perm: u32, size: u64, mtime: SystemTime) -> Attr {
+        Attr {
+            node: Ino(ino),
+            ino,
+            size,
+            blocks: size.div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            kind,
+            perm,
+            nlink: if kind == FileKind::Dir { 2 } else { 1 },
+            uid: self.spec.uid,
+            gid: self.spec.gid,
+            rdev: 0,
+            blksize: 4096,
+            uncached_entry: false,
+        }
+    }
+
+    fn mapped(u: usize, mut a: Attr) -> Attr {
+        a.node = Ino(union_ino(u, a.node.0));
+        a.ino = a.node.0;
+        a
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<Attr> {
+        let n = name.to_str();
+        match Node::of(parent).ok_or_else(|| errno(libc::ENOENT))? {
+            Node::Root => match n {
+                Some("seeds") => self.getattr(SEEDS),
+                Some("builds") => self.getattr(BUILDS),
+                Some("configs") => self.getattr(union_ino(CONFIGS_UNION, 1)),
+                Some("layers") => self.getattr(LAYERS),
+                _ => Err(errno(libc::ENOENT)),
+            },
+            Node::Seeds => {
+                let u = self.seed_union(n.ok_or_else(|| errno(libc::ENOENT))?)?;
+                self.getattr(union_ino(u, 1))
+            }
+            Node::Builds => {
+                let n = n.ok_or_else(|| errno(libc::ENOENT))?;
+                let (stem, tar) = match (n.strip_suffix(".tar"), n.strip_suffix(".log")) {
+                    (Some(s), _) => (s, true),
+                    (_, Some(s)) => (s, false),
+                    _ => return Err(errno(libc::ENOENT)),
+                };
+                let i = self.build_index(stem).ok_or_else(|| errno(libc::ENOENT))?;
+                self.getattr(if tar { Node::Tar(i) } else { Node::Log(i) }.ino())
+            }
+            Node::Layers => {
+                let n = n.and_then(|n| n.strip_suffix(".tar"));
+                let n = n.ok_or_else(|| errno(libc::ENOENT))?;
+                let (_, key) = self
+                    .layer_names()
+                    .into_iter()
+                    .find(|(b, _)| b == n)
+                    .ok_or_else(|| errno(libc::ENOENT))?;
+                self.getattr(Node::Layer(self.layer_index(&key)).ino())
+            }
+            Node::Union(u, ino) => Ok(Self::mapped(u, self.union(u)?.lookup(ino, name)?)),
+            Node::Tar(_) | Node::Log(_) | Node::Layer(_) => Err(errno(libc::ENOTDIR)),
+        }
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        if let Some(Node::Union(u, i)) = Node::of(ino) {
+            if let Ok(un) = self.union(u) {
+                un.forget(i, n);
+            }
+        }
+    }
+
+    /// Attributes. An image reports its exact size once ready and 0 before (it is then
+    /// opened with direct I/O, so readers still get every byte: see [`Opened`]).
+    pub fn getattr(&self, ino: u64) -> io::Result<Attr> {
+        match Node::of(ino).ok_or_else(|| errno(libc::ENOENT))? {
+            Node::Root => Ok(self.dir_attr(ROOT, 0o755)),
+            Node::Seeds => Ok(self.dir_attr(SEEDS, 0o555)),
+            Node::Builds => Ok(self.dir_attr(BUILDS, 0o755)),
+            Node::Layers => Ok(self.dir_attr(LAYERS, 0o555)),
+            Node::Layer(i) => {
+                let size = self.oci_layout(i)?.size();
+                Ok(self.attr(ino, FileKind::File, 0o444, size, self.started))
+            }
+            Node::Tar(i) => {
+                let name = self.build_name(i)?;
+                let status = self.images.status(&name);
+                let size = status.image.as_ref().map_or(0, |l| l.size());
+                let mtime = std::fs::metadata(self.images.log_path(&name))
+                    .and_then(|m| m.modified())
+                    .unwrap_or(self.started);
+                Ok(self.attr(ino, FileKind::File, 0o444, size, mtime))
+            }
+            Node::Log(i) => {
+                let name = self.build_name(i)?;
+                let (size, mtime) = match std::fs::metadata(self.images.log_path(&name)) {
+                    Ok(m) => (m.len(), m.modified().unwrap_or(self.started)),
+                    Err(_) => (0, self.started),
+                };
+                Ok(self.attr(ino, FileKind::File, 0o444, size, mtime))
+            }
+            Node::Union(u, i) => Ok(Self::mapped(u, self.union(u)?.getattr(i, None)?)),
+        }
+    }
+
+    pub fn setattr(&self, ino: u64, set: SetAttr, fh: Option<u64>) -> io::Result<Attr> {
+        match Node::of(ino).ok_or_else(|| errno(libc::ENOENT))? {
+            Node::Union(u, i) => {
+                let fh = fh.and_then(|f| union_fh(u, f));
+                Ok(Self::mapped(u, self.union(u)?.setattr(i, set, fh)?))
+            }
+            _ => Err(errno(libc::EPERM)),
+        }
+    }
+
+    pub fn readlink(&self, ino: u64) -> io::Result<PathBuf> {
+        match Node::of(ino) {
+            Some(Node::Union(u, i)) => self.union(u)?.readlink(i),
+            _ => Err(errno(libc::EINVAL)),
+        }
+    }
+
+    /// Opens a directory; our own directories are listed here (a snapshot).
+    pub fn opendir(&self, ino: u64) -> io::Result<u64> {
+        let own = |list: Vec<(u64, FileKind, String)>| {
+            let entries = list
+                .into_iter()
+                .map(|(ino, kind, name)| DirEntry {
+                    name: OsString::from(name),
+                    ino,
+                    kind,
+                })
+                .collect();
+            self.handles.insert(Handle::Dir(Arc::new(entries)))
+        };
+        let dot = |ino: u64, parent: u64| {
+            vec![
+                (ino, FileKind::Dir, ".".to_owned()),
+                (parent, FileKind::Dir, "..".to_owned()),
+            ]
+        };
+        match Node::of(ino).ok_or_else(|| errno(libc::ENOENT))? {
+            Node::Root => {
+                let mut v = dot(ROOT, ROOT);
+                v.push((SEEDS, FileKind::Dir, "seeds".into()));
+                v.push((union_ino(CONFIGS_UNION, 1), FileKind::Dir, "configs".into()));
+                v.push((BUILDS, FileKind::Dir, "builds".into()));
+                v.push((LAYERS, FileKind::Dir, "layers".into()));
+                Ok(own(v))
+            }
+            Node::Seeds => {
+                let mut v = dot(SEEDS, ROOT);
+                for name in self.seed_names() {
+                    if let Ok(u) = self.seed_union(&name) {
+                        v.push((union_ino(u, 1), FileKind::Dir, name));
+                    }
+                }
+                Ok(own(v))
+            }
+            Node::Builds => {
+                let mut v = dot(BUILDS, ROOT);
+                for name in self.images.names()? {
+                    if let Some(i) = self.build_index(&name) {
+                        v.push((Node::Tar(i).ino(), FileKind::File, format!("{name}.tar")));
+                        v.push((Node::Log(i).ino(), FileKind::File, format!("{name}.log")));
+                    }
+                }
+                Ok(own(v))
+            }
+            Node::Layers => {
+                let mut v = dot(LAYERS, ROOT);
+                for (name, key) in self.layer_names() {
+                    let i = self.layer_index(&key);
+                    v.push((Node::Layer(i).ino(), FileKind::File, format!("{name}.tar")));
+                }
+                Ok(own(v))
+            }
+            Node::Union(u, i) => Ok(union_fh_out(u, self.union(u)?.opendir(i)?.0)),
+            Node::Tar(_) | Node::Log(_) | Node::Layer(_) => Err(errno(libc::ENOTDIR)),
+        }
+    }
+
+    /// The listing of an open directory, with our inode numbers.
+    pub fn readdir(&self, fh: u64) -> io::Result<Arc<Vec<DirEntry>>> {
+        match split_fh(fh) {
+            Some((u, f)) => {
+                let list = self.union(u)?.readdir(f)?;
+                Ok(Arc::new(
+                    list.iter()
+                        .map(|e| DirEntry {
+                            name: e.name.clone(),
+                            ino: union_ino(u, e.ino),
+                            kind: e.kind,
+                        })
+                        .collect(),
+                ))
+            }
+            None => match &*self.handles.get(fh)? {
+                Handle::Dir(d) => Ok(d.clone()),
+                _ => Err(errno(libc::ENOTDIR)),
+            },
+        }
+    }
+
+    pub fn release(&self, fh: u64) {
+        match split_fh(fh) {
+            Some((u, f)) => {
+                if let Ok(un) = self.union(u) {
+                    un.release(f);
+                }
+            }
+            None => self.handles.remove(fh),
+        }
+    }
+
+    pub fn open(&self, ino: u64, flags: i32) -> io::Result<Opened> {
+        let writing = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        match Node::of(ino).ok_or_else(|| errno(libc::ENOENT))? {
+            Node::Union(u, i) => {
+                let fh = union_fh_out(u, self.union(u)?.open(i, flags)?.0);
+                // configs/ changes under us (editors, cp): no stale pages.
+                Ok(if u == CONFIGS_UNION {
+                    Opened::Direct(fh)
+                } else {
+                    Opened::Cached(fh)
+                })
+            }
+            Node::Tar(_) | Node::Log(_) | Node::Layer(_) if writing => Err(errno(libc::EACCES)),
+            Node::Layer(i) => Ok(Opened::Cached(
+                self.handles.insert(Handle::Tar(self.oci_layout(i)?)),
+            )),
+            Node::Tar(i) => Ok(Opened::Image(self.build_name(i)?)),
+            Node::Log(i) => {
+                let name = self.build_name(i)?;
+                let f = match File::open(self.images.log_path(&name)) {
+                    Ok(f) => f,
+                    // No build yet: an empty log.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => File::open("/dev/null")?,
+                    Err(e) => return Err(e),
+                };
+                Ok(Opened::Direct(self.handles.insert(Handle::Log(f))))
+            }
+            Node::Root | Node::Seeds | Node::Builds | Node::Layers => Err(errno(libc::EISDIR)),
+        }
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+        if let Some((u, f)) = split_fh(fh) {
+            return self.union(u)?.read(f, offset, size);
+        }
+        let h = self.handles.get(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let n = match &*h {
+            Handle::Tar(l) => l.read_at(offset, &mut buf)?,
+            Handle::Log(f) => read_full(f, offset, &mut buf)?,
+            Handle::Dir(_) => return Err(errno(libc::EISDIR)),
+        };
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> io::Result<usize> {
+        match split_fh(fh) {
+            Some((u, f)) => self.union(u)?.write(f, offset, data),
+            None => Err(errno(libc::EBADF)),
+        }
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> io::Result<()> {
+        match split_fh(fh) {
+            Some((u, f)) => self.union(u)?.fsync(f, datasync),
+            None => Ok(()),
+        }
+    }
+
+    /// Only configs/ (and, read-only, seeds/) take new names.
+    fn union_dir(&self, parent: u64) -> io::Result<(usize, Ino, Arc<Union>)> {
+        match Node::of(parent).ok_or_else(|| errno(libc::ENOENT))? {
+            Node::Union(u, i) => Ok((u, i, self.union(u)?)),
+            Node::Seeds => Err(errno(libc::EROFS)),
+            _ => Err(errno(libc::EPERM)),
+        }
+    }
+
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> io::Result<(Attr, u64)> {
+        let (u, i, un) = self.union_dir(parent)?;
+        let (a, fh) = un.create(i, name, mode, flags, caller)?;
+        Ok((Self::mapped(u, a), union_fh_out(u, fh.0)))
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> io::Result<Attr> {
+        let (u, i, un) = self.union_dir(parent)?;
+        Ok(Self::mapped(u, un.mkdir(i, name, mode, caller)?))
+    }
+
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &Path,
+        caller: Caller,
+    ) -> io::Result<Attr> {
+        let (u, i, un) = self.union_dir(parent)?;
+        Ok(Self::mapped(u, un.symlink(i, name, target, caller)?))
+    }
+
+    /// `rm builds/<config>.tar` drops the image ([`Images::remove`]).
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+        if parent == BUILDS {
+            let stem = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".tar"))
+                .ok_or_else(|| errno(libc::EPERM))?;
+            return self.images.remove(stem);
+        }
+        let (_, i, un) = self.union_dir(parent)?;
+        un.unlink(i, name)
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+        let (_, i, un) = self.union_dir(parent)?;
+        un.rmdir(i, name)
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        let (u, i, un) = self.union_dir(parent)?;
+        match Node::of(newparent) {
+            Some(Node::Union(v, j)) if v == u => un.rename(i, name, j, newname, flags),
+            _ => Err(errno(libc::EXDEV)),
+        }
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> io::Result<Vec<u8>> {
+        match Node::of(ino).ok_or_else(|| errno(libc::ENOENT))? {
+            Node::Union(u, i) => self.union(u)?.getxattr(i, name),
+            Node::Tar(b) => {
+                let status = self.images.status(&self.build_name(b)?);
+                match name.to_str() {
+                    Some(XATTR_STATE) => Ok(status.state.as_str().as_bytes().to_vec()),
+                    Some(XATTR_KEY) => status
+                        .key
+                        .map(|k| k.as_str().as_bytes().to_vec())
+                        .ok_or_else(|| errno(libc::ENODATA)),
+                    _ => Err(errno(libc::ENODATA)),
+                }
+            }
+            _ => Err(errno(libc::ENODATA)),
+        }
+    }
+
+    /// The xattr names, NUL-terminated each.
+    pub fn listxattr(&self, ino: u64) -> io::Result<Vec<u8>> {
+        match Node::of(ino).ok_or_else(|| errno(libc::ENOENT))? {
+            Node::Union(u, i) => self.union(u)?.listxattr(i),
+            Node::Tar(b) => {
+                let status = self.images.status(&self.build_name(b)?);
+                let mut v = format!("{XATTR_STATE}\0").into_bytes();
+                if status.key.is_some() {
+                    v.extend_from_slice(format!("{XATTR_KEY}\0").as_bytes());
+                }
+                Ok(v)
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    pub fn statfs(&self) -> io::Result<StatFs> {
+        self.union(CONFIGS_UNION)?.statfs()
+    }
+
+    /// The inode of `builds/<name>.tar`, if it has one yet.
+    pub fn tar_ino(&self, name: &str) -> Option<u64> {
+        self.builds
+            .read()
+            .iter()
+            .position(|n| n == name)
+            .map(|i| Node::Tar(i).ino())
+    }
+
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+}
+
+fn union_fh_out(u: usize, fh: u64) -> u64 {
+    ((u as u64 + 1) << UNION_SHIFT) | fh
+}
+
+fn split_fh(fh: u64) -> Option<(usize, Fh)> {
+    (fh >> UNION_SHIFT > 0).then(|| {
+        (
+            (fh >> UNION_SHIFT) as usize - 1,
+            Fh(fh & ((1 << UNION_SHIFT) - 1)),
+        )
+    })
+}
+
+fn union_fh(u: usize, fh: u64) -> Option<Fh> {
+    split_fh(fh).filter(|(v, _)| *v == u).map(|(_, f)| f)
+}
+
+/// Reads as much as the file has at `offset` (a log that grows meanwhile may give more).
+fn read_full(f: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], offset + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inode_ranges_round_trip() {
+        for n in [
+            Node::Root,
+            Node::Seeds,
+            Node::Builds,
+            Node::Layers,
+            Node::Layer(0),
+            Node::Layer(99),
+            Node::Tar(0),
+            Node::Log(0),
+            Node::Tar(7),
+            Node::Log(7),
+            Node::Union(0, Ino(1)),
+            Node::Union(3, Ino(12345)),
+        ] {
+            assert_eq!(Node::of(n.ino()), Some(n), "{n:?}");
+        }
+        assert_eq!(Node::of(0), None);
+        assert_eq!(Node::of(5), None);
+    }
+
+    #[test]
+    fn handles_split_between_ours_and_unions() {
+        assert_eq!(split_fh(7), None);
+        assert_eq!(split_fh(union_fh_out(2, 9)), Some((2, Fh(9))));
+        assert_eq!(union_fh(2, union_fh_out(2, 9)), Some(Fh(9)));
+        assert_eq!(union_fh(1, union_fh_out(2, 9)), None);
+    }
+}

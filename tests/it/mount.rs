@@ -1,0 +1,779 @@
+//! The gentree mount (`gentree-fs [OPTIONS] MOUNTPOINT`) through real FUSE mounts:
+//! the tree without Portage, then images built on read with real Portage (the
+//! [`crate::build::Fixture`] seed and test repository).
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::build::{BASE, Fixture};
+use crate::util::{self, run, run_ok};
+
+fn mounted(mp: &Path) -> bool {
+    let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mp = mp.to_str().unwrap();
+    mi.lines().any(|l| l.split(' ').nth(4) == Some(mp))
+}
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A foreground daemon serving `mp`, its stderr kept in a file; unmounted on drop.
+struct Daemon {
+    child: Child,
+    mp: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Daemon {
+    fn start(mut cmd: Command, conf: &Path, configs: &Path, mp: &Path, scratch: &Path) -> Daemon {
+        fs::create_dir_all(mp).unwrap();
+        let stderr = scratch.join(format!(
+            "daemon-{}.err",
+            mp.file_name().unwrap().to_string_lossy()
+        ));
+        let child = cmd
+            .args(["-f", "--no-config", "--conf-root"])
+            .arg(conf)
+            .arg("--configs")
+            .arg(configs)
+            .arg(mp)
+            .stdin(Stdio::null())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let d = Daemon {
+            child,
+            mp: mp.to_path_buf(),
+            stderr,
+        };
+        wait_until("the mount", Duration::from_secs(20), || mounted(mp));
+        d
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn jobs(&self) -> usize {
+        self.log().matches(": build job ").count()
+    }
+
+    /// Unmounts with fusermount3 and waits for the daemon to exit.
+    fn stop(mut self) {
+        run_ok(Command::new("fusermount3").arg("-u").arg(&self.mp));
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                assert!(st.success(), "daemon exit {st}:\n{}", self.log());
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "daemon still running after unmount:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!mounted(&self.mp), "mount left behind");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if mounted(&self.mp) {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.mp)
+                .status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn errno_of(r: std::io::Result<impl Sized>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+fn xattr_str(p: &Path, name: &str) -> Option<String> {
+    xattr::get(p, name)
+        .unwrap()
+        .map(|v| String::from_utf8(v).unwrap())
+}
+
+/// A conf root with a fake seed (no Portage): enough for the tree itself.
+fn plain_conf(dir: &Path) -> (PathBuf, PathBuf) {
+    let conf = dir.join("conf");
+    fs::create_dir_all(conf.join("seeds/s1/etc")).unwrap();
+    fs::write(conf.join("seeds/s1/etc/hostname"), "seed-one\n").unwrap();
+    fs::create_dir_all(conf.join("seeds/s1.upper/etc")).unwrap();
+    fs::write(conf.join("seeds/s1.upper/etc/added"), "from the upper\n").unwrap();
+    let configs = dir.join("cfg");
+    fs::create_dir_all(&configs).unwrap();
+    (conf, configs)
+}
+
+#[test]
+fn mount_tree_without_portage() {
+    if !util::require_root("mount_tree_without_portage")
+        || !util::require_fuse("mount_tree_without_portage")
+    {
+        return;
+    }
+    let t = util::tempdir();
+    let (conf, configs) = plain_conf(t.path());
+    fs::write(configs.join("hello.toml"), "seed = \"s1\"\n").unwrap();
+    let mp = t.path().join("mp");
+    let d = Daemon::start(util::gentree(), &conf, &configs, &mp, t.path());
+
+    let mut top: Vec<String> = fs::read_dir(&mp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    top.sort();
+    assert_eq!(top, ["builds", "configs", "layers", "seeds"]);
+    assert_eq!(fs::read_dir(mp.join("layers")).unwrap().count(), 0);
+
+    // seeds/: the seed with its upper, read-only.
+    let seed = mp.join("seeds/s1");
+    assert_eq!(
+        fs::read_to_string(seed.join("etc/hostname")).unwrap(),
+        "seed-one\n"
+    );
+    assert_eq!(
+        fs::read_to_string(seed.join("etc/added")).unwrap(),
+        "from the upper\n"
+    );
+    let names: Vec<_> = fs::read_dir(mp.join("seeds"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["s1"], "uppers are not seeds");
+    let erofs = Some(libc::EROFS);
+    assert_eq!(errno_of(fs::write(seed.join("etc/new"), "x")), erofs);
+    assert_eq!(
+        errno_of(
+            fs::OpenOptions::new()
+                .append(true)
+                .open(seed.join("etc/hostname"))
+        ),
+        erofs
+    );
+    assert_eq!(errno_of(fs::remove_file(seed.join("etc/hostname"))), erofs);
+    assert_eq!(errno_of(fs::create_dir(seed.join("d"))), erofs);
+    assert_eq!(errno_of(fs::create_dir(mp.join("seeds/s2"))), erofs);
+    assert_eq!(
+        fs::read_to_string(conf.join("seeds/s1/etc/hostname")).unwrap(),
+        "seed-one\n"
+    );
+
+    // configs/: real files in the configs dir; each *.toml is an image in builds/.
+    let builds = |mp: &Path| {
+        let mut v: Vec<String> = fs::read_dir(mp.join("builds"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(builds(&mp), ["hello.log", "hello.tar"]);
+    let src = t.path().join("nginx.toml");
+    fs::write(&src, "seed = \"s1\"\npackages = [\"www-servers/nginx\"]\n").unwrap();
+    run_ok(Command::new("cp").arg(&src).arg(mp.join("configs/")));
+    assert_eq!(
+        fs::read(configs.join("nginx.toml")).unwrap(),
+        fs::read(&src).unwrap(),
+        "not a real file in the configs dir"
+    );
+    assert_eq!(
+        builds(&mp),
+        ["hello.log", "hello.tar", "nginx.log", "nginx.tar"]
+    );
+    let tar = mp.join("builds/nginx.tar");
+    assert_eq!(fs::metadata(&tar).unwrap().len(), 0, "unbuilt image size");
+    assert_eq!(
+        xattr_str(&tar, "user.gentree.state").as_deref(),
+        Some("absent")
+    );
+    let key = xattr_str(&tar, "user.gentree.key").expect("key xattr");
+    assert_eq!(key.len(), 64, "{key}");
+    // Writes to builds/ are refused.
+    assert!(fs::write(&tar, "x").is_err());
+    assert!(fs::write(mp.join("builds/new.tar"), "x").is_err());
+
+    // A malformed config: EIO on open, the log names file and line; the rest works.
+    fs::write(
+        mp.join("configs/broken.toml"),
+        "seed = \"s1\"\npackages = [\n",
+    )
+    .unwrap();
+    let e = fs::read(mp.join("builds/broken.tar")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    let log = fs::read_to_string(mp.join("builds/broken.log")).unwrap();
+    assert!(log.contains("broken.toml:2:"), "{log}");
+    assert_eq!(
+        xattr_str(&mp.join("builds/broken.tar"), "user.gentree.state").as_deref(),
+        Some("failed")
+    );
+    // A config naming a seed that is not imported: EIO too, the cause in its log.
+    fs::write(mp.join("configs/noseed.toml"), "seed = \"missing\"\n").unwrap();
+    assert_eq!(
+        errno_of(fs::read(mp.join("builds/noseed.tar"))),
+        Some(libc::EIO)
+    );
+    let log = fs::read_to_string(mp.join("builds/noseed.log")).unwrap();
+    assert!(log.contains("seed \"missing\" is not imported"), "{log}");
+    assert_eq!(
+        fs::read_to_string(seed.join("etc/hostname")).unwrap(),
+        "seed-one\n"
+    );
+    // Removing a config removes its image.
+    fs::remove_file(mp.join("configs/broken.toml")).unwrap();
+    assert!(!configs.join("broken.toml").exists());
+    assert!(!builds(&mp).contains(&"broken.tar".to_owned()));
+    d.stop();
+}
+
+#[test]
+fn mount_in_background_and_unmount_by_signal() {
+    if !util::require_root("mount_in_background_and_unmount_by_signal")
+        || !util::require_fuse("mount_in_background_and_unmount_by_signal")
+    {
+        return;
+    }
+    let t = util::tempdir();
+    let (conf, configs) = plain_conf(t.path());
+    let mp = t.path().join("mp");
+    fs::create_dir(&mp).unwrap();
+    // Background: returns once the mount is ready.
+    let out = run(util::gentree()
+        .args(["--no-config", "--conf-root"])
+        .arg(&conf)
+        .arg("--configs")
+        .arg(&configs)
+        .arg(&mp));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(mounted(&mp), "not mounted when the command returned");
+    assert!(mp.join("seeds/s1/etc/hostname").exists());
+    // A second mount on the same (now non-empty) mountpoint is refused with advice.
+    let again = run(util::gentree()
+        .args(["--no-config", "--conf-root"])
+        .arg(&conf)
+        .arg(&mp));
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    run_ok(Command::new("umount").arg(&mp));
+    assert!(!mounted(&mp));
+
+    // Foreground: SIGTERM unmounts and the daemon exits cleanly.
+    let d = Daemon::start(util::gentree(), &conf, &configs, &mp, t.path());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut d = d;
+    let start = Instant::now();
+    let st = loop {
+        if let Some(st) = d.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "still running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(st.success(), "{st}: {}", d.log());
+    assert!(!mounted(&mp), "SIGTERM left the mount");
+
+    // A daemon killed outright leaves a stale mount: detected, with what to do.
+    let mut d = Daemon::start(util::gentree(), &conf, &configs, &mp, t.path());
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    assert!(mounted(&mp));
+    let stale = run(util::gentree()
+        .args(["--no-config", "--conf-root"])
+        .arg(&conf)
+        .arg(&mp));
+    let err = String::from_utf8_lossy(&stale.stderr);
+    assert!(!stale.status.success());
+    assert!(
+        err.contains("stale mount") && err.contains("fusermount3 -u"),
+        "{err}"
+    );
+    run_ok(Command::new("fusermount3").arg("-u").arg(&mp));
+    drop(d);
+
+    // Subcommands still parse next to the optional mountpoint.
+    let cfg = t.path().join("c.toml");
+    fs::write(&cfg, "seed = \"s1\"\n").unwrap();
+    let out = run_ok(util::gentree().args(["config", "--no-config"]).arg(&cfg));
+    assert!(out.contains("s1"), "{out}");
+}
+
+/// Builds with real Portage: build on read, sharing, reuse, random access, rm.
+#[test]
+fn mount_builds_images_on_read() {
+    if !util::require_root("mount_builds_images_on_read")
+        || !util::require_fuse("mount_builds_images_on_read")
+    {
+        return;
+    }
+    let f = Fixture::new(None);
+    f.write_cfg("base.toml", BASE);
+    f.write_cfg(
+        "small.toml",
+        "seed = \"testseed\"\nbases = [\"base.toml\"]\npackages = [\"app-misc/gt-special\"]\n",
+    );
+    let mp = f.dir.path().join("mp");
+    let d = Daemon::start(f.cmd(None), &f.conf(), &f.cfg_dir(), &mp, f.dir.path());
+    let tar = mp.join("builds/small.tar");
+    assert_eq!(fs::metadata(&tar).unwrap().len(), 0);
+
+    // Three concurrent copies of an unbuilt image: one build, identical bytes.
+    let out = f.dir.path().join("out");
+    fs::create_dir(&out).unwrap();
+    let cps: Vec<Child> = (0..3)
+        .map(|i| {
+            Command::new("cp")
+                .arg(&tar)
+                .arg(out.join(format!("c{i}.tar")))
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in cps {
+        assert!(c.wait().unwrap().success(), "cp failed:\n{}", d.log());
+    }
+    assert_eq!(d.jobs(), 1, "{}", d.log());
+    let first = fs::read(out.join("c0.tar")).unwrap();
+    assert!(first.len() > 10240);
+    for i in 1..3 {
+        assert!(fs::read(out.join(format!("c{i}.tar"))).unwrap() == first);
+    }
+    let log = fs::read_to_string(mp.join("builds/small.log")).unwrap();
+    assert!(log.contains("built layer testseed-small"), "{log}");
+    assert!(log.contains(">>> Emerging"), "{log}");
+    // GNU tar lists and extracts it.
+    let listing = run_ok(Command::new("tar").arg("-tvf").arg(out.join("c0.tar")));
+    assert!(
+        listing.contains("var/lib/gt-special/owned-file"),
+        "{listing}"
+    );
+    let x = f.dir.path().join("x");
+    fs::create_dir(&x).unwrap();
+    run_ok(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(out.join("c0.tar"))
+            .arg("-C")
+            .arg(&x),
+    );
+    assert!(x.join("var/lib/gt-special/owned-file").exists());
+
+    // Ready now: exact size, state and key; a second copy runs no build.
+    assert_eq!(fs::metadata(&tar).unwrap().len(), first.len() as u64);
+    assert_eq!(
+        xattr_str(&tar, "user.gentree.state").as_deref(),
+        Some("ready")
+    );
+    let key = xattr_str(&tar, "user.gentree.key").unwrap();
+    assert!(
+        f.conf().join("layers").join(&key).is_dir(),
+        "key {key} is not a layer"
+    );
+    let t0 = Instant::now();
+    run_ok(Command::new("cp").arg(&tar).arg(out.join("again.tar")));
+    eprintln!("second cp of {} bytes: {:?}", first.len(), t0.elapsed());
+    assert!(fs::read(out.join("again.tar")).unwrap() == first);
+    assert_eq!(d.jobs(), 1, "{}", d.log());
+
+    // Random preads equal the same ranges of the full copy.
+    let file = fs::File::open(&tar).unwrap();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..300 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let off = (seed % (first.len() as u64 + 100)) as usize;
+        let len = ((seed >> 32) % 70_000) as usize;
+        let mut buf = vec![0u8; len];
+        let n = file.read_at(&mut buf, off as u64).unwrap();
+        let want = &first[off.min(first.len())..(off + len).min(first.len())];
+        assert_eq!(n, want.len(), "length at {off}+{len}");
+        assert!(&buf[..n] == want, "bytes at {off}+{len}");
+    }
+    drop(file);
+
+    // layers/: each layer as an OCI layer tar, with its own files only.
+    let mut layers: Vec<String> = fs::read_dir(mp.join("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    layers.sort();
+    assert_eq!(layers, ["testseed-base.tar", "testseed-small.tar"]);
+    let top = run_ok(
+        Command::new("tar")
+            .arg("-tf")
+            .arg(mp.join("layers/testseed-small.tar")),
+    );
+    let base = run_ok(
+        Command::new("tar")
+            .arg("-tf")
+            .arg(mp.join("layers/testseed-base.tar")),
+    );
+    assert!(top.contains("var/lib/gt-special/owned-file"), "{top}");
+    assert!(!base.contains("var/lib/gt-special/owned-file"), "{base}");
+    assert!(
+        base.lines().any(|l| l.ends_with("etc/os-release")),
+        "{base}"
+    );
+    assert!(!top.lines().any(|l| l.ends_with("etc/os-release")), "{top}");
+    assert_eq!(
+        fs::metadata(mp.join("layers/testseed-small.tar"))
+            .unwrap()
+            .len(),
+        fs::read(mp.join("layers/testseed-small.tar"))
+            .unwrap()
+            .len() as u64
+    );
+
+    // A new daemon on the same store serves it at once, from the persisted index.
+    d.stop();
+    let d = Daemon::start(f.cmd(None), &f.conf(), &f.cfg_dir(), &mp, f.dir.path());
+    assert_eq!(fs::metadata(&tar).unwrap().len(), first.len() as u64);
+    let t0 = Instant::now();
+    let mut head = [0u8; 512];
+    fs::File::open(&tar).unwrap().read_at(&mut head, 0).unwrap();
+    eprintln!("first byte of a finished image: {:?}", t0.elapsed());
+    assert!(fs::read(&tar).unwrap() == first);
+    assert_eq!(d.jobs(), 0, "{}", d.log());
+
+    // rm drops the image: the next read rebuilds the config's own layer only.
+    fs::remove_file(&tar).unwrap();
+    assert!(!f.conf().join("layers").join(&key).exists());
+    assert!(f.layers().len() == 1, "the base layer stays");
+    assert_eq!(
+        xattr_str(&tar, "user.gentree.state").as_deref(),
+        Some("absent")
+    );
+    let rebuilt = fs::read(&tar).unwrap();
+    assert_eq!(rebuilt.len(), first.len());
+    let log = fs::read_to_string(mp.join("builds/small.log")).unwrap();
+    assert!(log.contains("reused layer testseed-base"), "{log}");
+    assert!(log.contains("built layer testseed-small"), "{log}");
+    assert_eq!(d.jobs(), 1);
+
+    // An edited config is another image; editing it back serves the first one again
+    // (its layers and index exist), never pages of the image in between.
+    let small = fs::read_to_string(f.cfg_dir().join("small.toml")).unwrap();
+    f.write_cfg(
+        "small.toml",
+        &small.replace(
+            "\"app-misc/gt-special\"",
+            "\"app-misc/gt-special\", \"app-misc/gt-lib\"",
+        ),
+    );
+    let other = fs::read(&tar).unwrap();
+    assert!(other != rebuilt, "an edited config gave the same image");
+    // Read again: now from the page cache, which then holds this image's pages.
+    assert!(fs::read(&tar).unwrap() == other);
+    let other_copy = f.dir.path().join("other.tar");
+    fs::write(&other_copy, &other).unwrap();
+    let listing = run_ok(Command::new("tar").arg("-tf").arg(&other_copy));
+    assert!(listing.contains("gt-lib"), "{listing}");
+    f.write_cfg("small.toml", &small);
+    assert_eq!(fs::metadata(&tar).unwrap().len(), rebuilt.len() as u64);
+    assert!(
+        fs::read(&tar).unwrap() == rebuilt,
+        "stale bytes after editing back"
+    );
+    assert!(fs::read(&tar).unwrap() == rebuilt);
+    assert_eq!(d.jobs(), 2, "editing back rebuilt: {}", d.log());
+    d.stop();
+}
+
+/// Ctrl-C while waiting for a build; failing builds; a bad config next to good ones.
+#[test]
+fn mount_interrupts_waiters_and_reports_failures() {
+    if !util::require_root("mount_interrupts_waiters_and_reports_failures")
+        || !util::require_fuse("mount_interrupts_waiters_and_reports_failures")
+    {
+        return;
+    }
+    let f = Fixture::new(None);
+    f.write_cfg("base.toml", BASE);
+    f.write_cfg(
+        "lib.toml",
+        "seed = \"testseed\"\nbases = [\"base.toml\"]\npackages = [\"app-misc/gt-lib\"]\n",
+    );
+    f.write_cfg(
+        "bad.toml",
+        "seed = \"testseed\"\nbases = [\"base.toml\"]\npackages = [\"app-misc/gt-fail\"]\n",
+    );
+    f.write_cfg("malformed.toml", "seed = \"testseed\"\n[env\nuse = 1\n");
+    let mp = f.dir.path().join("mp");
+    let d = Daemon::start(f.cmd(None), &f.conf(), &f.cfg_dir(), &mp, f.dir.path());
+    let tar = mp.join("builds/lib.tar");
+
+    let mut cp = Command::new("cp")
+        .arg(&tar)
+        .arg(f.dir.path().join("lib.tar"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the build", Duration::from_secs(30), || {
+        xattr_str(&tar, "user.gentree.state").as_deref() == Some("building")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let sent = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(cp.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    wait_until("cp to end after SIGINT", Duration::from_secs(2), || {
+        cp.try_wait().unwrap().is_some()
+    });
+    eprintln!("cp ended {:?} after SIGINT", sent.elapsed());
+    assert!(!cp.wait().unwrap().success());
+    // The build carries on and finishes for the next reader.
+    assert_eq!(
+        xattr_str(&tar, "user.gentree.state").as_deref(),
+        Some("building")
+    );
+    wait_until("the build to finish", Duration::from_secs(300), || {
+        xattr_str(&tar, "user.gentree.state").as_deref() != Some("building")
+    });
+    assert_eq!(
+        xattr_str(&tar, "user.gentree.state").as_deref(),
+        Some("ready"),
+        "{}",
+        d.log()
+    );
+    let image = fs::read(&tar).unwrap();
+    assert_eq!(image.len() as u64, fs::metadata(&tar).unwrap().len());
+    assert_eq!(d.jobs(), 1);
+
+    // A failing build: EIO, the cause in its log, state failed; the next open retries.
+    let bad = mp.join("builds/bad.tar");
+    let e = fs::read(&bad).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    let log = fs::read_to_string(mp.join("builds/bad.log")).unwrap();
+    assert!(log.contains("gt-fail"), "{log}");
+    assert!(log.contains("layer testseed-bad failed"), "{log}");
+    assert_eq!(
+        xattr_str(&bad, "user.gentree.state").as_deref(),
+        Some("failed")
+    );
+    assert_eq!(errno_of(fs::read(&bad)), Some(libc::EIO));
+    assert_eq!(d.jobs(), 3, "the second open did not retry");
+
+    // A malformed config: EIO with file and line in its log; the others are fine.
+    let e = fs::read(mp.join("builds/malformed.tar")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    let log = fs::read_to_string(mp.join("builds/malformed.log")).unwrap();
+    assert!(log.contains("malformed.toml:2:"), "{log}");
+    assert!(fs::read(&tar).unwrap() == image);
+    assert_eq!(
+        errno_of(fs::read(mp.join("builds/nonexistent.tar"))),
+        Some(libc::ENOENT)
+    );
+
+    // Unmounting during a build stops it: no helper process, no half layer left;
+    // by SIGTERM to the daemon, then by fusermount3 -u.
+    stop_during_build(&f, d, "\"app-misc/gt-lib\", \"app-misc/gt-app\"", true);
+    let d = Daemon::start(f.cmd(None), &f.conf(), &f.cfg_dir(), &mp, f.dir.path());
+    stop_during_build(&f, d, "\"app-misc/gt-lib\", \"app-misc/gt-probe\"", false);
+}
+
+/// Starts a build of lib.toml with `packages`, interrupts its reader, then ends the
+/// daemon by SIGTERM (`by_signal`) or by `fusermount3 -u`, and checks that nothing of
+/// the build is left.
+fn stop_during_build(f: &Fixture, d: Daemon, packages: &str, by_signal: bool) {
+    let mp = d.mp.clone();
+    let tar = mp.join("builds/lib.tar");
+    f.write_cfg(
+        "lib.toml",
+        &format!("seed = \"testseed\"\nbases = [\"base.toml\"]\npackages = [{packages}]\n"),
+    );
+    let mut cp = Command::new("cp")
+        .arg(&tar)
+        .arg(f.dir.path().join("lib2.tar"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the build", Duration::from_secs(30), || {
+        xattr_str(&tar, "user.gentree.state").as_deref() == Some("building")
+    });
+    let daemon = d.child.id();
+    let mut helpers = Vec::new();
+    wait_until("a build helper", Duration::from_secs(30), || {
+        helpers = child_pids(daemon);
+        !helpers.is_empty()
+    });
+    // The reader goes first (Ctrl-C: a waiting open keeps the mount busy), then the
+    // daemon: SIGTERM (it unmounts) or fusermount3 -u; either way the build stops.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(cp.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert!(!cp.wait().unwrap().success());
+    let t0 = Instant::now();
+    if !by_signal {
+        d.stop();
+        eprintln!(
+            "fusermount3 -u during a build; daemon gone after {:?}",
+            t0.elapsed()
+        );
+    } else {
+        let mut d = d;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(daemon as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        wait_until("the daemon to exit", Duration::from_secs(30), || {
+            d.child.try_wait().unwrap().is_some()
+        });
+        eprintln!(
+            "SIGTERM during a build; daemon gone after {:?}",
+            t0.elapsed()
+        );
+    }
+    assert!(!mounted(&mp), "mount left behind");
+    for pid in helpers {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "build helper {pid} outlived the daemon"
+        );
+    }
+    let leftovers: Vec<_> = fs::read_dir(f.conf().join("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "half layers: {leftovers:?}");
+}
+
+/// The children of every thread of `pid`.
+fn child_pids(pid: u32) -> Vec<u32> {
+    let mut v = Vec::new();
+    for t in fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(Result::ok)
+    {
+        if let Ok(text) = fs::read_to_string(t.path().join("children")) {
+            v.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    v
+}
+
+/// Command lines of live processes that mention `needle` (to check nothing is left).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        if let Ok(c) = fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains(needle) {
+                v.push(c);
+            }
+        }
+    }
+    v
+}
+
+/// Rootless: an ordinary user mounts (fusermount3), builds on read and unmounts.
+#[test]
+fn mount_as_unprivileged_user() {
+    let Some((user, _, _)) = util::require_test_user("mount_as_unprivileged_user") else {
+        return;
+    };
+    if !util::require_fuse("mount_as_unprivileged_user") {
+        return;
+    }
+    let f = Fixture::new(Some(&user));
+    f.write_cfg("base.toml", BASE);
+    f.write_cfg(
+        "small.toml",
+        "seed = \"testseed\"\nbases = [\"base.toml\"]\npackages = [\"app-misc/gt-special\"]\n",
+    );
+    let mp = f.dir.path().join("mp");
+    let out = f.dir.path().join("out");
+    for d in [&mp, &out] {
+        fs::create_dir(d).unwrap();
+    }
+    run_ok(
+        Command::new("chown")
+            .args(["-R", &user])
+            .arg(&mp)
+            .arg(&out)
+            .arg(f.cfg_dir()),
+    );
+    let as_user = |args: &[&std::ffi::OsStr]| {
+        let mut c = Command::new("runuser");
+        c.args(["-u", &user, "--"]).args(args);
+        run(&mut c)
+    };
+    let started = run(f
+        .cmd(Some(&user))
+        .args(["--no-config", "--conf-root"])
+        .arg(f.conf())
+        .arg("--configs")
+        .arg(f.cfg_dir())
+        .arg(&mp));
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    assert!(mounted(&mp));
+    let tar = mp.join("builds/small.tar");
+    let copy = out.join("small.tar");
+    let cp = as_user(&["cp".as_ref(), tar.as_os_str(), copy.as_os_str()]);
+    assert!(
+        cp.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cp.stderr)
+    );
+    let listing = run_ok(
+        Command::new("tar")
+            .args(["--numeric-owner", "-tvf"])
+            .arg(&copy),
+    );
+    let owned = listing
+        .lines()
+        .find(|l| l.ends_with("var/lib/gt-special/owned-file"))
+        .expect("fowners file");
+    assert!(owned.contains(" 1234/"), "subuid ownership lost: {owned}");
+    let um = as_user(&["fusermount3".as_ref(), "-u".as_ref(), mp.as_os_str()]);
+    assert!(
+        um.status.success(),
+        "{}",
+        String::from_utf8_lossy(&um.stderr)
+    );
+    assert!(!mounted(&mp));
+    let mp_str = mp.to_str().unwrap().to_owned();
+    wait_until("the daemon to exit", Duration::from_secs(10), || {
+        processes_mentioning(&mp_str).is_empty()
+    });
+}
