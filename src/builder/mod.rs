@@ -5,3 +5,4 @@ pub mod build;
 pub mod config;
 pub mod key;
 pub mod namespace;
+pub mod seed_ops;
