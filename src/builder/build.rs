@@ -138,6 +138,13 @@ pub enum BuildError {
         code: i32,
         log: PathBuf,
     },
+    #[error("{what} of seed {seed} failed (exit status {code}); its log is {log}")]
+    SeedFailed {
+        what: &'static str,
+        seed: String,
+        code: i32,
+        log: PathBuf,
+    },
     #[error("writing the image {path}")]
     Image {
         path: PathBuf,

@@ -14,7 +14,7 @@ use crate::builder::build::{
 };
 use crate::builder::config::emerge;
 use crate::builder::config::{FlagSet, ResolvedConfig};
-use crate::builder::namespace::{IdMapping, Plan, Step};
+use crate::builder::namespace::{self, IdMapping, Plan, Step};
 use crate::layers::store::{self, Store};
 
 /// The mounts of a run on the seed itself.
@@ -142,6 +142,34 @@ pub fn crossdev_phase2(cfg: &ResolvedConfig, dirs: &HostDirs, mapping: &IdMappin
         }
     }
     direct_plan(cfg, dirs, mapping, steps)
+}
+
+/// Runs a plan made by this module on the seed (the caller holds the seed's lock),
+/// output to the terminal and `log`. Once it ran, the seed counts as changed
+/// ([`after_seed_change`]), even when a command failed halfway.
+pub fn run_on_seed(
+    plan: &Plan,
+    cfg: &ResolvedConfig,
+    dirs: &HostDirs,
+    what: &'static str,
+    log: &Path,
+) -> Result<(), BuildError> {
+    direct_mounts(cfg, dirs).create_dirs()?;
+    let status = namespace::run(plan, Some(log)).map_err(|source| BuildError::Namespace {
+        layer: format!("{what} of seed {}", cfg.seed),
+        source,
+    })?;
+    after_seed_change(dirs, &cfg.seed)?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(BuildError::SeedFailed {
+            what,
+            seed: cfg.seed.clone(),
+            code: status.code().unwrap_or(-1),
+            log: log.to_path_buf(),
+        })
+    }
 }
 
 /// Where a program may be installed in a root (merged-usr or not).
