@@ -250,12 +250,8 @@ pub struct ExecArgs {
 pub struct UpdateSeedArgs {
     #[command(flatten)]
     pub select: BuildSelect,
-    /// Data directory (default: $XDG_DATA_HOME/gentree).
-    #[arg(long, value_name = "DIR", env = "GENTREE_CONF_ROOT")]
-    pub conf_root: Option<PathBuf>,
-    /// Do not read the default config files (/etc and ~/.config).
-    #[arg(long)]
-    pub no_config: bool,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// The seed's name (as given to import-seed).
     pub seed: String,
     /// The emerge arguments, one string split shell-style (quotes honoured).
@@ -267,12 +263,8 @@ pub struct UpdateSeedArgs {
 pub struct CleanBuildsArgs {
     #[command(flatten)]
     pub select: BuildSelect,
-    /// Data directory (default: $XDG_DATA_HOME/gentree).
-    #[arg(long, value_name = "DIR", env = "GENTREE_CONF_ROOT")]
-    pub conf_root: Option<PathBuf>,
-    /// Do not read the default config files (/etc and ~/.config).
-    #[arg(long)]
-    pub no_config: bool,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Print what would be removed, remove nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -286,14 +278,22 @@ pub struct InitCrossdevArgs {
     /// The base config tree installed into the cross root (a builtin name).
     #[arg(long, default_value = "glibc", value_name = "NAME")]
     pub base: String,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// The seed's name (as given to import-seed).
+    pub seed: String,
+    /// The target tuple, e.g. aarch64-unknown-linux-gnu.
+    pub tuple: String,
+}
+
+/// Where the data lives and which defaults apply (update-seed, clean-builds,
+/// init-crossdev).
+#[derive(Debug, Clone, Default, Args)]
+pub struct DataArgs {
     /// Data directory (default: $XDG_DATA_HOME/gentree).
     #[arg(long, value_name = "DIR", env = "GENTREE_CONF_ROOT")]
     pub conf_root: Option<PathBuf>,
     /// Do not read the default config files (/etc and ~/.config).
     #[arg(long)]
     pub no_config: bool,
-    /// The seed's name (as given to import-seed).
-    pub seed: String,
-    /// The target tuple, e.g. aarch64-unknown-linux-gnu.
-    pub tuple: String,
 }

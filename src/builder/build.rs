@@ -89,6 +89,18 @@ impl HostDirs {
     pub fn seed(&self, seed: &str) -> PathBuf {
         self.seeds.join(seed)
     }
+    /// The imported seed, which must exist.
+    pub fn require_seed(&self, seed: &str) -> Result<PathBuf, BuildError> {
+        let path = self.seed(seed);
+        if path.is_dir() {
+            Ok(path)
+        } else {
+            Err(BuildError::NoSeed {
+                seed: seed.to_owned(),
+                path,
+            })
+        }
+    }
     /// The seed's persistent upper and work dirs.
     pub fn seed_upper(&self, seed: &str) -> (PathBuf, PathBuf) {
         (
@@ -204,13 +216,7 @@ pub fn plan_jobs<'a>(
     store: &Store,
     dirs: &HostDirs,
 ) -> Result<Vec<LayerJob<'a>>, BuildError> {
-    let seed_path = dirs.seed(&top.seed);
-    if !seed_path.is_dir() {
-        return Err(BuildError::NoSeed {
-            seed: top.seed.clone(),
-            path: seed_path,
-        });
-    }
+    dirs.require_seed(&top.seed)?;
     let seed_id = store.seed_id(&top.seed)?;
     let mut jobs: Vec<LayerJob<'a>> = Vec::new();
     for cfg in top.build_order() {

@@ -11,12 +11,12 @@ use crate::cli::CleanBuildsArgs;
 use crate::layers::store::Store;
 
 pub fn run(args: &CleanBuildsArgs) -> CmdResult {
-    let conf_root = super::conf_root(&args.conf_root)?;
+    let conf_root = super::conf_root(&args.data.conf_root)?;
     let dirs = HostDirs::plain(&conf_root);
     let store = Store::open(&dirs.conf_root)?;
     let mut keep = BTreeSet::new();
     if !args.files.is_empty() {
-        let defaults = super::load_defaults(args.no_config)?;
+        let defaults = super::load_defaults(args.data.no_config)?;
         let cli = CliOverrides::from(&args.select);
         for file in &args.files {
             let cfg = resolve_file(file, &cli, &defaults)?;

@@ -9,7 +9,7 @@ use crate::builder::{namespace, seed_ops};
 use crate::cli::InitCrossdevArgs;
 
 pub fn run(args: &InitCrossdevArgs) -> CmdResult {
-    let defaults = super::load_defaults(args.no_config)?;
+    let defaults = super::load_defaults(args.data.no_config)?;
     let bases = [args.base.as_str()];
     let host = resolve_seed(&args.seed, &bases, &CliOverrides::default(), &defaults)?;
     let cross_cli = CliOverrides {
@@ -18,15 +18,8 @@ pub fn run(args: &InitCrossdevArgs) -> CmdResult {
     };
     // Resolved before anything runs, so a bad tuple or base fails early.
     let cross = resolve_seed(&args.seed, &bases, &cross_cli, &defaults)?;
-    let dirs = HostDirs::new(&super::conf_root(&args.conf_root)?, &host);
-    let seed_dir = dirs.seed(&host.seed);
-    if !seed_dir.is_dir() {
-        return Err(build::BuildError::NoSeed {
-            seed: host.seed.clone(),
-            path: seed_dir,
-        }
-        .into());
-    }
+    let dirs = HostDirs::new(&super::conf_root(&args.data.conf_root)?, &host);
+    let seed_dir = dirs.require_seed(&host.seed)?;
     let repos = if host.bind_system_repos {
         host.system_repos.clone()
     } else {

@@ -9,22 +9,15 @@ use crate::builder::{namespace, seed_ops};
 use crate::cli::UpdateSeedArgs;
 
 pub fn run(args: &UpdateSeedArgs) -> CmdResult {
-    let defaults = super::load_defaults(args.no_config)?;
+    let defaults = super::load_defaults(args.data.no_config)?;
     let cfg = resolve_seed(
         &args.seed,
         &[],
         &CliOverrides::from(&args.select),
         &defaults,
     )?;
-    let dirs = HostDirs::new(&super::conf_root(&args.conf_root)?, &cfg);
-    let seed_dir = dirs.seed(&cfg.seed);
-    if !seed_dir.is_dir() {
-        return Err(build::BuildError::NoSeed {
-            seed: cfg.seed.clone(),
-            path: seed_dir,
-        }
-        .into());
-    }
+    let dirs = HostDirs::new(&super::conf_root(&args.data.conf_root)?, &cfg);
+    dirs.require_seed(&cfg.seed)?;
     let update_args = match &args.update_args {
         Some(text) => {
             emerge::shell_split(text).map_err(|why| format!("UPDATE_ARGS {text:?}: {why}"))?

@@ -220,21 +220,13 @@ impl Store {
 
     /// Takes the build lock of `key`, waiting for another builder to finish.
     pub fn lock(&self, key: &BuildKey) -> Result<KeyLock, StoreError> {
-        let path = self.layers_dir().join(format!("{key}.lock"));
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err("cannot open lock", &path))?;
+        let (f, path) = self.lock_file(key)?;
         let lock = Flock::lock(f, FlockArg::LockExclusive)
             .map_err(|(_, e)| io_err("cannot lock", &path)(io::Error::from(e)))?;
         Ok(KeyLock { _lock: lock })
     }
 
-    /// Takes the build lock of `key` only if nobody holds it: `None` means a build
-    /// of that key is running (`clean-builds` leaves such layers alone).
-    pub fn try_lock(&self, key: &BuildKey) -> Result<Option<KeyLock>, StoreError> {
+    fn lock_file(&self, key: &BuildKey) -> Result<(File, PathBuf), StoreError> {
         let path = self.layers_dir().join(format!("{key}.lock"));
         let f = File::options()
             .create(true)
@@ -242,6 +234,13 @@ impl Store {
             .write(true)
             .open(&path)
             .map_err(io_err("cannot open lock", &path))?;
+        Ok((f, path))
+    }
+
+    /// Takes the build lock of `key` only if nobody holds it: `None` means a build
+    /// of that key is running (`clean-builds` leaves such layers alone).
+    pub fn try_lock(&self, key: &BuildKey) -> Result<Option<KeyLock>, StoreError> {
+        let (f, path) = self.lock_file(key)?;
         match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => Ok(Some(KeyLock { _lock: lock })),
             Err((_, nix::Error::EWOULDBLOCK)) => Ok(None),

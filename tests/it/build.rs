@@ -169,6 +169,20 @@ pub fn tar_listing(tar: &Path) -> String {
     )
 }
 
+/// One member of an image, extracted by GNU tar.
+pub fn read_member(tar: &Path, name: &str) -> String {
+    let x = util::tempdir();
+    run_ok(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(tar)
+            .arg("-C")
+            .arg(x.path())
+            .arg(name),
+    );
+    fs::read_to_string(x.path().join(name)).unwrap()
+}
+
 pub fn member<'a>(listing: &'a str, name: &str) -> Option<&'a str> {
     listing
         .lines()
@@ -243,16 +257,7 @@ fn build_two_levels_of_bases_and_reuse_layers() {
         "unmerged files present:\n{l}"
     );
     // The build root was gentree-fs's FUSE union, never kernel overlayfs.
-    let x = util::tempdir();
-    run_ok(
-        Command::new("tar")
-            .arg("-xf")
-            .arg(&image)
-            .arg("-C")
-            .arg(x.path())
-            .arg("usr/share/gt-probe/mounts"),
-    );
-    let mounts = fs::read_to_string(x.path().join("usr/share/gt-probe/mounts")).unwrap();
+    let mounts = read_member(&image, "usr/share/gt-probe/mounts");
     // "<mount point> <fs type> <source>" of the chroot root and of the layer root.
     assert!(mounts.contains("/ fuse gentree-union\n"), "{mounts}");
     assert!(

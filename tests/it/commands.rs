@@ -5,8 +5,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::build::{BASE, Fixture, member, stderr, stdout, tar_listing};
-use crate::util::{self, run, run_ok};
+use crate::build::{BASE, Fixture, member, read_member, stderr, stdout, tar_listing};
+use crate::util::{self, run};
 
 fn seed_id(f: &Fixture) -> String {
     fs::read_to_string(f.conf().join("state/seed-ids/testseed")).unwrap_or_default()
@@ -117,16 +117,7 @@ fn ephemeral_seed_world_merge_and_clean_builds() {
 
     // B41: the image's world file has both bases' entries and the top's.
     let image = PathBuf::from(stdout(&out).trim());
-    let x = util::tempdir();
-    run_ok(
-        Command::new("tar")
-            .arg("-xf")
-            .arg(&image)
-            .arg("-C")
-            .arg(x.path())
-            .arg("var/lib/portage/world"),
-    );
-    let world = fs::read_to_string(x.path().join("var/lib/portage/world")).unwrap();
+    let world = read_member(&image, "var/lib/portage/world");
     let entries: Vec<&str> = world.lines().collect();
     for want in [
         "app-misc/gt-lib",
