@@ -5,12 +5,12 @@
 # with unshare + chroot, `emerge --root /tmp/root`, as scripts/test-seed-smoke.sh does).
 # Rounds are interleaved (the order alternates), medians and the ratio are reported.
 #
-#   cargo build --release && sudo bench/build.sh           # 3 rounds + 1 warm-up
+#   cargo build --release && sudo bench/build.sh           # 5 rounds + 1 warm-up
 #   sudo ROUNDS=9 bench/build.sh
 #   bench/build.sh --report RESULTS.tsv                    # re-print a run's table
 #
 # Environment:
-#   ROUNDS      timed rounds (default 3), after one untimed warm-up round.
+#   ROUNDS      timed rounds (default 5), after one untimed warm-up round.
 #   GENTREE_FS  gentree-fs binary (default target/release/gentree-fs).
 #   SEED        the test seed dir (default /var/tmp/gentree-test-cache/seed, made by
 #               scripts/make-test-seed.sh; `cargo test --test it build` creates it).
@@ -25,14 +25,10 @@
 #               rm -rf /tmp/root, then the same emerge argv with --root /tmp/root and
 #               the same environment (from `gentree-fs config --json`).
 # Both build from source (usepkg off, FEATURES=-buildpkg), so no round reuses another's
-# binary packages. Portage's build dir (/var/tmp/portage) is on the seed's union for
-# gentree-fs and on the seed copy's disk for plain. The "-tmpfs" pair repeats both with
-# that dir on a tmpfs (`build --portage-tmpfs`; a tmpfs mount on the plain side), which
-# leaves only the installed image and Portage's state going through the unions.
-# The target is gentree-fs <= 1.2x plain.
+# binary packages. The target is gentree-fs <= 1.2x plain.
 set -euo pipefail
 
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 GENTREE_FS=${GENTREE_FS:-target/release/gentree-fs}
 SEED=${SEED:-/var/tmp/gentree-test-cache/seed}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/gentree-build-bench}
@@ -48,28 +44,23 @@ for row in csv.DictReader(open(sys.argv[1]), delimiter="\t"):
     runs.setdefault(row["impl"], []).append(float(row["seconds"]))
 med = {k: statistics.median(v) for k, v in runs.items()}
 print(f"{'impl':<12}{'median s':>10}{'min s':>8}{'max s':>8}  rounds")
-for k in ["plain", "gentree-fs", "plain-tmpfs", "gentree-fs-tmpfs"]:
+for k in ["plain", "gentree-fs"]:
     if k in runs:
         v = runs[k]
         print(f"{k:<12}{med[k]:>10.2f}{min(v):>8.2f}{max(v):>8.2f}  {len(v)}")
-for g, p in [("gentree-fs", "plain"), ("gentree-fs-tmpfs", "plain-tmpfs")]:
-    if g in med and p in med and med[p] > 0:
-        r = med[g] / med[p]
-        print(f"ratio {g} / {p}: {r:.2f}x (target <= 1.20x): {'OK' if r <= 1.2 else 'OVER TARGET'}")
+if "plain" in med and "gentree-fs" in med and med["plain"] > 0:
+    r = med["gentree-fs"] / med["plain"]
+    print(f"ratio gentree-fs / plain: {r:.2f}x (target <= 1.20x): {'OK' if r <= 1.2 else 'OVER TARGET'}")
 EOF
 }
 
 # ---- the plain side, inside `unshare --mount --pid --fork` ----
 inside() {
-  local root=$1 repos=$2 argv_file=$3 env_file=$4 tmpfs=$5
+  local root=$1 repos=$2 argv_file=$3 env_file=$4
   mount --make-rprivate /
   mount --rbind /dev "$root/dev"
   mount -t proc proc "$root/proc"
   mount --bind "$repos" "$root/var/db/repos"
-  if ((tmpfs)); then
-    mkdir -p "$root/var/tmp/portage"
-    mount -t tmpfs -o mode=0775 tmpfs "$root/var/tmp/portage"
-  fi
   local argv=() env=()
   mapfile -t argv < "$argv_file"
   mapfile -t env < "$env_file"
@@ -127,24 +118,22 @@ open(f"{d}/env", "w").write("".join(f"{k}={v}\n" for k, v in env.items()))
 EOF
 echo "emerge argv: $(tr '\n' ' ' < "$BENCH_DIR/argv")"
 
-run_plain() { # TMPFS(0|1)
+run_plain() {
   unshare --mount --pid --fork -- bash "$self" --inside "$plain" "$conf/repos" \
-    "$BENCH_DIR/argv" "$BENCH_DIR/env" "$1" > "$BENCH_DIR/plain.log" 2>&1 \
+    "$BENCH_DIR/argv" "$BENCH_DIR/env" > "$BENCH_DIR/plain.log" 2>&1 \
     || { tail -n 30 "$BENCH_DIR/plain.log" >&2; die "the plain emerge failed"; }
   [[ -x $plain/tmp/root/usr/bin/gt-app ]] || die "plain: gt-app not installed"
 }
-run_gentree() { # TMPFS(0|1)
-  local extra=(); if (($1)); then extra=(--portage-tmpfs); fi
-  "$GENTREE_FS" build --no-config --conf-root "$conf" --rebuild "${extra[@]}" \
-    -o "$BENCH_DIR/image.tar" "$cfg" > "$BENCH_DIR/gentree.log" 2>&1 \
+run_gentree() {
+  "$GENTREE_FS" build --no-config --conf-root "$conf" --rebuild -o "$BENCH_DIR/image.tar" "$cfg" \
+    > "$BENCH_DIR/gentree.log" 2>&1 \
     || { tail -n 30 "$BENCH_DIR/gentree.log" >&2; die "gentree-fs build failed"; }
-  tar -tf "$BENCH_DIR/image.tar" | grep -qx 'usr/bin/gt-app' || die "gentree-fs: gt-app not in the image"
+  tar -tf "$BENCH_DIR/image.tar" | grep -cx 'usr/bin/gt-app' >/dev/null || die "gentree-fs: gt-app not in the image"
 }
 timed() { # impl round
-  local t0 t1 base=${1%-tmpfs} tmpfs=0
-  [[ $1 == *-tmpfs ]] && tmpfs=1
+  local t0 t1
   t0=$(date +%s.%N)
-  "run_${base/-fs/}" "$tmpfs"
+  "run_${1/-fs/}"
   t1=$(date +%s.%N)
   local s; s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
   if (($2 > 0)); then printf '%s\t%s\t%s\n' "$1" "$2" "$s" >> "$results"; fi
@@ -153,8 +142,7 @@ timed() { # impl round
 
 printf 'impl\tround\tseconds\n' > "$results"
 for ((r = 0; r <= ROUNDS; r++)); do
-  if ((r % 2)); then order=(gentree-fs plain gentree-fs-tmpfs plain-tmpfs)
-  else order=(plain gentree-fs plain-tmpfs gentree-fs-tmpfs); fi
+  if ((r % 2)); then order=(gentree-fs plain); else order=(plain gentree-fs); fi
   for impl in "${order[@]}"; do timed "$impl" "$r"; done
 done
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) CPUs; results in $results"

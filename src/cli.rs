@@ -216,11 +216,6 @@ pub struct BuildArgs {
     /// Rebuild the config's own layer even if one with the same inputs exists.
     #[arg(long)]
     pub rebuild: bool,
-    /// Build in a tmpfs: Portage's build dir (/var/tmp/portage) on a tmpfs of the
-    /// build's namespace instead of the seed's union. Faster; the biggest package's
-    /// build must fit in RAM.
-    #[arg(long)]
-    pub portage_tmpfs: bool,
     /// Where to write the image (default: CONF_ROOT/builds/<buildname>-full.tar, or
     /// the config's output_file relative to the build dir).
     #[arg(short = 'o', long = "output", value_name = "FILE")]

@@ -280,8 +280,6 @@ pub struct LayerPaths {
     /// With `ephemeral_seed`: the host dir where a tmpfs holding the seed's upper is
     /// mounted in the namespace (nothing of the seed's changes reaches the disk).
     pub seed_tmp: Option<PathBuf>,
-    /// Mount a tmpfs on Portage's build dir ([`BuildOptions::portage_tmpfs`]).
-    pub portage_tmpfs: bool,
 }
 
 /// The environment of every Portage command of a layer: a clean base, the layer's
@@ -467,12 +465,6 @@ pub fn layer_plan(
     let target = cfg.crossdev_target.as_deref();
     let layer_root = cfg.root();
     let mut mounts = layer_seed_mounts(cfg, dirs, paths.seed_tmp.as_deref()).mounts();
-    if paths.portage_tmpfs {
-        mounts.push(MountSpec::Tmpfs {
-            target: PORTAGE_TMPDIR.into(),
-            options: "mode=0775".into(),
-        });
-    }
     mounts.extend([
         MountSpec::Tmpfs {
             target: "/builds".into(),
@@ -535,9 +527,6 @@ pub fn layer_plan(
         cwd: "/".into(),
     }
 }
-
-/// Portage's build dir in the namespace (`PORTAGE_TMPDIR/portage`).
-pub const PORTAGE_TMPDIR: &str = "/var/tmp/portage";
 
 /// The `make.profile` link of a config (spec 4.3): the cross root's with a crossdev
 /// target; none without a profile.
@@ -610,9 +599,6 @@ pub struct BuildOptions {
     /// per-layer `rebuild = true` does the same for that layer.
     pub rebuild: bool,
     pub mapping: IdMapping,
-    /// Portage's build dir (`/var/tmp/portage`) on a tmpfs of the namespace instead
-    /// of the seed's union: faster, but the biggest package must build in RAM.
-    pub portage_tmpfs: bool,
 }
 
 /// Builds (or reuses) every layer of `top`. `log` receives the output of every
@@ -732,7 +718,6 @@ fn build_layer(
         work: pending.work(),
         lowers,
         seed_tmp: run.ephemeral_seed.then(|| run_dir.join("seed")),
-        portage_tmpfs: opts.portage_tmpfs,
     };
     for p in [
         &paths.root,
@@ -946,7 +931,6 @@ mod tests {
             work: "/l/work".into(),
             lowers: vec![],
             seed_tmp: seed_tmp.map(PathBuf::from),
-            portage_tmpfs: false,
         }
     }
 
@@ -1015,24 +999,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        // --portage-tmpfs: Portage's build dir on a tmpfs inside the seed root, after it.
-        let mut p = paths(None);
-        p.portage_tmpfs = true;
-        let plan = layer_plan(&c, &dirs, &p, &mapping);
-        let at = |want: &str| {
-            plan.mounts.iter().position(|m| match m {
-                MountSpec::Tmpfs { target, .. } => target == Path::new(want),
-                MountSpec::Union(u) => u.target == Path::new(want),
-                _ => false,
-            })
-        };
-        assert!(matches!(
-            (at("/"), at("/var/tmp/portage")),
-            (Some(0), Some(_))
-        ));
-        assert_eq!(at("/var/tmp/portage").map(|_| ()), Some(()));
-        assert!(at("/var/tmp/portage") > at("/"));
-        // Without them, the persistent upper under seeds/ and no tmpfs.
+        // Without it, the persistent upper under seeds/ and no tmpfs.
         let plan = layer_plan(&c, &dirs, &paths(None), &mapping);
         assert!(
             !plan

@@ -30,7 +30,6 @@ pub fn run(args: &BuildArgs) -> CmdResult {
     let _ = std::fs::remove_file(&log);
     let opts = BuildOptions {
         rebuild: args.rebuild,
-        portage_tmpfs: args.portage_tmpfs,
         mapping,
     };
     let report = build::build(&cfg, &dirs, &opts, &log)?;
