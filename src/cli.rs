@@ -111,6 +111,41 @@ pub enum Command {
     /// The command's exit status is passed through.
     Exec(ExecArgs),
 
+    /// Update a seed in place: emerge with the update arguments, then --depclean.
+    ///
+    /// Runs directly on the imported seed (no union), holding the seed's lock.
+    /// UPDATE_ARGS default to the config key seed_update_args ("--jobs 4 --update
+    /// --deep --newuse --changed-use --with-bdeps=y --usepkg=y @world"). Afterwards
+    /// the seed's persistent upper (build-time packages installed against the old
+    /// seed) is removed and the seed gets a new identity, so every layer built on
+    /// it is rebuilt. With -c, the crossdev sysroot is updated (emerge-TUPLE).
+    /// Output goes to the terminal and CONF_ROOT/builds/update-seed-<SEED>.log.
+    #[command(name = "update-seed")]
+    UpdateSeed(UpdateSeedArgs),
+
+    /// Remove finished images and the layers no given config uses; print what was freed.
+    ///
+    /// Removes every *.tar file directly in the build dir (the images; logs stay),
+    /// and every published layer that is not a layer of one of the CONFIGS as they
+    /// resolve now: with no CONFIGS, every layer. Layers of a build that is running
+    /// (its key lock is held) are kept; temp dirs of crashed builds are removed.
+    /// A build that only reuses a layer does not lock it: do not clean while
+    /// builds run.
+    #[command(name = "clean-builds")]
+    CleanBuilds(CleanBuildsArgs),
+
+    /// Install a crossdev toolchain for TUPLE in a seed, and its base layers' packages.
+    ///
+    /// Works on the seed itself. Phase 1: emerge crossdev and eselect-repository
+    /// (FEATURES=-usersandbox), `eselect repository enable crossdev`,
+    /// `crossdev --target TUPLE`. Phase 2: each layer of the --base tree (bases
+    /// first) is emerged with emerge-TUPLE into /usr/TUPLE, oneshot. The seed needs
+    /// crossdev installed or a repository (CONF_ROOT/repos) providing
+    /// sys-devel/crossdev. Afterwards, as with update-seed, the seed's upper is
+    /// removed and its identity changes.
+    #[command(name = "init-crossdev")]
+    InitCrossdev(InitCrossdevArgs),
+
     /// Internal: the namespace helper (re-executed by gentree-fs itself).
     #[command(name = "__ns-exec", hide = true)]
     NsExec,
@@ -250,4 +285,56 @@ pub struct ExecArgs {
     /// The command and its arguments (default: /bin/sh).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateSeedArgs {
+    #[command(flatten)]
+    pub select: BuildSelect,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// The seed's name (as given to import-seed).
+    pub seed: String,
+    /// The emerge arguments, one string split shell-style (quotes honoured).
+    #[arg(value_name = "UPDATE_ARGS", allow_hyphen_values = true)]
+    pub update_args: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanBuildsArgs {
+    #[command(flatten)]
+    pub select: BuildSelect,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Print what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Build configs whose layers (and their bases') are kept.
+    #[arg(value_name = "CONFIGS")]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct InitCrossdevArgs {
+    /// The base config tree installed into the cross root (a builtin name).
+    #[arg(long, default_value = "glibc", value_name = "NAME")]
+    pub base: String,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// The seed's name (as given to import-seed).
+    pub seed: String,
+    /// The target tuple, e.g. aarch64-unknown-linux-gnu.
+    pub tuple: String,
+}
+
+/// Where the data lives and which defaults apply (update-seed, clean-builds,
+/// init-crossdev).
+#[derive(Debug, Clone, Default, Args)]
+pub struct DataArgs {
+    /// Data directory (default: $XDG_DATA_HOME/gentree).
+    #[arg(long, value_name = "DIR", env = "GENTREE_CONF_ROOT")]
+    pub conf_root: Option<PathBuf>,
+    /// Do not read the default config files (/etc and ~/.config).
+    #[arg(long)]
+    pub no_config: bool,
 }

@@ -89,6 +89,18 @@ impl HostDirs {
     pub fn seed(&self, seed: &str) -> PathBuf {
         self.seeds.join(seed)
     }
+    /// The imported seed, which must exist.
+    pub fn require_seed(&self, seed: &str) -> Result<PathBuf, BuildError> {
+        let path = self.seed(seed);
+        if path.is_dir() {
+            Ok(path)
+        } else {
+            Err(BuildError::NoSeed {
+                seed: seed.to_owned(),
+                path,
+            })
+        }
+    }
     /// The seed's persistent upper and work dirs.
     pub fn seed_upper(&self, seed: &str) -> (PathBuf, PathBuf) {
         (
@@ -135,6 +147,13 @@ pub enum BuildError {
     #[error("layer {layer} failed (exit status {code}); its log is {log}")]
     Failed {
         layer: String,
+        code: i32,
+        log: PathBuf,
+    },
+    #[error("{what} of seed {seed} failed (exit status {code}); its log is {log}")]
+    SeedFailed {
+        what: &'static str,
+        seed: String,
         code: i32,
         log: PathBuf,
     },
@@ -198,13 +217,7 @@ pub fn plan_jobs<'a>(
     store: &Store,
     dirs: &HostDirs,
 ) -> Result<Vec<LayerJob<'a>>, BuildError> {
-    let seed_path = dirs.seed(&top.seed);
-    if !seed_path.is_dir() {
-        return Err(BuildError::NoSeed {
-            seed: top.seed.clone(),
-            path: seed_path,
-        });
-    }
+    dirs.require_seed(&top.seed)?;
     let seed_id = store.seed_id(&top.seed)?;
     let mut jobs: Vec<LayerJob<'a>> = Vec::new();
     for cfg in top.build_order() {
@@ -265,6 +278,9 @@ pub struct LayerPaths {
     pub work: PathBuf,
     /// Lower layer trees, topmost first.
     pub lowers: Vec<PathBuf>,
+    /// With `ephemeral_seed`: the host dir where a tmpfs holding the seed's upper is
+    /// mounted in the namespace (nothing of the seed's changes reaches the disk).
+    pub seed_tmp: Option<PathBuf>,
 }
 
 /// The environment of every Portage command of a layer: a clean base, the layer's
@@ -305,7 +321,10 @@ pub fn emerge_env(cfg: &ResolvedConfig, mapping: &IdMapping) -> Vec<(String, Str
 pub enum SeedRoot {
     /// A union of an upper (persistent or throwaway) over the imported seed.
     Union { upper: PathBuf, work: PathBuf },
-    /// The imported seed itself, written in place (`exec --persistent`).
+    /// A union whose upper lives in a tmpfs mounted (in the namespace only) on this
+    /// host dir: `ephemeral_seed`.
+    Ephemeral { tmpfs: PathBuf },
+    /// The imported seed itself, written in place (`exec --persistent`, `update-seed`).
     Direct,
 }
 
@@ -336,13 +355,26 @@ impl SeedMounts<'_> {
     /// The mounts, in order.
     pub fn mounts(&self) -> Vec<MountSpec> {
         let mut mounts = Vec::new();
-        if let SeedRoot::Union { upper, work } = &self.root {
-            mounts.push(MountSpec::Union(UnionSpec {
+        let seed_union = |upper: PathBuf, work: PathBuf| {
+            MountSpec::Union(UnionSpec {
                 lowers: vec![self.dirs.seed(self.seed)],
-                upper: Some(upper.clone()),
-                work: Some(work.clone()),
+                upper: Some(upper),
+                work: Some(work),
                 target: "/".into(),
-            }));
+            })
+        };
+        match &self.root {
+            SeedRoot::Union { upper, work } => mounts.push(seed_union(upper.clone(), work.clone())),
+            SeedRoot::Ephemeral { tmpfs } => {
+                let (upper, work) = (tmpfs.join("upper"), tmpfs.join("work"));
+                mounts.push(MountSpec::HostTmpfs {
+                    path: tmpfs.clone(),
+                    options: "mode=0755".into(),
+                    mkdirs: vec![upper.clone(), work.clone()],
+                });
+                mounts.push(seed_union(upper, work));
+            }
+            SeedRoot::Direct => {}
         }
         mounts.extend([
             MountSpec::Proc {
@@ -401,13 +433,23 @@ impl SeedMounts<'_> {
     }
 }
 
-/// The seed mounts of a layer build.
-pub fn layer_seed_mounts<'a>(cfg: &'a ResolvedConfig, dirs: &'a HostDirs) -> SeedMounts<'a> {
+/// The seed mounts of a layer build: the seed's persistent upper, or with
+/// `seed_tmp` an ephemeral one.
+pub fn layer_seed_mounts<'a>(
+    cfg: &'a ResolvedConfig,
+    dirs: &'a HostDirs,
+    seed_tmp: Option<&Path>,
+) -> SeedMounts<'a> {
     let (upper, work) = dirs.seed_upper(&cfg.seed);
     SeedMounts {
         dirs,
         seed: &cfg.seed,
-        root: SeedRoot::Union { upper, work },
+        root: match seed_tmp {
+            Some(t) => SeedRoot::Ephemeral {
+                tmpfs: t.to_path_buf(),
+            },
+            None => SeedRoot::Union { upper, work },
+        },
         pkgdir: dirs.pkgdir(cfg),
         crossdev_target: cfg.crossdev_target.as_deref(),
         system_repos: cfg.bind_system_repos.then_some(cfg.system_repos.as_path()),
@@ -423,7 +465,7 @@ pub fn layer_plan(
 ) -> Plan {
     let target = cfg.crossdev_target.as_deref();
     let layer_root = cfg.root();
-    let mut mounts = layer_seed_mounts(cfg, dirs).mounts();
+    let mut mounts = layer_seed_mounts(cfg, dirs, paths.seed_tmp.as_deref()).mounts();
     mounts.extend([
         MountSpec::Tmpfs {
             target: "/builds".into(),
@@ -443,15 +485,21 @@ pub fn layer_plan(
     if let Some(ov) = &cfg.config_overlay {
         // Portage reads `--config-root /builds/<bn>`: the overlay's files over the
         // seed's /etc/portage, read-only, so nothing of it lands in the layer.
+        // An ephemeral seed's upper starts empty: the persistent one is not seen.
         let (seed_upper, _) = dirs.seed_upper(&cfg.seed);
+        let seed_upper = paths
+            .seed_tmp
+            .is_none()
+            .then(|| seed_upper.join("etc/portage"));
         mounts.push(bind(dirs.config.clone(), "/config", true, false));
         mounts.push(MountSpec::Union(UnionSpec {
-            lowers: vec![
-                dirs.config.join(ov),
-                seed_upper.join("etc/portage"),
-                dirs.seed(&cfg.seed).join("etc/portage"),
+            lowers: [
+                Some(dirs.config.join(ov)),
+                seed_upper,
+                Some(dirs.seed(&cfg.seed).join("etc/portage")),
             ]
             .into_iter()
+            .flatten()
             .filter(|p| p.is_dir())
             .collect(),
             upper: None,
@@ -461,35 +509,12 @@ pub fn layer_plan(
     }
 
     let env = emerge_env(cfg, mapping);
-    let program = cfg
-        .emerge
-        .as_ref()
-        .and_then(|a| a.first().cloned())
-        .unwrap_or_else(|| "emerge".into());
-    let run = |argv: &Vec<String>| {
-        Step::Run(RunStep {
-            argv: argv.clone(),
-            env: env.clone(),
-            on_failure: vec![vec![program.clone(), "--info".into()]],
-            log_tail: Some("/var/log/emerge.log".into()),
-        })
-    };
-    let mut steps = Vec::new();
-    if let Some(profile) = cfg.effective_profile() {
-        let link = match target {
-            Some(t) => format!("/usr/{t}/etc/portage/make.profile"),
-            None => "/etc/portage/make.profile".to_owned(),
-        };
-        steps.push(Step::Symlink {
-            link: link.into(),
-            target: format!("/var/db/repos/{}/profiles/{profile}", cfg.profile_repo).into(),
-        });
-    }
+    let mut steps: Vec<Step> = profile_step(cfg).into_iter().collect();
     for argv in [&cfg.emerge, &cfg.depclean_argv, &cfg.unmerge_argv]
         .into_iter()
         .flatten()
     {
-        steps.push(run(argv));
+        steps.push(portage_run(argv.clone(), &env, target));
     }
     let clean = clean_paths(cfg, &layer_root);
     if !clean.is_empty() {
@@ -502,6 +527,35 @@ pub fn layer_plan(
         steps,
         cwd: "/".into(),
     }
+}
+
+/// The `make.profile` link of a config (spec 4.3): the cross root's with a crossdev
+/// target; none without a profile.
+pub fn profile_step(cfg: &ResolvedConfig) -> Option<Step> {
+    let profile = cfg.effective_profile()?;
+    let link = match cfg.crossdev_target.as_deref() {
+        Some(t) => format!("/usr/{t}/etc/portage/make.profile"),
+        None => "/etc/portage/make.profile".to_owned(),
+    };
+    Some(Step::Symlink {
+        link: link.into(),
+        target: format!("/var/db/repos/{}/profiles/{profile}", cfg.profile_repo).into(),
+    })
+}
+
+/// A Portage command as every emerge run is made (spec 4.2's wrapper): on failure
+/// the growth of emerge.log and `emerge --info` (the cross wrapper's for a cross
+/// build, B49) go to the log.
+pub fn portage_run(argv: Vec<String>, env: &[(String, String)], target: Option<&str>) -> Step {
+    Step::Run(RunStep {
+        argv,
+        env: env.to_vec(),
+        on_failure: vec![vec![
+            crate::builder::config::emerge::program(target),
+            "--info".into(),
+        ]],
+        log_tail: Some("/var/log/emerge.log".into()),
+    })
 }
 
 /// The paths (inside the namespace) the clean filters delete from a layer's root.
@@ -588,7 +642,16 @@ pub fn build(
             cfg.buildname,
             job.key.short()
         );
-        let layer = build_layer(job, &done, dirs, &store, opts, log)?;
+        let world = merged_world(job, &jobs, &done);
+        let run = LayerRun {
+            dirs,
+            store: &store,
+            opts,
+            log,
+            ephemeral_seed: top.ephemeral_seed,
+            world,
+        };
+        let layer = build_layer(job, &done, &run)?;
         done.push((layer, Outcome::Built));
     }
     Ok(BuildReport { layers: done })
@@ -608,14 +671,30 @@ pub fn lock_seed(dirs: &HostDirs, seed: &str) -> Result<nix::fcntl::Flock<fs::Fi
         .map_err(|(_, e)| io_err("cannot lock", &path)(io::Error::from(e)))
 }
 
+/// What one layer's build needs besides its job.
+struct LayerRun<'a> {
+    dirs: &'a HostDirs,
+    store: &'a Store,
+    opts: &'a BuildOptions,
+    log: &'a Path,
+    /// The top config's `ephemeral_seed` (the seed setting is per run).
+    ephemeral_seed: bool,
+    /// The merged world file to write first (B41), when the union would hide entries.
+    world: Option<String>,
+}
+
 fn build_layer(
     job: &LayerJob<'_>,
     done: &[(Layer, Outcome)],
-    dirs: &HostDirs,
-    store: &Store,
-    opts: &BuildOptions,
-    log: &Path,
+    run: &LayerRun<'_>,
 ) -> Result<Layer, BuildError> {
+    let LayerRun {
+        dirs,
+        store,
+        opts,
+        log,
+        ..
+    } = *run;
     let cfg = job.config;
     let lock = store.lock(&job.key)?;
     let pending = store.begin(&job.key, &lock)?;
@@ -639,6 +718,7 @@ fn build_layer(
         upper: pending.root(),
         work: pending.work(),
         lowers,
+        seed_tmp: run.ephemeral_seed.then(|| run_dir.join("seed")),
     };
     for p in [
         &paths.root,
@@ -650,10 +730,24 @@ fn build_layer(
         fs::create_dir_all(p).map_err(io_err("cannot create", p))?;
     }
     let (seed_upper, seed_work) = dirs.seed_upper(&cfg.seed);
-    for p in [&seed_upper, &seed_work, &dirs.pkgdir(cfg)] {
+    let mut needed = vec![dirs.pkgdir(cfg)];
+    if !run.ephemeral_seed {
+        needed.extend([seed_upper, seed_work]);
+    }
+    for p in &needed {
         fs::create_dir_all(p).map_err(io_err("cannot create", p))?;
     }
-    let plan = layer_plan(cfg, dirs, &paths, &opts.mapping);
+    let mut plan = layer_plan(cfg, dirs, &paths, &opts.mapping);
+    if let Some(world) = &run.world {
+        // Before anything runs: emerge must see every base's selected packages.
+        plan.steps.insert(
+            0,
+            Step::WriteFile {
+                path: Path::new(&cfg.root()).join(WORLD),
+                contents: world.clone(),
+            },
+        );
+    }
     let status = namespace::run(&plan, Some(log)).map_err(|source| BuildError::Namespace {
         layer: cfg.buildname.clone(),
         source,
@@ -677,6 +771,81 @@ fn build_layer(
         format: LAYER_FORMAT_VERSION,
     };
     Ok(store.publish(pending, meta)?)
+}
+
+/// Where Portage keeps the selected packages, relative to a root.
+pub const WORLD: &str = "var/lib/portage/world";
+
+/// World-file entries merged in order: each entry once, where first seen (B41).
+pub fn merge_world<'a>(files: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for text in files {
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            if !out.iter().any(|e| e == line) {
+                out.push(line.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// The world file a stack of layer trees (topmost first) shows through a union: the
+/// topmost layer's that has one, unless a whiteout of it or an opaque
+/// `var/lib/portage` comes first.
+pub fn world_in_stack(stack: &[PathBuf]) -> Option<String> {
+    for layer in stack {
+        let f = layer.join(WORLD);
+        if let Ok(text) = fs::read_to_string(&f) {
+            return Some(text);
+        }
+        let dir = layer.join("var/lib/portage");
+        if dir.join(".wh.world").exists() || dir.join(".wh..wh..opq").exists() {
+            return None;
+        }
+    }
+    None
+}
+
+/// The world file to write into a layer with several bases (B41): each direct base
+/// stack's world file, merged in base order, when that differs from what the
+/// union of all of them would show (only the topmost base's). `None` otherwise.
+fn merged_world(
+    job: &LayerJob<'_>,
+    jobs: &[LayerJob<'_>],
+    done: &[(Layer, Outcome)],
+) -> Option<String> {
+    if job.config.bases.len() < 2 {
+        return None;
+    }
+    let root_of = |k: &BuildKey| {
+        done.iter()
+            .find(|(l, _)| &l.meta.key == k)
+            .map(|(l, _)| l.root())
+    };
+    let stack = |top: &BuildKey, below: &[BuildKey]| -> Vec<PathBuf> {
+        std::iter::once(top)
+            .chain(below.iter().rev())
+            .filter_map(root_of)
+            .collect()
+    };
+    let views: Vec<String> = job
+        .config
+        .bases
+        .iter()
+        .filter_map(|b| jobs.iter().find(|j| j.config == b))
+        .filter_map(|j| world_in_stack(&stack(&j.key, &j.lower_keys)))
+        .collect();
+    if views.len() < 2 {
+        return None;
+    }
+    let merged = merge_world(views.iter().map(String::as_str));
+    let lowers: Vec<PathBuf> = job.lower_keys.iter().rev().filter_map(root_of).collect();
+    let shown = world_in_stack(&lowers).unwrap_or_default();
+    (merge_world([shown.as_str()]) != merged).then(|| {
+        let mut text = merged.join("\n");
+        text.push('\n');
+        text
+    })
 }
 
 /// The config overlay's mount point leaves an empty `etc/portage` (and maybe `etc`)
@@ -737,4 +906,113 @@ pub fn write_image(
     };
     fs::rename(&tmp, out).map_err(io_err("cannot write", out))?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::config::{CliOverrides, Defaults, resolve_str};
+
+    fn cfg(text: &str) -> ResolvedConfig {
+        let d = Defaults::embedded().unwrap();
+        resolve_str(
+            text,
+            Path::new("/cfg/app.toml"),
+            &CliOverrides::default(),
+            &d,
+        )
+        .unwrap()
+    }
+
+    fn paths(seed_tmp: Option<&str>) -> LayerPaths {
+        LayerPaths {
+            root: "/run/r".into(),
+            empty: "/run/e".into(),
+            upper: "/l/up".into(),
+            work: "/l/work".into(),
+            lowers: vec![],
+            seed_tmp: seed_tmp.map(PathBuf::from),
+        }
+    }
+
+    #[test]
+    fn world_files_merge_in_first_seen_order() {
+        assert_eq!(
+            merge_world(["a/x\nb/y\n", "\n b/y \nc/z", "a/x\nd/w\n"]),
+            ["a/x", "b/y", "c/z", "d/w"]
+        );
+        assert!(merge_world(["", "\n\n"]).is_empty());
+        assert!(merge_world([]).is_empty());
+    }
+
+    #[test]
+    fn world_in_stack_is_what_the_union_shows() {
+        let t = tempfile::tempdir().unwrap();
+        let layer = |n: &str, world: Option<&str>, marker: Option<&str>| {
+            let d = t.path().join(n).join("var/lib/portage");
+            fs::create_dir_all(&d).unwrap();
+            if let Some(w) = world {
+                fs::write(d.join("world"), w).unwrap();
+            }
+            if let Some(m) = marker {
+                fs::write(d.join(m), "").unwrap();
+            }
+            t.path().join(n)
+        };
+        let a = layer("a", Some("a/x\n"), None);
+        let b = layer("b", None, None);
+        let c = layer("c", Some("c/z\n"), None);
+        let wh = layer("wh", None, Some(".wh.world"));
+        let opq = layer("opq", None, Some(".wh..wh..opq"));
+        assert_eq!(
+            world_in_stack(&[b.clone(), a.clone()]).as_deref(),
+            Some("a/x\n")
+        );
+        assert_eq!(
+            world_in_stack(&[c.clone(), b.clone(), a.clone()]).as_deref(),
+            Some("c/z\n")
+        );
+        assert_eq!(world_in_stack(&[wh, a.clone()]), None);
+        assert_eq!(world_in_stack(&[opq, a]), None);
+        assert_eq!(world_in_stack(&[b]), None);
+    }
+
+    #[test]
+    fn ephemeral_seed_upper_lives_in_a_tmpfs_mounted_first() {
+        let c = cfg("seed = \"s\"\npackages = [\"app-misc/x\"]\n");
+        let dirs = HostDirs::plain(Path::new("/conf"));
+        let mapping = IdMapping::Root;
+        let plan = layer_plan(&c, &dirs, &paths(Some("/run/seed")), &mapping);
+        match &plan.mounts[..2] {
+            [
+                MountSpec::HostTmpfs { path, mkdirs, .. },
+                MountSpec::Union(u),
+            ] => {
+                assert_eq!(path, Path::new("/run/seed"));
+                assert_eq!(
+                    mkdirs,
+                    &[PathBuf::from("/run/seed/upper"), "/run/seed/work".into()]
+                );
+                assert_eq!(u.target, Path::new("/"));
+                assert_eq!(u.lowers, [PathBuf::from("/conf/seeds/s")]);
+                assert_eq!(u.upper.as_deref(), Some(Path::new("/run/seed/upper")));
+                assert_eq!(u.work.as_deref(), Some(Path::new("/run/seed/work")));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Without it, the persistent upper under seeds/ and no tmpfs.
+        let plan = layer_plan(&c, &dirs, &paths(None), &mapping);
+        assert!(
+            !plan
+                .mounts
+                .iter()
+                .any(|m| matches!(m, MountSpec::HostTmpfs { .. }))
+        );
+        match &plan.mounts[0] {
+            MountSpec::Union(u) => {
+                assert_eq!(u.upper.as_deref(), Some(Path::new("/conf/seeds/s.upper")))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -2,6 +2,8 @@
 //! and the namespaced build helper. Never imports [`crate::fs`].
 
 pub mod build;
+pub mod clean;
 pub mod config;
 pub mod key;
 pub mod namespace;
+pub mod seed_ops;

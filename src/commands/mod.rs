@@ -8,14 +8,17 @@ use std::process::ExitCode;
 use crate::cli::{Cli, Command};
 
 pub mod build;
+pub mod clean_builds;
 pub mod config;
 pub mod daemon;
 pub mod exec;
 pub mod import_seed;
+pub mod init_crossdev;
 pub mod mount;
 pub mod namespace;
 pub mod pack;
 pub mod union;
+pub mod update_seed;
 
 /// What a command returns: an exit code, or an error for [`report_error`].
 pub type CmdResult = Result<ExitCode, Box<dyn Error + Send + Sync>>;
@@ -32,6 +35,9 @@ pub fn dispatch(cli: Cli) -> CmdResult {
         Command::ImportSeed(a) => import_seed::run(&a),
         Command::Build(a) => build::run(&a),
         Command::Exec(a) => exec::run(&a),
+        Command::UpdateSeed(a) => update_seed::run(&a),
+        Command::CleanBuilds(a) => clean_builds::run(&a),
+        Command::InitCrossdev(a) => init_crossdev::run(&a),
         Command::NsExec => namespace::ns_exec(),
         Command::NsRun { plan, auto_map } => namespace::ns_run(&plan, auto_map),
     }
@@ -63,6 +69,27 @@ pub fn report_error(e: &(dyn Error + 'static)) {
     while let Some(s) = src {
         eprintln!("  caused by: {s}");
         src = s.source();
+    }
+}
+
+/// The defaults: embedded only with `--no-config`, else with the default files.
+pub fn load_defaults(
+    no_config: bool,
+) -> Result<crate::builder::config::Defaults, Box<dyn Error + Send + Sync>> {
+    use crate::builder::config::{DefaultSources, Defaults};
+    let sources = if no_config {
+        DefaultSources::none()
+    } else {
+        DefaultSources::from_env()
+    };
+    Ok(Defaults::load(&sources)?)
+}
+
+/// `--conf-root`, or the default data directory.
+pub fn conf_root(arg: &Option<PathBuf>) -> Result<PathBuf, Box<dyn Error + Send + Sync>> {
+    match arg {
+        Some(d) => Ok(d.clone()),
+        None => default_conf_root(),
     }
 }
 

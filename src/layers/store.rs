@@ -220,6 +220,13 @@ impl Store {
 
     /// Takes the build lock of `key`, waiting for another builder to finish.
     pub fn lock(&self, key: &BuildKey) -> Result<KeyLock, StoreError> {
+        let (f, path) = self.lock_file(key)?;
+        let lock = Flock::lock(f, FlockArg::LockExclusive)
+            .map_err(|(_, e)| io_err("cannot lock", &path)(io::Error::from(e)))?;
+        Ok(KeyLock { _lock: lock })
+    }
+
+    fn lock_file(&self, key: &BuildKey) -> Result<(File, PathBuf), StoreError> {
         let path = self.layers_dir().join(format!("{key}.lock"));
         let f = File::options()
             .create(true)
@@ -227,9 +234,38 @@ impl Store {
             .write(true)
             .open(&path)
             .map_err(io_err("cannot open lock", &path))?;
-        let lock = Flock::lock(f, FlockArg::LockExclusive)
-            .map_err(|(_, e)| io_err("cannot lock", &path)(io::Error::from(e)))?;
-        Ok(KeyLock { _lock: lock })
+        Ok((f, path))
+    }
+
+    /// Takes the build lock of `key` only if nobody holds it: `None` means a build
+    /// of that key is running (`clean-builds` leaves such layers alone).
+    pub fn try_lock(&self, key: &BuildKey) -> Result<Option<KeyLock>, StoreError> {
+        let (f, path) = self.lock_file(key)?;
+        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(KeyLock { _lock: lock })),
+            Err((_, nix::Error::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(io_err("cannot lock", &path)(io::Error::from(e))),
+        }
+    }
+
+    /// Temp dirs of unfinished layers (`.tmp-<key>-...`) with their keys.
+    pub fn pending_dirs(&self) -> Result<Vec<(BuildKey, PathBuf)>, StoreError> {
+        let layers = self.layers_dir();
+        let mut out = Vec::new();
+        for e in fs::read_dir(&layers).map_err(io_err("cannot list", &layers))? {
+            let e = e.map_err(io_err("cannot list", &layers))?;
+            let name = e.file_name();
+            let key = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(".tmp-"))
+                .and_then(|n| n.get(..64))
+                .and_then(BuildKey::parse);
+            if let Some(k) = key {
+                out.push((k, e.path()));
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// Starts a layer of `key`: a fresh temp dir with empty `root/` and `work/`.
@@ -472,6 +508,22 @@ mod tests {
         assert!(stale.exists());
         let _p2 = s.begin(&k, &lock)?;
         assert!(!stale.exists());
+        Ok(())
+    }
+
+    #[test]
+    fn try_lock_fails_while_a_build_holds_the_key() -> Result<(), Box<dyn std::error::Error>> {
+        let t = tempfile::tempdir()?;
+        let s = Store::open(t.path())?;
+        let k = key('c');
+        let held = s.lock(&k)?;
+        assert!(s.try_lock(&k)?.is_none(), "lock taken twice");
+        let p = s.begin(&k, &held)?;
+        assert_eq!(s.pending_dirs()?, [(k.clone(), p.dir().to_path_buf())]);
+        drop(p);
+        drop(held);
+        assert!(s.try_lock(&k)?.is_some());
+        assert!(s.pending_dirs()?.is_empty());
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! Builds with real Portage: the test seed (Debian minbase + the PyPI portage wheel,
 //! made by scripts/make-test-seed.sh and cached) and the project's ebuild repository
-//! (tests/repo/gentree-test), through `gentree-fs build` and `gentree-fs exec`.
+//! (tests/repo/gentree-test), through `gentree-fs build` and `gentree-fs exec`. The
+//! [`Fixture`] is shared with the other real-Portage tests (`commands`).
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -73,12 +74,12 @@ fn test_seed_tar() -> &'static Path {
 
 /// A conf root with the test seed imported as `testseed` and the test repository
 /// in place, plus a directory for configs.
-pub(crate) struct Fixture {
-    pub(crate) dir: tempfile::TempDir,
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
 }
 
 impl Fixture {
-    pub(crate) fn new(user: Option<&str>) -> Fixture {
+    pub fn new(user: Option<&str>) -> Fixture {
         let dir = util::tempdir();
         let f = Fixture { dir };
         fs::create_dir_all(f.cfg_dir()).unwrap();
@@ -103,15 +104,15 @@ impl Fixture {
         f
     }
 
-    pub(crate) fn conf(&self) -> PathBuf {
+    pub fn conf(&self) -> PathBuf {
         self.dir.path().join("conf")
     }
 
-    pub(crate) fn cfg_dir(&self) -> PathBuf {
+    pub fn cfg_dir(&self) -> PathBuf {
         self.dir.path().join("cfg")
     }
 
-    pub(crate) fn write_cfg(&self, name: &str, text: &str) -> PathBuf {
+    pub fn write_cfg(&self, name: &str, text: &str) -> PathBuf {
         let p = self.cfg_dir().join(name);
         fs::write(&p, text).unwrap();
         util::set_mode(&p, 0o644);
@@ -119,7 +120,7 @@ impl Fixture {
     }
 
     /// The binary, as root or as `user`, never reading the real default configs.
-    pub(crate) fn cmd(&self, user: Option<&str>) -> Command {
+    pub fn cmd(&self, user: Option<&str>) -> Command {
         let mut c = match user {
             Some(u) => {
                 let mut c = Command::new("runuser");
@@ -132,7 +133,7 @@ impl Fixture {
         c
     }
 
-    fn build(&self, user: Option<&str>, cfg: &Path, extra: &[&str]) -> Output {
+    pub fn build(&self, user: Option<&str>, cfg: &Path, extra: &[&str]) -> Output {
         let out = run(self
             .cmd(user)
             .arg("build")
@@ -149,7 +150,7 @@ impl Fixture {
         out
     }
 
-    pub(crate) fn layers(&self) -> Vec<PathBuf> {
+    pub fn layers(&self) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = fs::read_dir(self.conf().join("layers"))
             .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
             .unwrap_or_default();
@@ -160,7 +161,7 @@ impl Fixture {
 }
 
 /// `tar -tv`-style facts of one member: (type+mode string, owner, link target).
-fn tar_listing(tar: &Path) -> String {
+pub fn tar_listing(tar: &Path) -> String {
     run_ok(
         Command::new("tar")
             .args(["--numeric-owner", "-tvf"])
@@ -168,22 +169,35 @@ fn tar_listing(tar: &Path) -> String {
     )
 }
 
-fn member<'a>(listing: &'a str, name: &str) -> Option<&'a str> {
+/// One member of an image, extracted by GNU tar.
+pub fn read_member(tar: &Path, name: &str) -> String {
+    let x = util::tempdir();
+    run_ok(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(tar)
+            .arg("-C")
+            .arg(x.path())
+            .arg(name),
+    );
+    fs::read_to_string(x.path().join(name)).unwrap()
+}
+
+pub fn member<'a>(listing: &'a str, name: &str) -> Option<&'a str> {
     listing
         .lines()
         .find(|l| l.ends_with(&format!(" {name}")) || l.contains(&format!(" {name} -> ")))
 }
 
-fn stdout(o: &Output) -> String {
+pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn stderr(o: &Output) -> String {
+pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-pub(crate) const BASE: &str =
-    "packages = [\"sys-apps/gt-baselayout\"]\n[emerge_bools]\noneshot = true\n";
+pub const BASE: &str = "packages = [\"sys-apps/gt-baselayout\"]\n[emerge_bools]\noneshot = true\n";
 const MID: &str =
     "bases = [\"base.toml\"]\npackages = [\"app-misc/gt-lib\", \"app-misc/gt-removable\"]\n";
 
@@ -243,16 +257,7 @@ fn build_two_levels_of_bases_and_reuse_layers() {
         "unmerged files present:\n{l}"
     );
     // The build root was gentree-fs's FUSE union, never kernel overlayfs.
-    let x = util::tempdir();
-    run_ok(
-        Command::new("tar")
-            .arg("-xf")
-            .arg(&image)
-            .arg("-C")
-            .arg(x.path())
-            .arg("usr/share/gt-probe/mounts"),
-    );
-    let mounts = fs::read_to_string(x.path().join("usr/share/gt-probe/mounts")).unwrap();
+    let mounts = read_member(&image, "usr/share/gt-probe/mounts");
     // "<mount point> <fs type> <source>" of the chroot root and of the layer root.
     assert!(mounts.contains("/ fuse gentree-union\n"), "{mounts}");
     assert!(

@@ -33,5 +33,5 @@ pub use defaults::{DefaultSources, Defaults};
 pub use env::FlagSet;
 pub use error::ConfigError;
 pub use resolve::{
-    CliOverrides, Dirs, OrderedMap, Origin, ResolvedConfig, resolve_file, resolve_str,
+    CliOverrides, Dirs, OrderedMap, Origin, ResolvedConfig, resolve_file, resolve_seed, resolve_str,
 };

@@ -223,6 +223,28 @@ pub fn resolve_str(
     r.resolve(&src, None, &mut Vec::new())
 }
 
+/// Resolves the config of a command that works on a seed without a config file
+/// (`update-seed`, `init-crossdev`; spec 3.4 "without a config file"): the config
+/// `seed = "SEED"` with `bases` (builtin names), resolved as if read from
+/// `SEED.toml`. So its name is the seed's, and every default (embedded, default
+/// files, `[default.SEED]` and `[default.SEED.TAG]` overrides, `-c`/`-p`/`-t`)
+/// applies exactly as it would to a one-line config file (B08, B25).
+pub fn resolve_seed(
+    seed: &str,
+    bases: &[&str],
+    cli: &CliOverrides,
+    defaults: &Defaults,
+) -> Result<ResolvedConfig, ConfigError> {
+    // Validated names are plain TOML string contents (no quotes or backslashes).
+    names::validate("seed", seed, "the command line")?;
+    for b in bases {
+        names::validate("base", b, "the command line")?;
+    }
+    let list: Vec<String> = bases.iter().map(|b| format!("\"{b}\"")).collect();
+    let text = format!("seed = \"{seed}\"\nbases = [{}]\n", list.join(", "));
+    resolve_str(&text, Path::new(&format!("{seed}.toml")), cli, defaults)
+}
+
 /// A parsed, checked config and where it came from.
 struct Source {
     table: Table,
@@ -1132,5 +1154,45 @@ mod tests {
         let a = serde_json::to_string(&ok(README_NGINX, &[README_USER_DEFAULTS])).unwrap();
         let b = serde_json::to_string(&ok(README_NGINX, &[README_USER_DEFAULTS])).unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_seed_without_a_file_gets_every_default() {
+        let d = defaults(&[
+            "[default.s3]\nprofile = \"default/linux/amd64/23.0\"\nseed_update_args = \"--update 'a b'\"\n",
+        ]);
+        let c = resolve_seed("s3", &[], &CliOverrides::default(), &d).unwrap();
+        assert_eq!(c.name, "s3");
+        assert_eq!(c.seed, "s3");
+        assert_eq!(c.profile.as_deref(), Some("default/linux/amd64/23.0"));
+        assert_eq!(c.seed_update_args, ["--update", "a b"]);
+        assert!(c.bases.is_empty() && c.emerge.is_none());
+        // The embedded default update arguments (spec 1.4).
+        let plain = resolve_seed("other", &[], &CliOverrides::default(), &d).unwrap();
+        assert_eq!(
+            plain.seed_update_args,
+            sv("--jobs 4 --update --deep --newuse --changed-use --with-bdeps=y --usepkg=y @world")
+        );
+        assert_eq!(plain.profile, None);
+        // Builtin bases and the command line apply as to a file.
+        let cli = CliOverrides {
+            crossdev_target: Some("aarch64-unknown-linux-gnu".into()),
+            ..Default::default()
+        };
+        let x = resolve_seed("s3", &["glibc"], &cli, &d).unwrap();
+        let names: Vec<&str> = x.build_order().iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["base", "glibc", "s3"]);
+        assert_eq!(
+            find(&x, "glibc").emerge.as_deref().map(|a| a[0].as_str()),
+            Some("emerge-aarch64-unknown-linux-gnu")
+        );
+        // Names that could break out of the synthetic TOML are refused.
+        for bad in ["a\"b", "x y", "../s"] {
+            assert!(
+                resolve_seed(bad, &[], &CliOverrides::default(), &d).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(resolve_seed("s3", &["g\"]"], &CliOverrides::default(), &d).is_err());
     }
 }

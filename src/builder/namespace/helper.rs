@@ -432,6 +432,9 @@ fn unmount_all(plan: &Plan, mounted: &[MountSpec], mut guards: Vec<Box<dyn Send>
             | MountSpec::Proc { target } => {
                 let _ = umount2(&in_root(&plan.root, target), MntFlags::MNT_DETACH);
             }
+            MountSpec::HostTmpfs { path, .. } => {
+                let _ = umount2(path, MntFlags::MNT_DETACH);
+            }
         }
     }
 }
@@ -477,17 +480,22 @@ fn do_mount(
             } => bind(&plan.root, source, target, *recursive, *readonly)?,
             MountSpec::Tmpfs { target, options } => {
                 let t = prepare_target(&plan.root, target, true)?;
-                sys(
-                    mount(
-                        Some("tmpfs"),
-                        &t,
-                        Some("tmpfs"),
-                        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                        Some(options.as_str()),
-                    )
-                    .map_err(errno),
-                    || format!("mounting a tmpfs at {}", t.display()),
-                )?;
+                tmpfs(&t, options)?;
+            }
+            MountSpec::HostTmpfs {
+                path,
+                options,
+                mkdirs,
+            } => {
+                sys(fs::create_dir_all(path), || {
+                    format!("creating mount point {}", path.display())
+                })?;
+                tmpfs(path, options)?;
+                for d in mkdirs {
+                    sys(fs::create_dir_all(d), || {
+                        format!("creating {}", d.display())
+                    })?;
+                }
             }
             MountSpec::Devpts { target } => devpts(&plan.root, target)?,
             MountSpec::Proc { target } => {
@@ -496,6 +504,20 @@ fn do_mount(
         }
     }
     Ok(())
+}
+
+fn tmpfs(t: &Path, options: &str) -> Result<(), HelperError> {
+    sys(
+        mount(
+            Some("tmpfs"),
+            t,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(options),
+        )
+        .map_err(errno),
+        || format!("mounting a tmpfs at {}", t.display()),
+    )
 }
 
 /// Creates the mount point inside `root` (a directory, or an empty file for file

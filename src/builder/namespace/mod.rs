@@ -107,6 +107,14 @@ pub enum MountSpec {
     },
     /// A fresh tmpfs.
     Tmpfs { target: PathBuf, options: String },
+    /// A fresh tmpfs on a host path (outside the root, so it may come before the root
+    /// union and hold its upper: `ephemeral_seed`), seen only in the namespace.
+    /// `mkdirs` (host paths inside it) are created once it is mounted.
+    HostTmpfs {
+        path: PathBuf,
+        options: String,
+        mkdirs: Vec<PathBuf>,
+    },
     /// A fresh procfs for the new pid namespace (mounted by pid 1 itself).
     Proc { target: PathBuf },
     /// A new devpts instance, with `dev/ptmx` bound to its `ptmx`.
