@@ -80,6 +80,9 @@ pub struct Attr {
     /// to another node once a name of the group is copied up, so the kernel must look
     /// it up again on every use (no entry cache).
     pub uncached_entry: bool,
+    /// The entry lives only in lower layers (its topmost entry is in a lower layer):
+    /// nothing changes it but the union itself, so the kernel may cache it long.
+    pub from_lower: bool,
 }
 
 /// One entry of a merged directory listing.
@@ -453,6 +456,7 @@ impl Union {
             rdev: eff.kind.rdev(),
             blksize: meta.blksize() as u32,
             uncached_entry: false,
+            from_lower: !self.is_upper(loc.top()),
         }
     }
 
@@ -1416,6 +1420,12 @@ impl Union {
         while done < buf.len() {
             match f.read_at(&mut buf[done..], offset + done as u64) {
                 Ok(0) => break,
+                // A short read of a regular file on a local filesystem means end of
+                // file: asking again would only cost a second pread that returns 0.
+                Ok(n) if done + n < buf.len() => {
+                    done += n;
+                    break;
+                }
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
