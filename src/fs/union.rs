@@ -720,3 +720,49 @@ pub fn mount(spec: &MountSpec) -> Result<UnionMount, MountError> {
         mountpoint: spec.mountpoint.clone(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    #[test]
+    fn lower_only_entries_are_cached_long_and_lower_link_groups_get_no_entry_cache() {
+        let o = UnionOptions::parse(&["lowerdir=/a,upperdir=/u,workdir=/w"]).expect("parses");
+        let ttl = Ttl::new(&o);
+        let t = SystemTime::UNIX_EPOCH;
+        let a = |from_lower, uncached_entry| Attr {
+            node: crate::layers::union::ROOT,
+            ino: 1,
+            size: 0,
+            blocks: 0,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            kind: FileKind::File,
+            perm: 0o644,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+            uncached_entry,
+            from_lower,
+        };
+        let (long, short) = (Duration::from_secs(1_000_000_000), Duration::from_secs(1));
+        // (from_lower, uncached_entry) -> (attr ttl, entry ttl)
+        for (lower, uncached, want) in [
+            (true, false, (long, long)),
+            (false, false, (short, short)),
+            (true, true, (short, Duration::ZERO)),
+        ] {
+            let x = a(lower, uncached);
+            assert_eq!((ttl.attr(&x), ttl.entry(&x)), want, "{lower} {uncached}");
+        }
+        // An explicit timeout= holds for every entry.
+        let o =
+            UnionOptions::parse(&["lowerdir=/a,upperdir=/u,workdir=/w,timeout=2"]).expect("parses");
+        let ttl = Ttl::new(&o);
+        assert_eq!(ttl.attr(&a(true, false)), Duration::from_secs(2));
+    }
+}
