@@ -34,12 +34,48 @@ const CACHE_DIR: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOP
 #[derive(Debug)]
 pub struct UnionFs {
     union: Union,
-    /// Entry and attribute cache time ([`UnionOptions::cache_timeout`]).
-    ttl: Duration,
+    ttl: Ttl,
+}
+
+/// Entry and attribute cache times.
+#[derive(Debug, Clone, Copy)]
+pub struct Ttl {
+    /// For entries with an upper copy ([`UnionOptions::cache_timeout`]).
+    pub upper: Duration,
+    /// For entries only in lower layers ([`UnionOptions::lower_cache_timeout`]).
+    pub lower: Duration,
+}
+
+impl Ttl {
+    pub fn new(options: &UnionOptions) -> Ttl {
+        Ttl {
+            upper: options.cache_timeout(),
+            lower: options.lower_cache_timeout(),
+        }
+    }
+
+    /// Attribute cache time of `a`.
+    fn attr(&self, a: &Attr) -> Duration {
+        // A lower hard-link group may become another node once a name is copied up.
+        if a.from_lower && !a.uncached_entry {
+            self.lower
+        } else {
+            self.upper
+        }
+    }
+
+    /// Entry cache time of `a`: none for a name of a lower hard-link group.
+    fn entry(&self, a: &Attr) -> Duration {
+        if a.uncached_entry {
+            Duration::ZERO
+        } else {
+            self.attr(a)
+        }
+    }
 }
 
 impl UnionFs {
-    pub fn new(union: Union, ttl: Duration) -> UnionFs {
+    pub fn new(union: Union, ttl: Ttl) -> UnionFs {
         UnionFs { union, ttl }
     }
 }
@@ -76,15 +112,10 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
-fn reply_entry(reply: ReplyEntry, ttl: Duration, r: io::Result<Attr>) {
+fn reply_entry(reply: ReplyEntry, ttl: Ttl, r: io::Result<Attr>) {
     match r {
         Ok(a) => {
-            let entry_ttl = if a.uncached_entry {
-                Duration::ZERO
-            } else {
-                ttl
-            };
-            reply.entry_with_ttls(&ttl, &entry_ttl, &file_attr(&a), Generation(0));
+            reply.entry_with_ttls(&ttl.attr(&a), &ttl.entry(&a), &file_attr(&a), Generation(0));
         }
         Err(e) => reply.error(Errno::from(e)),
     }
@@ -150,7 +181,7 @@ impl Filesystem for UnionFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.union.getattr(Ino(ino.0), fh.map(|f| Fh(f.0))) {
-            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+            Ok(a) => reply.attr(&self.ttl.attr(&a), &file_attr(&a)),
             Err(e) => reply.error(Errno::from(e)),
         }
     }
@@ -182,7 +213,7 @@ impl Filesystem for UnionFs {
             mtime: set_time(mtime),
         };
         match self.union.setattr(Ino(ino.0), set, fh.map(|f| Fh(f.0))) {
-            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+            Ok(a) => reply.attr(&self.ttl.attr(&a), &file_attr(&a)),
             Err(e) => reply.error(Errno::from(e)),
         }
     }
@@ -330,7 +361,9 @@ impl Filesystem for UnionFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to do on close(2): writes went straight to the backing file. ENOSYS
+        // tells the kernel so once (`fc->no_flush`), sparing a request per close.
+        reply.error(Errno::from_i32(libc::ENOSYS));
     }
 
     fn release(
@@ -411,11 +444,7 @@ impl Filesystem for UnionFs {
             .union
             .readdirplus(Ino(ino.0), Fh(fh.0), offset, |next, e, a| {
                 // One TTL serves entry and attributes here: none for a lower group.
-                let ttl = if a.uncached_entry {
-                    Duration::ZERO
-                } else {
-                    ttl
-                };
+                let ttl = ttl.entry(a);
                 reply.add(
                     INodeNo(a.node.0),
                     next,
@@ -508,7 +537,7 @@ impl Filesystem for UnionFs {
             .create(Ino(parent.0), name, mode, flags, caller(req))
         {
             Ok((a, fh)) => reply.created(
-                &self.ttl,
+                &self.ttl.attr(&a),
                 &file_attr(&a),
                 Generation(0),
                 FileHandle(fh.0),
@@ -618,7 +647,7 @@ pub fn session(spec: &MountSpec) -> Result<Mounted, MountError> {
     raise_fd_limit();
     let cfg = fuse_config(&spec);
     let mut session = fuser::Session::new(
-        UnionFs::new(union, spec.options.cache_timeout()),
+        UnionFs::new(union, Ttl::new(&spec.options)),
         &spec.mountpoint,
         &cfg,
     )
@@ -690,4 +719,50 @@ pub fn mount(spec: &MountSpec) -> Result<UnionMount, MountError> {
         bg,
         mountpoint: spec.mountpoint.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    #[test]
+    fn lower_only_entries_are_cached_long_and_lower_link_groups_get_no_entry_cache() {
+        let o = UnionOptions::parse(&["lowerdir=/a,upperdir=/u,workdir=/w"]).expect("parses");
+        let ttl = Ttl::new(&o);
+        let t = SystemTime::UNIX_EPOCH;
+        let a = |from_lower, uncached_entry| Attr {
+            node: crate::layers::union::ROOT,
+            ino: 1,
+            size: 0,
+            blocks: 0,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            kind: FileKind::File,
+            perm: 0o644,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+            uncached_entry,
+            from_lower,
+        };
+        let (long, short) = (Duration::from_secs(1_000_000_000), Duration::from_secs(1));
+        // (from_lower, uncached_entry) -> (attr ttl, entry ttl)
+        for (lower, uncached, want) in [
+            (true, false, (long, long)),
+            (false, false, (short, short)),
+            (true, true, (short, Duration::ZERO)),
+        ] {
+            let x = a(lower, uncached);
+            assert_eq!((ttl.attr(&x), ttl.entry(&x)), want, "{lower} {uncached}");
+        }
+        // An explicit timeout= holds for every entry.
+        let o =
+            UnionOptions::parse(&["lowerdir=/a,upperdir=/u,workdir=/w,timeout=2"]).expect("parses");
+        let ttl = Ttl::new(&o);
+        assert_eq!(ttl.attr(&a(true, false)), Duration::from_secs(2));
+    }
 }

@@ -27,6 +27,7 @@
 //! disk I/O: the node arena ([`tree`]) and the handle table are locked only to look up
 //! or insert.
 
+pub mod lower;
 pub mod options;
 pub mod tree;
 
@@ -80,6 +81,9 @@ pub struct Attr {
     /// to another node once a name of the group is copied up, so the kernel must look
     /// it up again on every use (no entry cache).
     pub uncached_entry: bool,
+    /// The entry lives only in lower layers (its topmost entry is in a lower layer):
+    /// nothing changes it but the union itself, so the kernel may cache it long.
+    pub from_lower: bool,
 }
 
 /// One entry of a merged directory listing.
@@ -163,6 +167,8 @@ pub struct Union {
     work: Option<PathBuf>,
     owner_mode: OwnerMode,
     tree: tree::Tree,
+    /// What the lower layers hold (listings, recorded ownership): they never change.
+    lower: lower::LowerCache,
     handles: RwLock<HashMap<Fh, Arc<Handle>>>,
     /// The open file handles of each node: an unlinked file stays usable through
     /// them (stat, reopen via /proc/self/fd, chmod, utimens), as on any filesystem.
@@ -177,6 +183,17 @@ fn errno(e: i32) -> io::Error {
 
 fn nix_err(e: nix::Error) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
+}
+
+/// True when the OCI whiteout of `name` exists in the layer dir `dir` (absolute). A
+/// name too long to carry the `.wh.` prefix (over 251 bytes) cannot have one.
+fn has_whiteout_file(dir: &Path, name: &OsStr) -> io::Result<bool> {
+    match fs::symlink_metadata(dir.join(whiteout::whiteout_name(name))) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 fn enoent_is_none<T>(r: io::Result<T>) -> io::Result<Option<T>> {
@@ -246,6 +263,7 @@ impl Union {
             work,
             owner_mode,
             tree: tree::Tree::new(Loc::one(0)),
+            lower: lower::LowerCache::new(),
             handles: RwLock::new(HashMap::new()),
             open_files: parking_lot::Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -338,9 +356,29 @@ impl Union {
         let last = dir_layers.last().copied();
         // Opaqueness only matters when a layer below could show through.
         let opaque = |l: usize, p: &Path| -> io::Result<bool> {
-            Ok(Some(l) == last || whiteout::is_opaque_dir(p)?)
+            if Some(l) == last {
+                return Ok(true);
+            }
+            if !self.is_upper(l) {
+                if let Some(d) = self.lower.dir(l, &self.layers[l], &rel)? {
+                    return Ok(d.opaque);
+                }
+            }
+            whiteout::is_opaque_dir(p)
         };
         for &l in dir_layers {
+            // A lower layer's listing answers for names it lacks without an lstat each
+            // for the name and its whiteout.
+            if !self.is_upper(l) {
+                if let Some(d) = self.lower.dir(l, &self.layers[l], dir_path)? {
+                    if !d.has(name) {
+                        if d.has(&whiteout::whiteout_name(name)) {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
             let p = self.abs(l, &rel);
             match enoent_is_none(fs::symlink_metadata(&p))? {
                 Some(meta) => {
@@ -367,8 +405,7 @@ impl Union {
                     }
                 }
                 None => {
-                    let wh = self.abs(l, &dir_path.join(whiteout::whiteout_name(name)));
-                    if enoent_is_none(fs::symlink_metadata(&wh))?.is_some() {
+                    if has_whiteout_file(&self.abs(l, dir_path), name)? {
                         break;
                     }
                 }
@@ -406,10 +443,13 @@ impl Union {
         meta: &Metadata,
         path: &Path,
     ) -> io::Result<Attr> {
+        let top = loc.top();
         let ov = if meta.file_type().is_symlink() {
             None
-        } else {
+        } else if self.is_upper(top) {
             OverrideStat::read(path)?
+        } else {
+            self.lower.override_stat(top, path)?
         };
         Ok(self.attr_from(node, st_ino, loc, meta, ov.as_ref()))
     }
@@ -453,6 +493,7 @@ impl Union {
             rdev: eff.kind.rdev(),
             blksize: meta.blksize() as u32,
             uncached_entry: false,
+            from_lower: !self.is_upper(loc.top()),
         }
     }
 
@@ -819,8 +860,7 @@ impl Union {
             fs::remove_file(&dst)?;
             had_whiteout = true;
         }
-        let wh = self.abs(0, &pinfo.path.join(whiteout::whiteout_name(name)));
-        had_whiteout |= enoent_is_none(fs::symlink_metadata(&wh))?.is_some();
+        had_whiteout |= has_whiteout_file(&self.abs(0, &pinfo.path), name)?;
         Ok((pinfo, dst, had_whiteout))
     }
 
@@ -921,6 +961,8 @@ impl Union {
             libc::S_IFREG | 0 => FileKind::File,
             libc::S_IFIFO => FileKind::Pipe,
             libc::S_IFSOCK => FileKind::Socket,
+            // Device 0/0 is a whiteout: kernel overlayfs refuses to create one too.
+            libc::S_IFCHR if rdev == 0 => return Err(errno(libc::EPERM)),
             libc::S_IFCHR => FileKind::Char {
                 major: libc::major(rdev),
                 minor: libc::minor(rdev),
@@ -1122,7 +1164,7 @@ impl Union {
         let to = self.abs(0, &npinfo.path.join(newname));
         let target_in_lower = self.lower_has(&npinfo, newname)?;
         let wh_path = self.abs(0, &npinfo.path.join(whiteout::whiteout_name(newname)));
-        let had_wh = enoent_is_none(fs::symlink_metadata(&wh_path))?.is_some();
+        let had_wh = has_whiteout_file(&self.abs(0, &npinfo.path), newname)?;
         // A kernel-style whiteout or an emptied merged directory may sit at the target.
         if let Some(meta) = enoent_is_none(fs::symlink_metadata(&to))? {
             if meta.is_dir() && src_dir {
@@ -1416,6 +1458,12 @@ impl Union {
         while done < buf.len() {
             match f.read_at(&mut buf[done..], offset + done as u64) {
                 Ok(0) => break,
+                // A short read of a regular file on a local filesystem means end of
+                // file: asking again would only cost a second pread that returns 0.
+                Ok(n) if done + n < buf.len() => {
+                    done += n;
+                    break;
+                }
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -1544,16 +1592,27 @@ impl Union {
         let mut seen: HashSet<OsString> = HashSet::new();
         let mut hidden: HashSet<OsString> = HashSet::new();
         for &l in layers {
-            let dir = self.abs(l, path);
-            let rd = match enoent_is_none(fs::read_dir(&dir))? {
-                Some(rd) => rd,
-                None => continue,
+            // Lower layers are listed once per mount; the upper every time.
+            let cached = if self.is_upper(l) {
+                None
+            } else {
+                self.lower.dir(l, &self.layers[l], path)?
+            };
+            let fresh;
+            let entries: &[lower::LowerEntry] = match &cached {
+                Some(d) => &d.entries,
+                None => match enoent_is_none(fs::read_dir(self.abs(l, path)))? {
+                    Some(rd) => {
+                        fresh = lower::list_dir(rd)?;
+                        &fresh
+                    }
+                    None => continue,
+                },
             };
             let mut layer_whiteouts = Vec::new();
-            for entry in rd {
-                let entry = entry?;
-                let name = entry.file_name();
-                match whiteout::classify_name(&name) {
+            for entry in entries {
+                let name = &entry.name;
+                match whiteout::classify_name(name) {
                     Marker::Opaque => continue,
                     Marker::Whiteout(x) => {
                         layer_whiteouts.push(x);
@@ -1561,29 +1620,26 @@ impl Union {
                     }
                     Marker::Entry => {}
                 }
-                if seen.contains(&name) || hidden.contains(&name) {
+                if seen.contains(name) || hidden.contains(name) {
                     continue;
                 }
-                let ft = entry.file_type()?;
+                let ft = entry.ft;
                 // Char devices and empty regular files may be in-place whiteouts; regular
                 // files' metadata also serves hard-link grouping and recorded devices.
                 let mut meta = None;
-                if ft.is_char_device() || ft.is_file() {
-                    let p = entry.path();
-                    let Some(m) = enoent_is_none(fs::symlink_metadata(&p))? else {
-                        continue;
-                    };
+                if let Some(m) = &entry.meta {
+                    let p = self.abs(l, &path.join(name));
                     if (ft.is_char_device() || !self.is_upper(l))
-                        && whiteout::classify(&p, &name, &m) != Marker::Entry
+                        && whiteout::classify(&p, name, m) != Marker::Entry
                     {
-                        layer_whiteouts.push(name);
+                        layer_whiteouts.push(name.clone());
                         continue;
                     }
-                    meta = ft.is_file().then_some(m);
+                    meta = ft.is_file().then(|| m.clone());
                 }
                 seen.insert(name.clone());
                 out.push(Listed {
-                    name,
+                    name: name.clone(),
                     layer: l,
                     ft,
                     meta,

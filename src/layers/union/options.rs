@@ -181,6 +181,17 @@ impl UnionOptions {
         }
     }
 
+    /// How long the kernel may cache entries and attributes of files and directories
+    /// that live only in lower layers. Lower layers never change during the mount, and
+    /// every change to such an entry (copy-up, whiteout, rename) passes through the
+    /// union, whose reply or the kernel's own invalidation refreshes the cache; so,
+    /// unless `timeout` says otherwise, they are cached for good (fuse-overlayfs caches
+    /// every entry so). This spares the stat walk through every layer on each lookup.
+    pub fn lower_cache_timeout(&self) -> std::time::Duration {
+        self.timeout
+            .unwrap_or(std::time::Duration::from_secs(1_000_000_000))
+    }
+
     /// True when writes are refused with EROFS.
     pub fn is_read_only(&self) -> bool {
         self.read_only || self.upper.is_none()
@@ -324,8 +335,10 @@ mod tests {
         assert!(ro.is_read_only());
         assert_eq!(ro.cache_timeout().as_secs(), 1_000_000_000);
         assert_eq!(o.cache_timeout().as_secs(), 1);
+        assert_eq!(o.lower_cache_timeout().as_secs(), 1_000_000_000);
         let t = UnionOptions::parse(&["lowerdir=/a,timeout=0.5"]).expect("parses");
         assert_eq!(t.cache_timeout().as_millis(), 500);
+        assert_eq!(t.lower_cache_timeout().as_millis(), 500);
 
         for (bad, want) in [
             (&["upperdir=/u,workdir=/w"][..], "no lowerdir"),

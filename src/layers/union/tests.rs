@@ -722,3 +722,58 @@ fn rename_moves_the_given_name_of_an_upper_hard_link() -> io::Result<()> {
     assert_eq!(f.cat("second")?, "x");
     Ok(())
 }
+
+#[test]
+fn names_too_long_for_a_whiteout_work_and_the_whiteout_device_is_refused() -> io::Result<()> {
+    // A NAME_MAX name cannot carry the `.wh.` prefix: looking for its whiteout must not
+    // fail the lookup or the create with ENAMETOOLONG (pjdfstest *::enametoolong_component).
+    let long = "n".repeat(255);
+    let f = fixture(1, |l| write(&l[0].join("d/low"), "low"))?;
+    let d = f.walk("d")?;
+    assert_eq!(
+        Fixture::errno_of(f.u.lookup(d.node, os(&long))),
+        libc::ENOENT
+    );
+    let (a, fh) = f.u.create(
+        d.node,
+        os(&long),
+        libc::S_IFREG | 0o644,
+        libc::O_WRONLY,
+        caller(),
+    )?;
+    f.u.release(fh);
+    assert_eq!(f.walk(&format!("d/{long}"))?.node, a.node);
+    assert_eq!(f.ls("d")?, ["low", long.as_str()]);
+    f.u.unlink(d.node, os(&long))?;
+    assert_eq!(f.ls("d")?, ["low"]);
+    // Device 0/0 is the whiteout: kernel overlayfs refuses to create it with EPERM.
+    let wh =
+        f.u.mknod(d.node, os("c"), libc::S_IFCHR | 0o644, 0, caller());
+    assert_eq!(Fixture::errno_of(wh), libc::EPERM);
+    assert_eq!(f.ls("d")?, ["low"]);
+    Ok(())
+}
+
+#[test]
+fn lookups_answered_from_lower_listings_see_whiteouts_and_opaque_dirs() -> io::Result<()> {
+    // l0 over l1: l0 whites out `gone` and makes `o` opaque; names absent from l0 must
+    // still be found in l1 through l0's cached listing.
+    let f = fixture(2, |l| {
+        write(&l[1].join("d/gone"), "low")?;
+        write(&l[1].join("d/below"), "low")?;
+        write(&l[1].join("d/o/hidden"), "low")?;
+        write(&l[0].join("d/.wh.gone"), "")?;
+        write(&l[0].join("d/o/.wh..wh..opq"), "")?;
+        write(&l[0].join("d/top"), "top")
+    })?;
+    assert_eq!(f.cat("d/below")?, "low");
+    assert_eq!(f.cat("d/top")?, "top");
+    assert_eq!(Fixture::errno_of(f.walk("d/gone")), libc::ENOENT);
+    assert_eq!(Fixture::errno_of(f.walk("d/o/hidden")), libc::ENOENT);
+    assert_eq!(f.ls("d")?, ["below", "o", "top"]);
+    assert_eq!(f.ls("d/o")?, Vec::<String>::new());
+    // Twice: the second walk is answered from the caches.
+    assert_eq!(f.cat("d/below")?, "low");
+    assert_eq!(Fixture::errno_of(f.walk("d/gone")), libc::ENOENT);
+    Ok(())
+}

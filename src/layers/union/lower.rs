@@ -1,0 +1,251 @@
+//! Caches of what lower layers hold: directory listings and recorded ownership.
+//!
+//! Lower layers never change while the union is mounted (kernel overlayfs makes the
+//! same assumption), so what was read from them once stays true. A lookup walks a
+//! directory's layers top down; without these caches each layer that lacks the name
+//! costs two failed `lstat`s (the name and its `.wh.` whiteout), each directory an
+//! opacity check (an `lstat` and three `getxattr`s), and each file a `getxattr` for
+//! `user.containers.override_stat`. With them, a layer's directory is read once
+//! (`getdents`) and the walk asks its name set instead.
+//!
+//! The upper layer is never cached here: it changes under the union's own operations.
+//! Both caches are bounded LRUs; their locks are held only to look up or insert, never
+//! while reading the disk (two threads may read the same directory at once; the second
+//! insert wins harmlessly, both results being equal).
+
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lru::LruCache;
+use parking_lot::Mutex;
+
+use crate::layers::ownership::OverrideStat;
+use crate::layers::whiteout;
+
+/// Directories whose listings are kept (a few MB for a full Gentoo seed's 10k dirs).
+const DIRS: usize = 16 * 1024;
+/// Files whose recorded ownership (or its absence) is kept.
+const OVERRIDES: usize = 256 * 1024;
+
+/// One lower layer's directory: its raw names (whiteout markers included) and whether
+/// it is opaque.
+#[derive(Debug)]
+pub struct LowerDir {
+    names: HashSet<OsString>,
+    /// The entries in `getdents` order.
+    pub entries: Vec<LowerEntry>,
+    /// Opaque in any encoding: the union must not look below it.
+    pub opaque: bool,
+}
+
+impl LowerDir {
+    /// True when the layer's directory has an entry of exactly this name.
+    pub fn has(&self, name: &OsStr) -> bool {
+        self.names.contains(name)
+    }
+}
+
+/// One entry of a lower directory, as `readdir` and `lstat` found it.
+#[derive(Debug)]
+pub struct LowerEntry {
+    pub name: OsString,
+    pub ft: fs::FileType,
+    /// `lstat` of regular files and character devices (whiteout candidates); its
+    /// times are not for presenting (atime moves when the file is read).
+    pub meta: Option<fs::Metadata>,
+}
+
+/// Lists a directory: every entry with its type, and the `lstat` of regular files and
+/// character devices. Entries that vanish while listed are left out.
+pub fn list_dir(rd: fs::ReadDir) -> io::Result<Vec<LowerEntry>> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry?;
+        let ft = entry.file_type()?;
+        let mut meta = None;
+        if ft.is_file() || ft.is_char_device() {
+            match fs::symlink_metadata(entry.path()) {
+                Ok(m) => meta = Some(m),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        out.push(LowerEntry {
+            name: entry.file_name(),
+            ft,
+            meta,
+        });
+    }
+    Ok(out)
+}
+
+/// A layer index and a path.
+type Key = (usize, PathBuf);
+
+/// The caches of one union's lower layers, keyed by layer index and path (listings:
+/// relative to the layer root; ownership: absolute).
+#[derive(Debug)]
+pub struct LowerCache {
+    dirs: Mutex<LruCache<Key, Option<Arc<LowerDir>>>>,
+    overrides: Mutex<LruCache<Key, Option<OverrideStat>>>,
+}
+
+impl Default for LowerCache {
+    fn default() -> Self {
+        LowerCache::new()
+    }
+}
+
+impl LowerCache {
+    pub fn new() -> LowerCache {
+        let cap = |n: usize| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
+        LowerCache {
+            dirs: Mutex::new(LruCache::new(cap(DIRS))),
+            overrides: Mutex::new(LruCache::new(cap(OVERRIDES))),
+        }
+    }
+
+    /// The listing of directory `rel` of lower layer `layer` (root `root`). `Ok(None)`
+    /// when the directory cannot be listed although it may exist (no read permission:
+    /// an `lstat` inside may still work, so the caller must fall back to it). A path
+    /// that is missing or not a directory lists as empty.
+    pub fn dir(&self, layer: usize, root: &Path, rel: &Path) -> io::Result<Option<Arc<LowerDir>>> {
+        let key = (layer, rel.to_path_buf());
+        if let Some(hit) = self.dirs.lock().get(&key) {
+            return Ok(hit.clone());
+        }
+        let path = if rel.as_os_str().is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(rel)
+        };
+        let listed = read_lower_dir(&path)?.map(Arc::new);
+        self.dirs.lock().put(key, listed.clone());
+        Ok(listed)
+    }
+
+    /// The ownership recorded on file `path` (absolute) of lower layer `layer`.
+    pub fn override_stat(&self, layer: usize, path: &Path) -> io::Result<Option<OverrideStat>> {
+        let key = (layer, path.to_path_buf());
+        if let Some(hit) = self.overrides.lock().get(&key) {
+            return Ok(*hit);
+        }
+        let ov = OverrideStat::read(path)?;
+        self.overrides.lock().put(key, ov);
+        Ok(ov)
+    }
+}
+
+fn read_lower_dir(path: &Path) -> io::Result<Option<LowerDir>> {
+    let rd = match fs::read_dir(path) {
+        Ok(rd) => rd,
+        Err(e) if is_absent(&e) => {
+            return Ok(Some(LowerDir {
+                names: HashSet::new(),
+                entries: Vec::new(),
+                opaque: false,
+            }));
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let entries = list_dir(rd)?;
+    let names: HashSet<OsString> = entries.iter().map(|e| e.name.clone()).collect();
+    let opaque =
+        names.contains(OsStr::new(whiteout::OPAQUE_MARKER)) || whiteout::is_opaque_dir(path)?;
+    Ok(Some(LowerDir {
+        names,
+        entries,
+        opaque,
+    }))
+}
+
+fn is_absent(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listings_say_which_names_a_layer_has_and_whether_it_is_opaque() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let root = t.path();
+        fs::create_dir_all(root.join("a/b")).expect("mkdir");
+        fs::write(root.join("a/f"), b"x").expect("write");
+        fs::write(root.join("a/.wh.gone"), b"").expect("write");
+        fs::write(root.join("a/b/.wh..wh..opq"), b"").expect("write");
+        fs::write(root.join("file"), b"x").expect("write");
+        let c = LowerCache::new();
+
+        let a = c
+            .dir(1, root, Path::new("a"))
+            .expect("list")
+            .expect("readable");
+        assert!(a.has(OsStr::new("f")) && a.has(OsStr::new("b")));
+        assert!(a.has(OsStr::new(".wh.gone")) && !a.has(OsStr::new("gone")));
+        assert!(!a.opaque);
+        let mut listed: Vec<_> = a
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    e.name.to_string_lossy().into_owned(),
+                    e.ft.is_dir(),
+                    e.meta.is_some(),
+                )
+            })
+            .collect();
+        listed.sort();
+        let want = [
+            (".wh.gone", false, true),
+            ("b", true, false),
+            ("f", false, true),
+        ];
+        let want: Vec<_> = want
+            .iter()
+            .map(|(n, d, m)| (n.to_string(), *d, *m))
+            .collect();
+        assert_eq!(listed, want);
+        let b = c
+            .dir(1, root, Path::new("a/b"))
+            .expect("list")
+            .expect("readable");
+        assert!(b.opaque);
+        let top = c
+            .dir(1, root, Path::new(""))
+            .expect("list")
+            .expect("readable");
+        assert!(top.has(OsStr::new("a")) && top.has(OsStr::new("file")));
+
+        // Missing paths and files list as empty directories.
+        for missing in ["nope", "file", "file/x"] {
+            let d = c
+                .dir(1, root, Path::new(missing))
+                .expect("list")
+                .expect("known");
+            assert!(!d.has(OsStr::new("f")) && !d.opaque, "{missing}");
+        }
+
+        // Lower layers never change during a mount: a second call answers from the cache.
+        fs::write(root.join("a/late"), b"x").expect("write");
+        let again = c
+            .dir(1, root, Path::new("a"))
+            .expect("list")
+            .expect("readable");
+        assert!(!again.has(OsStr::new("late")));
+        // Another layer index is another key.
+        let other = c
+            .dir(2, root, Path::new("a"))
+            .expect("list")
+            .expect("readable");
+        assert!(other.has(OsStr::new("late")));
+    }
+}
