@@ -390,6 +390,9 @@ impl GentreeFs {
             rdev: 0,
             blksize: 4096,
             uncached_entry: false,
+            // Synthetic entries change (images appear, sizes become known): never
+            // given the long TTL of immutable lower-layer entries.
+            from_lower: false,
         }
     }
 
