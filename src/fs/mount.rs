@@ -15,6 +15,7 @@
 //! a config edit); later opens use `FOPEN_KEEP_CACHE`, so repeated reads of a finished
 //! image come from the page cache.
 
+use super::{caller, file_attr, file_type, reply_empty, reply_xattr, set_time};
 use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -22,54 +23,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, Config, Errno, FileHandle, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
 use super::images::{INTERRUPT_POLL, Images, Waiter};
 use super::tree::{GentreeFs, Handle, Handles, Opened};
-use crate::layers::ownership::FileKind;
 use crate::layers::tar::TarLayout;
-use crate::layers::union::{Attr, Caller, SetAttr, SetTime};
+use crate::layers::union::{Attr, SetAttr};
 
 /// The fuser `Filesystem` over a [`GentreeFs`].
 #[derive(Debug)]
 pub struct GentreeFuse {
     fs: Arc<GentreeFs>,
-}
-
-fn file_type(k: FileKind) -> FileType {
-    match k {
-        FileKind::File => FileType::RegularFile,
-        FileKind::Dir => FileType::Directory,
-        FileKind::Symlink => FileType::Symlink,
-        FileKind::Pipe => FileType::NamedPipe,
-        FileKind::Socket => FileType::Socket,
-        FileKind::Block { .. } => FileType::BlockDevice,
-        FileKind::Char { .. } => FileType::CharDevice,
-    }
-}
-
-fn file_attr(a: &Attr) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(a.ino),
-        size: a.size,
-        blocks: a.blocks,
-        atime: a.atime,
-        mtime: a.mtime,
-        ctime: a.ctime,
-        crtime: a.ctime,
-        kind: file_type(a.kind),
-        perm: a.perm as u16,
-        nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
-        rdev: a.rdev as u32,
-        blksize: a.blksize,
-        flags: 0,
-    }
 }
 
 fn reply_entry(reply: ReplyEntry, ttl: Duration, r: io::Result<Attr>) {
@@ -91,36 +59,6 @@ fn reply_attr(reply: ReplyAttr, ttl: Duration, r: io::Result<Attr>) {
         Ok(a) => reply.attr(&ttl, &file_attr(&a)),
         Err(e) => reply.error(Errno::from(e)),
     }
-}
-
-fn reply_empty(reply: ReplyEmpty, r: io::Result<()>) {
-    match r {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(Errno::from(e)),
-    }
-}
-
-fn reply_xattr(reply: ReplyXattr, size: u32, r: io::Result<Vec<u8>>) {
-    match r {
-        Ok(v) if size == 0 => reply.size(v.len() as u32),
-        Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
-        Ok(v) => reply.data(&v),
-        Err(e) => reply.error(Errno::from(e)),
-    }
-}
-
-fn caller(req: &Request) -> Caller {
-    Caller {
-        uid: req.uid(),
-        gid: req.gid(),
-    }
-}
-
-fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
-    t.map(|t| match t {
-        TimeOrNow::Now => SetTime::Now,
-        TimeOrNow::SpecificTime(t) => SetTime::At(t),
-    })
 }
 
 /// An open of `builds/<config>.tar` waiting for its image.

@@ -6,21 +6,20 @@
 //! Each `Filesystem` method decodes the request, calls one `Union` method and replies;
 //! errors keep the OS errno of the `io::Error`.
 
+use super::{caller, file_attr, file_type, reply_empty, reply_xattr, set_time};
 use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow,
-    WriteFlags,
+    AccessFlags, BsdFileFlags, Config, Errno, FileHandle, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
-use crate::layers::ownership::FileKind;
-use crate::layers::union::{Attr, Caller, Fh, Ino, SetAttr, SetTime, Union, UnionOptions};
+use crate::layers::union::{Attr, Fh, Ino, SetAttr, Union, UnionOptions};
 
 /// Page cache policy. Every change to the union passes through the kernel (writes
 /// update its cache, creates and unlinks bump the directory's version), and
@@ -80,38 +79,6 @@ impl UnionFs {
     }
 }
 
-fn file_type(k: FileKind) -> FileType {
-    match k {
-        FileKind::File => FileType::RegularFile,
-        FileKind::Dir => FileType::Directory,
-        FileKind::Symlink => FileType::Symlink,
-        FileKind::Pipe => FileType::NamedPipe,
-        FileKind::Socket => FileType::Socket,
-        FileKind::Block { .. } => FileType::BlockDevice,
-        FileKind::Char { .. } => FileType::CharDevice,
-    }
-}
-
-fn file_attr(a: &Attr) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(a.ino),
-        size: a.size,
-        blocks: a.blocks,
-        atime: a.atime,
-        mtime: a.mtime,
-        ctime: a.ctime,
-        crtime: a.ctime,
-        kind: file_type(a.kind),
-        perm: a.perm as u16,
-        nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
-        rdev: a.rdev as u32,
-        blksize: a.blksize,
-        flags: 0,
-    }
-}
-
 fn reply_entry(reply: ReplyEntry, ttl: Ttl, r: io::Result<Attr>) {
     match r {
         Ok(a) => {
@@ -119,36 +86,6 @@ fn reply_entry(reply: ReplyEntry, ttl: Ttl, r: io::Result<Attr>) {
         }
         Err(e) => reply.error(Errno::from(e)),
     }
-}
-
-fn reply_empty(reply: ReplyEmpty, r: io::Result<()>) {
-    match r {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(Errno::from(e)),
-    }
-}
-
-fn reply_xattr(reply: ReplyXattr, size: u32, r: io::Result<Vec<u8>>) {
-    match r {
-        Ok(v) if size == 0 => reply.size(v.len() as u32),
-        Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
-        Ok(v) => reply.data(&v),
-        Err(e) => reply.error(Errno::from(e)),
-    }
-}
-
-fn caller(req: &Request) -> Caller {
-    Caller {
-        uid: req.uid(),
-        gid: req.gid(),
-    }
-}
-
-fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
-    t.map(|t| match t {
-        TimeOrNow::Now => SetTime::Now,
-        TimeOrNow::SpecificTime(t) => SetTime::At(t),
-    })
 }
 
 impl Filesystem for UnionFs {
@@ -724,6 +661,7 @@ pub fn mount(spec: &MountSpec) -> Result<UnionMount, MountError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::ownership::FileKind;
     use std::time::SystemTime;
 
     #[test]
