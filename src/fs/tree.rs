@@ -260,6 +260,8 @@ impl GentreeFs {
         // No upper: every write fails with EROFS.
         let union = Union::new(&UnionOptions {
             lowers,
+            // Builds keep writing the seed's upper under this view.
+            volatile_lowers: true,
             ..UnionOptions::default()
         })?;
         let mut unions = self.unions.write();

@@ -94,6 +94,9 @@ type Key = (usize, PathBuf);
 pub struct LowerCache {
     dirs: Mutex<LruCache<Key, Option<Arc<LowerDir>>>>,
     overrides: Mutex<LruCache<Key, Option<OverrideStat>>>,
+    /// False for unions whose lower layers change underneath them (the mount's view of
+    /// a seed and its live upper): every call reads the disk.
+    enabled: bool,
 }
 
 impl Default for LowerCache {
@@ -108,6 +111,15 @@ impl LowerCache {
         LowerCache {
             dirs: Mutex::new(LruCache::new(cap(DIRS))),
             overrides: Mutex::new(LruCache::new(cap(OVERRIDES))),
+            enabled: true,
+        }
+    }
+
+    /// A cache that caches nothing, for lower layers that may change.
+    pub fn disabled() -> LowerCache {
+        LowerCache {
+            enabled: false,
+            ..LowerCache::new()
         }
     }
 
@@ -126,7 +138,9 @@ impl LowerCache {
             root.join(rel)
         };
         let listed = read_lower_dir(&path)?.map(Arc::new);
-        self.dirs.lock().put(key, listed.clone());
+        if self.enabled {
+            self.dirs.lock().put(key, listed.clone());
+        }
         Ok(listed)
     }
 
@@ -137,7 +151,9 @@ impl LowerCache {
             return Ok(*hit);
         }
         let ov = OverrideStat::read(path)?;
-        self.overrides.lock().put(key, ov);
+        if self.enabled {
+            self.overrides.lock().put(key, ov);
+        }
         Ok(ov)
     }
 }

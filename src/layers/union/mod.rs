@@ -263,7 +263,11 @@ impl Union {
             work,
             owner_mode,
             tree: tree::Tree::new(Loc::one(0)),
-            lower: lower::LowerCache::new(),
+            lower: if opts.volatile_lowers {
+                lower::LowerCache::disabled()
+            } else {
+                lower::LowerCache::new()
+            },
             handles: RwLock::new(HashMap::new()),
             open_files: parking_lot::Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),

@@ -32,6 +32,10 @@ pub struct UnionOptions {
     pub timeout: Option<std::time::Duration>,
     /// Options accepted for fuse-overlayfs compatibility and ignored.
     pub ignored: Vec<String>,
+    /// The lower layers may change while mounted (not an overlayfs option: set by
+    /// gentree-fs for its read-only view of a seed whose upper builds keep writing).
+    /// Disables the lower-layer caches and the long TTL of lower-only entries.
+    pub volatile_lowers: bool,
 }
 
 /// A bad option string or a layer layout that cannot be mounted.
@@ -176,7 +180,9 @@ impl UnionOptions {
     pub fn cache_timeout(&self) -> std::time::Duration {
         match self.timeout {
             Some(t) => t,
-            None if self.is_read_only() => std::time::Duration::from_secs(1_000_000_000),
+            None if self.is_read_only() && !self.volatile_lowers => {
+                std::time::Duration::from_secs(1_000_000_000)
+            }
             None => std::time::Duration::from_secs(1),
         }
     }
@@ -188,8 +194,11 @@ impl UnionOptions {
     /// unless `timeout` says otherwise, they are cached for good (fuse-overlayfs caches
     /// every entry so). This spares the stat walk through every layer on each lookup.
     pub fn lower_cache_timeout(&self) -> std::time::Duration {
-        self.timeout
-            .unwrap_or(std::time::Duration::from_secs(1_000_000_000))
+        match self.timeout {
+            Some(t) => t,
+            None if self.volatile_lowers => std::time::Duration::from_secs(1),
+            None => std::time::Duration::from_secs(1_000_000_000),
+        }
     }
 
     /// True when writes are refused with EROFS.

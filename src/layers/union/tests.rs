@@ -777,3 +777,23 @@ fn lookups_answered_from_lower_listings_see_whiteouts_and_opaque_dirs() -> io::R
     assert_eq!(Fixture::errno_of(f.walk("d/gone")), libc::ENOENT);
     Ok(())
 }
+
+/// A union told its lowers may change (the mount's view of a seed whose upper builds
+/// keep writing) sees new lower files; a normal union may keep its cached listing.
+#[test]
+fn volatile_lowers_are_never_cached() -> io::Result<()> {
+    let t = tempfile::tempdir()?;
+    let (live, seed) = (t.path().join("live"), t.path().join("seed"));
+    write(&seed.join("etc/a"), "a")?;
+    fs::create_dir_all(live.join("etc"))?;
+    let u = Union::new(&UnionOptions {
+        lowers: vec![live.clone(), seed],
+        volatile_lowers: true,
+        ..UnionOptions::default()
+    })?;
+    let etc = u.lookup(ROOT, os("etc"))?;
+    assert_eq!(Fixture::errno_of(u.lookup(etc.node, os("b"))), libc::ENOENT);
+    write(&live.join("etc/b"), "b")?; // a build writes the seed's upper
+    assert_eq!(u.lookup(etc.node, os("b"))?.size, 1);
+    Ok(())
+}
