@@ -661,14 +661,7 @@ pub fn build(
 /// itself) at a time.
 pub fn lock_seed(dirs: &HostDirs, seed: &str) -> Result<nix::fcntl::Flock<fs::File>, BuildError> {
     let path = dirs.seeds.join(format!(".{seed}.lock"));
-    let f = fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io_err("cannot open the seed lock", &path))?;
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| io_err("cannot lock", &path)(io::Error::from(e)))
+    store::lock_exclusive(&path).map_err(io_err("cannot lock the seed", &path))
 }
 
 /// What one layer's build needs besides its job.

@@ -40,8 +40,12 @@ pub enum FileKind {
 impl FileKind {
     /// The kind of an `lstat` result.
     pub fn of(meta: &Metadata) -> FileKind {
-        let ft = meta.file_type();
-        let dev = meta.rdev();
+        FileKind::of_type(meta.file_type(), meta.rdev())
+    }
+
+    /// The kind of a file type, with `dev` as the device number of devices (a
+    /// directory entry's `d_type` has none: pass 0).
+    pub fn of_type(ft: std::fs::FileType, dev: u64) -> FileKind {
         if ft.is_dir() {
             FileKind::Dir
         } else if ft.is_symlink() {

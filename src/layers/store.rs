@@ -220,27 +220,20 @@ impl Store {
 
     /// Takes the build lock of `key`, waiting for another builder to finish.
     pub fn lock(&self, key: &BuildKey) -> Result<KeyLock, StoreError> {
-        let (f, path) = self.lock_file(key)?;
-        let lock = Flock::lock(f, FlockArg::LockExclusive)
-            .map_err(|(_, e)| io_err("cannot lock", &path)(io::Error::from(e)))?;
+        let path = self.lock_path(key);
+        let lock = lock_exclusive(&path).map_err(io_err("cannot lock", &path))?;
         Ok(KeyLock { _lock: lock })
     }
 
-    fn lock_file(&self, key: &BuildKey) -> Result<(File, PathBuf), StoreError> {
-        let path = self.layers_dir().join(format!("{key}.lock"));
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err("cannot open lock", &path))?;
-        Ok((f, path))
+    fn lock_path(&self, key: &BuildKey) -> PathBuf {
+        self.layers_dir().join(format!("{key}.lock"))
     }
 
     /// Takes the build lock of `key` only if nobody holds it: `None` means a build
     /// of that key is running (`clean-builds` leaves such layers alone).
     pub fn try_lock(&self, key: &BuildKey) -> Result<Option<KeyLock>, StoreError> {
-        let (f, path) = self.lock_file(key)?;
+        let path = self.lock_path(key);
+        let f = open_lock_file(&path).map_err(io_err("cannot open lock", &path))?;
         match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => Ok(Some(KeyLock { _lock: lock })),
             Err((_, nix::Error::EWOULDBLOCK)) => Ok(None),
@@ -384,6 +377,21 @@ impl Store {
         fs::rename(&tmp, &p).map_err(io_err("cannot write", &p))?;
         Ok(token)
     }
+}
+
+/// Opens (creating) a lock file without touching its content.
+fn open_lock_file(path: &Path) -> io::Result<File> {
+    File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+}
+
+/// Takes an exclusive `flock` on `path` (created if missing), waiting for the holder;
+/// released when the returned guard drops. Layer keys and seeds are locked this way.
+pub fn lock_exclusive(path: &Path) -> io::Result<Flock<File>> {
+    Flock::lock(open_lock_file(path)?, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))
 }
 
 /// Seconds since the epoch, for [`LayerMeta::created`].

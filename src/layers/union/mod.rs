@@ -1554,7 +1554,7 @@ impl Union {
             },
         ];
         for m in self.list_merged(&info.path, &info.loc.layers)? {
-            let mut kind = kind_of_type(m.ft);
+            let mut kind = FileKind::of_type(m.ft, 0); // d_type: no device numbers
             if let Some(meta) = &m.meta {
                 // A device recorded on an empty file lists as the device.
                 if meta.len() == 0 {
@@ -1673,25 +1673,6 @@ pub fn in_initial_userns() -> bool {
     let map = fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
     let fields: Vec<&str> = map.split_whitespace().collect();
     fields == ["0", "0", "4294967295"]
-}
-
-/// The kind of a directory entry's type, for `d_type` (device numbers are not needed).
-fn kind_of_type(ft: fs::FileType) -> FileKind {
-    if ft.is_dir() {
-        FileKind::Dir
-    } else if ft.is_symlink() {
-        FileKind::Symlink
-    } else if ft.is_fifo() {
-        FileKind::Pipe
-    } else if ft.is_socket() {
-        FileKind::Socket
-    } else if ft.is_block_device() {
-        FileKind::Block { major: 0, minor: 0 }
-    } else if ft.is_char_device() {
-        FileKind::Char { major: 0, minor: 0 }
-    } else {
-        FileKind::File
-    }
 }
 
 /// Copies the user-visible and security xattrs of `src` to `dst` (both not followed);
