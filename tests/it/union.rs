@@ -9,6 +9,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::util::{self, gentree, run, run_ok};
@@ -428,7 +429,12 @@ fn union_without_upper_is_read_only() {
 }
 
 /// Starts `union -f` as a child and waits for the mount.
-fn spawn_foreground(l: &Layers) -> (Child, Unmount) {
+/// Starts `union -f` and returns once it serves: after its "union mounted on" line,
+/// not merely once the mount shows in /proc/mounts (the kernel lists it before the
+/// daemon's INIT handshake is done, and an unmount in that window fails the start).
+/// The daemon's later stderr is collected for failure messages.
+fn spawn_foreground(l: &Layers) -> (Child, Unmount, Arc<Mutex<String>>) {
+    use std::io::BufRead;
     let mut child = gentree()
         .args(["union", "-f", "-o", &l.rw_opts()])
         .arg(l.p("mp"))
@@ -437,15 +443,32 @@ fn spawn_foreground(l: &Layers) -> (Child, Unmount) {
         .spawn()
         .expect("spawn union -f");
     let mp = l.p("mp");
-    let end = Instant::now() + Duration::from_secs(10);
-    while !mounted(&mp) {
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("union -f exited early: {st}");
+    let log = Arc::new(Mutex::new(String::new()));
+    let mut lines = io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                let ready = line.contains("union mounted on");
+                log.lock().unwrap().push_str(&format!("{line}\n"));
+                if ready {
+                    break;
+                }
+            }
+            _ => panic!(
+                "union -f exited before serving: {:?}\n{}",
+                child.wait(),
+                log.lock().unwrap()
+            ),
         }
-        assert!(Instant::now() < end, "union -f did not mount");
-        std::thread::sleep(Duration::from_millis(20));
     }
-    (child, Unmount(mp))
+    assert!(mounted(&mp), "serving but not mounted");
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            sink.lock().unwrap().push_str(&format!("{line}\n"));
+        }
+    });
+    (child, Unmount(mp), log)
 }
 
 #[test]
@@ -457,7 +480,7 @@ fn union_unmounts_on_sigterm_and_sigint() {
     for sig in [nix::sys::signal::SIGTERM, nix::sys::signal::SIGINT] {
         let l = Layers::new();
         fill_lowers(&l);
-        let (mut child, _guard) = spawn_foreground(&l);
+        let (mut child, _guard, _log) = spawn_foreground(&l);
         assert_eq!(names(&l.mp("dir")), vec!["a", "b"]);
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         nix::sys::signal::kill(pid, sig).expect("kill");
@@ -475,14 +498,18 @@ fn union_daemon_exits_after_fusermount_u() {
     }
     let l = Layers::new();
     fill_lowers(&l);
-    let (mut child, _guard) = spawn_foreground(&l);
+    let (mut child, _guard, log) = spawn_foreground(&l);
     run_ok(Command::new("fusermount3").arg("-u").arg(l.p("mp")));
     let mut status = None;
     wait_for("the daemon to exit", || {
         status = child.try_wait().expect("try_wait");
         status.is_some()
     });
-    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        log.lock().unwrap()
+    );
 }
 
 #[test]
