@@ -169,8 +169,12 @@ pub enum Command {
     ///
     ///   [gentree]
     ///   sync-uri = http://127.0.0.1:8689
+    ///   verify-signature = false
     ///
-    /// and `emerge --getbinpkg ...` (or FEATURES=getbinpkg).
+    /// and `emerge --getbinpkg ...` (or FEATURES=getbinpkg). The packages are not
+    /// signed unless the seed's Portage signs them (FEATURES=binpkg-signing): without
+    /// that, verify-signature must be false (Portage's own binrepos.conf defaults it to
+    /// true). A client without wget needs FETCHCOMMAND set to a tool it has.
     #[command(verbatim_doc_comment)]
     Serve(ServeArgs),
 

@@ -222,11 +222,18 @@ pub fn build_in_seed(job: &super::queue::Job, ctx: &BuildContext) -> Outcome {
         if let Some(parent) = job.log.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let _ = std::fs::remove_file(&job.log);
         let seed_tmp = cfg.ephemeral_seed.then(|| run_dir.join("seed"));
         crate::builder::build::layer_seed_mounts(cfg, dirs, seed_tmp.as_deref()).create_dirs()?;
         let _lock = crate::builder::build::lock_seed(dirs, &cfg.seed)?;
         let plan = super::build_plan(cfg, dirs, &job.atom, &root, seed_tmp.as_deref(), mapping);
+        let argv = super::emerge_argv(cfg, &job.atom).join(" ");
+        std::fs::write(
+            &job.log,
+            format!(
+                "gentree-fs serve: job {} in seed {}: {argv}\n",
+                job.id, cfg.seed
+            ),
+        )?;
         let status = crate::builder::namespace::run(&plan, Some(&job.log))?;
         Ok(exit_code(status))
     })();
