@@ -112,7 +112,16 @@ pub fn run(args: &ServeArgs) -> CmdResult {
     }
     drop(server); // closes the listening socket
     kill_children();
-    let _ = worker.join();
+    // The worker records the killed build's end. It may instead be waiting for the
+    // seed's lock (held by another command) or the kill may have found nothing to
+    // kill: then exiting is enough, the helper dies with us (PDEATHSIG).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !worker.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if worker.is_finished() {
+        let _ = worker.join();
+    }
     Ok(ExitCode::SUCCESS)
 }
 

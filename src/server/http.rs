@@ -3,7 +3,8 @@
 //!
 //! Status codes: 200/206 files and JSON; 400 malformed path or query, missing or
 //! invalid atom; 404 anything not a regular file below the package dir (directories,
-//! hidden names, symlinks out); 405 other methods; 409 duplicate atom; 416 bad range;
+//! hidden names, symlinks out); 405 other methods (`/pkg` is GET only: a HEAD must not
+//! queue a build); 409 duplicate atom; 416 bad range;
 //! 429 full queue; 503 shutting down.
 
 use std::io::{Read, Seek, SeekFrom};
@@ -59,11 +60,20 @@ fn json_error(code: u16, msg: &str) -> Response<std::io::Cursor<Vec<u8>>> {
 pub fn handle(site: &Site, req: Request) {
     let method = req.method().clone();
     let url = req.url().to_owned();
-    let head_or_get = matches!(method, Method::Get | Method::Head);
-    let result = match route(&url) {
-        _ if !head_or_get => {
-            let mut r = text(405, "method not allowed: use GET or HEAD");
-            if let Some(h) = header("Allow", "GET, HEAD") {
+    let route = route(&url);
+    // HEAD must not queue a build.
+    let allowed: &[Method] = match route {
+        Route::Enqueue(_) => &[Method::Get],
+        _ => &[Method::Get, Method::Head],
+    };
+    let result = match route {
+        _ if !allowed.contains(&method) => {
+            let names: Vec<String> = allowed.iter().map(|m| m.to_string()).collect();
+            let mut r = text(
+                405,
+                &format!("method not allowed: use {}", names.join(" or ")),
+            );
+            if let Some(h) = header("Allow", &names.join(", ")) {
                 r.add_header(h);
             }
             req.respond(r)

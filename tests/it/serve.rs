@@ -291,8 +291,11 @@ fn hostile_requests_are_refused_and_change_nothing() {
     }
     let r = request(s.port, "DELETE", "/Packages", &[]);
     assert_eq!(r.status, 405);
-    let r = request(s.port, "POST", "/pkg?pkg=app-misc/gt-lib", &[]);
-    assert_eq!(r.status, 405);
+    for method in ["POST", "HEAD"] {
+        let r = request(s.port, method, "/pkg?pkg=app-misc/gt-lib", &[]);
+        assert_eq!(r.status, 405, "{method} /pkg");
+        assert_eq!(r.header("Allow"), Some("GET"));
+    }
     // Nothing was queued and no file appeared (no log, no package, no state).
     let after = (tree(&f.conf()), s.queue());
     assert_eq!(before.0, after.0, "files changed");
