@@ -282,6 +282,31 @@ mod tests {
         assert!(
             matches!(&plan.mounts[0], MountSpec::HostTmpfs { path, .. } if path == Path::new("/conf/run/t"))
         );
+        // A crossdev target: the cross emerge, and the cross root's package dir.
+        let t = "aarch64-unknown-linux-gnu";
+        let cli = CliOverrides {
+            crossdev_target: Some(t.into()),
+            ..Default::default()
+        };
+        let cross = resolve_seed("s", &[], &cli, &d).unwrap();
+        let plan = build_plan(
+            &cross,
+            &dirs,
+            "c/p",
+            Path::new("/r"),
+            None,
+            &IdMapping::Root,
+        );
+        assert!(
+            crate::builder::seed_ops::tests::argvs(&plan)
+                .last()
+                .unwrap()
+                .starts_with(&format!("emerge-{t} --oneshot"))
+        );
+        assert!(plan.mounts.iter().any(|m| matches!(m,
+            MountSpec::Bind { source, target, .. }
+                if source == &dirs.pkgdir(&cross) && target == Path::new(&format!("/usr/{t}/var/cache/binpkgs")))));
+        assert_ne!(dirs.pkgdir(&cross), dirs.pkgdir(&cfg));
         // A non-numeric jobs value is not passed through.
         let mut cfg2 = cfg.clone();
         cfg2.emerge_args.0 = vec![("jobs".into(), "1 --x".into())];

@@ -564,3 +564,28 @@ find /var/cache/binhost -name '*.gpkg.tar'
     );
     assert!(s.terminate().success());
 }
+
+#[test]
+fn ephemeral_seed_builds_serve_packages_but_leave_the_seed_upper_alone() {
+    if !util::require_root("ephemeral_seed_builds_serve_packages_but_leave_the_seed_upper_alone") {
+        return;
+    }
+    let f = Fixture::new(None);
+    let mut s = Server::start(&f, &["--ephemeral-seed"]);
+    assert_eq!(s.get("/pkg?pkg=app-misc/gt-lib").status, 200);
+    let jobs = s.wait_idle();
+    assert_eq!(job(&jobs, "app-misc/gt-lib")["state"], "done", "{jobs:#?}");
+    let index = s.get("/Packages").text();
+    assert!(
+        packages_entry(&index, "app-misc/gt-lib-2").is_some(),
+        "{index}"
+    );
+    // The installed package lived in a tmpfs: nothing of it reached the disk.
+    let upper = f.conf().join("seeds/testseed.upper");
+    assert!(
+        !upper.join("var/db/pkg/app-misc").exists(),
+        "{:?}",
+        tree(&upper)
+    );
+    assert!(s.terminate().success());
+}
