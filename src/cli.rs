@@ -146,6 +146,38 @@ pub enum Command {
     #[command(name = "init-crossdev")]
     InitCrossdev(InitCrossdevArgs),
 
+    /// Serve a seed's binary packages over HTTP (a Portage binhost) and build on request.
+    ///
+    /// Serves the seed's package dir (CONF_ROOT/pkgdir, with the -t/-c suffixes; created
+    /// if missing) read-only: the Packages index and the gpkg/xpak files, with ranges,
+    /// never a directory listing or anything outside it. Requests:
+    ///
+    ///   GET /pkg?pkg=ATOM   queue a build of ATOM (a package atom such as
+    ///                       app-misc/foo or >=app-misc/foo-1.2:0; never an option)
+    ///   GET /queue          JSON: pending atoms and recent builds (state, times,
+    ///                       exit status, log path)
+    ///   GET /Packages, /CATEGORY/NAME/FILE   the binhost
+    ///
+    /// Builds run one at a time in the seed's namespace, like a layer build's seed:
+    /// `emerge --oneshot --autounmask=y --autounmask-continue=y --usepkg=y --buildpkg
+    /// --jobs=N --noreplace ATOM` into the seed (its persistent upper, or a tmpfs with
+    /// --ephemeral-seed), logged to CONF_ROOT/logs/serve/<id>-<atom>.log. SIGINT or
+    /// SIGTERM stops accepting, kills a running build and exits.
+    ///
+    /// There is no authentication: keep the default address (127.0.0.1) unless the
+    /// network is trusted. A client uses it through /etc/portage/binrepos.conf/gentree.conf:
+    ///
+    ///   [gentree]
+    ///   sync-uri = http://127.0.0.1:8689
+    ///   verify-signature = false
+    ///
+    /// and `emerge --getbinpkg ...` (or FEATURES=getbinpkg). The packages are not
+    /// signed unless the seed's Portage signs them (FEATURES=binpkg-signing): without
+    /// that, verify-signature must be false (Portage's own binrepos.conf defaults it to
+    /// true). A client without wget needs FETCHCOMMAND set to a tool it has.
+    #[command(verbatim_doc_comment)]
+    Serve(ServeArgs),
+
     /// Internal: the namespace helper (re-executed by gentree-fs itself).
     #[command(name = "__ns-exec", hide = true)]
     NsExec,
@@ -337,4 +369,31 @@ pub struct DataArgs {
     /// Do not read the default config files (/etc and ~/.config).
     #[arg(long)]
     pub no_config: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub select: BuildSelect,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Address to listen on.
+    #[arg(
+        short = 'a',
+        long = "address",
+        value_name = "ADDR",
+        default_value = "127.0.0.1"
+    )]
+    pub address: std::net::IpAddr,
+    /// Port to listen on (0: any free port, printed on start-up).
+    #[arg(long, value_name = "N", default_value_t = 8689)]
+    pub port: u16,
+    /// Builds write the seed's upper in a tmpfs that vanishes after each build.
+    #[arg(long)]
+    pub ephemeral_seed: bool,
+    /// How many builds may wait; further requests get 429.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub queue_size: usize,
+    /// The seed's name (as given to import-seed).
+    pub seed: String,
 }

@@ -7,6 +7,7 @@
 //! - [`layers`]: layers on disk: whiteouts, ownership metadata, the union view,
 //!   tar layout and streaming, seed import. Knows nothing of FUSE or namespaces.
 //! - [`fs`]: the only code that talks to FUSE (fuser): thin adapters over `layers`.
+//! - [`server`]: `gentree-fs serve`, the binhost and build queue (HTTP).
 //! - [`sys`]: the few `unsafe` system calls, each documented.
 //! - [`cli`] and [`commands`]: argument parsing and one function per subcommand.
 
@@ -15,4 +16,5 @@ pub mod cli;
 pub mod commands;
 pub mod fs;
 pub mod layers;
+pub mod server;
 pub mod sys;

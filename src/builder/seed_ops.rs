@@ -211,14 +211,15 @@ pub fn after_seed_change(dirs: &HostDirs, seed: &str) -> Result<(), BuildError> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::builder::config::{CliOverrides, Defaults, resolve_seed};
     use crate::builder::namespace::{MountSpec, RunStep};
 
     const T: &str = "aarch64-unknown-linux-gnu";
 
-    fn argvs(plan: &Plan) -> Vec<String> {
+    /// Each step of a plan as one line (commands as their argv).
+    pub(crate) fn argvs(plan: &Plan) -> Vec<String> {
         plan.steps
             .iter()
             .map(|s| match s {

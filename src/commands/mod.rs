@@ -17,6 +17,7 @@ pub mod init_crossdev;
 pub mod mount;
 pub mod namespace;
 pub mod pack;
+pub mod serve;
 pub mod union;
 pub mod update_seed;
 
@@ -38,6 +39,7 @@ pub fn dispatch(cli: Cli) -> CmdResult {
         Command::UpdateSeed(a) => update_seed::run(&a),
         Command::CleanBuilds(a) => clean_builds::run(&a),
         Command::InitCrossdev(a) => init_crossdev::run(&a),
+        Command::Serve(a) => serve::run(&a),
         Command::NsExec => namespace::ns_exec(),
         Command::NsRun { plan, auto_map } => namespace::ns_run(&plan, auto_map),
     }

@@ -10,6 +10,7 @@ mod import_seed;
 mod mount;
 mod namespace;
 mod pack;
+mod serve;
 mod union;
 mod union_diff;
 mod util;

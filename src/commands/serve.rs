@@ -1,0 +1,146 @@
+//! `gentree-fs serve`: the binhost and build queue (see [`crate::server`]).
+//!
+//! Threads: a few HTTP threads answer requests, one worker runs builds, and this
+//! thread waits for SIGINT/SIGTERM (blocked everywhere else). On a signal: the queue
+//! refuses new work, the HTTP threads stop, a running build is killed (its namespace
+//! helper, a child of this process; the helper's pid 1 follows by PDEATHSIG and takes
+//! the whole pid namespace with it), and the command exits once the worker has
+//! recorded the build's end.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use nix::sys::signal::{SigSet, Signal};
+
+use super::CmdResult;
+use crate::builder::build::HostDirs;
+use crate::builder::config::{CliOverrides, resolve_seed};
+use crate::builder::namespace;
+use crate::cli::ServeArgs;
+use crate::server::http::{BuildContext, Site, Worker, handle};
+use crate::server::queue::{Queue, SharedQueue};
+
+/// HTTP threads: enough that a large download does not hold up `/queue`.
+const HTTP_THREADS: usize = 4;
+/// Finished builds listed by `/queue`.
+const HISTORY: usize = 100;
+
+pub fn run(args: &ServeArgs) -> CmdResult {
+    let defaults = super::load_defaults(args.data.no_config)?;
+    let mut cfg = resolve_seed(
+        &args.seed,
+        &[],
+        &CliOverrides::from(&args.select),
+        &defaults,
+    )?;
+    cfg.ephemeral_seed |= args.ephemeral_seed;
+    let dirs = HostDirs::new(&super::conf_root(&args.data.conf_root)?, &cfg);
+    dirs.require_seed(&cfg.seed)?;
+    let pkgdir = dirs.pkgdir(&cfg);
+    let log_dir = dirs.conf_root.join("logs/serve");
+    for d in [&pkgdir, &log_dir] {
+        std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    }
+    if args.queue_size == 0 {
+        return Err("--queue-size must be at least 1".into());
+    }
+    let mapping = namespace::current_mapping();
+    super::build::warn_single_mapping(&mapping);
+
+    // Before any thread exists, so that every thread inherits the mask.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.thread_block()?;
+
+    let server = tiny_http::Server::http((args.address, args.port))
+        .map_err(|e| format!("cannot listen on {}:{}: {e}", args.address, args.port))?;
+    let server = Arc::new(server);
+    let queue = Arc::new(SharedQueue::new(Queue::new(
+        args.queue_size,
+        HISTORY,
+        crate::server::first_free_id(&log_dir),
+    )));
+    let site = Arc::new(Site {
+        pkgdir: pkgdir.clone(),
+        log_dir,
+        queue: queue.clone(),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let worker = Worker {
+        queue: queue.clone(),
+        context: BuildContext { cfg, dirs, mapping },
+    };
+    let worker = std::thread::Builder::new()
+        .name("build".into())
+        .spawn(move || worker.run())?;
+    let mut http = Vec::new();
+    for i in 0..HTTP_THREADS {
+        let (server, site, stop) = (server.clone(), site.clone(), stop.clone());
+        http.push(
+            std::thread::Builder::new()
+                .name(format!("http-{i}"))
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match server.recv_timeout(Duration::from_millis(200)) {
+                            Ok(Some(req)) => handle(&site, req),
+                            Ok(None) => {}
+                            Err(e) => tracing::debug!("accepting a connection: {e}"),
+                        }
+                    }
+                })?,
+        );
+    }
+    let addr = server.server_addr().to_ip().map_or_else(
+        || format!("{}:{}", args.address, args.port),
+        |a| a.to_string(),
+    );
+    eprintln!(
+        "gentree-fs serve: serving {} on http://{addr}/ (queue: /pkg?pkg=ATOM, /queue)",
+        pkgdir.display()
+    );
+
+    let sig = signals.wait()?;
+    eprintln!("gentree-fs serve: {sig}: stopping");
+    queue.shut_down();
+    stop.store(true, Ordering::Relaxed);
+    for t in http {
+        let _ = t.join();
+    }
+    drop(server); // closes the listening socket
+    kill_children();
+    // The worker records the killed build's end. It may instead be waiting for the
+    // seed's lock (held by another command) or the kill may have found nothing to
+    // kill: then exiting is enough, the helper dies with us (PDEATHSIG).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !worker.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if worker.is_finished() {
+        let _ = worker.join();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGKILLs every child of this process: at most the namespace helper of the running
+/// build (and a short-lived id mapper). Reads `/proc/self/task/*/children`.
+fn kill_children() {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    for task in tasks.flatten() {
+        let Ok(list) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        for pid in list
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            tracing::info!("killing the running build (pid {pid})");
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
