@@ -125,6 +125,9 @@ pub enum Handle {
 pub enum Opened {
     /// A file of stable content (the page cache may keep it).
     Cached(u64),
+    /// A file that may have changed since its last open (the open drops its cached
+    /// pages; reads use the page cache).
+    Reread(u64),
     /// A file that grows or whose size the kernel may not know (direct I/O).
     Direct(u64),
     /// `builds/<name>.tar`: ask [`Images::open`] and reply when it answers.
@@ -599,11 +602,12 @@ impl GentreeFs {
         match Node::of(ino).ok_or_else(|| errno(libc::ENOENT))? {
             Node::Union(u, i) => {
                 let fh = union_fh_out(u, self.union(u)?.open(i, flags)?.0);
-                // configs/ changes under us (editors, cp): no stale pages.
+                // configs/ changes under us (editors, cp): no stale pages. Builds
+                // write the seeds' uppers: their pages are dropped on each open.
                 Ok(if u == CONFIGS_UNION {
                     Opened::Direct(fh)
                 } else {
-                    Opened::Cached(fh)
+                    Opened::Reread(fh)
                 })
             }
             Node::Tar(_) | Node::Log(_) | Node::Layer(_) if writing => Err(errno(libc::EACCES)),
@@ -625,19 +629,40 @@ impl GentreeFs {
         }
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+    /// Reads `size` bytes at `offset` and hands them to `reply` (ours are read into a
+    /// per-thread buffer reused across requests: no allocation or zeroing per READ).
+    pub fn read<R>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        reply: impl FnOnce(io::Result<&[u8]>) -> R,
+    ) -> R {
         if let Some((u, f)) = split_fh(fh) {
-            return self.union(u)?.read(f, offset, size);
+            return match self.union(u).and_then(|un| un.read(f, offset, size)) {
+                Ok(v) => reply(Ok(&v)),
+                Err(e) => reply(Err(e)),
+            };
         }
-        let h = self.handles.get(fh)?;
-        let mut buf = vec![0u8; size as usize];
-        let n = match &*h {
-            Handle::Tar(l) => l.read_at(offset, &mut buf)?,
-            Handle::Log(f) => read_full(f, offset, &mut buf)?,
-            Handle::Dir(_) => return Err(errno(libc::EISDIR)),
+        let h = match self.handles.get(fh) {
+            Ok(h) => h,
+            Err(e) => return reply(Err(e)),
         };
-        buf.truncate(n);
-        Ok(buf)
+        READ_BUF.with_borrow_mut(|buf| {
+            if buf.len() < size as usize {
+                buf.resize(size as usize, 0);
+            }
+            let buf = &mut buf[..size as usize];
+            let n = match &*h {
+                Handle::Tar(l) => l.read_at(offset, buf),
+                Handle::Log(f) => read_full(f, offset, buf),
+                Handle::Dir(_) => Err(errno(libc::EISDIR)),
+            };
+            match n {
+                Ok(n) => reply(Ok(&buf[..n])),
+                Err(e) => reply(Err(e)),
+            }
+        })
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> io::Result<usize> {
@@ -775,6 +800,16 @@ impl GentreeFs {
     pub fn ttl(&self) -> Duration {
         Duration::from_secs(1)
     }
+
+    /// How long the kernel may cache the attributes of `ino`: not at all for images
+    /// and logs (an edited config or a finished build changes an image's size at
+    /// once; a log grows), `ttl` for the rest.
+    pub fn attr_ttl(ino: u64, ttl: Duration) -> Duration {
+        match Node::of(ino) {
+            Some(Node::Tar(_) | Node::Log(_)) => Duration::ZERO,
+            _ => ttl,
+        }
+    }
 }
 
 fn union_fh_out(u: usize, fh: u64) -> u64 {
@@ -792,6 +827,11 @@ fn split_fh(fh: u64) -> Option<(usize, Fh)> {
 
 fn union_fh(u: usize, fh: u64) -> Option<Fh> {
     split_fh(fh).filter(|(v, _)| *v == u).map(|(_, f)| f)
+}
+
+thread_local! {
+    /// The READ buffer of each FUSE worker thread (grows to the largest request).
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Reads as much as the file has at `offset` (a log that grows meanwhile may give more).

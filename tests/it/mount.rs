@@ -33,14 +33,18 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// With `--no-config` unless `cmd` sets XDG_CONFIG_HOME (then its defaults count).
     fn start(mut cmd: Command, conf: &Path, configs: &Path, mp: &Path, scratch: &Path) -> Daemon {
         fs::create_dir_all(mp).unwrap();
+        if !cmd.get_envs().any(|(k, _)| k == "XDG_CONFIG_HOME") {
+            cmd.arg("--no-config");
+        }
         let stderr = scratch.join(format!(
             "daemon-{}.err",
             mp.file_name().unwrap().to_string_lossy()
         ));
         let child = cmd
-            .args(["-f", "--no-config", "--conf-root"])
+            .args(["-f", "--conf-root"])
             .arg(conf)
             .arg("--configs")
             .arg(configs)
@@ -776,4 +780,147 @@ fn mount_as_unprivileged_user() {
     wait_until("the daemon to exit", Duration::from_secs(10), || {
         processes_mentioning(&mp_str).is_empty()
     });
+}
+
+/// Publishes a layer under `key` by hand (no Portage): `data/<name>` in its root.
+fn fake_layer(conf: &Path, key: &str, name: &str, base_keys: &[&str]) {
+    let dir = conf.join("layers").join(key);
+    fs::create_dir_all(dir.join("root/data")).unwrap();
+    fs::write(dir.join("root/data").join(name), format!("{name}\n")).unwrap();
+    let meta = serde_json::json!({
+        "key": key, "name": name, "buildname": format!("s1-{name}"),
+        "base_keys": base_keys, "created": 1, "format": 1,
+    });
+    fs::write(dir.join("meta.json"), meta.to_string()).unwrap();
+}
+
+/// `rm builds/x.tar` drops x's own layer, but not one another config builds on.
+#[test]
+fn mount_rm_keeps_layers_other_configs_use() {
+    if !util::require_root("mount_rm_keeps_layers_other_configs_use")
+        || !util::require_fuse("mount_rm_keeps_layers_other_configs_use")
+    {
+        return;
+    }
+    let t = util::tempdir();
+    let (conf, configs) = plain_conf(t.path());
+    // The seed comes from the defaults, so the base is a config of its own too.
+    let xdg = t.path().join("xdg");
+    fs::create_dir_all(xdg.join("gentree")).unwrap();
+    fs::write(xdg.join("gentree/config.toml"), "seed = \"s1\"\n").unwrap();
+    fs::write(
+        configs.join("base.toml"),
+        "packages = [\"app-misc/base\"]\n",
+    )
+    .unwrap();
+    for n in ["a", "b"] {
+        fs::write(
+            configs.join(format!("{n}.toml")),
+            format!("bases = [\"base.toml\"]\npackages = [\"app-misc/{n}\"]\n"),
+        )
+        .unwrap();
+    }
+    let mp = t.path().join("mp");
+    let mut cmd = util::gentree();
+    cmd.env("XDG_CONFIG_HOME", &xdg);
+    let d = Daemon::start(cmd, &conf, &configs, &mp, t.path());
+    let tar = |n: &str| mp.join(format!("builds/{n}.tar"));
+    let key = |n: &str| xattr_str(&tar(n), "user.gentree.key").expect("key");
+    let (kbase, ka, kb) = (key("base"), key("a"), key("b"));
+    assert!(kbase != ka && ka != kb, "{kbase} {ka} {kb}");
+    fake_layer(&conf, &kbase, "base", &[]);
+    fake_layer(&conf, &ka, "a", &[&kbase]);
+    fake_layer(&conf, &kb, "b", &[&kbase]);
+    let layer = |k: &str| conf.join("layers").join(k).join("meta.json").exists();
+    let state = |n: &str| xattr_str(&tar(n), "user.gentree.state");
+    let listing = |n: &str| {
+        let copy = t.path().join(format!("{n}.tar"));
+        run_ok(Command::new("cp").arg(tar(n)).arg(&copy));
+        run_ok(Command::new("tar").arg("-tf").arg(&copy))
+    };
+    // a's image is the base's layer and its own (the keys match: nothing is built).
+    let l = listing("a");
+    assert!(l.contains("data/base") && l.contains("data/a"), "{l}");
+    assert_eq!(state("a").as_deref(), Some("ready"));
+
+    // a and b build on the base: rm of the base's image keeps its layer.
+    fs::remove_file(tar("base")).unwrap();
+    assert!(layer(&kbase), "a shared layer was removed");
+    // a's own layer goes; the base and b's stay, and b is still whole.
+    fs::remove_file(tar("a")).unwrap();
+    assert!(!layer(&ka), "a's layer kept");
+    assert!(layer(&kbase) && layer(&kb));
+    assert_eq!(state("a").as_deref(), Some("absent"));
+    let l = listing("b");
+    assert!(l.contains("data/base") && l.contains("data/b"), "{l}");
+    assert_eq!(state("b").as_deref(), Some("ready"));
+    d.stop();
+}
+
+/// A build waiting for its seed (another build holds the seed's lock) shows `queued`.
+#[test]
+fn mount_shows_queued_while_the_seed_is_busy() {
+    if !util::require_root("mount_shows_queued_while_the_seed_is_busy")
+        || !util::require_fuse("mount_shows_queued_while_the_seed_is_busy")
+        || !util::require_tool("mount_shows_queued_while_the_seed_is_busy", "flock")
+    {
+        return;
+    }
+    let t = util::tempdir();
+    let (conf, configs) = plain_conf(t.path());
+    fs::write(configs.join("hello.toml"), "seed = \"s1\"\n").unwrap();
+    let mp = t.path().join("mp");
+    let d = Daemon::start(util::gentree(), &conf, &configs, &mp, t.path());
+    let tar = mp.join("builds/hello.tar");
+    // The lock `build` takes for the seed, held by another process.
+    let lock = conf.join("seeds/.s1.lock");
+    let mut holder = Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    wait_until("the lock holder", Duration::from_secs(10), || {
+        !Command::new("flock")
+            .args(["-n"])
+            .arg(&lock)
+            .arg("true")
+            .status()
+            .unwrap()
+            .success()
+    });
+    let mut reader = Command::new("cat")
+        .arg(&tar)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("queued", Duration::from_secs(10), || {
+        xattr_str(&tar, "user.gentree.state").as_deref() == Some("queued")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        xattr_str(&tar, "user.gentree.state").as_deref(),
+        Some("queued")
+    );
+    let log = fs::read_to_string(mp.join("builds/hello.log")).unwrap();
+    assert!(log.contains("queued: another build holds seed s1"), "{log}");
+    assert!(!log.contains("building"), "{log}");
+    assert!(
+        reader.try_wait().unwrap().is_none(),
+        "the reader did not wait"
+    );
+
+    // The seed is free: the build runs (and fails: the fake seed has no Portage).
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    wait_until("the build to end", Duration::from_secs(60), || {
+        reader.try_wait().unwrap().is_some()
+    });
+    let log = fs::read_to_string(mp.join("builds/hello.log")).unwrap();
+    assert!(log.contains("building (top layer"), "{log}");
+    assert_ne!(
+        xattr_str(&tar, "user.gentree.state").as_deref(),
+        Some("queued")
+    );
+    d.stop();
 }
