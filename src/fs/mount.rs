@@ -397,9 +397,54 @@ impl Filesystem for GentreeFuse {
     }
 }
 
-/// The device (`maj:min`) of the topmost gentree FUSE mount on `mountpoint` in our
-/// mount namespace, from `/proc/self/mountinfo` (a `stat` would ask ourselves).
-fn mount_dev(mountpoint: &Path) -> Option<String> {
+/// Our defaults, then the user's options, each replacing ours of its kind.
+fn mount_options(user: &[MountOption]) -> Vec<MountOption> {
+    use std::mem::discriminant as d;
+    let pair = |o: &MountOption| -> Vec<MountOption> {
+        use MountOption::*;
+        match o {
+            Dev | NoDev => vec![Dev, NoDev],
+            Suid | NoSuid => vec![Suid, NoSuid],
+            RO | RW => vec![RO, RW],
+            Exec | NoExec => vec![Exec, NoExec],
+            Atime | NoAtime => vec![Atime, NoAtime],
+            Sync | Async => vec![Sync, Async],
+            other => vec![other.clone()],
+        }
+    };
+    let mut v = vec![
+        MountOption::FSName("gentree".into()),
+        MountOption::Subtype("gentree".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    for o in user {
+        let kinds = pair(o);
+        v.retain(|m| !kinds.iter().any(|k| d(k) == d(m)));
+        v.push(o.clone());
+    }
+    v
+}
+
+/// The source and the fstype the mount shows in mountinfo.
+fn names(opts: &[MountOption]) -> (String, String) {
+    let mut fsname = String::new();
+    let mut subtype = String::new();
+    for o in opts {
+        match o {
+            MountOption::FSName(n) => fsname = n.clone(),
+            MountOption::Subtype(n) => subtype = format!("fuse.{n}"),
+            _ => {}
+        }
+    }
+    (fsname, subtype)
+}
+
+/// The device (`maj:min`) of the topmost FUSE mount of ours (source `fsname`, type
+/// `fuse` or `fstype`) on `mountpoint` in our mount namespace, from
+/// `/proc/self/mountinfo` (a `stat` would ask ourselves).
+fn mount_dev(mountpoint: &Path, fsname: &str, fstype: &str) -> Option<String> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = mountpoint
         .to_str()?
@@ -410,10 +455,10 @@ fn mount_dev(mountpoint: &Path) -> Option<String> {
     let ours = |l: &&str| {
         let (head, tail) = l.split_once(" - ").unwrap_or((l, ""));
         let mut t = tail.split(' ');
-        let (fstype, source) = (t.next().unwrap_or(""), t.next().unwrap_or(""));
+        let (t_fstype, source) = (t.next().unwrap_or(""), t.next().unwrap_or(""));
         head.split(' ').nth(4) == Some(want.as_str())
-            && (fstype == "fuse" || fstype == "fuse.gentree")
-            && source == "gentree"
+            && (t_fstype == "fuse" || t_fstype == fstype)
+            && source == fsname
     };
     text.lines()
         .rfind(ours)
@@ -461,6 +506,9 @@ pub struct MountSpec {
     pub mountpoint: PathBuf,
     pub allow_other: bool,
     pub allow_root: bool,
+    /// `-o` mount options; each replaces our default of its kind (`fsname=`,
+    /// `dev` for `nodev`, ...).
+    pub options: Vec<MountOption>,
     pub threads: Option<usize>,
 }
 
@@ -476,13 +524,8 @@ pub struct Mounted {
 pub fn session(fs: GentreeFs, spec: &MountSpec) -> Result<Mounted, MountError> {
     let fs = Arc::new(fs);
     let mut cfg = Config::default();
-    cfg.mount_options = vec![
-        MountOption::FSName("gentree".into()),
-        MountOption::Subtype("gentree".into()),
-        MountOption::DefaultPermissions,
-        MountOption::NoDev,
-        MountOption::NoSuid,
-    ];
+    cfg.mount_options = mount_options(&spec.options);
+    let (fsname, subtype) = names(&cfg.mount_options);
     cfg.acl = if spec.allow_other {
         SessionACL::All
     } else if spec.allow_root {
@@ -512,7 +555,7 @@ pub fn session(fs: GentreeFs, spec: &MountSpec) -> Result<Mounted, MountError> {
     // The build helpers' mount namespaces hold copies of this mount, so an unmount in
     // ours does not end the session while a build runs: watch for it and stop the
     // builds, which releases the copies (and then the session ends).
-    let dev = mount_dev(&spec.mountpoint);
+    let dev = mount_dev(&spec.mountpoint, &fsname, &subtype);
     if let Some(dev) = &dev {
         raise_readahead(dev);
     }
@@ -523,7 +566,10 @@ pub fn session(fs: GentreeFs, spec: &MountSpec) -> Result<Mounted, MountError> {
         .spawn(move || {
             while let Some(images) = images.upgrade() {
                 images.check_interrupts();
-                if images.any_building() && dev.is_some() && mount_dev(&mountpoint) != dev {
+                if images.any_building()
+                    && dev.is_some()
+                    && mount_dev(&mountpoint, &fsname, &subtype) != dev
+                {
                     tracing::info!("{} was unmounted", mountpoint.display());
                     images.shutdown(Duration::from_secs(30));
                 }

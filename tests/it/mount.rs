@@ -924,3 +924,55 @@ fn mount_shows_queued_while_the_seed_is_busy() {
     );
     d.stop();
 }
+
+/// `-o` takes mount(8)/FUSE options (shown in mountinfo) and names an unknown one.
+#[test]
+fn mount_takes_mount_options() {
+    if !util::require_root("mount_takes_mount_options")
+        || !util::require_fuse("mount_takes_mount_options")
+    {
+        return;
+    }
+    let t = util::tempdir();
+    let (conf, configs) = plain_conf(t.path());
+    let mp = t.path().join("mp");
+    let mut cmd = util::gentree();
+    cmd.args([
+        "-o",
+        "ro,noexec,noatime",
+        "-o",
+        "fsname=mytree,subtype=mysub",
+    ]);
+    let d = Daemon::start(cmd, &conf, &configs, &mp, t.path());
+    let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mi
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == mp.to_str())
+        .unwrap();
+    let opts: Vec<&str> = line.split(' ').nth(5).unwrap().split(',').collect();
+    for o in ["ro", "noexec", "noatime", "nodev", "nosuid"] {
+        assert!(opts.contains(&o), "{o} missing: {line}");
+    }
+    let tail = line.split(" - ").nth(1).unwrap();
+    // As root fuser mounts by mount(2), where the type stays "fuse".
+    assert!(
+        tail.starts_with("fuse.mysub mytree ") || tail.starts_with("fuse mytree "),
+        "{line}"
+    );
+    assert_eq!(
+        errno_of(fs::write(mp.join("configs/new.toml"), "x")),
+        Some(libc::EROFS)
+    );
+    assert!(mp.join("seeds/s1/etc/hostname").exists());
+    // The unmount watcher finds the mount under its own names: fusermount3 -u ends it.
+    d.stop();
+
+    let out = run(util::gentree()
+        .args(["-f", "--no-config", "-o", "noatime,bogus", "--conf-root"])
+        .arg(&conf)
+        .arg(&mp));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown mount option \"bogus\""), "{err}");
+    assert!(!mounted(&mp));
+}
