@@ -11,7 +11,7 @@ use crate::builder::config::{DefaultSources, Defaults};
 use crate::builder::namespace;
 use crate::cli::MountArgs;
 use crate::fs::images::{BuildEnv, Images};
-use crate::fs::mount::{MountSpec, Mounted, session};
+use crate::fs::mount::{MountError, MountSpec, Mounted, session};
 use crate::fs::tree::{GentreeFs, TreeSpec};
 use fuser::MountOption;
 
@@ -127,7 +127,7 @@ pub fn run(args: &MountArgs) -> CmdResult {
         },
         images.clone(),
     )
-    .map_err(|source| crate::fs::mount::MountError::Configs {
+    .map_err(|source| MountError::Configs {
         configs: configs.clone(),
         source,
     })?;
@@ -138,14 +138,23 @@ pub fn run(args: &MountArgs) -> CmdResult {
         options: opts.mount,
         threads: args.threads,
     };
-    let Mounted { session, unmounter } = session(tree, &spec)?;
+    let Mounted { session, unmounter } = match session(tree, &spec) {
+        Ok(m) => m,
+        Err(MountError::Mount { source, .. }) if daemon::unmounted_early(&source) => {
+            return daemon::gone_before_ready(&mountpoint);
+        }
+        Err(e) => return Err(e.into()),
+    };
     fg.unmount_on_signal(mountpoint.clone(), unmounter)?;
     tracing::info!("gentree mounted on {}", mountpoint.display());
     let served = session.run();
     // Unmounted (or the session failed): no build may outlive the daemon.
     images.shutdown(std::time::Duration::from_secs(30));
-    served?;
-    Ok(ExitCode::SUCCESS)
+    match served {
+        Err(e) if daemon::unmounted_early(&e) => daemon::gone_before_ready(&mountpoint),
+        Err(e) => Err(e.into()),
+        Ok(()) => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// Creates the seeds and configs dirs and the configs union's scratch dir (on the

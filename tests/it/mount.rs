@@ -976,3 +976,51 @@ fn mount_takes_mount_options() {
     assert!(err.contains("unknown mount option \"bogus\""), "{err}");
     assert!(!mounted(&mp));
 }
+
+/// An unmount that races the daemon's startup (before or during FUSE INIT, or before
+/// it serves) ends the daemon cleanly, exit 0, nothing left mounted. The window is
+/// short: the test unmounts in a tight loop from the moment the daemon starts, over
+/// several starts, so that some land in it.
+#[test]
+fn mount_unmounted_during_startup_exits_cleanly() {
+    if !util::require_root("mount_unmounted_during_startup_exits_cleanly")
+        || !util::require_fuse("mount_unmounted_during_startup_exits_cleanly")
+    {
+        return;
+    }
+    let t = util::tempdir();
+    let (conf, configs) = plain_conf(t.path());
+    let mp = t.path().join("mp");
+    fs::create_dir(&mp).unwrap();
+    let mut early = 0;
+    for round in 0..10 {
+        let err = t.path().join(format!("err{round}"));
+        let mut child = util::gentree()
+            .args(["-f", "--no-config", "--conf-root"])
+            .arg(&conf)
+            .arg("--configs")
+            .arg(&configs)
+            .arg(&mp)
+            .stdin(Stdio::null())
+            .stderr(fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let status = loop {
+            let _ = nix::mount::umount(&mp);
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "daemon still running"
+            );
+            std::thread::yield_now();
+        };
+        let log = fs::read_to_string(&err).unwrap();
+        assert!(status.success(), "round {round}: {status}\n{log}");
+        assert!(!mounted(&mp), "round {round}: mount left");
+        early += usize::from(log.contains("was unmounted before the mount was ready"));
+    }
+    eprintln!("{early} of 10 unmounts landed before the mount was ready");
+}
