@@ -233,6 +233,29 @@ impl Images {
         Ok(v)
     }
 
+    /// The binary package dirs the configs build into (every layer's, with the
+    /// `_pkgdir` override applied); configs that do not resolve are skipped.
+    pub fn pkgdirs(&self) -> Vec<PathBuf> {
+        let mut v = Vec::new();
+        for name in self.names().unwrap_or_default() {
+            let Ok(cfg) = resolve_file(
+                &self.config_path(&name),
+                &CliOverrides::default(),
+                &self.env.defaults,
+            ) else {
+                continue;
+            };
+            let dirs = HostDirs::new(&self.env.conf_root, &cfg);
+            for c in cfg.build_order() {
+                let p = dirs.pkgdir(c);
+                if !v.contains(&p) {
+                    v.push(p);
+                }
+            }
+        }
+        v
+    }
+
     fn plan(&self, name: &str) -> Result<Plan, ImageError> {
         let cfg = resolve_file(
             &self.config_path(name),

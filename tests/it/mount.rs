@@ -103,6 +103,11 @@ impl Drop for Daemon {
     }
 }
 
+/// Root and /dev/fuse, which the mount tests below need (loud skip, CI panics).
+fn root_and_fuse(test: &str) -> bool {
+    util::require_root(test) && util::require_fuse(test)
+}
+
 fn errno_of(r: std::io::Result<impl Sized>) -> Option<i32> {
     r.err().and_then(|e| e.raw_os_error())
 }
@@ -127,9 +132,7 @@ fn plain_conf(dir: &Path) -> (PathBuf, PathBuf) {
 
 #[test]
 fn mount_tree_without_portage() {
-    if !util::require_root("mount_tree_without_portage")
-        || !util::require_fuse("mount_tree_without_portage")
-    {
+    if !root_and_fuse("mount_tree_without_portage") {
         return;
     }
     let t = util::tempdir();
@@ -143,7 +146,7 @@ fn mount_tree_without_portage() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     top.sort();
-    assert_eq!(top, ["builds", "configs", "layers", "seeds"]);
+    assert_eq!(top, ["builds", "configs", "layers", "packages", "seeds"]);
     assert_eq!(fs::read_dir(mp.join("layers")).unwrap().count(), 0);
 
     // seeds/: the seed with its upper, read-only.
@@ -248,9 +251,7 @@ fn mount_tree_without_portage() {
 
 #[test]
 fn mount_in_background_and_unmount_by_signal() {
-    if !util::require_root("mount_in_background_and_unmount_by_signal")
-        || !util::require_fuse("mount_in_background_and_unmount_by_signal")
-    {
+    if !root_and_fuse("mount_in_background_and_unmount_by_signal") {
         return;
     }
     let t = util::tempdir();
@@ -332,9 +333,7 @@ fn mount_in_background_and_unmount_by_signal() {
 /// Builds with real Portage: build on read, sharing, reuse, random access, rm.
 #[test]
 fn mount_builds_images_on_read() {
-    if !util::require_root("mount_builds_images_on_read")
-        || !util::require_fuse("mount_builds_images_on_read")
-    {
+    if !root_and_fuse("mount_builds_images_on_read") {
         return;
     }
     let f = Fixture::new(None);
@@ -514,9 +513,7 @@ fn mount_builds_images_on_read() {
 /// Ctrl-C while waiting for a build; failing builds; a bad config next to good ones.
 #[test]
 fn mount_interrupts_waiters_and_reports_failures() {
-    if !util::require_root("mount_interrupts_waiters_and_reports_failures")
-        || !util::require_fuse("mount_interrupts_waiters_and_reports_failures")
-    {
+    if !root_and_fuse("mount_interrupts_waiters_and_reports_failures") {
         return;
     }
     let f = Fixture::new(None);
@@ -797,9 +794,7 @@ fn fake_layer(conf: &Path, key: &str, name: &str, base_keys: &[&str]) {
 /// `rm builds/x.tar` drops x's own layer, but not one another config builds on.
 #[test]
 fn mount_rm_keeps_layers_other_configs_use() {
-    if !util::require_root("mount_rm_keeps_layers_other_configs_use")
-        || !util::require_fuse("mount_rm_keeps_layers_other_configs_use")
-    {
+    if !root_and_fuse("mount_rm_keeps_layers_other_configs_use") {
         return;
     }
     let t = util::tempdir();
@@ -860,8 +855,7 @@ fn mount_rm_keeps_layers_other_configs_use() {
 /// A build waiting for its seed (another build holds the seed's lock) shows `queued`.
 #[test]
 fn mount_shows_queued_while_the_seed_is_busy() {
-    if !util::require_root("mount_shows_queued_while_the_seed_is_busy")
-        || !util::require_fuse("mount_shows_queued_while_the_seed_is_busy")
+    if !root_and_fuse("mount_shows_queued_while_the_seed_is_busy")
         || !util::require_tool("mount_shows_queued_while_the_seed_is_busy", "flock")
     {
         return;
@@ -928,9 +922,7 @@ fn mount_shows_queued_while_the_seed_is_busy() {
 /// `-o` takes mount(8)/FUSE options (shown in mountinfo) and names an unknown one.
 #[test]
 fn mount_takes_mount_options() {
-    if !util::require_root("mount_takes_mount_options")
-        || !util::require_fuse("mount_takes_mount_options")
-    {
+    if !root_and_fuse("mount_takes_mount_options") {
         return;
     }
     let t = util::tempdir();
@@ -983,9 +975,7 @@ fn mount_takes_mount_options() {
 /// several starts, so that some land in it.
 #[test]
 fn mount_unmounted_during_startup_exits_cleanly() {
-    if !util::require_root("mount_unmounted_during_startup_exits_cleanly")
-        || !util::require_fuse("mount_unmounted_during_startup_exits_cleanly")
-    {
+    if !root_and_fuse("mount_unmounted_during_startup_exits_cleanly") {
         return;
     }
     let t = util::tempdir();
@@ -1023,4 +1013,84 @@ fn mount_unmounted_during_startup_exits_cleanly() {
         early += usize::from(log.contains("was unmounted before the mount was ready"));
     }
     eprintln!("{early} of 10 unmounts landed before the mount was ready");
+}
+
+/// packages/: every binary package dir, read-only, following the dir live.
+#[test]
+fn mount_shows_package_dirs_read_only() {
+    if !root_and_fuse("mount_shows_package_dirs_read_only") {
+        return;
+    }
+    let t = util::tempdir();
+    let (conf, configs) = plain_conf(t.path());
+    fs::create_dir_all(conf.join("pkgdir/app-misc")).unwrap();
+    fs::write(conf.join("pkgdir/Packages"), "PACKAGES: 1\n").unwrap();
+    fs::write(conf.join("pkgdir/app-misc/a-1.gpkg.tar"), "a").unwrap();
+    fs::create_dir_all(conf.join("pkgdir_generic")).unwrap();
+    fs::create_dir_all(conf.join("notpkgdir")).unwrap();
+    // A config whose binpkgs go elsewhere (`_pkgdir`) shows that dir too.
+    let elsewhere = t.path().join("srv/binpkgs");
+    fs::create_dir_all(&elsewhere).unwrap();
+    fs::write(elsewhere.join("Packages"), "elsewhere\n").unwrap();
+    fs::write(
+        configs.join("hello.toml"),
+        format!("seed = \"s1\"\n_pkgdir = \"{}\"\n", elsewhere.display()),
+    )
+    .unwrap();
+    let mp = t.path().join("mp");
+    let d = Daemon::start(util::gentree(), &conf, &configs, &mp, t.path());
+    let pk = mp.join("packages");
+    let mut names: Vec<String> = fs::read_dir(&pk)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["binpkgs", "pkgdir", "pkgdir_generic"]);
+    assert_eq!(
+        fs::read_to_string(pk.join("pkgdir/Packages")).unwrap(),
+        "PACKAGES: 1\n"
+    );
+    assert_eq!(
+        fs::read_to_string(pk.join("pkgdir/app-misc/a-1.gpkg.tar")).unwrap(),
+        "a"
+    );
+    assert_eq!(
+        fs::read_to_string(pk.join("binpkgs/Packages")).unwrap(),
+        "elsewhere\n"
+    );
+    // Read-only: no write, create, remove or rename gets through.
+    let erofs = Some(libc::EROFS);
+    assert_eq!(errno_of(fs::write(pk.join("pkgdir/Packages"), "x")), erofs);
+    assert_eq!(errno_of(fs::write(pk.join("pkgdir/new"), "x")), erofs);
+    assert_eq!(
+        errno_of(fs::remove_file(pk.join("pkgdir/app-misc/a-1.gpkg.tar"))),
+        erofs
+    );
+    assert_eq!(errno_of(fs::create_dir(pk.join("pkgdir/d"))), erofs);
+    assert_eq!(errno_of(fs::create_dir(pk.join("new"))), erofs);
+    assert_eq!(
+        errno_of(fs::rename(pk.join("pkgdir/Packages"), pk.join("pkgdir/P"))),
+        erofs
+    );
+    assert_eq!(
+        fs::read_to_string(conf.join("pkgdir/Packages")).unwrap(),
+        "PACKAGES: 1\n"
+    );
+    // Live: a package a build writes appears, and the index's new contents show.
+    fs::create_dir_all(conf.join("pkgdir/dev-libs")).unwrap();
+    fs::write(conf.join("pkgdir/dev-libs/b-2.gpkg.tar"), "bb").unwrap();
+    fs::write(conf.join("pkgdir/Packages"), "PACKAGES: 2\n").unwrap();
+    assert_eq!(
+        fs::read_to_string(pk.join("pkgdir/dev-libs/b-2.gpkg.tar")).unwrap(),
+        "bb"
+    );
+    let listed: Vec<_> = fs::read_dir(pk.join("pkgdir"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(listed.iter().any(|n| n == "dev-libs"), "{listed:?}");
+    wait_until("the new Packages", Duration::from_secs(3), || {
+        fs::read_to_string(pk.join("pkgdir/Packages")).unwrap() == "PACKAGES: 2\n"
+    });
+    d.stop();
 }
