@@ -42,8 +42,9 @@ pub const INTERRUPT_POLL: Duration = Duration::from_millis(200);
 pub trait Waiter: Send + 'static {
     /// The waiting thread (its pending signals are watched).
     fn pid(&self) -> u32;
-    /// The image is ready.
-    fn ready(self: Box<Self>, image: Arc<TarLayout>);
+    /// The image is ready; `built`: by the job this waiter waited for, which has
+    /// invalidated the kernel's view of the image (see [`Images::invalidate`]).
+    fn ready(self: Box<Self>, image: Arc<TarLayout>, built: bool);
     /// The open fails with this errno (EIO for a failed build, EINTR when interrupted).
     fn fail(self: Box<Self>, errno: i32);
 }
@@ -158,7 +159,7 @@ struct Slot {
     key: Option<BuildKey>,
     image: Option<Arc<TarLayout>>,
     waiters: Vec<Box<dyn Waiter>>,
-    /// The image last handed to an opener (see [`Images::first_open`]).
+    /// The image the kernel's view was last invalidated for ([`Images::is_served`]).
     served: Option<Arc<TarLayout>>,
     /// With `state == Building`: the job still waits for the seed's lock.
     queued: bool,
@@ -453,7 +454,7 @@ impl Images {
         // Not building: serve what is ready for the current key, else start a job.
         let status = self.status(name);
         if let Some(image) = status.image {
-            return waiter_ready(waiter, image);
+            return waiter.ready(image, false);
         }
         let mut slots = self.slots.lock();
         let s = slots.entry(name.to_owned()).or_default();
@@ -659,14 +660,17 @@ impl Images {
             }
             std::mem::take(&mut s.waiters)
         };
+        if let Ok(img) = &r {
+            // Before any waiter is answered: the kernel may hold size 0 (or an older
+            // image's size and pages) for the inode.
+            self.invalidate(name);
+            self.mark_served(name, img);
+        }
         for w in waiters {
             match &r {
-                Ok(img) => waiter_ready(w, img.clone()),
+                Ok(img) => w.ready(img.clone(), true),
                 Err(errno) => w.fail(*errno),
             }
-        }
-        if r.is_ok() {
-            self.invalidate(name);
         }
     }
 
@@ -694,16 +698,22 @@ impl Images {
         }
     }
 
-    /// Records that `image` is handed to an opener of `name`; true when it is another
-    /// image than the one handed out before. The kernel may still cache the pages (and
-    /// the size) of that earlier image for the same inode, so the mount serves a first
-    /// open of a new image with direct I/O and only later ones from the page cache.
-    pub fn first_open(&self, name: &str, image: &Arc<TarLayout>) -> bool {
-        let mut slots = self.slots.lock();
-        let s = slots.entry(name.to_owned()).or_default();
-        let new = !s.served.as_ref().is_some_and(|p| Arc::ptr_eq(p, image));
-        s.served = Some(image.clone());
-        new
+    /// True when the kernel's view of `name`'s inode (size, cached pages) is known
+    /// to be `image`'s: it was invalidated after `image` became the config's image
+    /// ([`Images::mark_served`]). Otherwise the kernel may still hold the size and
+    /// pages of the image before (a config edited, then edited back), and an open
+    /// must first invalidate them.
+    pub fn is_served(&self, name: &str, image: &Arc<TarLayout>) -> bool {
+        self.slots
+            .lock()
+            .get(name)
+            .and_then(|s| s.served.as_ref())
+            .is_some_and(|p| Arc::ptr_eq(p, image))
+    }
+
+    /// Records that the kernel's view of `name` was invalidated for `image`.
+    pub fn mark_served(&self, name: &str, image: &Arc<TarLayout>) {
+        self.slots.lock().entry(name.to_owned()).or_default().served = Some(image.clone());
     }
 
     /// Drops the kernel's cached attributes and pages of `name`'s image (the hook of
@@ -818,10 +828,6 @@ fn child_pids() -> Vec<i32> {
         }
     }
     v
-}
-
-fn waiter_ready(w: Box<dyn Waiter>, image: Arc<TarLayout>) {
-    w.ready(image);
 }
 
 fn store_io(e: StoreError) -> io::Error {

@@ -7,13 +7,15 @@
 //! thread waits for a build.
 //!
 //! Size and cache policy (fuser-notes lesson 1): an image that is ready reports its
-//! exact size; one that is not reports size 0. Image bytes are immutable per key, so
-//! reads always go through the page cache (readahead, 1 MiB requests). The first open
-//! of each new image of a config (after a build, a config edit, or the first since
-//! mounting) is answered only after the inode's cached attributes and pages were
-//! invalidated through the notifier, so the kernel asks for the new size and never
-//! serves bytes of the image before; later opens use `FOPEN_KEEP_CACHE`, so repeated
-//! reads of a finished image come from the page cache without the daemon.
+//! exact size; one that is not reports size 0. An open that waited for the build is
+//! answered with `FOPEN_DIRECT_IO` (the kernel may have cached size 0: direct reads
+//! ignore it, so `cp` copies everything). Image bytes are immutable per key, so every
+//! other open reads through the page cache (readahead, 1 MiB requests): the first one
+//! for a new image of a config (the first since mounting, or after a config edit) is
+//! answered only after the inode's cached attributes and pages were invalidated
+//! through the notifier, so the kernel asks for the new size and never serves bytes
+//! of the image before; later opens use `FOPEN_KEEP_CACHE`, so repeated reads of a
+//! finished image come from the page cache without the daemon.
 
 use super::{caller, file_attr, file_type, reply_empty, reply_xattr, set_time};
 use std::ffi::OsStr;
@@ -75,17 +77,24 @@ impl Waiter for OpenWaiter {
     fn pid(&self) -> u32 {
         self.pid
     }
-    fn ready(self: Box<Self>, image: Arc<TarLayout>) {
-        let first = self.images.first_open(&self.name, &image);
-        let fh = FileHandle(self.handles.insert(Handle::Tar(image)));
-        if !first {
+    fn ready(self: Box<Self>, image: Arc<TarLayout>, built: bool) {
+        let served = self.images.is_served(&self.name, &image);
+        let fh = FileHandle(self.handles.insert(Handle::Tar(image.clone())));
+        if built {
+            // Opened before the build finished: the kernel's view was invalidated
+            // before this answer, but direct I/O makes the copy whole whatever size
+            // a racing GETATTR left in the inode.
+            return self.reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO);
+        }
+        if served {
             // The kernel's size and pages are this image's: keep them.
             return self.reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
         }
-        // A new image for this inode: the kernel may hold the size and pages of the
-        // one before (or size 0 from before the build). Invalidate both, off any
-        // handler thread (fuser-notes lesson 7), then answer without KEEP_CACHE so
-        // the open itself drops any page left. Reads then go through the page cache.
+        // A new image for this inode (first open since mounting, or a config edited
+        // back to an image built before): invalidate the kernel's size and pages off
+        // any handler thread (fuser-notes lesson 7), then answer without KEEP_CACHE
+        // so the open itself drops any page left. Openers racing this one do the
+        // same until it is recorded as served.
         let images = self.images.clone();
         let name = self.name.clone();
         let reply = self.reply;
@@ -93,6 +102,7 @@ impl Waiter for OpenWaiter {
             .name("invalidate".into())
             .spawn(move || {
                 images.invalidate(&name);
+                images.mark_served(&name, &image);
                 reply.opened(fh, FopenFlags::empty());
             });
         if let Err(e) = spawned {

@@ -364,7 +364,10 @@ fn mount_builds_images_on_read() {
     }
     assert_eq!(d.jobs(), 1, "{}", d.log());
     let first = fs::read(out.join("c0.tar")).unwrap();
-    assert!(first.len() > 10240);
+    let sizes: Vec<u64> = (0..3)
+        .map(|i| fs::metadata(out.join(format!("c{i}.tar"))).unwrap().len())
+        .collect();
+    assert!(first.len() > 10240, "copies {sizes:?}:\n{}", d.log());
     for i in 1..3 {
         assert!(fs::read(out.join(format!("c{i}.tar"))).unwrap() == first);
     }
