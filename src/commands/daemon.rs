@@ -108,9 +108,11 @@ fn signal_ready(fd: OwnedFd) -> std::io::Result<()> {
 /// True when `e` says the FUSE connection went away: the mount was unmounted
 /// (`fusermount3 -u`, `umount`) before or during the INIT handshake, or before the
 /// worker threads started. fuser reports that as NotConnected ("FUSE device
-/// disconnected during handshake") or as the device's ENODEV.
+/// disconnected during handshake") or passes on the device's ENODEV, or
+/// ECONNABORTED when the unmount aborted the connection before INIT completed.
 pub fn unmounted_early(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::NotConnected || e.raw_os_error() == Some(libc::ENODEV)
+    e.kind() == std::io::ErrorKind::NotConnected
+        || matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ECONNABORTED))
 }
 
 /// The clean end of a daemon whose mount was unmounted before it served: nothing is
