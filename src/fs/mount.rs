@@ -78,7 +78,6 @@ impl Waiter for OpenWaiter {
         self.pid
     }
     fn ready(self: Box<Self>, image: Arc<TarLayout>, built: bool) {
-        let served = self.images.is_served(&self.name, &image);
         let fh = FileHandle(self.handles.insert(Handle::Tar(image.clone())));
         if built {
             // Opened before the build finished: the kernel's view was invalidated
@@ -86,7 +85,7 @@ impl Waiter for OpenWaiter {
             // a racing GETATTR left in the inode.
             return self.reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO);
         }
-        if served {
+        if self.images.is_served(&self.name, &image) {
             // The kernel's size and pages are this image's: keep them.
             return self.reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
         }
