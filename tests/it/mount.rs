@@ -285,6 +285,15 @@ fn mount_in_background_and_unmount_by_signal() {
     );
     run_ok(Command::new("umount").arg(&mp));
     assert!(!mounted(&mp));
+    // Mount again only once that daemon is gone: fuser 0.18.0 unmounts the mountpoint
+    // *path* when its session ends (`is_mounted` takes the dead connection's POLLERR
+    // for "mounted"), which would take down a new mount made there meanwhile.
+    let mp_str = mp.to_str().unwrap().to_owned();
+    wait_until(
+        "the background daemon to exit",
+        Duration::from_secs(10),
+        || processes_mentioning(&mp_str).is_empty(),
+    );
 
     // Foreground: SIGTERM unmounts and the daemon exits cleanly.
     let d = Daemon::start(util::gentree(), &conf, &configs, &mp, t.path());
