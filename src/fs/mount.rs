@@ -607,3 +607,41 @@ pub fn session(fs: GentreeFs, spec: &MountSpec) -> Result<Mounted, MountError> {
     let unmounter = session.unmount_callable();
     Ok(Mounted { session, unmounter })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use MountOption::*;
+
+    #[test]
+    fn user_options_replace_our_defaults_of_their_kind() {
+        let ours = mount_options(&[]);
+        assert_eq!(
+            ours,
+            [
+                FSName("gentree".into()),
+                Subtype("gentree".into()),
+                DefaultPermissions,
+                NoDev,
+                NoSuid
+            ]
+        );
+        assert_eq!(names(&ours), ("gentree".into(), "fuse.gentree".into()));
+        let o = mount_options(&[Dev, RO, FSName("mine".into()), NoExec, Exec]);
+        assert_eq!(
+            o,
+            [
+                Subtype("gentree".into()),
+                DefaultPermissions,
+                NoSuid,
+                Dev,
+                RO,
+                FSName("mine".into()),
+                Exec
+            ]
+        );
+        assert_eq!(names(&o), ("mine".into(), "fuse.gentree".into()));
+        // Repeating an option keeps one copy.
+        assert_eq!(mount_options(&[NoDev, NoDev]).len(), ours.len());
+    }
+}
