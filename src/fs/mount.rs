@@ -78,7 +78,12 @@ impl Waiter for OpenWaiter {
         self.pid
     }
     fn ready(self: Box<Self>, image: Arc<TarLayout>, built: bool) {
-        let fh = FileHandle(self.handles.insert(Handle::Tar(image.clone())));
+        let handle = |cached| Handle::Image {
+            name: self.name.clone(),
+            image: image.clone(),
+            cached,
+        };
+        let fh = FileHandle(self.handles.insert(handle(!built)));
         if built {
             // Opened before the build finished: the kernel's view was invalidated
             // before this answer, but direct I/O makes the copy whole whatever size

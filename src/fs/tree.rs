@@ -120,7 +120,16 @@ fn union_ino(u: usize, ino: u64) -> u64 {
 /// An open file of ours.
 #[derive(Debug)]
 pub enum Handle {
+    /// `layers/<buildname>.tar` (immutable).
     Tar(Arc<TarLayout>),
+    /// `builds/<name>.tar`.
+    Image {
+        name: String,
+        image: Arc<TarLayout>,
+        /// Opened through the page cache (not direct I/O): its reads fill the
+        /// inode's pages, so they must stop once another image is served there.
+        cached: bool,
+    },
     Log(File),
     /// A directory listing snapshot.
     Dir(Arc<Vec<DirEntry>>),
@@ -727,6 +736,14 @@ impl GentreeFs {
             let buf = &mut buf[..size as usize];
             let n = match &*h {
                 Handle::Tar(l) => l.read_at(offset, buf),
+                // The config now has another image, whose pages the kernel keeps for
+                // this inode: this reader's misses would fill them with old bytes.
+                Handle::Image {
+                    name,
+                    image,
+                    cached: true,
+                } if !self.images.is_served(name, image) => Err(errno(libc::ESTALE)),
+                Handle::Image { image, .. } => image.read_at(offset, buf),
                 Handle::Log(f) => read_full(f, offset, buf),
                 Handle::Dir(_) => Err(errno(libc::EISDIR)),
             };

@@ -1106,3 +1106,54 @@ fn mount_shows_package_dirs_read_only() {
     });
     d.stop();
 }
+
+/// A reader still holding the image a config had before an edit cannot fill the page
+/// cache with its old bytes: once the new image is served, its reads fail with ESTALE,
+/// and readers of the new image get only new bytes.
+#[test]
+fn mount_old_image_readers_cannot_pollute_the_new_image() {
+    if !root_and_fuse("mount_old_image_readers_cannot_pollute_the_new_image") {
+        return;
+    }
+    let t = util::tempdir();
+    let (conf, configs) = plain_conf(t.path());
+    let cfg = configs.join("x.toml");
+    fs::write(&cfg, "seed = \"s1\"\n").unwrap();
+    let mp = t.path().join("mp");
+    let d = Daemon::start(util::gentree(), &conf, &configs, &mp, t.path());
+    let tar = mp.join("builds/x.tar");
+    // An image whose 8 MiB of data is all `fill`, under the config's current key.
+    let image = |name: &str, fill: u8| {
+        let key = xattr_str(&tar, "user.gentree.key").unwrap();
+        fake_layer(&conf, &key, name, &[]);
+        let big = conf.join("layers").join(&key).join("root/data/big");
+        fs::write(big, vec![fill; 8 << 20]).unwrap();
+    };
+    image("a", b'A');
+    // The first open builds the index (direct I/O); the next reads through the cache.
+    fs::read(&tar).unwrap();
+    let old = fs::File::open(&tar).unwrap();
+    let mut head = [0u8; 4096];
+    old.read_at(&mut head, 0).unwrap();
+
+    // The config changes: another key, another image, which a reader builds.
+    fs::write(&cfg, "seed = \"s1\"\npackages = [\"app-misc/b\"]\n").unwrap();
+    image("b", b'B');
+    let first = fs::read(&tar).unwrap();
+    // The old reader's page-cache misses now fail instead of caching old bytes.
+    let mut buf = vec![0u8; 64 << 10];
+    let e = old.read_at(&mut buf, 6 << 20).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ESTALE), "{e}");
+    let new = fs::File::open(&tar).unwrap();
+    let mut bytes = vec![0u8; first.len()];
+    new.read_exact_at(&mut bytes, 0).unwrap();
+    assert!(bytes == first, "the cached read differs from the first one");
+    let a_block = [b'A'; 4096];
+    assert!(
+        !bytes.windows(4096).step_by(512).any(|w| w == a_block),
+        "old bytes in the new image"
+    );
+    assert!(bytes.windows(4096).any(|w| w == [b'B'; 4096]));
+    drop((old, new));
+    d.stop();
+}
