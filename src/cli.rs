@@ -42,7 +42,8 @@ pub struct MountArgs {
     /// Stay in the foreground (the default is to return once the mount is ready).
     #[arg(short = 'f', long = "foreground")]
     pub foreground: bool,
-    /// Mount options, comma-separated, repeatable: allow_other, allow_root.
+    /// Mount options, comma-separated, repeatable: allow_other, allow_root, ro, nodev,
+    /// nosuid, noexec, noatime, auto_unmount, default_permissions, fsname=, subtype=, ...
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
     /// Data directory (default: $XDG_DATA_HOME/gentree).

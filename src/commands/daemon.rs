@@ -105,6 +105,26 @@ fn signal_ready(fd: OwnedFd) -> std::io::Result<()> {
     Ok(())
 }
 
+/// True when `e` says the FUSE connection went away: the mount was unmounted
+/// (`fusermount3 -u`, `umount`) before or during the INIT handshake, or before the
+/// worker threads started. fuser reports that as NotConnected ("FUSE device
+/// disconnected during handshake") or passes on the device's ENODEV, or
+/// ECONNABORTED when the unmount aborted the connection before INIT completed.
+pub fn unmounted_early(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::NotConnected
+        || matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ECONNABORTED))
+}
+
+/// The clean end of a daemon whose mount was unmounted before it served: nothing is
+/// left to clean up, so this is not a failure.
+pub fn gone_before_ready(mountpoint: &std::path::Path) -> CmdResult {
+    eprintln!(
+        "gentree-fs: {} was unmounted before the mount was ready; exiting",
+        mountpoint.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Re-execs this program with `-f` inserted after `subcommand` (or first, for the
 /// top-level mount) and waits until it is serving. `what` names the daemon in errors.
 pub fn spawn_daemon(subcommand: Option<&str>, what: &str) -> CmdResult {
@@ -140,5 +160,11 @@ pub fn spawn_daemon(subcommand: Option<&str>, what: &str) -> CmdResult {
         return Ok(ExitCode::SUCCESS);
     }
     let status = child.wait()?;
+    if status.success() {
+        return Err(format!(
+            "the {what} daemon ended before the mount was ready (it was unmounted meanwhile)"
+        )
+        .into());
+    }
     Err(format!("the {what} daemon failed before mounting ({status})").into())
 }

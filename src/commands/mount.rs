@@ -11,15 +11,22 @@ use crate::builder::config::{DefaultSources, Defaults};
 use crate::builder::namespace;
 use crate::cli::MountArgs;
 use crate::fs::images::{BuildEnv, Images};
-use crate::fs::mount::{MountSpec, Mounted, session};
+use crate::fs::mount::{MountError, MountSpec, Mounted, session};
 use crate::fs::tree::{GentreeFs, TreeSpec};
+use fuser::MountOption;
 
-/// The `-o` options we understand.
+/// The `-o` options: who may use the mount, and mount(8)/FUSE options for fuser.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Options {
     allow_other: bool,
     allow_root: bool,
+    mount: Vec<MountOption>,
 }
+
+/// The options `-o` takes besides allow_other/allow_root (named in the error).
+const KNOWN: &str = "allow_other, allow_root, ro, rw, dev, nodev, suid, nosuid, exec, noexec, \
+                     atime, noatime, sync, async, dirsync, auto_unmount, default_permissions, \
+                     fsname=NAME, subtype=NAME";
 
 fn parse_options(groups: &[String]) -> Result<Options, String> {
     let mut o = Options::default();
@@ -28,15 +35,42 @@ fn parse_options(groups: &[String]) -> Result<Options, String> {
         .flat_map(|g| g.split(','))
         .filter(|s| !s.is_empty())
     {
-        match opt {
-            "allow_other" => o.allow_other = true,
-            "allow_root" => o.allow_root = true,
-            other => {
-                return Err(format!(
-                    "unknown mount option {other:?} (known: allow_other, allow_root)"
-                ));
+        let m = match opt {
+            "allow_other" => {
+                o.allow_other = true;
+                continue;
             }
-        }
+            "allow_root" => {
+                o.allow_root = true;
+                continue;
+            }
+            "ro" => MountOption::RO,
+            "rw" => MountOption::RW,
+            "dev" => MountOption::Dev,
+            "nodev" => MountOption::NoDev,
+            "suid" => MountOption::Suid,
+            "nosuid" => MountOption::NoSuid,
+            "exec" => MountOption::Exec,
+            "noexec" => MountOption::NoExec,
+            "atime" => MountOption::Atime,
+            "noatime" => MountOption::NoAtime,
+            "sync" => MountOption::Sync,
+            "async" => MountOption::Async,
+            "dirsync" => MountOption::DirSync,
+            "auto_unmount" => MountOption::AutoUnmount,
+            "default_permissions" => MountOption::DefaultPermissions,
+            other => match other.split_once('=') {
+                Some(("fsname", v)) if !v.is_empty() => MountOption::FSName(v.to_owned()),
+                Some(("subtype", v)) if !v.is_empty() => MountOption::Subtype(v.to_owned()),
+                _ => return Err(format!("unknown mount option {other:?} (known: {KNOWN})")),
+            },
+        };
+        o.mount.push(m);
+    }
+    if o.mount.contains(&MountOption::AutoUnmount) && !o.allow_other && !o.allow_root {
+        return Err("mount option auto_unmount needs allow_other or allow_root \
+                    (fusermount3 cannot watch an owner-only mount)"
+            .into());
     }
     Ok(o)
 }
@@ -93,7 +127,7 @@ pub fn run(args: &MountArgs) -> CmdResult {
         },
         images.clone(),
     )
-    .map_err(|source| crate::fs::mount::MountError::Configs {
+    .map_err(|source| MountError::Configs {
         configs: configs.clone(),
         source,
     })?;
@@ -101,16 +135,26 @@ pub fn run(args: &MountArgs) -> CmdResult {
         mountpoint: mountpoint.clone(),
         allow_other: opts.allow_other,
         allow_root: opts.allow_root,
+        options: opts.mount,
         threads: args.threads,
     };
-    let Mounted { session, unmounter } = session(tree, &spec)?;
+    let Mounted { session, unmounter } = match session(tree, &spec) {
+        Ok(m) => m,
+        Err(MountError::Mount { source, .. }) if daemon::unmounted_early(&source) => {
+            return daemon::gone_before_ready(&mountpoint);
+        }
+        Err(e) => return Err(e.into()),
+    };
     fg.unmount_on_signal(mountpoint.clone(), unmounter)?;
     tracing::info!("gentree mounted on {}", mountpoint.display());
     let served = session.run();
     // Unmounted (or the session failed): no build may outlive the daemon.
     images.shutdown(std::time::Duration::from_secs(30));
-    served?;
-    Ok(ExitCode::SUCCESS)
+    match served {
+        Err(e) if daemon::unmounted_early(&e) => daemon::gone_before_ready(&mountpoint),
+        Err(e) => Err(e.into()),
+        Ok(()) => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// Creates the seeds and configs dirs and the configs union's scratch dir (on the
@@ -166,7 +210,34 @@ mod tests {
     fn options_parse_and_reject_unknown_ones() {
         assert_eq!(parse_options(&[]), Ok(Options::default()));
         let o = parse_options(&["allow_other".into(), "allow_root,".into()]).unwrap_or_default();
-        assert!(o.allow_other && o.allow_root);
-        assert!(parse_options(&["rw,bogus".into()]).is_err());
+        assert!(o.allow_other && o.allow_root && o.mount.is_empty());
+        let o = parse_options(&[
+            "ro,nodev,nosuid,noexec,noatime".into(),
+            "fsname=mine,subtype=tree,default_permissions".into(),
+        ])
+        .unwrap_or_default();
+        assert_eq!(
+            o.mount,
+            [
+                MountOption::RO,
+                MountOption::NoDev,
+                MountOption::NoSuid,
+                MountOption::NoExec,
+                MountOption::NoAtime,
+                MountOption::FSName("mine".into()),
+                MountOption::Subtype("tree".into()),
+                MountOption::DefaultPermissions,
+            ]
+        );
+        for bad in ["rw,bogus", "fsname=", "subtype", "kernel_cache"] {
+            let e = parse_options(&[bad.into()]).err().unwrap_or_default();
+            let name = bad.rsplit(',').next().unwrap_or(bad);
+            assert!(e.contains(&format!("{name:?}")), "{bad}: {e}");
+        }
+        let e = parse_options(&["auto_unmount".into()])
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("allow_other"), "{e}");
+        assert!(parse_options(&["auto_unmount,allow_root".into()]).is_ok());
     }
 }

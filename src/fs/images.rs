@@ -32,6 +32,9 @@ use crate::builder::namespace::IdMapping;
 use crate::layers::store::{BuildKey, Store, StoreError};
 use crate::layers::tar::{PackOptions, TarError, TarLayout};
 
+/// How often a queued build checks whether the seed is free.
+const QUEUE_POLL: Duration = Duration::from_millis(200);
+
 /// How often waiting openers are checked for pending signals.
 pub const INTERRUPT_POLL: Duration = Duration::from_millis(200);
 
@@ -39,8 +42,9 @@ pub const INTERRUPT_POLL: Duration = Duration::from_millis(200);
 pub trait Waiter: Send + 'static {
     /// The waiting thread (its pending signals are watched).
     fn pid(&self) -> u32;
-    /// The image is ready.
-    fn ready(self: Box<Self>, image: Arc<TarLayout>);
+    /// The image is ready; `built`: by the job this waiter waited for, which has
+    /// invalidated the kernel's view of the image (see [`Images::invalidate`]).
+    fn ready(self: Box<Self>, image: Arc<TarLayout>, built: bool);
     /// The open fails with this errno (EIO for a failed build, EINTR when interrupted).
     fn fail(self: Box<Self>, errno: i32);
 }
@@ -49,6 +53,9 @@ pub trait Waiter: Send + 'static {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Absent,
+    /// Requested, waiting for the seed (another build, here or in another process,
+    /// holds its lock).
+    Queued,
     Building,
     Ready,
     Failed,
@@ -58,6 +65,7 @@ impl State {
     pub fn as_str(self) -> &'static str {
         match self {
             State::Absent => "absent",
+            State::Queued => "queued",
             State::Building => "building",
             State::Ready => "ready",
             State::Failed => "failed",
@@ -103,6 +111,14 @@ pub enum ImageError {
         #[source]
         source: TarError,
     },
+    #[error("cannot lock the seed {path}")]
+    SeedLock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("image {name}: the mount was stopped while the build was queued")]
+    Stopped { name: String },
     #[error("cannot write the log {path}")]
     Log {
         path: PathBuf,
@@ -143,8 +159,10 @@ struct Slot {
     key: Option<BuildKey>,
     image: Option<Arc<TarLayout>>,
     waiters: Vec<Box<dyn Waiter>>,
-    /// The image last handed to an opener (see [`Images::first_open`]).
+    /// The image the kernel's view was last invalidated for ([`Images::is_served`]).
     served: Option<Arc<TarLayout>>,
+    /// With `state == Building`: the job still waits for the seed's lock.
+    queued: bool,
 }
 
 /// Called (off any lock) when a config's image becomes ready: the mount invalidates
@@ -158,6 +176,8 @@ pub struct Images {
     on_ready: Mutex<Option<Arc<ReadyHook>>>,
     /// Build jobs started (for the log and tests).
     jobs: std::sync::atomic::AtomicU64,
+    /// Set by [`Images::shutdown`]: queued jobs give up.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Images {
@@ -173,6 +193,7 @@ impl Images {
             slots: Mutex::new(HashMap::new()),
             on_ready: Mutex::new(None),
             jobs: std::sync::atomic::AtomicU64::new(0),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -211,6 +232,29 @@ impl Images {
         }
         v.sort();
         Ok(v)
+    }
+
+    /// The binary package dirs the configs build into (every layer's, with the
+    /// `_pkgdir` override applied); configs that do not resolve are skipped.
+    pub fn pkgdirs(&self) -> Vec<PathBuf> {
+        let mut v = Vec::new();
+        for name in self.names().unwrap_or_default() {
+            let Ok(cfg) = resolve_file(
+                &self.config_path(&name),
+                &CliOverrides::default(),
+                &self.env.defaults,
+            ) else {
+                continue;
+            };
+            let dirs = HostDirs::new(&self.env.conf_root, &cfg);
+            for c in cfg.build_order() {
+                let p = dirs.pkgdir(c);
+                if !v.contains(&p) {
+                    v.push(p);
+                }
+            }
+        }
+        v
     }
 
     fn plan(&self, name: &str) -> Result<Plan, ImageError> {
@@ -252,7 +296,11 @@ impl Images {
             if let Some(s) = slots.get(name) {
                 if s.state == Some(State::Building) {
                     return Status {
-                        state: State::Building,
+                        state: if s.queued {
+                            State::Queued
+                        } else {
+                            State::Building
+                        },
                         key: s.key.clone(),
                         image: None,
                     };
@@ -406,7 +454,7 @@ impl Images {
         // Not building: serve what is ready for the current key, else start a job.
         let status = self.status(name);
         if let Some(image) = status.image {
-            return waiter_ready(waiter, image);
+            return waiter.ready(image, false);
         }
         let mut slots = self.slots.lock();
         let s = slots.entry(name.to_owned()).or_default();
@@ -494,6 +542,7 @@ impl Images {
                 r
             }
             None => {
+                self.wait_for_seed(name, &plan, log)?;
                 append(log, &format!("building (top layer {})\n", top.short())).map_err(log_err)?;
                 let opts = BuildOptions {
                     rebuild: false,
@@ -538,11 +587,66 @@ impl Images {
         Ok((top, image))
     }
 
+    /// Waits, shown as [`State::Queued`], while another build holds the seed's lock
+    /// (`build` takes it for the whole build; flock is per open file, so it cannot be
+    /// handed over: this waits until it is free, and `build` then takes it).
+    fn wait_for_seed(&self, name: &str, plan: &Plan, log: &Path) -> Result<(), ImageError> {
+        use nix::fcntl::{Flock, FlockArg};
+        // The path of `build::lock_seed`.
+        let path = plan.dirs.seeds.join(format!(".{}.lock", plan.cfg.seed));
+        let lock_err = |source| ImageError::SeedLock {
+            path: path.clone(),
+            source,
+        };
+        let mut announced = false;
+        loop {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(lock_err)?;
+            match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+                Ok(_free) => break,
+                Err((_, nix::Error::EWOULDBLOCK)) => {}
+                Err((_, e)) => return Err(lock_err(io::Error::from(e))),
+            }
+            if !announced {
+                announced = true;
+                self.set_queued(name, true);
+                tracing::info!("{name}: queued (seed {} is busy)", plan.cfg.seed);
+                let line = format!("queued: another build holds seed {}\n", plan.cfg.seed);
+                append(log, &line).map_err(|source| ImageError::Log {
+                    path: log.to_path_buf(),
+                    source,
+                })?;
+            }
+            if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(ImageError::Stopped {
+                    name: name.to_owned(),
+                });
+            }
+            std::thread::sleep(QUEUE_POLL);
+        }
+        if announced {
+            self.set_queued(name, false);
+        }
+        Ok(())
+    }
+
+    fn set_queued(&self, name: &str, queued: bool) {
+        if let Some(s) = self.slots.lock().get_mut(name) {
+            s.queued = queued;
+        }
+    }
+
     /// Ends a job: records the outcome and answers every waiter, off the lock.
     fn finish(&self, name: &str, key: Option<BuildKey>, r: Result<Arc<TarLayout>, i32>) {
         let waiters = {
             let mut slots = self.slots.lock();
             let s = slots.entry(name.to_owned()).or_default();
+            s.queued = false;
             match &r {
                 Ok(img) => {
                     s.state = Some(State::Ready);
@@ -556,16 +660,16 @@ impl Images {
             }
             std::mem::take(&mut s.waiters)
         };
+        if let Ok(img) = &r {
+            // Before any waiter is answered: the kernel may hold size 0 (or an older
+            // image's size and pages) for the inode.
+            self.invalidate(name);
+            self.mark_served(name, img);
+        }
         for w in waiters {
             match &r {
-                Ok(img) => waiter_ready(w, img.clone()),
+                Ok(img) => w.ready(img.clone(), true),
                 Err(errno) => w.fail(*errno),
-            }
-        }
-        if r.is_ok() {
-            let hook = self.on_ready.lock().clone();
-            if let Some(h) = hook {
-                h(name);
             }
         }
     }
@@ -594,16 +698,31 @@ impl Images {
         }
     }
 
-    /// Records that `image` is handed to an opener of `name`; true when it is another
-    /// image than the one handed out before. The kernel may still cache the pages (and
-    /// the size) of that earlier image for the same inode, so the mount serves a first
-    /// open of a new image with direct I/O and only later ones from the page cache.
-    pub fn first_open(&self, name: &str, image: &Arc<TarLayout>) -> bool {
-        let mut slots = self.slots.lock();
-        let s = slots.entry(name.to_owned()).or_default();
-        let new = !s.served.as_ref().is_some_and(|p| Arc::ptr_eq(p, image));
-        s.served = Some(image.clone());
-        new
+    /// True when the kernel's view of `name`'s inode (size, cached pages) is known
+    /// to be `image`'s: it was invalidated after `image` became the config's image
+    /// ([`Images::mark_served`]). Otherwise the kernel may still hold the size and
+    /// pages of the image before (a config edited, then edited back), and an open
+    /// must first invalidate them.
+    pub fn is_served(&self, name: &str, image: &Arc<TarLayout>) -> bool {
+        self.slots
+            .lock()
+            .get(name)
+            .and_then(|s| s.served.as_ref())
+            .is_some_and(|p| Arc::ptr_eq(p, image))
+    }
+
+    /// Records that the kernel's view of `name` was invalidated for `image`.
+    pub fn mark_served(&self, name: &str, image: &Arc<TarLayout>) {
+        self.slots.lock().entry(name.to_owned()).or_default().served = Some(image.clone());
+    }
+
+    /// Drops the kernel's cached attributes and pages of `name`'s image (the hook of
+    /// [`Images::set_ready_hook`]). Never call it from a FUSE handler.
+    pub fn invalidate(&self, name: &str) {
+        let hook = self.on_ready.lock().clone();
+        if let Some(h) = hook {
+            h(name);
+        }
     }
 
     /// True while any build job runs.
@@ -619,6 +738,8 @@ impl Images {
     /// children die with them by PDEATHSIG), then waits up to `timeout` for the jobs
     /// to clean up their unfinished layers and end.
     pub fn shutdown(&self, timeout: Duration) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if !self.any_building() {
             return;
         }
@@ -639,8 +760,9 @@ impl Images {
     }
 
     /// `rm builds/<name>.tar`: forgets the image and removes the config's own (top)
-    /// layer, so the next open rebuilds it; base layers stay (other configs share
-    /// them). EBUSY while building.
+    /// layer, so the next open rebuilds it, unless another config in the configs dir
+    /// builds on that layer too. Base layers always stay (other configs share them;
+    /// `clean-builds` collects what nothing uses). EBUSY while building.
     pub fn remove(&self, name: &str) -> io::Result<()> {
         if !self.config_path(name).is_file() {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
@@ -660,11 +782,34 @@ impl Images {
             return Ok(());
         };
         let Some(top) = plan.top() else { return Ok(()) };
+        if let Some(user) = self.keys_of_others(name).get(top) {
+            tracing::info!(
+                "{name}: image dropped; layer {} kept (used by {user})",
+                top.short()
+            );
+            return Ok(());
+        }
         let store = Store::open(&plan.dirs.conf_root).map_err(store_io)?;
         let _lock = store.lock(top).map_err(store_io)?;
         store.remove(top).map_err(store_io)?;
         tracing::info!("{name}: image dropped (layer {} removed)", top.short());
         Ok(())
+    }
+
+    /// The layer keys of every config but `name`, each with one config using it.
+    fn keys_of_others(&self, name: &str) -> HashMap<BuildKey, String> {
+        let mut used = HashMap::new();
+        for other in self.names().unwrap_or_default() {
+            if other == name {
+                continue;
+            }
+            if let Ok(p) = self.plan(&other) {
+                for k in p.keys {
+                    used.entry(k).or_insert_with(|| other.clone());
+                }
+            }
+        }
+        used
     }
 }
 
@@ -683,10 +828,6 @@ fn child_pids() -> Vec<i32> {
         }
     }
     v
-}
-
-fn waiter_ready(w: Box<dyn Waiter>, image: Arc<TarLayout>) {
-    w.ready(image);
 }
 
 fn store_io(e: StoreError) -> io::Error {

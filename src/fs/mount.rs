@@ -6,14 +6,16 @@
 //! thread when the image is ready, failed, or the opener got a signal; no FUSE worker
 //! thread waits for a build.
 //!
-//! Size policy (fuser-notes lesson 1): an image that is ready reports its exact size;
-//! one that is not reports size 0, and an open that had to wait for the build is
-//! answered with `FOPEN_DIRECT_IO` (reads go to the daemon whatever the kernel thinks
-//! the size is, so `cp` copies all of it); the inode's cached attributes and pages are
-//! invalidated once the build is done. The first open of each new image of a config is
-//! direct too (the kernel may hold the size and pages of the image before it, e.g. after
-//! a config edit); later opens use `FOPEN_KEEP_CACHE`, so repeated reads of a finished
-//! image come from the page cache.
+//! Size and cache policy (fuser-notes lesson 1): an image that is ready reports its
+//! exact size; one that is not reports size 0. An open that waited for the build is
+//! answered with `FOPEN_DIRECT_IO` (the kernel may have cached size 0: direct reads
+//! ignore it, so `cp` copies everything). Image bytes are immutable per key, so every
+//! other open reads through the page cache (readahead, 1 MiB requests): the first one
+//! for a new image of a config (the first since mounting, or after a config edit) is
+//! answered only after the inode's cached attributes and pages were invalidated
+//! through the notifier, so the kernel asks for the new size and never serves bytes
+//! of the image before; later opens use `FOPEN_KEEP_CACHE`, so repeated reads of a
+//! finished image come from the page cache without the daemon.
 
 use super::{caller, file_attr, file_type, reply_empty, reply_xattr, set_time};
 use std::ffi::OsStr;
@@ -48,7 +50,8 @@ fn reply_entry(reply: ReplyEntry, ttl: Duration, r: io::Result<Attr>) {
             } else {
                 ttl
             };
-            reply.entry_with_ttls(&ttl, &entry_ttl, &file_attr(&a), Generation(0));
+            let attr_ttl = GentreeFs::attr_ttl(a.ino, ttl);
+            reply.entry_with_ttls(&attr_ttl, &entry_ttl, &file_attr(&a), Generation(0));
         }
         Err(e) => reply.error(Errno::from(e)),
     }
@@ -56,7 +59,7 @@ fn reply_entry(reply: ReplyEntry, ttl: Duration, r: io::Result<Attr>) {
 
 fn reply_attr(reply: ReplyAttr, ttl: Duration, r: io::Result<Attr>) {
     match r {
-        Ok(a) => reply.attr(&ttl, &file_attr(&a)),
+        Ok(a) => reply.attr(&GentreeFs::attr_ttl(a.ino, ttl), &file_attr(&a)),
         Err(e) => reply.error(Errno::from(e)),
     }
 }
@@ -68,23 +71,48 @@ struct OpenWaiter {
     name: String,
     images: Arc<Images>,
     handles: Arc<Handles>,
-    /// The image was not ready when the open arrived (see the module docs).
-    direct: bool,
 }
 
 impl Waiter for OpenWaiter {
     fn pid(&self) -> u32 {
         self.pid
     }
-    fn ready(self: Box<Self>, image: Arc<TarLayout>) {
-        let first = self.images.first_open(&self.name, &image);
-        let fh = self.handles.insert(Handle::Tar(image));
-        let flags = if self.direct || first {
-            FopenFlags::FOPEN_DIRECT_IO
-        } else {
-            FopenFlags::FOPEN_KEEP_CACHE
+    fn ready(self: Box<Self>, image: Arc<TarLayout>, built: bool) {
+        let handle = |cached| Handle::Image {
+            name: self.name.clone(),
+            image: image.clone(),
+            cached,
         };
-        self.reply.opened(FileHandle(fh), flags);
+        let fh = FileHandle(self.handles.insert(handle(!built)));
+        if built {
+            // Opened before the build finished: the kernel's view was invalidated
+            // before this answer, but direct I/O makes the copy whole whatever size
+            // a racing GETATTR left in the inode.
+            return self.reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO);
+        }
+        if self.images.is_served(&self.name, &image) {
+            // The kernel's size and pages are this image's: keep them.
+            return self.reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
+        }
+        // A new image for this inode (first open since mounting, or a config edited
+        // back to an image built before): invalidate the kernel's size and pages off
+        // any handler thread (fuser-notes lesson 7), then answer without KEEP_CACHE
+        // so the open itself drops any page left. Openers racing this one do the
+        // same until it is recorded as served.
+        let images = self.images.clone();
+        let name = self.name.clone();
+        let reply = self.reply;
+        let spawned = std::thread::Builder::new()
+            .name("invalidate".into())
+            .spawn(move || {
+                images.invalidate(&name);
+                images.mark_served(&name, &image);
+                reply.opened(fh, FopenFlags::empty());
+            });
+        if let Err(e) = spawned {
+            // The reply went down with the closure (answered EIO when dropped).
+            tracing::error!("cannot start a thread to open {}: {e}", self.name);
+        }
     }
     fn fail(self: Box<Self>, errno: i32) {
         self.reply.error(Errno::from_i32(errno));
@@ -93,12 +121,14 @@ impl Waiter for OpenWaiter {
 
 impl Filesystem for GentreeFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        // One flag at a time: add_capabilities is all-or-nothing.
+        // One flag at a time: add_capabilities is all-or-nothing. No
+        // FUSE_AUTO_INVAL_DATA: it makes every read() refresh expired attributes, and
+        // the images' attributes never stay cached (see `GentreeFs::attr_ttl`);
+        // page caches are dropped on open instead (see `Opened`).
         for flag in [
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_MAX_PAGES,
-            InitFlags::FUSE_AUTO_INVAL_DATA,
         ] {
             let _ = config.add_capabilities(flag);
         }
@@ -210,16 +240,15 @@ impl Filesystem for GentreeFuse {
         match self.fs.open(ino.0, flags.0) {
             Ok(Opened::Cached(fh)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Ok(Opened::Direct(fh)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            Ok(Opened::Reread(fh)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Ok(Opened::Image(name)) => {
                 let images: &Arc<Images> = self.fs.images();
-                let direct = images.status(&name).image.is_none();
                 let waiter = OpenWaiter {
                     reply,
                     pid: req.pid(),
                     name: name.clone(),
                     images: images.clone(),
                     handles: self.fs.handles.clone(),
-                    direct,
                 };
                 images.open(&name, Box::new(waiter));
             }
@@ -238,10 +267,10 @@ impl Filesystem for GentreeFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
-            Ok(d) => reply.data(&d),
+        self.fs.read(fh.0, offset, size, |r| match r {
+            Ok(d) => reply.data(d),
             Err(e) => reply.error(Errno::from(e)),
-        }
+        });
     }
 
     fn write(
@@ -382,9 +411,54 @@ impl Filesystem for GentreeFuse {
     }
 }
 
-/// The device (`maj:min`) of the topmost gentree FUSE mount on `mountpoint` in our
-/// mount namespace, from `/proc/self/mountinfo` (a `stat` would ask ourselves).
-fn mount_dev(mountpoint: &Path) -> Option<String> {
+/// Our defaults, then the user's options, each replacing ours of its kind.
+fn mount_options(user: &[MountOption]) -> Vec<MountOption> {
+    use std::mem::discriminant as d;
+    let pair = |o: &MountOption| -> Vec<MountOption> {
+        use MountOption::*;
+        match o {
+            Dev | NoDev => vec![Dev, NoDev],
+            Suid | NoSuid => vec![Suid, NoSuid],
+            RO | RW => vec![RO, RW],
+            Exec | NoExec => vec![Exec, NoExec],
+            Atime | NoAtime => vec![Atime, NoAtime],
+            Sync | Async => vec![Sync, Async],
+            other => vec![other.clone()],
+        }
+    };
+    let mut v = vec![
+        MountOption::FSName("gentree".into()),
+        MountOption::Subtype("gentree".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    for o in user {
+        let kinds = pair(o);
+        v.retain(|m| !kinds.iter().any(|k| d(k) == d(m)));
+        v.push(o.clone());
+    }
+    v
+}
+
+/// The source and the fstype the mount shows in mountinfo.
+fn names(opts: &[MountOption]) -> (String, String) {
+    let mut fsname = String::new();
+    let mut subtype = String::new();
+    for o in opts {
+        match o {
+            MountOption::FSName(n) => fsname = n.clone(),
+            MountOption::Subtype(n) => subtype = format!("fuse.{n}"),
+            _ => {}
+        }
+    }
+    (fsname, subtype)
+}
+
+/// The device (`maj:min`) of the topmost FUSE mount of ours (source `fsname`, type
+/// `fuse` or `fstype`) on `mountpoint` in our mount namespace, from
+/// `/proc/self/mountinfo` (a `stat` would ask ourselves).
+fn mount_dev(mountpoint: &Path, fsname: &str, fstype: &str) -> Option<String> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = mountpoint
         .to_str()?
@@ -395,14 +469,32 @@ fn mount_dev(mountpoint: &Path) -> Option<String> {
     let ours = |l: &&str| {
         let (head, tail) = l.split_once(" - ").unwrap_or((l, ""));
         let mut t = tail.split(' ');
-        let (fstype, source) = (t.next().unwrap_or(""), t.next().unwrap_or(""));
+        let (t_fstype, source) = (t.next().unwrap_or(""), t.next().unwrap_or(""));
         head.split(' ').nth(4) == Some(want.as_str())
-            && (fstype == "fuse" || fstype == "fuse.gentree")
-            && source == "gentree"
+            && (t_fstype == "fuse" || t_fstype == fstype)
+            && source == fsname
     };
     text.lines()
         .rfind(ours)
         .and_then(|l| l.split(' ').nth(2).map(str::to_owned))
+}
+
+/// Readahead of the mount, KiB: one full request (`max_pages`, from the 1 MiB
+/// `max_write`). The kernel offers FUSE only 128 KiB in INIT; with 1 MiB, readahead
+/// also allocates large folios, and reads from the page cache run as fast as from a
+/// local filesystem's (bench/mount.sh: 0.86x at 128 KiB).
+const READAHEAD_KIB: u32 = 1024;
+
+/// Raises the readahead of our mount's bdi (`/sys/class/bdi/<maj:min>`); only root
+/// may, so an unprivileged mount keeps the kernel's 128 KiB.
+fn raise_readahead(dev: &str) {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&path, READAHEAD_KIB.to_string()) {
+        tracing::debug!("cannot raise the readahead ({path}): {e}");
+    }
 }
 
 /// Why the mount could not be set up.
@@ -428,6 +520,9 @@ pub struct MountSpec {
     pub mountpoint: PathBuf,
     pub allow_other: bool,
     pub allow_root: bool,
+    /// `-o` mount options; each replaces our default of its kind (`fsname=`,
+    /// `dev` for `nodev`, ...).
+    pub options: Vec<MountOption>,
     pub threads: Option<usize>,
 }
 
@@ -443,13 +538,8 @@ pub struct Mounted {
 pub fn session(fs: GentreeFs, spec: &MountSpec) -> Result<Mounted, MountError> {
     let fs = Arc::new(fs);
     let mut cfg = Config::default();
-    cfg.mount_options = vec![
-        MountOption::FSName("gentree".into()),
-        MountOption::Subtype("gentree".into()),
-        MountOption::DefaultPermissions,
-        MountOption::NoDev,
-        MountOption::NoSuid,
-    ];
+    cfg.mount_options = mount_options(&spec.options);
+    let (fsname, subtype) = names(&cfg.mount_options);
     cfg.acl = if spec.allow_other {
         SessionACL::All
     } else if spec.allow_root {
@@ -466,8 +556,9 @@ pub fn session(fs: GentreeFs, spec: &MountSpec) -> Result<Mounted, MountError> {
     };
     let mut session = fuser::Session::new(GentreeFuse { fs: fs.clone() }, &spec.mountpoint, &cfg)
         .map_err(mount_err)?;
-    // A finished build changes the image's size: drop the kernel's cached attributes.
-    // The hook runs on the build job's thread, never in a handler or under our locks.
+    // A finished build or a new image changes the size and bytes: drop the kernel's
+    // cached attributes and pages. The hook runs on a build job's thread or one of
+    // its own, never in a handler or under our locks.
     let notifier = session.notifier();
     let weak = Arc::downgrade(&fs);
     fs.images().set_ready_hook(Box::new(move |name| {
@@ -478,7 +569,10 @@ pub fn session(fs: GentreeFs, spec: &MountSpec) -> Result<Mounted, MountError> {
     // The build helpers' mount namespaces hold copies of this mount, so an unmount in
     // ours does not end the session while a build runs: watch for it and stop the
     // builds, which releases the copies (and then the session ends).
-    let dev = mount_dev(&spec.mountpoint);
+    let dev = mount_dev(&spec.mountpoint, &fsname, &subtype);
+    if let Some(dev) = &dev {
+        raise_readahead(dev);
+    }
     let mountpoint = spec.mountpoint.clone();
     let images = Arc::downgrade(fs.images());
     std::thread::Builder::new()
@@ -486,7 +580,10 @@ pub fn session(fs: GentreeFs, spec: &MountSpec) -> Result<Mounted, MountError> {
         .spawn(move || {
             while let Some(images) = images.upgrade() {
                 images.check_interrupts();
-                if images.any_building() && dev.is_some() && mount_dev(&mountpoint) != dev {
+                if images.any_building()
+                    && dev.is_some()
+                    && mount_dev(&mountpoint, &fsname, &subtype) != dev
+                {
                     tracing::info!("{} was unmounted", mountpoint.display());
                     images.shutdown(Duration::from_secs(30));
                 }
@@ -495,6 +592,61 @@ pub fn session(fs: GentreeFs, spec: &MountSpec) -> Result<Mounted, MountError> {
             }
         })
         .map_err(mount_err)?;
+    // Load the indexes of finished images now, so a first open does not pay for it
+    // (a 30k-entry index takes 15-30 ms to load).
+    let images = Arc::downgrade(fs.images());
+    std::thread::Builder::new()
+        .name("preload".into())
+        .spawn(move || {
+            let Some(names) = images.upgrade().and_then(|i| i.names().ok()) else {
+                return;
+            };
+            for name in names {
+                match images.upgrade() {
+                    Some(i) => drop(i.status(&name)),
+                    None => return,
+                }
+            }
+        })
+        .map_err(mount_err)?;
     let unmounter = session.unmount_callable();
     Ok(Mounted { session, unmounter })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use MountOption::*;
+
+    #[test]
+    fn user_options_replace_our_defaults_of_their_kind() {
+        let ours = mount_options(&[]);
+        assert_eq!(
+            ours,
+            [
+                FSName("gentree".into()),
+                Subtype("gentree".into()),
+                DefaultPermissions,
+                NoDev,
+                NoSuid
+            ]
+        );
+        assert_eq!(names(&ours), ("gentree".into(), "fuse.gentree".into()));
+        let o = mount_options(&[Dev, RO, FSName("mine".into()), NoExec, Exec]);
+        assert_eq!(
+            o,
+            [
+                Subtype("gentree".into()),
+                DefaultPermissions,
+                NoSuid,
+                Dev,
+                RO,
+                FSName("mine".into()),
+                Exec
+            ]
+        );
+        assert_eq!(names(&o), ("mine".into(), "fuse.gentree".into()));
+        // Repeating an option keeps one copy.
+        assert_eq!(mount_options(&[NoDev, NoDev]).len(), ours.len());
+    }
 }

@@ -7,13 +7,15 @@
 //! ├── seeds/<seed>/      read-only union of the seed (and its persistent upper)
 //! ├── configs/           union whose upper is the configs dir: real files there
 //! ├── builds/            <config>.tar (built on open) and <config>.log, per *.toml
-//! └── layers/            <buildname>.tar: the newest published layer of each
-//!                        buildname as an OCI layer tar (whiteouts kept)
+//! ├── layers/            <buildname>.tar: the newest published layer of each
+//! │                      buildname as an OCI layer tar (whiteouts kept)
+//! └── packages/<dir>/    read-only, live view of each binary package dir: `pkgdir*`
+//!                        under the conf root and the configs' `_pkgdir` overrides
 //! ```
 //!
 //! Inode ranges route requests: the fixed directories and the builds entries use small
 //! numbers; each union gets its own range, `(index + 1) << 48 | union inode`
-//! (index 0 is configs/, then seeds in the order first seen). File handles are split
+//! (index 0 is configs/, then seeds and package dirs in the order first seen). File handles are split
 //! the same way: below `1 << 48` they are ours, above it they belong to a union.
 
 use std::collections::HashMap;
@@ -38,6 +40,7 @@ pub const ROOT: u64 = 1;
 pub const SEEDS: u64 = 2;
 pub const BUILDS: u64 = 3;
 pub const LAYERS: u64 = 4;
+pub const PACKAGES: u64 = 5;
 /// First inode of the layers entries (`FIRST_LAYER + i` is layer i).
 const FIRST_LAYER: u64 = 1 << 40;
 /// First inode of the builds entries: `FIRST_BUILD + 2 * i` is config i's tar,
@@ -61,6 +64,7 @@ pub enum Node {
     Seeds,
     Builds,
     Layers,
+    Packages,
     Tar(usize),
     Log(usize),
     /// `layers/<buildname>.tar`, by layers index.
@@ -76,6 +80,7 @@ impl Node {
             SEEDS => Some(Node::Seeds),
             BUILDS => Some(Node::Builds),
             LAYERS => Some(Node::Layers),
+            PACKAGES => Some(Node::Packages),
             i if i >> UNION_SHIFT > 0 => Some(Node::Union(
                 (i >> UNION_SHIFT) as usize - 1,
                 Ino(i & ((1 << UNION_SHIFT) - 1)),
@@ -99,6 +104,7 @@ impl Node {
             Node::Seeds => SEEDS,
             Node::Builds => BUILDS,
             Node::Layers => LAYERS,
+            Node::Packages => PACKAGES,
             Node::Layer(n) => FIRST_LAYER + n as u64,
             Node::Tar(n) => FIRST_BUILD + 2 * n as u64,
             Node::Log(n) => FIRST_BUILD + 2 * n as u64 + 1,
@@ -114,7 +120,16 @@ fn union_ino(u: usize, ino: u64) -> u64 {
 /// An open file of ours.
 #[derive(Debug)]
 pub enum Handle {
+    /// `layers/<buildname>.tar` (immutable).
     Tar(Arc<TarLayout>),
+    /// `builds/<name>.tar`.
+    Image {
+        name: String,
+        image: Arc<TarLayout>,
+        /// Opened through the page cache (not direct I/O): its reads fill the
+        /// inode's pages, so they must stop once another image is served there.
+        cached: bool,
+    },
     Log(File),
     /// A directory listing snapshot.
     Dir(Arc<Vec<DirEntry>>),
@@ -125,6 +140,9 @@ pub enum Handle {
 pub enum Opened {
     /// A file of stable content (the page cache may keep it).
     Cached(u64),
+    /// A file that may have changed since its last open (the open drops its cached
+    /// pages; reads use the page cache).
+    Reread(u64),
     /// A file that grows or whose size the kernel may not know (direct I/O).
     Direct(u64),
     /// `builds/<name>.tar`: ask [`Images::open`] and reply when it answers.
@@ -257,19 +275,67 @@ impl GentreeFs {
             lowers.push(upper);
         }
         lowers.push(seed);
-        // No upper: every write fails with EROFS.
+        self.read_only_union(name, lowers)
+    }
+
+    /// A read-only union of `lowers` under `key`, opened once. No upper: every
+    /// write fails with EROFS; the lowers are read afresh (builds write them).
+    fn read_only_union(&self, key: &str, lowers: Vec<PathBuf>) -> io::Result<usize> {
         let union = Union::new(&UnionOptions {
             lowers,
-            // Builds keep writing the seed's upper under this view.
             volatile_lowers: true,
             ..UnionOptions::default()
         })?;
         let mut unions = self.unions.write();
-        if let Some(i) = unions.iter().position(|(n, _)| n == name) {
+        if let Some(i) = unions.iter().position(|(n, _)| n == key) {
             return Ok(i);
         }
-        unions.push((name.to_owned(), Arc::new(union)));
+        unions.push((key.to_owned(), Arc::new(union)));
         Ok(unions.len() - 1)
+    }
+
+    /// The binary package dirs by name: `pkgdir` and `pkgdir_*` dirs under the conf
+    /// root, then the configs' own (a `_pkgdir` override elsewhere is named by its
+    /// last component; a name already taken keeps its first dir).
+    fn package_dirs(&self) -> Vec<(String, PathBuf)> {
+        let root = &self.images.env().conf_root;
+        let mut v: Vec<(String, PathBuf)> = Vec::new();
+        let mut add = |name: String, path: PathBuf| {
+            if path.is_dir() && !v.iter().any(|(n, p)| *n == name || *p == path) {
+                v.push((name, path));
+            }
+        };
+        if let Ok(d) = std::fs::read_dir(root) {
+            for e in d.filter_map(Result::ok) {
+                if let Ok(n) = e.file_name().into_string() {
+                    if n == "pkgdir" || n.starts_with("pkgdir_") {
+                        add(n, e.path());
+                    }
+                }
+            }
+        }
+        for p in self.images.pkgdirs() {
+            let name = p.file_name().and_then(|n| n.to_str()).map(str::to_owned);
+            if let Some(name) = name.filter(|n| !n.starts_with('.')) {
+                add(name, p);
+            }
+        }
+        v.sort();
+        v
+    }
+
+    /// The union of package dir `name`, opened on first use.
+    fn package_union(&self, name: &str) -> io::Result<usize> {
+        let key = format!("packages/{name}");
+        if let Some(i) = self.unions.read().iter().position(|(n, _)| *n == key) {
+            return Ok(i);
+        }
+        let (_, dir) = self
+            .package_dirs()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        self.read_only_union(&key, vec![dir])
     }
 
     /// The builds index of config `name`, if the config exists.
@@ -412,8 +478,13 @@ impl GentreeFs {
                 Some("builds") => self.getattr(BUILDS),
                 Some("configs") => self.getattr(union_ino(CONFIGS_UNION, 1)),
                 Some("layers") => self.getattr(LAYERS),
+                Some("packages") => self.getattr(PACKAGES),
                 _ => Err(errno(libc::ENOENT)),
             },
+            Node::Packages => {
+                let u = self.package_union(n.ok_or_else(|| errno(libc::ENOENT))?)?;
+                self.getattr(union_ino(u, 1))
+            }
             Node::Seeds => {
                 let u = self.seed_union(n.ok_or_else(|| errno(libc::ENOENT))?)?;
                 self.getattr(union_ino(u, 1))
@@ -459,6 +530,7 @@ impl GentreeFs {
             Node::Seeds => Ok(self.dir_attr(SEEDS, 0o555)),
             Node::Builds => Ok(self.dir_attr(BUILDS, 0o755)),
             Node::Layers => Ok(self.dir_attr(LAYERS, 0o555)),
+            Node::Packages => Ok(self.dir_attr(PACKAGES, 0o555)),
             Node::Layer(i) => {
                 let size = self.oci_layout(i)?.size();
                 Ok(self.attr(ino, FileKind::File, 0o444, size, self.started))
@@ -527,6 +599,16 @@ impl GentreeFs {
                 v.push((union_ino(CONFIGS_UNION, 1), FileKind::Dir, "configs".into()));
                 v.push((BUILDS, FileKind::Dir, "builds".into()));
                 v.push((LAYERS, FileKind::Dir, "layers".into()));
+                v.push((PACKAGES, FileKind::Dir, "packages".into()));
+                Ok(own(v))
+            }
+            Node::Packages => {
+                let mut v = dot(PACKAGES, ROOT);
+                for (name, _) in self.package_dirs() {
+                    if let Ok(u) = self.package_union(&name) {
+                        v.push((union_ino(u, 1), FileKind::Dir, name));
+                    }
+                }
                 Ok(own(v))
             }
             Node::Seeds => {
@@ -599,11 +681,12 @@ impl GentreeFs {
         match Node::of(ino).ok_or_else(|| errno(libc::ENOENT))? {
             Node::Union(u, i) => {
                 let fh = union_fh_out(u, self.union(u)?.open(i, flags)?.0);
-                // configs/ changes under us (editors, cp): no stale pages.
+                // configs/ changes under us (editors, cp): no stale pages. Builds
+                // write the seeds' uppers: their pages are dropped on each open.
                 Ok(if u == CONFIGS_UNION {
                     Opened::Direct(fh)
                 } else {
-                    Opened::Cached(fh)
+                    Opened::Reread(fh)
                 })
             }
             Node::Tar(_) | Node::Log(_) | Node::Layer(_) if writing => Err(errno(libc::EACCES)),
@@ -621,23 +704,54 @@ impl GentreeFs {
                 };
                 Ok(Opened::Direct(self.handles.insert(Handle::Log(f))))
             }
-            Node::Root | Node::Seeds | Node::Builds | Node::Layers => Err(errno(libc::EISDIR)),
+            Node::Root | Node::Seeds | Node::Builds | Node::Layers | Node::Packages => {
+                Err(errno(libc::EISDIR))
+            }
         }
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+    /// Reads `size` bytes at `offset` and hands them to `reply` (ours are read into a
+    /// per-thread buffer reused across requests: no allocation or zeroing per READ).
+    pub fn read<R>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        reply: impl FnOnce(io::Result<&[u8]>) -> R,
+    ) -> R {
         if let Some((u, f)) = split_fh(fh) {
-            return self.union(u)?.read(f, offset, size);
+            return match self.union(u).and_then(|un| un.read(f, offset, size)) {
+                Ok(v) => reply(Ok(&v)),
+                Err(e) => reply(Err(e)),
+            };
         }
-        let h = self.handles.get(fh)?;
-        let mut buf = vec![0u8; size as usize];
-        let n = match &*h {
-            Handle::Tar(l) => l.read_at(offset, &mut buf)?,
-            Handle::Log(f) => read_full(f, offset, &mut buf)?,
-            Handle::Dir(_) => return Err(errno(libc::EISDIR)),
+        let h = match self.handles.get(fh) {
+            Ok(h) => h,
+            Err(e) => return reply(Err(e)),
         };
-        buf.truncate(n);
-        Ok(buf)
+        READ_BUF.with_borrow_mut(|buf| {
+            if buf.len() < size as usize {
+                buf.resize(size as usize, 0);
+            }
+            let buf = &mut buf[..size as usize];
+            let n = match &*h {
+                Handle::Tar(l) => l.read_at(offset, buf),
+                // The config now has another image, whose pages the kernel keeps for
+                // this inode: this reader's misses would fill them with old bytes.
+                Handle::Image {
+                    name,
+                    image,
+                    cached: true,
+                } if !self.images.is_served(name, image) => Err(errno(libc::ESTALE)),
+                Handle::Image { image, .. } => image.read_at(offset, buf),
+                Handle::Log(f) => read_full(f, offset, buf),
+                Handle::Dir(_) => Err(errno(libc::EISDIR)),
+            };
+            match n {
+                Ok(n) => reply(Ok(&buf[..n])),
+                Err(e) => reply(Err(e)),
+            }
+        })
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> io::Result<usize> {
@@ -658,7 +772,7 @@ impl GentreeFs {
     fn union_dir(&self, parent: u64) -> io::Result<(usize, Ino, Arc<Union>)> {
         match Node::of(parent).ok_or_else(|| errno(libc::ENOENT))? {
             Node::Union(u, i) => Ok((u, i, self.union(u)?)),
-            Node::Seeds => Err(errno(libc::EROFS)),
+            Node::Seeds | Node::Packages => Err(errno(libc::EROFS)),
             _ => Err(errno(libc::EPERM)),
         }
     }
@@ -775,6 +889,16 @@ impl GentreeFs {
     pub fn ttl(&self) -> Duration {
         Duration::from_secs(1)
     }
+
+    /// How long the kernel may cache the attributes of `ino`: not at all for images
+    /// and logs (an edited config or a finished build changes an image's size at
+    /// once; a log grows), `ttl` for the rest.
+    pub fn attr_ttl(ino: u64, ttl: Duration) -> Duration {
+        match Node::of(ino) {
+            Some(Node::Tar(_) | Node::Log(_)) => Duration::ZERO,
+            _ => ttl,
+        }
+    }
 }
 
 fn union_fh_out(u: usize, fh: u64) -> u64 {
@@ -792,6 +916,11 @@ fn split_fh(fh: u64) -> Option<(usize, Fh)> {
 
 fn union_fh(u: usize, fh: u64) -> Option<Fh> {
     split_fh(fh).filter(|(v, _)| *v == u).map(|(_, f)| f)
+}
+
+thread_local! {
+    /// The READ buffer of each FUSE worker thread (grows to the largest request).
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Reads as much as the file has at `offset` (a log that grows meanwhile may give more).
@@ -819,6 +948,7 @@ mod tests {
             Node::Seeds,
             Node::Builds,
             Node::Layers,
+            Node::Packages,
             Node::Layer(0),
             Node::Layer(99),
             Node::Tar(0),
@@ -831,7 +961,7 @@ mod tests {
             assert_eq!(Node::of(n.ino()), Some(n), "{n:?}");
         }
         assert_eq!(Node::of(0), None);
-        assert_eq!(Node::of(5), None);
+        assert_eq!(Node::of(6), None);
     }
 
     #[test]

@@ -33,14 +33,18 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// With `--no-config` unless `cmd` sets XDG_CONFIG_HOME (then its defaults count).
     fn start(mut cmd: Command, conf: &Path, configs: &Path, mp: &Path, scratch: &Path) -> Daemon {
         fs::create_dir_all(mp).unwrap();
+        if !cmd.get_envs().any(|(k, _)| k == "XDG_CONFIG_HOME") {
+            cmd.arg("--no-config");
+        }
         let stderr = scratch.join(format!(
             "daemon-{}.err",
             mp.file_name().unwrap().to_string_lossy()
         ));
         let child = cmd
-            .args(["-f", "--no-config", "--conf-root"])
+            .args(["-f", "--conf-root"])
             .arg(conf)
             .arg("--configs")
             .arg(configs)
@@ -99,6 +103,11 @@ impl Drop for Daemon {
     }
 }
 
+/// Root and /dev/fuse, which the mount tests below need (loud skip, CI panics).
+fn root_and_fuse(test: &str) -> bool {
+    util::require_root(test) && util::require_fuse(test)
+}
+
 fn errno_of(r: std::io::Result<impl Sized>) -> Option<i32> {
     r.err().and_then(|e| e.raw_os_error())
 }
@@ -123,9 +132,7 @@ fn plain_conf(dir: &Path) -> (PathBuf, PathBuf) {
 
 #[test]
 fn mount_tree_without_portage() {
-    if !util::require_root("mount_tree_without_portage")
-        || !util::require_fuse("mount_tree_without_portage")
-    {
+    if !root_and_fuse("mount_tree_without_portage") {
         return;
     }
     let t = util::tempdir();
@@ -139,7 +146,7 @@ fn mount_tree_without_portage() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     top.sort();
-    assert_eq!(top, ["builds", "configs", "layers", "seeds"]);
+    assert_eq!(top, ["builds", "configs", "layers", "packages", "seeds"]);
     assert_eq!(fs::read_dir(mp.join("layers")).unwrap().count(), 0);
 
     // seeds/: the seed with its upper, read-only.
@@ -244,9 +251,7 @@ fn mount_tree_without_portage() {
 
 #[test]
 fn mount_in_background_and_unmount_by_signal() {
-    if !util::require_root("mount_in_background_and_unmount_by_signal")
-        || !util::require_fuse("mount_in_background_and_unmount_by_signal")
-    {
+    if !root_and_fuse("mount_in_background_and_unmount_by_signal") {
         return;
     }
     let t = util::tempdir();
@@ -280,6 +285,15 @@ fn mount_in_background_and_unmount_by_signal() {
     );
     run_ok(Command::new("umount").arg(&mp));
     assert!(!mounted(&mp));
+    // Mount again only once that daemon is gone: fuser 0.18.0 unmounts the mountpoint
+    // *path* when its session ends (`is_mounted` takes the dead connection's POLLERR
+    // for "mounted"), which would take down a new mount made there meanwhile.
+    let mp_str = mp.to_str().unwrap().to_owned();
+    wait_until(
+        "the background daemon to exit",
+        Duration::from_secs(10),
+        || processes_mentioning(&mp_str).is_empty(),
+    );
 
     // Foreground: SIGTERM unmounts and the daemon exits cleanly.
     let d = Daemon::start(util::gentree(), &conf, &configs, &mp, t.path());
@@ -328,9 +342,7 @@ fn mount_in_background_and_unmount_by_signal() {
 /// Builds with real Portage: build on read, sharing, reuse, random access, rm.
 #[test]
 fn mount_builds_images_on_read() {
-    if !util::require_root("mount_builds_images_on_read")
-        || !util::require_fuse("mount_builds_images_on_read")
-    {
+    if !root_and_fuse("mount_builds_images_on_read") {
         return;
     }
     let f = Fixture::new(None);
@@ -361,7 +373,10 @@ fn mount_builds_images_on_read() {
     }
     assert_eq!(d.jobs(), 1, "{}", d.log());
     let first = fs::read(out.join("c0.tar")).unwrap();
-    assert!(first.len() > 10240);
+    let sizes: Vec<u64> = (0..3)
+        .map(|i| fs::metadata(out.join(format!("c{i}.tar"))).unwrap().len())
+        .collect();
+    assert!(first.len() > 10240, "copies {sizes:?}:\n{}", d.log());
     for i in 1..3 {
         assert!(fs::read(out.join(format!("c{i}.tar"))).unwrap() == first);
     }
@@ -510,9 +525,7 @@ fn mount_builds_images_on_read() {
 /// Ctrl-C while waiting for a build; failing builds; a bad config next to good ones.
 #[test]
 fn mount_interrupts_waiters_and_reports_failures() {
-    if !util::require_root("mount_interrupts_waiters_and_reports_failures")
-        || !util::require_fuse("mount_interrupts_waiters_and_reports_failures")
-    {
+    if !root_and_fuse("mount_interrupts_waiters_and_reports_failures") {
         return;
     }
     let f = Fixture::new(None);
@@ -776,4 +789,371 @@ fn mount_as_unprivileged_user() {
     wait_until("the daemon to exit", Duration::from_secs(10), || {
         processes_mentioning(&mp_str).is_empty()
     });
+}
+
+/// Publishes a layer under `key` by hand (no Portage): `data/<name>` in its root.
+fn fake_layer(conf: &Path, key: &str, name: &str, base_keys: &[&str]) {
+    let dir = conf.join("layers").join(key);
+    fs::create_dir_all(dir.join("root/data")).unwrap();
+    fs::write(dir.join("root/data").join(name), format!("{name}\n")).unwrap();
+    let meta = serde_json::json!({
+        "key": key, "name": name, "buildname": format!("s1-{name}"),
+        "base_keys": base_keys, "created": 1, "format": 1,
+    });
+    fs::write(dir.join("meta.json"), meta.to_string()).unwrap();
+}
+
+/// `rm builds/x.tar` drops x's own layer, but not one another config builds on.
+#[test]
+fn mount_rm_keeps_layers_other_configs_use() {
+    if !root_and_fuse("mount_rm_keeps_layers_other_configs_use") {
+        return;
+    }
+    let t = util::tempdir();
+    let (conf, configs) = plain_conf(t.path());
+    // The seed comes from the defaults, so the base is a config of its own too.
+    let xdg = t.path().join("xdg");
+    fs::create_dir_all(xdg.join("gentree")).unwrap();
+    fs::write(xdg.join("gentree/config.toml"), "seed = \"s1\"\n").unwrap();
+    fs::write(
+        configs.join("base.toml"),
+        "packages = [\"app-misc/base\"]\n",
+    )
+    .unwrap();
+    for n in ["a", "b"] {
+        fs::write(
+            configs.join(format!("{n}.toml")),
+            format!("bases = [\"base.toml\"]\npackages = [\"app-misc/{n}\"]\n"),
+        )
+        .unwrap();
+    }
+    let mp = t.path().join("mp");
+    let mut cmd = util::gentree();
+    cmd.env("XDG_CONFIG_HOME", &xdg);
+    let d = Daemon::start(cmd, &conf, &configs, &mp, t.path());
+    let tar = |n: &str| mp.join(format!("builds/{n}.tar"));
+    let key = |n: &str| xattr_str(&tar(n), "user.gentree.key").expect("key");
+    let (kbase, ka, kb) = (key("base"), key("a"), key("b"));
+    assert!(kbase != ka && ka != kb, "{kbase} {ka} {kb}");
+    fake_layer(&conf, &kbase, "base", &[]);
+    fake_layer(&conf, &ka, "a", &[&kbase]);
+    fake_layer(&conf, &kb, "b", &[&kbase]);
+    let layer = |k: &str| conf.join("layers").join(k).join("meta.json").exists();
+    let state = |n: &str| xattr_str(&tar(n), "user.gentree.state");
+    let listing = |n: &str| {
+        let copy = t.path().join(format!("{n}.tar"));
+        run_ok(Command::new("cp").arg(tar(n)).arg(&copy));
+        run_ok(Command::new("tar").arg("-tf").arg(&copy))
+    };
+    // a's image is the base's layer and its own (the keys match: nothing is built).
+    let l = listing("a");
+    assert!(l.contains("data/base") && l.contains("data/a"), "{l}");
+    assert_eq!(state("a").as_deref(), Some("ready"));
+
+    // a and b build on the base: rm of the base's image keeps its layer.
+    fs::remove_file(tar("base")).unwrap();
+    assert!(layer(&kbase), "a shared layer was removed");
+    // a's own layer goes; the base and b's stay, and b is still whole.
+    fs::remove_file(tar("a")).unwrap();
+    assert!(!layer(&ka), "a's layer kept");
+    assert!(layer(&kbase) && layer(&kb));
+    assert_eq!(state("a").as_deref(), Some("absent"));
+    let l = listing("b");
+    assert!(l.contains("data/base") && l.contains("data/b"), "{l}");
+    assert_eq!(state("b").as_deref(), Some("ready"));
+    d.stop();
+}
+
+/// A build waiting for its seed (another build holds the seed's lock) shows `queued`.
+#[test]
+fn mount_shows_queued_while_the_seed_is_busy() {
+    if !root_and_fuse("mount_shows_queued_while_the_seed_is_busy")
+        || !util::require_tool("mount_shows_queued_while_the_seed_is_busy", "flock")
+    {
+        return;
+    }
+    let t = util::tempdir();
+    let (conf, configs) = plain_conf(t.path());
+    fs::write(configs.join("hello.toml"), "seed = \"s1\"\n").unwrap();
+    let mp = t.path().join("mp");
+    let d = Daemon::start(util::gentree(), &conf, &configs, &mp, t.path());
+    let tar = mp.join("builds/hello.tar");
+    // The lock `build` takes for the seed, held by another process.
+    let lock = conf.join("seeds/.s1.lock");
+    let mut holder = Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    wait_until("the lock holder", Duration::from_secs(10), || {
+        !Command::new("flock")
+            .args(["-n"])
+            .arg(&lock)
+            .arg("true")
+            .status()
+            .unwrap()
+            .success()
+    });
+    let mut reader = Command::new("cat")
+        .arg(&tar)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("queued", Duration::from_secs(10), || {
+        xattr_str(&tar, "user.gentree.state").as_deref() == Some("queued")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        xattr_str(&tar, "user.gentree.state").as_deref(),
+        Some("queued")
+    );
+    let log = fs::read_to_string(mp.join("builds/hello.log")).unwrap();
+    assert!(log.contains("queued: another build holds seed s1"), "{log}");
+    assert!(!log.contains("building"), "{log}");
+    assert!(
+        reader.try_wait().unwrap().is_none(),
+        "the reader did not wait"
+    );
+
+    // The seed is free: the build runs (and fails: the fake seed has no Portage).
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    wait_until("the build to end", Duration::from_secs(60), || {
+        reader.try_wait().unwrap().is_some()
+    });
+    let log = fs::read_to_string(mp.join("builds/hello.log")).unwrap();
+    assert!(log.contains("building (top layer"), "{log}");
+    assert_ne!(
+        xattr_str(&tar, "user.gentree.state").as_deref(),
+        Some("queued")
+    );
+    d.stop();
+}
+
+/// `-o` takes mount(8)/FUSE options (shown in mountinfo) and names an unknown one.
+#[test]
+fn mount_takes_mount_options() {
+    if !root_and_fuse("mount_takes_mount_options") {
+        return;
+    }
+    let t = util::tempdir();
+    let (conf, configs) = plain_conf(t.path());
+    let mp = t.path().join("mp");
+    let mut cmd = util::gentree();
+    cmd.args([
+        "-o",
+        "ro,noexec,noatime",
+        "-o",
+        "fsname=mytree,subtype=mysub",
+    ]);
+    let d = Daemon::start(cmd, &conf, &configs, &mp, t.path());
+    let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mi
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == mp.to_str())
+        .unwrap();
+    let opts: Vec<&str> = line.split(' ').nth(5).unwrap().split(',').collect();
+    for o in ["ro", "noexec", "noatime", "nodev", "nosuid"] {
+        assert!(opts.contains(&o), "{o} missing: {line}");
+    }
+    let tail = line.split(" - ").nth(1).unwrap();
+    // As root fuser mounts by mount(2), where the type stays "fuse".
+    assert!(
+        tail.starts_with("fuse.mysub mytree ") || tail.starts_with("fuse mytree "),
+        "{line}"
+    );
+    assert_eq!(
+        errno_of(fs::write(mp.join("configs/new.toml"), "x")),
+        Some(libc::EROFS)
+    );
+    assert!(mp.join("seeds/s1/etc/hostname").exists());
+    // The unmount watcher finds the mount under its own names: fusermount3 -u ends it.
+    d.stop();
+
+    let out = run(util::gentree()
+        .args(["-f", "--no-config", "-o", "noatime,bogus", "--conf-root"])
+        .arg(&conf)
+        .arg(&mp));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown mount option \"bogus\""), "{err}");
+    assert!(!mounted(&mp));
+}
+
+/// An unmount that races the daemon's startup (before or during FUSE INIT, or before
+/// it serves) ends the daemon cleanly, exit 0, nothing left mounted. The window is
+/// short: the test unmounts in a tight loop from the moment the daemon starts, over
+/// several starts, so that some land in it.
+#[test]
+fn mount_unmounted_during_startup_exits_cleanly() {
+    if !root_and_fuse("mount_unmounted_during_startup_exits_cleanly") {
+        return;
+    }
+    let t = util::tempdir();
+    let (conf, configs) = plain_conf(t.path());
+    let mp = t.path().join("mp");
+    fs::create_dir(&mp).unwrap();
+    let mut early = 0;
+    for round in 0..10 {
+        let err = t.path().join(format!("err{round}"));
+        let mut child = util::gentree()
+            .args(["-f", "--no-config", "--conf-root"])
+            .arg(&conf)
+            .arg("--configs")
+            .arg(&configs)
+            .arg(&mp)
+            .stdin(Stdio::null())
+            .stderr(fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let status = loop {
+            let _ = nix::mount::umount(&mp);
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "daemon still running"
+            );
+            std::thread::yield_now();
+        };
+        let log = fs::read_to_string(&err).unwrap();
+        assert!(status.success(), "round {round}: {status}\n{log}");
+        assert!(!mounted(&mp), "round {round}: mount left");
+        early += usize::from(log.contains("was unmounted before the mount was ready"));
+    }
+    eprintln!("{early} of 10 unmounts landed before the mount was ready");
+}
+
+/// packages/: every binary package dir, read-only, following the dir live.
+#[test]
+fn mount_shows_package_dirs_read_only() {
+    if !root_and_fuse("mount_shows_package_dirs_read_only") {
+        return;
+    }
+    let t = util::tempdir();
+    let (conf, configs) = plain_conf(t.path());
+    fs::create_dir_all(conf.join("pkgdir/app-misc")).unwrap();
+    fs::write(conf.join("pkgdir/Packages"), "PACKAGES: 1\n").unwrap();
+    fs::write(conf.join("pkgdir/app-misc/a-1.gpkg.tar"), "a").unwrap();
+    fs::create_dir_all(conf.join("pkgdir_generic")).unwrap();
+    fs::create_dir_all(conf.join("notpkgdir")).unwrap();
+    // A config whose binpkgs go elsewhere (`_pkgdir`) shows that dir too.
+    let elsewhere = t.path().join("srv/binpkgs");
+    fs::create_dir_all(&elsewhere).unwrap();
+    fs::write(elsewhere.join("Packages"), "elsewhere\n").unwrap();
+    fs::write(
+        configs.join("hello.toml"),
+        format!("seed = \"s1\"\n_pkgdir = \"{}\"\n", elsewhere.display()),
+    )
+    .unwrap();
+    let mp = t.path().join("mp");
+    let d = Daemon::start(util::gentree(), &conf, &configs, &mp, t.path());
+    let pk = mp.join("packages");
+    let mut names: Vec<String> = fs::read_dir(&pk)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["binpkgs", "pkgdir", "pkgdir_generic"]);
+    assert_eq!(
+        fs::read_to_string(pk.join("pkgdir/Packages")).unwrap(),
+        "PACKAGES: 1\n"
+    );
+    assert_eq!(
+        fs::read_to_string(pk.join("pkgdir/app-misc/a-1.gpkg.tar")).unwrap(),
+        "a"
+    );
+    assert_eq!(
+        fs::read_to_string(pk.join("binpkgs/Packages")).unwrap(),
+        "elsewhere\n"
+    );
+    // Read-only: no write, create, remove or rename gets through.
+    let erofs = Some(libc::EROFS);
+    assert_eq!(errno_of(fs::write(pk.join("pkgdir/Packages"), "x")), erofs);
+    assert_eq!(errno_of(fs::write(pk.join("pkgdir/new"), "x")), erofs);
+    assert_eq!(
+        errno_of(fs::remove_file(pk.join("pkgdir/app-misc/a-1.gpkg.tar"))),
+        erofs
+    );
+    assert_eq!(errno_of(fs::create_dir(pk.join("pkgdir/d"))), erofs);
+    assert_eq!(errno_of(fs::create_dir(pk.join("new"))), erofs);
+    assert_eq!(
+        errno_of(fs::rename(pk.join("pkgdir/Packages"), pk.join("pkgdir/P"))),
+        erofs
+    );
+    assert_eq!(
+        fs::read_to_string(conf.join("pkgdir/Packages")).unwrap(),
+        "PACKAGES: 1\n"
+    );
+    // Live: a package a build writes appears, and the index's new contents show.
+    fs::create_dir_all(conf.join("pkgdir/dev-libs")).unwrap();
+    fs::write(conf.join("pkgdir/dev-libs/b-2.gpkg.tar"), "bb").unwrap();
+    fs::write(conf.join("pkgdir/Packages"), "PACKAGES: 2\n").unwrap();
+    assert_eq!(
+        fs::read_to_string(pk.join("pkgdir/dev-libs/b-2.gpkg.tar")).unwrap(),
+        "bb"
+    );
+    let listed: Vec<_> = fs::read_dir(pk.join("pkgdir"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(listed.iter().any(|n| n == "dev-libs"), "{listed:?}");
+    wait_until("the new Packages", Duration::from_secs(3), || {
+        fs::read_to_string(pk.join("pkgdir/Packages")).unwrap() == "PACKAGES: 2\n"
+    });
+    d.stop();
+}
+
+/// A reader still holding the image a config had before an edit cannot fill the page
+/// cache with its old bytes: once the new image is served, its reads fail with ESTALE,
+/// and readers of the new image get only new bytes.
+#[test]
+fn mount_old_image_readers_cannot_pollute_the_new_image() {
+    if !root_and_fuse("mount_old_image_readers_cannot_pollute_the_new_image") {
+        return;
+    }
+    let t = util::tempdir();
+    let (conf, configs) = plain_conf(t.path());
+    let cfg = configs.join("x.toml");
+    fs::write(&cfg, "seed = \"s1\"\n").unwrap();
+    let mp = t.path().join("mp");
+    let d = Daemon::start(util::gentree(), &conf, &configs, &mp, t.path());
+    let tar = mp.join("builds/x.tar");
+    // An image whose 8 MiB of data is all `fill`, under the config's current key.
+    let image = |name: &str, fill: u8| {
+        let key = xattr_str(&tar, "user.gentree.key").unwrap();
+        fake_layer(&conf, &key, name, &[]);
+        let big = conf.join("layers").join(&key).join("root/data/big");
+        fs::write(big, vec![fill; 8 << 20]).unwrap();
+    };
+    image("a", b'A');
+    // The first open builds the index (direct I/O); the next reads through the cache.
+    fs::read(&tar).unwrap();
+    let old = fs::File::open(&tar).unwrap();
+    let mut head = [0u8; 4096];
+    old.read_at(&mut head, 0).unwrap();
+
+    // The config changes: another key, another image, which a reader builds.
+    fs::write(&cfg, "seed = \"s1\"\npackages = [\"app-misc/b\"]\n").unwrap();
+    image("b", b'B');
+    let first = fs::read(&tar).unwrap();
+    // The old reader's page-cache misses now fail instead of caching old bytes.
+    let mut buf = vec![0u8; 64 << 10];
+    let e = old.read_at(&mut buf, 6 << 20).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ESTALE), "{e}");
+    let new = fs::File::open(&tar).unwrap();
+    let mut bytes = vec![0u8; first.len()];
+    new.read_exact_at(&mut bytes, 0).unwrap();
+    assert!(bytes == first, "the cached read differs from the first one");
+    let a_block = [b'A'; 4096];
+    assert!(
+        !bytes.windows(4096).step_by(512).any(|w| w == a_block),
+        "old bytes in the new image"
+    );
+    assert!(bytes.windows(4096).any(|w| w == [b'B'; 4096]));
+    drop((old, new));
+    d.stop();
 }
