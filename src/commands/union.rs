@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use super::{CmdResult, daemon};
 use crate::cli::UnionArgs;
-use crate::fs::union::{MountSpec, Mounted, session};
+use crate::fs::union::{MountError, MountSpec, Mounted, session};
 use crate::layers::union::UnionOptions;
 
 pub fn run(args: &UnionArgs) -> CmdResult {
@@ -24,12 +24,22 @@ pub fn run(args: &UnionArgs) -> CmdResult {
     }
 }
 
-/// Mounts and serves until unmounted.
+/// Mounts and serves until unmounted. An unmount that lands before the kernel's INIT
+/// handshake is a clean end too, as for the gentree mount.
 fn serve(spec: &MountSpec) -> CmdResult {
     let fg = daemon::Foreground::start()?;
-    let Mounted { session, unmounter } = session(spec)?;
+    let Mounted { session, unmounter } = match session(spec) {
+        Ok(m) => m,
+        Err(MountError::Mount { source, .. }) if daemon::unmounted_early(&source) => {
+            return daemon::gone_before_ready(&spec.mountpoint);
+        }
+        Err(e) => return Err(e.into()),
+    };
     fg.unmount_on_signal(spec.mountpoint.clone(), unmounter)?;
     tracing::info!("union mounted on {}", spec.mountpoint.display());
-    session.run()?;
-    Ok(ExitCode::SUCCESS)
+    match session.run() {
+        Err(e) if daemon::unmounted_early(&e) => daemon::gone_before_ready(&spec.mountpoint),
+        Err(e) => Err(e.into()),
+        Ok(()) => Ok(ExitCode::SUCCESS),
+    }
 }
