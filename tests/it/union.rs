@@ -857,3 +857,58 @@ fn union_unlinked_open_files_stay_usable() {
     assert_eq!(fs::read_to_string(l.mp("mode.out")).unwrap(), "600\n");
     assert_eq!(errno(fs::metadata(l.mp("tmpf"))), libc::ENOENT);
 }
+
+/// As root the union hands open files to the kernel (FUSE passthrough): writes made by
+/// the kernel alone must still show in stat, a lower file read and closed must take a
+/// write-open (copy-up) right after, and readers of one file share its disk file.
+#[test]
+fn union_passthrough_keeps_sizes_times_and_copy_up() {
+    let t = "union_passthrough_keeps_sizes_times_and_copy_up";
+    if !util::require_root(t) || !util::require_fuse(t) || !util::require_tool(t, "fusermount3") {
+        return;
+    }
+    let l = Layers::new();
+    for i in 0..50 {
+        l.put(&format!("l2/f{i}"), "lower\n");
+    }
+    l.put("l2/kept", "kept\n");
+    let _m = l.mount(&l.rw_opts());
+    // Read, close, then append at once: the kernel's RELEASE of the read-only (lower)
+    // open is asynchronous, and the write-open must not trip over it.
+    for i in 0..50 {
+        let p = l.mp(&format!("f{i}"));
+        assert_eq!(fs::read_to_string(&p).unwrap(), "lower\n");
+        let mut f = fs::OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"appended\n").unwrap();
+        drop(f);
+        assert_eq!(fs::read_to_string(&p).unwrap(), "lower\nappended\n");
+        assert_eq!(fs::metadata(&p).unwrap().len(), 15, "{}", p.display());
+        assert_eq!(
+            fs::read_to_string(l.p(&format!("u/f{i}"))).unwrap(),
+            "lower\nappended\n"
+        );
+        assert_eq!(
+            fs::read_to_string(l.p(&format!("l2/f{i}"))).unwrap(),
+            "lower\n"
+        );
+    }
+    // Size and mtime after writes through an open file, seen by stat while it is open.
+    let p = l.mp("grow");
+    let mut f = fs::File::create(&p).unwrap();
+    let before = fs::metadata(&p).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    f.write_all(&[7u8; 100_000]).unwrap();
+    let during = fs::metadata(&p).unwrap();
+    assert_eq!(during.len(), 100_000);
+    assert!(during.modified().unwrap() > before.modified().unwrap());
+    drop(f);
+    assert_eq!(fs::metadata(l.p("u/grow")).unwrap().len(), 100_000);
+    // Two readers of one lower file at once, then both closed and the file rewritten.
+    let a = fs::File::open(l.mp("kept")).unwrap();
+    let b = fs::read_to_string(l.mp("kept")).unwrap();
+    assert_eq!(b, "kept\n");
+    drop(a);
+    fs::write(l.mp("kept"), "rewritten\n").unwrap();
+    assert_eq!(fs::read_to_string(l.mp("kept")).unwrap(), "rewritten\n");
+    assert_eq!(fs::read_to_string(l.p("l2/kept")).unwrap(), "kept\n");
+}

@@ -13,7 +13,7 @@
 //! while reading the disk (two threads may read the same directory at once; the second
 //! insert wins harmlessly, both results being equal).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
@@ -36,7 +36,8 @@ const OVERRIDES: usize = 256 * 1024;
 /// it is opaque.
 #[derive(Debug)]
 pub struct LowerDir {
-    names: HashSet<OsString>,
+    /// Index into `entries` by name.
+    names: HashMap<OsString, usize>,
     /// The entries in `getdents` order.
     pub entries: Vec<LowerEntry>,
     /// Opaque in any encoding: the union must not look below it.
@@ -46,7 +47,12 @@ pub struct LowerDir {
 impl LowerDir {
     /// True when the layer's directory has an entry of exactly this name.
     pub fn has(&self, name: &OsStr) -> bool {
-        self.names.contains(name)
+        self.names.contains_key(name)
+    }
+
+    /// The entry of this name, if the layer's directory has one.
+    pub fn entry(&self, name: &OsStr) -> Option<&LowerEntry> {
+        self.names.get(name).map(|&i| &self.entries[i])
     }
 }
 
@@ -55,8 +61,9 @@ impl LowerDir {
 pub struct LowerEntry {
     pub name: OsString,
     pub ft: fs::FileType,
-    /// `lstat` of regular files and character devices (whiteout candidates); its
-    /// times are not for presenting (atime moves when the file is read).
+    /// `lstat` of regular files and character devices (whiteout candidates), also
+    /// presented by lookups: a lower file never changes while mounted, only its atime
+    /// may move on reads, which the kernel's long attribute cache would hide anyway.
     pub meta: Option<fs::Metadata>,
 }
 
@@ -163,7 +170,7 @@ fn read_lower_dir(path: &Path) -> io::Result<Option<LowerDir>> {
         Ok(rd) => rd,
         Err(e) if is_absent(&e) => {
             return Ok(Some(LowerDir {
-                names: HashSet::new(),
+                names: HashMap::new(),
                 entries: Vec::new(),
                 opaque: false,
             }));
@@ -172,9 +179,13 @@ fn read_lower_dir(path: &Path) -> io::Result<Option<LowerDir>> {
         Err(e) => return Err(e),
     };
     let entries = list_dir(rd)?;
-    let names: HashSet<OsString> = entries.iter().map(|e| e.name.clone()).collect();
+    let names: HashMap<OsString, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.name.clone(), i))
+        .collect();
     let opaque =
-        names.contains(OsStr::new(whiteout::OPAQUE_MARKER)) || whiteout::is_opaque_dir(path)?;
+        names.contains_key(OsStr::new(whiteout::OPAQUE_MARKER)) || whiteout::is_opaque_dir(path)?;
     Ok(Some(LowerDir {
         names,
         entries,

@@ -152,8 +152,24 @@ pub struct Fh(pub u64);
 
 #[derive(Debug)]
 enum Handle {
-    File(File),
+    /// An open file and whether it is the upper layer's copy.
+    File(Arc<File>, bool),
     Dir(Arc<Vec<DirEntry>>),
+}
+
+/// The disk file behind an open file handle, for the kernel to read and write it
+/// directly (FUSE passthrough).
+#[derive(Debug, Clone)]
+pub struct BackingFile {
+    file: Arc<File>,
+    /// True when the file is the upper layer's copy (else a lower file, read-only).
+    pub upper: bool,
+}
+
+impl std::os::fd::AsFd for BackingFile {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
 }
 
 /// The union of one upper and several lower layers.
@@ -166,6 +182,7 @@ pub struct Union {
     /// Scratch dir for copy-up, on the upper's filesystem.
     work: Option<PathBuf>,
     owner_mode: OwnerMode,
+    no_passthrough: bool,
     tree: tree::Tree,
     /// What the lower layers hold (listings, recorded ownership): they never change.
     lower: lower::LowerCache,
@@ -262,6 +279,7 @@ impl Union {
             read_only: opts.is_read_only(),
             work,
             owner_mode,
+            no_passthrough: opts.no_passthrough,
             tree: tree::Tree::new(Loc::one(0)),
             lower: if opts.volatile_lowers {
                 lower::LowerCache::disabled()
@@ -293,6 +311,27 @@ impl Union {
     /// True when writes fail with EROFS.
     pub fn is_read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// True when asked never to hand files to the kernel (`nopassthrough`).
+    pub fn no_passthrough(&self) -> bool {
+        self.no_passthrough
+    }
+
+    /// True when a layer lives on a stacking filesystem (overlayfs, ecryptfs, FUSE),
+    /// whose files are one level deep already.
+    pub fn layers_on_stacked_fs(&self) -> bool {
+        use nix::sys::statfs::{ECRYPTFS_SUPER_MAGIC, FUSE_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC};
+        self.layers.iter().any(|l| {
+            nix::sys::statfs::statfs(l).is_ok_and(|s| {
+                [
+                    OVERLAYFS_SUPER_MAGIC,
+                    ECRYPTFS_SUPER_MAGIC,
+                    FUSE_SUPER_MAGIC,
+                ]
+                .contains(&s.filesystem_type())
+            })
+        })
     }
 
     fn root_layers(&self) -> io::Result<Vec<usize>> {
@@ -339,7 +378,7 @@ impl Union {
     /// The open file behind `fh`, if it is one.
     fn open_file(&self, fh: Option<Fh>) -> Option<Arc<Handle>> {
         fh.and_then(|fh| self.handle(fh).ok())
-            .filter(|h| matches!(**h, Handle::File(_)))
+            .filter(|h| matches!(**h, Handle::File(..)))
     }
 
     // ----- resolution -------------------------------------------------------------
@@ -372,19 +411,23 @@ impl Union {
         };
         for &l in dir_layers {
             // A lower layer's listing answers for names it lacks without an lstat each
-            // for the name and its whiteout.
+            // for the name and its whiteout, and holds the lstat of its files.
+            let mut listed = None;
             if !self.is_upper(l) {
                 if let Some(d) = self.lower.dir(l, &self.layers[l], dir_path)? {
-                    if !d.has(name) {
-                        if d.has(&whiteout::whiteout_name(name)) {
-                            break;
-                        }
-                        continue;
+                    match d.entry(name) {
+                        None if d.has(&whiteout::whiteout_name(name)) => break,
+                        None => continue,
+                        Some(e) => listed = e.meta.clone(),
                     }
                 }
             }
             let p = self.abs(l, &rel);
-            match enoent_is_none(fs::symlink_metadata(&p))? {
+            let meta = match listed {
+                Some(m) => Some(m),
+                None => enoent_is_none(fs::symlink_metadata(&p))?,
+            };
+            match meta {
                 Some(meta) => {
                     if whiteout::classify(&p, name, &meta) != Marker::Entry {
                         break;
@@ -597,11 +640,11 @@ impl Union {
             .open_file(fh)
             .or_else(|| self.any_open_file(ino))
             .ok_or_else(|| errno(libc::ENOENT))?;
-        let Handle::File(f) = &*h else {
+        let Handle::File(f, _) = &*h else {
             return Err(errno(libc::ENOENT));
         };
         let meta = f.metadata()?;
-        let ov = match xattr::FileExt::get_xattr(f, OVERRIDE_XATTR) {
+        let ov = match xattr::FileExt::get_xattr(&**f, OVERRIDE_XATTR) {
             Ok(Some(v)) => OverrideStat::parse(&v).ok(),
             _ => None,
         };
@@ -1033,7 +1076,7 @@ impl Union {
                 File::open(self.abs(0, &info.path))?
             }
         };
-        Ok((attr, self.put_file(attr.node, f)))
+        Ok((attr, self.put_file(attr.node, f, true)))
     }
 
     /// Makes a hard link `newparent/newname` to `ino`.
@@ -1207,7 +1250,7 @@ impl Union {
         if detached {
             return self.setattr_unlinked(ino, set, open.as_deref());
         }
-        if let (Some(size), Some(Handle::File(f))) = (set.size, open.as_deref()) {
+        if let (Some(size), Some(Handle::File(f, _))) = (set.size, open.as_deref()) {
             // Through the handle: works for open, unlinked files too.
             self.writable()?;
             f.set_len(size)?;
@@ -1246,7 +1289,7 @@ impl Union {
     fn setattr_unlinked(&self, ino: Ino, set: SetAttr, open: Option<&Handle>) -> io::Result<Attr> {
         self.writable()?;
         let info = self.tree.get(ino).ok_or_else(|| errno(libc::ESTALE))?;
-        let Some(Handle::File(f)) = open else {
+        let Some(Handle::File(f, _)) = open else {
             return Err(errno(libc::ENOENT));
         };
         if !self.is_upper(info.loc.top()) {
@@ -1383,7 +1426,18 @@ impl Union {
     fn file(&self, fh: Fh) -> io::Result<Arc<Handle>> {
         let h = self.handle(fh)?;
         match *h {
-            Handle::File(_) => Ok(h),
+            Handle::File(..) => Ok(h),
+            Handle::Dir(_) => Err(errno(libc::EISDIR)),
+        }
+    }
+
+    /// The disk file behind the open file `fh` (for FUSE passthrough).
+    pub fn backing_file(&self, fh: Fh) -> io::Result<BackingFile> {
+        match &*self.handle(fh)? {
+            Handle::File(f, upper) => Ok(BackingFile {
+                file: f.clone(),
+                upper: *upper,
+            }),
             Handle::Dir(_) => Err(errno(libc::EISDIR)),
         }
     }
@@ -1392,8 +1446,8 @@ impl Union {
     pub fn open(&self, ino: Ino, flags: i32) -> io::Result<Fh> {
         let acc = flags & libc::O_ACCMODE;
         let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-        if let Some(f) = self.reopen_unlinked(ino, acc, write)? {
-            return Ok(self.put_file(ino, f));
+        if let Some((f, upper)) = self.reopen_unlinked(ino, acc, write)? {
+            return Ok(self.put_file(ino, f, upper));
         }
         let info = if write {
             self.copy_up(ino)?
@@ -1409,14 +1463,14 @@ impl Union {
             .write(acc != libc::O_RDONLY)
             .custom_flags((flags & keep) | libc::O_NOFOLLOW)
             .open(path)?;
-        Ok(self.put_file(ino, f))
+        Ok(self.put_file(ino, f, self.is_upper(info.loc.top())))
     }
 
     /// An unlinked node that is still open elsewhere is reopened through one of its
     /// open files (`/proc/self/fd/N`), as the kernel does for `/proc/PID/fd` links.
     /// A write-open is allowed only when that file is in the upper layer: a lower file
     /// must never be written.
-    fn reopen_unlinked(&self, ino: Ino, acc: i32, write: bool) -> io::Result<Option<File>> {
+    fn reopen_unlinked(&self, ino: Ino, acc: i32, write: bool) -> io::Result<Option<(File, bool)>> {
         let info = self.tree.get(ino).ok_or_else(|| errno(libc::ESTALE))?;
         if info.attached {
             return Ok(None);
@@ -1427,7 +1481,7 @@ impl Union {
         if write && !self.is_upper(info.loc.top()) {
             return Err(errno(libc::ENOENT));
         }
-        let Handle::File(f) = &*h else {
+        let Handle::File(f, upper) = &*h else {
             return Err(errno(libc::ENOENT));
         };
         use std::os::fd::AsRawFd;
@@ -1435,12 +1489,12 @@ impl Union {
             .read(acc != libc::O_WRONLY)
             .write(acc != libc::O_RDONLY)
             .open(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
-        Ok(Some(f))
+        Ok(Some((f, *upper)))
     }
 
     /// Registers an open file of `ino`.
-    fn put_file(&self, ino: Ino, f: File) -> Fh {
-        let fh = self.put_handle(Handle::File(f));
+    fn put_file(&self, ino: Ino, f: File, upper: bool) -> Fh {
+        let fh = self.put_handle(Handle::File(Arc::new(f), upper));
         self.open_files.lock().entry(ino).or_default().push(fh);
         fh
     }
@@ -1454,7 +1508,7 @@ impl Union {
     /// Reads up to `size` bytes at `offset`; short only at end of file.
     pub fn read(&self, fh: Fh, offset: u64, size: u32) -> io::Result<Vec<u8>> {
         let h = self.file(fh)?;
-        let Handle::File(f) = &*h else {
+        let Handle::File(f, _) = &*h else {
             return Err(errno(libc::EISDIR));
         };
         let mut buf = vec![0u8; size as usize];
@@ -1480,7 +1534,7 @@ impl Union {
     /// Writes `data` at `offset`; returns the bytes written.
     pub fn write(&self, fh: Fh, offset: u64, data: &[u8]) -> io::Result<usize> {
         let h = self.file(fh)?;
-        let Handle::File(f) = &*h else {
+        let Handle::File(f, _) = &*h else {
             return Err(errno(libc::EISDIR));
         };
         f.write_all_at(data, offset)?;
@@ -1490,7 +1544,7 @@ impl Union {
     /// Flushes a file to disk.
     pub fn fsync(&self, fh: Fh, datasync: bool) -> io::Result<()> {
         let h = self.file(fh)?;
-        let Handle::File(f) = &*h else {
+        let Handle::File(f, _) = &*h else {
             return Err(errno(libc::EISDIR));
         };
         if datasync {
@@ -1512,7 +1566,7 @@ impl Union {
     /// Allocates or punches space in an open file (`fallocate(2)` mode bits).
     pub fn fallocate(&self, fh: Fh, offset: u64, len: u64, mode: i32) -> io::Result<()> {
         let h = self.file(fh)?;
-        let Handle::File(f) = &*h else {
+        let Handle::File(f, _) = &*h else {
             return Err(errno(libc::EISDIR));
         };
         let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
@@ -1586,7 +1640,7 @@ impl Union {
     pub fn readdir(&self, fh: Fh) -> io::Result<Arc<Vec<DirEntry>>> {
         match &*self.handle(fh)? {
             Handle::Dir(d) => Ok(d.clone()),
-            Handle::File(_) => Err(errno(libc::ENOTDIR)),
+            Handle::File(..) => Err(errno(libc::ENOTDIR)),
         }
     }
 
