@@ -912,3 +912,28 @@ fn union_passthrough_keeps_sizes_times_and_copy_up() {
     assert_eq!(fs::read_to_string(l.mp("kept")).unwrap(), "rewritten\n");
     assert_eq!(fs::read_to_string(l.p("l2/kept")).unwrap(), "kept\n");
 }
+
+/// A name missing from every layer is cached by the kernel as a negative entry, but
+/// only as long as an upper entry (one second): a file put into the upper dir behind
+/// the union's back shows after that; one created through the union shows at once.
+#[test]
+fn union_negative_entries_expire_like_upper_ones() {
+    let t = "union_negative_entries_expire_like_upper_ones";
+    if !util::require_fuse(t) || !util::require_tool(t, "fusermount3") {
+        return;
+    }
+    let l = Layers::new();
+    fill_lowers(&l);
+    let _m = l.mount(&l.rw_opts());
+    assert_eq!(errno(fs::symlink_metadata(l.mp("late"))), libc::ENOENT);
+    assert_eq!(errno(fs::symlink_metadata(l.mp("made"))), libc::ENOENT);
+    fs::write(l.mp("made"), "through the union").unwrap();
+    assert_eq!(
+        fs::read_to_string(l.mp("made")).unwrap(),
+        "through the union"
+    );
+    fs::write(l.p("u/late"), "behind its back").unwrap();
+    wait_for("the upper's new file to show", || l.mp("late").exists());
+    fs::remove_file(l.mp("made")).unwrap();
+    assert_eq!(errno(fs::symlink_metadata(l.mp("made"))), libc::ENOENT);
+}

@@ -77,7 +77,8 @@ pub fn list_dir(rd: fs::ReadDir) -> io::Result<Vec<LowerEntry>> {
         let ft = entry.file_type()?;
         let mut meta = None;
         if ft.is_file() || ft.is_char_device() {
-            match fs::symlink_metadata(entry.path()) {
+            // Relative to the open directory (fstatat), not a walk of the full path.
+            match entry.metadata() {
                 Ok(m) => meta = Some(m),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),

@@ -394,6 +394,40 @@ impl Union {
         if whiteout::classify_name(name) != Marker::Entry {
             return Ok(None);
         }
+        let listings = self.listings(dir_path, dir_layers)?;
+        self.resolve_listed(dir_path, dir_layers, &listings, name)
+    }
+
+    /// The cached listings of directory `dir_path` in each of `dir_layers` (`None` for
+    /// the upper layer and unlistable directories), for [`Union::resolve_listed`].
+    fn listings(
+        &self,
+        dir_path: &Path,
+        dir_layers: &[usize],
+    ) -> io::Result<Vec<Option<Arc<lower::LowerDir>>>> {
+        let mut out = Vec::with_capacity(dir_layers.len());
+        for &l in dir_layers {
+            out.push(if self.is_upper(l) {
+                None
+            } else {
+                self.lower.dir(l, &self.layers[l], dir_path)?
+            });
+        }
+        Ok(out)
+    }
+
+    /// [`Union::resolve_in`] with the directory's listings at hand (`listings[i]` is
+    /// the listing in `dir_layers[i]`).
+    fn resolve_listed(
+        &self,
+        dir_path: &Path,
+        dir_layers: &[usize],
+        listings: &[Option<Arc<lower::LowerDir>>],
+        name: &OsStr,
+    ) -> io::Result<Option<(Loc, Metadata)>> {
+        if whiteout::classify_name(name) != Marker::Entry {
+            return Ok(None);
+        }
         let rel = dir_path.join(name);
         let mut found: Option<(Loc, Metadata)> = None;
         let last = dir_layers.last().copied();
@@ -409,17 +443,15 @@ impl Union {
             }
             whiteout::is_opaque_dir(p)
         };
-        for &l in dir_layers {
+        for (i, &l) in dir_layers.iter().enumerate() {
             // A lower layer's listing answers for names it lacks without an lstat each
             // for the name and its whiteout, and holds the lstat of its files.
             let mut listed = None;
-            if !self.is_upper(l) {
-                if let Some(d) = self.lower.dir(l, &self.layers[l], dir_path)? {
-                    match d.entry(name) {
-                        None if d.has(&whiteout::whiteout_name(name)) => break,
-                        None => continue,
-                        Some(e) => listed = e.meta.clone(),
-                    }
+            if let Some(Some(d)) = listings.get(i) {
+                match d.entry(name) {
+                    None if d.has(&whiteout::whiteout_name(name)) => break,
+                    None => continue,
+                    Some(e) => listed = e.meta.clone(),
                 }
             }
             let p = self.abs(l, &rel);
@@ -565,8 +597,20 @@ impl Union {
     }
 
     fn lookup_in(&self, parent: Ino, pinfo: &tree::NodeInfo, name: &OsStr) -> io::Result<Attr> {
+        let listings = self.listings(&pinfo.path, &pinfo.loc.layers)?;
+        self.lookup_listed(parent, pinfo, &listings, name)
+    }
+
+    /// [`Union::lookup_in`] with the parent's listings at hand ([`Union::listings`]).
+    fn lookup_listed(
+        &self,
+        parent: Ino,
+        pinfo: &tree::NodeInfo,
+        listings: &[Option<Arc<lower::LowerDir>>],
+        name: &OsStr,
+    ) -> io::Result<Attr> {
         let (loc, meta) = self
-            .resolve_child(pinfo, name)?
+            .resolve_listed(&pinfo.path, &pinfo.loc.layers, listings, name)?
             .ok_or_else(|| errno(libc::ENOENT))?;
         let key = self.link_key(&loc, &meta);
         let id = self.tree.insert(parent, name, loc.clone(), key, true);
@@ -593,6 +637,8 @@ impl Union {
         let entries = self.readdir(fh)?;
         let pinfo = self.node(dir)?;
         let dir_attr = self.getattr(dir, None)?;
+        // One fetch of the layers' listings serves every entry of this reply.
+        let listings = self.listings(&pinfo.path, &pinfo.loc.layers)?;
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             let dots = e.name == "." || e.name == "..";
             let attr = if dots {
@@ -603,7 +649,7 @@ impl Union {
                     ..dir_attr
                 }
             } else {
-                match self.lookup_in(dir, &pinfo, &e.name) {
+                match self.lookup_listed(dir, &pinfo, &listings, &e.name) {
                     Ok(a) => a,
                     Err(_) => continue,
                 }
@@ -780,6 +826,7 @@ impl Union {
         let force_record = kind_on_disk != eff.kind;
         self.apply_owner(
             tmp,
+            &fs::symlink_metadata(tmp)?,
             eff.kind,
             eff.uid,
             eff.gid,
@@ -825,21 +872,25 @@ impl Union {
         }
     }
 
-    /// Gives `path` the owner, group and mode the image should show: by chown/chmod, or
-    /// recorded in the override xattr (always when `record`, when the mode says so, or
-    /// when a real chown is refused).
+    /// Gives `path` (whose `lstat` is `meta`) the owner, group and mode the image should
+    /// show: by chown/chmod, or recorded in the override xattr (always when `record`,
+    /// when the mode says so, or when a real chown is refused). Returns the record the
+    /// file carries afterwards: `record` is set only for files that had one (or must
+    /// get one), so `None` means it has none.
+    #[allow(clippy::too_many_arguments)]
     fn apply_owner(
         &self,
         path: &Path,
+        meta: &Metadata,
         kind: FileKind,
         uid: u32,
         gid: u32,
         perm: u32,
         record: bool,
-    ) -> io::Result<()> {
-        let meta = fs::symlink_metadata(path)?;
+    ) -> io::Result<Option<OverrideStat>> {
         let is_symlink = meta.file_type().is_symlink();
         let mut record = record || self.owner_mode == OwnerMode::Record;
+        let mut chowned = false;
         if !record && (meta.uid() != uid || meta.gid() != gid) {
             match nix::unistd::fchownat(
                 AT_FDCWD,
@@ -848,33 +899,41 @@ impl Union {
                 Some(nix::unistd::Gid::from_raw(gid)),
                 AtFlags::AT_SYMLINK_NOFOLLOW,
             ) {
-                Ok(()) => {}
+                Ok(()) => chowned = true,
                 Err(nix::Error::EPERM) | Err(nix::Error::EINVAL) => record = true,
                 Err(e) => return Err(nix_err(e)),
             }
         }
         if is_symlink {
             // Symlinks carry neither modes nor user xattrs on Linux.
-            return Ok(());
+            return Ok(None);
         }
         let ft = meta.file_type();
+        let chmod = |mode: u32| fs::set_permissions(path, fs::Permissions::from_mode(mode));
         if record && !ft.is_file() && !ft.is_dir() {
             // Fifos and sockets cannot carry user xattrs: keep the real mode, and the
             // owner the daemon could give them.
-            return fs::set_permissions(path, fs::Permissions::from_mode(perm & 0o7777));
+            chmod(perm & 0o7777)?;
+            return Ok(None);
         }
         if record {
-            fs::set_permissions(path, fs::Permissions::from_mode(accessible(perm, kind)))?;
-            let on_disk = FileKind::of(&meta);
-            OverrideStat {
+            chmod(accessible(perm, kind))?;
+            let on_disk = FileKind::of(meta);
+            let ov = OverrideStat {
                 uid,
                 gid,
                 mode: perm & 0o7777,
                 kind: (on_disk != kind).then_some(kind),
-            }
-            .write(path)
+            };
+            ov.write(path)?;
+            Ok(Some(ov))
         } else {
-            fs::set_permissions(path, fs::Permissions::from_mode(perm & 0o7777))
+            // A real chown drops setuid/setgid bits: put them back.
+            let want = perm & 0o7777;
+            if meta.mode() & 0o7777 != want || (chowned && want & 0o6000 != 0) {
+                chmod(want)?;
+            }
+            Ok(None)
         }
     }
 
@@ -941,6 +1000,7 @@ impl Union {
         name: &OsStr,
         dst: &Path,
         had_whiteout: bool,
+        known_ov: Option<Option<OverrideStat>>,
     ) -> io::Result<Attr> {
         self.settle_whiteout(pinfo, name, dst, had_whiteout)?;
         self.tree.detach(parent, name);
@@ -948,7 +1008,10 @@ impl Union {
         let loc = Loc::one(0);
         let key = self.link_key(&loc, &meta);
         let id = self.tree.insert(parent, name, loc.clone(), key, true);
-        self.attr(id, id.0, &loc, &meta, dst)
+        match known_ov {
+            Some(ov) => Ok(self.attr_from(id, id.0, &loc, &meta, ov.as_ref())),
+            None => self.attr(id, id.0, &loc, &meta, dst),
+        }
     }
 
     /// The owner group and permission bits of a new entry, honouring a setgid parent.
@@ -979,11 +1042,17 @@ impl Union {
         let (pinfo, dst, had_wh) = self.prepare_new(parent, name)?;
         let (gid, perm) = self.new_owner(&pinfo, caller, perm & 0o7777, kind == FileKind::Dir)?;
         let on_disk = make(&dst)?;
-        if let Err(e) = self.apply_owner(&dst, kind, caller.uid, gid, perm, on_disk != kind) {
-            let _ = remove_any(&dst);
-            return Err(e);
-        }
-        self.finish_new(parent, &pinfo, name, &dst, had_wh)
+        let owned = fs::symlink_metadata(&dst).and_then(|meta| {
+            self.apply_owner(&dst, &meta, kind, caller.uid, gid, perm, on_disk != kind)
+        });
+        let ov = match owned {
+            Ok(ov) => ov,
+            Err(e) => {
+                let _ = remove_any(&dst);
+                return Err(e);
+            }
+        };
+        self.finish_new(parent, &pinfo, name, &dst, had_wh, Some(ov))
     }
 
     /// Creates a directory.
@@ -1264,6 +1333,8 @@ impl Union {
         if let (Some(size), None) = (set.size, &open) {
             OpenOptions::new().write(true).open(&path)?.set_len(size)?;
         }
+        // The record after the changes, when known (spares re-reading it).
+        let mut known_ov = None;
         if set.mode.is_some() || set.uid.is_some() || set.gid.is_some() {
             let meta = fs::symlink_metadata(&path)?;
             let ov = if meta.file_type().is_symlink() {
@@ -1276,11 +1347,17 @@ impl Union {
             let gid = set.gid.unwrap_or(eff.gid);
             let perm = set.mode.map_or(eff.perm, |m| m & 0o7777);
             let record = ov.is_some() || FileKind::of(&meta) != eff.kind;
-            self.apply_owner(&path, eff.kind, uid, gid, perm, record)?;
+            known_ov = Some(self.apply_owner(&path, &meta, eff.kind, uid, gid, perm, record)?);
         }
         if set.atime.is_some() || set.mtime.is_some() {
             set_times(&path, set.atime, set.mtime)?;
         }
+        if let Some(ov) = known_ov {
+            if let Ok(meta) = fs::symlink_metadata(&path) {
+                return Ok(self.attr_from(ino, info.st_ino, &info.loc, &meta, ov.as_ref()));
+            }
+        }
+        // Unknown record, or the name went meanwhile: the general path.
         self.getattr(ino, fh)
     }
 
