@@ -816,6 +816,24 @@ fn union_names_a_layer_the_user_cannot_read() {
     assert!(!mounted(&l.p("mp")));
 }
 
+/// Runs a bash script in the mount (TMPDIR there too); fails the test on failure and
+/// returns its stdout.
+fn bash_in_mount(l: &Layers, script: &str) -> String {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .current_dir(l.p("mp"))
+        .env("TMPDIR", l.p("mp"))
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Shells keep here-documents in unlinked temp files and read them through the open
 /// descriptor; tools reopen `/proc/self/fd/N` of unlinked files. Portage's `newins -`
 /// does both, so a build on the union depends on it.
@@ -837,18 +855,7 @@ fn union_unlinked_open_files_stay_usable() {
          exec 3<>tmpf; rm tmpf; echo data >&3; cat /proc/self/fd/3 > reopen.out; \
          chmod 600 /proc/self/fd/3; stat -L -c %a /proc/self/fd/3 > mode.out"
     );
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(&script)
-        .current_dir(l.p("mp"))
-        .env("TMPDIR", l.p("mp"))
-        .output()
-        .expect("bash");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    bash_in_mount(&l, &script);
     assert_eq!(
         fs::read_to_string(l.mp("heredoc.out")).unwrap(),
         format!("{big}\n")
@@ -936,4 +943,38 @@ fn union_negative_entries_expire_like_upper_ones() {
     wait_for("the upper's new file to show", || l.mp("late").exists());
     fs::remove_file(l.mp("made")).unwrap();
     assert_eq!(errno(fs::symlink_metadata(l.mp("made"))), libc::ENOENT);
+}
+
+/// A merged tree deeper than PATH_MAX on the host (each step reached relatively, as
+/// the kernel allows): create, write, rename, link, chmod, xattr and remove down there.
+#[test]
+fn union_works_below_path_max_on_the_host() {
+    let t = "union_works_below_path_max_on_the_host";
+    if !util::require_fuse(t)
+        || !util::require_tool(t, "fusermount3")
+        || !util::require_tool(t, "bash")
+        || !util::require_tool(t, "find")
+    {
+        return;
+    }
+    let l = Layers::new();
+    fill_lowers(&l);
+    let _m = l.mount(&l.rw_opts());
+    // 30 levels of 200-byte names: 6 KB below the mount, more with the upper's root.
+    let name = "d".repeat(200);
+    let script = format!(
+        "set -e; for i in $(seq 30); do mkdir {name}; cd {name}; done; \
+         echo deep > f; mv f g; ln g h; ln -s g s; chmod 640 g; \
+         mkfifo p; mkdir sub; rmdir sub; rm p; \
+         test \"$(cat h)\" = deep; test \"$(readlink s)\" = g; \
+         test \"$(stat -c %a%h g)\" = 6402; ls"
+    );
+    assert_eq!(bash_in_mount(&l, &script), "g\nh\ns\n");
+    // The files are in the upper layer, at full depth.
+    let found = Command::new("find")
+        .arg(l.p("u"))
+        .args(["-name", "g", "-printf", "%d %s\n"])
+        .output()
+        .expect("find");
+    assert_eq!(String::from_utf8_lossy(&found.stdout), "31 5\n");
 }

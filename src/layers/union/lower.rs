@@ -140,12 +140,8 @@ impl LowerCache {
         if let Some(hit) = self.dirs.lock().get(&key) {
             return Ok(hit.clone());
         }
-        let path = if rel.as_os_str().is_empty() {
-            root.to_path_buf()
-        } else {
-            root.join(rel)
-        };
-        let listed = read_lower_dir(&path)?.map(Arc::new);
+        let path = super::hostpath::HostPath::new(root, rel);
+        let listed = read_lower_dir(path.as_path())?.map(Arc::new);
         if self.enabled {
             self.dirs.lock().put(key, listed.clone());
         }
@@ -159,7 +155,8 @@ impl LowerCache {
             return Ok(*hit);
         }
         let ov = OverrideStat::read(path)?;
-        if self.enabled {
+        // A shortened path (through an fd link) names nothing stable: not a key.
+        if self.enabled && !path.starts_with("/proc/self/fd") {
             self.overrides.lock().put(key, ov);
         }
         Ok(ov)

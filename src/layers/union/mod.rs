@@ -27,6 +27,7 @@
 //! disk I/O: the node arena ([`tree`]) and the handle table are locked only to look up
 //! or insert.
 
+pub mod hostpath;
 pub mod lower;
 pub mod options;
 pub mod tree;
@@ -49,6 +50,7 @@ use parking_lot::RwLock;
 
 use crate::layers::ownership::{self, Effective, FileKind, OVERRIDE_XATTR, OverrideStat};
 use crate::layers::whiteout::{self, Marker};
+use hostpath::HostPath;
 
 pub use options::{OptionsError, UnionOptions};
 pub use tree::{Ino, LinkKey, Loc, ROOT};
@@ -345,12 +347,9 @@ impl Union {
         Ok(out)
     }
 
-    fn abs(&self, layer: usize, rel: &Path) -> PathBuf {
-        if rel.as_os_str().is_empty() {
-            self.layers[layer].clone()
-        } else {
-            self.layers[layer].join(rel)
-        }
+    /// The host path of `rel` in layer `layer` (shortened when over `PATH_MAX`).
+    fn abs(&self, layer: usize, rel: &Path) -> HostPath {
+        HostPath::new(&self.layers[layer], rel)
     }
 
     fn is_upper(&self, layer: usize) -> bool {
@@ -454,21 +453,22 @@ impl Union {
                     Some(e) => listed = e.meta.clone(),
                 }
             }
-            let p = self.abs(l, &rel);
+            let p_host = self.abs(l, &rel);
+            let p = p_host.as_path();
             let meta = match listed {
                 Some(m) => Some(m),
-                None => enoent_is_none(fs::symlink_metadata(&p))?,
+                None => enoent_is_none(fs::symlink_metadata(p))?,
             };
             match meta {
                 Some(meta) => {
-                    if whiteout::classify(&p, name, &meta) != Marker::Entry {
+                    if whiteout::classify(p, name, &meta) != Marker::Entry {
                         break;
                     }
                     match &mut found {
                         None => {
                             let is_dir = meta.is_dir();
                             found = Some((Loc::one(l), meta));
-                            if !is_dir || opaque(l, &p)? {
+                            if !is_dir || opaque(l, p)? {
                                 break;
                             }
                         }
@@ -477,14 +477,14 @@ impl Union {
                                 break;
                             }
                             loc.layers.push(l);
-                            if opaque(l, &p)? {
+                            if opaque(l, p)? {
                                 break;
                             }
                         }
                     }
                 }
                 None => {
-                    if has_whiteout_file(&self.abs(l, dir_path), name)? {
+                    if has_whiteout_file(self.abs(l, dir_path).as_path(), name)? {
                         break;
                     }
                 }
@@ -614,8 +614,9 @@ impl Union {
             .ok_or_else(|| errno(libc::ENOENT))?;
         let key = self.link_key(&loc, &meta);
         let id = self.tree.insert(parent, name, loc.clone(), key, true);
-        let path = self.abs(loc.top(), &pinfo.path.join(name));
-        let attr = self.attr(id, id.0, &loc, &meta, &path)?;
+        let path_host = self.abs(loc.top(), &pinfo.path.join(name));
+        let path = path_host.as_path();
+        let attr = self.attr(id, id.0, &loc, &meta, path)?;
         Ok(Attr {
             uncached_entry: matches!(key, Some(LinkKey::Lower(..))),
             ..attr
@@ -675,9 +676,10 @@ impl Union {
     pub fn getattr(&self, ino: Ino, fh: Option<Fh>) -> io::Result<Attr> {
         let info = self.tree.get(ino).ok_or_else(|| errno(libc::ESTALE))?;
         if info.attached {
-            let p = self.abs(info.loc.top(), &info.path);
-            match fs::symlink_metadata(&p) {
-                Ok(meta) => return self.attr(ino, info.st_ino, &info.loc, &meta, &p),
+            let p_host = self.abs(info.loc.top(), &info.path);
+            let p = p_host.as_path();
+            match fs::symlink_metadata(p) {
+                Ok(meta) => return self.attr(ino, info.st_ino, &info.loc, &meta, p),
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 Err(_) => {}
             }
@@ -741,8 +743,10 @@ impl Union {
         if ino != ROOT {
             self.copy_up(info.parent)?;
         }
-        let src = self.abs(info.loc.top(), &info.path);
-        let dst = self.abs(0, &info.path);
+        let src_host = self.abs(info.loc.top(), &info.path);
+        let src = src_host.as_path();
+        let dst_host = self.abs(0, &info.path);
+        let dst = dst_host.as_path();
         // Linking the copy in is no change the user made: the upper parent keeps its
         // times, as kernel overlayfs restores them (ovl_set_timestamps) after copy-up.
         let dst_parent = dst.parent().map(Path::to_path_buf);
@@ -750,20 +754,14 @@ impl Union {
             Some(p) if ino != ROOT => Some(fs::symlink_metadata(p)?),
             _ => None,
         };
-        let meta = fs::symlink_metadata(&src)?;
+        let meta = fs::symlink_metadata(src)?;
         let tmp = self.tmp_path()?;
-        let built = self.build_copy(&src, &meta, &tmp);
+        let built = self.build_copy(src, &meta, &tmp);
         if let Err(e) = built {
             let _ = remove_any(&tmp);
             return Err(e);
         }
-        match nix::fcntl::renameat2(
-            AT_FDCWD,
-            &tmp,
-            AT_FDCWD,
-            &dst,
-            RenameFlags::RENAME_NOREPLACE,
-        ) {
+        match nix::fcntl::renameat2(AT_FDCWD, &tmp, AT_FDCWD, dst, RenameFlags::RENAME_NOREPLACE) {
             Ok(()) => {
                 // Best effort, as in the kernel: the copy is in place, and a parent the
                 // daemon may not set times on (not its own) just keeps the new ones.
@@ -946,7 +944,7 @@ impl Union {
         &self,
         parent: Ino,
         name: &OsStr,
-    ) -> io::Result<(tree::NodeInfo, PathBuf, bool)> {
+    ) -> io::Result<(tree::NodeInfo, HostPath, bool)> {
         self.writable()?;
         if whiteout::classify_name(name) != Marker::Entry {
             return Err(errno(libc::EINVAL));
@@ -956,18 +954,19 @@ impl Union {
             return Err(errno(libc::EEXIST));
         }
         let pinfo = self.copy_up(parent)?;
-        let dst = self.abs(0, &pinfo.path.join(name));
+        let dst_host = self.abs(0, &pinfo.path.join(name));
+        let dst = dst_host.as_path();
         let mut had_whiteout = false;
         // A kernel-style whiteout occupies the name itself: it must go first.
-        if let Some(meta) = enoent_is_none(fs::symlink_metadata(&dst))? {
-            if whiteout::classify(&dst, name, &meta) == Marker::Entry {
+        if let Some(meta) = enoent_is_none(fs::symlink_metadata(dst))? {
+            if whiteout::classify(dst, name, &meta) == Marker::Entry {
                 return Err(errno(libc::EEXIST));
             }
-            fs::remove_file(&dst)?;
+            fs::remove_file(dst)?;
             had_whiteout = true;
         }
-        had_whiteout |= has_whiteout_file(&self.abs(0, &pinfo.path), name)?;
-        Ok((pinfo, dst, had_whiteout))
+        had_whiteout |= has_whiteout_file(self.abs(0, &pinfo.path).as_path(), name)?;
+        Ok((pinfo, dst_host, had_whiteout))
     }
 
     /// After a new entry appeared at `dst`: a directory that replaces a whiteout turns
@@ -985,7 +984,8 @@ impl Union {
         if fs::symlink_metadata(dst)?.is_dir() {
             whiteout::write_opaque(dst)?;
         }
-        let wh = self.abs(0, &pinfo.path.join(whiteout::whiteout_name(name)));
+        let wh_host = self.abs(0, &pinfo.path.join(whiteout::whiteout_name(name)));
+        let wh = wh_host.as_path();
         match fs::remove_file(wh) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -1022,7 +1022,7 @@ impl Union {
         perm: u32,
         is_dir: bool,
     ) -> io::Result<(u32, u32)> {
-        let (_, peff) = Effective::of_path(&self.abs(pinfo.loc.top(), &pinfo.path))?;
+        let (_, peff) = Effective::of_path(self.abs(pinfo.loc.top(), &pinfo.path).as_path())?;
         if peff.perm & libc::S_ISGID != 0 {
             let perm = if is_dir { perm | libc::S_ISGID } else { perm };
             return Ok((peff.gid, perm));
@@ -1039,20 +1039,21 @@ impl Union {
         caller: Caller,
         make: impl FnOnce(&Path) -> io::Result<FileKind>,
     ) -> io::Result<Attr> {
-        let (pinfo, dst, had_wh) = self.prepare_new(parent, name)?;
+        let (pinfo, dst_host, had_wh) = self.prepare_new(parent, name)?;
+        let dst = dst_host.as_path();
         let (gid, perm) = self.new_owner(&pinfo, caller, perm & 0o7777, kind == FileKind::Dir)?;
-        let on_disk = make(&dst)?;
-        let owned = fs::symlink_metadata(&dst).and_then(|meta| {
-            self.apply_owner(&dst, &meta, kind, caller.uid, gid, perm, on_disk != kind)
+        let on_disk = make(dst)?;
+        let owned = fs::symlink_metadata(dst).and_then(|meta| {
+            self.apply_owner(dst, &meta, kind, caller.uid, gid, perm, on_disk != kind)
         });
         let ov = match owned {
             Ok(ov) => ov,
             Err(e) => {
-                let _ = remove_any(&dst);
+                let _ = remove_any(dst);
                 return Err(e);
             }
         };
-        self.finish_new(parent, &pinfo, name, &dst, had_wh, Some(ov))
+        self.finish_new(parent, &pinfo, name, dst, had_wh, Some(ov))
     }
 
     /// Creates a directory.
@@ -1151,11 +1152,13 @@ impl Union {
     /// Makes a hard link `newparent/newname` to `ino`.
     pub fn link(&self, ino: Ino, newparent: Ino, newname: &OsStr) -> io::Result<Attr> {
         let info = self.copy_up(ino)?;
-        let (pinfo, dst, had_wh) = self.prepare_new(newparent, newname)?;
-        let src = self.abs(0, &info.path);
-        fs::hard_link(&src, &dst)?;
-        self.settle_whiteout(&pinfo, newname, &dst, had_wh)?;
-        let meta = fs::symlink_metadata(&dst)?;
+        let (pinfo, dst_host, had_wh) = self.prepare_new(newparent, newname)?;
+        let dst = dst_host.as_path();
+        let src_host = self.abs(0, &info.path);
+        let src = src_host.as_path();
+        fs::hard_link(src, dst)?;
+        self.settle_whiteout(&pinfo, newname, dst, had_wh)?;
+        let meta = fs::symlink_metadata(dst)?;
         self.tree.detach(newparent, newname);
         self.tree
             .add_link(ino, newparent, newname, (meta.dev(), meta.ino()));
@@ -1196,16 +1199,17 @@ impl Union {
             pinfo
         };
         if self.is_upper(loc.top()) {
-            let p = self.abs(0, &path);
+            let p_host = self.abs(0, &path);
+            let p = p_host.as_path();
             if dir {
-                clear_markers(&p)?;
-                fs::remove_dir(&p)?;
+                clear_markers(p)?;
+                fs::remove_dir(p)?;
             } else {
-                fs::remove_file(&p)?;
+                fs::remove_file(p)?;
             }
         }
         if needs_whiteout {
-            whiteout::write_whiteout(&self.abs(0, &pinfo.path), name)?;
+            whiteout::write_whiteout(self.abs(0, &pinfo.path).as_path(), name)?;
         }
         self.tree.detach(parent, name);
         Ok(())
@@ -1276,17 +1280,20 @@ impl Union {
         let pinfo = self.node(parent)?;
         // The name given, not the node's path: the node of a hard-link group is known
         // by one of its names, and this rename moves `name` alone.
-        let from = self.abs(0, &pinfo.path.join(name));
-        let to = self.abs(0, &npinfo.path.join(newname));
+        let from_host = self.abs(0, &pinfo.path.join(name));
+        let from = from_host.as_path();
+        let to_host = self.abs(0, &npinfo.path.join(newname));
+        let to = to_host.as_path();
         let target_in_lower = self.lower_has(&npinfo, newname)?;
-        let wh_path = self.abs(0, &npinfo.path.join(whiteout::whiteout_name(newname)));
-        let had_wh = has_whiteout_file(&self.abs(0, &npinfo.path), newname)?;
+        let wh_path_host = self.abs(0, &npinfo.path.join(whiteout::whiteout_name(newname)));
+        let wh_path = wh_path_host.as_path();
+        let had_wh = has_whiteout_file(self.abs(0, &npinfo.path).as_path(), newname)?;
         // A kernel-style whiteout or an emptied merged directory may sit at the target.
-        if let Some(meta) = enoent_is_none(fs::symlink_metadata(&to))? {
+        if let Some(meta) = enoent_is_none(fs::symlink_metadata(to))? {
             if meta.is_dir() && src_dir {
-                clear_markers(&to)?;
-            } else if whiteout::classify(&to, newname, &meta) != Marker::Entry {
-                fs::remove_file(&to)?;
+                clear_markers(to)?;
+            } else if whiteout::classify(to, newname, &meta) != Marker::Entry {
+                fs::remove_file(to)?;
             }
         }
         let rflags = if flags & RENAME_NOREPLACE != 0 {
@@ -1294,15 +1301,15 @@ impl Union {
         } else {
             RenameFlags::empty()
         };
-        nix::fcntl::renameat2(AT_FDCWD, &from, AT_FDCWD, &to, rflags).map_err(nix_err)?;
+        nix::fcntl::renameat2(AT_FDCWD, from, AT_FDCWD, to, rflags).map_err(nix_err)?;
         if src_dir && (target_in_lower || had_wh) {
-            whiteout::write_opaque(&to)?;
+            whiteout::write_opaque(to)?;
         }
         if had_wh {
-            fs::remove_file(&wh_path)?;
+            fs::remove_file(wh_path)?;
         }
         if self.lower_has(&pinfo, name)? {
-            whiteout::write_whiteout(&self.abs(0, &pinfo.path), name)?;
+            whiteout::write_whiteout(self.abs(0, &pinfo.path).as_path(), name)?;
         }
         self.tree.rename(parent, name, newparent, newname);
         Ok(())
@@ -1329,31 +1336,32 @@ impl Union {
             }
         }
         let info = self.copy_up(ino)?;
-        let path = self.abs(0, &info.path);
+        let path_host = self.abs(0, &info.path);
+        let path = path_host.as_path();
         if let (Some(size), None) = (set.size, &open) {
-            OpenOptions::new().write(true).open(&path)?.set_len(size)?;
+            OpenOptions::new().write(true).open(path)?.set_len(size)?;
         }
         // The record after the changes, when known (spares re-reading it).
         let mut known_ov = None;
         if set.mode.is_some() || set.uid.is_some() || set.gid.is_some() {
-            let meta = fs::symlink_metadata(&path)?;
+            let meta = fs::symlink_metadata(path)?;
             let ov = if meta.file_type().is_symlink() {
                 None
             } else {
-                OverrideStat::read(&path)?
+                OverrideStat::read(path)?
             };
             let eff = Effective::new(&meta, ov.as_ref());
             let uid = set.uid.unwrap_or(eff.uid);
             let gid = set.gid.unwrap_or(eff.gid);
             let perm = set.mode.map_or(eff.perm, |m| m & 0o7777);
             let record = ov.is_some() || FileKind::of(&meta) != eff.kind;
-            known_ov = Some(self.apply_owner(&path, &meta, eff.kind, uid, gid, perm, record)?);
+            known_ov = Some(self.apply_owner(path, &meta, eff.kind, uid, gid, perm, record)?);
         }
         if set.atime.is_some() || set.mtime.is_some() {
-            set_times(&path, set.atime, set.mtime)?;
+            set_times(path, set.atime, set.mtime)?;
         }
         if let Some(ov) = known_ov {
-            if let Ok(meta) = fs::symlink_metadata(&path) {
+            if let Ok(meta) = fs::symlink_metadata(path) {
                 return Ok(self.attr_from(ino, info.st_ino, &info.loc, &meta, ov.as_ref()));
             }
         }
@@ -1418,7 +1426,7 @@ impl Union {
 
     // ----- xattrs -----------------------------------------------------------------
 
-    fn top_path(&self, ino: Ino) -> io::Result<PathBuf> {
+    fn top_path(&self, ino: Ino) -> io::Result<HostPath> {
         let info = self.node(ino)?;
         Ok(self.abs(info.loc.top(), &info.path))
     }
@@ -1458,9 +1466,10 @@ impl Union {
             return Err(errno(libc::EPERM));
         }
         let info = self.copy_up(ino)?;
-        let path = self.abs(0, &info.path);
+        let path_host = self.abs(0, &info.path);
+        let path = path_host.as_path();
         if flags & (libc::XATTR_CREATE | libc::XATTR_REPLACE) != 0 {
-            let exists = xattr::get(&path, name)?.is_some();
+            let exists = xattr::get(path, name)?.is_some();
             if flags & libc::XATTR_CREATE != 0 && exists {
                 return Err(errno(libc::EEXIST));
             }
@@ -1468,7 +1477,7 @@ impl Union {
                 return Err(errno(libc::ENODATA));
             }
         }
-        xattr::set(&path, name, value)
+        xattr::set(path, name, value)
     }
 
     /// Removes an xattr (copying up first).
@@ -1531,7 +1540,8 @@ impl Union {
         } else {
             self.node(ino)?
         };
-        let path = self.abs(info.loc.top(), &info.path);
+        let path_host = self.abs(info.loc.top(), &info.path);
+        let path = path_host.as_path();
         // Offsets come with every request, so O_APPEND must not reach the backing file
         // (pwrite on an O_APPEND fd appends on Linux); creation flags were handled.
         let keep = libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME;
@@ -1689,8 +1699,9 @@ impl Union {
             if let Some(meta) = &m.meta {
                 // A device recorded on an empty file lists as the device.
                 if meta.len() == 0 {
-                    let p = self.abs(m.layer, &info.path.join(&m.name));
-                    if let Ok(Some(o)) = OverrideStat::read(&p) {
+                    let p_host = self.abs(m.layer, &info.path.join(&m.name));
+                    let p = p_host.as_path();
+                    if let Ok(Some(o)) = OverrideStat::read(p) {
                         kind = o.kind.unwrap_or(kind);
                     }
                 }
@@ -1763,9 +1774,10 @@ impl Union {
                 // files' metadata also serves hard-link grouping and recorded devices.
                 let mut meta = None;
                 if let Some(m) = &entry.meta {
-                    let p = self.abs(l, &path.join(name));
+                    let p_host = self.abs(l, &path.join(name));
+                    let p = p_host.as_path();
                     if (ft.is_char_device() || !self.is_upper(l))
-                        && whiteout::classify(&p, name, m) != Marker::Entry
+                        && whiteout::classify(p, name, m) != Marker::Entry
                     {
                         layer_whiteouts.push(name.clone());
                         continue;
