@@ -1532,14 +1532,12 @@ impl Union {
     pub fn open(&self, ino: Ino, flags: i32) -> io::Result<Fh> {
         let acc = flags & libc::O_ACCMODE;
         let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-        if let Some((f, upper)) = self.reopen_unlinked(ino, acc, write)? {
+        let info = self.tree.get(ino).ok_or_else(|| errno(libc::ESTALE))?;
+        if !info.attached {
+            let (f, upper) = self.reopen_unlinked(ino, &info, acc, write)?;
             return Ok(self.put_file(ino, f, upper));
         }
-        let info = if write {
-            self.copy_up(ino)?
-        } else {
-            self.node(ino)?
-        };
+        let info = if write { self.copy_up(ino)? } else { info };
         let path_host = self.abs(info.loc.top(), &info.path);
         let path = path_host.as_path();
         // Offsets come with every request, so O_APPEND must not reach the backing file
@@ -1557,11 +1555,13 @@ impl Union {
     /// open files (`/proc/self/fd/N`), as the kernel does for `/proc/PID/fd` links.
     /// A write-open is allowed only when that file is in the upper layer: a lower file
     /// must never be written.
-    fn reopen_unlinked(&self, ino: Ino, acc: i32, write: bool) -> io::Result<Option<(File, bool)>> {
-        let info = self.tree.get(ino).ok_or_else(|| errno(libc::ESTALE))?;
-        if info.attached {
-            return Ok(None);
-        }
+    fn reopen_unlinked(
+        &self,
+        ino: Ino,
+        info: &tree::NodeInfo,
+        acc: i32,
+        write: bool,
+    ) -> io::Result<(File, bool)> {
         let Some(h) = self.any_open_file(ino) else {
             return Err(errno(libc::ENOENT));
         };
@@ -1576,7 +1576,7 @@ impl Union {
             .read(acc != libc::O_WRONLY)
             .write(acc != libc::O_RDONLY)
             .open(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
-        Ok(Some((f, *upper)))
+        Ok((f, *upper))
     }
 
     /// Registers an open file of `ino`.
