@@ -614,9 +614,22 @@ impl Union {
             .ok_or_else(|| errno(libc::ENOENT))?;
         let key = self.link_key(&loc, &meta);
         let id = self.tree.insert(parent, name, loc.clone(), key, true);
-        let path_host = self.abs(loc.top(), &pinfo.path.join(name));
-        let path = path_host.as_path();
-        let attr = self.attr(id, id.0, &loc, &meta, path)?;
+        // The record read with the top layer's listing, if that is a lower one.
+        let listed_ov = pinfo
+            .loc
+            .layers
+            .iter()
+            .position(|&l| l == loc.top())
+            .and_then(|i| listings.get(i)?.as_ref()?.entry(name)?.ov);
+        let attr = match listed_ov {
+            Some(ov) if !meta.file_type().is_symlink() => {
+                self.attr_from(id, id.0, &loc, &meta, ov.as_ref())
+            }
+            _ => {
+                let path_host = self.abs(loc.top(), &pinfo.path.join(name));
+                self.attr(id, id.0, &loc, &meta, path_host.as_path())?
+            }
+        };
         Ok(Attr {
             uncached_entry: matches!(key, Some(LinkKey::Lower(..))),
             ..attr
