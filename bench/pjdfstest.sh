@@ -25,12 +25,12 @@
 # happens to update ctime on rename, so it is worth trying by hand).
 # Expected failures (the run prints them but does not count them as fatal) are listed in
 # the config below, each with its reason: the 40 `::char` cases, which kernel overlayfs
-# fails identically. Not excluded, so they show: the 14 `*::enametoolong_path` cases
-# fail on gentree-fs (not on kernel overlayfs) because the union works on absolute
-# host paths (layer root + merged path), which exceed PATH_MAX when the merged path
-# is close to it; fixing that needs *at() calls relative to directory fds.
+# fails identically. The 14 `*::enametoolong_path` cases pass since host paths over
+# PATH_MAX (layer root + merged path) are reached through an open directory's
+# /proc/self/fd link (src/layers/union/hostpath.rs).
 # Results (2026-11-22, kernel 6.18, pjdfstest 0.2.2, 397 cases):
-#   gentree-fs      320 ok, 54 failed (40 ::char + 14 enametoolong_path), 23 skipped
+#   gentree-fs      334 ok, 40 failed (the ::char cases), 23 skipped
+#                   (before hostpath.rs: 320 ok, 54 failed, incl. 14 enametoolong_path)
 #   overlayfs       334 ok, 40 failed (the ::char cases), 23 skipped
 #   fuse-overlayfs  325 ok, 49 failed (40 ::char, 8 enametoolong_component,
 #                   unlink::open_file_not_freed), 23 skipped

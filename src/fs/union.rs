@@ -13,13 +13,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Config, Errno, FileHandle, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow,
+    WriteFlags,
 };
 
-use crate::layers::union::{Attr, Fh, Ino, SetAttr, Union, UnionOptions};
+use crate::layers::union::{Attr, BackingFile, Fh, Ino, SetAttr, Union, UnionOptions};
 
 /// Page cache policy. Every change to the union passes through the kernel (writes
 /// update its cache, creates and unlinks bump the directory's version), and
@@ -34,6 +35,158 @@ const CACHE_DIR: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOP
 pub struct UnionFs {
     union: Union,
     ttl: Ttl,
+    passthrough: Passthrough,
+}
+
+/// FUSE passthrough: the kernel reads and writes an open file's disk file itself, with
+/// no request to the daemon. Registering a disk file (`FUSE_DEV_IOC_BACKING_OPEN`) needs
+/// `CAP_SYS_ADMIN` in the initial user namespace, so only a privileged union asks for
+/// it; anywhere else, or once the kernel refuses, files are served through the daemon.
+///
+/// The kernel ties one disk file to an inode while any passthrough open of it lasts,
+/// and refuses (EIO to the user) an open that does not use that same file, or a
+/// passthrough open while a cached one lasts. So every open of a node follows the
+/// node's current mode here: the first open picks it, later ones reuse it until the
+/// last one is released.
+#[derive(Debug, Default)]
+struct Passthrough {
+    /// Asked for at INIT and granted: opens are tracked per node.
+    negotiated: bool,
+    /// Negotiated and not refused since: new nodes get backing files.
+    enabled: std::sync::atomic::AtomicBool,
+    state: parking_lot::Mutex<PassthroughState>,
+    /// Signalled whenever a node's last open goes.
+    released: parking_lot::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct PassthroughState {
+    nodes: std::collections::HashMap<u64, NodeIo>,
+    /// The node of each open file handle.
+    handles: std::collections::HashMap<u64, u64>,
+}
+
+/// How the open files of one node are served.
+#[derive(Debug)]
+enum NodeIo {
+    /// Through the daemon (page cache kept).
+    Cached { opens: usize },
+    /// By the kernel from a registered disk file.
+    Backed {
+        id: std::sync::Arc<fuser::BackingId>,
+        upper: bool,
+        opens: usize,
+    },
+}
+
+/// How to answer one open.
+enum OpenIo {
+    Cached,
+    Backed(std::sync::Arc<fuser::BackingId>),
+}
+
+/// How long a write-open waits for the kernel's release of a read-only lower file
+/// (the kernel sends RELEASE asynchronously after close(2)).
+const BACKING_RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+impl Passthrough {
+    fn enabled(&self) -> bool {
+        self.enabled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Decides how open file `fh` of `node` (disk file `file`, opened for writing when
+    /// `write`) is served, registering the disk file through `register` when the node
+    /// gets a backing file.
+    fn open(
+        &self,
+        node: u64,
+        fh: u64,
+        file: &BackingFile,
+        write: bool,
+        register: impl FnOnce(&BackingFile) -> io::Result<fuser::BackingId>,
+    ) -> io::Result<OpenIo> {
+        let mut st = self.state.lock();
+        let deadline = std::time::Instant::now() + BACKING_RELEASE_WAIT;
+        let io = loop {
+            match st.nodes.get_mut(&node) {
+                None => {
+                    let io = self.register(file, register);
+                    let entry = match &io {
+                        OpenIo::Cached => NodeIo::Cached { opens: 1 },
+                        OpenIo::Backed(id) => NodeIo::Backed {
+                            id: id.clone(),
+                            upper: file.upper,
+                            opens: 1,
+                        },
+                    };
+                    st.nodes.insert(node, entry);
+                    break io;
+                }
+                Some(NodeIo::Cached { opens }) => {
+                    *opens += 1;
+                    break OpenIo::Cached;
+                }
+                // A read-only open after a copy-up (by chmod, say) may keep reading the
+                // lower file the node's other opens read: the same data.
+                Some(NodeIo::Backed { id, upper, opens }) if *upper == file.upper || !write => {
+                    *opens += 1;
+                    break OpenIo::Backed(id.clone());
+                }
+                // A write-open of a file copied up while its lower copy is open for
+                // reading: the kernel keeps the lower file until the last reader goes.
+                // Usually that reader is closed already and its RELEASE on its way.
+                Some(NodeIo::Backed { .. }) => {
+                    if self.released.wait_until(&mut st, deadline).timed_out() {
+                        return Err(io::Error::from_raw_os_error(libc::ETXTBSY));
+                    }
+                }
+            }
+        };
+        st.handles.insert(fh, node);
+        Ok(io)
+    }
+
+    fn register(
+        &self,
+        file: &BackingFile,
+        register: impl FnOnce(&BackingFile) -> io::Result<fuser::BackingId>,
+    ) -> OpenIo {
+        if !self.enabled() {
+            return OpenIo::Cached;
+        }
+        match register(file) {
+            Ok(id) => OpenIo::Backed(std::sync::Arc::new(id)),
+            Err(e) => {
+                // EBUSY: the disk file's filesystem stacks too deep; other files may do.
+                if e.raw_os_error() != Some(libc::EBUSY) {
+                    self.enabled
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!("union: FUSE passthrough refused ({e}); serving file data");
+                }
+                OpenIo::Cached
+            }
+        }
+    }
+
+    /// Forgets open file `fh`; the node's backing file goes with its last open.
+    fn release(&self, fh: u64) {
+        let mut st = self.state.lock();
+        let Some(node) = st.handles.remove(&fh) else {
+            return;
+        };
+        let last = match st.nodes.get_mut(&node) {
+            Some(NodeIo::Cached { opens } | NodeIo::Backed { opens, .. }) => {
+                *opens -= 1;
+                *opens == 0
+            }
+            None => false,
+        };
+        if last {
+            // Dropping the last reference closes the backing id (an ioctl, no disk I/O).
+            st.nodes.remove(&node);
+            self.released.notify_all();
+        }
+    }
 }
 
 /// Entry and attribute cache times.
@@ -75,7 +228,40 @@ impl Ttl {
 
 impl UnionFs {
     pub fn new(union: Union, ttl: Ttl) -> UnionFs {
-        UnionFs { union, ttl }
+        UnionFs {
+            union,
+            ttl,
+            passthrough: Passthrough::default(),
+        }
+    }
+
+    /// Asks for FUSE passthrough when the kernel offers it and the daemon may register
+    /// disk files (root of the initial user namespace).
+    fn want_passthrough(&self) -> bool {
+        !self.union.no_passthrough()
+            && nix::unistd::geteuid().is_root()
+            && crate::layers::union::in_initial_userns()
+    }
+
+    /// Answers an open of `ino` whose file is `fh` (opened for writing when `write`).
+    fn reply_open(&self, ino: INodeNo, fh: Fh, write: bool, reply: ReplyOpen) {
+        if !self.passthrough.negotiated {
+            return reply.opened(FileHandle(fh.0), CACHE_FILE);
+        }
+        let io = self.union.backing_file(fh).and_then(|file| {
+            self.passthrough
+                .open(ino.0, fh.0, &file, write, |f| reply.open_backing(f))
+        });
+        match io {
+            Ok(OpenIo::Cached) => reply.opened(FileHandle(fh.0), CACHE_FILE),
+            Ok(OpenIo::Backed(id)) => {
+                reply.opened_passthrough(FileHandle(fh.0), FopenFlags::empty(), &id)
+            }
+            Err(e) => {
+                self.union.release(fh);
+                reply.error(Errno::from(e));
+            }
+        }
     }
 }
 
@@ -105,11 +291,51 @@ impl Filesystem for UnionFs {
         }
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
+        if self.want_passthrough() && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
+            // Disk files on a stacking filesystem (overlayfs) need depth 2; 1 leaves the
+            // union usable as a layer of a kernel overlay.
+            let depth = if self.union.layers_on_stacked_fs() {
+                2
+            } else {
+                1
+            };
+            let _ = config.set_max_stack_depth(depth);
+            self.passthrough.negotiated = true;
+            self.passthrough
+                .enabled
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(reply, self.ttl, self.union.lookup(Ino(parent.0), name));
+        match self.union.lookup(Ino(parent.0), name) {
+            // A name in no layer: a negative entry (node 0) the kernel keeps as long as
+            // an upper entry, so repeated misses (PATH and include searches) stay local.
+            // Every change through the union updates the kernel's dentries itself.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let t = std::time::SystemTime::UNIX_EPOCH;
+                let none = FileAttr {
+                    ino: INodeNo(0),
+                    size: 0,
+                    blocks: 0,
+                    atime: t,
+                    mtime: t,
+                    ctime: t,
+                    crtime: t,
+                    kind: FileType::RegularFile,
+                    perm: 0,
+                    nlink: 0,
+                    uid: 0,
+                    gid: 0,
+                    rdev: 0,
+                    blksize: 0,
+                    flags: 0,
+                };
+                reply.entry_with_ttls(&Duration::ZERO, &self.ttl.upper, &none, Generation(0));
+            }
+            r => reply_entry(reply, self.ttl, r),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -249,8 +475,10 @@ impl Filesystem for UnionFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let acc = flags.0 & libc::O_ACCMODE;
+        let write = acc != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         match self.union.open(Ino(ino.0), flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh.0), CACHE_FILE),
+            Ok(fh) => self.reply_open(ino, fh, write, reply),
             Err(e) => reply.error(Errno::from(e)),
         }
     }
@@ -313,6 +541,9 @@ impl Filesystem for UnionFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if self.passthrough.negotiated {
+            self.passthrough.release(fh.0);
+        }
         self.union.release(Fh(fh.0));
         reply.ok();
     }
@@ -469,18 +700,38 @@ impl Filesystem for UnionFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self
+        let (a, fh) = match self
             .union
             .create(Ino(parent.0), name, mode, flags, caller(req))
         {
-            Ok((a, fh)) => reply.created(
-                &self.ttl.attr(&a),
-                &file_attr(&a),
+            Ok(r) => r,
+            Err(e) => return reply.error(Errno::from(e)),
+        };
+        let (ttl, attr) = (self.ttl.attr(&a), file_attr(&a));
+        let io = if self.passthrough.negotiated {
+            self.union.backing_file(fh).and_then(|file| {
+                self.passthrough
+                    .open(a.node.0, fh.0, &file, true, |f| reply.open_backing(f))
+            })
+        } else {
+            Ok(OpenIo::Cached)
+        };
+        match io {
+            Ok(OpenIo::Cached) => {
+                reply.created(&ttl, &attr, Generation(0), FileHandle(fh.0), CACHE_FILE)
+            }
+            Ok(OpenIo::Backed(id)) => reply.created_passthrough(
+                &ttl,
+                &attr,
                 Generation(0),
                 FileHandle(fh.0),
-                CACHE_FILE,
+                FopenFlags::empty(),
+                &id,
             ),
-            Err(e) => reply.error(Errno::from(e)),
+            Err(e) => {
+                self.union.release(fh);
+                reply.error(Errno::from(e));
+            }
         }
     }
 }

@@ -46,3 +46,62 @@ pub fn adopt_fd(fd: RawFd) -> io::Result<OwnedFd> {
     // nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// `getxattrat(2)` (Linux 6.13+): the value of xattr `name` of the entry `path`
+/// relative to the directory `dir`, without following a final symlink, and without
+/// walking the directory's full path again. `Ok(None)` when the entry has no such
+/// xattr (ENODATA); ENOSYS on older kernels, for the caller to fall back.
+pub fn getxattr_at(
+    dir: std::os::fd::BorrowedFd<'_>,
+    path: &std::ffi::OsStr,
+    name: &str,
+) -> io::Result<Option<Vec<u8>>> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    /// The syscall number, the same on every architecture of the generic table.
+    const SYS_GETXATTRAT: libc::c_long = 464;
+    /// `struct xattr_args` (include/uapi/linux/xattr.h).
+    #[repr(C)]
+    struct XattrArgs {
+        value: u64,
+        size: u32,
+        flags: u32,
+    }
+    let path = std::ffi::CString::new(path.as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let name =
+        std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut buf = vec![0u8; 256];
+    loop {
+        let mut args = XattrArgs {
+            value: buf.as_mut_ptr() as u64,
+            size: buf.len() as u32,
+            flags: 0,
+        };
+        // SAFETY: `path` and `name` are NUL-terminated and outlive the call; `args`
+        // points at `buf`, which is `args.size` bytes long and outlives the call; the
+        // size passed is that of `XattrArgs`, the layout the kernel expects.
+        let r = unsafe {
+            libc::syscall(
+                SYS_GETXATTRAT,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                name.as_ptr(),
+                &mut args as *mut XattrArgs,
+                std::mem::size_of::<XattrArgs>(),
+            )
+        };
+        if r >= 0 {
+            buf.truncate(r as usize);
+            return Ok(Some(buf));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENODATA) => return Ok(None),
+            // The value grew past the buffer: try again with room for the largest.
+            Some(libc::ERANGE) if buf.len() < 65536 => buf.resize(65536, 0),
+            _ => return Err(e),
+        }
+    }
+}

@@ -816,6 +816,24 @@ fn union_names_a_layer_the_user_cannot_read() {
     assert!(!mounted(&l.p("mp")));
 }
 
+/// Runs a bash script in the mount (TMPDIR there too); fails the test on failure and
+/// returns its stdout.
+fn bash_in_mount(l: &Layers, script: &str) -> String {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .current_dir(l.p("mp"))
+        .env("TMPDIR", l.p("mp"))
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Shells keep here-documents in unlinked temp files and read them through the open
 /// descriptor; tools reopen `/proc/self/fd/N` of unlinked files. Portage's `newins -`
 /// does both, so a build on the union depends on it.
@@ -837,18 +855,7 @@ fn union_unlinked_open_files_stay_usable() {
          exec 3<>tmpf; rm tmpf; echo data >&3; cat /proc/self/fd/3 > reopen.out; \
          chmod 600 /proc/self/fd/3; stat -L -c %a /proc/self/fd/3 > mode.out"
     );
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(&script)
-        .current_dir(l.p("mp"))
-        .env("TMPDIR", l.p("mp"))
-        .output()
-        .expect("bash");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    bash_in_mount(&l, &script);
     assert_eq!(
         fs::read_to_string(l.mp("heredoc.out")).unwrap(),
         format!("{big}\n")
@@ -856,4 +863,118 @@ fn union_unlinked_open_files_stay_usable() {
     assert_eq!(fs::read_to_string(l.mp("reopen.out")).unwrap(), "data\n");
     assert_eq!(fs::read_to_string(l.mp("mode.out")).unwrap(), "600\n");
     assert_eq!(errno(fs::metadata(l.mp("tmpf"))), libc::ENOENT);
+}
+
+/// As root the union hands open files to the kernel (FUSE passthrough): writes made by
+/// the kernel alone must still show in stat, a lower file read and closed must take a
+/// write-open (copy-up) right after, and readers of one file share its disk file.
+#[test]
+fn union_passthrough_keeps_sizes_times_and_copy_up() {
+    let t = "union_passthrough_keeps_sizes_times_and_copy_up";
+    if !util::require_root(t) || !util::require_fuse(t) || !util::require_tool(t, "fusermount3") {
+        return;
+    }
+    let l = Layers::new();
+    for i in 0..50 {
+        l.put(&format!("l2/f{i}"), "lower\n");
+    }
+    l.put("l2/kept", "kept\n");
+    let _m = l.mount(&l.rw_opts());
+    // Read, close, then append at once: the kernel's RELEASE of the read-only (lower)
+    // open is asynchronous, and the write-open must not trip over it.
+    for i in 0..50 {
+        let p = l.mp(&format!("f{i}"));
+        assert_eq!(fs::read_to_string(&p).unwrap(), "lower\n");
+        let mut f = fs::OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"appended\n").unwrap();
+        drop(f);
+        assert_eq!(fs::read_to_string(&p).unwrap(), "lower\nappended\n");
+        assert_eq!(fs::metadata(&p).unwrap().len(), 15, "{}", p.display());
+        assert_eq!(
+            fs::read_to_string(l.p(&format!("u/f{i}"))).unwrap(),
+            "lower\nappended\n"
+        );
+        assert_eq!(
+            fs::read_to_string(l.p(&format!("l2/f{i}"))).unwrap(),
+            "lower\n"
+        );
+    }
+    // Size and mtime after writes through an open file, seen by stat while it is open.
+    let p = l.mp("grow");
+    let mut f = fs::File::create(&p).unwrap();
+    let before = fs::metadata(&p).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    f.write_all(&[7u8; 100_000]).unwrap();
+    let during = fs::metadata(&p).unwrap();
+    assert_eq!(during.len(), 100_000);
+    assert!(during.modified().unwrap() > before.modified().unwrap());
+    drop(f);
+    assert_eq!(fs::metadata(l.p("u/grow")).unwrap().len(), 100_000);
+    // Two readers of one lower file at once, then both closed and the file rewritten.
+    let a = fs::File::open(l.mp("kept")).unwrap();
+    let b = fs::read_to_string(l.mp("kept")).unwrap();
+    assert_eq!(b, "kept\n");
+    drop(a);
+    fs::write(l.mp("kept"), "rewritten\n").unwrap();
+    assert_eq!(fs::read_to_string(l.mp("kept")).unwrap(), "rewritten\n");
+    assert_eq!(fs::read_to_string(l.p("l2/kept")).unwrap(), "kept\n");
+}
+
+/// A name missing from every layer is cached by the kernel as a negative entry, but
+/// only as long as an upper entry (one second): a file put into the upper dir behind
+/// the union's back shows after that; one created through the union shows at once.
+#[test]
+fn union_negative_entries_expire_like_upper_ones() {
+    let t = "union_negative_entries_expire_like_upper_ones";
+    if !util::require_fuse(t) || !util::require_tool(t, "fusermount3") {
+        return;
+    }
+    let l = Layers::new();
+    fill_lowers(&l);
+    let _m = l.mount(&l.rw_opts());
+    assert_eq!(errno(fs::symlink_metadata(l.mp("late"))), libc::ENOENT);
+    assert_eq!(errno(fs::symlink_metadata(l.mp("made"))), libc::ENOENT);
+    fs::write(l.mp("made"), "through the union").unwrap();
+    assert_eq!(
+        fs::read_to_string(l.mp("made")).unwrap(),
+        "through the union"
+    );
+    fs::write(l.p("u/late"), "behind its back").unwrap();
+    wait_for("the upper's new file to show", || l.mp("late").exists());
+    fs::remove_file(l.mp("made")).unwrap();
+    assert_eq!(errno(fs::symlink_metadata(l.mp("made"))), libc::ENOENT);
+}
+
+/// A merged tree deeper than PATH_MAX on the host (each step reached relatively, as
+/// the kernel allows): create, write, rename, link, chmod, xattr and remove down there.
+#[test]
+fn union_works_below_path_max_on_the_host() {
+    let t = "union_works_below_path_max_on_the_host";
+    if !util::require_fuse(t)
+        || !util::require_tool(t, "fusermount3")
+        || !util::require_tool(t, "bash")
+        || !util::require_tool(t, "find")
+    {
+        return;
+    }
+    let l = Layers::new();
+    fill_lowers(&l);
+    let _m = l.mount(&l.rw_opts());
+    // 30 levels of 200-byte names: 6 KB below the mount, more with the upper's root.
+    let name = "d".repeat(200);
+    let script = format!(
+        "set -e; for i in $(seq 30); do mkdir {name}; cd {name}; done; \
+         echo deep > f; mv f g; ln g h; ln -s g s; chmod 640 g; \
+         mkfifo p; mkdir sub; rmdir sub; rm p; \
+         test \"$(cat h)\" = deep; test \"$(readlink s)\" = g; \
+         test \"$(stat -c %a%h g)\" = 6402; ls"
+    );
+    assert_eq!(bash_in_mount(&l, &script), "g\nh\ns\n");
+    // The files are in the upper layer, at full depth.
+    let found = Command::new("find")
+        .arg(l.p("u"))
+        .args(["-name", "g", "-printf", "%d %s\n"])
+        .output()
+        .expect("find");
+    assert_eq!(String::from_utf8_lossy(&found.stdout), "31 5\n");
 }

@@ -13,7 +13,7 @@
 //! while reading the disk (two threads may read the same directory at once; the second
 //! insert wins harmlessly, both results being equal).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
@@ -24,7 +24,7 @@ use std::sync::Arc;
 use lru::LruCache;
 use parking_lot::Mutex;
 
-use crate::layers::ownership::OverrideStat;
+use crate::layers::ownership::{self, OVERRIDE_XATTR, OverrideStat};
 use crate::layers::whiteout;
 
 /// Directories whose listings are kept (a few MB for a full Gentoo seed's 10k dirs).
@@ -36,7 +36,8 @@ const OVERRIDES: usize = 256 * 1024;
 /// it is opaque.
 #[derive(Debug)]
 pub struct LowerDir {
-    names: HashSet<OsString>,
+    /// Index into `entries` by name.
+    names: HashMap<OsString, usize>,
     /// The entries in `getdents` order.
     pub entries: Vec<LowerEntry>,
     /// Opaque in any encoding: the union must not look below it.
@@ -46,7 +47,12 @@ pub struct LowerDir {
 impl LowerDir {
     /// True when the layer's directory has an entry of exactly this name.
     pub fn has(&self, name: &OsStr) -> bool {
-        self.names.contains(name)
+        self.names.contains_key(name)
+    }
+
+    /// The entry of this name, if the layer's directory has one.
+    pub fn entry(&self, name: &OsStr) -> Option<&LowerEntry> {
+        self.names.get(name).map(|&i| &self.entries[i])
     }
 }
 
@@ -55,9 +61,13 @@ impl LowerDir {
 pub struct LowerEntry {
     pub name: OsString,
     pub ft: fs::FileType,
-    /// `lstat` of regular files and character devices (whiteout candidates); its
-    /// times are not for presenting (atime moves when the file is read).
+    /// `lstat` of regular files and character devices (whiteout candidates), also
+    /// presented by lookups: a lower file never changes while mounted, only its atime
+    /// may move on reads, which the kernel's long attribute cache would hide anyway.
     pub meta: Option<fs::Metadata>,
+    /// The ownership recorded on a lower file or directory, read with the listing
+    /// (`Some(None)`: none); `None` when not known here (ask [`LowerCache::override_stat`]).
+    pub ov: Option<Option<OverrideStat>>,
 }
 
 /// Lists a directory: every entry with its type, and the `lstat` of regular files and
@@ -70,7 +80,8 @@ pub fn list_dir(rd: fs::ReadDir) -> io::Result<Vec<LowerEntry>> {
         let ft = entry.file_type()?;
         let mut meta = None;
         if ft.is_file() || ft.is_char_device() {
-            match fs::symlink_metadata(entry.path()) {
+            // Relative to the open directory (fstatat), not a walk of the full path.
+            match entry.metadata() {
                 Ok(m) => meta = Some(m),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
@@ -80,6 +91,7 @@ pub fn list_dir(rd: fs::ReadDir) -> io::Result<Vec<LowerEntry>> {
             name: entry.file_name(),
             ft,
             meta,
+            ov: None,
         });
     }
     Ok(out)
@@ -132,12 +144,8 @@ impl LowerCache {
         if let Some(hit) = self.dirs.lock().get(&key) {
             return Ok(hit.clone());
         }
-        let path = if rel.as_os_str().is_empty() {
-            root.to_path_buf()
-        } else {
-            root.join(rel)
-        };
-        let listed = read_lower_dir(&path)?.map(Arc::new);
+        let path = super::hostpath::HostPath::new(root, rel);
+        let listed = read_lower_dir(path.as_path())?.map(Arc::new);
         if self.enabled {
             self.dirs.lock().put(key, listed.clone());
         }
@@ -151,7 +159,8 @@ impl LowerCache {
             return Ok(*hit);
         }
         let ov = OverrideStat::read(path)?;
-        if self.enabled {
+        // A shortened path (through an fd link) names nothing stable: not a key.
+        if self.enabled && !path.starts_with("/proc/self/fd") {
             self.overrides.lock().put(key, ov);
         }
         Ok(ov)
@@ -163,7 +172,7 @@ fn read_lower_dir(path: &Path) -> io::Result<Option<LowerDir>> {
         Ok(rd) => rd,
         Err(e) if is_absent(&e) => {
             return Ok(Some(LowerDir {
-                names: HashSet::new(),
+                names: HashMap::new(),
                 entries: Vec::new(),
                 opaque: false,
             }));
@@ -171,15 +180,54 @@ fn read_lower_dir(path: &Path) -> io::Result<Option<LowerDir>> {
         Err(e) if e.raw_os_error() == Some(libc::EACCES) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let entries = list_dir(rd)?;
-    let names: HashSet<OsString> = entries.iter().map(|e| e.name.clone()).collect();
+    let mut entries = list_dir(rd)?;
+    read_overrides(path, &mut entries);
+    let names: HashMap<OsString, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.name.clone(), i))
+        .collect();
     let opaque =
-        names.contains(OsStr::new(whiteout::OPAQUE_MARKER)) || whiteout::is_opaque_dir(path)?;
+        names.contains_key(OsStr::new(whiteout::OPAQUE_MARKER)) || whiteout::is_opaque_dir(path)?;
     Ok(Some(LowerDir {
         names,
         entries,
         opaque,
     }))
+}
+
+/// False once the kernel said it has no `getxattrat(2)`.
+static GETXATTRAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Reads the ownership records of the files and directories of the listed directory
+/// `dir`, relative to it (`getxattrat`): a lookup then needs no `getxattr` that walks
+/// the whole path again. Entries whose record cannot be read so stay unknown.
+fn read_overrides(dir: &Path, entries: &mut [LowerEntry]) {
+    use std::os::fd::AsFd;
+    use std::sync::atomic::Ordering;
+    if !GETXATTRAT.load(Ordering::Relaxed) {
+        return;
+    }
+    let flags =
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC;
+    let Ok(fd) = nix::fcntl::open(dir, flags, nix::sys::stat::Mode::empty()) else {
+        return;
+    };
+    for e in entries
+        .iter_mut()
+        .filter(|e| e.ft.is_file() || e.ft.is_dir())
+    {
+        e.ov = match crate::sys::getxattr_at(fd.as_fd(), &e.name, OVERRIDE_XATTR) {
+            Ok(Some(v)) => OverrideStat::parse(&v).ok().map(Some),
+            Ok(None) => Some(None),
+            Err(err) if err.raw_os_error() == Some(libc::ENOSYS) => {
+                GETXATTRAT.store(false, Ordering::Relaxed);
+                return;
+            }
+            Err(err) if ownership::is_unsupported(&err) => Some(None),
+            Err(_) => None,
+        };
+    }
 }
 
 fn is_absent(e: &io::Error) -> bool {
@@ -189,6 +237,41 @@ fn is_absent(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listings_carry_the_recorded_ownership_of_files_and_dirs() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let root = t.path();
+        fs::create_dir_all(root.join("d/sub")).expect("mkdir");
+        fs::write(root.join("d/owned"), b"x").expect("write");
+        fs::write(root.join("d/plain"), b"x").expect("write");
+        let rec = OverrideStat {
+            uid: 5,
+            gid: 6,
+            mode: 0o4755,
+            kind: None,
+        };
+        for p in ["d/owned", "d/sub"] {
+            if let Err(e) = rec.write(&root.join(p)) {
+                // A filesystem without user xattrs has nothing to list here.
+                assert!(ownership::is_unsupported(&e), "{e}");
+                return;
+            }
+        }
+        let d = LowerCache::new()
+            .dir(1, root, Path::new("d"))
+            .expect("list")
+            .expect("readable");
+        let ov = |n: &str| d.entry(OsStr::new(n)).expect(n).ov;
+        if !GETXATTRAT.load(std::sync::atomic::Ordering::Relaxed) {
+            // A kernel before 6.13: lookups read the records themselves.
+            assert_eq!(ov("owned"), None);
+            return;
+        }
+        assert_eq!(ov("owned"), Some(Some(rec)));
+        assert_eq!(ov("sub"), Some(Some(rec)));
+        assert_eq!(ov("plain"), Some(None));
+    }
 
     #[test]
     fn listings_say_which_names_a_layer_has_and_whether_it_is_opaque() {

@@ -27,6 +27,7 @@
 //! disk I/O: the node arena ([`tree`]) and the handle table are locked only to look up
 //! or insert.
 
+pub mod hostpath;
 pub mod lower;
 pub mod options;
 pub mod tree;
@@ -49,6 +50,7 @@ use parking_lot::RwLock;
 
 use crate::layers::ownership::{self, Effective, FileKind, OVERRIDE_XATTR, OverrideStat};
 use crate::layers::whiteout::{self, Marker};
+use hostpath::HostPath;
 
 pub use options::{OptionsError, UnionOptions};
 pub use tree::{Ino, LinkKey, Loc, ROOT};
@@ -152,8 +154,24 @@ pub struct Fh(pub u64);
 
 #[derive(Debug)]
 enum Handle {
-    File(File),
+    /// An open file and whether it is the upper layer's copy.
+    File(Arc<File>, bool),
     Dir(Arc<Vec<DirEntry>>),
+}
+
+/// The disk file behind an open file handle, for the kernel to read and write it
+/// directly (FUSE passthrough).
+#[derive(Debug, Clone)]
+pub struct BackingFile {
+    file: Arc<File>,
+    /// True when the file is the upper layer's copy (else a lower file, read-only).
+    pub upper: bool,
+}
+
+impl std::os::fd::AsFd for BackingFile {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
 }
 
 /// The union of one upper and several lower layers.
@@ -166,6 +184,7 @@ pub struct Union {
     /// Scratch dir for copy-up, on the upper's filesystem.
     work: Option<PathBuf>,
     owner_mode: OwnerMode,
+    no_passthrough: bool,
     tree: tree::Tree,
     /// What the lower layers hold (listings, recorded ownership): they never change.
     lower: lower::LowerCache,
@@ -262,6 +281,7 @@ impl Union {
             read_only: opts.is_read_only(),
             work,
             owner_mode,
+            no_passthrough: opts.no_passthrough,
             tree: tree::Tree::new(Loc::one(0)),
             lower: if opts.volatile_lowers {
                 lower::LowerCache::disabled()
@@ -295,6 +315,27 @@ impl Union {
         self.read_only
     }
 
+    /// True when asked never to hand files to the kernel (`nopassthrough`).
+    pub fn no_passthrough(&self) -> bool {
+        self.no_passthrough
+    }
+
+    /// True when a layer lives on a stacking filesystem (overlayfs, ecryptfs, FUSE),
+    /// whose files are one level deep already.
+    pub fn layers_on_stacked_fs(&self) -> bool {
+        use nix::sys::statfs::{ECRYPTFS_SUPER_MAGIC, FUSE_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC};
+        self.layers.iter().any(|l| {
+            nix::sys::statfs::statfs(l).is_ok_and(|s| {
+                [
+                    OVERLAYFS_SUPER_MAGIC,
+                    ECRYPTFS_SUPER_MAGIC,
+                    FUSE_SUPER_MAGIC,
+                ]
+                .contains(&s.filesystem_type())
+            })
+        })
+    }
+
     fn root_layers(&self) -> io::Result<Vec<usize>> {
         let mut out = Vec::new();
         for (i, root) in self.layers.iter().enumerate() {
@@ -306,12 +347,9 @@ impl Union {
         Ok(out)
     }
 
-    fn abs(&self, layer: usize, rel: &Path) -> PathBuf {
-        if rel.as_os_str().is_empty() {
-            self.layers[layer].clone()
-        } else {
-            self.layers[layer].join(rel)
-        }
+    /// The host path of `rel` in layer `layer` (shortened when over `PATH_MAX`).
+    fn abs(&self, layer: usize, rel: &Path) -> HostPath {
+        HostPath::new(&self.layers[layer], rel)
     }
 
     fn is_upper(&self, layer: usize) -> bool {
@@ -339,7 +377,7 @@ impl Union {
     /// The open file behind `fh`, if it is one.
     fn open_file(&self, fh: Option<Fh>) -> Option<Arc<Handle>> {
         fh.and_then(|fh| self.handle(fh).ok())
-            .filter(|h| matches!(**h, Handle::File(_)))
+            .filter(|h| matches!(**h, Handle::File(..)))
     }
 
     // ----- resolution -------------------------------------------------------------
@@ -350,6 +388,40 @@ impl Union {
         &self,
         dir_path: &Path,
         dir_layers: &[usize],
+        name: &OsStr,
+    ) -> io::Result<Option<(Loc, Metadata)>> {
+        if whiteout::classify_name(name) != Marker::Entry {
+            return Ok(None);
+        }
+        let listings = self.listings(dir_path, dir_layers)?;
+        self.resolve_listed(dir_path, dir_layers, &listings, name)
+    }
+
+    /// The cached listings of directory `dir_path` in each of `dir_layers` (`None` for
+    /// the upper layer and unlistable directories), for [`Union::resolve_listed`].
+    fn listings(
+        &self,
+        dir_path: &Path,
+        dir_layers: &[usize],
+    ) -> io::Result<Vec<Option<Arc<lower::LowerDir>>>> {
+        let mut out = Vec::with_capacity(dir_layers.len());
+        for &l in dir_layers {
+            out.push(if self.is_upper(l) {
+                None
+            } else {
+                self.lower.dir(l, &self.layers[l], dir_path)?
+            });
+        }
+        Ok(out)
+    }
+
+    /// [`Union::resolve_in`] with the directory's listings at hand (`listings[i]` is
+    /// the listing in `dir_layers[i]`).
+    fn resolve_listed(
+        &self,
+        dir_path: &Path,
+        dir_layers: &[usize],
+        listings: &[Option<Arc<lower::LowerDir>>],
         name: &OsStr,
     ) -> io::Result<Option<(Loc, Metadata)>> {
         if whiteout::classify_name(name) != Marker::Entry {
@@ -370,30 +442,33 @@ impl Union {
             }
             whiteout::is_opaque_dir(p)
         };
-        for &l in dir_layers {
+        for (i, &l) in dir_layers.iter().enumerate() {
             // A lower layer's listing answers for names it lacks without an lstat each
-            // for the name and its whiteout.
-            if !self.is_upper(l) {
-                if let Some(d) = self.lower.dir(l, &self.layers[l], dir_path)? {
-                    if !d.has(name) {
-                        if d.has(&whiteout::whiteout_name(name)) {
-                            break;
-                        }
-                        continue;
-                    }
+            // for the name and its whiteout, and holds the lstat of its files.
+            let mut listed = None;
+            if let Some(Some(d)) = listings.get(i) {
+                match d.entry(name) {
+                    None if d.has(&whiteout::whiteout_name(name)) => break,
+                    None => continue,
+                    Some(e) => listed = e.meta.clone(),
                 }
             }
-            let p = self.abs(l, &rel);
-            match enoent_is_none(fs::symlink_metadata(&p))? {
+            let p_host = self.abs(l, &rel);
+            let p = p_host.as_path();
+            let meta = match listed {
+                Some(m) => Some(m),
+                None => enoent_is_none(fs::symlink_metadata(p))?,
+            };
+            match meta {
                 Some(meta) => {
-                    if whiteout::classify(&p, name, &meta) != Marker::Entry {
+                    if whiteout::classify(p, name, &meta) != Marker::Entry {
                         break;
                     }
                     match &mut found {
                         None => {
                             let is_dir = meta.is_dir();
                             found = Some((Loc::one(l), meta));
-                            if !is_dir || opaque(l, &p)? {
+                            if !is_dir || opaque(l, p)? {
                                 break;
                             }
                         }
@@ -402,14 +477,14 @@ impl Union {
                                 break;
                             }
                             loc.layers.push(l);
-                            if opaque(l, &p)? {
+                            if opaque(l, p)? {
                                 break;
                             }
                         }
                     }
                 }
                 None => {
-                    if has_whiteout_file(&self.abs(l, dir_path), name)? {
+                    if has_whiteout_file(self.abs(l, dir_path).as_path(), name)? {
                         break;
                     }
                 }
@@ -522,13 +597,39 @@ impl Union {
     }
 
     fn lookup_in(&self, parent: Ino, pinfo: &tree::NodeInfo, name: &OsStr) -> io::Result<Attr> {
+        let listings = self.listings(&pinfo.path, &pinfo.loc.layers)?;
+        self.lookup_listed(parent, pinfo, &listings, name)
+    }
+
+    /// [`Union::lookup_in`] with the parent's listings at hand ([`Union::listings`]).
+    fn lookup_listed(
+        &self,
+        parent: Ino,
+        pinfo: &tree::NodeInfo,
+        listings: &[Option<Arc<lower::LowerDir>>],
+        name: &OsStr,
+    ) -> io::Result<Attr> {
         let (loc, meta) = self
-            .resolve_child(pinfo, name)?
+            .resolve_listed(&pinfo.path, &pinfo.loc.layers, listings, name)?
             .ok_or_else(|| errno(libc::ENOENT))?;
         let key = self.link_key(&loc, &meta);
         let id = self.tree.insert(parent, name, loc.clone(), key, true);
-        let path = self.abs(loc.top(), &pinfo.path.join(name));
-        let attr = self.attr(id, id.0, &loc, &meta, &path)?;
+        // The record read with the top layer's listing, if that is a lower one.
+        let listed_ov = pinfo
+            .loc
+            .layers
+            .iter()
+            .position(|&l| l == loc.top())
+            .and_then(|i| listings.get(i)?.as_ref()?.entry(name)?.ov);
+        let attr = match listed_ov {
+            Some(ov) if !meta.file_type().is_symlink() => {
+                self.attr_from(id, id.0, &loc, &meta, ov.as_ref())
+            }
+            _ => {
+                let path_host = self.abs(loc.top(), &pinfo.path.join(name));
+                self.attr(id, id.0, &loc, &meta, path_host.as_path())?
+            }
+        };
         Ok(Attr {
             uncached_entry: matches!(key, Some(LinkKey::Lower(..))),
             ..attr
@@ -550,6 +651,8 @@ impl Union {
         let entries = self.readdir(fh)?;
         let pinfo = self.node(dir)?;
         let dir_attr = self.getattr(dir, None)?;
+        // One fetch of the layers' listings serves every entry of this reply.
+        let listings = self.listings(&pinfo.path, &pinfo.loc.layers)?;
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             let dots = e.name == "." || e.name == "..";
             let attr = if dots {
@@ -560,7 +663,7 @@ impl Union {
                     ..dir_attr
                 }
             } else {
-                match self.lookup_in(dir, &pinfo, &e.name) {
+                match self.lookup_listed(dir, &pinfo, &listings, &e.name) {
                     Ok(a) => a,
                     Err(_) => continue,
                 }
@@ -586,9 +689,10 @@ impl Union {
     pub fn getattr(&self, ino: Ino, fh: Option<Fh>) -> io::Result<Attr> {
         let info = self.tree.get(ino).ok_or_else(|| errno(libc::ESTALE))?;
         if info.attached {
-            let p = self.abs(info.loc.top(), &info.path);
-            match fs::symlink_metadata(&p) {
-                Ok(meta) => return self.attr(ino, info.st_ino, &info.loc, &meta, &p),
+            let p_host = self.abs(info.loc.top(), &info.path);
+            let p = p_host.as_path();
+            match fs::symlink_metadata(p) {
+                Ok(meta) => return self.attr(ino, info.st_ino, &info.loc, &meta, p),
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 Err(_) => {}
             }
@@ -597,11 +701,11 @@ impl Union {
             .open_file(fh)
             .or_else(|| self.any_open_file(ino))
             .ok_or_else(|| errno(libc::ENOENT))?;
-        let Handle::File(f) = &*h else {
+        let Handle::File(f, _) = &*h else {
             return Err(errno(libc::ENOENT));
         };
         let meta = f.metadata()?;
-        let ov = match xattr::FileExt::get_xattr(f, OVERRIDE_XATTR) {
+        let ov = match xattr::FileExt::get_xattr(&**f, OVERRIDE_XATTR) {
             Ok(Some(v)) => OverrideStat::parse(&v).ok(),
             _ => None,
         };
@@ -652,8 +756,10 @@ impl Union {
         if ino != ROOT {
             self.copy_up(info.parent)?;
         }
-        let src = self.abs(info.loc.top(), &info.path);
-        let dst = self.abs(0, &info.path);
+        let src_host = self.abs(info.loc.top(), &info.path);
+        let src = src_host.as_path();
+        let dst_host = self.abs(0, &info.path);
+        let dst = dst_host.as_path();
         // Linking the copy in is no change the user made: the upper parent keeps its
         // times, as kernel overlayfs restores them (ovl_set_timestamps) after copy-up.
         let dst_parent = dst.parent().map(Path::to_path_buf);
@@ -661,20 +767,14 @@ impl Union {
             Some(p) if ino != ROOT => Some(fs::symlink_metadata(p)?),
             _ => None,
         };
-        let meta = fs::symlink_metadata(&src)?;
+        let meta = fs::symlink_metadata(src)?;
         let tmp = self.tmp_path()?;
-        let built = self.build_copy(&src, &meta, &tmp);
+        let built = self.build_copy(src, &meta, &tmp);
         if let Err(e) = built {
             let _ = remove_any(&tmp);
             return Err(e);
         }
-        match nix::fcntl::renameat2(
-            AT_FDCWD,
-            &tmp,
-            AT_FDCWD,
-            &dst,
-            RenameFlags::RENAME_NOREPLACE,
-        ) {
+        match nix::fcntl::renameat2(AT_FDCWD, &tmp, AT_FDCWD, dst, RenameFlags::RENAME_NOREPLACE) {
             Ok(()) => {
                 // Best effort, as in the kernel: the copy is in place, and a parent the
                 // daemon may not set times on (not its own) just keeps the new ones.
@@ -737,6 +837,7 @@ impl Union {
         let force_record = kind_on_disk != eff.kind;
         self.apply_owner(
             tmp,
+            &fs::symlink_metadata(tmp)?,
             eff.kind,
             eff.uid,
             eff.gid,
@@ -782,21 +883,25 @@ impl Union {
         }
     }
 
-    /// Gives `path` the owner, group and mode the image should show: by chown/chmod, or
-    /// recorded in the override xattr (always when `record`, when the mode says so, or
-    /// when a real chown is refused).
+    /// Gives `path` (whose `lstat` is `meta`) the owner, group and mode the image should
+    /// show: by chown/chmod, or recorded in the override xattr (always when `record`,
+    /// when the mode says so, or when a real chown is refused). Returns the record the
+    /// file carries afterwards: `record` is set only for files that had one (or must
+    /// get one), so `None` means it has none.
+    #[allow(clippy::too_many_arguments)]
     fn apply_owner(
         &self,
         path: &Path,
+        meta: &Metadata,
         kind: FileKind,
         uid: u32,
         gid: u32,
         perm: u32,
         record: bool,
-    ) -> io::Result<()> {
-        let meta = fs::symlink_metadata(path)?;
+    ) -> io::Result<Option<OverrideStat>> {
         let is_symlink = meta.file_type().is_symlink();
         let mut record = record || self.owner_mode == OwnerMode::Record;
+        let mut chowned = false;
         if !record && (meta.uid() != uid || meta.gid() != gid) {
             match nix::unistd::fchownat(
                 AT_FDCWD,
@@ -805,33 +910,41 @@ impl Union {
                 Some(nix::unistd::Gid::from_raw(gid)),
                 AtFlags::AT_SYMLINK_NOFOLLOW,
             ) {
-                Ok(()) => {}
+                Ok(()) => chowned = true,
                 Err(nix::Error::EPERM) | Err(nix::Error::EINVAL) => record = true,
                 Err(e) => return Err(nix_err(e)),
             }
         }
         if is_symlink {
             // Symlinks carry neither modes nor user xattrs on Linux.
-            return Ok(());
+            return Ok(None);
         }
         let ft = meta.file_type();
+        let chmod = |mode: u32| fs::set_permissions(path, fs::Permissions::from_mode(mode));
         if record && !ft.is_file() && !ft.is_dir() {
             // Fifos and sockets cannot carry user xattrs: keep the real mode, and the
             // owner the daemon could give them.
-            return fs::set_permissions(path, fs::Permissions::from_mode(perm & 0o7777));
+            chmod(perm & 0o7777)?;
+            return Ok(None);
         }
         if record {
-            fs::set_permissions(path, fs::Permissions::from_mode(accessible(perm, kind)))?;
-            let on_disk = FileKind::of(&meta);
-            OverrideStat {
+            chmod(accessible(perm, kind))?;
+            let on_disk = FileKind::of(meta);
+            let ov = OverrideStat {
                 uid,
                 gid,
                 mode: perm & 0o7777,
                 kind: (on_disk != kind).then_some(kind),
-            }
-            .write(path)
+            };
+            ov.write(path)?;
+            Ok(Some(ov))
         } else {
-            fs::set_permissions(path, fs::Permissions::from_mode(perm & 0o7777))
+            // A real chown drops setuid/setgid bits: put them back.
+            let want = perm & 0o7777;
+            if meta.mode() & 0o7777 != want || (chowned && want & 0o6000 != 0) {
+                chmod(want)?;
+            }
+            Ok(None)
         }
     }
 
@@ -844,7 +957,7 @@ impl Union {
         &self,
         parent: Ino,
         name: &OsStr,
-    ) -> io::Result<(tree::NodeInfo, PathBuf, bool)> {
+    ) -> io::Result<(tree::NodeInfo, HostPath, bool)> {
         self.writable()?;
         if whiteout::classify_name(name) != Marker::Entry {
             return Err(errno(libc::EINVAL));
@@ -854,18 +967,19 @@ impl Union {
             return Err(errno(libc::EEXIST));
         }
         let pinfo = self.copy_up(parent)?;
-        let dst = self.abs(0, &pinfo.path.join(name));
+        let dst_host = self.abs(0, &pinfo.path.join(name));
+        let dst = dst_host.as_path();
         let mut had_whiteout = false;
         // A kernel-style whiteout occupies the name itself: it must go first.
-        if let Some(meta) = enoent_is_none(fs::symlink_metadata(&dst))? {
-            if whiteout::classify(&dst, name, &meta) == Marker::Entry {
+        if let Some(meta) = enoent_is_none(fs::symlink_metadata(dst))? {
+            if whiteout::classify(dst, name, &meta) == Marker::Entry {
                 return Err(errno(libc::EEXIST));
             }
-            fs::remove_file(&dst)?;
+            fs::remove_file(dst)?;
             had_whiteout = true;
         }
-        had_whiteout |= has_whiteout_file(&self.abs(0, &pinfo.path), name)?;
-        Ok((pinfo, dst, had_whiteout))
+        had_whiteout |= has_whiteout_file(self.abs(0, &pinfo.path).as_path(), name)?;
+        Ok((pinfo, dst_host, had_whiteout))
     }
 
     /// After a new entry appeared at `dst`: a directory that replaces a whiteout turns
@@ -883,7 +997,8 @@ impl Union {
         if fs::symlink_metadata(dst)?.is_dir() {
             whiteout::write_opaque(dst)?;
         }
-        let wh = self.abs(0, &pinfo.path.join(whiteout::whiteout_name(name)));
+        let wh_host = self.abs(0, &pinfo.path.join(whiteout::whiteout_name(name)));
+        let wh = wh_host.as_path();
         match fs::remove_file(wh) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -898,6 +1013,7 @@ impl Union {
         name: &OsStr,
         dst: &Path,
         had_whiteout: bool,
+        known_ov: Option<Option<OverrideStat>>,
     ) -> io::Result<Attr> {
         self.settle_whiteout(pinfo, name, dst, had_whiteout)?;
         self.tree.detach(parent, name);
@@ -905,7 +1021,10 @@ impl Union {
         let loc = Loc::one(0);
         let key = self.link_key(&loc, &meta);
         let id = self.tree.insert(parent, name, loc.clone(), key, true);
-        self.attr(id, id.0, &loc, &meta, dst)
+        match known_ov {
+            Some(ov) => Ok(self.attr_from(id, id.0, &loc, &meta, ov.as_ref())),
+            None => self.attr(id, id.0, &loc, &meta, dst),
+        }
     }
 
     /// The owner group and permission bits of a new entry, honouring a setgid parent.
@@ -916,7 +1035,7 @@ impl Union {
         perm: u32,
         is_dir: bool,
     ) -> io::Result<(u32, u32)> {
-        let (_, peff) = Effective::of_path(&self.abs(pinfo.loc.top(), &pinfo.path))?;
+        let (_, peff) = Effective::of_path(self.abs(pinfo.loc.top(), &pinfo.path).as_path())?;
         if peff.perm & libc::S_ISGID != 0 {
             let perm = if is_dir { perm | libc::S_ISGID } else { perm };
             return Ok((peff.gid, perm));
@@ -933,14 +1052,21 @@ impl Union {
         caller: Caller,
         make: impl FnOnce(&Path) -> io::Result<FileKind>,
     ) -> io::Result<Attr> {
-        let (pinfo, dst, had_wh) = self.prepare_new(parent, name)?;
+        let (pinfo, dst_host, had_wh) = self.prepare_new(parent, name)?;
+        let dst = dst_host.as_path();
         let (gid, perm) = self.new_owner(&pinfo, caller, perm & 0o7777, kind == FileKind::Dir)?;
-        let on_disk = make(&dst)?;
-        if let Err(e) = self.apply_owner(&dst, kind, caller.uid, gid, perm, on_disk != kind) {
-            let _ = remove_any(&dst);
-            return Err(e);
-        }
-        self.finish_new(parent, &pinfo, name, &dst, had_wh)
+        let on_disk = make(dst)?;
+        let owned = fs::symlink_metadata(dst).and_then(|meta| {
+            self.apply_owner(dst, &meta, kind, caller.uid, gid, perm, on_disk != kind)
+        });
+        let ov = match owned {
+            Ok(ov) => ov,
+            Err(e) => {
+                let _ = remove_any(dst);
+                return Err(e);
+            }
+        };
+        self.finish_new(parent, &pinfo, name, dst, had_wh, Some(ov))
     }
 
     /// Creates a directory.
@@ -1033,17 +1159,19 @@ impl Union {
                 File::open(self.abs(0, &info.path))?
             }
         };
-        Ok((attr, self.put_file(attr.node, f)))
+        Ok((attr, self.put_file(attr.node, f, true)))
     }
 
     /// Makes a hard link `newparent/newname` to `ino`.
     pub fn link(&self, ino: Ino, newparent: Ino, newname: &OsStr) -> io::Result<Attr> {
         let info = self.copy_up(ino)?;
-        let (pinfo, dst, had_wh) = self.prepare_new(newparent, newname)?;
-        let src = self.abs(0, &info.path);
-        fs::hard_link(&src, &dst)?;
-        self.settle_whiteout(&pinfo, newname, &dst, had_wh)?;
-        let meta = fs::symlink_metadata(&dst)?;
+        let (pinfo, dst_host, had_wh) = self.prepare_new(newparent, newname)?;
+        let dst = dst_host.as_path();
+        let src_host = self.abs(0, &info.path);
+        let src = src_host.as_path();
+        fs::hard_link(src, dst)?;
+        self.settle_whiteout(&pinfo, newname, dst, had_wh)?;
+        let meta = fs::symlink_metadata(dst)?;
         self.tree.detach(newparent, newname);
         self.tree
             .add_link(ino, newparent, newname, (meta.dev(), meta.ino()));
@@ -1084,16 +1212,17 @@ impl Union {
             pinfo
         };
         if self.is_upper(loc.top()) {
-            let p = self.abs(0, &path);
+            let p_host = self.abs(0, &path);
+            let p = p_host.as_path();
             if dir {
-                clear_markers(&p)?;
-                fs::remove_dir(&p)?;
+                clear_markers(p)?;
+                fs::remove_dir(p)?;
             } else {
-                fs::remove_file(&p)?;
+                fs::remove_file(p)?;
             }
         }
         if needs_whiteout {
-            whiteout::write_whiteout(&self.abs(0, &pinfo.path), name)?;
+            whiteout::write_whiteout(self.abs(0, &pinfo.path).as_path(), name)?;
         }
         self.tree.detach(parent, name);
         Ok(())
@@ -1164,17 +1293,20 @@ impl Union {
         let pinfo = self.node(parent)?;
         // The name given, not the node's path: the node of a hard-link group is known
         // by one of its names, and this rename moves `name` alone.
-        let from = self.abs(0, &pinfo.path.join(name));
-        let to = self.abs(0, &npinfo.path.join(newname));
+        let from_host = self.abs(0, &pinfo.path.join(name));
+        let from = from_host.as_path();
+        let to_host = self.abs(0, &npinfo.path.join(newname));
+        let to = to_host.as_path();
         let target_in_lower = self.lower_has(&npinfo, newname)?;
-        let wh_path = self.abs(0, &npinfo.path.join(whiteout::whiteout_name(newname)));
-        let had_wh = has_whiteout_file(&self.abs(0, &npinfo.path), newname)?;
+        let wh_path_host = self.abs(0, &npinfo.path.join(whiteout::whiteout_name(newname)));
+        let wh_path = wh_path_host.as_path();
+        let had_wh = has_whiteout_file(self.abs(0, &npinfo.path).as_path(), newname)?;
         // A kernel-style whiteout or an emptied merged directory may sit at the target.
-        if let Some(meta) = enoent_is_none(fs::symlink_metadata(&to))? {
+        if let Some(meta) = enoent_is_none(fs::symlink_metadata(to))? {
             if meta.is_dir() && src_dir {
-                clear_markers(&to)?;
-            } else if whiteout::classify(&to, newname, &meta) != Marker::Entry {
-                fs::remove_file(&to)?;
+                clear_markers(to)?;
+            } else if whiteout::classify(to, newname, &meta) != Marker::Entry {
+                fs::remove_file(to)?;
             }
         }
         let rflags = if flags & RENAME_NOREPLACE != 0 {
@@ -1182,15 +1314,15 @@ impl Union {
         } else {
             RenameFlags::empty()
         };
-        nix::fcntl::renameat2(AT_FDCWD, &from, AT_FDCWD, &to, rflags).map_err(nix_err)?;
+        nix::fcntl::renameat2(AT_FDCWD, from, AT_FDCWD, to, rflags).map_err(nix_err)?;
         if src_dir && (target_in_lower || had_wh) {
-            whiteout::write_opaque(&to)?;
+            whiteout::write_opaque(to)?;
         }
         if had_wh {
-            fs::remove_file(&wh_path)?;
+            fs::remove_file(wh_path)?;
         }
         if self.lower_has(&pinfo, name)? {
-            whiteout::write_whiteout(&self.abs(0, &pinfo.path), name)?;
+            whiteout::write_whiteout(self.abs(0, &pinfo.path).as_path(), name)?;
         }
         self.tree.rename(parent, name, newparent, newname);
         Ok(())
@@ -1207,7 +1339,7 @@ impl Union {
         if detached {
             return self.setattr_unlinked(ino, set, open.as_deref());
         }
-        if let (Some(size), Some(Handle::File(f))) = (set.size, open.as_deref()) {
+        if let (Some(size), Some(Handle::File(f, _))) = (set.size, open.as_deref()) {
             // Through the handle: works for open, unlinked files too.
             self.writable()?;
             f.set_len(size)?;
@@ -1217,27 +1349,36 @@ impl Union {
             }
         }
         let info = self.copy_up(ino)?;
-        let path = self.abs(0, &info.path);
+        let path_host = self.abs(0, &info.path);
+        let path = path_host.as_path();
         if let (Some(size), None) = (set.size, &open) {
-            OpenOptions::new().write(true).open(&path)?.set_len(size)?;
+            OpenOptions::new().write(true).open(path)?.set_len(size)?;
         }
+        // The record after the changes, when known (spares re-reading it).
+        let mut known_ov = None;
         if set.mode.is_some() || set.uid.is_some() || set.gid.is_some() {
-            let meta = fs::symlink_metadata(&path)?;
+            let meta = fs::symlink_metadata(path)?;
             let ov = if meta.file_type().is_symlink() {
                 None
             } else {
-                OverrideStat::read(&path)?
+                OverrideStat::read(path)?
             };
             let eff = Effective::new(&meta, ov.as_ref());
             let uid = set.uid.unwrap_or(eff.uid);
             let gid = set.gid.unwrap_or(eff.gid);
             let perm = set.mode.map_or(eff.perm, |m| m & 0o7777);
             let record = ov.is_some() || FileKind::of(&meta) != eff.kind;
-            self.apply_owner(&path, eff.kind, uid, gid, perm, record)?;
+            known_ov = Some(self.apply_owner(path, &meta, eff.kind, uid, gid, perm, record)?);
         }
         if set.atime.is_some() || set.mtime.is_some() {
-            set_times(&path, set.atime, set.mtime)?;
+            set_times(path, set.atime, set.mtime)?;
         }
+        if let Some(ov) = known_ov {
+            if let Ok(meta) = fs::symlink_metadata(path) {
+                return Ok(self.attr_from(ino, info.st_ino, &info.loc, &meta, ov.as_ref()));
+            }
+        }
+        // Unknown record, or the name went meanwhile: the general path.
         self.getattr(ino, fh)
     }
 
@@ -1246,7 +1387,7 @@ impl Union {
     fn setattr_unlinked(&self, ino: Ino, set: SetAttr, open: Option<&Handle>) -> io::Result<Attr> {
         self.writable()?;
         let info = self.tree.get(ino).ok_or_else(|| errno(libc::ESTALE))?;
-        let Some(Handle::File(f)) = open else {
+        let Some(Handle::File(f, _)) = open else {
             return Err(errno(libc::ENOENT));
         };
         if !self.is_upper(info.loc.top()) {
@@ -1298,7 +1439,7 @@ impl Union {
 
     // ----- xattrs -----------------------------------------------------------------
 
-    fn top_path(&self, ino: Ino) -> io::Result<PathBuf> {
+    fn top_path(&self, ino: Ino) -> io::Result<HostPath> {
         let info = self.node(ino)?;
         Ok(self.abs(info.loc.top(), &info.path))
     }
@@ -1338,9 +1479,10 @@ impl Union {
             return Err(errno(libc::EPERM));
         }
         let info = self.copy_up(ino)?;
-        let path = self.abs(0, &info.path);
+        let path_host = self.abs(0, &info.path);
+        let path = path_host.as_path();
         if flags & (libc::XATTR_CREATE | libc::XATTR_REPLACE) != 0 {
-            let exists = xattr::get(&path, name)?.is_some();
+            let exists = xattr::get(path, name)?.is_some();
             if flags & libc::XATTR_CREATE != 0 && exists {
                 return Err(errno(libc::EEXIST));
             }
@@ -1348,7 +1490,7 @@ impl Union {
                 return Err(errno(libc::ENODATA));
             }
         }
-        xattr::set(&path, name, value)
+        xattr::set(path, name, value)
     }
 
     /// Removes an xattr (copying up first).
@@ -1383,7 +1525,18 @@ impl Union {
     fn file(&self, fh: Fh) -> io::Result<Arc<Handle>> {
         let h = self.handle(fh)?;
         match *h {
-            Handle::File(_) => Ok(h),
+            Handle::File(..) => Ok(h),
+            Handle::Dir(_) => Err(errno(libc::EISDIR)),
+        }
+    }
+
+    /// The disk file behind the open file `fh` (for FUSE passthrough).
+    pub fn backing_file(&self, fh: Fh) -> io::Result<BackingFile> {
+        match &*self.handle(fh)? {
+            Handle::File(f, upper) => Ok(BackingFile {
+                file: f.clone(),
+                upper: *upper,
+            }),
             Handle::Dir(_) => Err(errno(libc::EISDIR)),
         }
     }
@@ -1392,15 +1545,14 @@ impl Union {
     pub fn open(&self, ino: Ino, flags: i32) -> io::Result<Fh> {
         let acc = flags & libc::O_ACCMODE;
         let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-        if let Some(f) = self.reopen_unlinked(ino, acc, write)? {
-            return Ok(self.put_file(ino, f));
+        let info = self.tree.get(ino).ok_or_else(|| errno(libc::ESTALE))?;
+        if !info.attached {
+            let (f, upper) = self.reopen_unlinked(ino, &info, acc, write)?;
+            return Ok(self.put_file(ino, f, upper));
         }
-        let info = if write {
-            self.copy_up(ino)?
-        } else {
-            self.node(ino)?
-        };
-        let path = self.abs(info.loc.top(), &info.path);
+        let info = if write { self.copy_up(ino)? } else { info };
+        let path_host = self.abs(info.loc.top(), &info.path);
+        let path = path_host.as_path();
         // Offsets come with every request, so O_APPEND must not reach the backing file
         // (pwrite on an O_APPEND fd appends on Linux); creation flags were handled.
         let keep = libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME;
@@ -1409,25 +1561,27 @@ impl Union {
             .write(acc != libc::O_RDONLY)
             .custom_flags((flags & keep) | libc::O_NOFOLLOW)
             .open(path)?;
-        Ok(self.put_file(ino, f))
+        Ok(self.put_file(ino, f, self.is_upper(info.loc.top())))
     }
 
     /// An unlinked node that is still open elsewhere is reopened through one of its
     /// open files (`/proc/self/fd/N`), as the kernel does for `/proc/PID/fd` links.
     /// A write-open is allowed only when that file is in the upper layer: a lower file
     /// must never be written.
-    fn reopen_unlinked(&self, ino: Ino, acc: i32, write: bool) -> io::Result<Option<File>> {
-        let info = self.tree.get(ino).ok_or_else(|| errno(libc::ESTALE))?;
-        if info.attached {
-            return Ok(None);
-        }
+    fn reopen_unlinked(
+        &self,
+        ino: Ino,
+        info: &tree::NodeInfo,
+        acc: i32,
+        write: bool,
+    ) -> io::Result<(File, bool)> {
         let Some(h) = self.any_open_file(ino) else {
             return Err(errno(libc::ENOENT));
         };
         if write && !self.is_upper(info.loc.top()) {
             return Err(errno(libc::ENOENT));
         }
-        let Handle::File(f) = &*h else {
+        let Handle::File(f, upper) = &*h else {
             return Err(errno(libc::ENOENT));
         };
         use std::os::fd::AsRawFd;
@@ -1435,12 +1589,12 @@ impl Union {
             .read(acc != libc::O_WRONLY)
             .write(acc != libc::O_RDONLY)
             .open(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
-        Ok(Some(f))
+        Ok((f, *upper))
     }
 
     /// Registers an open file of `ino`.
-    fn put_file(&self, ino: Ino, f: File) -> Fh {
-        let fh = self.put_handle(Handle::File(f));
+    fn put_file(&self, ino: Ino, f: File, upper: bool) -> Fh {
+        let fh = self.put_handle(Handle::File(Arc::new(f), upper));
         self.open_files.lock().entry(ino).or_default().push(fh);
         fh
     }
@@ -1454,7 +1608,7 @@ impl Union {
     /// Reads up to `size` bytes at `offset`; short only at end of file.
     pub fn read(&self, fh: Fh, offset: u64, size: u32) -> io::Result<Vec<u8>> {
         let h = self.file(fh)?;
-        let Handle::File(f) = &*h else {
+        let Handle::File(f, _) = &*h else {
             return Err(errno(libc::EISDIR));
         };
         let mut buf = vec![0u8; size as usize];
@@ -1480,7 +1634,7 @@ impl Union {
     /// Writes `data` at `offset`; returns the bytes written.
     pub fn write(&self, fh: Fh, offset: u64, data: &[u8]) -> io::Result<usize> {
         let h = self.file(fh)?;
-        let Handle::File(f) = &*h else {
+        let Handle::File(f, _) = &*h else {
             return Err(errno(libc::EISDIR));
         };
         f.write_all_at(data, offset)?;
@@ -1490,7 +1644,7 @@ impl Union {
     /// Flushes a file to disk.
     pub fn fsync(&self, fh: Fh, datasync: bool) -> io::Result<()> {
         let h = self.file(fh)?;
-        let Handle::File(f) = &*h else {
+        let Handle::File(f, _) = &*h else {
             return Err(errno(libc::EISDIR));
         };
         if datasync {
@@ -1512,7 +1666,7 @@ impl Union {
     /// Allocates or punches space in an open file (`fallocate(2)` mode bits).
     pub fn fallocate(&self, fh: Fh, offset: u64, len: u64, mode: i32) -> io::Result<()> {
         let h = self.file(fh)?;
-        let Handle::File(f) = &*h else {
+        let Handle::File(f, _) = &*h else {
             return Err(errno(libc::EISDIR));
         };
         let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
@@ -1558,8 +1712,9 @@ impl Union {
             if let Some(meta) = &m.meta {
                 // A device recorded on an empty file lists as the device.
                 if meta.len() == 0 {
-                    let p = self.abs(m.layer, &info.path.join(&m.name));
-                    if let Ok(Some(o)) = OverrideStat::read(&p) {
+                    let p_host = self.abs(m.layer, &info.path.join(&m.name));
+                    let p = p_host.as_path();
+                    if let Ok(Some(o)) = OverrideStat::read(p) {
                         kind = o.kind.unwrap_or(kind);
                     }
                 }
@@ -1586,7 +1741,7 @@ impl Union {
     pub fn readdir(&self, fh: Fh) -> io::Result<Arc<Vec<DirEntry>>> {
         match &*self.handle(fh)? {
             Handle::Dir(d) => Ok(d.clone()),
-            Handle::File(_) => Err(errno(libc::ENOTDIR)),
+            Handle::File(..) => Err(errno(libc::ENOTDIR)),
         }
     }
 
@@ -1632,9 +1787,10 @@ impl Union {
                 // files' metadata also serves hard-link grouping and recorded devices.
                 let mut meta = None;
                 if let Some(m) = &entry.meta {
-                    let p = self.abs(l, &path.join(name));
+                    let p_host = self.abs(l, &path.join(name));
+                    let p = p_host.as_path();
                     if (ft.is_char_device() || !self.is_upper(l))
-                        && whiteout::classify(&p, name, m) != Marker::Entry
+                        && whiteout::classify(p, name, m) != Marker::Entry
                     {
                         layer_whiteouts.push(name.clone());
                         continue;

@@ -36,6 +36,9 @@ pub struct UnionOptions {
     /// gentree-fs for its read-only view of a seed whose upper builds keep writing).
     /// Disables the lower-layer caches and the long TTL of lower-only entries.
     pub volatile_lowers: bool,
+    /// Never hand open files to the kernel (FUSE passthrough), even when privileged
+    /// (`nopassthrough`; a gentree-fs option, for comparison and as an escape hatch).
+    pub no_passthrough: bool,
 }
 
 /// A bad option string or a layer layout that cannot be mounted.
@@ -168,6 +171,7 @@ impl UnionOptions {
             "ro" => self.read_only = true,
             "dev" => self.dev = true,
             "suid" => self.suid = true,
+            "nopassthrough" => self.no_passthrough = true,
             k if IGNORED.contains(&k) => self.ignored.push(opt.to_owned()),
             _ => return Err(OptionsError::Unknown(opt.to_owned())),
         }
