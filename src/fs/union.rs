@@ -126,8 +126,9 @@ impl Passthrough {
                     *opens += 1;
                     break OpenIo::Cached;
                 }
-                // A read-only open after a copy-up (by chmod, say) may keep reading the
-                // lower file the node's other opens read: the same data.
+                // A read-only open after a copy-up by chmod or chown may keep reading
+                // the lower file the node's other opens read: the same data (a truncate
+                // first waits for those readers, see `wait_lower_readers`).
                 Some(NodeIo::Backed { id, upper, opens }) if *upper == file.upper || !write => {
                     *opens += 1;
                     break OpenIo::Backed(id.clone());
@@ -144,6 +145,24 @@ impl Passthrough {
         };
         st.handles.insert(fh, node);
         Ok(io)
+    }
+
+    /// Waits until no open of `node` reads its lower file through the kernel, so that
+    /// a change of the file's data (a truncate, which copies up) is seen by every later
+    /// open: those reuse the node's backing file. ETXTBSY if the readers stay, as for a
+    /// write-open in [`Passthrough::open`].
+    fn wait_lower_readers(&self, node: u64) -> io::Result<()> {
+        let mut st = self.state.lock();
+        let deadline = std::time::Instant::now() + BACKING_RELEASE_WAIT;
+        while matches!(
+            st.nodes.get(&node),
+            Some(NodeIo::Backed { upper: false, .. })
+        ) {
+            if self.released.wait_until(&mut st, deadline).timed_out() {
+                return Err(io::Error::from_raw_os_error(libc::ETXTBSY));
+            }
+        }
+        Ok(())
     }
 
     fn register(
@@ -375,6 +394,11 @@ impl Filesystem for UnionFs {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
+        if size.is_some() && self.passthrough.negotiated {
+            if let Err(e) = self.passthrough.wait_lower_readers(ino.0) {
+                return reply.error(Errno::from(e));
+            }
+        }
         match self.union.setattr(Ino(ino.0), set, fh.map(|f| Fh(f.0))) {
             Ok(a) => reply.attr(&self.ttl.attr(&a), &file_attr(&a)),
             Err(e) => reply.error(Errno::from(e)),

@@ -920,6 +920,38 @@ fn union_passthrough_keeps_sizes_times_and_copy_up() {
     assert_eq!(fs::read_to_string(l.p("l2/kept")).unwrap(), "kept\n");
 }
 
+/// Under passthrough a node keeps one disk file while it is open. A truncate of a lower
+/// file that a reader holds open must not leave later opens reading the lower copy: it
+/// waits for the reader and fails with ETXTBSY if the reader stays; once the reader is
+/// gone, the truncate copies up and every later open sees it.
+#[test]
+fn union_passthrough_truncate_is_seen_by_later_opens() {
+    let t = "union_passthrough_truncate_is_seen_by_later_opens";
+    if !util::require_root(t) || !util::require_fuse(t) || !util::require_tool(t, "fusermount3") {
+        return;
+    }
+    let l = Layers::new();
+    l.put("l2/f", "lower data\n");
+    let _m = l.mount(&l.rw_opts());
+    let p = l.mp("f");
+    let reader = fs::File::open(&p).unwrap();
+    let r = fs::OpenOptions::new().write(true).open(&p);
+    // The write-open also waits for the reader (or the kernel would serve it stale).
+    assert_eq!(errno(r), libc::ETXTBSY);
+    assert_eq!(errno(nix_truncate(&p, 3)), libc::ETXTBSY);
+    assert_eq!(fs::read_to_string(&p).unwrap(), "lower data\n");
+    drop(reader);
+    nix_truncate(&p, 3).unwrap();
+    assert_eq!(fs::read_to_string(&p).unwrap(), "low");
+    assert_eq!(fs::read_to_string(l.p("u/f")).unwrap(), "low");
+    assert_eq!(fs::read_to_string(l.p("l2/f")).unwrap(), "lower data\n");
+}
+
+/// truncate(2) by path, as `truncate -s` does (no open file handle).
+fn nix_truncate(p: &Path, len: i64) -> io::Result<()> {
+    nix::unistd::truncate(p, len).map_err(io::Error::from)
+}
+
 /// A name missing from every layer is cached by the kernel as a negative entry, but
 /// only as long as an upper entry (one second): a file put into the upper dir behind
 /// the union's back shows after that; one created through the union shows at once.
