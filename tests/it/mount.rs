@@ -9,13 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::build::{BASE, Fixture};
-use crate::util::{self, run, run_ok};
-
-fn mounted(mp: &Path) -> bool {
-    let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mp = mp.to_str().unwrap();
-    mi.lines().any(|l| l.split(' ').nth(4) == Some(mp))
-}
+use crate::util::{self, mounted, run, run_ok};
 
 fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -994,37 +988,15 @@ fn mount_unmounted_during_startup_exits_cleanly() {
     let (conf, configs) = plain_conf(t.path());
     let mp = t.path().join("mp");
     fs::create_dir(&mp).unwrap();
-    let mut early = 0;
-    for round in 0..10 {
-        let err = t.path().join(format!("err{round}"));
-        let mut child = util::gentree()
-            .args(["-f", "--no-config", "--conf-root"])
+    util::unmount_during_startup(&mp, t.path(), || {
+        let mut c = util::gentree();
+        c.args(["-f", "--no-config", "--conf-root"])
             .arg(&conf)
             .arg("--configs")
             .arg(&configs)
-            .arg(&mp)
-            .stdin(Stdio::null())
-            .stderr(fs::File::create(&err).unwrap())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        let status = loop {
-            let _ = nix::mount::umount(&mp);
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "daemon still running"
-            );
-            std::thread::yield_now();
-        };
-        let log = fs::read_to_string(&err).unwrap();
-        assert!(status.success(), "round {round}: {status}\n{log}");
-        assert!(!mounted(&mp), "round {round}: mount left");
-        early += usize::from(log.contains("was unmounted before the mount was ready"));
-    }
-    eprintln!("{early} of 10 unmounts landed before the mount was ready");
+            .arg(&mp);
+        c
+    });
 }
 
 /// packages/: every binary package dir, read-only, following the dir live.

@@ -12,17 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::util::{self, gentree, run, run_ok};
+use crate::util::{self, gentree, mounted, run, run_ok};
 
 const OVERRIDE: &str = "user.containers.override_stat";
-
-/// True when `mp` is a mount point in this mount namespace.
-fn mounted(mp: &Path) -> bool {
-    let mi = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let want = mp.to_string_lossy().replace(' ', "\\040");
-    mi.lines()
-        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
-}
 
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + Duration::from_secs(10);
@@ -510,6 +502,24 @@ fn union_daemon_exits_after_fusermount_u() {
         "{status:?}\n{}",
         log.lock().unwrap()
     );
+}
+
+/// An unmount racing the daemon's startup ends `union -f` cleanly (exit 0), as for the
+/// gentree mount.
+#[test]
+fn union_unmounted_during_startup_exits_cleanly() {
+    let t = "union_unmounted_during_startup_exits_cleanly";
+    if !util::require_root(t) || !util::require_fuse(t) {
+        return;
+    }
+    let l = Layers::new();
+    fill_lowers(&l);
+    let opts = l.rw_opts();
+    util::unmount_during_startup(&l.p("mp"), &l.root, || {
+        let mut c = gentree();
+        c.args(["union", "-f", "-o", &opts]).arg(l.p("mp"));
+        c
+    });
 }
 
 #[test]

@@ -143,3 +143,51 @@ pub fn require_nosub_user(test: &str) -> Option<String> {
     }
     Some(name)
 }
+
+/// True when `mp` is a mount point in this mount namespace.
+pub fn mounted(mp: &Path) -> bool {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = mp.to_string_lossy().replace(' ', "\\040");
+    mi.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// Starts the foreground daemon `daemon()` ten times and unmounts `mp` in a tight loop
+/// from the moment it starts, so that some unmounts land before or during FUSE INIT.
+/// Every run must end with exit 0 and nothing mounted. Returns how many daemons said
+/// they were unmounted before they were ready (the race is timing-dependent).
+pub fn unmount_during_startup(
+    mp: &Path,
+    scratch: &Path,
+    mut daemon: impl FnMut() -> Command,
+) -> usize {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let mut early = 0;
+    for round in 0..10 {
+        let err = scratch.join(format!("startup-err{round}"));
+        let mut child = daemon()
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&err).expect("stderr file"))
+            .spawn()
+            .expect("spawn daemon");
+        let start = Instant::now();
+        let status = loop {
+            let _ = nix::mount::umount(mp);
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                break st;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "daemon still running"
+            );
+            std::thread::yield_now();
+        };
+        let log = std::fs::read_to_string(&err).unwrap_or_default();
+        assert!(status.success(), "round {round}: {status}\n{log}");
+        assert!(!mounted(mp), "round {round}: mount left");
+        early += usize::from(log.contains("was unmounted before the mount was ready"));
+    }
+    eprintln!("{early} of 10 unmounts landed before the mount was ready");
+    early
+}
