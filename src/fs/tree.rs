@@ -169,7 +169,7 @@ impl Handles {
             .cloned()
             .ok_or_else(|| errno(libc::EBADF))
     }
-    fn remove(&self, fh: u64) {
+    pub fn remove(&self, fh: u64) {
         self.map.lock().remove(&fh);
     }
 }
