@@ -9,6 +9,9 @@
 #   GENTREE_FS  binary (default target/release/gentree-fs).
 #   BENCH_DIR   work dir (default /var/tmp/gentree-mount-bench); the fixture is kept and
 #               reused.
+#   MOUNT_ARGS  extra daemon arguments, e.g. --no-image-files for the served path of a
+#               root daemon (by default a root daemon serves finished images by FUSE
+#               passthrough from its image files, CONF/images/*.tar).
 #
 # Fixture (made by this script, no Portage): a fake seed `s1` and two configs on it,
 # `big` and `many`. Their layers are written straight into the layer store under the
@@ -64,7 +67,8 @@ printf 'seed = "s1"\n' >"$cfg/many.toml"
 
 daemon_pid=
 mount_fs() {
-  "$GENTREE_FS" -f --no-config --conf-root "$conf" --configs "$cfg" "$mp" \
+  # shellcheck disable=SC2086
+  "$GENTREE_FS" -f --no-config ${MOUNT_ARGS:-} --conf-root "$conf" --configs "$cfg" "$mp" \
     2>>"$BENCH_DIR/daemon.err" &
   daemon_pid=$!
   for _ in $(seq 200); do
@@ -134,6 +138,18 @@ cat "$mp/builds/many.tar" >/dev/null
 cmp "$mp/builds/big.tar" "$base" || die "big.tar differs from its copy"
 size=$(stat -c %s "$base")
 [[ $(stat -c %s "$mp/builds/big.tar") == "$size" ]] || die "size of big.tar is not exact"
+# A root daemon writes the image files after the first opens: wait for big.tar's.
+image_file=no
+if [[ $(id -u) == 0 && " ${MOUNT_ARGS:-} " != *" --no-image-files "* ]]; then
+  for _ in $(seq 600); do
+    if stat -c %s "$conf"/images/*.tar 2>/dev/null | grep -qx "$size"; then
+      image_file=yes
+      break
+    fi
+    sleep 0.1
+  done
+fi
+echo "image file of big.tar (passthrough): $image_file" >&2
 unmount_fs
 cat "$base" >/dev/null
 echo "big.tar: $size bytes; many.tar: $(stat -c %s "$conf"/layers/*/image-*.idx | wc -l) indexes" >&2

@@ -16,6 +16,10 @@
 //! through the notifier, so the kernel asks for the new size and never serves bytes
 //! of the image before; later opens use `FOPEN_KEEP_CACHE`, so repeated reads of a
 //! finished image come from the page cache without the daemon.
+//!
+//! A privileged daemon (root in the initial user namespace) instead keeps each
+//! finished image as a file and answers opens of it with FUSE passthrough (see
+//! [`Passthrough`]): the kernel reads the file itself, as fast as an ordinary file.
 
 use super::{caller, file_attr, file_type, reply_empty, reply_xattr, set_time};
 use std::collections::HashMap;
@@ -55,9 +59,11 @@ pub struct GentreeFuse {
 /// The kernel ties one backing file to an inode while any passthrough open of it
 /// lasts, and fails (EIO) an open of that inode with another backing file, or a
 /// passthrough open while a page-cached one lasts (and the reverse). Direct I/O opens
-/// mix with both. So per inode: while passthrough opens of one image file last, an
-/// open of another image (the config was edited) is served from its layout with
-/// direct I/O; while page-cached opens last, opens stay page-cached.
+/// mix with page-cached ones, but not with passthrough ones. So per inode: while
+/// passthrough opens of one image file last, an open of another image (the config was
+/// edited) gets a new inode number for the tar ([`GentreeFs::new_tar_generation`])
+/// and ESTALE, on which the kernel looks the name up again and opens the new inode;
+/// while page-cached opens last, opens stay page-cached.
 #[derive(Debug, Default)]
 struct Passthrough {
     /// Asked for at INIT and granted.
@@ -88,8 +94,9 @@ enum ImageIo {
     Backed(Arc<fuser::BackingId>),
     /// Through the page cache (today's served path).
     Cached,
-    /// From the layout with direct I/O (passthrough opens of another image last).
-    Direct,
+    /// Not on this inode: passthrough opens of another image last (the kernel would
+    /// fail the open); the image needs a new inode.
+    Stale,
 }
 
 impl Passthrough {
@@ -113,7 +120,7 @@ impl Passthrough {
                 *n += 1;
                 ImageIo::Backed(id.clone())
             }
-            (Some(_), _) => ImageIo::Direct,
+            (Some(_), _) => ImageIo::Stale,
             (None, Some((path, f))) if node.cached == 0 && self.enabled() => match register(&f) {
                 Ok(id) => {
                     let id = Arc::new(id);
@@ -139,13 +146,19 @@ impl Passthrough {
         match io {
             ImageIo::Backed(_) => drop(st.handles.insert(fh, (ino, true))),
             ImageIo::Cached => drop(st.handles.insert(fh, (ino, false))),
-            ImageIo::Direct => {
-                if node_is_idle(st.inodes.get(&ino)) {
-                    st.inodes.remove(&ino);
-                }
-            }
+            ImageIo::Stale => {}
         }
         io
+    }
+
+    /// True while inode `ino` has passthrough opens (its backing file is fixed, and
+    /// the kernel fails every other open of it).
+    fn backed(&self, ino: u64) -> bool {
+        self.state
+            .lock()
+            .inodes
+            .get(&ino)
+            .is_some_and(|n| n.backed.is_some())
     }
 
     /// Forgets open file `fh`; an inode's backing file goes with its last open.
@@ -219,6 +232,7 @@ fn reply_attr(reply: ReplyAttr, ttl: Duration, r: io::Result<Attr>) {
 
 /// An open of `builds/<config>.tar` waiting for its image.
 struct OpenWaiter {
+    fs: Arc<GentreeFs>,
     reply: ReplyOpen,
     pid: u32,
     ino: u64,
@@ -239,30 +253,39 @@ impl Waiter for OpenWaiter {
             cached,
         };
         let fh = FileHandle(self.handles.insert(handle(!built)));
+        if self.passthrough.negotiated {
+            // A built image is new: its file is not written yet.
+            let file = match built {
+                true => None,
+                false => self.images.image_file(&self.name, &image),
+            };
+            let reply = &self.reply;
+            let io = match (built, self.passthrough.backed(self.ino)) {
+                (true, false) => None,
+                (true, true) => Some(ImageIo::Stale),
+                (false, _) => Some(
+                    self.passthrough
+                        .open(self.ino, fh.0, file, |f| reply.open_backing(f)),
+                ),
+            };
+            match io {
+                Some(ImageIo::Backed(id)) => {
+                    return self.reply.opened_passthrough(fh, FopenFlags::empty(), &id);
+                }
+                Some(ImageIo::Stale) => {
+                    tracing::debug!("{}: new image, new inode", self.name);
+                    self.handles.remove(fh.0);
+                    self.fs.new_tar_generation(&self.name);
+                    return self.reply.error(Errno::from_i32(libc::ESTALE));
+                }
+                Some(ImageIo::Cached) | None => {}
+            }
+        }
         if built {
             // Opened before the build finished: the kernel's view was invalidated
             // before this answer, but direct I/O makes the copy whole whatever size
             // a racing GETATTR left in the inode.
             return self.reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO);
-        }
-        if self.passthrough.negotiated {
-            let file = self.images.image_file(&self.name, &image);
-            let reply = &self.reply;
-            let io = self
-                .passthrough
-                .open(self.ino, fh.0, file, |f| reply.open_backing(f));
-            match io {
-                ImageIo::Backed(id) => {
-                    return self.reply.opened_passthrough(fh, FopenFlags::empty(), &id);
-                }
-                ImageIo::Direct => {
-                    // Not page-cached: this handle's reads need no ESTALE check.
-                    self.handles.remove(fh.0);
-                    let fh = FileHandle(self.handles.insert(handle(false)));
-                    return self.reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO);
-                }
-                ImageIo::Cached => {}
-            }
         }
         if self.images.is_served(&self.name, &image) {
             // The kernel's size and pages are this image's: keep them.
@@ -435,6 +458,7 @@ impl Filesystem for GentreeFuse {
             Ok(Opened::Image(name)) => {
                 let images: &Arc<Images> = self.fs.images();
                 let waiter = OpenWaiter {
+                    fs: self.fs.clone(),
                     reply,
                     pid: req.pid(),
                     ino: ino.0,
