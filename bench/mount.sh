@@ -36,7 +36,13 @@
 # Prints medians, throughput ratios against the file, and the targets:
 # >= 0.9x cat throughput, first byte < 20 ms, RSS < 100 MiB.
 #
-# Measured (2026-11-22, 2 shared cores, kernel 6.18, root, ROUNDS=7): first read 0.21x
+# Measured with FUSE passthrough (2026-11-22, 2 shared cores, kernel 6.18, root, ROUNDS=5,
+# image files written in 4 MiB writes): cat 1.16x first / 1.05x again / 0.97x warm, cp
+# 1.02x / 1.01x / 1.01x; first byte 1.0 ms; VmHWM 12 MiB. The same run with
+# MOUNT_ARGS=--no-image-files (the served path below): cat 0.27x / 0.66x / 0.82x, cp
+# 0.26x / 0.62x / 0.74x.
+#
+# Served path, before passthrough (ROUNDS=7): first read 0.21x
 # (cat) / 0.25x (cp); second read 0.63x / 0.67x; third 0.84x / 0.85x; first byte
 # 1.3 ms; VmHWM 14 MiB. A first read copies every byte three times (pread into the
 # daemon, writev into the FUSE page cache, the reader's copy) against once for a

@@ -479,6 +479,12 @@ impl Images {
         self.files.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Stops keeping image files (FUSE passthrough was refused).
+    pub fn disable_files(&self) {
+        self.files
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn files_enabled(&self) -> bool {
         self.files.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -486,11 +492,7 @@ impl Images {
     /// The file of `name`'s image `image`, opened, when it is complete; otherwise
     /// starts writing it in the background (if files are kept) and gives `None`: the
     /// caller serves the image from its layout meanwhile. Never blocks on the write.
-    pub fn image_file(
-        self: &Arc<Self>,
-        name: &str,
-        image: &Arc<TarLayout>,
-    ) -> Option<(PathBuf, File)> {
+    pub fn image_file(self: &Arc<Self>, name: &str, image: &Arc<TarLayout>) -> Option<File> {
         let path = {
             let slots = self.slots.lock();
             let s = slots.get(name)?;
@@ -501,7 +503,7 @@ impl Images {
         };
         if let Ok(f) = File::open(&path) {
             if f.metadata().is_ok_and(|m| m.len() == image.size()) {
-                return Some((path, f));
+                return Some(f);
             }
         }
         self.write_file_later(path, image.clone());
@@ -520,12 +522,13 @@ impl Images {
             .spawn(move || {
                 match write_image_file(&path, &image) {
                     Ok(()) => tracing::info!("image file {} written", path.display()),
-                    Err(e) => tracing::warn!("{e}"),
+                    Err(e) => tracing::warn!("{e}: {}", e.source),
                 }
                 me.writing.lock().remove(&path);
             });
         if let Err(e) = spawned {
             tracing::warn!("cannot start a thread to write an image file: {e}");
+            self.writing.lock().clear();
         }
     }
 
@@ -881,6 +884,8 @@ impl Images {
         let store = Store::open(&plan.dirs.conf_root).map_err(store_io)?;
         let _lock = store.lock(top).map_err(store_io)?;
         store.remove(top).map_err(store_io)?;
+        // Its image files too: a rebuild under the same key need not give the same bytes.
+        remove_image_files(&self.env.conf_root, top);
         tracing::info!("{name}: image dropped (layer {} removed)", top.short());
         Ok(())
     }
@@ -929,9 +934,30 @@ fn store_io(e: StoreError) -> io::Error {
     }
 }
 
+/// The size of the writes of an image file.
+const WRITE_CHUNK: usize = 4 << 20;
+
 /// Where image files are kept under a conf root.
 pub fn images_dir(conf_root: &Path) -> PathBuf {
     conf_root.join("images")
+}
+
+/// Removes the image files over top layer `top` (readers that have one open keep it).
+fn remove_image_files(conf_root: &Path, top: &BuildKey) {
+    let Ok(rd) = std::fs::read_dir(images_dir(conf_root)) else {
+        return;
+    };
+    let prefix = format!("{top}-");
+    for e in rd.filter_map(Result::ok) {
+        if e.file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(&prefix))
+        {
+            if let Err(err) = std::fs::remove_file(e.path()) {
+                tracing::warn!("cannot remove {}: {err}", e.path().display());
+            }
+        }
+    }
 }
 
 /// A write of an image file failed.
@@ -959,7 +985,20 @@ pub fn write_image_file(path: &Path, image: &TarLayout) -> Result<(), ImageFileE
     let tmp = path.with_extension(format!("tar.tmp{}", std::process::id()));
     let r = (|| {
         let mut f = File::create(&tmp)?;
-        let n = image.write_to_file(&mut f)?;
+        // Large buffered writes, not `TarLayout::write_to_file` (sendfile, which
+        // writes a pipe's worth at a time): the page cache keeps the file in the
+        // folios its writes made, and a cached read of a 1 GiB image written by
+        // sendfile took 0.16 s against 0.12-0.13 s for one written in 4 MiB writes.
+        let mut buf = vec![0u8; WRITE_CHUNK];
+        let mut n = 0;
+        while n < image.size() {
+            let got = image.read_at(n, &mut buf)?;
+            if got == 0 {
+                break;
+            }
+            f.write_all(&buf[..got])?;
+            n += got as u64;
+        }
         if n != image.size() {
             return Err(io::Error::other(format!(
                 "wrote {n} bytes, the image has {}",

@@ -84,9 +84,13 @@ struct PassthroughState {
 struct InodeIo {
     /// Page-cached opens.
     cached: usize,
-    /// Passthrough opens and their image file.
-    backed: Option<(PathBuf, Arc<fuser::BackingId>, usize)>,
+    /// Passthrough opens and their image file (its device and inode: a file
+    /// written again under the same name, after a rebuild, is another file).
+    backed: Option<(FileId, Arc<fuser::BackingId>, usize)>,
 }
+
+/// A file's device and inode.
+type FileId = (u64, u64);
 
 /// How to answer an open of an image that is ready.
 enum ImageIo {
@@ -104,15 +108,20 @@ impl Passthrough {
         self.negotiated && self.enabled.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Decides how open `fh` of inode `ino` is served; `file` gives the image's file
-    /// (its path and the open file) when it is complete, `register` registers it.
+    /// Decides how open `fh` of inode `ino` is served; `file` is the image's file
+    /// when it is complete, `register` registers it.
     fn open(
         &self,
         ino: u64,
         fh: u64,
-        file: Option<(PathBuf, std::fs::File)>,
+        file: Option<std::fs::File>,
         register: impl FnOnce(&std::fs::File) -> io::Result<fuser::BackingId>,
     ) -> ImageIo {
+        let file = file.and_then(|f| {
+            use std::os::unix::fs::MetadataExt;
+            let m = f.metadata().ok()?;
+            Some(((m.dev(), m.ino()), f))
+        });
         let mut st = self.state.lock();
         let node = st.inodes.entry(ino).or_default();
         let io = match (&mut node.backed, file) {
@@ -278,7 +287,12 @@ impl Waiter for OpenWaiter {
                     self.fs.new_tar_generation(&self.name);
                     return self.reply.error(Errno::from_i32(libc::ESTALE));
                 }
-                Some(ImageIo::Cached) | None => {}
+                Some(ImageIo::Cached) | None => {
+                    if !self.passthrough.enabled() {
+                        // Refused: image files would serve nothing.
+                        self.images.disable_files();
+                    }
+                }
             }
         }
         if built {
