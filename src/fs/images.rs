@@ -13,7 +13,11 @@
 //!   so an edited config or a changed seed rebuilds on the next open;
 //! - the flattened index is persisted next to the top layer
 //!   (`layers/<key>/image-<filters digest>.idx`) so reopening after a restart needs no
-//!   tree walk.
+//!   tree walk;
+//! - when the mount serves images by FUSE passthrough ([`Images::enable_files`]), each
+//!   finished image is also kept as a file, `<conf_root>/images/<top key>-<digest>.tar`,
+//!   written in the background (after its build, or after an open that found none) to
+//!   a temp name, synced and renamed: [`Images::image_file`] gives only complete files.
 //!
 //! The lock over the slots is never held across I/O on layers, a build, or a reply.
 
