@@ -58,6 +58,12 @@ pub struct MountArgs {
     /// Worker threads (default: the number of CPUs).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Do not keep finished images as files (CONF_ROOT/images/<key>.tar, one per
+    /// image, as large as the image). A privileged daemon (root) keeps them to serve
+    /// builds/<config>.tar by FUSE passthrough, at the speed of an ordinary file;
+    /// without them, or rootless, images are assembled from the layers on each read.
+    #[arg(long)]
+    pub no_image_files: bool,
     /// Where to mount.
     #[arg(required = true)]
     pub mountpoint: Option<PathBuf>,

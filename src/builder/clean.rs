@@ -9,7 +9,10 @@
 //!   removed, so with no config given every layer goes;
 //! - a layer whose build lock is held (a build of that key is running) is never
 //!   removed, nor the unfinished temp dir of such a build; unfinished temp dirs
-//!   whose lock is free are leftovers of crashed builds and are removed.
+//!   whose lock is free are leftovers of crashed builds and are removed;
+//! - the mount's image files (`<conf_root>/images/<top key>-<digest>.tar`, kept by a
+//!   privileged mount for FUSE passthrough) whose top layer is not kept are removed
+//!   with it (reported as images), and so are unfinished ones (`*.tmp<pid>`).
 //!   A running build that merely *reuses* a layer does not lock it: do not clean
 //!   while builds run.
 
@@ -103,6 +106,9 @@ pub fn clean(
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err("cannot list", builds)(e)),
     }
+    report
+        .images
+        .extend(clean_image_files(store.conf_root(), keep, dry_run)?);
     for layer in store.list()? {
         let key = layer.meta.key.clone();
         if keep.contains(&key) {
@@ -132,6 +138,43 @@ pub fn clean(
         report.stale.push((dir, bytes));
     }
     Ok(report)
+}
+
+/// Removes the mount's image files whose top layer is not in `keep`, and unfinished
+/// ones (a mount writing one right now loses it and writes it again on a later open).
+fn clean_image_files(
+    conf_root: &Path,
+    keep: &BTreeSet<BuildKey>,
+    dry_run: bool,
+) -> Result<Vec<(PathBuf, u64)>, BuildError> {
+    let dir = crate::fs::images::images_dir(conf_root);
+    let rd = match fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err("cannot list", &dir)(e)),
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.map_err(io_err("cannot list", &dir))?;
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let key = name.split_once('-').and_then(|(k, _)| BuildKey::parse(k));
+        let finished = name.ends_with(".tar");
+        if finished && key.as_ref().is_some_and(|k| keep.contains(k)) {
+            continue;
+        }
+        let m = e.metadata().map_err(io_err("cannot stat", &e.path()))?;
+        if m.is_file() && key.is_some() {
+            out.push((e.path(), m.len()));
+        }
+    }
+    out.sort();
+    if !dry_run {
+        for (p, _) in &out {
+            fs::remove_file(p).map_err(io_err("cannot remove", p))?;
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -178,9 +221,24 @@ mod tests {
         let busy_lock = s.lock(&busy).unwrap();
         let running = s.begin(&busy, &busy_lock).unwrap();
 
+        // The mount's image files: of the kept layer, of the unused one, a half one.
+        let files = t.path().join("images");
+        fs::create_dir_all(&files).unwrap();
+        let file = |k: &BuildKey, ext: &str| files.join(format!("{k}-0123abcd.{ext}"));
+        fs::write(file(&kept, "tar"), vec![2u8; 40]).unwrap();
+        fs::write(file(&unused, "tar"), vec![2u8; 50]).unwrap();
+        fs::write(file(&kept, "tar.tmp77"), vec![2u8; 60]).unwrap();
+
         let keep: BTreeSet<BuildKey> = [kept.clone()].into();
         let dry = clean(&builds, &s, &keep, true).unwrap();
-        assert_eq!(dry.images, [(builds.join("a-full.tar"), 300)]);
+        let mut want = vec![
+            (builds.join("a-full.tar"), 300),
+            (file(&unused, "tar"), 50),
+            (file(&kept, "tar.tmp77"), 60),
+        ];
+        want[1..].sort();
+        assert_eq!(dry.images, want);
+        assert!(file(&unused, "tar").exists(), "dry run removed");
         assert!(builds.join("a-full.tar").exists(), "dry run removed");
         assert!(s.lookup(&unused).unwrap().is_some());
 
@@ -193,6 +251,11 @@ mod tests {
         assert_eq!(r.kept, 1);
         assert_eq!(r.stale, [(stale.clone(), 7)]);
         assert!(!builds.join("a-full.tar").exists());
+        assert!(
+            file(&kept, "tar").exists(),
+            "a kept layer's image file was removed"
+        );
+        assert!(!file(&unused, "tar").exists() && !file(&kept, "tar.tmp77").exists());
         assert!(builds.join("a.log").exists() && builds.join("sub.tar").is_dir());
         assert!(s.lookup(&unused).unwrap().is_none());
         assert!(s.lookup(&kept).unwrap().is_some());
@@ -202,7 +265,7 @@ mod tests {
             running.root().exists(),
             "a running build's temp dir was removed"
         );
-        assert_eq!(r.bytes(), 300 + 7 + unused_bytes);
+        assert_eq!(r.bytes(), 300 + 50 + 60 + 7 + unused_bytes);
     }
 
     #[test]

@@ -137,6 +137,7 @@ pub fn run(args: &MountArgs) -> CmdResult {
         allow_root: opts.allow_root,
         options: opts.mount,
         threads: args.threads,
+        image_files: !args.no_image_files,
     };
     let Mounted { session, unmounter } = match session(tree, &spec) {
         Ok(m) => m,

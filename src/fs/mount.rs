@@ -16,8 +16,13 @@
 //! through the notifier, so the kernel asks for the new size and never serves bytes
 //! of the image before; later opens use `FOPEN_KEEP_CACHE`, so repeated reads of a
 //! finished image come from the page cache without the daemon.
+//!
+//! A privileged daemon (root in the initial user namespace) instead keeps each
+//! finished image as a file and answers opens of it with FUSE passthrough (see
+//! [`Passthrough`]): the kernel reads the file itself, as fast as an ordinary file.
 
 use super::{caller, file_attr, file_type, reply_empty, reply_xattr, set_time};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -40,6 +45,176 @@ use crate::layers::union::{Attr, SetAttr};
 #[derive(Debug)]
 pub struct GentreeFuse {
     fs: Arc<GentreeFs>,
+    /// Keep finished images as files and serve them by FUSE passthrough when the
+    /// daemon may (`--no-image-files` turns it off).
+    image_files: bool,
+    passthrough: Arc<Passthrough>,
+}
+
+/// FUSE passthrough of finished images: the kernel reads `builds/<config>.tar` from the
+/// image's file itself (one copy, as for an ordinary file) with no request to us.
+/// Registering a file needs `CAP_SYS_ADMIN` in the initial user namespace, so only a
+/// privileged daemon asks for it; a rootless one serves every image from its layout.
+///
+/// The kernel ties one backing file to an inode while any passthrough open of it
+/// lasts, and fails (EIO) an open of that inode with another backing file, or a
+/// passthrough open while a page-cached one lasts (and the reverse). Direct I/O opens
+/// mix with page-cached ones, but not with passthrough ones. So per inode: while
+/// passthrough opens of one image file last, an open of another image (the config was
+/// edited) gets a new inode number for the tar ([`GentreeFs::new_tar_generation`])
+/// and ESTALE, on which the kernel looks the name up again and opens the new inode;
+/// while page-cached opens last, opens stay page-cached.
+#[derive(Debug, Default)]
+struct Passthrough {
+    /// Asked for at INIT and granted.
+    negotiated: bool,
+    /// Negotiated and not refused since.
+    enabled: std::sync::atomic::AtomicBool,
+    state: parking_lot::Mutex<PassthroughState>,
+}
+
+#[derive(Debug, Default)]
+struct PassthroughState {
+    inodes: HashMap<u64, InodeIo>,
+    /// The inode of each tracked open file handle, and whether it is a backed one.
+    handles: HashMap<u64, (u64, bool)>,
+}
+
+#[derive(Debug, Default)]
+struct InodeIo {
+    /// Page-cached opens.
+    cached: usize,
+    /// Passthrough opens and their image file (its device and inode: a file
+    /// written again under the same name, after a rebuild, is another file).
+    backed: Option<(FileId, Arc<fuser::BackingId>, usize)>,
+}
+
+/// A file's device and inode.
+type FileId = (u64, u64);
+
+/// How to answer an open of an image that is ready.
+enum ImageIo {
+    /// Passthrough with this backing file.
+    Backed(Arc<fuser::BackingId>),
+    /// Through the page cache (today's served path).
+    Cached,
+    /// Not on this inode: passthrough opens of another image last (the kernel would
+    /// fail the open); the image needs a new inode.
+    Stale,
+}
+
+impl Passthrough {
+    fn enabled(&self) -> bool {
+        self.negotiated && self.enabled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Decides how open `fh` of inode `ino` is served; `file` is the image's file
+    /// when it is complete, `register` registers it.
+    fn open(
+        &self,
+        ino: u64,
+        fh: u64,
+        file: Option<std::fs::File>,
+        register: impl FnOnce(&std::fs::File) -> io::Result<fuser::BackingId>,
+    ) -> ImageIo {
+        let file = file.and_then(|f| {
+            use std::os::unix::fs::MetadataExt;
+            let m = f.metadata().ok()?;
+            Some(((m.dev(), m.ino()), f))
+        });
+        let mut st = self.state.lock();
+        let node = st.inodes.entry(ino).or_default();
+        let io = match (&mut node.backed, file) {
+            (Some((p, id, n)), Some((path, _))) if *p == path => {
+                *n += 1;
+                ImageIo::Backed(id.clone())
+            }
+            (Some(_), _) => ImageIo::Stale,
+            (None, Some((path, f))) if node.cached == 0 && self.enabled() => match register(&f) {
+                Ok(id) => {
+                    let id = Arc::new(id);
+                    node.backed = Some((path, id.clone(), 1));
+                    ImageIo::Backed(id)
+                }
+                Err(e) => {
+                    // EBUSY: the file's filesystem stacks too deep; others may do.
+                    if e.raw_os_error() != Some(libc::EBUSY) {
+                        self.enabled
+                            .store(false, std::sync::atomic::Ordering::Relaxed);
+                        tracing::info!("FUSE passthrough refused ({e}); serving image data");
+                    }
+                    node.cached += 1;
+                    ImageIo::Cached
+                }
+            },
+            (None, _) => {
+                node.cached += 1;
+                ImageIo::Cached
+            }
+        };
+        match io {
+            ImageIo::Backed(_) => drop(st.handles.insert(fh, (ino, true))),
+            ImageIo::Cached => drop(st.handles.insert(fh, (ino, false))),
+            ImageIo::Stale => {}
+        }
+        io
+    }
+
+    /// True while inode `ino` has passthrough opens (its backing file is fixed, and
+    /// the kernel fails every other open of it).
+    fn backed(&self, ino: u64) -> bool {
+        self.state
+            .lock()
+            .inodes
+            .get(&ino)
+            .is_some_and(|n| n.backed.is_some())
+    }
+
+    /// Forgets open file `fh`; an inode's backing file goes with its last open.
+    fn release(&self, fh: u64) {
+        let mut st = self.state.lock();
+        let Some((ino, backed)) = st.handles.remove(&fh) else {
+            return;
+        };
+        let Some(node) = st.inodes.get_mut(&ino) else {
+            return;
+        };
+        if backed {
+            if let Some((_, _, n)) = &mut node.backed {
+                *n -= 1;
+                if *n == 0 {
+                    // Dropping the last reference closes the backing id.
+                    node.backed = None;
+                }
+            }
+        } else {
+            node.cached = node.cached.saturating_sub(1);
+        }
+        if node_is_idle(Some(node)) {
+            st.inodes.remove(&ino);
+        }
+    }
+}
+
+fn node_is_idle(node: Option<&InodeIo>) -> bool {
+    node.is_none_or(|n| n.cached == 0 && n.backed.is_none())
+}
+
+/// True when files on `path`'s filesystem are themselves on a stacking filesystem
+/// (FUSE or overlayfs): passthrough to them needs stack depth 2.
+fn on_stacked_fs(path: &Path) -> bool {
+    use nix::sys::statfs::{FUSE_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC, statfs};
+    let mut p = path;
+    loop {
+        if let Ok(st) = statfs(p) {
+            let t = st.filesystem_type();
+            return t == FUSE_SUPER_MAGIC || t == OVERLAYFS_SUPER_MAGIC;
+        }
+        match p.parent() {
+            Some(q) => p = q,
+            None => return false,
+        }
+    }
 }
 
 fn reply_entry(reply: ReplyEntry, ttl: Duration, r: io::Result<Attr>) {
@@ -66,11 +241,14 @@ fn reply_attr(reply: ReplyAttr, ttl: Duration, r: io::Result<Attr>) {
 
 /// An open of `builds/<config>.tar` waiting for its image.
 struct OpenWaiter {
+    fs: Arc<GentreeFs>,
     reply: ReplyOpen,
     pid: u32,
+    ino: u64,
     name: String,
     images: Arc<Images>,
     handles: Arc<Handles>,
+    passthrough: Arc<Passthrough>,
 }
 
 impl Waiter for OpenWaiter {
@@ -84,6 +262,39 @@ impl Waiter for OpenWaiter {
             cached,
         };
         let fh = FileHandle(self.handles.insert(handle(!built)));
+        if self.passthrough.negotiated {
+            // A built image is new: its file is not written yet.
+            let file = match built {
+                true => None,
+                false => self.images.image_file(&self.name, &image),
+            };
+            let reply = &self.reply;
+            let io = match (built, self.passthrough.backed(self.ino)) {
+                (true, false) => None,
+                (true, true) => Some(ImageIo::Stale),
+                (false, _) => Some(
+                    self.passthrough
+                        .open(self.ino, fh.0, file, |f| reply.open_backing(f)),
+                ),
+            };
+            match io {
+                Some(ImageIo::Backed(id)) => {
+                    return self.reply.opened_passthrough(fh, FopenFlags::empty(), &id);
+                }
+                Some(ImageIo::Stale) => {
+                    tracing::debug!("{}: new image, new inode", self.name);
+                    self.handles.remove(fh.0);
+                    self.fs.new_tar_generation(&self.name);
+                    return self.reply.error(Errno::from_i32(libc::ESTALE));
+                }
+                Some(ImageIo::Cached) | None => {
+                    if !self.passthrough.enabled() {
+                        // Refused: image files would serve nothing.
+                        self.images.disable_files();
+                    }
+                }
+            }
+        }
         if built {
             // Opened before the build finished: the kernel's view was invalidated
             // before this answer, but direct I/O makes the copy whole whatever size
@@ -134,6 +345,23 @@ impl Filesystem for GentreeFuse {
         }
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
+        let privileged =
+            nix::unistd::geteuid().is_root() && crate::layers::union::in_initial_userns();
+        if self.image_files
+            && privileged
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+        {
+            let conf_root = &self.fs.images().env().conf_root;
+            let depth = if on_stacked_fs(conf_root) { 2 } else { 1 };
+            let _ = config.set_max_stack_depth(depth);
+            let pt = Arc::get_mut(&mut self.passthrough);
+            if let Some(pt) = pt {
+                pt.negotiated = true;
+                pt.enabled.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.fs.images().enable_files();
+                tracing::info!("FUSE passthrough: finished images are kept as files");
+            }
+        }
         Ok(())
     }
 
@@ -244,11 +472,14 @@ impl Filesystem for GentreeFuse {
             Ok(Opened::Image(name)) => {
                 let images: &Arc<Images> = self.fs.images();
                 let waiter = OpenWaiter {
+                    fs: self.fs.clone(),
                     reply,
                     pid: req.pid(),
+                    ino: ino.0,
                     name: name.clone(),
                     images: images.clone(),
                     handles: self.fs.handles.clone(),
+                    passthrough: self.passthrough.clone(),
                 };
                 images.open(&name, Box::new(waiter));
             }
@@ -312,6 +543,7 @@ impl Filesystem for GentreeFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.passthrough.release(fh.0);
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -524,6 +756,9 @@ pub struct MountSpec {
     /// `dev` for `nodev`, ...).
     pub options: Vec<MountOption>,
     pub threads: Option<usize>,
+    /// Keep finished images as files under `<conf_root>/images` and serve them by
+    /// FUSE passthrough, when the daemon is privileged.
+    pub image_files: bool,
 }
 
 /// The mounted session (not yet serving) and its unmounter.
@@ -554,8 +789,16 @@ pub fn session(fs: GentreeFs, spec: &MountSpec) -> Result<Mounted, MountError> {
         mountpoint: spec.mountpoint.clone(),
         source,
     };
-    let mut session = fuser::Session::new(GentreeFuse { fs: fs.clone() }, &spec.mountpoint, &cfg)
-        .map_err(mount_err)?;
+    let mut session = fuser::Session::new(
+        GentreeFuse {
+            fs: fs.clone(),
+            image_files: spec.image_files,
+            passthrough: Arc::new(Passthrough::default()),
+        },
+        &spec.mountpoint,
+        &cfg,
+    )
+    .map_err(mount_err)?;
     // A finished build or a new image changes the size and bytes: drop the kernel's
     // cached attributes and pages. The hook runs on a build job's thread or one of
     // its own, never in a handler or under our locks.

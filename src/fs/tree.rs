@@ -44,8 +44,12 @@ pub const PACKAGES: u64 = 5;
 /// First inode of the layers entries (`FIRST_LAYER + i` is layer i).
 const FIRST_LAYER: u64 = 1 << 40;
 /// First inode of the builds entries: `FIRST_BUILD + 2 * i` is config i's tar,
-/// `+ 1` its log.
+/// `+ 1` its log; a tar's generation `g` adds `g << TAR_GEN_SHIFT`
+/// ([`GentreeFs::new_tar_generation`]).
 const FIRST_BUILD: u64 = 16;
+const TAR_GEN_SHIFT: u32 = 32;
+/// Tar generations wrap around below this (their inodes stay below `FIRST_LAYER`).
+const TAR_GENS: u64 = (FIRST_LAYER >> TAR_GEN_SHIFT) - 1;
 const UNION_SHIFT: u32 = 48;
 const CONFIGS_UNION: usize = 0;
 
@@ -87,8 +91,9 @@ impl Node {
             )),
             i if i >= FIRST_LAYER => Some(Node::Layer((i - FIRST_LAYER) as usize)),
             i if i >= FIRST_BUILD => {
-                let n = ((i - FIRST_BUILD) / 2) as usize;
-                Some(if (i - FIRST_BUILD).is_multiple_of(2) {
+                let i = (i - FIRST_BUILD) & ((1 << TAR_GEN_SHIFT) - 1);
+                let n = (i / 2) as usize;
+                Some(if i.is_multiple_of(2) {
                     Node::Tar(n)
                 } else {
                     Node::Log(n)
@@ -169,7 +174,7 @@ impl Handles {
             .cloned()
             .ok_or_else(|| errno(libc::EBADF))
     }
-    fn remove(&self, fh: u64) {
+    pub fn remove(&self, fh: u64) {
         self.map.lock().remove(&fh);
     }
 }
@@ -193,6 +198,8 @@ pub struct GentreeFs {
     unions: RwLock<Vec<(String, Arc<Union>)>>,
     /// Config names by builds index (names are never reused for another index).
     builds: RwLock<Vec<String>>,
+    /// The generation of each builds index's tar inode, when not 0.
+    tar_gens: Mutex<HashMap<usize, u64>>,
     /// Layer keys by layers index.
     layers: RwLock<Vec<BuildKey>>,
     /// OCI layouts of layers, by key (layers are immutable).
@@ -222,6 +229,7 @@ impl GentreeFs {
             images,
             unions: RwLock::new(vec![("configs".into(), Arc::new(configs))]),
             builds: RwLock::new(Vec::new()),
+            tar_gens: Mutex::new(HashMap::new()),
             layers: RwLock::new(Vec::new()),
             oci: Mutex::new(HashMap::new()),
             handles: Arc::new(Handles::default()),
@@ -497,7 +505,11 @@ impl GentreeFs {
                     _ => return Err(errno(libc::ENOENT)),
                 };
                 let i = self.build_index(stem).ok_or_else(|| errno(libc::ENOENT))?;
-                self.getattr(if tar { Node::Tar(i) } else { Node::Log(i) }.ino())
+                self.getattr(if tar {
+                    self.tar_ino_at(i)
+                } else {
+                    Node::Log(i).ino()
+                })
             }
             Node::Layers => {
                 let n = n.and_then(|n| n.strip_suffix(".tar"));
@@ -624,7 +636,7 @@ impl GentreeFs {
                 let mut v = dot(BUILDS, ROOT);
                 for name in self.images.names()? {
                     if let Some(i) = self.build_index(&name) {
-                        v.push((Node::Tar(i).ino(), FileKind::File, format!("{name}.tar")));
+                        v.push((self.tar_ino_at(i), FileKind::File, format!("{name}.tar")));
                         v.push((Node::Log(i).ino(), FileKind::File, format!("{name}.log")));
                     }
                 }
@@ -693,6 +705,9 @@ impl GentreeFs {
             Node::Layer(i) => Ok(Opened::Cached(
                 self.handles.insert(Handle::Tar(self.oci_layout(i)?)),
             )),
+            // An older generation of the tar (see `new_tar_generation`): the kernel
+            // retries the open after a fresh lookup, which gives the current one.
+            Node::Tar(i) if ino != self.tar_ino_at(i) => Err(errno(libc::ESTALE)),
             Node::Tar(i) => Ok(Opened::Image(self.build_name(i)?)),
             Node::Log(i) => {
                 let name = self.build_name(i)?;
@@ -883,7 +898,26 @@ impl GentreeFs {
             .read()
             .iter()
             .position(|n| n == name)
-            .map(|i| Node::Tar(i).ino())
+            .map(|i| self.tar_ino_at(i))
+    }
+
+    /// The current inode of the tar of builds index `i`.
+    fn tar_ino_at(&self, i: usize) -> u64 {
+        let g = self.tar_gens.lock().get(&i).copied().unwrap_or(0);
+        Node::Tar(i).ino() + (g << TAR_GEN_SHIFT)
+    }
+
+    /// Gives `builds/<name>.tar` a new inode number: lookups from now on return it, and
+    /// opens of the inode before fail with ESTALE (the kernel then looks the name up
+    /// again and opens the new inode). For FUSE passthrough, which ties one backing
+    /// file to an inode while it is open: a new image needs an inode of its own.
+    pub fn new_tar_generation(&self, name: &str) {
+        let Some(i) = self.build_index(name) else {
+            return;
+        };
+        let mut gens = self.tar_gens.lock();
+        let g = gens.entry(i).or_insert(0);
+        *g = (*g + 1) % TAR_GENS;
     }
 
     pub fn ttl(&self) -> Duration {
@@ -960,6 +994,12 @@ mod tests {
         ] {
             assert_eq!(Node::of(n.ino()), Some(n), "{n:?}");
         }
+        // Later generations of a tar are the same node, below the layers.
+        let g = Node::Tar(7).ino() + (5 << TAR_GEN_SHIFT);
+        assert_eq!(Node::of(g), Some(Node::Tar(7)));
+        let last = Node::Tar(1 << 30).ino() + ((TAR_GENS - 1) << TAR_GEN_SHIFT);
+        assert!(last < FIRST_LAYER, "{last:#x}");
+        assert_eq!(Node::of(last), Some(Node::Tar(1 << 30)));
         assert_eq!(Node::of(0), None);
         assert_eq!(Node::of(6), None);
     }

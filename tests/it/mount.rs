@@ -762,6 +762,18 @@ fn mount_as_unprivileged_user() {
         "{}",
         String::from_utf8_lossy(&cp.stderr)
     );
+    // The image is ready now: copied again, still from its layout (a rootless daemon
+    // cannot use FUSE passthrough, so it keeps no image files).
+    let again = out.join("again.tar");
+    let cp = as_user(&["cp".as_ref(), tar.as_os_str(), again.as_os_str()]);
+    assert!(
+        cp.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cp.stderr)
+    );
+    assert!(fs::read(&again).unwrap() == fs::read(&copy).unwrap());
+    let files = f.conf().join("images");
+    assert!(!files.exists(), "a rootless mount kept image files");
     let listing = run_ok(
         Command::new("tar")
             .args(["--numeric-owner", "-tvf"])
@@ -795,6 +807,16 @@ fn fake_layer(conf: &Path, key: &str, name: &str, base_keys: &[&str]) {
         "base_keys": base_keys, "created": 1, "format": 1,
     });
     fs::write(dir.join("meta.json"), meta.to_string()).unwrap();
+}
+
+/// Publishes the image of `tar`'s config under its current key (a single layer with
+/// `data/<name>` and 8 MiB of `fill` in `data/big`); returns the key.
+fn fill_image(conf: &Path, tar: &Path, name: &str, fill: u8) -> String {
+    let key = xattr_str(tar, "user.gentree.key").unwrap();
+    fake_layer(conf, &key, name, &[]);
+    let big = conf.join("layers").join(&key).join("root/data/big");
+    fs::write(big, vec![fill; 8 << 20]).unwrap();
+    key
 }
 
 /// `rm builds/x.tar` drops x's own layer, but not one another config builds on.
@@ -1092,15 +1114,12 @@ fn mount_old_image_readers_cannot_pollute_the_new_image() {
     let cfg = configs.join("x.toml");
     fs::write(&cfg, "seed = \"s1\"\n").unwrap();
     let mp = t.path().join("mp");
-    let d = Daemon::start(util::gentree(), &conf, &configs, &mp, t.path());
+    // The served path (as root, images would be served by passthrough once written).
+    let mut cmd = util::gentree();
+    cmd.arg("--no-image-files");
+    let d = Daemon::start(cmd, &conf, &configs, &mp, t.path());
     let tar = mp.join("builds/x.tar");
-    // An image whose 8 MiB of data is all `fill`, under the config's current key.
-    let image = |name: &str, fill: u8| {
-        let key = xattr_str(&tar, "user.gentree.key").unwrap();
-        fake_layer(&conf, &key, name, &[]);
-        let big = conf.join("layers").join(&key).join("root/data/big");
-        fs::write(big, vec![fill; 8 << 20]).unwrap();
-    };
+    let image = |name: &str, fill: u8| drop(fill_image(&conf, &tar, name, fill));
     image("a", b'A');
     // The first open builds the index (direct I/O); the next reads through the cache.
     fs::read(&tar).unwrap();
@@ -1127,5 +1146,135 @@ fn mount_old_image_readers_cannot_pollute_the_new_image() {
     );
     assert!(bytes.windows(4096).any(|w| w == [b'B'; 4096]));
     drop((old, new));
+    d.stop();
+    assert!(!conf.join("images").exists(), "--no-image-files kept files");
+}
+
+/// Bytes the process `pid` has read so far (`rchar` of /proc/PID/io).
+fn rchar(pid: u32) -> u64 {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The image files under `conf`, with their sizes.
+fn image_files(conf: &Path) -> Vec<(PathBuf, u64)> {
+    let Ok(rd) = fs::read_dir(conf.join("images")) else {
+        return Vec::new();
+    };
+    let mut v: Vec<_> = rd
+        .map(|e| {
+            let e = e.unwrap();
+            (e.path(), e.metadata().unwrap().len())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// As root, a finished image is kept as a file and served by FUSE passthrough: the
+/// kernel reads the file, the daemon reads nothing. A reader of the previous image
+/// keeps reading its bytes after a config edit, and the new image's readers get the
+/// new bytes, on a new inode while the old one's backing file is in use.
+#[test]
+fn mount_serves_finished_images_by_passthrough() {
+    if !root_and_fuse("mount_serves_finished_images_by_passthrough") {
+        return;
+    }
+    let t = util::tempdir();
+    let (conf, configs) = plain_conf(t.path());
+    let cfg = configs.join("x.toml");
+    fs::write(&cfg, "seed = \"s1\"\n").unwrap();
+    let mp = t.path().join("mp");
+    let d = Daemon::start(util::gentree(), &conf, &configs, &mp, t.path());
+    let pid = d.child.id();
+    let tar = mp.join("builds/x.tar");
+    let image = |name: &str, fill: u8| fill_image(&conf, &tar, name, fill);
+    // Reads all of `f` from offset 0; the bytes and what the daemon read meanwhile.
+    let read_all = |f: &fs::File| {
+        let before = rchar(pid);
+        let mut v = vec![0u8; f.metadata().unwrap().len() as usize];
+        f.read_exact_at(&mut v, 0).unwrap();
+        (v, rchar(pid) - before)
+    };
+    let file_of = |key: &str, len: usize| {
+        let files = image_files(&conf);
+        let found = files.iter().find(|(p, n)| {
+            *n == len as u64 && p.file_name().unwrap().to_str().unwrap().starts_with(key)
+        });
+        found.map(|(p, _)| p.clone())
+    };
+
+    let ka = image("a", b'A');
+    // The first open builds the index and is served from the layout; the image file
+    // is written after it.
+    let first = fs::read(&tar).unwrap();
+    assert!(first.windows(4096).any(|w| w == [b'A'; 4096]));
+    wait_until("the image file", Duration::from_secs(20), || {
+        file_of(&ka, first.len()).is_some()
+    });
+    let file_a = file_of(&ka, first.len()).unwrap();
+    assert!(fs::read(&file_a).unwrap() == first, "image file differs");
+    let listing = run_ok(Command::new("tar").arg("-tf").arg(&file_a));
+    assert!(listing.contains("data/big"), "{listing}");
+    // Served by the kernel from the file (the layout path would read 8 MiB here).
+    let old = fs::File::open(&tar).unwrap();
+    let (bytes, daemon) = read_all(&old);
+    assert!(bytes == first, "passthrough bytes differ");
+    assert!(
+        daemon < 1 << 20,
+        "the daemon read {daemon} bytes: not passthrough"
+    );
+
+    // The config changes while `old` is open: a new image, built by the next reader.
+    fs::write(&cfg, "seed = \"s1\"\npackages = [\"app-misc/b\"]\n").unwrap();
+    let kb = image("b", b'B');
+    assert_ne!(ka, kb);
+    let second = fs::read(&tar).unwrap();
+    assert!(second.windows(4096).any(|w| w == [b'B'; 4096]));
+    assert!(!second.windows(4096).step_by(512).any(|w| w == [b'A'; 4096]));
+    wait_until("the new image file", Duration::from_secs(20), || {
+        file_of(&kb, second.len()).is_some()
+    });
+    // The old reader still reads its own image, all of it.
+    let (bytes, _) = read_all(&old);
+    assert!(bytes == first, "the old reader's bytes changed");
+    // A new reader while `old` holds image a's file as the inode's backing file:
+    // image b by passthrough too, on a new inode of builds/x.tar.
+    let new = fs::File::open(&tar).unwrap();
+    let (bytes, daemon) = read_all(&new);
+    assert!(bytes == second, "the new reader got other bytes");
+    assert!(
+        daemon < 1 << 20,
+        "the daemon read {daemon} bytes: not passthrough"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let (ino_old, ino_new) = (old.metadata().unwrap().ino(), new.metadata().unwrap().ino());
+    assert_ne!(ino_old, ino_new, "image b on image a's inode");
+    assert_eq!(fs::metadata(&tar).unwrap().ino(), ino_new);
+    drop((old, new));
+    // Once the old opens are released (RELEASE comes after close), b by passthrough.
+    wait_until(
+        "passthrough of the new image",
+        Duration::from_secs(10),
+        || {
+            let f = fs::File::open(&tar).unwrap();
+            let (bytes, daemon) = read_all(&f);
+            assert!(bytes == second);
+            daemon < 1 << 20
+        },
+    );
+    // Image files are content-addressed: a's stays for an edit back, until
+    // clean-builds. `rm` drops b's layer and its file (a rebuild may differ).
+    assert!(file_of(&ka, first.len()).is_some());
+    fs::remove_file(&tar).unwrap();
+    assert!(
+        file_of(&kb, second.len()).is_none(),
+        "rm kept the image file"
+    );
+    assert!(file_of(&ka, first.len()).is_some());
     d.stop();
 }
