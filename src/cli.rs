@@ -82,9 +82,17 @@ pub enum Command {
 
     /// Mount a userspace union (overlay) filesystem, fuse-overlayfs style.
     ///
-    /// Example: gentree-fs union -o lowerdir=/l1:/l2,upperdir=/u,workdir=/w /mnt
+    ///   gentree-fs union -o lowerdir=/l1:/l2,upperdir=/u,workdir=/w /mnt
+    ///
     /// L1 is the topmost lower layer. Without upperdir the mount is read-only.
     /// Unmount with `fusermount3 -u MOUNTPOINT`, `umount`, or SIGINT/SIGTERM.
+    ///
+    /// Run as root, the union hands open files to the kernel (FUSE passthrough), so
+    /// reads and writes cost no round trip. The kernel ties one disk file to an open
+    /// inode, so opening a lower file for writing (or truncating it) while another
+    /// process still has it open waits up to 2 s for that reader, then fails with
+    /// ETXTBSY, where kernel overlayfs would succeed. `-o nopassthrough` serves every
+    /// file through the daemon instead. Rootless mounts never use passthrough.
     Union(UnionArgs),
 
     /// Write a tar of layer directories: the flattened image or one OCI layer.
