@@ -169,7 +169,8 @@ pub enum Command {
     ///
     ///   GET /pkg?pkg=ATOM   queue a build of ATOM (a package atom such as
     ///                       app-misc/foo or >=app-misc/foo-1.2:0; never an option)
-    ///   GET /queue          JSON: pending atoms and recent builds (state, times,
+    ///   GET /queue          JSON: pending atoms and recent builds (state: queued,
+    ///                       waiting for the seed, building, done, failed; times,
     ///                       exit status, log path)
     ///   GET /Packages, /CATEGORY/NAME/FILE   the binhost
     ///

@@ -660,8 +660,21 @@ pub fn build(
 /// Takes the seed's exclusive lock: one writer of a seed's upper (or of the seed
 /// itself) at a time.
 pub fn lock_seed(dirs: &HostDirs, seed: &str) -> Result<nix::fcntl::Flock<fs::File>, BuildError> {
-    let path = dirs.seeds.join(format!(".{seed}.lock"));
+    let path = seed_lock_path(dirs, seed);
     store::lock_exclusive(&path).map_err(io_err("cannot lock the seed", &path))
+}
+
+/// [`lock_seed`] without waiting: `None` while another build holds the seed.
+pub fn try_lock_seed(
+    dirs: &HostDirs,
+    seed: &str,
+) -> Result<Option<nix::fcntl::Flock<fs::File>>, BuildError> {
+    let path = seed_lock_path(dirs, seed);
+    store::try_lock_exclusive(&path).map_err(io_err("cannot lock the seed", &path))
+}
+
+fn seed_lock_path(dirs: &HostDirs, seed: &str) -> PathBuf {
+    dirs.seeds.join(format!(".{seed}.lock"))
 }
 
 /// What one layer's build needs besides its job.

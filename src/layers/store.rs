@@ -233,12 +233,8 @@ impl Store {
     /// of that key is running (`clean-builds` leaves such layers alone).
     pub fn try_lock(&self, key: &BuildKey) -> Result<Option<KeyLock>, StoreError> {
         let path = self.lock_path(key);
-        let f = open_lock_file(&path).map_err(io_err("cannot open lock", &path))?;
-        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => Ok(Some(KeyLock { _lock: lock })),
-            Err((_, nix::Error::EWOULDBLOCK)) => Ok(None),
-            Err((_, e)) => Err(io_err("cannot lock", &path)(io::Error::from(e))),
-        }
+        let lock = try_lock_exclusive(&path).map_err(io_err("cannot lock", &path))?;
+        Ok(lock.map(|lock| KeyLock { _lock: lock }))
     }
 
     /// Temp dirs of unfinished layers (`.tmp-<key>-...`) with their keys.
@@ -392,6 +388,15 @@ fn open_lock_file(path: &Path) -> io::Result<File> {
 /// released when the returned guard drops. Layer keys and seeds are locked this way.
 pub fn lock_exclusive(path: &Path) -> io::Result<Flock<File>> {
     Flock::lock(open_lock_file(path)?, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))
+}
+
+/// [`lock_exclusive`] without waiting: `None` while someone else holds it.
+pub fn try_lock_exclusive(path: &Path) -> io::Result<Option<Flock<File>>> {
+    match Flock::lock(open_lock_file(path)?, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::Error::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(io::Error::from(e)),
+    }
 }
 
 /// Seconds since the epoch, for [`LayerMeta::created`].

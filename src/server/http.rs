@@ -204,7 +204,7 @@ impl Worker {
                 job.id,
                 job.log.display()
             );
-            let outcome = build_in_seed(&job, &self.context);
+            let outcome = build_in_seed(&job, &self.context, &self.queue);
             match &outcome {
                 Outcome::Exited(0) => tracing::info!("built {} (job {})", job.atom, job.id),
                 Outcome::Exited(c) => tracing::warn!(
@@ -221,7 +221,7 @@ impl Worker {
 
 /// One build of a queued atom in the seed's namespace (see [`super::build_plan`]),
 /// holding the seed's lock; output goes to the job's log (and our stderr).
-pub fn build_in_seed(job: &super::queue::Job, ctx: &BuildContext) -> Outcome {
+pub fn build_in_seed(job: &super::queue::Job, ctx: &BuildContext, queue: &SharedQueue) -> Outcome {
     let BuildContext { cfg, dirs, mapping } = ctx;
     let run_dir = dirs
         .run
@@ -234,7 +234,17 @@ pub fn build_in_seed(job: &super::queue::Job, ctx: &BuildContext) -> Outcome {
         }
         let seed_tmp = cfg.ephemeral_seed.then(|| run_dir.join("seed"));
         crate::builder::build::layer_seed_mounts(cfg, dirs, seed_tmp.as_deref()).create_dirs()?;
-        let _lock = crate::builder::build::lock_seed(dirs, &cfg.seed)?;
+        // Shown as `waiting` while another build (a layer build, say) holds the seed.
+        let _lock = match crate::builder::build::try_lock_seed(dirs, &cfg.seed)? {
+            Some(lock) => lock,
+            None => {
+                tracing::info!("{}: waiting for seed {}", job.atom, cfg.seed);
+                queue.set_waiting(job.id, true);
+                let lock = crate::builder::build::lock_seed(dirs, &cfg.seed);
+                queue.set_waiting(job.id, false);
+                lock?
+            }
+        };
         let plan = super::build_plan(cfg, dirs, &job.atom, &root, seed_tmp.as_deref(), mapping);
         let argv = super::emerge_argv(cfg, &job.atom).join(" ");
         std::fs::write(

@@ -20,6 +20,8 @@ use serde::Serialize;
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     Queued,
+    /// Taken by the worker, waiting for the seed's lock (another build holds it).
+    Waiting,
     Building,
     Done,
     Failed,
@@ -30,6 +32,7 @@ impl JobState {
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::Queued => "queued",
+            JobState::Waiting => "waiting",
             JobState::Building => "building",
             JobState::Done => "done",
             JobState::Failed => "failed",
@@ -170,6 +173,17 @@ impl Queue {
         Some(job)
     }
 
+    /// Marks the worker's job `id` as waiting for the seed (`true`) or building.
+    pub fn set_waiting(&mut self, id: u64, waiting: bool) {
+        if let Some(job) = self.building.as_mut().filter(|j| j.id == id) {
+            job.state = if waiting {
+                JobState::Waiting
+            } else {
+                JobState::Building
+            };
+        }
+    }
+
     /// Records the end of the building job `id` (ignored for any other id).
     pub fn finish(&mut self, id: u64, outcome: Outcome, now: u64) {
         let Some(mut job) = self.building.take_if(|j| j.id == id) else {
@@ -261,6 +275,10 @@ impl SharedQueue {
         }
     }
 
+    pub fn set_waiting(&self, id: u64, waiting: bool) {
+        self.queue.lock().set_waiting(id, waiting);
+    }
+
     pub fn finish(&self, id: u64, outcome: Outcome) {
         self.queue.lock().finish(id, outcome, now_secs());
         self.wake.notify_all();
@@ -313,6 +331,24 @@ mod tests {
             s.jobs.iter().map(|j| j.state).collect::<Vec<_>>(),
             [JobState::Queued, JobState::Building]
         );
+
+        // Waiting for the seed's lock, then building; only the worker's job changes.
+        q.set_waiting(a.id, true);
+        q.set_waiting(999, true);
+        assert_eq!(
+            q.snapshot()
+                .jobs
+                .iter()
+                .map(|j| j.state)
+                .collect::<Vec<_>>(),
+            [JobState::Queued, JobState::Waiting]
+        );
+        assert!(matches!(
+            q.enqueue("cat/a", 112, log),
+            Err(EnqueueError::Duplicate { .. })
+        ));
+        q.set_waiting(a.id, false);
+        assert_eq!(q.snapshot().jobs[1].state, JobState::Building);
 
         q.finish(a.id, Outcome::Exited(1), 120);
         let b = q.start_next(121).unwrap();

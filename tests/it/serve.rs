@@ -324,7 +324,9 @@ fn queued_builds_land_in_packages_and_are_served_with_ranges() {
     assert_eq!(r.header("Content-Type"), Some("application/json"));
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["queued"]["atom"], "app-misc/gt-lib");
-    s.wait_for("gt-lib to start", |q| q["jobs"][0]["state"] == "building");
+    s.wait_for("gt-lib to wait for the seed", |q| {
+        q["jobs"][0]["state"] == "waiting"
+    });
     let r = s.get("/pkg?pkg=app-misc/gt-lib");
     assert_eq!(r.status, 409, "building duplicate: {}", r.text());
     assert_eq!(s.get("/pkg?pkg=app-misc/gt-removable").status, 200);
