@@ -66,10 +66,8 @@ pub struct GentreeFuse {
 /// while page-cached opens last, opens stay page-cached.
 #[derive(Debug, Default)]
 struct Passthrough {
-    /// Asked for at INIT and granted.
-    negotiated: bool,
-    /// Negotiated and not refused since.
-    enabled: std::sync::atomic::AtomicBool,
+    /// Negotiated at INIT and not refused since.
+    switch: super::PassthroughSwitch,
     state: parking_lot::Mutex<PassthroughState>,
 }
 
@@ -104,10 +102,6 @@ enum ImageIo {
 }
 
 impl Passthrough {
-    fn enabled(&self) -> bool {
-        self.negotiated && self.enabled.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     /// Decides how open `fh` of inode `ino` is served; `file` is the image's file
     /// when it is complete, `register` registers it.
     fn open(
@@ -130,23 +124,19 @@ impl Passthrough {
                 ImageIo::Backed(id.clone())
             }
             (Some(_), _) => ImageIo::Stale,
-            (None, Some((path, f))) if node.cached == 0 && self.enabled() => match register(&f) {
-                Ok(id) => {
-                    let id = Arc::new(id);
-                    node.backed = Some((path, id.clone(), 1));
-                    ImageIo::Backed(id)
-                }
-                Err(e) => {
-                    // EBUSY: the file's filesystem stacks too deep; others may do.
-                    if e.raw_os_error() != Some(libc::EBUSY) {
-                        self.enabled
-                            .store(false, std::sync::atomic::Ordering::Relaxed);
-                        tracing::info!("FUSE passthrough refused ({e}); serving image data");
+            (None, Some((path, f))) if node.cached == 0 && self.switch.enabled() => {
+                match self.switch.register(&f, register, "image data") {
+                    Some(id) => {
+                        let id = Arc::new(id);
+                        node.backed = Some((path, id.clone(), 1));
+                        ImageIo::Backed(id)
                     }
-                    node.cached += 1;
-                    ImageIo::Cached
+                    None => {
+                        node.cached += 1;
+                        ImageIo::Cached
+                    }
                 }
-            },
+            }
             (None, _) => {
                 node.cached += 1;
                 ImageIo::Cached
@@ -200,23 +190,6 @@ fn node_is_idle(node: Option<&InodeIo>) -> bool {
     node.is_none_or(|n| n.cached == 0 && n.backed.is_none())
 }
 
-/// True when files on `path`'s filesystem are themselves on a stacking filesystem
-/// (FUSE or overlayfs): passthrough to them needs stack depth 2.
-fn on_stacked_fs(path: &Path) -> bool {
-    use nix::sys::statfs::{FUSE_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC, statfs};
-    let mut p = path;
-    loop {
-        if let Ok(st) = statfs(p) {
-            let t = st.filesystem_type();
-            return t == FUSE_SUPER_MAGIC || t == OVERLAYFS_SUPER_MAGIC;
-        }
-        match p.parent() {
-            Some(q) => p = q,
-            None => return false,
-        }
-    }
-}
-
 fn reply_entry(reply: ReplyEntry, ttl: Duration, r: io::Result<Attr>) {
     match r {
         Ok(a) => {
@@ -262,7 +235,7 @@ impl Waiter for OpenWaiter {
             cached,
         };
         let fh = FileHandle(self.handles.insert(handle(!built)));
-        if self.passthrough.negotiated {
+        if self.passthrough.switch.negotiated() {
             // A built image is new: its file is not written yet.
             let file = match built {
                 true => None,
@@ -288,7 +261,7 @@ impl Waiter for OpenWaiter {
                     return self.reply.error(Errno::from_i32(libc::ESTALE));
                 }
                 Some(ImageIo::Cached) | None => {
-                    if !self.passthrough.enabled() {
+                    if !self.passthrough.switch.enabled() {
                         // Refused: image files would serve nothing.
                         self.images.disable_files();
                     }
@@ -345,19 +318,11 @@ impl Filesystem for GentreeFuse {
         }
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
-        let privileged =
-            nix::unistd::geteuid().is_root() && crate::layers::union::in_initial_userns();
-        if self.image_files
-            && privileged
-            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
-        {
-            let conf_root = &self.fs.images().env().conf_root;
-            let depth = if on_stacked_fs(conf_root) { 2 } else { 1 };
-            let _ = config.set_max_stack_depth(depth);
-            let pt = Arc::get_mut(&mut self.passthrough);
-            if let Some(pt) = pt {
-                pt.negotiated = true;
-                pt.enabled.store(true, std::sync::atomic::Ordering::Relaxed);
+        if self.image_files && super::privileged() {
+            let stacked = crate::layers::union::on_stacking_fs(&self.fs.images().env().conf_root);
+            if let Some(pt) = Arc::get_mut(&mut self.passthrough)
+                && pt.switch.negotiate(config, stacked)
+            {
                 self.fs.images().enable_files();
                 tracing::info!("FUSE passthrough: finished images are kept as files");
             }

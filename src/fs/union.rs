@@ -50,10 +50,8 @@ pub struct UnionFs {
 /// last one is released.
 #[derive(Debug, Default)]
 struct Passthrough {
-    /// Asked for at INIT and granted: opens are tracked per node.
-    negotiated: bool,
-    /// Negotiated and not refused since: new nodes get backing files.
-    enabled: std::sync::atomic::AtomicBool,
+    /// Negotiated at INIT (then opens are tracked per node) and not refused since.
+    switch: super::PassthroughSwitch,
     state: parking_lot::Mutex<PassthroughState>,
     /// Signalled whenever a node's last open goes.
     released: parking_lot::Condvar,
@@ -90,10 +88,6 @@ enum OpenIo {
 const BACKING_RELEASE_WAIT: Duration = Duration::from_secs(2);
 
 impl Passthrough {
-    fn enabled(&self) -> bool {
-        self.enabled.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     /// Decides how open file `fh` of `node` (disk file `file`, opened for writing when
     /// `write`) is served, registering the disk file through `register` when the node
     /// gets a backing file.
@@ -170,20 +164,9 @@ impl Passthrough {
         file: &BackingFile,
         register: impl FnOnce(&BackingFile) -> io::Result<fuser::BackingId>,
     ) -> OpenIo {
-        if !self.enabled() {
-            return OpenIo::Cached;
-        }
-        match register(file) {
-            Ok(id) => OpenIo::Backed(std::sync::Arc::new(id)),
-            Err(e) => {
-                // EBUSY: the disk file's filesystem stacks too deep; other files may do.
-                if e.raw_os_error() != Some(libc::EBUSY) {
-                    self.enabled
-                        .store(false, std::sync::atomic::Ordering::Relaxed);
-                    tracing::info!("union: FUSE passthrough refused ({e}); serving file data");
-                }
-                OpenIo::Cached
-            }
+        match self.switch.register(file, register, "union file data") {
+            Some(id) => OpenIo::Backed(std::sync::Arc::new(id)),
+            None => OpenIo::Cached,
         }
     }
 
@@ -257,14 +240,12 @@ impl UnionFs {
     /// Asks for FUSE passthrough when the kernel offers it and the daemon may register
     /// disk files (root of the initial user namespace).
     fn want_passthrough(&self) -> bool {
-        !self.union.no_passthrough()
-            && nix::unistd::geteuid().is_root()
-            && crate::layers::union::in_initial_userns()
+        !self.union.no_passthrough() && super::privileged()
     }
 
     /// Answers an open of `ino` whose file is `fh` (opened for writing when `write`).
     fn reply_open(&self, ino: INodeNo, fh: Fh, write: bool, reply: ReplyOpen) {
-        if !self.passthrough.negotiated {
+        if !self.passthrough.switch.negotiated() {
             return reply.opened(FileHandle(fh.0), CACHE_FILE);
         }
         let io = self.union.backing_file(fh).and_then(|file| {
@@ -310,19 +291,11 @@ impl Filesystem for UnionFs {
         }
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
-        if self.want_passthrough() && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
-            // Disk files on a stacking filesystem (overlayfs) need depth 2; 1 leaves the
-            // union usable as a layer of a kernel overlay.
-            let depth = if self.union.layers_on_stacked_fs() {
-                2
-            } else {
-                1
-            };
-            let _ = config.set_max_stack_depth(depth);
-            self.passthrough.negotiated = true;
-            self.passthrough
-                .enabled
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+        if self.want_passthrough() {
+            // Depth 1 unless a layer stacks already: it leaves the union usable as a
+            // layer of a kernel overlay.
+            let stacked = self.union.layers_on_stacked_fs();
+            self.passthrough.switch.negotiate(config, stacked);
         }
         Ok(())
     }
@@ -394,7 +367,7 @@ impl Filesystem for UnionFs {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
-        if size.is_some() && self.passthrough.negotiated {
+        if size.is_some() && self.passthrough.switch.negotiated() {
             if let Err(e) = self.passthrough.wait_lower_readers(ino.0) {
                 return reply.error(Errno::from(e));
             }
@@ -565,7 +538,7 @@ impl Filesystem for UnionFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if self.passthrough.negotiated {
+        if self.passthrough.switch.negotiated() {
             self.passthrough.release(fh.0);
         }
         self.union.release(Fh(fh.0));
@@ -732,7 +705,7 @@ impl Filesystem for UnionFs {
             Err(e) => return reply.error(Errno::from(e)),
         };
         let (ttl, attr) = (self.ttl.attr(&a), file_attr(&a));
-        let io = if self.passthrough.negotiated {
+        let io = if self.passthrough.switch.negotiated() {
             self.union.backing_file(fh).and_then(|file| {
                 self.passthrough
                     .open(a.node.0, fh.0, &file, true, |f| reply.open_backing(f))

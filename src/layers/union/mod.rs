@@ -320,20 +320,9 @@ impl Union {
         self.no_passthrough
     }
 
-    /// True when a layer lives on a stacking filesystem (overlayfs, ecryptfs, FUSE),
-    /// whose files are one level deep already.
+    /// True when a layer lives on a stacking filesystem (see [`on_stacking_fs`]).
     pub fn layers_on_stacked_fs(&self) -> bool {
-        use nix::sys::statfs::{ECRYPTFS_SUPER_MAGIC, FUSE_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC};
-        self.layers.iter().any(|l| {
-            nix::sys::statfs::statfs(l).is_ok_and(|s| {
-                [
-                    OVERLAYFS_SUPER_MAGIC,
-                    ECRYPTFS_SUPER_MAGIC,
-                    FUSE_SUPER_MAGIC,
-                ]
-                .contains(&s.filesystem_type())
-            })
-        })
+        self.layers.iter().any(|l| on_stacking_fs(l))
     }
 
     fn root_layers(&self) -> io::Result<Vec<usize>> {
@@ -1820,6 +1809,28 @@ pub struct Listed {
     pub ft: fs::FileType,
     /// `lstat` of regular files (taken anyway to rule out whiteouts).
     pub meta: Option<Metadata>,
+}
+
+/// True when `path` (or, while it does not exist yet, its nearest existing ancestor)
+/// is on a stacking filesystem (overlayfs, ecryptfs, FUSE), whose files are one level
+/// deep already: FUSE passthrough to them needs stack depth 2.
+pub fn on_stacking_fs(path: &Path) -> bool {
+    use nix::sys::statfs::{ECRYPTFS_SUPER_MAGIC, FUSE_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC};
+    let mut p = path;
+    loop {
+        if let Ok(st) = nix::sys::statfs::statfs(p) {
+            return [
+                OVERLAYFS_SUPER_MAGIC,
+                ECRYPTFS_SUPER_MAGIC,
+                FUSE_SUPER_MAGIC,
+            ]
+            .contains(&st.filesystem_type());
+        }
+        match p.parent() {
+            Some(q) => p = q,
+            None => return false,
+        }
+    }
 }
 
 /// True in the initial user namespace (identity uid map). Root of any other namespace
