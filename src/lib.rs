@@ -18,3 +18,11 @@ pub mod fs;
 pub mod layers;
 pub mod server;
 pub mod sys;
+
+/// `e` and the errors that caused it, outermost first (what `Error::sources` will be
+/// once stable), for messages that name every cause.
+pub fn error_chain<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
+}

@@ -67,10 +67,8 @@ pub fn init_logging(debug: u8) {
 /// Prints `error: ...` and every underlying cause, one per line.
 pub fn report_error(e: &(dyn Error + 'static)) {
     eprintln!("gentree-fs: error: {e}");
-    let mut src = e.source();
-    while let Some(s) = src {
-        eprintln!("  caused by: {s}");
-        src = s.source();
+    for cause in crate::error_chain(e).skip(1) {
+        eprintln!("  caused by: {cause}");
     }
 }
 

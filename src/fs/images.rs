@@ -601,10 +601,8 @@ impl Images {
             }
             Err(e) => {
                 let mut text = format!("gentree-fs: error: {e}\n");
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    text.push_str(&format!("  caused by: {s}\n"));
-                    src = s.source();
+                for cause in crate::error_chain(&e).skip(1) {
+                    text.push_str(&format!("  caused by: {cause}\n"));
                 }
                 tracing::error!("{name}: {}", text.trim_end());
                 let _ = append(&log, &text);

@@ -261,13 +261,8 @@ pub fn build_in_seed(job: &super::queue::Job, ctx: &BuildContext, queue: &Shared
     match result {
         Ok(code) => Outcome::Exited(code),
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut src = e.source();
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            Outcome::Error(msg)
+            let causes: Vec<String> = crate::error_chain(&*e).map(|c| c.to_string()).collect();
+            Outcome::Error(causes.join(": "))
         }
     }
 }
