@@ -19,8 +19,9 @@ use crate::builder::build::HostDirs;
 use crate::builder::config::{CliOverrides, resolve_seed};
 use crate::builder::namespace;
 use crate::cli::ServeArgs;
-use crate::server::http::{BuildContext, Site, Worker, handle};
+use crate::server::http::{Site, handle};
 use crate::server::queue::{Queue, SharedQueue};
+use crate::server::worker::{BuildContext, Worker};
 
 /// HTTP threads: enough that a large download does not hold up `/queue`.
 const HTTP_THREADS: usize = 4;

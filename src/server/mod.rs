@@ -4,8 +4,8 @@
 //! The domain logic lives in plain modules tested without a socket: [`atom`] (what a
 //! build request may name), [`static_files`] (request paths, ranges, opening below
 //! the package dir), [`queue`] (the job state machine), and here the request routing
-//! and the namespace plan of one build. [`http`] is the thin adapter to `tiny_http`
-//! and the build worker.
+//! and the namespace plan of one build. [`http`] is the thin adapter to `tiny_http`;
+//! [`worker`] runs the builds.
 //!
 //! A build runs `emerge --oneshot --autounmask=y --autounmask-continue=y --usepkg=y
 //! --buildpkg --jobs=N --noreplace ATOM` in the seed's namespace, on the seed's
@@ -17,6 +17,7 @@ pub mod atom;
 pub mod http;
 pub mod queue;
 pub mod static_files;
+pub mod worker;
 
 use std::path::{Path, PathBuf};
 
