@@ -673,7 +673,8 @@ pub fn try_lock_seed(
     store::try_lock_exclusive(&path).map_err(io_err("cannot lock the seed", &path))
 }
 
-fn seed_lock_path(dirs: &HostDirs, seed: &str) -> PathBuf {
+/// The lock file of [`lock_seed`].
+pub fn seed_lock_path(dirs: &HostDirs, seed: &str) -> PathBuf {
     dirs.seeds.join(format!(".{seed}.lock"))
 }
 

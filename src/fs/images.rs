@@ -685,26 +685,13 @@ impl Images {
     /// (`build` takes it for the whole build; flock is per open file, so it cannot be
     /// handed over: this waits until it is free, and `build` then takes it).
     fn wait_for_seed(&self, name: &str, plan: &Plan, log: &Path) -> Result<(), ImageError> {
-        use nix::fcntl::{Flock, FlockArg};
-        // The path of `build::lock_seed`.
-        let path = plan.dirs.seeds.join(format!(".{}.lock", plan.cfg.seed));
-        let lock_err = |source| ImageError::SeedLock {
-            path: path.clone(),
-            source,
-        };
+        let path = crate::builder::build::seed_lock_path(&plan.dirs, &plan.cfg.seed);
         let mut announced = false;
         loop {
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(lock_err)?;
-            match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-                Ok(_free) => break,
-                Err((_, nix::Error::EWOULDBLOCK)) => {}
-                Err((_, e)) => return Err(lock_err(io::Error::from(e))),
+            match crate::layers::store::try_lock_exclusive(&path) {
+                Ok(Some(_free)) => break,
+                Ok(None) => {}
+                Err(source) => return Err(ImageError::SeedLock { path, source }),
             }
             if !announced {
                 announced = true;
