@@ -30,6 +30,7 @@
 pub mod hostpath;
 pub mod lower;
 pub mod options;
+pub mod records;
 pub mod tree;
 
 use std::collections::{HashMap, HashSet};
@@ -188,6 +189,8 @@ pub struct Union {
     tree: tree::Tree,
     /// What the lower layers hold (listings, recorded ownership): they never change.
     lower: lower::LowerCache,
+    /// The ownership records of upper files, by node (only this union changes them).
+    records: records::UpperRecords,
     handles: RwLock<HashMap<Fh, Arc<Handle>>>,
     /// The open file handles of each node: an unlinked file stays usable through
     /// them (stat, reopen via /proc/self/fd, chmod, utimens), as on any filesystem.
@@ -288,6 +291,7 @@ impl Union {
             } else {
                 lower::LowerCache::new()
             },
+            records: records::UpperRecords::new(!opts.volatile_lowers),
             handles: RwLock::new(HashMap::new()),
             open_files: parking_lot::Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -503,6 +507,16 @@ impl Union {
         Ok(self.resolve_in(&parent.path, &lowers, name)?.is_some())
     }
 
+    /// The ownership record of `node`'s upper file at `path`, known or read.
+    fn upper_record(&self, node: Ino, path: &Path) -> io::Result<Option<OverrideStat>> {
+        if let Some(r) = self.records.get(node) {
+            return Ok(r);
+        }
+        let r = OverrideStat::read(path)?;
+        self.records.read(node, r);
+        Ok(r)
+    }
+
     fn attr(
         &self,
         node: Ino,
@@ -515,7 +529,7 @@ impl Union {
         let ov = if meta.file_type().is_symlink() {
             None
         } else if self.is_upper(top) {
-            OverrideStat::read(path)?
+            self.upper_record(node, path)?
         } else {
             self.lower.override_stat(top, path)?
         };
@@ -790,6 +804,7 @@ impl Union {
             layers.extend(info.loc.layers.iter().copied());
         }
         let loc = Loc { layers };
+        self.records.forget(ino);
         self.tree.set_loc(ino, loc.clone());
         Ok(tree::NodeInfo { loc, ..info })
     }
@@ -875,8 +890,9 @@ impl Union {
     /// Gives `path` (whose `lstat` is `meta`) the owner, group and mode the image should
     /// show: by chown/chmod, or recorded in the override xattr (always when `record`,
     /// when the mode says so, or when a real chown is refused). Returns the record the
-    /// file carries afterwards: `record` is set only for files that had one (or must
-    /// get one), so `None` means it has none.
+    /// file carries afterwards (`record` is set only for files that had one, or must
+    /// get one, so `None` means it has none) and whether the file changed on disk (when
+    /// it did not, `meta` still describes it and need not be read again).
     #[allow(clippy::too_many_arguments)]
     fn apply_owner(
         &self,
@@ -887,7 +903,7 @@ impl Union {
         gid: u32,
         perm: u32,
         record: bool,
-    ) -> io::Result<Option<OverrideStat>> {
+    ) -> io::Result<(Option<OverrideStat>, bool)> {
         let is_symlink = meta.file_type().is_symlink();
         let mut record = record || self.owner_mode == OwnerMode::Record;
         let mut chowned = false;
@@ -906,7 +922,7 @@ impl Union {
         }
         if is_symlink {
             // Symlinks carry neither modes nor user xattrs on Linux.
-            return Ok(None);
+            return Ok((None, chowned));
         }
         let ft = meta.file_type();
         let chmod = |mode: u32| fs::set_permissions(path, fs::Permissions::from_mode(mode));
@@ -914,7 +930,7 @@ impl Union {
             // Fifos and sockets cannot carry user xattrs: keep the real mode, and the
             // owner the daemon could give them.
             chmod(perm & 0o7777)?;
-            return Ok(None);
+            return Ok((None, true));
         }
         if record {
             chmod(accessible(perm, kind))?;
@@ -926,14 +942,15 @@ impl Union {
                 kind: (on_disk != kind).then_some(kind),
             };
             ov.write(path)?;
-            Ok(Some(ov))
+            Ok((Some(ov), true))
         } else {
             // A real chown drops setuid/setgid bits: put them back.
             let want = perm & 0o7777;
-            if meta.mode() & 0o7777 != want || (chowned && want & 0o6000 != 0) {
+            let chmodded = meta.mode() & 0o7777 != want || (chowned && want & 0o6000 != 0);
+            if chmodded {
                 chmod(want)?;
             }
-            Ok(None)
+            Ok((None, chowned || chmodded))
         }
     }
 
@@ -952,22 +969,33 @@ impl Union {
             return Err(errno(libc::EINVAL));
         }
         let pinfo = self.node(parent)?;
-        if self.resolve_child(&pinfo, name)?.is_some() {
+        let mut had_whiteout = false;
+        let mut kernel_whiteout = false;
+        // The upper layer first, when the parent has its directory there: an entry of
+        // that name is taken, a whiteout hides whatever the lower layers hold.
+        if self.is_upper(pinfo.loc.top()) {
+            let dst_host = self.abs(0, &pinfo.path.join(name));
+            let dst = dst_host.as_path();
+            // A kernel-style whiteout occupies the name itself: it must go first.
+            if let Some(meta) = enoent_is_none(fs::symlink_metadata(dst))? {
+                if whiteout::classify(dst, name, &meta) == Marker::Entry {
+                    return Err(errno(libc::EEXIST));
+                }
+                kernel_whiteout = true;
+            }
+            // An OCI whiteout only matters over a lower directory.
+            had_whiteout = kernel_whiteout
+                || (pinfo.loc.layers.len() > 1
+                    && has_whiteout_file(self.abs(0, &pinfo.path).as_path(), name)?);
+        }
+        if !had_whiteout && self.lower_has(&pinfo, name)? {
             return Err(errno(libc::EEXIST));
         }
         let pinfo = self.copy_up(parent)?;
         let dst_host = self.abs(0, &pinfo.path.join(name));
-        let dst = dst_host.as_path();
-        let mut had_whiteout = false;
-        // A kernel-style whiteout occupies the name itself: it must go first.
-        if let Some(meta) = enoent_is_none(fs::symlink_metadata(dst))? {
-            if whiteout::classify(dst, name, &meta) == Marker::Entry {
-                return Err(errno(libc::EEXIST));
-            }
-            fs::remove_file(dst)?;
-            had_whiteout = true;
+        if kernel_whiteout {
+            fs::remove_file(dst_host.as_path())?;
         }
-        had_whiteout |= has_whiteout_file(self.abs(0, &pinfo.path).as_path(), name)?;
         Ok((pinfo, dst_host, had_whiteout))
     }
 
@@ -994,7 +1022,9 @@ impl Union {
         }
     }
 
-    /// Finishes a new entry at `dst`: whiteouts settled, a fresh node.
+    /// Finishes a new entry at `dst`: whiteouts settled, a fresh node. `meta` is the
+    /// entry's `lstat` when known to be current.
+    #[allow(clippy::too_many_arguments)]
     fn finish_new(
         &self,
         parent: Ino,
@@ -1003,15 +1033,23 @@ impl Union {
         dst: &Path,
         had_whiteout: bool,
         known_ov: Option<Option<OverrideStat>>,
+        meta: Option<Metadata>,
     ) -> io::Result<Attr> {
         self.settle_whiteout(pinfo, name, dst, had_whiteout)?;
         self.tree.detach(parent, name);
-        let meta = fs::symlink_metadata(dst)?;
+        // Turning a directory opaque writes an xattr: its ctime moves.
+        let meta = match meta {
+            Some(m) if !had_whiteout => m,
+            _ => fs::symlink_metadata(dst)?,
+        };
         let loc = Loc::one(0);
         let key = self.link_key(&loc, &meta);
         let id = self.tree.insert(parent, name, loc.clone(), key, true);
         match known_ov {
-            Some(ov) => Ok(self.attr_from(id, id.0, &loc, &meta, ov.as_ref())),
+            Some(ov) => {
+                self.records.wrote(id, ov);
+                Ok(self.attr_from(id, id.0, &loc, &meta, ov.as_ref()))
+            }
             None => self.attr(id, id.0, &loc, &meta, dst),
         }
     }
@@ -1019,12 +1057,22 @@ impl Union {
     /// The owner group and permission bits of a new entry, honouring a setgid parent.
     fn new_owner(
         &self,
+        parent: Ino,
         pinfo: &tree::NodeInfo,
         caller: Caller,
         perm: u32,
         is_dir: bool,
     ) -> io::Result<(u32, u32)> {
-        let (_, peff) = Effective::of_path(self.abs(pinfo.loc.top(), &pinfo.path).as_path())?;
+        // The parent is in the upper layer by now (prepare_new copied it up).
+        let p_host = self.abs(pinfo.loc.top(), &pinfo.path);
+        let p = p_host.as_path();
+        let meta = fs::symlink_metadata(p)?;
+        let ov = if self.is_upper(pinfo.loc.top()) {
+            self.upper_record(parent, p)?
+        } else {
+            OverrideStat::read(p)?
+        };
+        let peff = Effective::new(&meta, ov.as_ref());
         if peff.perm & libc::S_ISGID != 0 {
             let perm = if is_dir { perm | libc::S_ISGID } else { perm };
             return Ok((peff.gid, perm));
@@ -1032,6 +1080,8 @@ impl Union {
         Ok((caller.gid, perm))
     }
 
+    /// Makes a new entry with `make` (which returns the kind it put on disk and, for a
+    /// regular file, the file it opened) and gives it its owner and mode.
     fn create_entry(
         &self,
         parent: Ino,
@@ -1039,23 +1089,30 @@ impl Union {
         kind: FileKind,
         perm: u32,
         caller: Caller,
-        make: impl FnOnce(&Path) -> io::Result<FileKind>,
-    ) -> io::Result<Attr> {
+        make: impl FnOnce(&Path) -> io::Result<(FileKind, Option<File>)>,
+    ) -> io::Result<(Attr, Option<File>)> {
         let (pinfo, dst_host, had_wh) = self.prepare_new(parent, name)?;
         let dst = dst_host.as_path();
-        let (gid, perm) = self.new_owner(&pinfo, caller, perm & 0o7777, kind == FileKind::Dir)?;
-        let on_disk = make(dst)?;
-        let owned = fs::symlink_metadata(dst).and_then(|meta| {
+        let (gid, perm) =
+            self.new_owner(parent, &pinfo, caller, perm & 0o7777, kind == FileKind::Dir)?;
+        let (on_disk, file) = make(dst)?;
+        let meta = match &file {
+            Some(f) => f.metadata(),
+            None => fs::symlink_metadata(dst),
+        };
+        let owned = meta.and_then(|meta| {
             self.apply_owner(dst, &meta, kind, caller.uid, gid, perm, on_disk != kind)
+                .map(|(ov, changed)| (ov, (!changed).then_some(meta)))
         });
-        let ov = match owned {
-            Ok(ov) => ov,
+        let (ov, meta) = match owned {
+            Ok(r) => r,
             Err(e) => {
                 let _ = remove_any(dst);
                 return Err(e);
             }
         };
-        self.finish_new(parent, &pinfo, name, dst, had_wh, Some(ov))
+        let attr = self.finish_new(parent, &pinfo, name, dst, had_wh, Some(ov), meta)?;
+        Ok((attr, file))
     }
 
     /// Creates a directory.
@@ -1063,8 +1120,9 @@ impl Union {
         self.create_entry(parent, name, FileKind::Dir, mode, caller, |p| {
             fs::create_dir(p)?;
             fs::set_permissions(p, fs::Permissions::from_mode(0o700))?;
-            Ok(FileKind::Dir)
+            Ok((FileKind::Dir, None))
         })
+        .map(|(a, _)| a)
     }
 
     /// Creates a fifo, socket, device node or empty regular file (`mode` has the type bits).
@@ -1094,16 +1152,17 @@ impl Union {
         };
         self.create_entry(parent, name, kind, mode, caller, |p| {
             if kind == FileKind::File {
-                OpenOptions::new()
+                let f = OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
                     .open(p)?;
-                Ok(FileKind::File)
+                Ok((FileKind::File, Some(f)))
             } else {
-                self.make_special(p, kind, 0o600)
+                Ok((self.make_special(p, kind, 0o600)?, None))
             }
         })
+        .map(|(a, _)| a)
     }
 
     /// Creates a symlink.
@@ -1116,8 +1175,9 @@ impl Union {
     ) -> io::Result<Attr> {
         self.create_entry(parent, name, FileKind::Symlink, 0o777, caller, |p| {
             std::os::unix::fs::symlink(target, p)?;
-            Ok(FileKind::Symlink)
+            Ok((FileKind::Symlink, None))
         })
+        .map(|(a, _)| a)
     }
 
     /// Creates and opens a regular file; returns its attributes and a file handle.
@@ -1129,16 +1189,14 @@ impl Union {
         flags: i32,
         caller: Caller,
     ) -> io::Result<(Attr, Fh)> {
-        let mut file = None;
-        let attr = self.create_entry(parent, name, FileKind::File, mode, caller, |p| {
+        let (attr, file) = self.create_entry(parent, name, FileKind::File, mode, caller, |p| {
             let f = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(p)?;
-            file = Some(f);
-            Ok(FileKind::File)
+            Ok((FileKind::File, Some(f)))
         })?;
         let f = match file {
             Some(f) if flags & libc::O_ACCMODE != libc::O_RDONLY => f,
@@ -1350,14 +1408,16 @@ impl Union {
             let ov = if meta.file_type().is_symlink() {
                 None
             } else {
-                OverrideStat::read(path)?
+                self.upper_record(ino, path)?
             };
             let eff = Effective::new(&meta, ov.as_ref());
             let uid = set.uid.unwrap_or(eff.uid);
             let gid = set.gid.unwrap_or(eff.gid);
             let perm = set.mode.map_or(eff.perm, |m| m & 0o7777);
             let record = ov.is_some() || FileKind::of(&meta) != eff.kind;
-            known_ov = Some(self.apply_owner(path, &meta, eff.kind, uid, gid, perm, record)?);
+            let (ov, _) = self.apply_owner(path, &meta, eff.kind, uid, gid, perm, record)?;
+            self.records.wrote(ino, ov);
+            known_ov = Some(ov);
         }
         if set.atime.is_some() || set.mtime.is_some() {
             set_times(path, set.atime, set.mtime)?;

@@ -233,6 +233,59 @@ fn unlink_of_lower_file_writes_oci_whiteout_and_recreate_removes_it() -> io::Res
 }
 
 #[test]
+fn creates_replace_upper_whiteouts_of_every_kind_and_refuse_taken_names() -> io::Result<()> {
+    let root = nix::unistd::geteuid().is_root();
+    let f = fixture(1, |l| {
+        for n in ["chr", "oci", "dir/x"] {
+            write(&l[0].join(n), "low")?;
+        }
+        write(&l[0].join("both"), "low")
+    })?;
+    // An upper left by kernel overlayfs (whiteout devices) or by us (OCI files).
+    if root {
+        nix::sys::stat::mknod(&f.upper.join("chr"), SFlag::S_IFCHR, Mode::empty(), 0)
+            .map_err(nix_err)?;
+    }
+    write(&f.upper.join(".wh.oci"), "")?;
+    write(&f.upper.join(".wh.dir"), "")?;
+    let f = Fixture {
+        u: Union::new(&UnionOptions {
+            lowers: f.lowers.clone(),
+            upper: Some(f.upper.clone()),
+            work: Some(f._t.path().join("w")),
+            ..UnionOptions::default()
+        })?,
+        ..f
+    };
+    let names: &[&str] = if root { &["chr", "oci"] } else { &["oci"] };
+    for &n in names {
+        assert_eq!(Fixture::errno_of(f.walk(n)), libc::ENOENT, "{n}");
+        let (_, fh) = f.u.create(ROOT, os(n), 0o644, libc::O_RDWR, caller())?;
+        f.u.write(fh, 0, b"new")?;
+        f.u.release(fh);
+        assert_eq!(f.cat(n)?, "new", "{n}");
+        assert!(fs::symlink_metadata(f.upper.join(format!(".wh.{n}"))).is_err());
+        assert!(fs::symlink_metadata(f.upper.join(n))?.is_file());
+    }
+    // A directory over a whiteout is opaque: the lower dir's files stay hidden.
+    let d = f.u.mkdir(ROOT, os("dir"), 0o755, caller())?;
+    assert_eq!(Fixture::errno_of(f.walk("dir/x")), libc::ENOENT);
+    assert_eq!(d.kind, FileKind::Dir);
+    // Names taken in the upper or shown from below are refused, whatever the call.
+    for n in ["both", "chr", "dir"] {
+        let e = f.u.mknod(ROOT, os(n), libc::S_IFREG | 0o644, 0, caller());
+        assert_eq!(Fixture::errno_of(e), libc::EEXIST, "{n}");
+        let e = f.u.symlink(ROOT, os(n), Path::new("t"), caller());
+        assert_eq!(Fixture::errno_of(e), libc::EEXIST, "{n}");
+    }
+    let sub = f.u.mkdir(ROOT, os("new"), 0o755, caller())?;
+    f.u.mkdir(sub.node, os("a"), 0o755, caller())?;
+    let e = f.u.create(sub.node, os("a"), 0o644, libc::O_RDWR, caller());
+    assert_eq!(Fixture::errno_of(e), libc::EEXIST);
+    Ok(())
+}
+
+#[test]
 fn rmdir_honours_whiteouts_and_recreated_dir_is_opaque() -> io::Result<()> {
     let f = fixture(1, |l| {
         write(&l[0].join("d/x"), "x")?;
