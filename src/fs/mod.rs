@@ -148,3 +148,52 @@ impl PassthroughSwitch {
 pub(crate) fn privileged() -> bool {
     nix::unistd::geteuid().is_root() && crate::layers::union::in_initial_userns()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    /// A switch as INIT leaves it when the kernel granted passthrough.
+    fn granted() -> PassthroughSwitch {
+        PassthroughSwitch {
+            negotiated: true,
+            enabled: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    fn refuse(errno: i32, calls: &Cell<u32>) -> impl FnOnce(&()) -> io::Result<fuser::BackingId> {
+        move |_| {
+            calls.set(calls.get() + 1);
+            Err(io::Error::from_raw_os_error(errno))
+        }
+    }
+
+    #[test]
+    fn a_refused_registration_turns_passthrough_off_for_good() {
+        let s = granted();
+        let calls = Cell::new(0);
+        assert!(s.register(&(), refuse(libc::EPERM, &calls), "x").is_none());
+        assert!(!s.enabled() && s.negotiated());
+        // Later opens are served by the daemon without asking the kernel again.
+        assert!(s.register(&(), refuse(libc::EPERM, &calls), "x").is_none());
+        assert_eq!(calls.get(), 1);
+    }
+
+    #[test]
+    fn a_file_stacked_too_deep_is_served_without_turning_passthrough_off() {
+        let s = granted();
+        let calls = Cell::new(0);
+        assert!(s.register(&(), refuse(libc::EBUSY, &calls), "x").is_none());
+        assert!(s.enabled());
+        assert!(s.register(&(), refuse(libc::EBUSY, &calls), "x").is_none());
+        assert_eq!(calls.get(), 2);
+        // Never negotiated: never asked.
+        let off = PassthroughSwitch::default();
+        assert!(
+            off.register(&(), refuse(libc::EPERM, &calls), "x")
+                .is_none()
+        );
+        assert_eq!((calls.get(), off.negotiated()), (2, false));
+    }
+}
