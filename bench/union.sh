@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Union filesystem benchmark (issue 3, "Performance"): native directory, kernel
-# overlayfs, fuse-overlayfs and `gentree-fs union`, timed in one run and interleaved.
+# overlayfs, fuse-overlayfs, `gentree-fs union` and a FUSE floor, timed in one run and
+# interleaved.
 #
-#   cargo build --release && sudo bench/union.sh            # 5 rounds
+#   cargo build --release --bins --example fuse_floor && sudo bench/union.sh  # 5 rounds
 #   sudo ROUNDS=9 GENTREE_FS=/path/to/gentree-fs bench/union.sh
 #   bench/union.sh --report RESULTS.tsv                  # re-print a run's tables
 #
@@ -33,8 +34,9 @@
 #   DROP_CACHES  1 to drop the page cache before every workload (cold-cache numbers).
 #                Default 0: warm page cache, which exposes the union's own overhead.
 #   IMPLS        implementations to run (default: "native overlayfs fuse-overlayfs
-#                gentree-fs"; "gentree-fs-b" runs GENTREE_FS_B as a second gentree-fs,
-#                to compare two builds in one run).
+#                gentree-fs fuse-floor"; "gentree-fs-b" runs GENTREE_FS_B as a second
+#                gentree-fs, to compare two builds in one run).
+#   FUSE_FLOOR   the floor's binary (default target/release/examples/fuse_floor).
 #   WORKLOADS    workloads to time (default: all six, in the order below; later ones
 #                depend on earlier ones only for untar -> rmhalf).
 #   GENTREE_FS_OPTS  extra -o options for gentree-fs (e.g. nopassthrough).
@@ -57,6 +59,15 @@
 # The report gives the median seconds per workload and implementation, and ratios
 # against kernel overlayfs and fuse-overlayfs. An implementation that is missing or
 # fails to mount is skipped with a loud message; the others still run.
+#
+# The FUSE floor (IMPL fuse-floor, examples/fuse_floor.rs) is what ANY FUSE filesystem
+# costs here: a read-only mirror of the merged native copy that preloads the whole tree
+# at mount, answers lookups, attributes and listings from memory with very long TTLs
+# and hands files to the kernel by passthrough, on as many threads as gentree-fs. It
+# runs walk and read only (the other workloads are skipped for it, shown as "-").
+# The report sets gentree-fs against the floor and the floor against kernel overlayfs:
+# when the floor itself is above 1.3x of overlayfs on a workload, no FUSE union can
+# meet issue 3's 1.3x target for it on this machine, and the report says so.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
@@ -68,7 +79,10 @@ DROP_CACHES=${DROP_CACHES:-0}
 read -r -a WORKLOADS <<<"${WORKLOADS:-walk read create append untar rmhalf}"
 GENTREE_FS_B=${GENTREE_FS_B:-}
 GENTREE_FS_OPTS=${GENTREE_FS_OPTS:-}
-WANT=${IMPLS:-native overlayfs fuse-overlayfs gentree-fs}
+FUSE_FLOOR=${FUSE_FLOOR:-target/release/examples/fuse_floor}
+WANT=${IMPLS:-native overlayfs fuse-overlayfs gentree-fs fuse-floor}
+# The workloads the read-only floor runs.
+FLOOR_WORKLOADS=" walk read "
 FIXTURE_VERSION="v1 files=30000 top=2000 tar=5000"
 
 die() { echo "union.sh: $*" >&2; exit 1; }
@@ -84,7 +98,8 @@ for row in csv.DictReader(open(path), delimiter="\t"):
     runs.setdefault((row["impl"], row["workload"]), []).append(float(row["seconds"]))
     fs.add(row.get("fs") or "not recorded (a results file from before BENCH_FS)")
 print("filesystem: " + "; ".join(sorted(fs)))
-impls = [i for i in ["native", "overlayfs", "fuse-overlayfs", "gentree-fs", "gentree-fs-b"]
+impls = [i for i in ["native", "overlayfs", "fuse-overlayfs", "gentree-fs", "gentree-fs-b",
+                     "fuse-floor"]
          if any(k[0] == i for k in runs)]
 med = {k: statistics.median(v) for k, v in runs.items()}
 def ratio(i, ref, w):
@@ -94,7 +109,8 @@ def ratio(i, ref, w):
 head = f"{'workload':<9}" + "".join(f"{i:>16}" for i in impls)
 print(head)
 for w in workloads:
-    print(f"{w:<9}" + "".join(f"{med.get((i, w), float('nan')):>16.3f}" for i in impls))
+    print(f"{w:<9}" + "".join(f"{med[(i, w)]:>16.3f}" if (i, w) in med else f"{'-':>16}"
+                              for i in impls))
 print("\n== spread: min..max seconds over the rounds (a wide range means a noisy machine)")
 print(head)
 for w in workloads:
@@ -108,6 +124,18 @@ for ref in ["overlayfs", "fuse-overlayfs"]:
     print(head)
     for w in workloads:
         print(f"{w:<9}" + "".join(f"{ratio(i, ref, w):>16}" for i in impls))
+floor = [w for w in workloads if ("fuse-floor", w) in med]
+if floor:
+    print("\n== the FUSE floor: what any FUSE filesystem costs here (examples/fuse_floor.rs)")
+    print(f"{'workload':<9}{'gentree-fs/floor':>18}{'floor/overlayfs':>18}"
+          f"{'gentree-fs/overlayfs':>22}")
+    for w in floor:
+        print(f"{w:<9}{ratio('gentree-fs', 'fuse-floor', w):>18}"
+              f"{ratio('fuse-floor', 'overlayfs', w):>18}{ratio('gentree-fs', 'overlayfs', w):>22}")
+    for w in floor:
+        if ("overlayfs", w) in med and med[("fuse-floor", w)] > 1.3 * med[("overlayfs", w)]:
+            print(f"!! {w}: the floor alone is {ratio('fuse-floor', 'overlayfs', w)} of kernel "
+                  "overlayfs, above the 1.3x target: no FUSE union can meet it here")
 EOF
 }
 
@@ -271,6 +299,13 @@ for impl in $WANT; do
       else
         loud "SKIPPING gentree-fs: no binary at $GENTREE_FS (cargo build --release, or set GENTREE_FS)"
       fi ;;
+    fuse-floor)
+      if [[ -x $FUSE_FLOOR ]]; then
+        FUSE_FLOOR=$(realpath "$FUSE_FLOOR")
+        IMPLS+=(fuse-floor)
+      else
+        loud "SKIPPING fuse-floor: no binary at $FUSE_FLOOR (cargo build --release --example fuse_floor, or set FUSE_FLOOR)"
+      fi ;;
     gentree-fs-b)
       if [[ -x $GENTREE_FS_B ]]; then
         GENTREE_FS_B=$(realpath "$GENTREE_FS_B")
@@ -283,6 +318,12 @@ for impl in $WANT; do
 done
 [[ ${#IMPLS[@]} -gt 0 ]] || die "no implementation left to run"
 
+# A plain copy of the merged tree (bottom, then top over it) at $1.
+merged_copy() {
+  cp -a "$FIX/bottom" "$1"
+  cp -a "$FIX/top/." "$1/"
+}
+
 # Mounts $1 over fresh dirs under $RUN/$1 and sets MNT; returns 1 if it cannot.
 setup() {
   local impl=$1 base=$RUN/$1
@@ -294,9 +335,12 @@ setup() {
   case $impl in
     native)
       MNT=$base/native
-      cp -a "$FIX/bottom" "$MNT"
-      cp -a "$FIX/top/." "$MNT/"
+      merged_copy "$MNT"
       return 0 ;;
+    fuse-floor)
+      merged_copy "$base/native"
+      "$FUSE_FLOOR" "$base/native" "$MNT" 2>"$base/daemon.log" &
+      DAEMON_PID=$! ;;
     overlayfs)
       mount -t overlay overlay -o "$opts" "$MNT" ;;
     fuse-overlayfs)
@@ -372,6 +416,9 @@ declare -A BROKEN=()
 
 echo "== filesystem: $FS_DESC"
 echo "== $ROUNDS rounds of: ${IMPLS[*]} (warm cache: $([[ $DROP_CACHES == 1 ]] && echo no || echo yes))"
+if [[ " ${IMPLS[*]} " == *" fuse-floor "* ]]; then
+  echo "== fuse-floor is read-only: it runs only the workloads among${FLOOR_WORKLOADS% }; the others are skipped for it"
+fi
 for ((round = 1; round <= ROUNDS; round++)); do
   # Each round starts with the next implementation, so none always runs first or last.
   order=()
@@ -387,6 +434,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
     fi
     line="round $round $impl:"
     for w in "${WORKLOADS[@]}"; do
+      if [[ $impl == fuse-floor && $FLOOR_WORKLOADS != *" $w "* ]]; then
+        continue
+      fi
       sync
       if [[ $DROP_CACHES == 1 ]]; then echo 3 >/proc/sys/vm/drop_caches; fi
       start=$EPOCHREALTIME
