@@ -218,6 +218,16 @@ DAEMON_PID=
 MNT=
 IMPLS=()
 
+# Unmounts $1, retrying for a second while it is busy, then lazily.
+unmount_or_detach() {
+  local i
+  for ((i = 0; i < 50; i++)); do
+    umount "$1" 2>/dev/null && return 0
+    sleep 0.02
+  done
+  umount -l "$1"
+}
+
 # Undoes whatever this script mounted, in order: the implementations' mounts and
 # daemon, then the RAM ext4, its loop device and the tmpfs. Runs on every exit.
 cleanup() {
@@ -232,16 +242,16 @@ cleanup() {
     wait "$DAEMON_PID" 2>/dev/null
   fi
   [[ -n $RAM_DIR ]] || return 0
-  if mountpoint -q "$RAM_DIR/ext4"; then
-    umount "$RAM_DIR/ext4" || umount -l "$RAM_DIR/ext4"
-  fi
+  if mountpoint -q "$RAM_DIR/ext4"; then unmount_or_detach "$RAM_DIR/ext4"; fi
   # Detaches now, or (if a lazy unmount left it busy) as soon as its last user goes;
   # also a device set up just before an interruption, before LOOP was assigned.
   local loop
   for loop in $LOOP $(losetup -n -O NAME -j "$RAM_DIR/ext4.img" 2>/dev/null); do
     losetup -d "$loop" 2>/dev/null
   done
-  if mountpoint -q "$RAM_DIR"; then umount "$RAM_DIR" || umount -l "$RAM_DIR"; fi
+  # The kernel may finish a loop device's detach a moment later (the tmpfs is busy
+  # until then).
+  if mountpoint -q "$RAM_DIR"; then unmount_or_detach "$RAM_DIR"; fi
   rmdir "$RAM_DIR" 2>/dev/null
   return 0
 }
