@@ -37,6 +37,8 @@
 #                gentree-fs fuse-floor"; "gentree-fs-b" runs GENTREE_FS_B as a second
 #                gentree-fs, to compare two builds in one run).
 #   FUSE_FLOOR   the floor's binary (default target/release/examples/fuse_floor).
+#   FUSE_FLOOR_OPTS  its options: --no-passthrough (data by READ) or --no-open (no
+#                OPEN/RELEASE at all, one READ per file), to compare; --threads N.
 #   WORKLOADS    workloads to time (default: all six, in the order below; later ones
 #                depend on earlier ones only for untar -> rmhalf).
 #   GENTREE_FS_OPTS  extra -o options for gentree-fs (e.g. nopassthrough).
@@ -80,6 +82,7 @@ read -r -a WORKLOADS <<<"${WORKLOADS:-walk read create append untar rmhalf}"
 GENTREE_FS_B=${GENTREE_FS_B:-}
 GENTREE_FS_OPTS=${GENTREE_FS_OPTS:-}
 FUSE_FLOOR=${FUSE_FLOOR:-target/release/examples/fuse_floor}
+read -r -a FUSE_FLOOR_OPTS <<<"${FUSE_FLOOR_OPTS:-}"
 WANT=${IMPLS:-native overlayfs fuse-overlayfs gentree-fs fuse-floor}
 # The workloads the read-only floor runs.
 FLOOR_WORKLOADS=" walk read "
@@ -349,7 +352,7 @@ setup() {
       return 0 ;;
     fuse-floor)
       merged_copy "$base/native"
-      "$FUSE_FLOOR" "$base/native" "$MNT" 2>"$base/daemon.log" &
+      "$FUSE_FLOOR" "${FUSE_FLOOR_OPTS[@]}" "$base/native" "$MNT" 2>"$base/daemon.log" &
       DAEMON_PID=$! ;;
     overlayfs)
       mount -t overlay overlay -o "$opts" "$MNT" ;;
@@ -388,6 +391,7 @@ teardown() {
   # (find_inode_bit/recently_deleted), which would bill the next implementation for
   # the previous one's clean-up. The RAM ext4 has a journal, so its used dirs go now;
   # on disk (journal unknown) they go only after the last round.
+  if [[ -f $RUN/$impl/daemon.log ]]; then mv "$RUN/$impl/daemon.log" "$RUN/daemon-$impl.log"; fi
   if [[ $BENCH_FS == ram ]]; then
     rm -rf "${RUN:?}/$impl"
   else
@@ -462,6 +466,8 @@ for ((round = 1; round <= ROUNDS; round++)); do
     done
     echo "$line"
     teardown "$impl"
+    # How the floor served data (passthrough or not), once.
+    if [[ $impl == fuse-floor && $round == 1 ]]; then sed 's/^/   /' "$RUN/daemon-fuse-floor.log"; fi
   done
 done
 
