@@ -278,8 +278,8 @@ if [[ $BENCH_FS == ram ]]; then
   mount -t tmpfs -o "size=$((img_mb + 16))m,mode=0700" gentree-bench "$RAM_DIR"
   truncate -s "${img_mb}M" "$RAM_DIR/ext4.img"
   # One inode per 4 KiB: every file of the fixture takes a block anyway, so the blocks
-  # run out before the inodes do. The journal is the default, named for the reason in
-  # teardown.
+  # run out before the inodes do. has_journal is the default, spelled out because
+  # teardown relies on it.
   mkfs.ext4 -q -F -i 4096 -O has_journal "$RAM_DIR/ext4.img"
   LOOP=$(losetup --find --show "$RAM_DIR/ext4.img")
   mkdir "$RAM_DIR/ext4"
