@@ -13,7 +13,7 @@
 //! while reading the disk (two threads may read the same directory at once; the second
 //! insert wins harmlessly, both results being equal).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
@@ -22,10 +22,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lru::LruCache;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::layers::ownership::{self, OVERRIDE_XATTR, OverrideStat};
 use crate::layers::whiteout;
+
+use super::hostpath::HostPath;
 
 /// Directories whose listings are kept (a few MB for a full Gentoo seed's 10k dirs).
 const DIRS: usize = 16 * 1024;
@@ -100,15 +102,38 @@ pub fn list_dir(rd: fs::ReadDir) -> io::Result<Vec<LowerEntry>> {
 /// A layer index and a path.
 type Key = (usize, PathBuf);
 
+/// Lower listings waiting for the prefetch thread; beyond this, requests are dropped
+/// (a directory of a few hundred subdirectories queues one job per subdirectory and
+/// layer, and anything not prefetched is simply read when asked for).
+const PREFETCH_QUEUE: usize = 1024;
+
 /// The caches of one union's lower layers, keyed by layer index and path (listings:
 /// relative to the layer root; ownership: absolute).
 #[derive(Debug)]
 pub struct LowerCache {
-    dirs: Mutex<LruCache<Key, Option<Arc<LowerDir>>>>,
-    overrides: Mutex<LruCache<Key, Option<OverrideStat>>>,
+    shared: Arc<Shared>,
+    /// Started on the first [`LowerCache::prefetch`]; stopped when the cache is dropped.
+    prefetch: std::sync::OnceLock<Option<Arc<PrefetchQueue>>>,
     /// False for unions whose lower layers change underneath them (the mount's view of
     /// a seed and its live upper): every call reads the disk.
     enabled: bool,
+}
+
+/// The state the prefetch thread shares with the request threads.
+#[derive(Debug)]
+struct Shared {
+    dirs: Mutex<Dirs>,
+    /// Signalled whenever a listing leaves `Dirs::reading`.
+    read_done: Condvar,
+    overrides: Mutex<LruCache<Key, Option<OverrideStat>>>,
+}
+
+#[derive(Debug)]
+struct Dirs {
+    listed: LruCache<Key, Option<Arc<LowerDir>>>,
+    /// Listings the prefetch thread is reading now: a request for one waits for it
+    /// instead of reading the same directory a second time.
+    reading: HashSet<Key>,
 }
 
 impl Default for LowerCache {
@@ -117,22 +142,36 @@ impl Default for LowerCache {
     }
 }
 
+impl Drop for LowerCache {
+    fn drop(&mut self) {
+        if let Some(Some(q)) = self.prefetch.get() {
+            q.close();
+        }
+    }
+}
+
 impl LowerCache {
     pub fn new() -> LowerCache {
         let cap = |n: usize| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
         LowerCache {
-            dirs: Mutex::new(LruCache::new(cap(DIRS))),
-            overrides: Mutex::new(LruCache::new(cap(OVERRIDES))),
+            shared: Arc::new(Shared {
+                dirs: Mutex::new(Dirs {
+                    listed: LruCache::new(cap(DIRS)),
+                    reading: HashSet::new(),
+                }),
+                read_done: Condvar::new(),
+                overrides: Mutex::new(LruCache::new(cap(OVERRIDES))),
+            }),
+            prefetch: std::sync::OnceLock::new(),
             enabled: true,
         }
     }
 
     /// A cache that caches nothing, for lower layers that may change.
     pub fn disabled() -> LowerCache {
-        LowerCache {
-            enabled: false,
-            ..LowerCache::new()
-        }
+        let mut c = LowerCache::new();
+        c.enabled = false;
+        c
     }
 
     /// The listing of directory `rel` of lower layer `layer` (root `root`). `Ok(None)`
@@ -140,30 +179,171 @@ impl LowerCache {
     /// an `lstat` inside may still work, so the caller must fall back to it). A path
     /// that is missing or not a directory lists as empty.
     pub fn dir(&self, layer: usize, root: &Path, rel: &Path) -> io::Result<Option<Arc<LowerDir>>> {
+        if !self.enabled {
+            return Ok(read_lower_dir(HostPath::new(root, rel).as_path())?.map(Arc::new));
+        }
         let key = (layer, rel.to_path_buf());
-        if let Some(hit) = self.dirs.lock().get(&key) {
-            return Ok(hit.clone());
+        {
+            let mut dirs = self.shared.dirs.lock();
+            loop {
+                if let Some(hit) = dirs.listed.get(&key) {
+                    return Ok(hit.clone());
+                }
+                if !dirs.reading.contains(&key) {
+                    break;
+                }
+                // The prefetch thread is reading it: its result comes sooner than ours.
+                self.shared.read_done.wait(&mut dirs);
+            }
         }
-        let path = super::hostpath::HostPath::new(root, rel);
-        let listed = read_lower_dir(path.as_path())?.map(Arc::new);
-        if self.enabled {
-            self.dirs.lock().put(key, listed.clone());
-        }
+        let listed = read_lower_dir(HostPath::new(root, rel).as_path())?.map(Arc::new);
+        self.shared.dirs.lock().listed.put(key, listed.clone());
         Ok(listed)
+    }
+
+    /// Asks for the listing of directory `rel` of lower layer `layer` (root `root`) to
+    /// be read in the background, so that a later [`LowerCache::dir`] finds it cached:
+    /// the union queues a directory's subdirectories when the directory is opened, and
+    /// a tree walk's next `opendir` then overlaps its disk reads with the walker's own
+    /// work. Best effort: nothing happens when the cache is disabled, the listing is
+    /// cached already, or the queue is full.
+    pub fn prefetch(&self, layer: usize, root: &Path, rel: PathBuf) {
+        if !self.enabled {
+            return;
+        }
+        let key = (layer, rel);
+        if self.shared.dirs.lock().listed.contains(&key) {
+            return;
+        }
+        let Some(queue) = self.prefetch.get_or_init(|| self.start_prefetch()) else {
+            return;
+        };
+        queue.push(Prefetch {
+            key,
+            root: root.to_path_buf(),
+        });
+    }
+
+    /// Starts the prefetch thread; `None` (no prefetching) when it cannot be started.
+    fn start_prefetch(&self) -> Option<Arc<PrefetchQueue>> {
+        let queue = Arc::new(PrefetchQueue::new(PREFETCH_QUEUE));
+        let (q, shared) = (queue.clone(), self.shared.clone());
+        let spawned = std::thread::Builder::new()
+            .name("union-prefetch".into())
+            .spawn(move || {
+                while let Some(job) = q.pop() {
+                    shared.read_ahead(job);
+                }
+            });
+        match spawned {
+            Ok(_) => Some(queue),
+            Err(e) => {
+                tracing::warn!("lower listings are not prefetched: no thread: {e}");
+                None
+            }
+        }
     }
 
     /// The ownership recorded on file `path` (absolute) of lower layer `layer`.
     pub fn override_stat(&self, layer: usize, path: &Path) -> io::Result<Option<OverrideStat>> {
         let key = (layer, path.to_path_buf());
-        if let Some(hit) = self.overrides.lock().get(&key) {
+        if let Some(hit) = self.shared.overrides.lock().get(&key) {
             return Ok(*hit);
         }
         let ov = OverrideStat::read(path)?;
         // A shortened path (through an fd link) names nothing stable: not a key.
         if self.enabled && !path.starts_with("/proc/self/fd") {
-            self.overrides.lock().put(key, ov);
+            self.shared.overrides.lock().put(key, ov);
         }
         Ok(ov)
+    }
+}
+
+impl Shared {
+    /// Reads one queued listing into the cache, unless it is there or being read.
+    /// Errors are not kept: the request that needs the listing meets them itself.
+    fn read_ahead(&self, job: Prefetch) {
+        {
+            let mut dirs = self.dirs.lock();
+            if dirs.listed.contains(&job.key) || !dirs.reading.insert(job.key.clone()) {
+                return;
+            }
+        }
+        let listed = read_lower_dir(HostPath::new(&job.root, &job.key.1).as_path());
+        let mut dirs = self.dirs.lock();
+        dirs.reading.remove(&job.key);
+        if let Ok(listed) = listed {
+            dirs.listed.put(job.key, listed.map(Arc::new));
+        }
+        drop(dirs);
+        self.read_done.notify_all();
+    }
+}
+
+/// One listing to read ahead.
+#[derive(Debug)]
+struct Prefetch {
+    key: Key,
+    root: PathBuf,
+}
+
+/// The bounded queue of listings to read ahead, first in first out: a tree walk opens
+/// subdirectories in the order they were listed.
+#[derive(Debug)]
+struct PrefetchQueue {
+    jobs: Mutex<PrefetchJobs>,
+    more: Condvar,
+    cap: usize,
+}
+
+#[derive(Debug, Default)]
+struct PrefetchJobs {
+    queued: VecDeque<Prefetch>,
+    closed: bool,
+}
+
+impl PrefetchQueue {
+    fn new(cap: usize) -> PrefetchQueue {
+        PrefetchQueue {
+            jobs: Mutex::new(PrefetchJobs::default()),
+            more: Condvar::new(),
+            cap,
+        }
+    }
+
+    /// Queues `job`; false (the job dropped) when the queue is full or closed.
+    fn push(&self, job: Prefetch) -> bool {
+        let mut jobs = self.jobs.lock();
+        if jobs.closed || jobs.queued.len() >= self.cap {
+            return false;
+        }
+        jobs.queued.push_back(job);
+        drop(jobs);
+        self.more.notify_one();
+        true
+    }
+
+    /// The oldest job, waiting for one; `None` once the queue is closed.
+    fn pop(&self) -> Option<Prefetch> {
+        let mut jobs = self.jobs.lock();
+        loop {
+            if jobs.closed {
+                return None;
+            }
+            if let Some(job) = jobs.queued.pop_front() {
+                return Some(job);
+            }
+            self.more.wait(&mut jobs);
+        }
+    }
+
+    /// Drops the queued jobs and ends the thread's wait.
+    fn close(&self) {
+        let mut jobs = self.jobs.lock();
+        jobs.closed = true;
+        jobs.queued.clear();
+        drop(jobs);
+        self.more.notify_all();
     }
 }
 
@@ -271,6 +451,75 @@ mod tests {
         assert_eq!(ov("owned"), Some(Some(rec)));
         assert_eq!(ov("sub"), Some(Some(rec)));
         assert_eq!(ov("plain"), Some(None));
+    }
+
+    fn job(n: usize) -> Prefetch {
+        Prefetch {
+            key: (n, PathBuf::from(format!("d{n}"))),
+            root: PathBuf::from("/"),
+        }
+    }
+
+    #[test]
+    fn the_prefetch_queue_is_bounded_first_in_first_out_and_closes() {
+        let q = PrefetchQueue::new(3);
+        assert!((0..3).all(|n| q.push(job(n))));
+        // Full: dropped, not queued.
+        assert!(!q.push(job(3)));
+        assert_eq!(q.pop().map(|j| j.key.0), Some(0));
+        assert!(q.push(job(4)));
+        let order: Vec<usize> = (0..3).filter_map(|_| q.pop()).map(|j| j.key.0).collect();
+        assert_eq!(order, [1, 2, 4]);
+
+        // A waiting worker wakes up to a job, then to the close.
+        std::thread::scope(|s| {
+            let worker = s.spawn(|| (q.pop().map(|j| j.key.0), q.pop().is_none()));
+            assert!(q.push(job(5)));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            q.close();
+            assert_eq!(worker.join().expect("worker"), (Some(5), true));
+        });
+        assert!(!q.push(job(6)), "a closed queue takes nothing");
+    }
+
+    /// Waits (up to 10 s) for the prefetch thread to cache `rel` of layer 1.
+    fn wait_cached(c: &LowerCache, rel: &str) -> bool {
+        let key = (1, PathBuf::from(rel));
+        for _ in 0..1000 {
+            if c.shared.dirs.lock().listed.contains(&key) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        false
+    }
+
+    #[test]
+    fn prefetched_listings_are_read_in_the_background_and_served_from_the_cache() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let root = t.path();
+        fs::create_dir_all(root.join("a")).expect("mkdir");
+        fs::write(root.join("a/f"), b"x").expect("write");
+        let c = LowerCache::new();
+        c.prefetch(1, root, PathBuf::from("a"));
+        assert!(wait_cached(&c, "a"), "the listing was never read ahead");
+        // Read before this file existed: the listing comes from the prefetch.
+        fs::write(root.join("a/late"), b"x").expect("write");
+        let a = c
+            .dir(1, root, Path::new("a"))
+            .expect("list")
+            .expect("readable");
+        assert!(a.has(OsStr::new("f")) && !a.has(OsStr::new("late")));
+
+        // A disabled cache neither prefetches nor starts a thread.
+        let off = LowerCache::disabled();
+        off.prefetch(1, root, PathBuf::from("a"));
+        assert!(off.prefetch.get().is_none());
+        let a = off
+            .dir(1, root, Path::new("a"))
+            .expect("list")
+            .expect("readable");
+        assert!(a.has(OsStr::new("late")));
     }
 
     #[test]

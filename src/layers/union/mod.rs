@@ -1696,7 +1696,22 @@ impl Union {
                 kind: FileKind::Dir,
             },
         ];
-        for m in self.list_merged(&info.path, &info.loc.layers)? {
+        let listings = self.listings(&info.path, &info.loc.layers)?;
+        let merged = self.list_listed(&info.path, &info.loc.layers, &listings)?;
+        self.prefetch_subdirs(&info.path, &info.loc.layers, &listings, &merged);
+        let ids = self.tree.insert_listed(
+            ino,
+            merged.iter().map(|m| {
+                // Only upper regular files can be hard links that share a node.
+                let key = m
+                    .meta
+                    .as_ref()
+                    .and_then(|meta| self.link_key(&Loc::one(m.layer), meta));
+                (m.name.as_os_str(), m.layer, key)
+            }),
+        );
+        entries.reserve(merged.len());
+        for (m, child) in merged.into_iter().zip(ids) {
             let mut kind = FileKind::of_type(m.ft, 0); // d_type: no device numbers
             if let Some(meta) = &m.meta {
                 // A device recorded on an empty file lists as the device.
@@ -1708,15 +1723,6 @@ impl Union {
                     }
                 }
             }
-            let child = match self.tree.child(ino, &m.name) {
-                Some(c) => c,
-                None => {
-                    let loc = Loc::one(m.layer);
-                    // Only upper regular files can be hard links that share a node.
-                    let key = m.meta.as_ref().and_then(|meta| self.link_key(&loc, meta));
-                    self.tree.insert(ino, &m.name, loc, key, false)
-                }
-            };
             entries.push(DirEntry {
                 name: m.name,
                 ino: child.0,
@@ -1736,18 +1742,24 @@ impl Union {
 
     /// The visible entries of the merged directory `path` over `layers`, in layer order.
     pub fn list_merged(&self, path: &Path, layers: &[usize]) -> io::Result<Vec<Listed>> {
+        let listings = self.listings(path, layers)?;
+        self.list_listed(path, layers, &listings)
+    }
+
+    /// [`Union::list_merged`] with the directory's listings at hand ([`Union::listings`]).
+    fn list_listed(
+        &self,
+        path: &Path,
+        layers: &[usize],
+        listings: &[Option<Arc<lower::LowerDir>>],
+    ) -> io::Result<Vec<Listed>> {
         let mut out = Vec::new();
         let mut seen: HashSet<OsString> = HashSet::new();
         let mut hidden: HashSet<OsString> = HashSet::new();
-        for &l in layers {
+        for (i, &l) in layers.iter().enumerate() {
             // Lower layers are listed once per mount; the upper every time.
-            let cached = if self.is_upper(l) {
-                None
-            } else {
-                self.lower.dir(l, &self.layers[l], path)?
-            };
             let fresh;
-            let entries: &[lower::LowerEntry] = match &cached {
+            let entries: &[lower::LowerEntry] = match listings.get(i).and_then(Option::as_ref) {
                 Some(d) => &d.entries,
                 None => match enoent_is_none(fs::read_dir(self.abs(l, path)))? {
                     Some(rd) => {
@@ -1797,6 +1809,28 @@ impl Union {
             hidden.extend(layer_whiteouts);
         }
         Ok(out)
+    }
+}
+
+impl Union {
+    /// Queues the lower listings of the subdirectories in `merged` (the listing of
+    /// directory `path` over `layers`, whose lower listings are `listings`) for reading
+    /// ahead ([`lower::LowerCache::prefetch`]): a tree walk opens them next.
+    fn prefetch_subdirs(
+        &self,
+        path: &Path,
+        layers: &[usize],
+        listings: &[Option<Arc<lower::LowerDir>>],
+        merged: &[Listed],
+    ) {
+        for m in merged.iter().filter(|m| m.ft.is_dir()) {
+            for (&l, d) in layers.iter().zip(listings) {
+                let sub = d.as_ref().and_then(|d| d.entry(&m.name));
+                if sub.is_some_and(|e| e.ft.is_dir()) {
+                    self.lower.prefetch(l, &self.layers[l], path.join(&m.name));
+                }
+            }
+        }
     }
 }
 

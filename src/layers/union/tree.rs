@@ -256,7 +256,45 @@ impl Tree {
         link_key: Option<LinkKey>,
         counted: bool,
     ) -> Ino {
+        Self::insert_locked(&mut self.maps.write(), parent, name, loc, link_key, counted)
+    }
+
+    /// The nodes of a listing of directory `parent`, in order: for each (name, layer
+    /// holding it, link key), the existing child of that name as it is, or a new node
+    /// made as [`Tree::insert`] makes it (no kernel reference). One lock for the lot.
+    pub fn insert_listed<'a>(
+        &self,
+        parent: Ino,
+        listed: impl ExactSizeIterator<Item = (&'a OsStr, usize, Option<LinkKey>)>,
+    ) -> Vec<Ino> {
+        let mut out = Vec::with_capacity(listed.len());
         let mut maps = self.maps.write();
+        maps.nodes.reserve(listed.len());
+        maps.children
+            .entry(parent)
+            .or_default()
+            .reserve(listed.len());
+        for (name, layer, key) in listed {
+            out.push(match maps.get_child(parent, name) {
+                Some(id) => id,
+                None => Self::insert_locked(&mut maps, parent, name, Loc::one(layer), key, false),
+            });
+        }
+        // An empty listing must not leave an empty map behind (take_child's invariant).
+        if maps.children.get(&parent).is_some_and(|m| m.is_empty()) {
+            maps.children.remove(&parent);
+        }
+        out
+    }
+
+    fn insert_locked(
+        maps: &mut Maps,
+        parent: Ino,
+        name: &OsStr,
+        loc: Loc,
+        link_key: Option<LinkKey>,
+        counted: bool,
+    ) -> Ino {
         if let (Some(id), Some(k)) = (maps.get_child(parent, name), link_key) {
             let group = maps
                 .links
@@ -267,7 +305,7 @@ impl Tree {
                 if node.aliases.is_empty() {
                     if group.is_some() {
                         maps.take_child(parent, name);
-                        Self::unname(&mut maps, id, parent, name);
+                        Self::unname(maps, id, parent, name);
                     } else {
                         node.link = Some(k);
                         maps.links.insert(k, id);
@@ -635,5 +673,43 @@ mod tests {
         let b = t.insert(ROOT, OsStr::new("b"), Loc::one(1), key, true);
         assert_ne!(a, b);
         assert_eq!(t.insert(ROOT, OsStr::new("c"), Loc::one(1), key, true), b);
+    }
+
+    #[test]
+    fn a_listing_keeps_known_children_and_makes_the_others_uncounted() {
+        let t = Tree::new(Loc::one(0));
+        let up = Some(LinkKey::Upper(5, 9));
+        // Known from a lookup, located in the upper layer.
+        let a = t.insert(ROOT, OsStr::new("a"), Loc::one(0), None, true);
+        let n = |s| OsStr::new(s);
+        let ids = t.insert_listed(
+            ROOT,
+            [
+                (n("a"), 2, None),
+                (n("b"), 1, up),
+                (n("c"), 2, None),
+                (n("d"), 1, up),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(ids.len(), 4);
+        assert_eq!(ids[0], a);
+        // The listing does not move a known child down the stack.
+        assert_eq!(t.get(a).map(|i| i.loc), Some(Loc::one(0)));
+        assert_eq!(
+            t.get(ids[2]).map(|i| (i.loc, i.path)),
+            Some((Loc::one(2), "c".into()))
+        );
+        // Two names of one linked file: one node.
+        assert_eq!(ids[1], ids[3]);
+        assert_ne!(ids[1], ids[2]);
+        assert_eq!(t.child(ROOT, n("d")), Some(ids[1]));
+        // Listing again gives the same nodes.
+        let again = t.insert_listed(ROOT, [(n("c"), 2, None), (n("a"), 2, None)].into_iter());
+        assert_eq!(again, [ids[2], a]);
+        // An empty directory's listing leaves no trace.
+        let c = ids[2];
+        assert!(t.insert_listed(c, std::iter::empty()).is_empty());
+        assert!(!t.maps.read().children.contains_key(&c));
     }
 }
