@@ -18,6 +18,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::num::NonZeroUsize;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -44,12 +45,19 @@ pub struct LowerDir {
     pub entries: Vec<LowerEntry>,
     /// Opaque in any encoding: the union must not look below it.
     pub opaque: bool,
+    /// True when some name has the OCI whiteout prefix.
+    whiteouts: bool,
 }
 
 impl LowerDir {
     /// True when the layer's directory has an entry of exactly this name.
     pub fn has(&self, name: &OsStr) -> bool {
         self.names.contains_key(name)
+    }
+
+    /// True when the layer's directory has the OCI whiteout of `name` (`.wh.NAME`).
+    pub fn has_whiteout(&self, name: &OsStr) -> bool {
+        self.whiteouts && self.has(&whiteout::whiteout_name(name))
     }
 
     /// The entry of this name, if the layer's directory has one.
@@ -355,6 +363,7 @@ fn read_lower_dir(path: &Path) -> io::Result<Option<LowerDir>> {
                 names: HashMap::new(),
                 entries: Vec::new(),
                 opaque: false,
+                whiteouts: false,
             }));
         }
         Err(e) if e.raw_os_error() == Some(libc::EACCES) => return Ok(None),
@@ -369,10 +378,16 @@ fn read_lower_dir(path: &Path) -> io::Result<Option<LowerDir>> {
         .collect();
     let opaque =
         names.contains_key(OsStr::new(whiteout::OPAQUE_MARKER)) || whiteout::is_opaque_dir(path)?;
+    let whiteouts = entries.iter().any(|e| {
+        e.name
+            .as_bytes()
+            .starts_with(whiteout::WHITEOUT_PREFIX.as_bytes())
+    });
     Ok(Some(LowerDir {
         names,
         entries,
         opaque,
+        whiteouts,
     }))
 }
 

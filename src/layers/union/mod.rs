@@ -215,6 +215,23 @@ fn has_whiteout_file(dir: &Path, name: &OsStr) -> io::Result<bool> {
     }
 }
 
+/// `dir/name` in one allocation.
+fn child_path(dir: &Path, name: &OsStr) -> PathBuf {
+    let mut p = PathBuf::with_capacity(dir.as_os_str().len() + 1 + name.len());
+    p.push(dir);
+    p.push(name);
+    p
+}
+
+/// What a name resolves to ([`Union::resolve_entry`]).
+struct Resolved {
+    loc: Loc,
+    /// `lstat` of the topmost entry.
+    meta: Metadata,
+    /// Its recorded ownership, when its layer's listing read it ([`lower::LowerEntry::ov`]).
+    ov: Option<Option<OverrideStat>>,
+}
+
 fn enoent_is_none<T>(r: io::Result<T>) -> io::Result<Option<T>> {
     match r {
         Ok(v) => Ok(Some(v)),
@@ -413,60 +430,81 @@ impl Union {
         listings: &[Option<Arc<lower::LowerDir>>],
         name: &OsStr,
     ) -> io::Result<Option<(Loc, Metadata)>> {
+        let found = self.resolve_entry(dir_path, dir_layers, listings, name)?;
+        Ok(found.map(|f| (f.loc, f.meta)))
+    }
+
+    /// [`Union::resolve_listed`], with the ownership record of the topmost entry when
+    /// its layer's listing holds it.
+    fn resolve_entry(
+        &self,
+        dir_path: &Path,
+        dir_layers: &[usize],
+        listings: &[Option<Arc<lower::LowerDir>>],
+        name: &OsStr,
+    ) -> io::Result<Option<Resolved>> {
         if whiteout::classify_name(name) != Marker::Entry {
             return Ok(None);
         }
-        let rel = dir_path.join(name);
-        let mut found: Option<(Loc, Metadata)> = None;
+        // Built only when a disk call needs it: listed lower files need none.
+        let rel = std::cell::OnceCell::new();
+        let rel = || rel.get_or_init(|| child_path(dir_path, name)).as_path();
+        let mut found: Option<Resolved> = None;
         let last = dir_layers.last().copied();
         // Opaqueness only matters when a layer below could show through.
-        let opaque = |l: usize, p: &Path| -> io::Result<bool> {
+        let opaque = |l: usize| -> io::Result<bool> {
             if Some(l) == last {
                 return Ok(true);
             }
             if !self.is_upper(l) {
-                if let Some(d) = self.lower.dir(l, &self.layers[l], &rel)? {
+                if let Some(d) = self.lower.dir(l, &self.layers[l], rel())? {
                     return Ok(d.opaque);
                 }
             }
-            whiteout::is_opaque_dir(p)
+            whiteout::is_opaque_dir(self.abs(l, rel()).as_path())
         };
         for (i, &l) in dir_layers.iter().enumerate() {
             // A lower layer's listing answers for names it lacks without an lstat each
             // for the name and its whiteout, and holds the lstat of its files.
             let mut listed = None;
+            let mut ov = None;
             if let Some(Some(d)) = listings.get(i) {
                 match d.entry(name) {
-                    None if d.has(&whiteout::whiteout_name(name)) => break,
+                    None if d.has_whiteout(name) => break,
                     None => continue,
-                    Some(e) => listed = e.meta.clone(),
+                    Some(e) => {
+                        listed = e.meta.clone();
+                        ov = e.ov;
+                    }
                 }
             }
-            let p_host = self.abs(l, &rel);
-            let p = p_host.as_path();
             let meta = match listed {
                 Some(m) => Some(m),
-                None => enoent_is_none(fs::symlink_metadata(p))?,
+                None => enoent_is_none(fs::symlink_metadata(self.abs(l, rel()).as_path()))?,
             };
             match meta {
                 Some(meta) => {
-                    if whiteout::classify(p, name, &meta) != Marker::Entry {
+                    if self.is_whiteout_entry(l, rel, name, &meta) {
                         break;
                     }
+                    let is_dir = meta.is_dir();
                     match &mut found {
                         None => {
-                            let is_dir = meta.is_dir();
-                            found = Some((Loc::one(l), meta));
-                            if !is_dir || opaque(l, p)? {
+                            found = Some(Resolved {
+                                loc: Loc::one(l),
+                                meta,
+                                ov,
+                            });
+                            if !is_dir || opaque(l)? {
                                 break;
                             }
                         }
-                        Some((loc, _)) => {
-                            if !meta.is_dir() {
+                        Some(f) => {
+                            if !is_dir {
                                 break;
                             }
-                            loc.layers.push(l);
-                            if opaque(l, p)? {
+                            f.loc.layers.push(l);
+                            if opaque(l)? {
                                 break;
                             }
                         }
@@ -480,6 +518,25 @@ impl Union {
             }
         }
         Ok(found)
+    }
+
+    /// True when the entry `name` (a plain name: [`whiteout::classify_name`] said
+    /// `Entry`) with metadata `meta` in layer `l` is an in-place whiteout, as
+    /// [`whiteout::classify`] decides; its path (`rel`, relative to the layer) is only
+    /// built for the one case that reads xattrs, an empty regular file.
+    fn is_whiteout_entry<P: AsRef<Path>>(
+        &self,
+        l: usize,
+        rel: impl FnOnce() -> P,
+        name: &OsStr,
+        meta: &Metadata,
+    ) -> bool {
+        if meta.file_type().is_file() && meta.len() == 0 {
+            let host = self.abs(l, rel().as_ref());
+            whiteout::classify(host.as_path(), name, meta) != Marker::Entry
+        } else {
+            whiteout::is_chardev_whiteout(meta)
+        }
     }
 
     fn resolve_child(
@@ -598,28 +655,25 @@ impl Union {
         listings: &[Option<Arc<lower::LowerDir>>],
         name: &OsStr,
     ) -> io::Result<Attr> {
-        let (loc, meta) = self
-            .resolve_listed(&pinfo.path, &pinfo.loc.layers, listings, name)?
+        let Resolved { loc, meta, ov } = self
+            .resolve_entry(&pinfo.path, &pinfo.loc.layers, listings, name)?
             .ok_or_else(|| errno(libc::ENOENT))?;
         let key = self.link_key(&loc, &meta);
-        let id = self.tree.insert(parent, name, loc.clone(), key, true);
-        // The record read with the top layer's listing, if that is a lower one.
-        let listed_ov = pinfo
-            .loc
-            .layers
-            .iter()
-            .position(|&l| l == loc.top())
-            .and_then(|i| listings.get(i)?.as_ref()?.entry(name)?.ov);
-        let attr = match listed_ov {
+        // Attributes first: a failure must not leave a kernel reference behind.
+        let attr = match ov {
+            // The record read with the top layer's listing, if that is a lower one.
             Some(ov) if !meta.file_type().is_symlink() => {
-                self.attr_from(id, id.0, &loc, &meta, ov.as_ref())
+                self.attr_from(ROOT, 0, &loc, &meta, ov.as_ref())
             }
             _ => {
-                let path_host = self.abs(loc.top(), &pinfo.path.join(name));
-                self.attr(id, id.0, &loc, &meta, path_host.as_path())?
+                let path_host = self.abs(loc.top(), &child_path(&pinfo.path, name));
+                self.attr(ROOT, 0, &loc, &meta, path_host.as_path())?
             }
         };
+        let id = self.tree.insert(parent, name, loc, key, true);
         Ok(Attr {
+            node: id,
+            ino: id.0,
             uncached_entry: matches!(key, Some(LinkKey::Lower(..))),
             ..attr
         })
@@ -1753,25 +1807,33 @@ impl Union {
         layers: &[usize],
         listings: &[Option<Arc<lower::LowerDir>>],
     ) -> io::Result<Vec<Listed>> {
-        let mut out = Vec::new();
-        let mut seen: HashSet<OsString> = HashSet::new();
+        // Lower layers are listed once per mount; the upper every time (kept here, so
+        // that the names below can borrow from every layer's entries).
+        let mut fresh = Vec::with_capacity(layers.len());
+        for (i, &l) in layers.iter().enumerate() {
+            fresh.push(match listings.get(i).and_then(Option::as_ref) {
+                Some(_) => None,
+                None => enoent_is_none(fs::read_dir(self.abs(l, path)))?
+                    .map(lower::list_dir)
+                    .transpose()?,
+            });
+        }
+        let entries = |i: usize| -> &[lower::LowerEntry] {
+            match (listings.get(i).and_then(Option::as_ref), &fresh[i]) {
+                (Some(d), _) => &d.entries,
+                (None, Some(f)) => f,
+                (None, None) => &[],
+            }
+        };
+        let total = (0..layers.len()).map(|i| entries(i).len()).sum();
+        let mut out = Vec::with_capacity(total);
+        let mut seen: tree::FastSet<&OsStr> = tree::FastSet::default();
+        seen.reserve(total);
         let mut hidden: HashSet<OsString> = HashSet::new();
         for (i, &l) in layers.iter().enumerate() {
-            // Lower layers are listed once per mount; the upper every time.
-            let fresh;
-            let entries: &[lower::LowerEntry] = match listings.get(i).and_then(Option::as_ref) {
-                Some(d) => &d.entries,
-                None => match enoent_is_none(fs::read_dir(self.abs(l, path)))? {
-                    Some(rd) => {
-                        fresh = lower::list_dir(rd)?;
-                        &fresh
-                    }
-                    None => continue,
-                },
-            };
             let mut layer_whiteouts = Vec::new();
-            for entry in entries {
-                let name = &entry.name;
+            for entry in entries(i) {
+                let name = entry.name.as_os_str();
                 match whiteout::classify_name(name) {
                     Marker::Opaque => continue,
                     Marker::Whiteout(x) => {
@@ -1788,19 +1850,17 @@ impl Union {
                 // files' metadata also serves hard-link grouping and recorded devices.
                 let mut meta = None;
                 if let Some(m) = &entry.meta {
-                    let p_host = self.abs(l, &path.join(name));
-                    let p = p_host.as_path();
                     if (ft.is_char_device() || !self.is_upper(l))
-                        && whiteout::classify(p, name, m) != Marker::Entry
+                        && self.is_whiteout_entry(l, || child_path(path, name), name, m)
                     {
-                        layer_whiteouts.push(name.clone());
+                        layer_whiteouts.push(name.to_owned());
                         continue;
                     }
                     meta = ft.is_file().then(|| m.clone());
                 }
-                seen.insert(name.clone());
+                seen.insert(name);
                 out.push(Listed {
-                    name: name.clone(),
+                    name: name.to_owned(),
                     layer: l,
                     ft,
                     meta,

@@ -62,7 +62,7 @@ impl Loc {
 /// A multiply-rotate hasher (the "Fx" hash of rustc): the maps are keyed by node ids
 /// and file names, hashed on every request, and SipHash showed up in profiles.
 #[derive(Debug, Default, Clone, Copy)]
-struct FastHasher(u64);
+pub struct FastHasher(u64);
 
 impl Hasher for FastHasher {
     fn write(&mut self, bytes: &[u8]) {
@@ -94,6 +94,8 @@ impl FastHasher {
 }
 
 type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+/// A set of names hashed with [`FastHasher`], for the union's per-listing sets.
+pub(super) type FastSet<K> = std::collections::HashSet<K, BuildHasherDefault<FastHasher>>;
 
 /// The disk identity of a file with several links, which makes its names one node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
