@@ -210,25 +210,25 @@ impl LowerCache {
     }
 
     /// Asks for the listing of directory `rel` of lower layer `layer` (root `root`) to
-    /// be read in the background, so that a later [`LowerCache::dir`] finds it cached:
-    /// the union queues a directory's subdirectories when the directory is opened, and
-    /// a tree walk's next `opendir` then overlaps its disk reads with the walker's own
-    /// work. Best effort: nothing happens when the cache is disabled, the listing is
-    /// cached already, or the queue is full.
+    /// be read in the background, so that a later [`LowerCache::dir`] finds it cached,
+    /// and then the listings of its subdirectories in that layer too: the union queues
+    /// a directory's subdirectories when the directory is opened; a tree walk opens
+    /// them next, and its `readdirplus` of each needs their subdirectories' listings
+    /// (their opacity), so the walk's disk reads overlap with its own work. Best
+    /// effort: nothing happens when the cache is disabled or the queue is full.
     pub fn prefetch(&self, layer: usize, root: &Path, rel: PathBuf) {
         if !self.enabled {
             return;
         }
+        // Queued even when cached: its subdirectories may not be.
         let key = (layer, rel);
-        if self.shared.dirs.lock().listed.contains(&key) {
-            return;
-        }
         let Some(queue) = self.prefetch.get_or_init(|| self.start_prefetch()) else {
             return;
         };
         queue.push(Prefetch {
             key,
-            root: root.to_path_buf(),
+            root: Arc::from(root),
+            subdirs: true,
         });
     }
 
@@ -240,7 +240,26 @@ impl LowerCache {
             .name("union-prefetch".into())
             .spawn(move || {
                 while let Some(job) = q.pop() {
-                    shared.read_ahead(job);
+                    let Some(dir) = shared.read_ahead(&job) else {
+                        continue;
+                    };
+                    if !job.subdirs {
+                        continue;
+                    }
+                    for e in dir.entries.iter().filter(|e| e.ft.is_dir()) {
+                        let mut rel =
+                            PathBuf::with_capacity(job.key.1.as_os_str().len() + 1 + e.name.len());
+                        rel.push(&job.key.1);
+                        rel.push(&e.name);
+                        let key = (job.key.0, rel);
+                        if !shared.dirs.lock().listed.contains(&key) {
+                            q.push(Prefetch {
+                                key,
+                                root: job.root.clone(),
+                                subdirs: false,
+                            });
+                        }
+                    }
                 }
             });
         match spawned {
@@ -268,23 +287,27 @@ impl LowerCache {
 }
 
 impl Shared {
-    /// Reads one queued listing into the cache, unless it is there or being read.
-    /// Errors are not kept: the request that needs the listing meets them itself.
-    fn read_ahead(&self, job: Prefetch) {
+    /// Reads one queued listing into the cache, unless it is there already; returns
+    /// it (`None`: unreadable). Errors are not kept: the request that needs the
+    /// listing meets them itself.
+    fn read_ahead(&self, job: &Prefetch) -> Option<Arc<LowerDir>> {
         {
             let mut dirs = self.dirs.lock();
-            if dirs.listed.contains(&job.key) || !dirs.reading.insert(job.key.clone()) {
-                return;
+            if let Some(hit) = dirs.listed.peek(&job.key) {
+                return hit.clone();
             }
+            dirs.reading.insert(job.key.clone());
         }
         let listed = read_lower_dir(HostPath::new(&job.root, &job.key.1).as_path());
+        let listed = listed.ok().flatten().map(Arc::new);
         let mut dirs = self.dirs.lock();
         dirs.reading.remove(&job.key);
-        if let Ok(listed) = listed {
-            dirs.listed.put(job.key, listed.map(Arc::new));
+        if listed.is_some() {
+            dirs.listed.put(job.key.clone(), listed.clone());
         }
         drop(dirs);
         self.read_done.notify_all();
+        listed
     }
 }
 
@@ -292,7 +315,9 @@ impl Shared {
 #[derive(Debug)]
 struct Prefetch {
     key: Key,
-    root: PathBuf,
+    root: Arc<Path>,
+    /// Also queue the listings of its subdirectories (one level, without this flag).
+    subdirs: bool,
 }
 
 /// The bounded queue of listings to read ahead, first in first out: a tree walk opens
@@ -307,6 +332,9 @@ struct PrefetchQueue {
 #[derive(Debug, Default)]
 struct PrefetchJobs {
     queued: VecDeque<Prefetch>,
+    /// The keys in `queued`, with whether to queue the subdirectories too: a listing
+    /// asked for twice is queued once, with subdirectories if either asked for them.
+    keys: HashMap<Key, bool>,
     closed: bool,
 }
 
@@ -319,12 +347,21 @@ impl PrefetchQueue {
         }
     }
 
-    /// Queues `job`; false (the job dropped) when the queue is full or closed.
+    /// Queues `job` (merged into a queued job of the same listing); false (the job
+    /// dropped) when the queue is full or closed.
     fn push(&self, job: Prefetch) -> bool {
         let mut jobs = self.jobs.lock();
-        if jobs.closed || jobs.queued.len() >= self.cap {
+        if jobs.closed {
             return false;
         }
+        if let Some(subdirs) = jobs.keys.get_mut(&job.key) {
+            *subdirs |= job.subdirs;
+            return true;
+        }
+        if jobs.queued.len() >= self.cap {
+            return false;
+        }
+        jobs.keys.insert(job.key.clone(), job.subdirs);
         jobs.queued.push_back(job);
         drop(jobs);
         self.more.notify_one();
@@ -338,7 +375,8 @@ impl PrefetchQueue {
             if jobs.closed {
                 return None;
             }
-            if let Some(job) = jobs.queued.pop_front() {
+            if let Some(mut job) = jobs.queued.pop_front() {
+                job.subdirs = jobs.keys.remove(&job.key).unwrap_or(job.subdirs);
                 return Some(job);
             }
             self.more.wait(&mut jobs);
@@ -350,6 +388,7 @@ impl PrefetchQueue {
         let mut jobs = self.jobs.lock();
         jobs.closed = true;
         jobs.queued.clear();
+        jobs.keys.clear();
         drop(jobs);
         self.more.notify_all();
     }
@@ -471,7 +510,8 @@ mod tests {
     fn job(n: usize) -> Prefetch {
         Prefetch {
             key: (n, PathBuf::from(format!("d{n}"))),
-            root: PathBuf::from("/"),
+            root: Arc::from(Path::new("/")),
+            subdirs: false,
         }
     }
 
@@ -497,6 +537,26 @@ mod tests {
         assert!(!q.push(job(6)), "a closed queue takes nothing");
     }
 
+    #[test]
+    fn a_listing_queued_twice_is_read_once_with_subdirectories_if_either_asked() {
+        let q = PrefetchQueue::new(2);
+        assert!(q.push(job(1)));
+        assert!(q.push(Prefetch {
+            subdirs: true,
+            ..job(1)
+        }));
+        // Merged, so the queue still has room.
+        assert!(q.push(job(2)));
+        assert!(!q.push(job(3)));
+        let popped: Vec<(usize, bool)> = (0..2)
+            .filter_map(|_| q.pop())
+            .map(|j| (j.key.0, j.subdirs))
+            .collect();
+        assert_eq!(popped, [(1, true), (2, false)]);
+        // Once popped, the same listing may be queued again.
+        assert!(q.push(job(1)));
+    }
+
     /// Waits (up to 10 s) for the prefetch thread to cache `rel` of layer 1.
     fn wait_cached(c: &LowerCache, rel: &str) -> bool {
         let key = (1, PathBuf::from(rel));
@@ -513,11 +573,25 @@ mod tests {
     fn prefetched_listings_are_read_in_the_background_and_served_from_the_cache() {
         let t = tempfile::tempdir().expect("tempdir");
         let root = t.path();
-        fs::create_dir_all(root.join("a")).expect("mkdir");
+        fs::create_dir_all(root.join("a/b/c")).expect("mkdir");
         fs::write(root.join("a/f"), b"x").expect("write");
         let c = LowerCache::new();
         c.prefetch(1, root, PathBuf::from("a"));
+        // The directory and its subdirectories, not theirs.
         assert!(wait_cached(&c, "a"), "the listing was never read ahead");
+        assert!(
+            wait_cached(&c, "a/b"),
+            "the subdirectory was never read ahead"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let key = (1, PathBuf::from("a/b/c"));
+        assert!(!c.shared.dirs.lock().listed.contains(&key));
+        // Asked for again (cached by now), it still reads its subdirectories ahead.
+        c.prefetch(1, root, PathBuf::from("a/b"));
+        assert!(
+            wait_cached(&c, "a/b/c"),
+            "a cached listing's subdirectories were skipped"
+        );
         // Read before this file existed: the listing comes from the prefetch.
         fs::write(root.join("a/late"), b"x").expect("write");
         let a = c
