@@ -134,7 +134,9 @@ impl Node {
 
 #[derive(Debug, Default)]
 struct Maps {
-    nodes: FastMap<Ino, Node>,
+    /// Boxed: the map moves only pointers when it grows (tens of thousands of nodes
+    /// after a tree walk; moving the nodes themselves showed in profiles).
+    nodes: FastMap<Ino, Box<Node>>,
     /// parent → name → child. Two levels, so a lookup borrows the name instead of
     /// allocating a key.
     children: FastMap<Ino, FastMap<OsString, Ino>>,
@@ -192,7 +194,7 @@ impl Tree {
         };
         maps.nodes.insert(
             ROOT,
-            Node {
+            Box::new(Node {
                 parent: ROOT,
                 name: OsString::new(),
                 aliases: Vec::new(),
@@ -201,7 +203,7 @@ impl Tree {
                 last: None,
                 attached: true,
                 lookups: 1,
-            },
+            }),
         );
         Tree {
             maps: RwLock::new(maps),
@@ -343,7 +345,7 @@ impl Tree {
         }
         maps.nodes.insert(
             id,
-            Node {
+            Box::new(Node {
                 parent,
                 name: name.to_owned(),
                 aliases: Vec::new(),
@@ -352,7 +354,7 @@ impl Tree {
                 last: None,
                 attached: true,
                 lookups: u64::from(counted),
-            },
+            }),
         );
         maps.put_child(parent, name, id);
         id
@@ -424,7 +426,7 @@ impl Tree {
         maps.next += 1;
         maps.nodes.insert(
             id,
-            Node {
+            Box::new(Node {
                 parent: *first_parent,
                 name: first_name.clone(),
                 aliases: rest.to_vec(),
@@ -433,7 +435,7 @@ impl Tree {
                 last: None,
                 attached: true,
                 lookups: 0,
-            },
+            }),
         );
         for (p, n) in &others {
             maps.put_child(*p, n, id);
