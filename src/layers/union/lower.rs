@@ -10,8 +10,17 @@
 //!
 //! The upper layer is never cached here: it changes under the union's own operations.
 //! Both caches are bounded LRUs; their locks are held only to look up or insert, never
-//! while reading the disk (two threads may read the same directory at once; the second
-//! insert wins harmlessly, both results being equal).
+//! while reading the disk (two request threads may read the same directory at once;
+//! the second insert wins harmlessly, both results being equal).
+//!
+//! Listings are also read ahead: a tree walk (`find`, `du`, `tar c`) is serial, so each
+//! directory's listing would sit on its critical path while other CPUs idle. The union
+//! queues the subdirectories of each directory it opens ([`LowerCache::prefetch`]) to
+//! one background thread, which reads them and their own subdirectories' listings into
+//! the cache (a walk's `readdirplus` needs those for their opacity). The queue is
+//! bounded (requests beyond it are dropped: the listing is then read when asked for),
+//! and a request for a listing the thread is reading waits for it rather than reading
+//! it again.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
@@ -29,6 +38,7 @@ use crate::layers::ownership::{self, OVERRIDE_XATTR, OverrideStat};
 use crate::layers::whiteout;
 
 use super::hostpath::HostPath;
+use super::tree::FastMap;
 
 /// Directories whose listings are kept (a few MB for a full Gentoo seed's 10k dirs).
 const DIRS: usize = 16 * 1024;
@@ -40,7 +50,7 @@ const OVERRIDES: usize = 256 * 1024;
 #[derive(Debug)]
 pub struct LowerDir {
     /// Index into `entries` by name.
-    names: HashMap<OsString, usize>,
+    names: FastMap<OsString, usize>,
     /// The entries in `getdents` order.
     pub entries: Vec<LowerEntry>,
     /// Opaque in any encoding: the union must not look below it.
@@ -399,7 +409,7 @@ fn read_lower_dir(path: &Path) -> io::Result<Option<LowerDir>> {
         Ok(rd) => rd,
         Err(e) if is_absent(&e) => {
             return Ok(Some(LowerDir {
-                names: HashMap::new(),
+                names: FastMap::default(),
                 entries: Vec::new(),
                 opaque: false,
                 whiteouts: false,
@@ -410,7 +420,7 @@ fn read_lower_dir(path: &Path) -> io::Result<Option<LowerDir>> {
     };
     let mut entries = list_dir(rd)?;
     read_overrides(path, &mut entries);
-    let names: HashMap<OsString, usize> = entries
+    let names: FastMap<OsString, usize> = entries
         .iter()
         .enumerate()
         .map(|(i, e)| (e.name.clone(), i))
