@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use parking_lot::RwLock;
 
@@ -110,7 +111,8 @@ pub enum LinkKey {
 #[derive(Debug, Clone)]
 struct Node {
     parent: Ino,
-    name: OsString,
+    /// Shared with the `children` key of the primary name.
+    name: Arc<OsStr>,
     /// Further names of a hard-linked file.
     aliases: Vec<(Ino, OsString)>,
     loc: Loc,
@@ -124,7 +126,7 @@ struct Node {
 
 impl Node {
     fn names(&self) -> impl Iterator<Item = (Ino, &OsStr)> {
-        std::iter::once((self.parent, self.name.as_os_str()))
+        std::iter::once((self.parent, &*self.name))
             .chain(self.aliases.iter().map(|(p, n)| (*p, n.as_os_str())))
     }
 
@@ -140,7 +142,7 @@ struct Maps {
     nodes: FastMap<Ino, Box<Node>>,
     /// parent → name → child. Two levels, so a lookup borrows the name instead of
     /// allocating a key.
-    children: FastMap<Ino, FastMap<OsString, Ino>>,
+    children: FastMap<Ino, FastMap<Arc<OsStr>, Ino>>,
     /// Hard-linked files: disk identity → their node.
     links: FastMap<LinkKey, Ino>,
     next: u64,
@@ -151,11 +153,11 @@ impl Maps {
         self.children.get(&parent)?.get(name).copied()
     }
 
-    fn put_child(&mut self, parent: Ino, name: &OsStr, id: Ino) -> Option<Ino> {
+    fn put_child(&mut self, parent: Ino, name: impl Into<Arc<OsStr>>, id: Ino) -> Option<Ino> {
         self.children
             .entry(parent)
             .or_default()
-            .insert(name.to_owned(), id)
+            .insert(name.into(), id)
     }
 
     fn take_child(&mut self, parent: Ino, name: &OsStr) -> Option<Ino> {
@@ -197,7 +199,7 @@ impl Tree {
             ROOT,
             Box::new(Node {
                 parent: ROOT,
-                name: OsString::new(),
+                name: Arc::from(OsStr::new("")),
                 aliases: Vec::new(),
                 loc: root_loc,
                 link: None,
@@ -219,7 +221,7 @@ impl Tree {
         let mut cur = node;
         let mut id = ino;
         while id != ROOT {
-            names.push(cur.name.as_os_str());
+            names.push(&*cur.name);
             id = cur.parent;
             cur = maps.nodes.get(&id)?;
         }
@@ -344,11 +346,12 @@ impl Tree {
         if let Some(k) = link_key {
             maps.links.insert(k, id);
         }
+        let name: Arc<OsStr> = Arc::from(name);
         maps.nodes.insert(
             id,
             Box::new(Node {
                 parent,
-                name: name.to_owned(),
+                name: name.clone(),
                 aliases: Vec::new(),
                 loc,
                 link: link_key,
@@ -387,7 +390,7 @@ impl Tree {
         }
         match &node.last {
             Some((p, n)) if node.has_name(*p, n) => Some((*p, n.clone())),
-            _ => Some((node.parent, node.name.clone())),
+            _ => Some((node.parent, node.name.to_os_string())),
         }
     }
 
@@ -412,7 +415,7 @@ impl Tree {
         let link = node.link.take();
         let loc = node.loc.clone();
         node.parent = parent;
-        node.name = name.to_owned();
+        node.name = Arc::from(name);
         node.aliases.clear();
         node.last = None;
         let Some(((first_parent, first_name), rest)) = others.split_first() else {
@@ -429,7 +432,7 @@ impl Tree {
             id,
             Box::new(Node {
                 parent: *first_parent,
-                name: first_name.clone(),
+                name: Arc::from(first_name.as_os_str()),
                 aliases: rest.to_vec(),
                 loc,
                 link,
@@ -439,7 +442,7 @@ impl Tree {
             }),
         );
         for (p, n) in &others {
-            maps.put_child(*p, n, id);
+            maps.put_child(*p, n.as_os_str(), id);
         }
         if let Some(k) = link {
             maps.links.insert(k, id);
@@ -473,11 +476,11 @@ impl Tree {
         let Some(n) = maps.nodes.get_mut(&id) else {
             return;
         };
-        if n.parent == parent && n.name == name {
+        if n.parent == parent && &*n.name == name {
             match n.aliases.pop() {
                 Some((p, nm)) => {
                     n.parent = p;
-                    n.name = nm;
+                    n.name = Arc::from(nm);
                 }
                 None => n.attached = false,
             }
@@ -510,9 +513,9 @@ impl Tree {
             }
         }
         if let Some(n) = maps.nodes.get_mut(&id) {
-            if n.parent == parent && n.name == name {
+            if n.parent == parent && &*n.name == name {
                 n.parent = new_parent;
-                n.name = new_name.to_owned();
+                n.name = Arc::from(new_name);
             } else if let Some(a) = n
                 .aliases
                 .iter_mut()
