@@ -308,16 +308,28 @@ impl Shared {
             }
             dirs.reading.insert(job.key.clone());
         }
-        let listed = read_lower_dir(HostPath::new(&job.root, &job.key.1).as_path());
-        let listed = listed.ok().flatten().map(Arc::new);
-        let mut dirs = self.dirs.lock();
-        dirs.reading.remove(&job.key);
-        if listed.is_some() {
-            dirs.listed.put(job.key.clone(), listed.clone());
-        }
-        drop(dirs);
-        self.read_done.notify_all();
+        let _reading = Reading {
+            shared: self,
+            key: &job.key,
+        };
+        let listed = read_lower_dir(HostPath::new(&job.root, &job.key.1).as_path()).ok()?;
+        let listed = listed.map(Arc::new);
+        self.dirs.lock().listed.put(job.key.clone(), listed.clone());
         listed
+    }
+}
+
+/// Marks a listing as no longer being read, and wakes its waiters, when dropped: even
+/// if reading it failed or panicked, no request waits for it forever.
+struct Reading<'a> {
+    shared: &'a Shared,
+    key: &'a Key,
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.shared.dirs.lock().reading.remove(self.key);
+        self.shared.read_done.notify_all();
     }
 }
 
@@ -565,6 +577,57 @@ mod tests {
         assert_eq!(popped, [(1, true), (2, false)]);
         // Once popped, the same listing may be queued again.
         assert!(q.push(job(1)));
+    }
+
+    /// Lists `a` of layer 1 while the listing is marked as being read ahead, which
+    /// ends with `read` put in the cache (`None`: the read failed); returns whether
+    /// the listing the request got has the file `f`.
+    fn list_while_read_ahead(root: &Path, read: Option<LowerDir>) -> bool {
+        let c = LowerCache::new();
+        let key = (1, PathBuf::from("a"));
+        std::thread::scope(|s| {
+            // As the prefetch thread does: mark, read, put, unmark.
+            c.shared.dirs.lock().reading.insert(key.clone());
+            let reading = Reading {
+                shared: &c.shared,
+                key: &key,
+            };
+            let waiter = s.spawn(|| {
+                let d = c.dir(1, root, Path::new("a")).expect("list");
+                d.expect("readable").has(OsStr::new("f"))
+            });
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(!waiter.is_finished(), "the request did not wait");
+            if let Some(read) = read {
+                c.shared
+                    .dirs
+                    .lock()
+                    .listed
+                    .put(key.clone(), Some(Arc::new(read)));
+            }
+            drop(reading);
+            waiter.join().expect("waiter")
+        })
+    }
+
+    #[test]
+    fn a_request_for_a_listing_being_read_ahead_waits_for_that_read() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let root = t.path();
+        fs::create_dir_all(root.join("a")).expect("mkdir");
+        fs::write(root.join("a/f"), b"x").expect("write");
+        let without_f = LowerDir {
+            names: FastMap::default(),
+            entries: Vec::new(),
+            opaque: false,
+            whiteouts: false,
+        };
+        assert!(
+            !list_while_read_ahead(root, Some(without_f)),
+            "the request read the listing itself"
+        );
+        // A read ahead that failed leaves the request to read the listing itself.
+        assert!(list_while_read_ahead(root, None));
     }
 
     /// Waits (up to 10 s) for the prefetch thread to cache `rel` of layer 1.
