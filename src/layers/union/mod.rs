@@ -218,6 +218,23 @@ fn has_whiteout_file(dir: &Path, name: &OsStr) -> io::Result<bool> {
     }
 }
 
+/// `dir/name` in one allocation.
+fn child_path(dir: &Path, name: &OsStr) -> PathBuf {
+    let mut p = PathBuf::with_capacity(dir.as_os_str().len() + 1 + name.len());
+    p.push(dir);
+    p.push(name);
+    p
+}
+
+/// What a name resolves to ([`Union::resolve_entry`]).
+struct Resolved {
+    loc: Loc,
+    /// `lstat` of the topmost entry.
+    meta: Metadata,
+    /// Its recorded ownership, when its layer's listing read it ([`lower::LowerEntry::ov`]).
+    ov: Option<Option<OverrideStat>>,
+}
+
 fn enoent_is_none<T>(r: io::Result<T>) -> io::Result<Option<T>> {
     match r {
         Ok(v) => Ok(Some(v)),
@@ -417,60 +434,81 @@ impl Union {
         listings: &[Option<Arc<lower::LowerDir>>],
         name: &OsStr,
     ) -> io::Result<Option<(Loc, Metadata)>> {
+        let found = self.resolve_entry(dir_path, dir_layers, listings, name)?;
+        Ok(found.map(|f| (f.loc, f.meta)))
+    }
+
+    /// [`Union::resolve_listed`], with the ownership record of the topmost entry when
+    /// its layer's listing holds it.
+    fn resolve_entry(
+        &self,
+        dir_path: &Path,
+        dir_layers: &[usize],
+        listings: &[Option<Arc<lower::LowerDir>>],
+        name: &OsStr,
+    ) -> io::Result<Option<Resolved>> {
         if whiteout::classify_name(name) != Marker::Entry {
             return Ok(None);
         }
-        let rel = dir_path.join(name);
-        let mut found: Option<(Loc, Metadata)> = None;
+        // Built only when a disk call needs it: listed lower files need none.
+        let rel = std::cell::OnceCell::new();
+        let rel = || rel.get_or_init(|| child_path(dir_path, name)).as_path();
+        let mut found: Option<Resolved> = None;
         let last = dir_layers.last().copied();
         // Opaqueness only matters when a layer below could show through.
-        let opaque = |l: usize, p: &Path| -> io::Result<bool> {
+        let opaque = |l: usize| -> io::Result<bool> {
             if Some(l) == last {
                 return Ok(true);
             }
             if !self.is_upper(l) {
-                if let Some(d) = self.lower.dir(l, &self.layers[l], &rel)? {
+                if let Some(d) = self.lower.dir(l, &self.layers[l], rel())? {
                     return Ok(d.opaque);
                 }
             }
-            whiteout::is_opaque_dir(p)
+            whiteout::is_opaque_dir(self.abs(l, rel()).as_path())
         };
         for (i, &l) in dir_layers.iter().enumerate() {
             // A lower layer's listing answers for names it lacks without an lstat each
             // for the name and its whiteout, and holds the lstat of its files.
             let mut listed = None;
+            let mut ov = None;
             if let Some(Some(d)) = listings.get(i) {
                 match d.entry(name) {
-                    None if d.has(&whiteout::whiteout_name(name)) => break,
+                    None if d.has_whiteout(name) => break,
                     None => continue,
-                    Some(e) => listed = e.meta.clone(),
+                    Some(e) => {
+                        listed = e.meta.clone();
+                        ov = e.ov;
+                    }
                 }
             }
-            let p_host = self.abs(l, &rel);
-            let p = p_host.as_path();
             let meta = match listed {
                 Some(m) => Some(m),
-                None => enoent_is_none(fs::symlink_metadata(p))?,
+                None => enoent_is_none(fs::symlink_metadata(self.abs(l, rel()).as_path()))?,
             };
             match meta {
                 Some(meta) => {
-                    if whiteout::classify(p, name, &meta) != Marker::Entry {
+                    if self.is_whiteout_entry(l, rel, name, &meta) {
                         break;
                     }
+                    let is_dir = meta.is_dir();
                     match &mut found {
                         None => {
-                            let is_dir = meta.is_dir();
-                            found = Some((Loc::one(l), meta));
-                            if !is_dir || opaque(l, p)? {
+                            found = Some(Resolved {
+                                loc: Loc::one(l),
+                                meta,
+                                ov,
+                            });
+                            if !is_dir || opaque(l)? {
                                 break;
                             }
                         }
-                        Some((loc, _)) => {
-                            if !meta.is_dir() {
+                        Some(f) => {
+                            if !is_dir {
                                 break;
                             }
-                            loc.layers.push(l);
-                            if opaque(l, p)? {
+                            f.loc.layers.push(l);
+                            if opaque(l)? {
                                 break;
                             }
                         }
@@ -484,6 +522,25 @@ impl Union {
             }
         }
         Ok(found)
+    }
+
+    /// True when the entry `name` (a plain name: [`whiteout::classify_name`] said
+    /// `Entry`) with metadata `meta` in layer `l` is an in-place whiteout, as
+    /// [`whiteout::classify`] decides; its path (`rel`, relative to the layer) is only
+    /// built for the one case that reads xattrs, an empty regular file.
+    fn is_whiteout_entry<P: AsRef<Path>>(
+        &self,
+        l: usize,
+        rel: impl FnOnce() -> P,
+        name: &OsStr,
+        meta: &Metadata,
+    ) -> bool {
+        if meta.file_type().is_file() && meta.len() == 0 {
+            let host = self.abs(l, rel().as_ref());
+            whiteout::classify(host.as_path(), name, meta) != Marker::Entry
+        } else {
+            whiteout::is_chardev_whiteout(meta)
+        }
     }
 
     fn resolve_child(
@@ -612,28 +669,25 @@ impl Union {
         listings: &[Option<Arc<lower::LowerDir>>],
         name: &OsStr,
     ) -> io::Result<Attr> {
-        let (loc, meta) = self
-            .resolve_listed(&pinfo.path, &pinfo.loc.layers, listings, name)?
+        let Resolved { loc, meta, ov } = self
+            .resolve_entry(&pinfo.path, &pinfo.loc.layers, listings, name)?
             .ok_or_else(|| errno(libc::ENOENT))?;
         let key = self.link_key(&loc, &meta);
-        let id = self.tree.insert(parent, name, loc.clone(), key, true);
-        // The record read with the top layer's listing, if that is a lower one.
-        let listed_ov = pinfo
-            .loc
-            .layers
-            .iter()
-            .position(|&l| l == loc.top())
-            .and_then(|i| listings.get(i)?.as_ref()?.entry(name)?.ov);
-        let attr = match listed_ov {
+        // Attributes first: a failure must not leave a kernel reference behind.
+        let attr = match ov {
+            // The record read with the top layer's listing, if that is a lower one.
             Some(ov) if !meta.file_type().is_symlink() => {
-                self.attr_from(id, id.0, &loc, &meta, ov.as_ref())
+                self.attr_from(ROOT, 0, &loc, &meta, ov.as_ref())
             }
             _ => {
-                let path_host = self.abs(loc.top(), &pinfo.path.join(name));
-                self.attr(id, id.0, &loc, &meta, path_host.as_path())?
+                let path_host = self.abs(loc.top(), &child_path(&pinfo.path, name));
+                self.attr(ROOT, 0, &loc, &meta, path_host.as_path())?
             }
         };
+        let id = self.tree.insert(parent, name, loc, key, true);
         Ok(Attr {
+            node: id,
+            ino: id.0,
             uncached_entry: matches!(key, Some(LinkKey::Lower(..))),
             ..attr
         })
@@ -1756,7 +1810,22 @@ impl Union {
                 kind: FileKind::Dir,
             },
         ];
-        for m in self.list_merged(&info.path, &info.loc.layers)? {
+        let listings = self.listings(&info.path, &info.loc.layers)?;
+        let merged = self.list_listed(&info.path, &info.loc.layers, &listings)?;
+        self.prefetch_subdirs(&info.path, &info.loc.layers, &listings, &merged);
+        let ids = self.tree.insert_listed(
+            ino,
+            merged.iter().map(|m| {
+                // Only upper regular files can be hard links that share a node.
+                let key = m
+                    .meta
+                    .as_ref()
+                    .and_then(|meta| self.link_key(&Loc::one(m.layer), meta));
+                (m.name.as_os_str(), m.layer, key)
+            }),
+        );
+        entries.reserve(merged.len());
+        for (m, child) in merged.into_iter().zip(ids) {
             let mut kind = FileKind::of_type(m.ft, 0); // d_type: no device numbers
             if let Some(meta) = &m.meta {
                 // A device recorded on an empty file lists as the device.
@@ -1768,15 +1837,6 @@ impl Union {
                     }
                 }
             }
-            let child = match self.tree.child(ino, &m.name) {
-                Some(c) => c,
-                None => {
-                    let loc = Loc::one(m.layer);
-                    // Only upper regular files can be hard links that share a node.
-                    let key = m.meta.as_ref().and_then(|meta| self.link_key(&loc, meta));
-                    self.tree.insert(ino, &m.name, loc, key, false)
-                }
-            };
             entries.push(DirEntry {
                 name: m.name,
                 ino: child.0,
@@ -1796,30 +1856,44 @@ impl Union {
 
     /// The visible entries of the merged directory `path` over `layers`, in layer order.
     pub fn list_merged(&self, path: &Path, layers: &[usize]) -> io::Result<Vec<Listed>> {
-        let mut out = Vec::new();
-        let mut seen: HashSet<OsString> = HashSet::new();
+        let listings = self.listings(path, layers)?;
+        self.list_listed(path, layers, &listings)
+    }
+
+    /// [`Union::list_merged`] with the directory's listings at hand ([`Union::listings`]).
+    fn list_listed(
+        &self,
+        path: &Path,
+        layers: &[usize],
+        listings: &[Option<Arc<lower::LowerDir>>],
+    ) -> io::Result<Vec<Listed>> {
+        // Lower layers are listed once per mount; the upper every time (kept here, so
+        // that the names below can borrow from every layer's entries).
+        let mut fresh = Vec::with_capacity(layers.len());
+        for (i, &l) in layers.iter().enumerate() {
+            fresh.push(match listings.get(i).and_then(Option::as_ref) {
+                Some(_) => None,
+                None => enoent_is_none(fs::read_dir(self.abs(l, path)))?
+                    .map(lower::list_dir)
+                    .transpose()?,
+            });
+        }
+        let entries = |i: usize| -> &[lower::LowerEntry] {
+            match (listings.get(i).and_then(Option::as_ref), &fresh[i]) {
+                (Some(d), _) => &d.entries,
+                (None, Some(f)) => f,
+                (None, None) => &[],
+            }
+        };
+        let total = (0..layers.len()).map(|i| entries(i).len()).sum();
+        let mut out = Vec::with_capacity(total);
+        let mut seen: tree::FastSet<&OsStr> = tree::FastSet::default();
+        seen.reserve(total);
         let mut hidden: HashSet<OsString> = HashSet::new();
-        for &l in layers {
-            // Lower layers are listed once per mount; the upper every time.
-            let cached = if self.is_upper(l) {
-                None
-            } else {
-                self.lower.dir(l, &self.layers[l], path)?
-            };
-            let fresh;
-            let entries: &[lower::LowerEntry] = match &cached {
-                Some(d) => &d.entries,
-                None => match enoent_is_none(fs::read_dir(self.abs(l, path)))? {
-                    Some(rd) => {
-                        fresh = lower::list_dir(rd)?;
-                        &fresh
-                    }
-                    None => continue,
-                },
-            };
+        for (i, &l) in layers.iter().enumerate() {
             let mut layer_whiteouts = Vec::new();
-            for entry in entries {
-                let name = &entry.name;
+            for entry in entries(i) {
+                let name = entry.name.as_os_str();
                 match whiteout::classify_name(name) {
                     Marker::Opaque => continue,
                     Marker::Whiteout(x) => {
@@ -1836,19 +1910,17 @@ impl Union {
                 // files' metadata also serves hard-link grouping and recorded devices.
                 let mut meta = None;
                 if let Some(m) = &entry.meta {
-                    let p_host = self.abs(l, &path.join(name));
-                    let p = p_host.as_path();
                     if (ft.is_char_device() || !self.is_upper(l))
-                        && whiteout::classify(p, name, m) != Marker::Entry
+                        && self.is_whiteout_entry(l, || child_path(path, name), name, m)
                     {
-                        layer_whiteouts.push(name.clone());
+                        layer_whiteouts.push(name.to_owned());
                         continue;
                     }
                     meta = ft.is_file().then(|| m.clone());
                 }
-                seen.insert(name.clone());
+                seen.insert(name);
                 out.push(Listed {
-                    name: name.clone(),
+                    name: name.to_owned(),
                     layer: l,
                     ft,
                     meta,
@@ -1857,6 +1929,28 @@ impl Union {
             hidden.extend(layer_whiteouts);
         }
         Ok(out)
+    }
+}
+
+impl Union {
+    /// Queues the lower listings of the subdirectories in `merged` (the listing of
+    /// directory `path` over `layers`, whose lower listings are `listings`) for reading
+    /// ahead ([`lower::LowerCache::prefetch`]): a tree walk opens them next.
+    fn prefetch_subdirs(
+        &self,
+        path: &Path,
+        layers: &[usize],
+        listings: &[Option<Arc<lower::LowerDir>>],
+        merged: &[Listed],
+    ) {
+        for m in merged.iter().filter(|m| m.ft.is_dir()) {
+            for (&l, d) in layers.iter().zip(listings) {
+                let sub = d.as_ref().and_then(|d| d.entry(&m.name));
+                if sub.is_some_and(|e| e.ft.is_dir()) {
+                    self.lower.prefetch(l, &self.layers[l], path.join(&m.name));
+                }
+            }
+        }
     }
 }
 

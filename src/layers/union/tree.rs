@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use parking_lot::RwLock;
 
@@ -62,7 +63,7 @@ impl Loc {
 /// A multiply-rotate hasher (the "Fx" hash of rustc): the maps are keyed by node ids
 /// and file names, hashed on every request, and SipHash showed up in profiles.
 #[derive(Debug, Default, Clone, Copy)]
-struct FastHasher(u64);
+pub struct FastHasher(u64);
 
 impl Hasher for FastHasher {
     fn write(&mut self, bytes: &[u8]) {
@@ -93,7 +94,10 @@ impl FastHasher {
     }
 }
 
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+/// A map hashed with [`FastHasher`].
+pub(super) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+/// A set of names hashed with [`FastHasher`], for the union's per-listing sets.
+pub(super) type FastSet<K> = std::collections::HashSet<K, BuildHasherDefault<FastHasher>>;
 
 /// The disk identity of a file with several links, which makes its names one node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -107,7 +111,8 @@ pub enum LinkKey {
 #[derive(Debug, Clone)]
 struct Node {
     parent: Ino,
-    name: OsString,
+    /// Shared with the `children` key of the primary name.
+    name: Arc<OsStr>,
     /// Further names of a hard-linked file.
     aliases: Vec<(Ino, OsString)>,
     loc: Loc,
@@ -121,7 +126,7 @@ struct Node {
 
 impl Node {
     fn names(&self) -> impl Iterator<Item = (Ino, &OsStr)> {
-        std::iter::once((self.parent, self.name.as_os_str()))
+        std::iter::once((self.parent, &*self.name))
             .chain(self.aliases.iter().map(|(p, n)| (*p, n.as_os_str())))
     }
 
@@ -132,10 +137,12 @@ impl Node {
 
 #[derive(Debug, Default)]
 struct Maps {
-    nodes: FastMap<Ino, Node>,
+    /// Boxed: the map moves only pointers when it grows (tens of thousands of nodes
+    /// after a tree walk; moving the nodes themselves showed in profiles).
+    nodes: FastMap<Ino, Box<Node>>,
     /// parent → name → child. Two levels, so a lookup borrows the name instead of
     /// allocating a key.
-    children: FastMap<Ino, FastMap<OsString, Ino>>,
+    children: FastMap<Ino, FastMap<Arc<OsStr>, Ino>>,
     /// Hard-linked files: disk identity → their node.
     links: FastMap<LinkKey, Ino>,
     next: u64,
@@ -146,11 +153,11 @@ impl Maps {
         self.children.get(&parent)?.get(name).copied()
     }
 
-    fn put_child(&mut self, parent: Ino, name: &OsStr, id: Ino) -> Option<Ino> {
+    fn put_child(&mut self, parent: Ino, name: impl Into<Arc<OsStr>>, id: Ino) -> Option<Ino> {
         self.children
             .entry(parent)
             .or_default()
-            .insert(name.to_owned(), id)
+            .insert(name.into(), id)
     }
 
     fn take_child(&mut self, parent: Ino, name: &OsStr) -> Option<Ino> {
@@ -190,16 +197,16 @@ impl Tree {
         };
         maps.nodes.insert(
             ROOT,
-            Node {
+            Box::new(Node {
                 parent: ROOT,
-                name: OsString::new(),
+                name: Arc::from(OsStr::new("")),
                 aliases: Vec::new(),
                 loc: root_loc,
                 link: None,
                 last: None,
                 attached: true,
                 lookups: 1,
-            },
+            }),
         );
         Tree {
             maps: RwLock::new(maps),
@@ -214,7 +221,7 @@ impl Tree {
         let mut cur = node;
         let mut id = ino;
         while id != ROOT {
-            names.push(cur.name.as_os_str());
+            names.push(&*cur.name);
             id = cur.parent;
             cur = maps.nodes.get(&id)?;
         }
@@ -256,7 +263,45 @@ impl Tree {
         link_key: Option<LinkKey>,
         counted: bool,
     ) -> Ino {
+        Self::insert_locked(&mut self.maps.write(), parent, name, loc, link_key, counted)
+    }
+
+    /// The nodes of a listing of directory `parent`, in order: for each (name, layer
+    /// holding it, link key), the existing child of that name as it is, or a new node
+    /// made as [`Tree::insert`] makes it (no kernel reference). One lock for the lot.
+    pub fn insert_listed<'a>(
+        &self,
+        parent: Ino,
+        listed: impl ExactSizeIterator<Item = (&'a OsStr, usize, Option<LinkKey>)>,
+    ) -> Vec<Ino> {
+        let mut out = Vec::with_capacity(listed.len());
         let mut maps = self.maps.write();
+        maps.nodes.reserve(listed.len());
+        maps.children
+            .entry(parent)
+            .or_default()
+            .reserve(listed.len());
+        for (name, layer, key) in listed {
+            out.push(match maps.get_child(parent, name) {
+                Some(id) => id,
+                None => Self::insert_locked(&mut maps, parent, name, Loc::one(layer), key, false),
+            });
+        }
+        // An empty listing must not leave an empty map behind (take_child's invariant).
+        if maps.children.get(&parent).is_some_and(|m| m.is_empty()) {
+            maps.children.remove(&parent);
+        }
+        out
+    }
+
+    fn insert_locked(
+        maps: &mut Maps,
+        parent: Ino,
+        name: &OsStr,
+        loc: Loc,
+        link_key: Option<LinkKey>,
+        counted: bool,
+    ) -> Ino {
         if let (Some(id), Some(k)) = (maps.get_child(parent, name), link_key) {
             let group = maps
                 .links
@@ -267,7 +312,7 @@ impl Tree {
                 if node.aliases.is_empty() {
                     if group.is_some() {
                         maps.take_child(parent, name);
-                        Self::unname(&mut maps, id, parent, name);
+                        Self::unname(maps, id, parent, name);
                     } else {
                         node.link = Some(k);
                         maps.links.insert(k, id);
@@ -301,18 +346,19 @@ impl Tree {
         if let Some(k) = link_key {
             maps.links.insert(k, id);
         }
+        let name: Arc<OsStr> = Arc::from(name);
         maps.nodes.insert(
             id,
-            Node {
+            Box::new(Node {
                 parent,
-                name: name.to_owned(),
+                name: name.clone(),
                 aliases: Vec::new(),
                 loc,
                 link: link_key,
                 last: None,
                 attached: true,
                 lookups: u64::from(counted),
-            },
+            }),
         );
         maps.put_child(parent, name, id);
         id
@@ -344,7 +390,7 @@ impl Tree {
         }
         match &node.last {
             Some((p, n)) if node.has_name(*p, n) => Some((*p, n.clone())),
-            _ => Some((node.parent, node.name.clone())),
+            _ => Some((node.parent, node.name.to_os_string())),
         }
     }
 
@@ -369,7 +415,7 @@ impl Tree {
         let link = node.link.take();
         let loc = node.loc.clone();
         node.parent = parent;
-        node.name = name.to_owned();
+        node.name = Arc::from(name);
         node.aliases.clear();
         node.last = None;
         let Some(((first_parent, first_name), rest)) = others.split_first() else {
@@ -384,19 +430,19 @@ impl Tree {
         maps.next += 1;
         maps.nodes.insert(
             id,
-            Node {
+            Box::new(Node {
                 parent: *first_parent,
-                name: first_name.clone(),
+                name: Arc::from(first_name.as_os_str()),
                 aliases: rest.to_vec(),
                 loc,
                 link,
                 last: None,
                 attached: true,
                 lookups: 0,
-            },
+            }),
         );
         for (p, n) in &others {
-            maps.put_child(*p, n, id);
+            maps.put_child(*p, n.as_os_str(), id);
         }
         if let Some(k) = link {
             maps.links.insert(k, id);
@@ -430,11 +476,11 @@ impl Tree {
         let Some(n) = maps.nodes.get_mut(&id) else {
             return;
         };
-        if n.parent == parent && n.name == name {
+        if n.parent == parent && &*n.name == name {
             match n.aliases.pop() {
                 Some((p, nm)) => {
                     n.parent = p;
-                    n.name = nm;
+                    n.name = Arc::from(nm);
                 }
                 None => n.attached = false,
             }
@@ -467,9 +513,9 @@ impl Tree {
             }
         }
         if let Some(n) = maps.nodes.get_mut(&id) {
-            if n.parent == parent && n.name == name {
+            if n.parent == parent && &*n.name == name {
                 n.parent = new_parent;
-                n.name = new_name.to_owned();
+                n.name = Arc::from(new_name);
             } else if let Some(a) = n
                 .aliases
                 .iter_mut()
@@ -635,5 +681,43 @@ mod tests {
         let b = t.insert(ROOT, OsStr::new("b"), Loc::one(1), key, true);
         assert_ne!(a, b);
         assert_eq!(t.insert(ROOT, OsStr::new("c"), Loc::one(1), key, true), b);
+    }
+
+    #[test]
+    fn a_listing_keeps_known_children_and_makes_the_others_uncounted() {
+        let t = Tree::new(Loc::one(0));
+        let up = Some(LinkKey::Upper(5, 9));
+        // Known from a lookup, located in the upper layer.
+        let a = t.insert(ROOT, OsStr::new("a"), Loc::one(0), None, true);
+        let n = |s| OsStr::new(s);
+        let ids = t.insert_listed(
+            ROOT,
+            [
+                (n("a"), 2, None),
+                (n("b"), 1, up),
+                (n("c"), 2, None),
+                (n("d"), 1, up),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(ids.len(), 4);
+        assert_eq!(ids[0], a);
+        // The listing does not move a known child down the stack.
+        assert_eq!(t.get(a).map(|i| i.loc), Some(Loc::one(0)));
+        assert_eq!(
+            t.get(ids[2]).map(|i| (i.loc, i.path)),
+            Some((Loc::one(2), "c".into()))
+        );
+        // Two names of one linked file: one node.
+        assert_eq!(ids[1], ids[3]);
+        assert_ne!(ids[1], ids[2]);
+        assert_eq!(t.child(ROOT, n("d")), Some(ids[1]));
+        // Listing again gives the same nodes.
+        let again = t.insert_listed(ROOT, [(n("c"), 2, None), (n("a"), 2, None)].into_iter());
+        assert_eq!(again, [ids[2], a]);
+        // An empty directory's listing leaves no trace.
+        let c = ids[2];
+        assert!(t.insert_listed(c, std::iter::empty()).is_empty());
+        assert!(!t.maps.read().children.contains_key(&c));
     }
 }
