@@ -514,8 +514,11 @@ impl Union {
                         }
                     }
                 }
+                // A whiteout hides layers below; the last layer has none (spares an
+                // lstat per missing name in directories that exist only in the upper).
                 None => {
-                    if has_whiteout_file(self.abs(l, dir_path).as_path(), name)? {
+                    if Some(l) != last && has_whiteout_file(self.abs(l, dir_path).as_path(), name)?
+                    {
                         break;
                     }
                 }
@@ -582,15 +585,29 @@ impl Union {
         meta: &Metadata,
         path: &Path,
     ) -> io::Result<Attr> {
-        let top = loc.top();
-        let ov = if meta.file_type().is_symlink() {
-            None
-        } else if self.is_upper(top) {
-            self.upper_record(node, path)?
-        } else {
-            self.lower.override_stat(top, path)?
-        };
+        let ov = self.record(Some(node), loc, meta, path)?;
         Ok(self.attr_from(node, st_ino, loc, meta, ov.as_ref()))
+    }
+
+    /// The ownership record of the entry at `path` (its top layer's file, `loc` and
+    /// `meta`), through the caches; an upper file's only when its `node` is known.
+    fn record(
+        &self,
+        node: Option<Ino>,
+        loc: &Loc,
+        meta: &Metadata,
+        path: &Path,
+    ) -> io::Result<Option<OverrideStat>> {
+        let top = loc.top();
+        if meta.file_type().is_symlink() {
+            Ok(None)
+        } else if !self.is_upper(top) {
+            self.lower.override_stat(top, path)
+        } else if let Some(node) = node {
+            self.upper_record(node, path)
+        } else {
+            OverrideStat::read(path)
+        }
     }
 
     fn attr_from(
@@ -673,18 +690,23 @@ impl Union {
             .resolve_entry(&pinfo.path, &pinfo.loc.layers, listings, name)?
             .ok_or_else(|| errno(libc::ENOENT))?;
         let key = self.link_key(&loc, &meta);
-        // Attributes first: a failure must not leave a kernel reference behind.
-        let attr = match ov {
+        // Attributes first: a failure must not leave a kernel reference behind. The
+        // node is not known yet (a known one's cached record serves an upper file).
+        let ov = match ov {
             // The record read with the top layer's listing, if that is a lower one.
-            Some(ov) if !meta.file_type().is_symlink() => {
-                self.attr_from(ROOT, 0, &loc, &meta, ov.as_ref())
-            }
+            Some(ov) if !meta.file_type().is_symlink() => ov,
             _ => {
                 let path_host = self.abs(loc.top(), &child_path(&pinfo.path, name));
-                self.attr(ROOT, 0, &loc, &meta, path_host.as_path())?
+                let known = self.tree.child(parent, name);
+                self.record(known, &loc, &meta, path_host.as_path())?
             }
         };
+        let attr = self.attr_from(ROOT, 0, &loc, &meta, ov.as_ref());
+        let upper = self.is_upper(loc.top());
         let id = self.tree.insert(parent, name, loc, key, true);
+        if upper && !meta.file_type().is_symlink() {
+            self.records.read(id, ov);
+        }
         Ok(Attr {
             node: id,
             ino: id.0,

@@ -285,6 +285,46 @@ fn creates_replace_upper_whiteouts_of_every_kind_and_refuse_taken_names() -> io:
     Ok(())
 }
 
+/// Each upper file's record is its own: lookups of files already in the upper (left by
+/// an earlier mount) cache what they read under the right node, and changes through the
+/// union are what later attribute replies show.
+#[test]
+fn upper_records_are_kept_per_node() -> io::Result<()> {
+    let f = fixture(1, |_| Ok(()))?;
+    let rec = |s: &[u8]| {
+        OverrideStat::parse(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    };
+    write(&f.upper.join("a"), "a")?;
+    rec(b"0:0:0600")?.write(&f.upper.join("a"))?;
+    write(&f.upper.join("d/b"), "b")?;
+    rec(b"5:6:0644")?.write(&f.upper.join("d/b"))?;
+    let root_perm = fs::metadata(&f.upper)?.permissions().mode() & 0o7777;
+    for _ in 0..2 {
+        let (a, b) = (f.walk("a")?, f.walk("d/b")?);
+        assert_eq!((a.uid, a.gid, a.perm), (0, 0, 0o600));
+        assert_eq!((b.uid, b.gid, b.perm), (5, 6, 0o644));
+        let (a, b) = (f.u.getattr(a.node, None)?, f.u.getattr(b.node, None)?);
+        assert_eq!((a.uid, a.perm, b.uid, b.perm), (0, 0o600, 5, 0o644));
+        let (root, d) = (f.u.getattr(ROOT, None)?, f.walk("d")?);
+        assert_eq!(
+            (root.perm, d.uid),
+            (root_perm, nix::unistd::geteuid().as_raw())
+        );
+    }
+    let b = f.walk("d/b")?;
+    let set = SetAttr {
+        mode: Some(0o640),
+        uid: Some(7),
+        ..SetAttr::default()
+    };
+    f.u.setattr(b.node, set, None)?;
+    let again = f.u.getattr(b.node, None)?;
+    assert_eq!((again.uid, again.gid, again.perm), (7, 6, 0o640));
+    assert_eq!(f.walk("d/b")?.perm, 0o640);
+    assert_eq!(f.walk("a")?.perm, 0o600);
+    Ok(())
+}
+
 #[test]
 fn rmdir_honours_whiteouts_and_recreated_dir_is_opaque() -> io::Result<()> {
     let f = fixture(1, |l| {
