@@ -1045,34 +1045,58 @@ impl Union {
             return Err(errno(libc::EINVAL));
         }
         let pinfo = self.node(parent)?;
-        let mut had_whiteout = false;
+        let in_upper = self.is_upper(pinfo.loc.top());
+        let has_lowers = pinfo.loc.layers.iter().any(|&l| !self.is_upper(l));
+        // An OCI whiteout only matters over a lower directory. A name taken in the upper
+        // shows as EEXIST from the creating call itself (O_EXCL and the like), and a
+        // whiteout device there is replaced then (see `make_in_place`).
+        let mut had_whiteout =
+            in_upper && has_lowers && has_whiteout_file(self.abs(0, &pinfo.path).as_path(), name)?;
         let mut kernel_whiteout = false;
-        // The upper layer first, when the parent has its directory there: an entry of
-        // that name is taken, a whiteout hides whatever the lower layers hold.
-        if self.is_upper(pinfo.loc.top()) {
-            let dst_host = self.abs(0, &pinfo.path.join(name));
-            let dst = dst_host.as_path();
-            // A kernel-style whiteout occupies the name itself: it must go first.
-            if let Some(meta) = enoent_is_none(fs::symlink_metadata(dst))? {
-                if whiteout::classify(dst, name, &meta) == Marker::Entry {
-                    return Err(errno(libc::EEXIST));
+        if !had_whiteout && has_lowers && self.lower_has(&pinfo, name)? {
+            // Shown from below, unless a whiteout device occupies the name in the upper.
+            if in_upper {
+                let dst_host = self.abs(0, &child_path(&pinfo.path, name));
+                let dst = dst_host.as_path();
+                if let Some(meta) = enoent_is_none(fs::symlink_metadata(dst))? {
+                    kernel_whiteout = whiteout::classify(dst, name, &meta) != Marker::Entry;
                 }
-                kernel_whiteout = true;
             }
-            // An OCI whiteout only matters over a lower directory.
-            had_whiteout = kernel_whiteout
-                || (pinfo.loc.layers.len() > 1
-                    && has_whiteout_file(self.abs(0, &pinfo.path).as_path(), name)?);
-        }
-        if !had_whiteout && self.lower_has(&pinfo, name)? {
-            return Err(errno(libc::EEXIST));
+            if !kernel_whiteout {
+                return Err(errno(libc::EEXIST));
+            }
+            had_whiteout = true;
         }
         let pinfo = self.copy_up(parent)?;
-        let dst_host = self.abs(0, &pinfo.path.join(name));
+        let dst_host = self.abs(0, &child_path(&pinfo.path, name));
         if kernel_whiteout {
             fs::remove_file(dst_host.as_path())?;
         }
         Ok((pinfo, dst_host, had_whiteout))
+    }
+
+    /// Runs `make` at `dst` (the upper path of `name`); when the name is taken by a
+    /// whiteout device that hides nothing, removes it and runs `make` again. Sets
+    /// `had_whiteout` then. Any other taken name stays EEXIST.
+    fn make_in_place<T>(
+        &self,
+        dst: &Path,
+        name: &OsStr,
+        had_whiteout: &mut bool,
+        mut make: impl FnMut(&Path) -> io::Result<T>,
+    ) -> io::Result<T> {
+        match make(dst) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                let meta = fs::symlink_metadata(dst)?;
+                if whiteout::classify(dst, name, &meta) == Marker::Entry {
+                    return Err(e);
+                }
+                fs::remove_file(dst)?;
+                *had_whiteout = true;
+                make(dst)
+            }
+            r => r,
+        }
     }
 
     /// After a new entry appeared at `dst`: a directory that replaces a whiteout turns
@@ -1165,13 +1189,13 @@ impl Union {
         kind: FileKind,
         perm: u32,
         caller: Caller,
-        make: impl FnOnce(&Path) -> io::Result<(FileKind, Option<File>)>,
+        make: impl FnMut(&Path) -> io::Result<(FileKind, Option<File>)>,
     ) -> io::Result<(Attr, Option<File>)> {
-        let (pinfo, dst_host, had_wh) = self.prepare_new(parent, name)?;
+        let (pinfo, dst_host, mut had_wh) = self.prepare_new(parent, name)?;
         let dst = dst_host.as_path();
         let (gid, perm) =
             self.new_owner(parent, &pinfo, caller, perm & 0o7777, kind == FileKind::Dir)?;
-        let (on_disk, file) = make(dst)?;
+        let (on_disk, file) = self.make_in_place(dst, name, &mut had_wh, make)?;
         let meta = match &file {
             Some(f) => f.metadata(),
             None => fs::symlink_metadata(dst),

@@ -243,8 +243,11 @@ fn creates_replace_upper_whiteouts_of_every_kind_and_refuse_taken_names() -> io:
     })?;
     // An upper left by kernel overlayfs (whiteout devices) or by us (OCI files).
     if root {
-        nix::sys::stat::mknod(&f.upper.join("chr"), SFlag::S_IFCHR, Mode::empty(), 0)
-            .map_err(nix_err)?;
+        // "stale" hides nothing: no lower layer has that name.
+        for n in ["chr", "stale"] {
+            nix::sys::stat::mknod(&f.upper.join(n), SFlag::S_IFCHR, Mode::empty(), 0)
+                .map_err(nix_err)?;
+        }
     }
     write(&f.upper.join(".wh.oci"), "")?;
     write(&f.upper.join(".wh.dir"), "")?;
@@ -257,7 +260,11 @@ fn creates_replace_upper_whiteouts_of_every_kind_and_refuse_taken_names() -> io:
         })?,
         ..f
     };
-    let names: &[&str] = if root { &["chr", "oci"] } else { &["oci"] };
+    let names: &[&str] = if root {
+        &["chr", "stale", "oci"]
+    } else {
+        &["oci"]
+    };
     for &n in names {
         assert_eq!(Fixture::errno_of(f.walk(n)), libc::ENOENT, "{n}");
         let (_, fh) = f.u.create(ROOT, os(n), 0o644, libc::O_RDWR, caller())?;

@@ -217,15 +217,21 @@ impl Tree {
     pub fn get(&self, ino: Ino) -> Option<NodeInfo> {
         let maps = self.maps.read();
         let node = maps.nodes.get(&ino)?;
-        let mut names = Vec::new();
+        let mut names: Vec<&OsStr> = Vec::with_capacity(8);
+        let mut len = 0;
         let mut cur = node;
         let mut id = ino;
         while id != ROOT {
-            names.push(&*cur.name);
+            names.push(&cur.name);
+            len += cur.name.len() + 1;
             id = cur.parent;
             cur = maps.nodes.get(&id)?;
         }
-        let path = names.iter().rev().collect();
+        // One allocation: every request builds the path of its node.
+        let mut path = PathBuf::with_capacity(len);
+        for n in names.iter().rev() {
+            path.push(n);
+        }
         Some(NodeInfo {
             path,
             loc: node.loc.clone(),
