@@ -1167,11 +1167,7 @@ impl Union {
         let p_host = self.abs(pinfo.loc.top(), &pinfo.path);
         let p = p_host.as_path();
         let meta = fs::symlink_metadata(p)?;
-        let ov = if self.is_upper(pinfo.loc.top()) {
-            self.upper_record(parent, p)?
-        } else {
-            OverrideStat::read(p)?
-        };
+        let ov = self.record(Some(parent), &pinfo.loc, &meta, p)?;
         let peff = Effective::new(&meta, ov.as_ref());
         if peff.perm & libc::S_ISGID != 0 {
             let perm = if is_dir { perm | libc::S_ISGID } else { perm };
@@ -1505,11 +1501,7 @@ impl Union {
         let mut known_ov = None;
         if set.mode.is_some() || set.uid.is_some() || set.gid.is_some() {
             let meta = fs::symlink_metadata(path)?;
-            let ov = if meta.file_type().is_symlink() {
-                None
-            } else {
-                self.upper_record(ino, path)?
-            };
+            let ov = self.record(Some(ino), &info.loc, &meta, path)?;
             let eff = Effective::new(&meta, ov.as_ref());
             let uid = set.uid.unwrap_or(eff.uid);
             let gid = set.gid.unwrap_or(eff.gid);
