@@ -215,20 +215,9 @@ impl Floor {
 
 impl Filesystem for Floor {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        // The capabilities `gentree-fs union` asks for (src/fs/union.rs) but
-        // FUSE_AUTO_INVAL_DATA (nothing changes here), one at a time:
-        // add_capabilities is all-or-nothing.
-        for flag in [
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_CACHE_SYMLINKS,
-            InitFlags::FUSE_MAX_PAGES,
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
-        ] {
-            let _ = config.add_capabilities(flag);
-        }
-        let _ = config.set_max_write(1 << 20);
-        let _ = config.set_max_readahead(1 << 20);
+        // The capabilities `gentree-fs union` asks for but FUSE_AUTO_INVAL_DATA
+        // (nothing changes here).
+        gentree_fs::fs::request_capabilities(config, gentree_fs::fs::union::TREE_CAPABILITIES);
         if *self.passthrough.get_mut() {
             let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(self.stack_depth).is_ok();

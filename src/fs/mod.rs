@@ -78,6 +78,17 @@ pub(crate) fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
+/// Asks the kernel at INIT for each of `flags` that it offers, and for 1 MiB writes
+/// and readahead. One flag at a time: `add_capabilities` is all-or-nothing. Public for
+/// `examples/fuse_floor.rs`, which must ask for what the union asks for.
+pub fn request_capabilities(config: &mut fuser::KernelConfig, flags: &[fuser::InitFlags]) {
+    for &flag in flags {
+        let _ = config.add_capabilities(flag);
+    }
+    let _ = config.set_max_write(1 << 20);
+    let _ = config.set_max_readahead(1 << 20);
+}
+
 /// Whether FUSE passthrough is in use, shared by both adapters; each keeps its own
 /// per-inode bookkeeping of which backing file the kernel holds.
 ///

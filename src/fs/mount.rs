@@ -305,19 +305,17 @@ impl Waiter for OpenWaiter {
 
 impl Filesystem for GentreeFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        // One flag at a time: add_capabilities is all-or-nothing. No
-        // FUSE_AUTO_INVAL_DATA: it makes every read() refresh expired attributes, and
-        // the images' attributes never stay cached (see `GentreeFs::attr_ttl`);
+        // No FUSE_AUTO_INVAL_DATA: it makes every read() refresh expired attributes,
+        // and the images' attributes never stay cached (see `GentreeFs::attr_ttl`);
         // page caches are dropped on open instead (see `Opened`).
-        for flag in [
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_CACHE_SYMLINKS,
-            InitFlags::FUSE_MAX_PAGES,
-        ] {
-            let _ = config.add_capabilities(flag);
-        }
-        let _ = config.set_max_write(1 << 20);
-        let _ = config.set_max_readahead(1 << 20);
+        super::request_capabilities(
+            config,
+            &[
+                InitFlags::FUSE_PARALLEL_DIROPS,
+                InitFlags::FUSE_CACHE_SYMLINKS,
+                InitFlags::FUSE_MAX_PAGES,
+            ],
+        );
         if self.image_files && super::privileged() {
             let stacked = crate::layers::union::on_stacking_fs(&self.fs.images().env().conf_root);
             if let Some(pt) = Arc::get_mut(&mut self.passthrough)

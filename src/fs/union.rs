@@ -30,6 +30,17 @@ use crate::layers::union::{Attr, BackingFile, Fh, Ino, SetAttr, Union, UnionOpti
 const CACHE_FILE: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
 const CACHE_DIR: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOPEN_CACHE_DIR);
 
+/// The INIT capabilities of a union's tree (also asked for by the read-only FUSE floor
+/// of `bench/union.sh`, `examples/fuse_floor.rs`, so that it measures the same kernel
+/// paths): parallel lookups, cached symlinks, large requests, listings with attributes.
+pub const TREE_CAPABILITIES: &[InitFlags] = &[
+    InitFlags::FUSE_PARALLEL_DIROPS,
+    InitFlags::FUSE_CACHE_SYMLINKS,
+    InitFlags::FUSE_MAX_PAGES,
+    InitFlags::FUSE_DO_READDIRPLUS,
+    InitFlags::FUSE_READDIRPLUS_AUTO,
+];
+
 /// The fuser `Filesystem` over a [`Union`].
 #[derive(Debug)]
 pub struct UnionFs {
@@ -276,21 +287,10 @@ fn reply_entry(reply: ReplyEntry, ttl: Ttl, r: io::Result<Attr>) {
 
 impl Filesystem for UnionFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        // One flag at a time: add_capabilities is all-or-nothing.
-        for flag in [
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_CACHE_SYMLINKS,
-            InitFlags::FUSE_MAX_PAGES,
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
-            // Cached pages and listings are dropped when a refreshed mtime differs, so
-            // changes made behind the union's back show once the attributes expire.
-            InitFlags::FUSE_AUTO_INVAL_DATA,
-        ] {
-            let _ = config.add_capabilities(flag);
-        }
-        let _ = config.set_max_write(1 << 20);
-        let _ = config.set_max_readahead(1 << 20);
+        super::request_capabilities(config, TREE_CAPABILITIES);
+        // Cached pages and listings are dropped when a refreshed mtime differs, so
+        // changes made behind the union's back show once the attributes expire.
+        let _ = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);
         if self.want_passthrough() {
             // Depth 1 unless a layer stacks already: it leaves the union usable as a
             // layer of a kernel overlay.
