@@ -15,6 +15,9 @@
 #   SEED        the test seed dir (default /var/tmp/gentree-test-cache/seed, made by
 #               scripts/make-test-seed.sh; `cargo test --test it build` creates it).
 #   BENCH_DIR   work dir (default /var/tmp/gentree-build-bench), recreated each run.
+#   GENTREE_FS_BEFORE  a second gentree-fs binary (an older commit, say) timed in the
+#               same interleaved rounds as impl "before", with its own conf root, for
+#               before/after figures from one run.
 #
 # What each side times, as one wall-clock interval per round:
 #   gentree-fs  `gentree-fs build --rebuild -o IMAGE bench.toml`: namespace set-up, the
@@ -44,13 +47,16 @@ for row in csv.DictReader(open(sys.argv[1]), delimiter="\t"):
     runs.setdefault(row["impl"], []).append(float(row["seconds"]))
 med = {k: statistics.median(v) for k, v in runs.items()}
 print(f"{'impl':<12}{'median s':>10}{'min s':>8}{'max s':>8}  rounds")
-for k in ["plain", "gentree-fs"]:
+for k in ["plain", "before", "gentree-fs"]:
     if k in runs:
         v = runs[k]
         print(f"{k:<12}{med[k]:>10.2f}{min(v):>8.2f}{max(v):>8.2f}  {len(v)}")
 if "plain" in med and "gentree-fs" in med and med["plain"] > 0:
     r = med["gentree-fs"] / med["plain"]
     print(f"ratio gentree-fs / plain: {r:.2f}x (target <= 1.20x): {'OK' if r <= 1.2 else 'OVER TARGET'}")
+if "plain" in med and "before" in med and med["plain"] > 0:
+    print(f"ratio before / plain: {med['before'] / med['plain']:.2f}x; "
+          f"gentree-fs / before: {med['gentree-fs'] / med['before']:.2f}x")
 EOF
 }
 
@@ -90,6 +96,14 @@ conf=$BENCH_DIR/conf plain=$BENCH_DIR/plain results=$BENCH_DIR/results.tsv
 cp -a "$repo" "$conf/repos/"
 echo "importing the seed, copying it for the plain side"
 "$GENTREE_FS" import-seed "$SEED" testseed --conf-root "$conf" >/dev/null
+impls=(plain gentree-fs)
+if [[ -n ${GENTREE_FS_BEFORE:-} ]]; then
+  GENTREE_FS_BEFORE=$(readlink -f "$GENTREE_FS_BEFORE")
+  mkdir -p "$BENCH_DIR/conf-before/repos"
+  cp -a "$repo" "$BENCH_DIR/conf-before/repos/"
+  "$GENTREE_FS_BEFORE" import-seed "$SEED" testseed --conf-root "$BENCH_DIR/conf-before" >/dev/null
+  impls=(plain before gentree-fs)
+fi
 cp -a "$SEED" "$plain"
 cfg=$BENCH_DIR/cfg/bench.toml
 cat > "$cfg" <<EOF
@@ -130,6 +144,11 @@ run_gentree() {
     || { tail -n 30 "$BENCH_DIR/gentree.log" >&2; die "gentree-fs build failed"; }
   tar -tf "$BENCH_DIR/image.tar" | grep -cx 'usr/bin/gt-app' >/dev/null || die "gentree-fs: gt-app not in the image"
 }
+run_before() {
+  "$GENTREE_FS_BEFORE" build --no-config --conf-root "$BENCH_DIR/conf-before" --rebuild \
+    -o "$BENCH_DIR/image-before.tar" "$cfg" > "$BENCH_DIR/before.log" 2>&1 \
+    || { tail -n 30 "$BENCH_DIR/before.log" >&2; die "the before build failed"; }
+}
 timed() { # impl round
   local t0 t1
   t0=$(date +%s.%N)
@@ -142,7 +161,8 @@ timed() { # impl round
 
 printf 'impl\tround\tseconds\n' > "$results"
 for ((r = 0; r <= ROUNDS; r++)); do
-  if ((r % 2)); then order=(gentree-fs plain); else order=(plain gentree-fs); fi
+  # Rotate which implementation goes first.
+  order=("${impls[@]:r % ${#impls[@]}}" "${impls[@]:0:r % ${#impls[@]}}")
   for impl in "${order[@]}"; do timed "$impl" "$r"; done
 done
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) CPUs; results in $results"

@@ -305,6 +305,10 @@ pub struct BuildArgs {
     /// Rebuild the config's own layer even if one with the same inputs exists.
     #[arg(long)]
     pub rebuild: bool,
+    /// Build with no network: each layer's build gets a network namespace of its
+    /// own, so emerge uses only what distfiles and the binary package dir hold.
+    #[arg(long)]
+    pub no_network: bool,
     /// Where to write the image (default: CONF_ROOT/builds/<buildname>-full.tar, or
     /// the config's output_file relative to the build dir).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
@@ -325,6 +329,14 @@ pub struct ExecArgs {
     /// Write into the seed itself instead of a throwaway layer.
     #[arg(long)]
     pub persistent: bool,
+    /// Mount the repositories (CONF_ROOT/repos) writable, to sync or edit them
+    /// (`exec --writable-repos SEED emerge --sync`). Every other run, builds
+    /// included, sees them read-only.
+    #[arg(long)]
+    pub writable_repos: bool,
+    /// Run with no network (a network namespace of its own).
+    #[arg(long)]
+    pub no_network: bool,
     /// Data directory (default: $XDG_DATA_HOME/gentree).
     #[arg(long, value_name = "DIR", env = "GENTREE_CONF_ROOT")]
     pub conf_root: Option<PathBuf>,

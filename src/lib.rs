@@ -3,7 +3,8 @@
 //!
 //! Crate map (see `README.md` and `docs/` for the user's view):
 //! - [`builder`]: config resolution (genTree-compatible TOML), cache keys, emerge
-//!   command lines, the namespaced build helper. Never imports [`fs`].
+//!   command lines, the namespaced build helper and the sandbox every process that
+//!   runs seed code is confined to. Never imports [`fs`].
 //! - [`layers`]: layers on disk: whiteouts, ownership metadata, the union view,
 //!   tar layout and streaming, seed import. Knows nothing of FUSE or namespaces.
 //! - [`fs`]: the only code that talks to FUSE (fuser): thin adapters over `layers`.

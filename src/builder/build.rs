@@ -340,6 +340,9 @@ pub struct SeedMounts<'a> {
     pub crossdev_target: Option<&'a str>,
     /// `bind_system_repos`: the host's repos, read-only, instead of the user's.
     pub system_repos: Option<&'a Path>,
+    /// The user's repos writable (`exec --writable-repos`, to sync them); every
+    /// other run reads them only, so no build can change what later builds read.
+    pub writable_repos: bool,
 }
 
 fn bind(source: PathBuf, target: &str, recursive: bool, readonly: bool) -> MountSpec {
@@ -376,14 +379,17 @@ impl SeedMounts<'_> {
             }
             SeedRoot::Direct => {}
         }
+        // The sandbox (`namespace::sandbox`): a minimal /dev before /proc, whose masks
+        // bind /dev/null; the repositories read-only unless the run syncs them.
         mounts.extend([
+            MountSpec::Dev {
+                target: "/dev".into(),
+            },
             MountSpec::Proc {
                 target: "/proc".into(),
             },
-            bind("/sys".into(), "/sys", true, true),
-            bind("/dev".into(), "/dev", true, true),
-            MountSpec::Devpts {
-                target: "/dev/pts".into(),
+            MountSpec::Sys {
+                target: "/sys".into(),
             },
             MountSpec::Tmpfs {
                 target: "/run".into(),
@@ -391,7 +397,12 @@ impl SeedMounts<'_> {
             },
             match self.system_repos {
                 Some(p) => bind(p.to_path_buf(), "/var/db/repos", true, true),
-                None => bind(self.dirs.repos.clone(), "/var/db/repos", true, false),
+                None => bind(
+                    self.dirs.repos.clone(),
+                    "/var/db/repos",
+                    true,
+                    !self.writable_repos,
+                ),
             },
         ]);
         if Path::new("/etc/resolv.conf").exists() {
@@ -453,6 +464,7 @@ pub fn layer_seed_mounts<'a>(
         pkgdir: dirs.pkgdir(cfg),
         crossdev_target: cfg.crossdev_target.as_deref(),
         system_repos: cfg.bind_system_repos.then_some(cfg.system_repos.as_path()),
+        writable_repos: false,
     }
 }
 
@@ -491,7 +503,7 @@ pub fn layer_plan(
             .seed_tmp
             .is_none()
             .then(|| seed_upper.join("etc/portage"));
-        mounts.push(bind(dirs.config.clone(), "/config", true, false));
+        mounts.push(bind(dirs.config.clone(), "/config", true, true));
         mounts.push(MountSpec::Union(UnionSpec {
             lowers: [
                 Some(dirs.config.join(ov)),
@@ -526,6 +538,7 @@ pub fn layer_plan(
         mounts,
         steps,
         cwd: "/".into(),
+        no_network: false,
     }
 }
 
@@ -599,6 +612,8 @@ pub struct BuildOptions {
     /// Rebuild the top layer even if a layer with its key exists (`--rebuild`);
     /// per-layer `rebuild = true` does the same for that layer.
     pub rebuild: bool,
+    /// Each layer's build in a network namespace of its own (`build --no-network`).
+    pub no_network: bool,
     pub mapping: IdMapping,
 }
 
@@ -745,6 +760,7 @@ fn build_layer(
         fs::create_dir_all(p).map_err(io_err("cannot create", p))?;
     }
     let mut plan = layer_plan(cfg, dirs, &paths, &opts.mapping);
+    plan.no_network = opts.no_network;
     if let Some(world) = &run.world {
         // Before anything runs: emerge must see every base's selected packages.
         plan.steps.insert(
@@ -988,7 +1004,7 @@ mod tests {
     fn ephemeral_seed_upper_lives_in_a_tmpfs_mounted_first() {
         let c = cfg("seed = \"s\"\npackages = [\"app-misc/x\"]\n");
         let dirs = HostDirs::plain(Path::new("/conf"));
-        let mapping = IdMapping::Root;
+        let mapping = IdMapping::root_default();
         let plan = layer_plan(&c, &dirs, &paths(Some("/run/seed")), &mapping);
         match &plan.mounts[..2] {
             [

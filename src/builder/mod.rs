@@ -1,5 +1,6 @@
 //! Turning configs into layers: config resolution, cache keys, emerge command lines
-//! and the namespaced build helper. Never imports [`crate::fs`].
+//! and the namespaced build helper with its sandbox (`namespace::sandbox`). Never
+//! imports [`crate::fs`].
 
 pub mod build;
 pub mod clean;

@@ -17,8 +17,13 @@ use crate::builder::config::{FlagSet, ResolvedConfig};
 use crate::builder::namespace::{self, IdMapping, Plan, Step};
 use crate::layers::store::{self, Store};
 
-/// The mounts of a run on the seed itself.
-pub fn direct_mounts<'a>(cfg: &'a ResolvedConfig, dirs: &'a HostDirs) -> SeedMounts<'a> {
+/// The mounts of a run on the seed itself. Only `init-crossdev`'s first phase writes
+/// the repositories (crossdev creates its own repository there).
+pub fn direct_mounts<'a>(
+    cfg: &'a ResolvedConfig,
+    dirs: &'a HostDirs,
+    writable_repos: bool,
+) -> SeedMounts<'a> {
     SeedMounts {
         dirs,
         seed: &cfg.seed,
@@ -26,6 +31,7 @@ pub fn direct_mounts<'a>(cfg: &'a ResolvedConfig, dirs: &'a HostDirs) -> SeedMou
         pkgdir: dirs.pkgdir(cfg),
         crossdev_target: cfg.crossdev_target.as_deref(),
         system_repos: cfg.bind_system_repos.then_some(cfg.system_repos.as_path()),
+        writable_repos,
     }
 }
 
@@ -34,13 +40,15 @@ fn direct_plan(
     dirs: &HostDirs,
     mapping: &IdMapping,
     steps: Vec<Step>,
+    writable_repos: bool,
 ) -> Plan {
     Plan {
         mapping: mapping.clone(),
         root: dirs.seed(&cfg.seed),
-        mounts: direct_mounts(cfg, dirs).mounts(),
+        mounts: direct_mounts(cfg, dirs, writable_repos).mounts(),
         steps,
         cwd: "/".into(),
+        no_network: false,
     }
 }
 
@@ -64,7 +72,7 @@ pub fn update_plan(
         &env,
         target,
     ));
-    direct_plan(cfg, dirs, mapping, steps)
+    direct_plan(cfg, dirs, mapping, steps, false)
 }
 
 /// Phase 1 of `init-crossdev` (spec 1.5, B27 fixed): with `usersandbox` disabled
@@ -104,7 +112,7 @@ pub fn crossdev_phase1(
         &env,
         None,
     ));
-    direct_plan(cfg, dirs, mapping, steps)
+    direct_plan(cfg, dirs, mapping, steps, true)
 }
 
 /// A layer's cross emerge in phase 2 of `init-crossdev`: its emerge argv without
@@ -141,7 +149,7 @@ pub fn crossdev_phase2(cfg: &ResolvedConfig, dirs: &HostDirs, mapping: &IdMappin
             steps.push(portage_run(argv, &env, c.crossdev_target.as_deref()));
         }
     }
-    direct_plan(cfg, dirs, mapping, steps)
+    direct_plan(cfg, dirs, mapping, steps, false)
 }
 
 /// Runs a plan made by this module on the seed (the caller holds the seed's lock),
@@ -154,7 +162,7 @@ pub fn run_on_seed(
     what: &'static str,
     log: &Path,
 ) -> Result<(), BuildError> {
-    direct_mounts(cfg, dirs).create_dirs()?;
+    direct_mounts(cfg, dirs, false).create_dirs()?;
     let status = namespace::run(plan, Some(log)).map_err(|source| BuildError::Namespace {
         layer: format!("{what} of seed {}", cfg.seed),
         source,
@@ -250,7 +258,12 @@ pub(crate) mod tests {
         let d = defaults("[default.s3]\nprofile = \"default/linux/amd64/23.0\"\n");
         let cfg = resolve_seed("s3", &[], &CliOverrides::default(), &d).unwrap();
         let dirs = HostDirs::plain(Path::new("/conf"));
-        let plan = update_plan(&cfg, &dirs, &cfg.seed_update_args, &IdMapping::Root);
+        let plan = update_plan(
+            &cfg,
+            &dirs,
+            &cfg.seed_update_args,
+            &IdMapping::root_default(),
+        );
         assert_eq!(plan.root, Path::new("/conf/seeds/s3"));
         assert!(!plan.mounts.iter().any(|m| matches!(m, MountSpec::Union(_))));
         assert_eq!(
@@ -268,7 +281,7 @@ pub(crate) mod tests {
         };
         let cfg = resolve_seed("s3", &[], &cli, &d).unwrap();
         let args = vec!["-u".to_owned(), "@world".to_owned()];
-        let plan = update_plan(&cfg, &dirs, &args, &IdMapping::Root);
+        let plan = update_plan(&cfg, &dirs, &args, &IdMapping::root_default());
         assert_eq!(
             argvs(&plan),
             [
@@ -286,7 +299,7 @@ pub(crate) mod tests {
             let d = defaults(&format!("[env]\n{features}"));
             let cfg = resolve_seed("s3", &["glibc"], &CliOverrides::default(), &d).unwrap();
             let dirs = HostDirs::plain(Path::new("/conf"));
-            let plan = crossdev_phase1(&cfg, &dirs, T, &IdMapping::Root);
+            let plan = crossdev_phase1(&cfg, &dirs, T, &IdMapping::root_default());
             assert_eq!(
                 argvs(&plan),
                 [
@@ -315,7 +328,7 @@ pub(crate) mod tests {
         };
         let cfg = resolve_seed("s3", &["glibc"], &cli, &d).unwrap();
         let dirs = HostDirs::plain(Path::new("/conf"));
-        let plan = crossdev_phase2(&cfg, &dirs, &IdMapping::Root);
+        let plan = crossdev_phase2(&cfg, &dirs, &IdMapping::root_default());
         assert_eq!(
             argvs(&plan),
             [

@@ -24,12 +24,14 @@ pub fn run(args: &BuildArgs) -> CmdResult {
     let dirs = HostDirs::new(&conf_root, &cfg);
     let mapping = namespace::current_mapping();
     warn_single_mapping(&mapping);
+    super::private_conf_root(&dirs.conf_root, &mapping)?;
     std::fs::create_dir_all(&dirs.builds)
         .map_err(|e| format!("cannot create {}: {e}", dirs.builds.display()))?;
     let log = dirs.builds.join(format!("{}.log", cfg.buildname));
     let _ = std::fs::remove_file(&log);
     let opts = BuildOptions {
         rebuild: args.rebuild,
+        no_network: args.no_network,
         mapping,
     };
     let report = build::build(&cfg, &dirs, &opts, &log)?;
@@ -71,6 +73,9 @@ pub fn warn_single_mapping(mapping: &IdMapping) {
             .ok()
             .flatten()
             .map_or_else(|| uid.to_string(), |u| u.name);
-        tracing::warn!("{}", idmap::single_mapping_warning(&user));
+        let subuid = std::fs::read_to_string("/etc/subuid").ok();
+        let subgid = std::fs::read_to_string("/etc/subgid").ok();
+        let free = idmap::free_range(subuid.as_deref(), subgid.as_deref());
+        tracing::warn!("{}", idmap::single_mapping_warning(&user, free));
     }
 }

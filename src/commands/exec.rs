@@ -28,6 +28,7 @@ pub fn run(args: &ExecArgs) -> CmdResult {
     }
     let mapping = namespace::current_mapping();
     super::build::warn_single_mapping(&mapping);
+    super::private_conf_root(&dirs.conf_root, &mapping)?;
     let scratch = dirs.run.join(format!("exec-{}", std::process::id()));
     let (root, seed_root) = if args.persistent {
         (seed_dir.clone(), SeedRoot::Direct)
@@ -53,6 +54,7 @@ pub fn run(args: &ExecArgs) -> CmdResult {
         pkgdir: dirs.conf_root.join("pkgdir"),
         crossdev_target: None,
         system_repos: None,
+        writable_repos: args.writable_repos,
     };
     mounts.create_dirs()?;
     std::fs::create_dir_all(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
@@ -67,6 +69,7 @@ pub fn run(args: &ExecArgs) -> CmdResult {
         mounts: mounts.mounts(),
         steps: vec![Step::Run(RunStep::new(argv, namespace::base_env()))],
         cwd: "/".into(),
+        no_network: args.no_network,
     };
     let status = namespace::run(&plan, None);
     if !args.persistent {

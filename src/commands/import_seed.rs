@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use super::CmdResult;
+use crate::builder::namespace::IdMapping;
 use crate::cli::ImportSeedArgs;
 use crate::layers::seed::{self, ImportOptions, Interrupt, Owners, Progress, progress};
 
@@ -20,11 +21,17 @@ pub fn run(args: &ImportSeedArgs) -> CmdResult {
         Some(d) => d.clone(),
         None => super::default_conf_root()?,
     };
-    let owners = if nix::unistd::geteuid().is_root() {
-        Owners::Real
-    } else {
-        Owners::Record
+    // Never real owners, device nodes or setuid bits on the host: recorded, and as
+    // root owned on disk by the id range builds run as (the sandbox's root).
+    let mapping = crate::builder::namespace::current_mapping();
+    let owners = match mapping {
+        IdMapping::Privileged { .. } => {
+            let (uid, gid) = mapping.host_root();
+            Owners::RecordAs { uid, gid }
+        }
+        _ => Owners::Record,
     };
+    super::private_conf_root(&conf_root, &mapping)?;
     let opts = ImportOptions {
         source: args.source.clone(),
         name,

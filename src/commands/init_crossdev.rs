@@ -45,6 +45,7 @@ pub fn run(args: &InitCrossdevArgs) -> CmdResult {
     }
     let mapping = namespace::current_mapping();
     super::build::warn_single_mapping(&mapping);
+    super::private_conf_root(&dirs.conf_root, &mapping)?;
     std::fs::create_dir_all(&dirs.builds)
         .map_err(|e| format!("cannot create {}: {e}", dirs.builds.display()))?;
     let log = dirs

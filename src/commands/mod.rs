@@ -85,6 +85,19 @@ pub fn load_defaults(
     Ok(Defaults::load(&sources)?)
 }
 
+/// Root's default data directory.
+pub const ROOT_CONF_ROOT: &str = "/var/lib/gentree";
+
+/// Creates the conf root private to its owner (see
+/// [`crate::builder::namespace::sandbox::private_store_root`]).
+pub fn private_conf_root(
+    conf_root: &std::path::Path,
+    mapping: &crate::builder::namespace::IdMapping,
+) -> Result<(), Box<dyn Error + Send + Sync>> {
+    crate::builder::namespace::sandbox::private_store_root(conf_root, mapping)?;
+    Ok(())
+}
+
 /// `--conf-root`, or the default data directory.
 pub fn conf_root(arg: &Option<PathBuf>) -> Result<PathBuf, Box<dyn Error + Send + Sync>> {
     match arg {
@@ -93,10 +106,15 @@ pub fn conf_root(arg: &Option<PathBuf>) -> Result<PathBuf, Box<dyn Error + Send 
     }
 }
 
-/// The data directory: `$XDG_DATA_HOME/gentree`, else `~/.local/share/gentree`.
+/// The data directory: `$XDG_DATA_HOME/gentree`, else for root `/var/lib/gentree`
+/// (builds run as an unprivileged id range, which cannot search root's 0700 home),
+/// else `~/.local/share/gentree`.
 pub fn default_conf_root() -> Result<PathBuf, Box<dyn Error + Send + Sync>> {
     if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(d).join("gentree"));
+    }
+    if nix::unistd::geteuid().is_root() {
+        return Ok(PathBuf::from(ROOT_CONF_ROOT));
     }
     match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
         Some(h) => Ok(PathBuf::from(h).join(".local/share/gentree")),

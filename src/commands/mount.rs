@@ -108,6 +108,7 @@ pub fn run(args: &MountArgs) -> CmdResult {
     };
     let mapping = namespace::current_mapping();
     super::build::warn_single_mapping(&mapping);
+    super::private_conf_root(&conf_root, &mapping)?;
     let images = Images::new(BuildEnv {
         conf_root: conf_root.clone(),
         configs: configs.clone(),

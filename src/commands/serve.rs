@@ -49,6 +49,7 @@ pub fn run(args: &ServeArgs) -> CmdResult {
     }
     let mapping = namespace::current_mapping();
     super::build::warn_single_mapping(&mapping);
+    super::private_conf_root(&dirs.conf_root, &mapping)?;
 
     // Before any thread exists, so that every thread inherits the mask.
     let mut signals = SigSet::empty();

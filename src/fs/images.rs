@@ -639,6 +639,7 @@ impl Images {
                 append(log, &format!("building (top layer {})\n", top.short())).map_err(log_err)?;
                 let opts = BuildOptions {
                     rebuild: false,
+                    no_network: false,
                     mapping: self.env.mapping.clone(),
                 };
                 let report = build::build(&plan.cfg, &plan.dirs, &opts, log).map_err(|source| {

@@ -160,6 +160,7 @@ pub fn build_plan(
         mounts: build::layer_seed_mounts(cfg, dirs, seed_tmp).mounts(),
         steps,
         cwd: "/".into(),
+        no_network: false,
     }
 }
 
@@ -243,7 +244,7 @@ mod tests {
             "app-misc/gt-lib",
             Path::new("/conf/run/r"),
             None,
-            &IdMapping::Root,
+            &IdMapping::root_default(),
         );
         assert_eq!(
             crate::builder::seed_ops::tests::argvs(&plan),
@@ -278,7 +279,7 @@ mod tests {
             "app-misc/gt-lib",
             Path::new("/conf/run/r"),
             Some(Path::new("/conf/run/t")),
-            &IdMapping::Root,
+            &IdMapping::root_default(),
         );
         assert!(
             matches!(&plan.mounts[0], MountSpec::HostTmpfs { path, .. } if path == Path::new("/conf/run/t"))
@@ -296,7 +297,7 @@ mod tests {
             "c/p",
             Path::new("/r"),
             None,
-            &IdMapping::Root,
+            &IdMapping::root_default(),
         );
         assert!(
             crate::builder::seed_ops::tests::argvs(&plan)

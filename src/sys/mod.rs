@@ -105,3 +105,47 @@ pub fn getxattr_at(
         }
     }
 }
+
+/// `mount_setattr(2)` (Linux 5.12+) with `AT_RECURSIVE`: makes the mount at `path`
+/// and every mount below it read-only. A remount (`MS_REMOUNT | MS_BIND |
+/// MS_RDONLY`) changes only the top mount, which would leave a recursive bind's
+/// submounts (`/sys/fs/cgroup`, ...) writable. ENOSYS on older kernels.
+pub fn make_readonly_recursive(path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    /// The syscall number, the same on every architecture of the generic table.
+    const SYS_MOUNT_SETATTR: libc::c_long = 442;
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    /// `struct mount_attr` (include/uapi/linux/mount.h).
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `path` is NUL-terminated and outlives the call; `attr` is a valid
+    // `struct mount_attr` that outlives the call, and the size passed is its size.
+    let r = unsafe {
+        libc::syscall(
+            SYS_MOUNT_SETATTR,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_RECURSIVE | libc::AT_SYMLINK_NOFOLLOW,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

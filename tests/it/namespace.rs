@@ -29,8 +29,7 @@ fn plan(root: &Path, mapping: serde_json::Value, script: &str) -> serde_json::Va
         "root": root,
         "mounts": [
             {"Bind": {"source": "/usr", "target": "/usr", "recursive": false, "readonly": true}},
-            {"Bind": {"source": "/dev", "target": "/dev", "recursive": true, "readonly": false}},
-            {"Devpts": {"target": "/dev/pts"}},
+            {"Dev": {"target": "/dev"}},
             {"Tmpfs": {"target": "/tmp", "options": "mode=1777"}},
             {"Proc": {"target": "/proc"}}
         ],
@@ -38,6 +37,21 @@ fn plan(root: &Path, mapping: serde_json::Value, script: &str) -> serde_json::Va
         "cwd": "/"
     })
 }
+
+/// What a root caller maps to without a range of its own (root's default range),
+/// with the mini root given to that range's root, as a root store is.
+fn root_mapping(root: &Path) -> serde_json::Value {
+    let range = serde_json::json!({"start": ROOT_RANGE, "count": 65536});
+    let id = ROOT_RANGE.to_string();
+    util::run_ok(
+        Command::new("chown")
+            .args(["-R", "-h", &format!("{id}:{id}")])
+            .arg(root),
+    );
+    serde_json::json!({"Privileged": {"uids": range, "gids": range}})
+}
+
+const ROOT_RANGE: u32 = 1_000_000_000;
 
 fn env() -> serde_json::Value {
     serde_json::json!([["PATH", "/usr/bin:/bin"], ["MARK", "yes"]])
@@ -62,7 +76,7 @@ fn namespace_as_root() {
         return;
     }
     let (t, root) = mini_root();
-    let p = write_plan(t.path(), &plan(&root, "Root".into(), PROBE));
+    let p = write_plan(t.path(), &plan(&root, root_mapping(&root), PROBE));
     let out = run(gentree().arg("__ns-run").arg(&p));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
@@ -102,7 +116,7 @@ fn namespace_as_user_with_subids() {
     }
     let (t, root) = mini_root();
     // The plan's mapping is replaced by the caller's (--auto-map).
-    let p = write_plan(t.path(), &plan(&root, "Root".into(), PROBE));
+    let p = write_plan(t.path(), &plan(&root, root_mapping(&root), PROBE));
     let out = run(Command::new("runuser")
         .args(["-u", &user, "--"])
         .arg(util::bin())
@@ -158,14 +172,14 @@ fn namespace_reports_setup_and_exec_failures() {
         return;
     }
     let (t, root) = mini_root();
-    let mut bad = plan(&root, "Root".into(), "true");
+    let mut bad = plan(&root, root_mapping(&root), "true");
     bad["mounts"][0]["Bind"]["source"] = "/nonexistent-gentree-src".into();
     let out = run(gentree().arg("__ns-run").arg(write_plan(t.path(), &bad)));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{err}");
     assert!(err.contains("/nonexistent-gentree-src"), "{err}");
 
-    let mut nocmd = plan(&root, "Root".into(), "true");
+    let mut nocmd = plan(&root, root_mapping(&root), "true");
     nocmd["steps"][0]["Run"]["argv"] = serde_json::json!(["no-such-command-xyz"]);
     let out = run(gentree().arg("__ns-run").arg(write_plan(t.path(), &nocmd)));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -175,9 +189,10 @@ fn namespace_reports_setup_and_exec_failures() {
     // A symlink in the root must not redirect a mount point.
     std::fs::remove_dir(root.join("tmp")).unwrap();
     symlink("/etc", root.join("tmp")).unwrap();
-    let out = run(gentree()
-        .arg("__ns-run")
-        .arg(write_plan(t.path(), &plan(&root, "Root".into(), "true"))));
+    let out = run(gentree().arg("__ns-run").arg(write_plan(
+        t.path(),
+        &plan(&root, root_mapping(&root), "true"),
+    )));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{err}");
     assert!(err.contains("symlink"), "{err}");
@@ -191,7 +206,7 @@ fn namespace_dies_with_its_caller() {
     let (t, root) = mini_root();
     let marker = format!("gentree-sleep-marker-{}", std::process::id());
     let script = format!("sleep 300; : {marker}");
-    let p = write_plan(t.path(), &plan(&root, "Root".into(), &script));
+    let p = write_plan(t.path(), &plan(&root, root_mapping(&root), &script));
     let mut child = gentree().arg("__ns-run").arg(&p).spawn().unwrap();
     let found = |m: &str| {
         Command::new("pgrep")
@@ -222,7 +237,7 @@ fn namespace_runs_steps_in_order_and_stops_at_a_failure() {
         return;
     }
     let (t, root) = mini_root();
-    let mut p = plan(&root, "Root".into(), "true");
+    let mut p = plan(&root, root_mapping(&root), "true");
     let run =
         |script: &str| serde_json::json!({"Run": {"argv": ["sh", "-c", script], "env": env()}});
     p["steps"] = serde_json::json!([
@@ -264,7 +279,7 @@ fn namespace_symlink_step_checks_the_target_first() {
         return;
     }
     let (t, root) = mini_root();
-    let mut p = plan(&root, "Root".into(), "true");
+    let mut p = plan(&root, root_mapping(&root), "true");
     p["steps"] = serde_json::json!([
         {"Symlink": {"link": "/etc/make.profile", "target": "/usr/share"}},
         {"Symlink": {"link": "/etc/make.profile", "target": "/nonexistent/profile"}}

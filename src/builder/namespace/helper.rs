@@ -86,7 +86,7 @@ pub fn helper_main(mounter: Option<&dyn UnionMounter>) -> Result<i32, HelperErro
         nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(errno),
         || "prctl(PR_SET_PDEATHSIG)".into(),
     )?;
-    enter_namespaces(&plan.mapping)?;
+    enter_namespaces(&plan.mapping, plan.no_network)?;
     let (go_r, go_w) = sys(pipe().map_err(errno), || "pipe".into())?;
     let forked = sys(crate::sys::fork_single_threaded(), || "fork".into())?;
     match forked {
@@ -113,30 +113,28 @@ pub fn helper_main(mounter: Option<&dyn UnionMounter>) -> Result<i32, HelperErro
     }
 }
 
-fn enter_namespaces(mapping: &IdMapping) -> Result<(), HelperError> {
+fn enter_namespaces(mapping: &IdMapping, no_network: bool) -> Result<(), HelperError> {
+    // A user namespace always, so root in the build is never the host's root; an IPC
+    // namespace of its own, so its SysV IPC and POSIX message queues (`/dev/mqueue`)
+    // are not the host's.
+    let mut flags = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC;
+    if no_network {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    sys(unshare(flags).map_err(errno), || {
+        "unshare(user, mount, IPC and network namespaces)".into()
+    })?;
     match mapping {
-        IdMapping::Root => {
-            sys(unshare(CloneFlags::CLONE_NEWNS).map_err(errno), || {
-                "unshare(mount namespace)".into()
-            })?;
-        }
         IdMapping::Single { uid, gid } => {
-            sys(
-                unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS).map_err(errno),
-                || "unshare(user and mount namespaces)".into(),
-            )?;
             // An unprivileged process may map only its own ids, and only after
             // giving up setgroups(2).
             write_proc("/proc/self/setgroups", "deny")?;
             write_proc("/proc/self/uid_map", &format!("0 {uid} 1"))?;
             write_proc("/proc/self/gid_map", &format!("0 {gid} 1"))?;
         }
-        IdMapping::Subordinate { .. } => {
-            sys(
-                unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS).map_err(errno),
-                || "unshare(user and mount namespaces)".into(),
-            )?;
-            // The caller watches /proc/PID/ns/user change and runs newuidmap/newgidmap.
+        IdMapping::Subordinate { .. } | IdMapping::Privileged { .. } => {
+            // The caller watches /proc/PID/ns/user change and writes the maps
+            // (newuidmap/newgidmap, or directly when it is root).
             let deadline = Instant::now() + Duration::from_secs(10);
             while fs::read_to_string("/proc/self/gid_map")
                 .map(|s| s.trim().is_empty())
@@ -151,6 +149,9 @@ fn enter_namespaces(mapping: &IdMapping) -> Result<(), HelperError> {
             sys(nix::unistd::setgroups(&[root]).map_err(errno), || {
                 "setgroups".into()
             })?;
+            if matches!(mapping, IdMapping::Privileged { .. }) {
+                become_namespace_root()?;
+            }
         }
     }
     // Our mounts must not propagate back to the host.
@@ -166,6 +167,25 @@ fn enter_namespaces(mapping: &IdMapping) -> Result<(), HelperError> {
         || "making / private".into(),
     )?;
     Ok(())
+}
+
+/// A root caller's helper still has the host's uid 0, which the namespace does not
+/// map: it takes the namespace's root (the range's first host id), so everything it
+/// and its children create on disk is owned by the range, never by host root.
+/// Changing credentials clears the parent-death signal and dumpability: both are
+/// set again.
+fn become_namespace_root() -> Result<(), HelperError> {
+    use nix::unistd::{Gid, Uid, setresgid, setresuid};
+    let (u, g) = (Uid::from_raw(0), Gid::from_raw(0));
+    sys(setresgid(g, g, g).map_err(errno), || "setresgid(0)".into())?;
+    sys(setresuid(u, u, u).map_err(errno), || "setresuid(0)".into())?;
+    sys(
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(errno),
+        || "prctl(PR_SET_PDEATHSIG)".into(),
+    )?;
+    sys(nix::sys::prctl::set_dumpable(true).map_err(errno), || {
+        "prctl(PR_SET_DUMPABLE)".into()
+    })
 }
 
 fn write_proc(path: &str, value: &str) -> Result<(), HelperError> {
@@ -212,6 +232,9 @@ fn pid1_main(plan: &Plan) -> ! {
             let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
             if let Err(e) = mount(Some("proc"), &p, Some("proc"), flags, None::<&str>) {
                 fail(format!("mounting /proc at {}", p.display()), &e);
+            }
+            if let Err(e) = mask_paths(&plan.root) {
+                fail("setting up the sandbox's /proc and /sys".into(), &e);
             }
         }
     }
@@ -420,14 +443,9 @@ fn unmount_all(plan: &Plan, mounted: &[MountSpec], mut guards: Vec<Box<dyn Send>
     for m in mounted.iter().rev() {
         match m {
             MountSpec::Union(_) => drop(guards.pop()),
-            MountSpec::Devpts { target } => {
-                let t = in_root(&plan.root, target);
-                if let Some(ptmx) = t.parent().map(|p| p.join("ptmx")) {
-                    let _ = umount2(&ptmx, MntFlags::MNT_DETACH);
-                }
-                let _ = umount2(&t, MntFlags::MNT_DETACH);
-            }
-            MountSpec::Bind { target, .. }
+            MountSpec::Dev { target }
+            | MountSpec::Sys { target }
+            | MountSpec::Bind { target, .. }
             | MountSpec::Tmpfs { target, .. }
             | MountSpec::Proc { target } => {
                 let _ = umount2(&in_root(&plan.root, target), MntFlags::MNT_DETACH);
@@ -497,7 +515,22 @@ fn do_mount(
                     })?;
                 }
             }
-            MountSpec::Devpts { target } => devpts(&plan.root, target)?,
+            MountSpec::Dev { target } => dev(&plan.root, target)?,
+            MountSpec::Sys { target } => {
+                let t = prepare_target(&plan.root, target, true)?;
+                sys(
+                    mount(
+                        Some("/sys"),
+                        &t,
+                        None::<&str>,
+                        MsFlags::MS_BIND | MsFlags::MS_REC,
+                        None::<&str>,
+                    )
+                    .map_err(errno),
+                    || format!("bind-mounting /sys at {}", t.display()),
+                )?;
+                make_readonly(&t)?;
+            }
             MountSpec::Proc { target } => {
                 prepare_target(&plan.root, target, true)?;
             }
@@ -507,17 +540,8 @@ fn do_mount(
 }
 
 fn tmpfs(t: &Path, options: &str) -> Result<(), HelperError> {
-    sys(
-        mount(
-            Some("tmpfs"),
-            t,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(options),
-        )
-        .map_err(errno),
-        || format!("mounting a tmpfs at {}", t.display()),
-    )
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    fresh_fs("tmpfs", "tmpfs", t, flags, Some(options))
 }
 
 /// Creates the mount point inside `root` (a directory, or an empty file for file
@@ -575,9 +599,28 @@ fn bind(
         || format!("bind-mounting {} at {}", source.display(), t.display()),
     )?;
     if readonly {
+        make_readonly(&t)?;
+    }
+    Ok(())
+}
+
+/// Makes the mount at `t` read-only with every mount below it; on kernels without
+/// `mount_setattr` (before 5.12), the top mount only, by a remount.
+fn make_readonly(t: &Path) -> Result<(), HelperError> {
+    match crate::sys::make_readonly_recursive(t) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
+        Err(e) => {
+            return Err(HelperError::Sys {
+                step: format!("making {} read-only", t.display()),
+                source: e,
+            });
+        }
+    }
+    {
         // In a user namespace the source's nosuid/nodev/noexec are locked: a remount
         // must repeat them or the kernel refuses it.
-        let st = sys(statvfs(&t).map_err(errno), || {
+        let st = sys(statvfs(t).map_err(errno), || {
             format!("statvfs {}", t.display())
         })?;
         let mut ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
@@ -594,40 +637,132 @@ fn bind(
             }
         }
         sys(
-            mount(None::<&str>, &t, None::<&str>, ro, None::<&str>).map_err(errno),
+            mount(None::<&str>, t, None::<&str>, ro, None::<&str>).map_err(errno),
             || format!("making {} read-only", t.display()),
         )?;
     }
     Ok(())
 }
 
-fn devpts(root: &Path, target: &Path) -> Result<(), HelperError> {
+/// The sandbox's `/dev`: a fresh tmpfs, the harmless host nodes bound onto empty
+/// files in it (a tmpfs mounted in a user namespace cannot hold working device nodes
+/// itself, and a bind of the host's node keeps its own mount), a new devpts instance
+/// whose `ptmx` `/dev/ptmx` links to, `shm` and `mqueue` (of the build's own IPC
+/// namespace), and the usual symlinks.
+fn dev(root: &Path, target: &Path) -> Result<(), HelperError> {
+    use super::sandbox::{DEV_LINKS, DEV_NODES};
     let t = prepare_target(root, target, true)?;
-    sys(
-        mount(
-            Some("devpts"),
-            &t,
-            Some("devpts"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            Some("newinstance,ptmxmode=0666,mode=0620"),
-        )
-        .map_err(errno),
-        || format!("mounting devpts at {}", t.display()),
+    let nosuid_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    fresh_fs(
+        "tmpfs",
+        "tmpfs",
+        &t,
+        nosuid_noexec,
+        Some("mode=0755,size=65536k"),
     )?;
-    let ptmx = t.join("ptmx");
-    let dev_ptmx = t.parent().map(|p| p.join("ptmx"));
-    if let Some(dev_ptmx) = dev_ptmx.filter(|p| p.exists()) {
+    for node in DEV_NODES {
+        let host = Path::new("/dev").join(node);
+        if !host.exists() {
+            continue; // no controlling-terminal device on this host, say
+        }
+        let dst = t.join(node);
+        sys(fs::write(&dst, b""), || {
+            format!("creating {}", dst.display())
+        })?;
         sys(
             mount(
-                Some(&ptmx),
-                &dev_ptmx,
+                Some(&host),
+                &dst,
                 None::<&str>,
                 MsFlags::MS_BIND,
                 None::<&str>,
             )
             .map_err(errno),
-            || format!("binding {} over {}", ptmx.display(), dev_ptmx.display()),
+            || format!("binding {} at {}", host.display(), dst.display()),
         )?;
+    }
+    for (link, to) in DEV_LINKS {
+        let l = t.join(link);
+        sys(std::os::unix::fs::symlink(to, &l), || {
+            format!("linking {} to {to}", l.display())
+        })?;
+    }
+    let ptmx = Some("newinstance,ptmxmode=0666,mode=0620");
+    let nodev = nosuid_noexec | MsFlags::MS_NODEV;
+    for (dir, fs_type, source, flags, data) in [
+        ("pts", "devpts", "devpts", nosuid_noexec, ptmx),
+        ("shm", "tmpfs", "shm", nodev, Some("mode=1777,size=65536k")),
+        ("mqueue", "mqueue", "mqueue", nodev, None),
+    ] {
+        let d = t.join(dir);
+        sys(fs::create_dir(&d), || format!("creating {}", d.display()))?;
+        fresh_fs(fs_type, source, &d, flags, data)?;
+    }
+    Ok(())
+}
+
+/// Mounts a fresh filesystem of `fs_type` at `t`.
+fn fresh_fs(
+    fs_type: &str,
+    source: &str,
+    t: &Path,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), HelperError> {
+    sys(
+        mount(Some(source), t, Some(fs_type), flags, data).map_err(errno),
+        || format!("mounting {fs_type} at {}", t.display()),
+    )
+}
+
+/// Hides [`super::sandbox::MASKED_PATHS`] and makes
+/// [`super::sandbox::READONLY_PATHS`] read-only, below `root` (pid 1 calls it once
+/// `/proc` is mounted; `/dev/null` comes from the sandbox's `/dev`). Paths this
+/// kernel does not have are skipped.
+fn mask_paths(root: &Path) -> Result<(), String> {
+    use super::sandbox::{MASKED_PATHS, READONLY_PATHS};
+    let null = in_root(root, Path::new("/dev/null"));
+    for p in MASKED_PATHS {
+        let t = in_root(root, Path::new(p));
+        let Ok(meta) = fs::symlink_metadata(&t) else {
+            continue;
+        };
+        let r = if meta.is_dir() {
+            mount(
+                Some("tmpfs"),
+                &t,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("size=0,mode=0555"),
+            )
+        } else {
+            mount(
+                Some(&null),
+                &t,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+        };
+        r.map_err(|e| format!("masking {p}: {e}"))?;
+    }
+    for p in READONLY_PATHS {
+        let t = in_root(root, Path::new(p));
+        if fs::symlink_metadata(&t).is_err() {
+            continue;
+        }
+        mount(
+            Some(&t),
+            &t,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| format!("binding {p} for read-only: {e}"))?;
+        make_readonly(&t).map_err(|e| match e {
+            HelperError::Sys { step, source } => format!("{step}: {source}"),
+            e => e.to_string(),
+        })?;
     }
     Ok(())
 }

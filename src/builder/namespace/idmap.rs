@@ -3,7 +3,7 @@
 //!
 //! | caller | mapping | consequence |
 //! |---|---|---|
-//! | root | none: no user namespace | real chown works |
+//! | root | 0..=65535 → root's range in `/etc/subuid`/`/etc/subgid`, else [`DEFAULT_ROOT_RANGE`] (written directly, root may) | root in the build is an unprivileged host id; the store is owned by the range's first id |
 //! | user with subuid+subgid ranges | 0 → caller, 1..=N → the range (via `newuidmap`/`newgidmap`) | Portage's users (portage, acct-user ids) exist |
 //! | user without ranges | 0 → caller only | only root exists; Portage must run as root, `chown` to other ids fails (EINVAL) |
 //!
@@ -22,11 +22,23 @@ pub struct SubRange {
     pub count: u32,
 }
 
+/// The range a root caller maps builds to when `/etc/subuid` gives root none: high
+/// above the ranges `useradd` hands out (100000 + 65536 per user), below 2^31 (ids
+/// past it trip signed-id bugs), and not a range of systemd's dynamic or container
+/// users. [`choose`] moves past it, 65536 ids at a time, while any user's range in
+/// `/etc/subuid` or `/etc/subgid` overlaps it.
+pub const DEFAULT_ROOT_RANGE: SubRange = SubRange {
+    start: 1_000_000_000,
+    count: WANTED_RANGE,
+};
+
 /// The mapping a namespace helper sets up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IdMapping {
-    /// The caller is root: no user namespace at all.
-    Root,
+    /// The caller is root: ids 0.. of the namespace are the host ids `uids.start..`
+    /// (and `gids.start..`), so root in a build is never the host's root. The caller
+    /// writes the maps itself; the store is owned by `uids.start`/`gids.start`.
+    Privileged { uids: SubRange, gids: SubRange },
     /// 0 → the caller's uid/gid only.
     Single { uid: u32, gid: u32 },
     /// 0 → the caller, 1.. → the subordinate ranges (written by newuidmap/newgidmap).
@@ -39,9 +51,69 @@ pub enum IdMapping {
 }
 
 impl IdMapping {
+    /// What a root caller gets without a range of its own in `/etc/subuid`.
+    pub fn root_default() -> IdMapping {
+        IdMapping::Privileged {
+            uids: DEFAULT_ROOT_RANGE,
+            gids: DEFAULT_ROOT_RANGE,
+        }
+    }
+
     /// Whether ids other than 0 exist inside the namespace.
     pub fn has_subids(&self) -> bool {
         !matches!(self, IdMapping::Single { .. })
+    }
+
+    /// The host uid and gid that root of the namespace is: the owner the store's
+    /// content must have on disk for a build to read and write it.
+    pub fn host_root(&self) -> (u32, u32) {
+        match self {
+            IdMapping::Privileged { uids, gids } => (uids.start, gids.start),
+            IdMapping::Single { uid, gid } | IdMapping::Subordinate { uid, gid, .. } => {
+                (*uid, *gid)
+            }
+        }
+    }
+
+    /// The `uid_map` and `gid_map` lines a root caller writes itself.
+    pub fn privileged_maps(&self) -> Option<(String, String)> {
+        match self {
+            IdMapping::Privileged { uids, gids } => Some((
+                format!("0 {} {}", uids.start, uids.count),
+                format!("0 {} {}", gids.start, gids.count),
+            )),
+            _ => None,
+        }
+    }
+
+    /// One line saying what ids the namespace has, for the sandbox's log line.
+    pub fn describe(&self) -> String {
+        match self {
+            IdMapping::Privileged { uids, gids } => format!(
+                "uids 0-{} -> host {}-{}, gids 0-{} -> host {}-{}",
+                uids.count - 1,
+                uids.start,
+                uids.start as u64 + uids.count as u64 - 1,
+                gids.count - 1,
+                gids.start,
+                gids.start as u64 + gids.count as u64 - 1
+            ),
+            IdMapping::Single { uid, gid } => format!("uid 0 -> host {uid}, gid 0 -> host {gid}"),
+            IdMapping::Subordinate {
+                uid,
+                gid,
+                uids,
+                gids,
+            } => format!(
+                "uid 0 -> host {uid}, 1-{} -> host {}-{}; gid 0 -> host {gid}, 1-{} -> host {}-{}",
+                uids.count,
+                uids.start,
+                uids.start as u64 + uids.count as u64 - 1,
+                gids.count,
+                gids.start,
+                gids.start as u64 + gids.count as u64 - 1
+            ),
+        }
     }
 
     /// The `newuidmap`/`newgidmap` arguments after the pid (inside, outside, count triples).
@@ -70,29 +142,57 @@ impl IdMapping {
     }
 }
 
-/// Finds the first range for `user` (by name or numeric id) in subuid/subgid text.
-///
-/// Lines are `name:start:count`; comments and malformed lines are ignored, as
-/// shadow's tools do. The count is capped at [`WANTED_RANGE`].
-pub fn find_range(contents: &str, user: &str, id: u32) -> Option<SubRange> {
-    let id = id.to_string();
-    contents.lines().find_map(|line| {
+/// Every `name:start:count` entry of subuid/subgid text, in file order; comments and
+/// malformed lines are ignored, as shadow's tools do.
+fn entries(contents: &str) -> impl Iterator<Item = (&str, SubRange)> + '_ {
+    contents.lines().filter_map(|line| {
         let line = line.trim();
         if line.starts_with('#') {
             return None;
         }
         let mut it = line.split(':');
         let (who, start, count) = (it.next()?, it.next()?, it.next()?);
-        if who != user && who != id {
-            return None;
-        }
-        let start: u32 = start.trim().parse().ok()?;
-        let count: u32 = count.trim().parse().ok()?;
-        (count > 0).then_some(SubRange {
-            start,
-            count: count.min(WANTED_RANGE),
+        Some((
+            who,
+            SubRange {
+                start: start.trim().parse().ok()?,
+                count: count.trim().parse().ok()?,
+            },
+        ))
+    })
+}
+
+/// Finds the first range for `user` (by name or numeric id) in subuid/subgid text.
+/// The count is capped at [`WANTED_RANGE`].
+pub fn find_range(contents: &str, user: &str, id: u32) -> Option<SubRange> {
+    let id = id.to_string();
+    entries(contents).find_map(|(who, r)| {
+        ((who == user || who == id) && r.count > 0).then_some(SubRange {
+            start: r.start,
+            count: r.count.min(WANTED_RANGE),
         })
     })
+}
+
+/// Every range in subuid/subgid text, whoever holds it.
+fn all_ranges(contents: &str) -> impl Iterator<Item = SubRange> + '_ {
+    entries(contents).map(|(_, r)| r)
+}
+
+/// [`DEFAULT_ROOT_RANGE`], moved up past every range in `taken` that overlaps it.
+pub fn free_default_range(taken: &[SubRange]) -> SubRange {
+    let mut r = DEFAULT_ROOT_RANGE;
+    let overlaps = |r: &SubRange| {
+        taken.iter().any(|t| {
+            let (a0, a1) = (r.start as u64, r.start as u64 + r.count as u64);
+            let (b0, b1) = (t.start as u64, t.start as u64 + t.count as u64);
+            a0 < b1 && b0 < a1
+        })
+    };
+    while overlaps(&r) && r.start < u32::MAX / 2 {
+        r.start += WANTED_RANGE;
+    }
+    r
 }
 
 /// Decides the mapping for a caller.
@@ -104,7 +204,23 @@ pub fn choose(
     subgid: Option<&str>,
 ) -> IdMapping {
     if euid == 0 {
-        return IdMapping::Root;
+        let own = (
+            subuid.and_then(|s| find_range(s, user, 0)),
+            subgid.and_then(|s| find_range(s, user, 0)),
+        );
+        if let (Some(uids), Some(gids)) = own {
+            if uids.count == WANTED_RANGE && gids.count == WANTED_RANGE {
+                return IdMapping::Privileged { uids, gids };
+            }
+        }
+        // One default range for both, clear of every user's uid and gid ranges.
+        let taken: Vec<SubRange> = [subuid, subgid]
+            .into_iter()
+            .flatten()
+            .flat_map(all_ranges)
+            .collect();
+        let r = free_default_range(&taken);
+        return IdMapping::Privileged { uids: r, gids: r };
     }
     let uids = subuid.and_then(|s| find_range(s, user, euid));
     let gids = subgid.and_then(|s| find_range(s, user, euid));
@@ -122,13 +238,39 @@ pub fn choose(
     }
 }
 
-/// The once-per-run warning for the single-id fallback, saying how to fix it.
-pub fn single_mapping_warning(user: &str) -> String {
+/// The first 65536 ids from 100000 up (where `useradd` starts) that no range in
+/// `/etc/subuid` or `/etc/subgid` holds: the range to suggest to a user without one.
+pub fn free_range(subuid: Option<&str>, subgid: Option<&str>) -> SubRange {
+    let taken: Vec<SubRange> = [subuid, subgid]
+        .into_iter()
+        .flatten()
+        .flat_map(all_ranges)
+        .collect();
+    let mut r = SubRange {
+        start: 100_000,
+        count: WANTED_RANGE,
+    };
+    while let Some(t) = taken.iter().find(|t| {
+        (r.start as u64) < t.start as u64 + t.count as u64
+            && (t.start as u64) < r.start as u64 + r.count as u64
+    }) {
+        // Past the range in the way, on a 65536 boundary above 100000 (as useradd's).
+        let end = t.start as u64 + t.count as u64;
+        let steps = (end - 100_000).div_ceil(WANTED_RANGE as u64);
+        r.start = (100_000 + steps * WANTED_RANGE as u64).min(u32::MAX as u64 / 2) as u32;
+    }
+    r
+}
+
+/// The once-per-run warning for the single-id fallback, saying how to fix it with a
+/// range (`free`, from [`free_range`]) that no other user holds.
+pub fn single_mapping_warning(user: &str, free: SubRange) -> String {
+    let (a, b) = (free.start, free.start as u64 + free.count as u64 - 1);
     format!(
         "no subordinate id range for user {user} in /etc/subuid and /etc/subgid: \
          builds run with only root mapped, so Portage runs as root and files cannot be \
          owned by other users in the image. Add a range with \
-         `sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user}`"
+         `sudo usermod --add-subuids {a}-{b} --add-subgids {a}-{b} {user}`"
     )
 }
 
@@ -155,11 +297,44 @@ mod tests {
     }
 
     #[test]
-    fn choose_table() {
+    fn root_maps_to_its_range_or_a_free_default() {
+        // No range for root: the default, which nobody here holds.
         assert_eq!(
             choose(0, 0, "root", Some(SUBUID), Some(SUBUID)),
-            IdMapping::Root
+            IdMapping::Privileged {
+                uids: DEFAULT_ROOT_RANGE,
+                gids: DEFAULT_ROOT_RANGE
+            }
         );
+        assert_eq!(
+            choose(0, 0, "root", None, None).host_root(),
+            (1_000_000_000, 1_000_000_000)
+        );
+        // Root's own range, when it is a full one.
+        let with_root = format!("{SUBUID}root:500000:65536\n");
+        let m = choose(0, 0, "root", Some(&with_root), Some(&with_root));
+        assert_eq!(m.host_root(), (500000, 500000));
+        assert_eq!(
+            m.privileged_maps(),
+            Some(("0 500000 65536".into(), "0 500000 65536".into()))
+        );
+        assert!(m.map_args().is_none(), "root writes its maps itself");
+        // A user's range overlapping the default pushes it up, clear of both files.
+        let clash = "eve:999990000:10065536\n";
+        let m = choose(0, 0, "root", Some(clash), None);
+        let (start, _) = m.host_root();
+        assert!(start as u64 >= 999_990_000 + 10_065_536, "{start}");
+        assert_eq!(start % WANTED_RANGE, 1_000_000_000 % WANTED_RANGE);
+        // The log line names the host range.
+        assert!(
+            choose(0, 0, "root", None, None)
+                .describe()
+                .contains("host 1000000000-1000065535")
+        );
+    }
+
+    #[test]
+    fn choose_table() {
         assert_eq!(
             choose(1003, 1003, "dave", Some(SUBUID), Some(SUBUID)),
             IdMapping::Single {
@@ -184,7 +359,13 @@ mod tests {
 
     #[test]
     fn warning_names_user_and_fix() {
-        let w = single_mapping_warning("alice");
+        let free = free_range(Some(SUBUID), Some("x:100000:65536\n"));
+        let w = single_mapping_warning("alice", free);
         assert!(w.contains("alice") && w.contains("usermod --add-subuids"));
+        // 100000-165535 and 200000-... are taken (alice, bob): the next free block.
+        assert_eq!(free.start, 100_000 + 2 * 65536, "{w}");
+        assert!(w.contains("--add-subuids 231072-296607"), "{w}");
+        // Nothing taken: useradd's first range.
+        assert_eq!(free_range(None, None).start, 100_000);
     }
 }

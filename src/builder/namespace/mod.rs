@@ -5,9 +5,11 @@
 //! own binary with the hidden `__ns-exec` subcommand and hands it a [`Plan`] (JSON in
 //! an environment variable). The helper, a fresh single-threaded process:
 //!
-//! 1. unshares a user namespace (unless the caller is root) and a mount namespace; the
-//!    caller writes the id maps with `newuidmap`/`newgidmap` when the user has
-//!    subordinate ranges, otherwise the helper maps 0 to the caller itself;
+//! 1. unshares a user, a mount and an IPC namespace, always: root in a build is never
+//!    the host's root. A root caller writes the id maps itself (0.. → a subordinate
+//!    range, [`idmap`]) and the helper then becomes the namespace's root; an ordinary
+//!    caller runs `newuidmap`/`newgidmap` when it has subordinate ranges, otherwise
+//!    the helper maps 0 to the caller itself;
 //! 2. unshares a pid namespace and forks the future pid 1, which waits on a pipe;
 //! 3. performs the plan's mounts (unions, binds, tmpfs, devpts) in its mount namespace
 //!    — FUSE unions are served by the helper's own threads, started only after the
@@ -21,6 +23,7 @@
 
 pub mod helper;
 pub mod idmap;
+pub mod sandbox;
 
 use std::ffi::OsString;
 use std::io;
@@ -50,6 +53,10 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// Working directory inside the root.
     pub cwd: PathBuf,
+    /// A network namespace of its own (only a loopback device, down): a build with no
+    /// network (`--no-network`). Otherwise the host's network, so emerge can fetch.
+    #[serde(default)]
+    pub no_network: bool,
 }
 
 /// One step run by pid 1 inside the chroot.
@@ -115,10 +122,14 @@ pub enum MountSpec {
         options: String,
         mkdirs: Vec<PathBuf>,
     },
-    /// A fresh procfs for the new pid namespace (mounted by pid 1 itself).
+    /// A fresh procfs for the new pid namespace (mounted by pid 1 itself), with
+    /// [`sandbox::MASKED_PATHS`] hidden and [`sandbox::READONLY_PATHS`] read-only.
     Proc { target: PathBuf },
-    /// A new devpts instance, with `dev/ptmx` bound to its `ptmx`.
-    Devpts { target: PathBuf },
+    /// The sandbox's minimal `/dev` ([`sandbox::DEV_NODES`] bound from the host over
+    /// a fresh tmpfs, a new devpts instance with `ptmx`, `shm`, `mqueue`).
+    Dev { target: PathBuf },
+    /// The host's `/sys`, bound recursively and read-only down to every submount.
+    Sys { target: PathBuf },
     /// A gentree-fs union, served by the helper's threads. `target` is a host path
     /// when it is the root itself, else a path inside the root.
     Union(UnionSpec),
@@ -160,6 +171,15 @@ pub enum NsError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot write {map:?} to {path}")]
+    WriteMap {
+        path: PathBuf,
+        map: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Sandbox(#[from] sandbox::SandboxError),
     #[error("waiting for the namespace helper")]
     Wait(#[source] io::Error),
     #[error("cannot write the build log {path}")]
@@ -174,6 +194,8 @@ pub enum NsError {
 /// output is inherited too, or, with `log`, both streams go to our stderr and are
 /// appended to the log file (the build log users can `tail -f`).
 pub fn run(plan: &Plan, log: Option<&Path>) -> Result<ExitStatus, NsError> {
+    tracing::debug!("{}", sandbox::describe(&plan.mapping, &plan.mounts));
+    sandbox::prepare_host_paths(plan)?;
     let exe = PathBuf::from("/proc/self/exe");
     let json = serde_json::to_string(plan).map_err(NsError::Encode)?;
     let mut cmd = Command::new(&exe);
@@ -207,12 +229,15 @@ pub fn run(plan: &Plan, log: Option<&Path>) -> Result<ExitStatus, NsError> {
         exe: exe.clone(),
         source,
     })?;
-    if let Some((uid_args, gid_args)) = plan.mapping.map_args() {
-        if let Err(e) = map_ids(child.id(), &uid_args, &gid_args) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
-        }
+    let mapped = match (plan.mapping.map_args(), plan.mapping.privileged_maps()) {
+        (Some((uid_args, gid_args)), _) => map_ids(child.id(), &uid_args, &gid_args),
+        (None, Some((uid_map, gid_map))) => write_maps(child.id(), &uid_map, &gid_map),
+        (None, None) => Ok(()),
+    };
+    if let Err(e) = mapped {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
     }
     let status = child.wait().map_err(NsError::Wait);
     if let Some(t) = tee {
@@ -235,19 +260,43 @@ fn tee_to(mut reader: io::PipeReader, mut log: std::fs::File) {
     }
 }
 
-/// Writes the subordinate id maps of `pid` once it has entered its user namespace.
-fn map_ids(pid: u32, uid_args: &[String], gid_args: &[String]) -> Result<(), NsError> {
+/// Waits until `pid` has entered a user namespace of its own; `false` when it exited
+/// first (`wait` then reports its own error message).
+fn await_user_namespace(pid: u32) -> Result<bool, NsError> {
     let ours = std::fs::read_link("/proc/self/ns/user").ok();
     let theirs = PathBuf::from(format!("/proc/{pid}/ns/user"));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match std::fs::read_link(&theirs) {
-            Ok(ns) if Some(&ns) != ours.as_ref() => break,
-            // The helper exited early: `wait` will report its own error message.
-            Err(_) => return Ok(()),
+            Ok(ns) if Some(&ns) != ours.as_ref() => return Ok(true),
+            Err(_) => return Ok(false),
             _ if Instant::now() > deadline => return Err(NsError::UnshareTimeout { pid }),
             _ => std::thread::sleep(Duration::from_millis(1)),
         }
+    }
+}
+
+/// A root caller writes the maps of `pid` itself (it holds `CAP_SETUID` and
+/// `CAP_SETGID` over the namespace's parent); no `/etc/subuid` entry is needed.
+fn write_maps(pid: u32, uid_map: &str, gid_map: &str) -> Result<(), NsError> {
+    if !await_user_namespace(pid)? {
+        return Ok(());
+    }
+    for (file, map) in [("uid_map", uid_map), ("gid_map", gid_map)] {
+        let path = PathBuf::from(format!("/proc/{pid}/{file}"));
+        std::fs::write(&path, map).map_err(|source| NsError::WriteMap {
+            path,
+            map: map.to_owned(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Writes the subordinate id maps of `pid` once it has entered its user namespace.
+fn map_ids(pid: u32, uid_args: &[String], gid_args: &[String]) -> Result<(), NsError> {
+    if !await_user_namespace(pid)? {
+        return Ok(());
     }
     for (tool, args) in [("newuidmap", uid_args), ("newgidmap", gid_args)] {
         let out = Command::new(tool)
@@ -346,6 +395,7 @@ mod tests {
                 base_env(),
             ))],
             cwd: "/".into(),
+            no_network: false,
         };
         let json = serde_json::to_string(&plan).expect("encode");
         let back: Plan = serde_json::from_str(&json).expect("decode");

@@ -16,8 +16,10 @@
 //!   Directories get owner, mode and times after everything else, so a read-only or
 //!   old-mtime directory can still be filled first.
 //!
-//! Ownership: as root the archive's owners are set for real (`fchown`); otherwise they
-//! are recorded in `user.containers.override_stat` (`uid:gid:mode`), the on-disk mode
+//! Ownership: with [`Owners::Real`] the archive's owners are set for real (`fchown`);
+//! otherwise (every import `gentree-fs import-seed` does, as root or not) they are
+//! recorded in `user.containers.override_stat` (`uid:gid:mode`), every entry is owned
+//! on disk by the importing user (or, as root, by the id range builds run as), the on-disk mode
 //! keeps the permission bits minus setuid/setgid/sticky plus owner read/write (and
 //! search for directories) so the importing user can always read and delete the seed.
 //! Device nodes that cannot be created (not root, or `mknod` refused) become empty
@@ -91,6 +93,11 @@ pub enum Owners {
     Real,
     /// Record them in the override xattr (ordinary user).
     Record,
+    /// Record them in the override xattr, and own every entry on disk by this host
+    /// uid and gid: root's import, owned by the id range its builds run as, so no
+    /// device node, setuid or setgid file of the archive reaches the host. Symlinks,
+    /// which cannot carry the xattr, get the archive's owner for real.
+    RecordAs { uid: u32, gid: u32 },
 }
 
 /// Counts for the summary line.
@@ -554,7 +561,17 @@ impl<'a> Sink<'a> {
         let gid = Some(Gid::from_raw(meta.gid));
 
         // Owner.
-        if self.owners == Owners::Real {
+        // A symlink cannot carry the record, and its owner grants nothing: root gives
+        // it the archive's owner for real.
+        let owner = match self.owners {
+            Owners::Real => Some((uid, gid)),
+            Owners::RecordAs { .. } if is_symlink => Some((uid, gid)),
+            Owners::RecordAs { uid, gid } => {
+                Some((Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))))
+            }
+            Owners::Record => None,
+        };
+        if let Some((uid, gid)) = owner {
             match target {
                 Target::Fd(f) => fchown(f, uid, gid),
                 Target::At(d, n) => fchownat(d, n, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW),
@@ -592,7 +609,7 @@ impl<'a> Sink<'a> {
                 }
             }
         }
-        if self.owners == Owners::Record || recorded_type.is_some() {
+        if self.owners != Owners::Real || recorded_type.is_some() {
             let ov = OverrideStat {
                 uid: meta.uid,
                 gid: meta.gid,
