@@ -7,13 +7,15 @@
 #   cp ~/gentree/builds/hello.tar . && tar -tvf hello.tar
 #   fusermount3 -u ~/gentree
 #
-# Root is needed for debootstrap. Data goes to $GENTREE_CONF_ROOT (default
-# $XDG_DATA_HOME/gentree, i.e. ~/.local/share/gentree); the seed cache to
-# $GENTREE_DEMO_CACHE (default /var/tmp/gentree-demo-cache).
+# Root is needed for debootstrap. Data goes to $GENTREE_CONF_ROOT (default, as
+# gentree-fs's own: $XDG_DATA_HOME/gentree if set, else /var/lib/gentree for root and
+# ~/.local/share/gentree for a user); the seed cache to $GENTREE_DEMO_CACHE (default
+# /var/tmp/gentree-demo-cache).
 set -euo pipefail
 mp=${1:?usage: scripts/demo.sh MOUNTPOINT}
 here=$(cd "$(dirname "$0")/.." && pwd)
-conf=${GENTREE_CONF_ROOT:-${XDG_DATA_HOME:-$HOME/.local/share}/gentree}
+if ((EUID == 0)); then default_data=/var/lib; else default_data=$HOME/.local/share; fi
+conf=${GENTREE_CONF_ROOT:-${XDG_DATA_HOME:-$default_data}/gentree}
 cache=${GENTREE_DEMO_CACHE:-/var/tmp/gentree-demo-cache}
 if command -v gentree-fs >/dev/null; then
   gt=$(command -v gentree-fs)

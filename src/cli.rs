@@ -46,7 +46,8 @@ pub struct MountArgs {
     /// nosuid, noexec, noatime, auto_unmount, default_permissions, fsname=, subtype=, ...
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
-    /// Data directory (default: $XDG_DATA_HOME/gentree).
+    /// Data directory (default: $XDG_DATA_HOME/gentree, else /var/lib/gentree for root,
+    /// ~/.local/share/gentree for a user).
     #[arg(long, value_name = "DIR", env = "GENTREE_CONF_ROOT")]
     pub conf_root: Option<PathBuf>,
     /// The build configs shown as configs/ (default: CONF_ROOT/configs).
@@ -290,7 +291,8 @@ pub struct ImportSeedArgs {
     pub source: PathBuf,
     /// Seed name (default: the source's file name up to its first dot).
     pub name: Option<String>,
-    /// Data directory holding seeds/ (default: $XDG_DATA_HOME/gentree).
+    /// Data directory holding seeds/ (default: $XDG_DATA_HOME/gentree, else /var/lib/gentree for root,
+    /// ~/.local/share/gentree for a user).
     #[arg(long, value_name = "DIR", env = "GENTREE_CONF_ROOT")]
     pub conf_root: Option<PathBuf>,
     /// Replace an existing seed of that name.
@@ -313,7 +315,8 @@ pub struct BuildArgs {
     /// the config's output_file relative to the build dir).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Data directory (default: $XDG_DATA_HOME/gentree).
+    /// Data directory (default: $XDG_DATA_HOME/gentree, else /var/lib/gentree for root,
+    /// ~/.local/share/gentree for a user).
     #[arg(long, value_name = "DIR", env = "GENTREE_CONF_ROOT")]
     pub conf_root: Option<PathBuf>,
     /// Do not read the default config files (/etc and ~/.config).
@@ -337,7 +340,8 @@ pub struct ExecArgs {
     /// Run with no network (a network namespace of its own).
     #[arg(long)]
     pub no_network: bool,
-    /// Data directory (default: $XDG_DATA_HOME/gentree).
+    /// Data directory (default: $XDG_DATA_HOME/gentree, else /var/lib/gentree for root,
+    /// ~/.local/share/gentree for a user).
     #[arg(long, value_name = "DIR", env = "GENTREE_CONF_ROOT")]
     pub conf_root: Option<PathBuf>,
     /// The seed's name (as given to import-seed).
@@ -391,7 +395,8 @@ pub struct InitCrossdevArgs {
 /// init-crossdev).
 #[derive(Debug, Clone, Default, Args)]
 pub struct DataArgs {
-    /// Data directory (default: $XDG_DATA_HOME/gentree).
+    /// Data directory (default: $XDG_DATA_HOME/gentree, else /var/lib/gentree for root,
+    /// ~/.local/share/gentree for a user).
     #[arg(long, value_name = "DIR", env = "GENTREE_CONF_ROOT")]
     pub conf_root: Option<PathBuf>,
     /// Do not read the default config files (/etc and ~/.config).

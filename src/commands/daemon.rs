@@ -10,6 +10,7 @@
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 
@@ -143,6 +144,7 @@ pub fn spawn_daemon(subcommand: Option<&str>, what: &str) -> CmdResult {
     // The write end must survive exec in the child.
     nix::fcntl::fcntl(&write_end, FcntlArg::F_SETFD(FdFlag::empty()))?;
     let mut child = Command::new("/proc/self/exe")
+        .arg0("gentree-fs")
         .args(&argv)
         .env(READY_FD_ENV, write_end.as_raw_fd().to_string())
         .stdin(Stdio::null())

@@ -26,6 +26,9 @@ pub type CmdResult = Result<ExitCode, Box<dyn Error + Send + Sync>>;
 
 /// Runs the parsed command line.
 pub fn dispatch(cli: Cli) -> CmdResult {
+    // Re-executed processes (the background daemon, namespace helpers) start from
+    // /proc/self/exe, whose name is `exe`: `pgrep gentree-fs` and `ps` must find them.
+    let _ = nix::sys::prctl::set_name(c"gentree-fs");
     let Some(command) = cli.command else {
         return mount::run(&cli.mount);
     };
@@ -56,9 +59,15 @@ pub fn init_logging(debug: u8) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Colour only on a terminal, and never with NO_COLOR set (no-color.org): a
+    // redirected stderr and the build logs get plain text.
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(debug > 0)
         .without_time()
         .try_init();

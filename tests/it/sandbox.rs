@@ -268,3 +268,61 @@ fn exec_no_network_cannot_reach_a_host_socket() {
     );
     drop(listener);
 }
+
+#[test]
+fn helper_processes_are_named_gentree_fs_by_role() {
+    if !util::require_root("helper_processes_are_named_gentree_fs_by_role") {
+        return;
+    }
+    let f = Fixture::new(None);
+    let marker = format!("gentree-name-probe-{}", std::process::id());
+    let mut child = f
+        .cmd(None)
+        .arg("exec")
+        .arg("--conf-root")
+        .arg(f.conf())
+        .args([
+            "testseed",
+            "--",
+            "sh",
+            "-c",
+            &format!("sleep 60; : {marker}"),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let titles = loop {
+        let ps = run_ok(Command::new("ps").args(["-eo", "comm=,args="]));
+        let ours: Vec<String> = ps
+            .lines()
+            .filter(|l| l.contains("gentree-fs: helper in") || l.contains(&marker))
+            .map(str::to_owned)
+            .collect();
+        if ours.iter().any(|l| l.contains(&marker)) && ours.iter().any(|l| l.contains("helper in"))
+        {
+            break ps;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no named helper appeared:\n{ps}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let helper = titles
+        .lines()
+        .find(|l| l.contains("gentree-fs: helper in"))
+        .unwrap();
+    assert!(
+        helper.trim_start().starts_with("gentree-fs "),
+        "the helper's process name (comm) must be gentree-fs: {helper}"
+    );
+    let pgrep = run(Command::new("pgrep").args(["-x", "gentree-fs"]));
+    assert!(
+        stdout(&pgrep).lines().count() >= 2,
+        "pgrep -x gentree-fs finds the caller and its helper: {}",
+        stdout(&pgrep)
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -199,6 +199,8 @@ pub fn run(plan: &Plan, log: Option<&Path>) -> Result<ExitStatus, NsError> {
     let exe = PathBuf::from("/proc/self/exe");
     let json = serde_json::to_string(plan).map_err(NsError::Encode)?;
     let mut cmd = Command::new(&exe);
+    // `ps` shows the helper by role: the layer it builds, or the root it runs in.
+    std::os::unix::process::CommandExt::arg0(&mut cmd, helper_title(plan));
     cmd.arg(HELPER_SUBCOMMAND).env(PLAN_ENV, json);
     let tee = match log {
         Some(path) => {
@@ -244,6 +246,24 @@ pub fn run(plan: &Plan, log: Option<&Path>) -> Result<ExitStatus, NsError> {
         let _ = t.join();
     }
     status
+}
+
+/// The helper's `argv[0]`: `gentree-fs: build helper for LAYER` when the plan builds
+/// a layer at `/builds/LAYER`, else `gentree-fs: helper in ROOT`.
+pub fn helper_title(plan: &Plan) -> String {
+    let layer = plan.mounts.iter().find_map(|m| match m {
+        MountSpec::Union(u) => u
+            .target
+            .strip_prefix("/builds")
+            .ok()
+            .filter(|r| !r.as_os_str().is_empty())
+            .map(|r| r.display().to_string()),
+        _ => None,
+    });
+    match layer {
+        Some(l) => format!("gentree-fs: build helper for {l}"),
+        None => format!("gentree-fs: helper in {}", plan.root.display()),
+    }
 }
 
 /// Copies the helper's output to our stderr and the log, until the pipe closes.
@@ -369,6 +389,32 @@ mod tests {
         ] {
             assert_eq!(in_root(r, Path::new(inner)), PathBuf::from(want), "{inner}");
         }
+    }
+
+    #[test]
+    fn helper_title_names_the_layer_or_the_root() {
+        let mut plan = Plan {
+            mapping: IdMapping::root_default(),
+            root: "/conf/run/exec-1/root".into(),
+            mounts: vec![MountSpec::Tmpfs {
+                target: "/builds".into(),
+                options: String::new(),
+            }],
+            steps: Vec::new(),
+            cwd: "/".into(),
+            no_network: false,
+        };
+        assert_eq!(
+            helper_title(&plan),
+            "gentree-fs: helper in /conf/run/exec-1/root"
+        );
+        plan.mounts.push(MountSpec::Union(UnionSpec {
+            lowers: vec![],
+            upper: None,
+            work: None,
+            target: "/builds/nginx".into(),
+        }));
+        assert_eq!(helper_title(&plan), "gentree-fs: build helper for nginx");
     }
 
     #[test]
