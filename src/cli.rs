@@ -14,8 +14,14 @@ use clap::{Args, Parser, Subcommand};
 /// Without a subcommand, `gentree-fs [OPTIONS] MOUNTPOINT` mounts the gentree
 /// filesystem: seeds/<seed>/ (read-only), configs/ (the build configs),
 /// builds/<config>.tar (built when first read, then reused while its inputs are
-/// unchanged) and builds/<config>.log. Unmount with `fusermount3 -u MOUNTPOINT`,
-/// `umount`, or SIGINT/SIGTERM to the daemon.
+/// unchanged), builds/<config>.log (the build log, `tail -f` follows it),
+/// layers/<buildname>.tar (each published layer as an OCI layer tar) and
+/// packages/<dir>/ (the binary package dirs, read-only). Unmount with
+/// `fusermount3 -u MOUNTPOINT`, `umount`, or SIGINT/SIGTERM to the daemon.
+///
+/// A new mount needs a seed and a config: `gentree-fs import-seed STAGE3.tar.xz
+/// NAME` imports one into CONF_ROOT/seeds, and `cp app.toml MOUNTPOINT/configs/`
+/// adds builds/app.tar. Every build runs sandboxed (README, "Security model").
 #[derive(Debug, Parser)]
 #[command(
     name = "gentree-fs",
@@ -59,7 +65,7 @@ pub struct MountArgs {
     /// Worker threads (default: the number of CPUs).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// Do not keep finished images as files (CONF_ROOT/images/<key>.tar, one per
+    /// Do not keep finished images as files (CONF_ROOT/images/<key>-<digest>.tar, one per
     /// image, as large as the image). A privileged daemon (root) keeps them to serve
     /// builds/<config>.tar by FUSE passthrough, at the speed of an ordinary file;
     /// without them, or rootless, images are assembled from the layers on each read.

@@ -149,6 +149,11 @@ pub fn run(args: &MountArgs) -> CmdResult {
     };
     fg.unmount_on_signal(mountpoint.clone(), unmounter)?;
     tracing::info!("gentree mounted on {}", mountpoint.display());
+    hint_empty(
+        &crate::builder::build::HostDirs::plain(&conf_root).seeds,
+        &configs,
+        &mountpoint,
+    );
     let served = session.run();
     // Unmounted (or the session failed): no build may outlive the daemon.
     images.shutdown(std::time::Duration::from_secs(30));
@@ -182,10 +187,22 @@ fn prepare_dirs(
     Ok((seeds, work))
 }
 
-/// A stale mount or a non-empty mountpoint, with what to do about it.
+/// A stale mount, a live one or a non-empty mountpoint, with what to do about it.
 fn check_mountpoint(mp: &Path) -> Result<(), String> {
     match std::fs::read_dir(mp) {
         Ok(mut d) => {
+            let live = std::fs::canonicalize(mp).ok().and_then(|c| {
+                let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+                mounted_type(&info, &c)
+            });
+            if let Some(fs_type) = live {
+                return Err(format!(
+                    "{} is already mounted ({fs_type}): unmount it first with \
+                     `fusermount3 -u {}` (or `umount`), or choose another mountpoint",
+                    mp.display(),
+                    mp.display()
+                ));
+            }
             if d.next().is_some() {
                 return Err(format!(
                     "mountpoint {} is not empty: use an empty directory",
@@ -204,9 +221,96 @@ fn check_mountpoint(mp: &Path) -> Result<(), String> {
     }
 }
 
+/// The filesystem type of the topmost mount at `mp` in `/proc/self/mountinfo` text
+/// (mount point is field 5, octal-escaped; the type follows the ` - ` separator).
+fn mounted_type(mountinfo: &str, mp: &Path) -> Option<String> {
+    let want = mp.to_str()?;
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let point = l.split(' ').nth(4)?;
+            let fs_type = l.split(" - ").nth(1)?.split(' ').next()?;
+            (unescape_mountinfo(point) == want).then(|| fs_type.to_owned())
+        })
+        .last()
+}
+
+/// Undoes mountinfo's `\ooo` escapes (space, tab, newline, backslash).
+fn unescape_mountinfo(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let code = rest
+            .get(i + 1..i + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
+        match code {
+            Some(c) => {
+                out.push(char::from(c));
+                rest = &rest[i + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Says in the log how to give an empty mount something to build.
+fn hint_empty(seeds: &Path, configs: &Path, mountpoint: &Path) {
+    let empty = |d: &Path, ext: Option<&str>| {
+        std::fs::read_dir(d).map_or(true, |r| {
+            !r.filter_map(Result::ok).any(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                !name.starts_with('.')
+                    && ext.is_none_or(|x| name.ends_with(x))
+                    && !name.ends_with(".upper")
+                    && !name.ends_with(".work")
+            })
+        })
+    };
+    if empty(seeds, None) {
+        tracing::warn!(
+            "no seed in {}: import one with `gentree-fs import-seed STAGE3.tar.xz NAME` \
+             (the same --conf-root), then name it in a config's `seed = \"NAME\"`",
+            seeds.display()
+        );
+    }
+    if empty(configs, Some(".toml")) {
+        tracing::warn!(
+            "no build config in {}: add one with `cp app.toml {}/configs/`, then \
+             `cp {}/builds/app.tar .` builds it",
+            configs.display(),
+            mountpoint.display(),
+            mountpoint.display()
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mountinfo_finds_the_live_mount_and_its_type() {
+        let info = "22 1 0:21 / / rw - ext4 /dev/vda rw\n\
+                    40 22 0:41 / /tmp/my\\040tree rw,nosuid - fuse.gentree-fs gentree rw\n\
+                    41 22 0:42 / /tmp/x rw - tmpfs tmpfs rw\n\
+                    42 41 0:43 / /tmp/x rw - fuse fuse rw\n";
+        assert_eq!(
+            mounted_type(info, Path::new("/tmp/my tree")).as_deref(),
+            Some("fuse.gentree-fs")
+        );
+        assert_eq!(
+            mounted_type(info, Path::new("/tmp/x")).as_deref(),
+            Some("fuse")
+        );
+        assert_eq!(mounted_type(info, Path::new("/tmp")), None);
+    }
 
     #[test]
     fn options_parse_and_reject_unknown_ones() {

@@ -6,6 +6,7 @@
 mod build;
 mod commands;
 mod config;
+mod edges;
 mod import_seed;
 mod mount;
 mod namespace;

@@ -1,0 +1,109 @@
+//! The rough edges a new user hits first: what the mount says about a live or empty
+//! mountpoint, and plain (uncoloured) logs when output is not a terminal.
+
+use std::fs;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{self, gentree, run};
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn mount_refuses_a_live_mountpoint_and_says_how_to_fill_an_empty_one() {
+    if !(util::require_root("mount_refuses_a_live_mountpoint")
+        && util::require_fuse("mount_refuses_a_live_mountpoint"))
+    {
+        return;
+    }
+    let t = util::tempdir();
+    let (conf, mp, err) = (
+        t.path().join("conf"),
+        t.path().join("mnt"),
+        t.path().join("err"),
+    );
+    fs::create_dir_all(&mp).unwrap();
+    /// Unmounts and stops the daemon even when an assertion fails first.
+    struct Guard(std::process::Child, std::path::PathBuf);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&self.1)
+                .status();
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let daemon = gentree()
+        .args(["-f", "--no-config", "--conf-root"])
+        .arg(&conf)
+        .arg(&mp)
+        .stdin(Stdio::null())
+        .stderr(fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let mut daemon = Guard(daemon, mp.clone());
+    wait_until("the mount", Duration::from_secs(20), || util::mounted(&mp));
+    let log = || fs::read_to_string(&err).unwrap_or_default();
+    wait_until("the hints", Duration::from_secs(10), || {
+        log().contains("no build config in")
+    });
+    let l = log();
+    assert!(
+        l.contains("no seed in") && l.contains("gentree-fs import-seed"),
+        "{l}"
+    );
+    assert!(l.contains("/configs/`"), "{l}");
+    assert!(
+        !l.contains('\u{1b}'),
+        "colour codes in a redirected log: {l:?}"
+    );
+    // A second mount on the live one says so, instead of "not empty".
+    let again = run(gentree()
+        .args(["--no-config", "--conf-root"])
+        .arg(&conf)
+        .arg(&mp));
+    let e = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success(), "mounted twice");
+    assert!(
+        e.contains("is already mounted (fuse") && e.contains("fusermount3 -u"),
+        "{e}"
+    );
+    util::run_ok(Command::new("fusermount3").arg("-u").arg(&mp));
+    let st = daemon.0.wait().unwrap();
+    assert!(st.success(), "{}", log());
+}
+
+#[test]
+fn warnings_are_plain_text_when_redirected_and_with_no_color() {
+    let t = util::tempdir();
+    let cfg = t.path().join("c.toml");
+    // `deplean` is a README misspelling accepted with a warning.
+    fs::write(&cfg, "seed = \"s\"\ndeplean = true\n").unwrap();
+    for no_color in [false, true] {
+        let mut c = gentree();
+        c.args(["config", "--no-config"]).arg(&cfg);
+        if no_color {
+            c.env("NO_COLOR", "1");
+        }
+        let out = run(&mut c);
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{e}");
+        assert!(
+            e.contains("WARN") && e.contains("deplean"),
+            "no warning: {e}"
+        );
+        assert!(
+            !e.contains('\u{1b}'),
+            "colour codes in redirected output: {e:?}"
+        );
+    }
+}
