@@ -225,14 +225,11 @@ fn check_mountpoint(mp: &Path) -> Result<(), String> {
 /// (mount point is field 5, octal-escaped; the type follows the ` - ` separator).
 fn mounted_type(mountinfo: &str, mp: &Path) -> Option<String> {
     let want = mp.to_str()?;
-    mountinfo
-        .lines()
-        .filter_map(|l| {
-            let point = l.split(' ').nth(4)?;
-            let fs_type = l.split(" - ").nth(1)?.split(' ').next()?;
-            (unescape_mountinfo(point) == want).then(|| fs_type.to_owned())
-        })
-        .last()
+    mountinfo.lines().rev().find_map(|l| {
+        let point = l.split(' ').nth(4)?;
+        let fs_type = l.split(" - ").nth(1)?.split(' ').next()?;
+        (unescape_mountinfo(point) == want).then(|| fs_type.to_owned())
+    })
 }
 
 /// Undoes mountinfo's `\ooo` escapes (space, tab, newline, backslash).
