@@ -291,6 +291,11 @@ impl Filesystem for UnionFs {
         // Cached pages and listings are dropped when a refreshed mtime differs, so
         // changes made behind the union's back show once the attributes expire.
         let _ = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);
+        // O_TRUNC arrives with the open instead of as a later SETATTR: the union then
+        // copies up and empties the file before choosing the disk file behind the open.
+        // Without it, a passthrough O_RDONLY|O_TRUNC open of a lower file would hold the
+        // lower file and its own truncate would wait for it (ETXTBSY).
+        let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
         if self.want_passthrough() {
             // Depth 1 unless a layer stacks already: it leaves the union usable as a
             // layer of a kernel overlay.

@@ -1020,3 +1020,47 @@ fn union_works_below_path_max_on_the_host() {
         .expect("find");
     assert_eq!(String::from_utf8_lossy(&found.stdout), "31 5\n");
 }
+
+/// `open(O_RDONLY|O_TRUNC)` of a lower file truncates it at once, as on the kernel: the
+/// union asks for atomic O_TRUNC, so the truncate comes with the open and is done
+/// before the open picks its disk file (under passthrough, the default as root, the
+/// open would otherwise hold the lower file its own truncate waits for: ETXTBSY).
+#[test]
+fn union_truncating_read_only_open_of_a_lower_file() {
+    let t = "union_truncating_read_only_open_of_a_lower_file";
+    if !util::require_root(t) || !util::require_fuse(t) || !util::require_tool(t, "fusermount3") {
+        return;
+    }
+    let l = Layers::new();
+    l.put("l2/a/foo", "data\n");
+    l.put("l2/a/bar", "more\n");
+    let _m = l.mount(&l.rw_opts());
+    use std::os::unix::fs::OpenOptionsExt;
+    let start = Instant::now();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_TRUNC)
+        .open(l.mp("a/foo"))
+        .expect("O_RDONLY|O_TRUNC of a lower file");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "the open waited {:?}",
+        start.elapsed()
+    );
+    assert_eq!(f.metadata().unwrap().len(), 0);
+    drop(f);
+    assert_eq!(fs::read_to_string(l.mp("a/foo")).unwrap(), "");
+    assert_eq!(fs::read_to_string(l.p("u/a/foo")).unwrap(), "");
+    assert_eq!(fs::read_to_string(l.p("l2/a/foo")).unwrap(), "data\n");
+    // Read-write with O_TRUNC, then write: the new data, from the upper copy.
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .open(l.mp("a/bar"))
+        .unwrap();
+    f.write_all(b"new").unwrap();
+    drop(f);
+    assert_eq!(fs::read_to_string(l.mp("a/bar")).unwrap(), "new");
+    assert_eq!(fs::read_to_string(l.p("l2/a/bar")).unwrap(), "more\n");
+}

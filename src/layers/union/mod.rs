@@ -1682,13 +1682,17 @@ impl Union {
         }
     }
 
-    /// Opens `ino` with `open(2)` flags; writing opens copy the file up first.
+    /// Opens `ino` with `open(2)` flags; writing and truncating opens (`O_TRUNC`, also
+    /// with `O_RDONLY`) copy the file up first, and `O_TRUNC` empties the upper copy
+    /// before the file is handed out, so no open of the node ever reads the lower data
+    /// afterwards (the kernel sends `O_TRUNC` with the open once `FUSE_ATOMIC_O_TRUNC`
+    /// is negotiated, instead of a later size change).
     pub fn open(&self, ino: Ino, flags: i32) -> io::Result<Fh> {
         let acc = flags & libc::O_ACCMODE;
         let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let info = self.tree.get(ino).ok_or_else(|| errno(libc::ESTALE))?;
         if !info.attached {
-            let (f, upper) = self.reopen_unlinked(ino, &info, acc, write)?;
+            let (f, upper) = self.reopen_unlinked(ino, &info, flags, write)?;
             return Ok(self.put_file(ino, f, upper));
         }
         let info = if write { self.copy_up(ino)? } else { info };
@@ -1696,7 +1700,9 @@ impl Union {
         let path = path_host.as_path();
         // Offsets come with every request, so O_APPEND must not reach the backing file
         // (pwrite on an O_APPEND fd appends on Linux); creation flags were handled.
-        let keep = libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME;
+        // O_TRUNC truncates even a read-only open on Linux; the file is in the upper
+        // layer by now, writable by the daemon.
+        let keep = libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME | libc::O_TRUNC;
         let f = OpenOptions::new()
             .read(acc != libc::O_WRONLY)
             .write(acc != libc::O_RDONLY)
@@ -1713,9 +1719,10 @@ impl Union {
         &self,
         ino: Ino,
         info: &tree::NodeInfo,
-        acc: i32,
+        flags: i32,
         write: bool,
     ) -> io::Result<(File, bool)> {
+        let (acc, trunc) = (flags & libc::O_ACCMODE, flags & libc::O_TRUNC);
         let Some(h) = self.any_open_file(ino) else {
             return Err(errno(libc::ENOENT));
         };
@@ -1729,6 +1736,7 @@ impl Union {
         let f = OpenOptions::new()
             .read(acc != libc::O_WRONLY)
             .write(acc != libc::O_RDONLY)
+            .custom_flags(trunc & libc::O_TRUNC)
             .open(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
         Ok((f, *upper))
     }
