@@ -12,7 +12,8 @@ use crate::layers::union::UnionOptions;
 pub fn run(args: &UnionArgs) -> CmdResult {
     let spec = MountSpec {
         options: UnionOptions::parse(&args.options)?,
-        mountpoint: args.mountpoint.clone(),
+        mountpoint: args.mountpoint().to_owned(),
+        source: args.source().map(str::to_owned),
         threads: args.threads,
     };
     if args.foreground {

@@ -771,20 +771,31 @@ pub enum MountError {
 pub struct MountSpec {
     pub options: UnionOptions,
     pub mountpoint: PathBuf,
+    /// What the mount table shows as the mount's source (`fsname`); `None` for
+    /// `gentree-union`.
+    pub source: Option<String>,
     /// Event-loop threads; `None` means one per CPU.
     pub threads: Option<usize>,
 }
 
+/// The mount's subtype: the mount shows as `fuse.gentree-fs` (`/proc/mounts`, `df -T`),
+/// and `mount -t fuse.gentree-fs` finds the binary through mount.fuse3 by this name.
+pub const SUBTYPE: &str = "gentree-fs";
+
 /// The fuser configuration for a union: `default_permissions` (the kernel checks the
-/// presented, possibly recorded, ownership), `allow_other` when asked (needed inside the
-/// build's user namespace so Portage's users are not locked out), one event loop per CPU
-/// with its own cloned fd.
+/// presented, possibly recorded, ownership), `allow_other` when asked or when run as
+/// root ([`UnionOptions::allows_other`]; needed inside the build's user namespace so
+/// Portage's users are not locked out), one event loop per CPU with its own cloned fd.
 pub fn fuse_config(spec: &MountSpec) -> Config {
     let o = &spec.options;
     let mut cfg = Config::default();
+    let fsname = spec.source.as_deref().unwrap_or("gentree-union");
     cfg.mount_options = vec![
-        MountOption::FSName("gentree-union".into()),
-        MountOption::Subtype("gentree-union".into()),
+        MountOption::FSName(fsname.into()),
+        // fuser's own mount(2) names the type "fuse" and passes the subtype only to
+        // fusermount3: the kernel takes it as a mount option too.
+        MountOption::Subtype(SUBTYPE.into()),
+        MountOption::CUSTOM(format!("subtype={SUBTYPE}")),
         MountOption::DefaultPermissions,
         if o.is_read_only() {
             MountOption::RO
@@ -802,7 +813,7 @@ pub fn fuse_config(spec: &MountSpec) -> Config {
             MountOption::NoSuid
         },
     ];
-    cfg.acl = if o.allow_other {
+    cfg.acl = if o.allows_other(nix::unistd::geteuid().is_root()) {
         SessionACL::All
     } else if o.allow_root {
         SessionACL::RootAndOwner

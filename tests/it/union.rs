@@ -784,6 +784,7 @@ fn union_mounts_in_process_through_the_library() {
     let spec = MountSpec {
         options: UnionOptions::parse(&[l.rw_opts()]).expect("options"),
         mountpoint: l.p("mp"),
+        source: None,
         threads: Some(2),
     };
     let m = mount(&spec).expect("mount");
@@ -1063,4 +1064,106 @@ fn union_truncating_read_only_open_of_a_lower_file() {
     drop(f);
     assert_eq!(fs::read_to_string(l.mp("a/bar")).unwrap(), "new");
     assert_eq!(fs::read_to_string(l.p("l2/a/bar")).unwrap(), "more\n");
+}
+
+/// Mounted by root without `-o allow_other`, the union is open to other users (the
+/// kernel checks the presented modes), as fuse-overlayfs does; `noallow_other` keeps it
+/// to root. Checked as the unprivileged test user.
+#[test]
+fn union_mounted_by_root_is_open_to_other_users_unless_noallow_other() {
+    let t = "union_mounted_by_root_is_open_to_other_users_unless_noallow_other";
+    let Some((user, _, _)) = util::require_test_user(t) else {
+        return;
+    };
+    if !util::require_fuse(t) || !util::require_tool(t, "fusermount3") {
+        return;
+    }
+    let l = Layers::new();
+    l.put("l2/a/foo", "data\n");
+    l.put("l2/a/secret", "no\n");
+    fs::set_permissions(l.p("l2/a/secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    let mp = l.p("mp");
+    let script = format!(
+        "stat -c %F {mp} && cat {mp}/a/foo && if cat {mp}/a/secret 2>/dev/null; then echo read; else echo denied; fi",
+        mp = mp.display()
+    );
+    {
+        let _m = l.mount(&l.rw_opts());
+        let opts = util::run_ok(
+            Command::new("findmnt")
+                .args(["-n", "-o", "OPTIONS"])
+                .arg(&mp),
+        );
+        assert!(opts.contains("allow_other"), "{opts}");
+        assert_eq!(as_user(&user, &script), "directory\ndata\ndenied\n");
+    }
+    wait_for("unmount", || !mounted(&mp));
+    let _m = l.mount(&format!("{},noallow_other", l.rw_opts()));
+    let out = run(Command::new("runuser")
+        .args(["-u", &user, "--", "stat"])
+        .arg(&mp));
+    assert!(!out.status.success(), "stat as {user} must fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Permission denied"), "{err}");
+}
+
+/// `mount -t fuse.gentree-fs` and an /etc/fstab-style line reach `gentree-fs union`
+/// through mount.fuse3, and the mount shows as type `fuse.gentree-fs`. mount(8) runs
+/// helpers without the caller's PATH, so the test binds a directory holding a
+/// `gentree-fs` link to the binary over /usr/local/bin in a private mount namespace.
+#[test]
+fn union_mounts_through_mount_fuse3_and_fstab() {
+    let t = "union_mounts_through_mount_fuse3_and_fstab";
+    if !util::require_root(t)
+        || !util::require_fuse(t)
+        || !util::require_tool(t, "mount.fuse3")
+        || !util::require_tool(t, "unshare")
+    {
+        return;
+    }
+    let l = Layers::new();
+    l.put("l2/a/foo", "data\n");
+    let bin = l.p("bin");
+    fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(util::bin(), bin.join("gentree-fs")).unwrap();
+    let fstab = l.p("fstab");
+    let mp = l.p("mp");
+    fs::write(
+        &fstab,
+        format!(
+            "union {} fuse.gentree-fs {},nosuid,nodev,nofail 0 0\n",
+            mp.display(),
+            l.rw_opts()
+        ),
+    )
+    .unwrap();
+    let script = format!(
+        "mount --bind {bin} /usr/local/bin
+         mount -t fuse.gentree-fs union {mp} -o {opts}
+         findmnt -n -o FSTYPE,SOURCE {mp}
+         cat {mp}/a/foo
+         echo new > {mp}/a/new
+         umount {mp}
+         mount --fstab {fstab} {mp}
+         findmnt -n -o FSTYPE,OPTIONS {mp} | cut -d, -f1-3
+         cat {mp}/a/new
+         umount {mp}",
+        bin = bin.display(),
+        mp = mp.display(),
+        opts = l.rw_opts(),
+        fstab = fstab.display(),
+    );
+    let out = run_ok(Command::new("unshare").args([
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-euc",
+        &script,
+    ]));
+    assert_eq!(
+        out,
+        "fuse.gentree-fs gentree-union\ndata\nfuse.gentree-fs rw,nosuid,nodev\nnew\n"
+    );
+    assert_eq!(fs::read_to_string(l.p("u/a/new")).unwrap(), "new\n");
 }
