@@ -310,12 +310,11 @@ fn union_mount_every_operation_as_root() {
     assert!(names(&l.mp("dir")).is_empty(), "recreated dir is opaque");
     assert!(l.p("u/dir/.wh..wh..opq").is_file());
 
-    // rename: files, upper dirs; lower dirs EXDEV; NOREPLACE and EXCHANGE
+    // rename: files, upper dirs, lower dirs (copied, opaque); NOREPLACE and EXCHANGE
     fs::rename(l.mp("new"), l.mp("renamed")).expect("rename file");
-    assert_eq!(
-        errno(fs::rename(l.mp("lowdir"), l.mp("lowdir2"))),
-        libc::EXDEV
-    );
+    fs::rename(l.mp("lowdir"), l.mp("lowdir2")).expect("rename lower dir");
+    assert_eq!(names(&l.mp("lowdir2")), vec!["f"]);
+    assert!(l.p("u/.wh.lowdir").is_file() && l.p("u/lowdir2/.wh..wh..opq").is_file());
     fs::rename(l.mp("newdir"), l.mp("newdir2")).expect("rename upper dir");
     assert_eq!(
         names(&l.mp("newdir2")),
