@@ -93,6 +93,15 @@ pub enum Command {
     /// process still has it open waits up to 2 s for that reader, then fails with
     /// ETXTBSY, where kernel overlayfs would succeed. `-o nopassthrough` serves every
     /// file through the daemon instead. Rootless mounts never use passthrough.
+    ///
+    /// Directories of lower layers can be renamed (as kernel overlayfs with
+    /// redirect_dir=on): the upper gets an opaque copy of the merged tree under the
+    /// new name, files hard-linked where the layers share a filesystem, and a
+    /// whiteout of the old name. Keep WORKDIR with UPPERDIR: its gentree-shared file
+    /// lists the linked files, which get a copy of their own before any change.
+    ///
+    /// The mount's type is fuse.gentree-fs; /etc/fstab line (via mount.fuse3):
+    ///   union /mnt fuse.gentree-fs lowerdir=/l,upperdir=/u,workdir=/w,nodev,nosuid 0 0
     Union(UnionArgs),
 
     /// Write a tar of layer directories: the flattened image or one OCI layer.
