@@ -1134,3 +1134,64 @@ fn a_lower_directory_on_another_filesystem_is_copied() -> io::Result<()> {
     assert_eq!(e.node, d.node);
     Ok(())
 }
+
+/// Creates and copy-ups below a lower directory while it is renamed are never lost:
+/// each lands either before the tree is copied (and is in the copy) or after the swap
+/// (in the new tree, through the node, whose path has moved).
+#[test]
+fn changes_during_a_directory_rename_are_kept() -> io::Result<()> {
+    let f = fixture(1, |l| {
+        for i in 0..3000 {
+            write(&l[0].join(format!("d/s{}/f{i}", i % 3)), "lower")?;
+        }
+        Ok(())
+    })?;
+    let subs: Vec<Ino> = (0..3)
+        .map(|i| f.walk(&format!("d/s{i}")).map(|a| a.node))
+        .collect::<Result<_, _>>()?;
+    let files: Vec<Ino> = (0..300)
+        .map(|i| f.walk(&format!("d/s{}/f{i}", i % 3)).map(|a| a.node))
+        .collect::<Result<_, _>>()?;
+    let made = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for (t, &sub) in subs.iter().enumerate() {
+            let (u, made) = (&f.u, &made);
+            s.spawn(move || {
+                for n in 0..200 {
+                    let name = format!("new{t}-{n}");
+                    if let Ok((_, fh)) = u.create(sub, os(&name), 0o644, libc::O_RDWR, caller()) {
+                        u.release(fh);
+                        made.lock().unwrap().push((t, name));
+                    }
+                }
+            });
+        }
+        let u = &f.u;
+        let files = &files;
+        s.spawn(move || {
+            for &node in files {
+                let set = SetAttr {
+                    mode: Some(0o600),
+                    ..SetAttr::default()
+                };
+                u.setattr(node, set, None).expect("chmod");
+            }
+        });
+        std::thread::sleep(Duration::from_millis(2));
+        f.u.rename(ROOT, os("d"), ROOT, os("e"), 0).expect("rename");
+    });
+    let made = made.into_inner().unwrap();
+    assert_eq!(
+        made.len(),
+        600,
+        "every create succeeds, before or after the swap"
+    );
+    for (t, name) in &made {
+        f.walk(&format!("e/s{t}/{name}"))?;
+    }
+    for i in 0..300 {
+        assert_eq!(f.walk(&format!("e/s{}/f{i}", i % 3))?.perm, 0o600, "f{i}");
+    }
+    assert_eq!(f.ls("e/s0")?.len(), 1000 + 200);
+    Ok(())
+}
