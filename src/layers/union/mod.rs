@@ -845,17 +845,28 @@ impl Union {
     /// An upper file that is a hard link to a lower file (a renamed lower directory's)
     /// gets a copy of its own, as a lower file would ([`Union::unshare`]).
     pub fn copy_up(&self, ino: Ino) -> io::Result<tree::NodeInfo> {
-        let info = self.copy_up_as(ino, None)?;
+        self.copy_up_data(ino, true)
+    }
+
+    /// [`Union::copy_up`]; a regular file's data is copied only when `data` (not for a
+    /// file about to be emptied: an `O_TRUNC` open).
+    fn copy_up_data(&self, ino: Ino, data: bool) -> io::Result<tree::NodeInfo> {
+        let info = self.copy_up_as(ino, None, data)?;
         if !self.shared.is_empty() {
-            self.unshare(ino, &info)?;
+            self.unshare(ino, &info, data)?;
         }
         Ok(info)
     }
 
-    /// [`Union::copy_up`], copying up the name `parent/name` when `ino` is a lower
+    /// [`Union::copy_up_data`], copying up the name `parent/name` when `ino` is a lower
     /// hard-link group (default: the name last looked up). That name leaves the group
     /// once its copy is in place.
-    fn copy_up_as(&self, ino: Ino, name: Option<(Ino, &OsStr)>) -> io::Result<tree::NodeInfo> {
+    fn copy_up_as(
+        &self,
+        ino: Ino,
+        name: Option<(Ino, &OsStr)>,
+        data: bool,
+    ) -> io::Result<tree::NodeInfo> {
         self.writable()?;
         let mut info = self.node(ino)?;
         if self.is_upper(info.loc.top()) {
@@ -885,7 +896,7 @@ impl Union {
         };
         let meta = fs::symlink_metadata(src)?;
         let tmp = self.tmp_path()?;
-        let built = self.build_copy(src, &meta, &tmp);
+        let built = self.build_copy(src, &meta, &tmp, data);
         if let Err(e) = built {
             let _ = remove_any(&tmp);
             return Err(e);
@@ -922,8 +933,9 @@ impl Union {
         Ok(tree::NodeInfo { loc, ..info })
     }
 
-    /// Builds a copy of `src` at `tmp`: content, xattrs, owner, mode, times.
-    fn build_copy(&self, src: &Path, meta: &Metadata, tmp: &Path) -> io::Result<()> {
+    /// Builds a copy of `src` at `tmp`: content (a regular file's only when `data`),
+    /// xattrs, owner, mode, times.
+    fn build_copy(&self, src: &Path, meta: &Metadata, tmp: &Path, data: bool) -> io::Result<()> {
         let ft = meta.file_type();
         let ov = if ft.is_symlink() {
             None
@@ -938,13 +950,14 @@ impl Union {
         } else if ft.is_symlink() {
             std::os::unix::fs::symlink(fs::read_link(src)?, tmp)?;
         } else if ft.is_file() {
-            let mut from = File::open(src)?;
             let mut to = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(tmp)?;
-            io::copy(&mut from, &mut to)?;
+            if data {
+                io::copy(&mut File::open(src)?, &mut to)?;
+            }
         } else {
             kind_on_disk = self.make_special(tmp, FileKind::of(meta), 0o600)?;
         }
@@ -1507,7 +1520,7 @@ impl Union {
             }
         };
         // Of a lower hard-link group, this name moves alone.
-        self.copy_up_as(src_node, Some((parent, name)))?;
+        self.copy_up_as(src_node, Some((parent, name)), true)?;
         let npinfo = self.copy_up(newparent)?;
         let pinfo = self.node(parent)?;
         // The name given, not the node's path: the node of a hard-link group is known
@@ -1775,7 +1788,12 @@ impl Union {
             let (f, upper) = self.reopen_unlinked(ino, &info, flags, write)?;
             return Ok(self.put_file(ino, f, upper));
         }
-        let info = if write { self.copy_up(ino)? } else { info };
+        let trunc = flags & libc::O_TRUNC != 0;
+        let info = if write {
+            self.copy_up_data(ino, !trunc)?
+        } else {
+            info
+        };
         let path_host = self.abs(info.loc.top(), &info.path);
         let path = path_host.as_path();
         // Offsets come with every request, so O_APPEND must not reach the backing file

@@ -140,7 +140,7 @@ impl Union {
         let top_host = self.abs(layers[0], path);
         let top = top_host.as_path();
         let meta = fs::symlink_metadata(top)?;
-        self.build_copy(top, &meta, dst)?;
+        self.build_copy(top, &meta, dst, true)?;
         let listings = self.listings(path, layers)?;
         for m in self.list_listed(path, layers, &listings)? {
             let rel = path.join(&m.name);
@@ -186,14 +186,14 @@ impl Union {
         st: &mut CopyState,
     ) -> io::Result<()> {
         if !meta.is_file() {
-            return self.build_copy(from, meta, to);
+            return self.build_copy(from, meta, to, true);
         }
         if meta.nlink() > 1 {
             let key = (layer, meta.dev(), meta.ino());
             if let Some(first) = st.groups.get(&key) {
                 return fs::hard_link(first, to);
             }
-            self.build_copy(from, meta, to)?;
+            self.build_copy(from, meta, to, true)?;
             st.groups.insert(key, to.to_owned());
             return Ok(());
         }
@@ -210,12 +210,18 @@ impl Union {
                 Err(e) => return Err(e),
             }
         }
-        self.build_copy(from, meta, to)
+        self.build_copy(from, meta, to, true)
     }
 
-    /// Replaces the upper file of `info` by a copy of its own when it is a hard link
-    /// to a lower file ([`super::shared`]), before anything changes it.
-    pub(super) fn unshare(&self, ino: super::Ino, info: &tree::NodeInfo) -> io::Result<()> {
+    /// Replaces the upper file of `info` by a copy of its own (with the data when
+    /// `data`) when it is a hard link to a lower file ([`super::shared`]), before
+    /// anything changes it.
+    pub(super) fn unshare(
+        &self,
+        ino: super::Ino,
+        info: &tree::NodeInfo,
+        data: bool,
+    ) -> io::Result<()> {
         let path_host = self.abs(0, &info.path);
         let path = path_host.as_path();
         let meta = fs::symlink_metadata(path)?;
@@ -232,7 +238,7 @@ impl Union {
         let tmp = self.tmp_path()?;
         let parent_times = path.parent().map(fs::symlink_metadata).transpose()?;
         let built = self
-            .build_copy(path, &meta, &tmp)
+            .build_copy(path, &meta, &tmp, data)
             .and_then(|()| fs::rename(&tmp, path));
         if let Err(e) = built {
             let _ = remove_any(&tmp);

@@ -1195,3 +1195,30 @@ fn changes_during_a_directory_rename_are_kept() -> io::Result<()> {
     assert_eq!(f.ls("e/s0")?.len(), 1000 + 200);
     Ok(())
 }
+
+/// An `O_TRUNC` open copies a lower file up without its data (it is about to go): the
+/// lower file is never read, so its atime (older than its mtime, which relatime would
+/// update on a read) stays. The same for a file a directory rename linked.
+#[test]
+fn truncating_opens_copy_up_without_reading_the_data() -> io::Result<()> {
+    let f = fixture(1, |l| {
+        write(&l[0].join("big"), &"x".repeat(1 << 20))?;
+        write(&l[0].join("d/linked"), "data")?;
+        for p in [l[0].join("big"), l[0].join("d/linked")] {
+            let at = |s| Some(SetTime::At(SystemTime::UNIX_EPOCH + Duration::from_secs(s)));
+            set_times(&p, at(1_000), at(2_000))?;
+        }
+        Ok(())
+    })?;
+    f.u.rename(ROOT, os("d"), ROOT, os("e"), 0)?;
+    for (path, lower) in [("big", "big"), ("e/linked", "d/linked")] {
+        let a = f.walk(path)?;
+        let fh = f.u.open(a.node, libc::O_RDONLY | libc::O_TRUNC)?;
+        f.u.release(fh);
+        assert_eq!(f.cat(path)?, "");
+        let m = fs::metadata(f.lowers[0].join(lower))?;
+        assert_eq!((m.atime(), m.mtime()), (1_000, 2_000), "{lower} was read");
+        assert!(m.len() > 0);
+    }
+    Ok(())
+}
