@@ -264,8 +264,8 @@ pub struct UnionArgs {
     /// Worker threads (default: the number of CPUs).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// [SOURCE] MOUNTPOINT: where to mount the union. A SOURCE before it (as
-    /// mount.fuse3 passes one) only names the mount in the mount table. Through
+    /// [SOURCE] MOUNTPOINT: where to mount the union. A SOURCE before it only names
+    /// the mount in the mount table (default: union). Through
     /// mount(8) and /etc/fstab the type is fuse.gentree-fs and the source field is
     /// the word `union` (mount.fuse3 runs `gentree-fs SOURCE MOUNTPOINT -o OPTIONS`):
     /// `union /mnt/merged fuse.gentree-fs lowerdir=/l,upperdir=/u,workdir=/w 0 0`.

@@ -1146,6 +1146,10 @@ fn union_mounts_through_mount_fuse3_and_fstab() {
          mount --fstab {fstab} {mp}
          findmnt -n -o FSTYPE,OPTIONS {mp} | cut -d, -f1-3
          cat {mp}/a/new
+         umount {mp}
+         mount -a --fstab {fstab}
+         mount -a --fstab {fstab}
+         grep -c ' {mp} fuse.gentree-fs ' /proc/self/mounts
          umount {mp}",
         bin = bin.display(),
         mp = mp.display(),
@@ -1162,7 +1166,7 @@ fn union_mounts_through_mount_fuse3_and_fstab() {
     ]));
     assert_eq!(
         out,
-        "fuse.gentree-fs gentree-union\ndata\nfuse.gentree-fs rw,nosuid,nodev\nnew\n"
+        "fuse.gentree-fs union\ndata\nfuse.gentree-fs rw,nosuid,nodev\nnew\n1\n"
     );
     assert_eq!(fs::read_to_string(l.p("u/a/new")).unwrap(), "new\n");
 }
