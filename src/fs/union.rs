@@ -153,9 +153,9 @@ impl Passthrough {
     }
 
     /// Waits until no open of `node` reads its lower file through the kernel, so that
-    /// a change of the file's data (a truncate, which copies up) is seen by every later
-    /// open: those reuse the node's backing file. ETXTBSY if the readers stay, as for a
-    /// write-open in [`Passthrough::open`].
+    /// a change of the file's data (a truncate or a write-open, which copy up) is seen
+    /// by every later open: those reuse the node's backing file. ETXTBSY if the readers
+    /// stay, before anything was copied up or truncated.
     fn wait_lower_readers(&self, node: u64) -> io::Result<()> {
         let mut st = self.state.lock();
         let deadline = std::time::Instant::now() + BACKING_RELEASE_WAIT;
@@ -479,6 +479,13 @@ impl Filesystem for UnionFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let acc = flags.0 & libc::O_ACCMODE;
         let write = acc != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        // A write-open that must fail for a lasting lower reader fails before it copies
+        // up or truncates anything.
+        if write && self.passthrough.switch.negotiated() {
+            if let Err(e) = self.passthrough.wait_lower_readers(ino.0) {
+                return reply.error(Errno::from(e));
+            }
+        }
         match self.union.open(Ino(ino.0), flags.0) {
             Ok(fh) => self.reply_open(ino, fh, write, reply),
             Err(e) => reply.error(Errno::from(e)),

@@ -948,6 +948,11 @@ fn union_passthrough_truncate_is_seen_by_later_opens() {
     let r = fs::OpenOptions::new().write(true).open(&p);
     // The write-open also waits for the reader (or the kernel would serve it stale).
     assert_eq!(errno(r), libc::ETXTBSY);
+    // So does a truncating open, and it truncates nothing when it fails.
+    let r = fs::OpenOptions::new().write(true).truncate(true).open(&p);
+    assert_eq!(errno(r), libc::ETXTBSY);
+    assert_eq!(fs::read_to_string(&p).unwrap(), "lower data\n");
+    assert!(!l.p("u/f").exists(), "nothing copied up");
     assert_eq!(errno(nix_truncate(&p, 3)), libc::ETXTBSY);
     assert_eq!(fs::read_to_string(&p).unwrap(), "lower data\n");
     drop(reader);
