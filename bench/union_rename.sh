@@ -55,13 +55,20 @@ mkdir -p "$BENCH_DIR"
 RAM=$(mktemp -d "$BENCH_DIR/ram.XXXXXX")
 LOOP=
 MNT=
+# Unmounts $1, retrying for a second while the loop device's detach finishes, then lazily.
+settle_umount() {
+  local i
+  for ((i = 0; i < 50; i++)); do umount "$1" 2>/dev/null && return 0; sleep 0.02; done
+  umount -l "$1"
+}
 cleanup() {
   set +e
   if [[ -n $MNT ]] && mountpoint -q "$MNT"; then umount -l "$MNT"; fi
-  if mountpoint -q "$RAM/ext4"; then umount "$RAM/ext4" || umount -l "$RAM/ext4"; fi
+  if mountpoint -q "$RAM/ext4"; then settle_umount "$RAM/ext4"; fi
   [[ -z $LOOP ]] || losetup -d "$LOOP"
-  if mountpoint -q "$RAM"; then umount "$RAM" || umount -l "$RAM"; fi
-  rmdir "$RAM"
+  if mountpoint -q "$RAM"; then settle_umount "$RAM"; fi
+  rmdir "$RAM" 2>/dev/null
+  return 0
 }
 trap cleanup EXIT
 trap 'exit 130' INT
