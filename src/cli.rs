@@ -100,7 +100,8 @@ pub enum Command {
     /// whiteout of the old name. Keep WORKDIR with UPPERDIR: its gentree-shared file
     /// lists the linked files, which get a copy of their own before any change.
     ///
-    /// The mount's type is fuse.gentree-fs; /etc/fstab line (via mount.fuse3):
+    /// The mount's type is fuse.gentree-fs. A line of /etc/fstab (through mount.fuse3):
+    ///
     ///   union /mnt fuse.gentree-fs lowerdir=/l,upperdir=/u,workdir=/w,nodev,nosuid 0 0
     Union(UnionArgs),
 
