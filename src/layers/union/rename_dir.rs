@@ -43,8 +43,9 @@ struct CopyState {
     /// Lower files with several links copied so far: (layer, st_dev, st_ino) → the
     /// copy, so that their other names link to it.
     groups: HashMap<(usize, u64, u64), std::path::PathBuf>,
-    /// False once a link across filesystems failed: copy the rest without trying.
-    link_lower: bool,
+    /// Lower layers a link failed from (another filesystem): copy their files without
+    /// trying.
+    other_fs: Vec<usize>,
 }
 
 impl Union {
@@ -65,10 +66,7 @@ impl Union {
         let npinfo = self.copy_up(newparent)?;
         let from = pinfo.path.join(name);
         let tmp = self.tmp_path()?;
-        let mut st = CopyState {
-            link_lower: true,
-            ..CopyState::default()
-        };
+        let mut st = CopyState::default();
         let built = self
             .copy_tree(&from, &src.layers, &tmp, true, &mut st)
             .and_then(|()| self.shared.add(&st.shared));
@@ -197,7 +195,7 @@ impl Union {
             st.groups.insert(key, to.to_owned());
             return Ok(());
         }
-        if st.link_lower {
+        if !st.other_fs.contains(&layer) {
             match fs::hard_link(from, to) {
                 Ok(()) => {
                     st.shared.push((meta.dev(), meta.ino()));
@@ -205,7 +203,7 @@ impl Union {
                 }
                 // Another filesystem; or a file the daemon may not link (not its own,
                 // with fs.protected_hardlinks): copy.
-                Err(e) if e.raw_os_error() == Some(libc::EXDEV) => st.link_lower = false,
+                Err(e) if e.raw_os_error() == Some(libc::EXDEV) => st.other_fs.push(layer),
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
                 Err(e) => return Err(e),
             }

@@ -1101,7 +1101,8 @@ fn renaming_a_lower_directory_onto_targets_behaves_as_rename() -> io::Result<()>
     Ok(())
 }
 
-/// Lower files on another filesystem than the upper cannot be linked: copied instead.
+/// Lower files on another filesystem than the upper cannot be linked: copied instead;
+/// another lower layer's files on the upper's filesystem are still linked.
 #[test]
 fn a_lower_directory_on_another_filesystem_is_copied() -> io::Result<()> {
     let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
@@ -1110,11 +1111,14 @@ fn a_lower_directory_on_another_filesystem_is_copied() -> io::Result<()> {
     };
     let t = tempfile::tempdir()?;
     let (lower, upper, work) = (shm.path().join("l"), t.path().join("u"), t.path().join("w"));
+    // A second lower layer on the upper's filesystem: its files are still linked.
+    let near = t.path().join("near");
     write(&lower.join("d/f"), "data")?;
+    write(&near.join("d/g"), "near")?;
     fs::create_dir(&upper)?;
     fs::create_dir(&work)?;
     let u = Union::new(&UnionOptions {
-        lowers: vec![lower.clone()],
+        lowers: vec![lower.clone(), near.clone()],
         upper: Some(upper.clone()),
         work: Some(work),
         ..UnionOptions::default()
@@ -1122,13 +1126,14 @@ fn a_lower_directory_on_another_filesystem_is_copied() -> io::Result<()> {
     let d = u.lookup(ROOT, os("d"))?;
     u.rename(ROOT, os("d"), ROOT, os("e"), 0)?;
     let dev = |p: &Path| fs::metadata(p).map(|m| m.dev());
+    let ino = |p: &Path| fs::metadata(p).map(|m| m.ino());
     if dev(&lower)? == dev(&upper)? {
         eprintln!("/dev/shm shares the temp dir's filesystem: the copy path is not reached");
     } else {
-        let ino = |p: &Path| fs::metadata(p).map(|m| m.ino());
         assert_ne!(ino(&upper.join("e/f"))?, ino(&lower.join("d/f"))?);
         assert_eq!(fs::metadata(upper.join("e/f"))?.nlink(), 1);
     }
+    assert_eq!(ino(&upper.join("e/g"))?, ino(&near.join("d/g"))?);
     assert_eq!(fs::read_to_string(upper.join("e/f"))?, "data");
     let e = u.lookup(ROOT, os("e"))?;
     assert_eq!(e.node, d.node);
