@@ -3,7 +3,8 @@
 # Run as root (or via sudo). Safe to run again.
 set -euo pipefail
 pkgs=(
-  fuse3            # fusermount3 and /etc/fuse.conf, for rootless mounts
+  fuse3            # fusermount3 and /etc/fuse.conf, for rootless mounts; mount.fuse3 for
+                   # `mount -t fuse.gentree-fs` and fstab
   uidmap           # newuidmap/newgidmap, for rootless builds with a subuid range
   attr             # getfattr/setfattr, used by tests and handy for users
   libarchive-tools # bsdtar: a second tar reader the tests check our output with

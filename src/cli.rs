@@ -100,6 +100,16 @@ pub enum Command {
     /// process still has it open waits up to 2 s for that reader, then fails with
     /// ETXTBSY, where kernel overlayfs would succeed. `-o nopassthrough` serves every
     /// file through the daemon instead. Rootless mounts never use passthrough.
+    ///
+    /// Directories of lower layers can be renamed (as kernel overlayfs with
+    /// redirect_dir=on): the upper gets an opaque copy of the merged tree under the
+    /// new name, files hard-linked where the layers share a filesystem, and a
+    /// whiteout of the old name. Keep WORKDIR with UPPERDIR: its gentree-shared file
+    /// lists the linked files, which get a copy of their own before any change.
+    ///
+    /// The mount's type is fuse.gentree-fs. A line of /etc/fstab (through mount.fuse3):
+    ///
+    ///   union /mnt fuse.gentree-fs lowerdir=/l,upperdir=/u,workdir=/w,nodev,nosuid 0 0
     Union(UnionArgs),
 
     /// Write a tar of layer directories: the flattened image or one OCI layer.
@@ -250,8 +260,10 @@ pub struct ConfigArgs {
 pub struct UnionArgs {
     /// Mount options, comma-separated, repeatable: lowerdir=L1:L2,upperdir=U,workdir=W,
     /// plus allow_other, allow_root, ro, dev, suid, timeout=SECS (kernel cache time:
-    /// 1 s for a writable union, unlimited for a read-only one), and fuse-overlayfs
-    /// options that are accepted and ignored.
+    /// 1 s for a writable union, unlimited for a read-only one), nopassthrough, and
+    /// fuse-overlayfs and fstab options that are accepted and ignored. Run as root,
+    /// the union is open to every user (allow_other, with the kernel checking modes)
+    /// unless noallow_other keeps it to root.
     #[arg(short = 'o', value_name = "OPTIONS", required = true)]
     pub options: Vec<String>,
     /// Stay in the foreground (the default is to return once the mount is ready).
@@ -260,8 +272,28 @@ pub struct UnionArgs {
     /// Worker threads (default: the number of CPUs).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// Where to mount the union.
-    pub mountpoint: PathBuf,
+    /// [SOURCE] MOUNTPOINT: where to mount the union. A SOURCE before it only names
+    /// the mount in the mount table (default: union). Through
+    /// mount(8) and /etc/fstab the type is fuse.gentree-fs and the source field is
+    /// the word `union` (mount.fuse3 runs `gentree-fs SOURCE MOUNTPOINT -o OPTIONS`):
+    /// `union /mnt/merged fuse.gentree-fs lowerdir=/l,upperdir=/u,workdir=/w 0 0`.
+    #[arg(value_name = "MOUNTPOINT", num_args = 1..=2, required = true)]
+    pub places: Vec<PathBuf>,
+}
+
+impl UnionArgs {
+    /// Where to mount: the last positional.
+    pub fn mountpoint(&self) -> &std::path::Path {
+        self.places.last().map_or(std::path::Path::new(""), |p| p)
+    }
+
+    /// The SOURCE positional, when two were given.
+    pub fn source(&self) -> Option<&str> {
+        match self.places.as_slice() {
+            [s, _] => s.to_str(),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

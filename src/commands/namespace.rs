@@ -26,6 +26,7 @@ impl helper::UnionMounter for FuseUnions {
         let mount = union::mount(&union::MountSpec {
             options,
             mountpoint: target.to_path_buf(),
+            source: None,
             threads: None,
         })
         .map_err(io::Error::other)?;

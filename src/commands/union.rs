@@ -12,7 +12,10 @@ use crate::layers::union::UnionOptions;
 pub fn run(args: &UnionArgs) -> CmdResult {
     let spec = MountSpec {
         options: UnionOptions::parse(&args.options)?,
-        mountpoint: args.mountpoint.clone(),
+        mountpoint: args.mountpoint().to_owned(),
+        // `union` by default: the source an fstab line gives (the word mount.fuse3
+        // turns into this subcommand), so `mount -a` knows the line is mounted.
+        source: Some(args.source().unwrap_or("union").to_owned()),
         threads: args.threads,
     };
     if args.foreground {

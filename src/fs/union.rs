@@ -153,9 +153,9 @@ impl Passthrough {
     }
 
     /// Waits until no open of `node` reads its lower file through the kernel, so that
-    /// a change of the file's data (a truncate, which copies up) is seen by every later
-    /// open: those reuse the node's backing file. ETXTBSY if the readers stay, as for a
-    /// write-open in [`Passthrough::open`].
+    /// a change of the file's data (a truncate or a write-open, which copy up) is seen
+    /// by every later open: those reuse the node's backing file. ETXTBSY if the readers
+    /// stay, before anything was copied up or truncated.
     fn wait_lower_readers(&self, node: u64) -> io::Result<()> {
         let mut st = self.state.lock();
         let deadline = std::time::Instant::now() + BACKING_RELEASE_WAIT;
@@ -291,6 +291,11 @@ impl Filesystem for UnionFs {
         // Cached pages and listings are dropped when a refreshed mtime differs, so
         // changes made behind the union's back show once the attributes expire.
         let _ = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);
+        // O_TRUNC arrives with the open instead of as a later SETATTR: the union then
+        // copies up and empties the file before choosing the disk file behind the open.
+        // Without it, a passthrough O_RDONLY|O_TRUNC open of a lower file would hold the
+        // lower file and its own truncate would wait for it (ETXTBSY).
+        let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
         if self.want_passthrough() {
             // Depth 1 unless a layer stacks already: it leaves the union usable as a
             // layer of a kernel overlay.
@@ -474,6 +479,13 @@ impl Filesystem for UnionFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let acc = flags.0 & libc::O_ACCMODE;
         let write = acc != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        // A write-open that must fail for a lasting lower reader fails before it copies
+        // up or truncates anything.
+        if write && self.passthrough.switch.negotiated() {
+            if let Err(e) = self.passthrough.wait_lower_readers(ino.0) {
+                return reply.error(Errno::from(e));
+            }
+        }
         match self.union.open(Ino(ino.0), flags.0) {
             Ok(fh) => self.reply_open(ino, fh, write, reply),
             Err(e) => reply.error(Errno::from(e)),
@@ -766,20 +778,31 @@ pub enum MountError {
 pub struct MountSpec {
     pub options: UnionOptions,
     pub mountpoint: PathBuf,
+    /// What the mount table shows as the mount's source (`fsname`); `None` for
+    /// `gentree-union`.
+    pub source: Option<String>,
     /// Event-loop threads; `None` means one per CPU.
     pub threads: Option<usize>,
 }
 
+/// The mount's subtype: the mount shows as `fuse.gentree-fs` (`/proc/mounts`, `df -T`),
+/// and `mount -t fuse.gentree-fs` finds the binary through mount.fuse3 by this name.
+pub const SUBTYPE: &str = "gentree-fs";
+
 /// The fuser configuration for a union: `default_permissions` (the kernel checks the
-/// presented, possibly recorded, ownership), `allow_other` when asked (needed inside the
-/// build's user namespace so Portage's users are not locked out), one event loop per CPU
-/// with its own cloned fd.
+/// presented, possibly recorded, ownership), `allow_other` when asked or when run as
+/// root ([`UnionOptions::allows_other`]; needed inside the build's user namespace so
+/// Portage's users are not locked out), one event loop per CPU with its own cloned fd.
 pub fn fuse_config(spec: &MountSpec) -> Config {
     let o = &spec.options;
     let mut cfg = Config::default();
+    let fsname = spec.source.as_deref().unwrap_or("gentree-union");
     cfg.mount_options = vec![
-        MountOption::FSName("gentree-union".into()),
-        MountOption::Subtype("gentree-union".into()),
+        MountOption::FSName(fsname.into()),
+        // fuser's own mount(2) names the type "fuse" and passes the subtype only to
+        // fusermount3: the kernel takes it as a mount option too.
+        MountOption::Subtype(SUBTYPE.into()),
+        MountOption::CUSTOM(format!("subtype={SUBTYPE}")),
         MountOption::DefaultPermissions,
         if o.is_read_only() {
             MountOption::RO
@@ -797,7 +820,7 @@ pub fn fuse_config(spec: &MountSpec) -> Config {
             MountOption::NoSuid
         },
     ];
-    cfg.acl = if o.allow_other {
+    cfg.acl = if o.allows_other(nix::unistd::geteuid().is_root()) {
         SessionACL::All
     } else if o.allow_root {
         SessionACL::RootAndOwner

@@ -259,9 +259,12 @@ fn build_two_levels_of_bases_and_reuse_layers() {
     // The build root was gentree-fs's FUSE union, never kernel overlayfs.
     let mounts = read_member(&image, "usr/share/gt-probe/mounts");
     // "<mount point> <fs type> <source>" of the chroot root and of the layer root.
-    assert!(mounts.contains("/ fuse gentree-union\n"), "{mounts}");
     assert!(
-        mounts.contains("/builds/testseed-app fuse gentree-union\n"),
+        mounts.contains("/ fuse.gentree-fs gentree-union\n"),
+        "{mounts}"
+    );
+    assert!(
+        mounts.contains("/builds/testseed-app fuse.gentree-fs gentree-union\n"),
         "{mounts}"
     );
     assert!(!mounts.contains("overlay"), "{mounts}");

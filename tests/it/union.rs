@@ -310,12 +310,11 @@ fn union_mount_every_operation_as_root() {
     assert!(names(&l.mp("dir")).is_empty(), "recreated dir is opaque");
     assert!(l.p("u/dir/.wh..wh..opq").is_file());
 
-    // rename: files, upper dirs; lower dirs EXDEV; NOREPLACE and EXCHANGE
+    // rename: files, upper dirs, lower dirs (copied, opaque); NOREPLACE and EXCHANGE
     fs::rename(l.mp("new"), l.mp("renamed")).expect("rename file");
-    assert_eq!(
-        errno(fs::rename(l.mp("lowdir"), l.mp("lowdir2"))),
-        libc::EXDEV
-    );
+    fs::rename(l.mp("lowdir"), l.mp("lowdir2")).expect("rename lower dir");
+    assert_eq!(names(&l.mp("lowdir2")), vec!["f"]);
+    assert!(l.p("u/.wh.lowdir").is_file() && l.p("u/lowdir2/.wh..wh..opq").is_file());
     fs::rename(l.mp("newdir"), l.mp("newdir2")).expect("rename upper dir");
     assert_eq!(
         names(&l.mp("newdir2")),
@@ -784,6 +783,7 @@ fn union_mounts_in_process_through_the_library() {
     let spec = MountSpec {
         options: UnionOptions::parse(&[l.rw_opts()]).expect("options"),
         mountpoint: l.p("mp"),
+        source: None,
         threads: Some(2),
     };
     let m = mount(&spec).expect("mount");
@@ -948,6 +948,11 @@ fn union_passthrough_truncate_is_seen_by_later_opens() {
     let r = fs::OpenOptions::new().write(true).open(&p);
     // The write-open also waits for the reader (or the kernel would serve it stale).
     assert_eq!(errno(r), libc::ETXTBSY);
+    // So does a truncating open, and it truncates nothing when it fails.
+    let r = fs::OpenOptions::new().write(true).truncate(true).open(&p);
+    assert_eq!(errno(r), libc::ETXTBSY);
+    assert_eq!(fs::read_to_string(&p).unwrap(), "lower data\n");
+    assert!(!l.p("u/f").exists(), "nothing copied up");
     assert_eq!(errno(nix_truncate(&p, 3)), libc::ETXTBSY);
     assert_eq!(fs::read_to_string(&p).unwrap(), "lower data\n");
     drop(reader);
@@ -1019,4 +1024,154 @@ fn union_works_below_path_max_on_the_host() {
         .output()
         .expect("find");
     assert_eq!(String::from_utf8_lossy(&found.stdout), "31 5\n");
+}
+
+/// `open(O_RDONLY|O_TRUNC)` of a lower file truncates it at once, as on the kernel: the
+/// union asks for atomic O_TRUNC, so the truncate comes with the open and is done
+/// before the open picks its disk file (under passthrough, the default as root, the
+/// open would otherwise hold the lower file its own truncate waits for: ETXTBSY).
+#[test]
+fn union_truncating_read_only_open_of_a_lower_file() {
+    let t = "union_truncating_read_only_open_of_a_lower_file";
+    if !util::require_root(t) || !util::require_fuse(t) || !util::require_tool(t, "fusermount3") {
+        return;
+    }
+    let l = Layers::new();
+    l.put("l2/a/foo", "data\n");
+    l.put("l2/a/bar", "more\n");
+    let _m = l.mount(&l.rw_opts());
+    use std::os::unix::fs::OpenOptionsExt;
+    let start = Instant::now();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_TRUNC)
+        .open(l.mp("a/foo"))
+        .expect("O_RDONLY|O_TRUNC of a lower file");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "the open waited {:?}",
+        start.elapsed()
+    );
+    assert_eq!(f.metadata().unwrap().len(), 0);
+    drop(f);
+    assert_eq!(fs::read_to_string(l.mp("a/foo")).unwrap(), "");
+    assert_eq!(fs::read_to_string(l.p("u/a/foo")).unwrap(), "");
+    assert_eq!(fs::read_to_string(l.p("l2/a/foo")).unwrap(), "data\n");
+    // Read-write with O_TRUNC, then write: the new data, from the upper copy.
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .open(l.mp("a/bar"))
+        .unwrap();
+    f.write_all(b"new").unwrap();
+    drop(f);
+    assert_eq!(fs::read_to_string(l.mp("a/bar")).unwrap(), "new");
+    assert_eq!(fs::read_to_string(l.p("l2/a/bar")).unwrap(), "more\n");
+}
+
+/// Mounted by root without `-o allow_other`, the union is open to other users (the
+/// kernel checks the presented modes), as fuse-overlayfs does; `noallow_other` keeps it
+/// to root. Checked as the unprivileged test user.
+#[test]
+fn union_mounted_by_root_is_open_to_other_users_unless_noallow_other() {
+    let t = "union_mounted_by_root_is_open_to_other_users_unless_noallow_other";
+    let Some((user, _, _)) = util::require_test_user(t) else {
+        return;
+    };
+    if !util::require_fuse(t) || !util::require_tool(t, "fusermount3") {
+        return;
+    }
+    let l = Layers::new();
+    l.put("l2/a/foo", "data\n");
+    l.put("l2/a/secret", "no\n");
+    fs::set_permissions(l.p("l2/a/secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    let mp = l.p("mp");
+    let script = format!(
+        "stat -c %F {mp} && cat {mp}/a/foo && if cat {mp}/a/secret 2>/dev/null; then echo read; else echo denied; fi",
+        mp = mp.display()
+    );
+    {
+        let _m = l.mount(&l.rw_opts());
+        let opts = util::run_ok(
+            Command::new("findmnt")
+                .args(["-n", "-o", "OPTIONS"])
+                .arg(&mp),
+        );
+        assert!(opts.contains("allow_other"), "{opts}");
+        assert_eq!(as_user(&user, &script), "directory\ndata\ndenied\n");
+    }
+    wait_for("unmount", || !mounted(&mp));
+    let _m = l.mount(&format!("{},noallow_other", l.rw_opts()));
+    let out = run(Command::new("runuser")
+        .args(["-u", &user, "--", "stat"])
+        .arg(&mp));
+    assert!(!out.status.success(), "stat as {user} must fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Permission denied"), "{err}");
+}
+
+/// `mount -t fuse.gentree-fs` and an /etc/fstab-style line reach `gentree-fs union`
+/// through mount.fuse3, and the mount shows as type `fuse.gentree-fs`. mount(8) runs
+/// helpers without the caller's PATH, so the test binds a directory holding a
+/// `gentree-fs` link to the binary over /usr/local/bin in a private mount namespace.
+#[test]
+fn union_mounts_through_mount_fuse3_and_fstab() {
+    let t = "union_mounts_through_mount_fuse3_and_fstab";
+    if !util::require_root(t)
+        || !util::require_fuse(t)
+        || !util::require_tool(t, "mount.fuse3")
+        || !util::require_tool(t, "unshare")
+    {
+        return;
+    }
+    let l = Layers::new();
+    l.put("l2/a/foo", "data\n");
+    let bin = l.p("bin");
+    fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(util::bin(), bin.join("gentree-fs")).unwrap();
+    let fstab = l.p("fstab");
+    let mp = l.p("mp");
+    fs::write(
+        &fstab,
+        format!(
+            "union {} fuse.gentree-fs {},nosuid,nodev,nofail 0 0\n",
+            mp.display(),
+            l.rw_opts()
+        ),
+    )
+    .unwrap();
+    let script = format!(
+        "mount --bind {bin} /usr/local/bin
+         mount -t fuse.gentree-fs union {mp} -o {opts}
+         findmnt -n -o FSTYPE,SOURCE {mp}
+         cat {mp}/a/foo
+         echo new > {mp}/a/new
+         umount {mp}
+         mount --fstab {fstab} {mp}
+         findmnt -n -o FSTYPE,OPTIONS {mp} | cut -d, -f1-3
+         cat {mp}/a/new
+         umount {mp}
+         mount -a --fstab {fstab}
+         mount -a --fstab {fstab}
+         grep -c ' {mp} fuse.gentree-fs ' /proc/self/mounts
+         umount {mp}",
+        bin = bin.display(),
+        mp = mp.display(),
+        opts = l.rw_opts(),
+        fstab = fstab.display(),
+    );
+    let out = run_ok(Command::new("unshare").args([
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-euc",
+        &script,
+    ]));
+    assert_eq!(
+        out,
+        "fuse.gentree-fs union\ndata\nfuse.gentree-fs rw,nosuid,nodev\nnew\n1\n"
+    );
+    assert_eq!(fs::read_to_string(l.p("u/a/new")).unwrap(), "new\n");
 }

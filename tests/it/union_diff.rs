@@ -23,10 +23,29 @@
 //! sudo -E GENTREE_UNION_IMPL=fuse-overlayfs cargo test --test it union_diff
 //! ```
 //!
-//! The kernel is mounted with `redirect_dir=off,index=off,metacopy=off`, so renaming a
-//! lower directory gives EXDEV as the issue allows; the [`Op::Move`] step then does what
-//! mv(1) does (copy, then delete), and an implementation that renames for real instead
-//! counts as the same outcome (the merged trees must still agree).
+//! Two scripts. [`OPS`] runs against the kernel mounted with
+//! `redirect_dir=off,index=off,metacopy=off`, so renaming a lower directory gives EXDEV
+//! there; the [`Op::Move`] step then does what mv(1) does (copy, then delete), and an
+//! implementation that renames for real instead counts as the same outcome (the merged
+//! trees must still agree). [`RENAME_OPS`] (truncating opens, renames of lower, merged
+//! and upper directories at several depths with files and directories held open across
+//! them) runs against the kernel with `redirect_dir=on`, which renames such directories
+//! by a redirect xattr: outcomes and merged trees are compared (after a remount too,
+//! which proves the upper alone holds the result), the upper dirs are not (the union
+//! writes an opaque copy instead, and its upper must carry no overlay xattr at all).
+//!
+//! Known differences of gentree-fs, left out of the scripts:
+//! - Under FUSE passthrough (as root), a write-open or truncate of a lower file (also
+//!   one of a renamed lower directory, which is linked to the lower file) while a
+//!   read-only open of it lasts fails with ETXTBSY after 2 s: the kernel cannot switch
+//!   the reader's backing file to the copy. The kernel's readers follow the copy-up.
+//! - A lower hard-link group inside a renamed directory becomes one upper file with
+//!   the same names (and link count, when all names move): a later write through one
+//!   name shows through all of them, where the kernel (index=off) copies up that name
+//!   alone.
+//! - Lower files a rename links into the upper dir get their ctime (and, while linked,
+//!   their on-disk link count) changed: the untouched-lowers check allows exactly that
+//!   for the union under test ([`lower_changes`]).
 //!
 //! Validation: with GENTREE_UNION_IMPL=fuse-overlayfs (1.10, Debian) against kernel 6.18
 //! overlayfs, as root, the test fails, rightly, on the differences below; the merged tree
@@ -297,6 +316,24 @@ enum Op {
     Mkfifo(&'static str, u32),
     /// mknod of a socket.
     Mksock(&'static str, u32),
+    /// renameat2 with RENAME_NOREPLACE.
+    RenameNoReplace(&'static str, &'static str),
+    /// open with `O_TRUNC` and this access mode (`O_RDONLY` too), then close.
+    OpenTrunc(&'static str, i32),
+    /// Open a file (for writing when true, without truncating) and keep it in a slot.
+    Hold(usize, &'static str, bool),
+    /// Open a directory and keep it in a slot.
+    HoldDir(usize, &'static str),
+    /// pread the slot's file from offset 0: the outcome shows the data.
+    ReadHeld(usize),
+    /// pwrite at offset 0 through the slot's file.
+    WriteHeld(usize, &'static str),
+    /// Read `name` relative to the slot's directory (openat): the outcome shows the data.
+    ReadAt(usize, &'static str),
+    /// Create `name` (O_EXCL) relative to the slot's directory, with this content.
+    CreateAt(usize, &'static str, &'static str),
+    /// Close the slot's file.
+    Release(usize),
 }
 
 const OPS: &[Op] = &[
@@ -365,6 +402,71 @@ const OPS: &[Op] = &[
     Op::Unlink("usr/bin"),
 ];
 
+/// Truncating opens, and renames of directories that exist in lower layers (lower only,
+/// merged across the lowers, with upper content and a whiteout inside) and of upper
+/// ones, at depths 1 to 3, within and across directories, onto every kind of target,
+/// with a read-only file, a written file and a directory held open across the rename;
+/// then changes to files of the renamed trees (which must not reach the lowers).
+/// Compared with the kernel mounted with `redirect_dir=on` ([`REDIRECT_SCRIPT`]).
+const RENAME_OPS: &[Op] = &[
+    // O_TRUNC opens of lower files, read-only included; L1's file over L2's.
+    Op::OpenTrunc("etc/motd", libc::O_RDONLY),
+    Op::OpenTrunc("usr/bin/tool", libc::O_WRONLY),
+    Op::OpenTrunc("etc/hosts", libc::O_RDWR),
+    Op::Hold(0, "srv/tree/sub/y", false),
+    Op::Hold(1, "srv/tree/x", true),
+    Op::HoldDir(2, "srv/tree/sub"),
+    Op::Create("srv/tree/sub/new", "new\n"),
+    Op::Unlink("srv/tree/sub/ln"),
+    // Depth 2, same parent: lower content, upper content and a whiteout inside.
+    Op::Rename("srv/tree", "srv/moved"),
+    Op::ReadHeld(0),
+    Op::WriteHeld(1, "W"),
+    Op::ReadAt(2, "y"),
+    Op::ReadAt(2, "new"),
+    Op::ReadAt(2, "ln"),
+    Op::CreateAt(2, "made", "made\n"),
+    Op::Release(0),
+    Op::Release(1),
+    Op::Release(2),
+    // Depth 2, in both lower layers (L1's over L2's).
+    Op::Rename("usr/bin", "usr/bin2"),
+    // Depth 1: holds the renamed one (upper by now) and lower content.
+    Op::Rename("usr", "usr2"),
+    // Depth 3 to 1, across directories.
+    Op::Rename("opt/pkg/sub", "pkgsub"),
+    // Over an empty upper directory.
+    Op::Mkdir("emptytarget", 0o755),
+    Op::Rename("opt/pkg", "emptytarget"),
+    // Over a lower directory emptied by whiteouts.
+    Op::Unlink("var/empty/one"),
+    Op::Unlink("var/empty/two"),
+    Op::Rename("home/user", "var/empty"),
+    // Onto taken names.
+    Op::Rename("data", "etc"),
+    Op::RenameNoReplace("data", "srv"),
+    Op::Rename("data", "etc/passwd"),
+    // In both lowers, with a lower hard-link group inside: its names stay one file.
+    Op::Rename("data", "data2"),
+    // An upper-only directory into a merged parent; a renamed one again, then back
+    // over its own whiteout.
+    Op::Mkdir("fresh", 0o700),
+    Op::Create("fresh/f", "f\n"),
+    Op::Rename("fresh", "srv/fresh2"),
+    Op::Rename("srv/moved", "moved_again"),
+    Op::Rename("moved_again", "srv/tree"),
+    // Changes to files of renamed trees.
+    Op::Append("usr2/bin2/tool2", "more\n"),
+    Op::Chmod("usr2/lib/libfoo.so.1", 0o600),
+    Op::Chown("pkgsub/b", 1000, 1000),
+    Op::SetXattr("data2/big", "user.new", "v"),
+    Op::Truncate("srv/tree/sub/y", 10),
+    Op::OpenTrunc("data2/xattrs", libc::O_RDONLY),
+    Op::Unlink("var/empty/.profile"),
+    Op::Link("emptytarget/a", "emptytarget/a2"),
+    Op::Append("emptytarget/a2", "linked\n"),
+];
+
 fn errno_name(e: &io::Error) -> String {
     match e.raw_os_error() {
         Some(n) => format!("{:?}", nix::errno::Errno::from_raw(n)),
@@ -379,9 +481,29 @@ fn outcome(r: io::Result<()>) -> String {
     }
 }
 
+/// Open files kept across operations ([`Op::Hold`], [`Op::HoldDir`]).
+type Slots = BTreeMap<usize, fs::File>;
+
 /// Applies `op` inside the mount `m`; returns its outcome (`ok` or an errno name).
-fn apply(m: &Path, op: &Op) -> String {
+fn apply(m: &Path, op: &Op, slots: &mut Slots) -> String {
+    use std::os::unix::fs::FileExt;
     let p = |s: &str| m.join(s);
+    let data = |r: io::Result<Vec<u8>>| match r {
+        Ok(d) if d.len() <= 32 => format!("ok: {:?}", String::from_utf8_lossy(&d)),
+        Ok(d) => {
+            let mut h = DefaultHasher::new();
+            h.write(&d);
+            format!("ok: {} bytes, hash {:x}", d.len(), h.finish())
+        }
+        Err(e) => errno_name(&e),
+    };
+    let at = |slot: usize, name: &str, flags: nix::fcntl::OFlag| -> io::Result<fs::File> {
+        let dir = slots
+            .get(&slot)
+            .ok_or_else(|| io::Error::other("empty slot"))?;
+        let fd = nix::fcntl::openat(dir, name, flags, Mode::from_bits_truncate(0o644))?;
+        Ok(fs::File::from(fd))
+    };
     match *op {
         Op::Create(f, data) => outcome(
             fs::OpenOptions::new()
@@ -432,6 +554,55 @@ fn apply(m: &Path, op: &Op) -> String {
         Op::Mksock(f, mode) => outcome(
             mknod(&p(f), SFlag::S_IFSOCK, Mode::from_bits_truncate(mode), 0)
                 .map_err(io::Error::from),
+        ),
+        Op::RenameNoReplace(a, b) => {
+            let cwd = nix::fcntl::AT_FDCWD;
+            let flags = nix::fcntl::RenameFlags::RENAME_NOREPLACE;
+            outcome(nix::fcntl::renameat2(cwd, &p(a), cwd, &p(b), flags).map_err(io::Error::from))
+        }
+        Op::OpenTrunc(f, acc) => outcome(
+            fs::OpenOptions::new()
+                .read(acc != libc::O_WRONLY)
+                .write(acc != libc::O_RDONLY)
+                .custom_flags(libc::O_TRUNC)
+                .open(p(f))
+                .map(drop),
+        ),
+        Op::Hold(slot, f, write) => outcome(
+            fs::OpenOptions::new()
+                .read(true)
+                .write(write)
+                .open(p(f))
+                .map(|h| drop(slots.insert(slot, h))),
+        ),
+        Op::HoldDir(slot, d) => outcome(fs::File::open(p(d)).map(|h| drop(slots.insert(slot, h)))),
+        Op::ReadHeld(slot) => data(match slots.get(&slot) {
+            Some(f) => {
+                let mut buf = vec![0; 1 << 16];
+                f.read_at(&mut buf, 0).map(|n| buf[..n].to_vec())
+            }
+            None => Err(io::Error::other("empty slot")),
+        }),
+        Op::WriteHeld(slot, d) => outcome(match slots.get(&slot) {
+            Some(f) => f.write_all_at(d.as_bytes(), 0),
+            None => Err(io::Error::other("empty slot")),
+        }),
+        Op::ReadAt(slot, name) => data(at(slot, name, nix::fcntl::OFlag::O_RDONLY).and_then(
+            |mut f| {
+                let mut v = Vec::new();
+                f.read_to_end(&mut v).map(|_| v)
+            },
+        )),
+        Op::CreateAt(slot, name, d) => {
+            use nix::fcntl::OFlag;
+            let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL;
+            outcome(at(slot, name, flags).and_then(|mut f| f.write_all(d.as_bytes())))
+        }
+        Op::Release(slot) => outcome(
+            slots
+                .remove(&slot)
+                .map(drop)
+                .ok_or_else(|| io::Error::other("empty slot")),
         ),
     }
 }
@@ -773,9 +944,71 @@ fn lower_has_path(lower: &Path, rel: &str) -> bool {
     }
 }
 
+/// One lower entry for the untouched check: everything but the link count and ctime,
+/// its disk identity, and its link count and ctime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Raw {
+    fixed: String,
+    id: (u64, u64),
+    regular: bool,
+    nlink: u64,
+    ctime: (i64, i64),
+}
+
+/// Differences between a lower dir's snapshots before and after a run. Everything must
+/// be equal, except for files that the upper dir links (`upper_links`: disk identity →
+/// number of upper names): a hard link adds the upper names to the shared inode's link
+/// count, nothing else. The merged view shows the lower count, so the link is visible
+/// nowhere but here. With `link_ctime` (the union under test, which links lower files
+/// into renamed directories) a regular file's ctime may move too: linking, and
+/// replacing the link by a copy before a change, each update it.
+fn lower_changes(
+    before: &BTreeMap<String, Raw>,
+    after: &BTreeMap<String, Raw>,
+    upper_links: &BTreeMap<(u64, u64), u64>,
+    link_ctime: bool,
+) -> Vec<String> {
+    // After the run, a linked file's count includes its upper names.
+    let show = |m: &BTreeMap<String, Raw>, after: bool| -> BTreeMap<String, String> {
+        m.iter()
+            .map(|(k, r)| {
+                let v = match upper_links.get(&r.id) {
+                    Some(&n) => {
+                        let own = if after {
+                            r.nlink.wrapping_sub(n)
+                        } else {
+                            r.nlink
+                        };
+                        format!("{} nlink={own} (and {n} upper names)", r.fixed)
+                    }
+                    None if link_ctime && r.regular => format!("{} nlink={}", r.fixed, r.nlink),
+                    None => format!("{} nlink={} ctime={:?}", r.fixed, r.nlink, r.ctime),
+                };
+                (k.clone(), v)
+            })
+            .collect()
+    };
+    diff_maps(
+        &show(before, false),
+        &show(after, true),
+        ("before", "after"),
+    )
+}
+
+/// The disk identities of the upper dir's non-directories and their number of names.
+fn upper_links(upper: &Path) -> BTreeMap<(u64, u64), u64> {
+    let mut out = BTreeMap::new();
+    for (_, _, m) in walk(upper) {
+        if !m.is_dir() {
+            *out.entry((m.dev(), m.ino())).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
 /// Everything about a lower dir, for the untouched check: full lstat (ctime included)
 /// and all xattrs.
-fn snapshot_raw(dir: &Path) -> BTreeMap<String, String> {
+fn snapshot_raw(dir: &Path) -> BTreeMap<String, Raw> {
     walk(dir)
         .into_iter()
         .map(|(rel, p, m)| {
@@ -790,19 +1023,23 @@ fn snapshot_raw(dir: &Path) -> BTreeMap<String, String> {
                 })
                 .collect();
             xattrs.sort();
-            let s = format!(
-                "{kind:?} mode={:o} {}:{} nlink={} ino={} mtime={}.{} ctime={}.{} {xattrs:?}",
+            let fixed = format!(
+                "{kind:?} mode={:o} {}:{} ino={} mtime={}.{} {xattrs:?}",
                 m.mode(),
                 m.uid(),
                 m.gid(),
-                m.nlink(),
                 m.ino(),
                 m.mtime(),
                 m.mtime_nsec(),
-                m.ctime(),
-                m.ctime_nsec()
             );
-            (rel, s)
+            let raw = Raw {
+                fixed,
+                id: (m.dev(), m.ino()),
+                regular: m.is_file(),
+                nlink: m.nlink(),
+                ctime: (m.ctime(), m.ctime_nsec()),
+            };
+            (rel, raw)
         })
         .collect()
 }
@@ -843,7 +1080,14 @@ fn st_dev(p: &Path) -> u64 {
 }
 
 impl Mount {
-    fn new(imp: Impl, lowers: &[PathBuf], upper: &Path, work: &Path, mnt: &Path) -> Mount {
+    fn new(
+        imp: Impl,
+        kernel_opts: &str,
+        lowers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        mnt: &Path,
+    ) -> Mount {
         let lowerdir = lowers
             .iter()
             .map(|l| l.to_string_lossy().into_owned())
@@ -859,7 +1103,7 @@ impl Mount {
             Impl::Kernel => {
                 let mut c = Command::new("mount");
                 c.args(["-t", "overlay", "overlay", "-o"])
-                    .arg(format!("{opts},redirect_dir=off,index=off,metacopy=off"));
+                    .arg(format!("{opts},{kernel_opts}"));
                 c
             }
             Impl::FuseOverlayfs => {
@@ -935,9 +1179,36 @@ struct Run {
     upper: BTreeMap<String, Upper>,
 }
 
-/// Builds fresh lowers under `dir`, mounts `imp` over them, applies OPS, unmounts,
-/// checks the lowers are untouched, and returns what the comparison needs.
-fn run_side(imp: Impl, dir: &Path) -> Run {
+/// One scripted comparison: the operations and how the kernel is mounted.
+struct Script {
+    ops: &'static [Op],
+    /// Kernel overlayfs options besides the layers.
+    kernel: &'static str,
+    /// Compare the upper dirs record by record. Not with `redirect_dir=on`: the kernel
+    /// records a renamed lower directory as a redirect xattr, the union as an opaque
+    /// copy (the merged trees, after a remount too, must still agree; [`oci_only`]
+    /// checks the union's upper has no overlay xattrs).
+    compare_uppers: bool,
+}
+
+/// [`OPS`] with renames of lower directories refused (EXDEV, then mv copies).
+const EXDEV_SCRIPT: Script = Script {
+    ops: OPS,
+    kernel: "redirect_dir=off,index=off,metacopy=off",
+    compare_uppers: true,
+};
+
+/// [`RENAME_OPS`] against the kernel renaming lower directories by redirects.
+const REDIRECT_SCRIPT: Script = Script {
+    ops: RENAME_OPS,
+    kernel: "redirect_dir=on,index=off,metacopy=off",
+    compare_uppers: false,
+};
+
+/// Builds fresh lowers under `dir`, mounts `imp` over them, applies the script's
+/// operations, unmounts, checks the lowers are untouched, and returns what the
+/// comparison needs.
+fn run_side(imp: Impl, script: &Script, dir: &Path) -> Run {
     let lowers = [dir.join("lower-top"), dir.join("lower-bottom")];
     build_layer(&lowers[0], LOWER_TOP);
     build_layer(&lowers[1], LOWER_BOTTOM);
@@ -947,17 +1218,24 @@ fn run_side(imp: Impl, dir: &Path) -> Run {
     }
     let lowers_before: Vec<_> = lowers.iter().map(|l| snapshot_raw(l)).collect();
 
-    let mount = Mount::new(imp, &lowers, &upper, &work, &mnt);
+    let mount = Mount::new(imp, script.kernel, &lowers, &upper, &work, &mnt);
     let merged_before = snapshot_merged(&mnt);
-    let outcomes = OPS.iter().map(|op| apply(&mnt, op)).collect();
+    let mut slots = Slots::new();
+    let outcomes = script
+        .ops
+        .iter()
+        .map(|op| apply(&mnt, op, &mut slots))
+        .collect();
+    assert!(slots.is_empty(), "the script leaves files open: {slots:?}");
     let merged_after = snapshot_merged(&mnt);
     mount.unmount();
-    let mount = Mount::new(imp, &lowers, &upper, &work, &mnt);
+    let mount = Mount::new(imp, script.kernel, &lowers, &upper, &work, &mnt);
     let merged_remounted = snapshot_merged(&mnt);
     mount.unmount();
 
+    let linked = upper_links(&upper);
     for (l, before) in lowers.iter().zip(&lowers_before) {
-        let diffs = diff_maps(before, &snapshot_raw(l), ("before", "after"));
+        let diffs = lower_changes(before, &snapshot_raw(l), &linked, imp == Impl::Gentree);
         assert!(
             diffs.is_empty(),
             "{imp:?} modified lower dir {}:\n{}",
@@ -965,12 +1243,31 @@ fn run_side(imp: Impl, dir: &Path) -> Run {
             diffs.join("\n")
         );
     }
+    if imp == Impl::Gentree {
+        oci_only(&upper);
+    }
     Run {
         outcomes,
         merged_before,
         merged_after,
         merged_remounted,
         upper: normalise_upper(&upper, &lowers),
+    }
+}
+
+/// Fails when an upper dir entry carries an overlay xattr (`trusted.overlay.*`,
+/// `user.overlay.*`: redirects, opaque or whiteout marks): an OCI layer has none, and
+/// the union's upper must be one.
+fn oci_only(upper: &Path) {
+    for (rel, p, _) in walk(upper) {
+        let names = xattr::list(&p).unwrap_or_else(|e| panic!("listxattr {}: {e}", p.display()));
+        for n in names {
+            let n = n.to_string_lossy();
+            assert!(
+                !n.starts_with("trusted.overlay.") && !n.starts_with("user.overlay."),
+                "upper entry {rel} has {n}: not an OCI layer"
+            );
+        }
     }
 }
 
@@ -999,9 +1296,9 @@ fn diff_maps<V: PartialEq + std::fmt::Debug>(
 const SIDES: (&str, &str) = ("kernel", "other");
 
 /// All differences between the kernel's run and the other's, as report lines.
-fn compare(kernel: &Run, other: &Run) -> Vec<String> {
+fn compare(script: &Script, kernel: &Run, other: &Run) -> Vec<String> {
     let mut report = Vec::new();
-    for ((op, k), o) in OPS.iter().zip(&kernel.outcomes).zip(&other.outcomes) {
+    for ((op, k), o) in script.ops.iter().zip(&kernel.outcomes).zip(&other.outcomes) {
         if !same_outcome(op, k, o) {
             report.push(format!("  {op:?}: kernel {k}, other {o}"));
         }
@@ -1022,7 +1319,11 @@ fn compare(kernel: &Run, other: &Run) -> Vec<String> {
         ),
         (
             "upper dir (whiteouts normalised)",
-            diff_maps(&kernel.upper, &other.upper, SIDES),
+            if script.compare_uppers {
+                diff_maps(&kernel.upper, &other.upper, SIDES)
+            } else {
+                Vec::new()
+            },
         ),
     ];
     for (title, lines) in sections {
@@ -1034,17 +1335,20 @@ fn compare(kernel: &Run, other: &Run) -> Vec<String> {
     report
 }
 
+/// The outcome of the operation of `ops` that prints as `op`, in the run `k`.
+fn outcome_of<'a>(ops: &[Op], k: &'a Run, op: &str) -> &'a str {
+    ops.iter()
+        .zip(&k.outcomes)
+        .find(|(o, _)| format!("{o:?}") == op)
+        .map(|(_, r)| r.as_str())
+        .unwrap_or_else(|| panic!("no op {op}"))
+}
+
 /// Facts about the kernel's own run that the fixture and ops were written to produce.
 /// They prove the harness observes what it claims to (a normaliser that dropped every
 /// whiteout would otherwise compare equal) and pin the reference behaviour.
 fn check_reference(k: &Run) {
-    let out = |op: &str| {
-        OPS.iter()
-            .zip(&k.outcomes)
-            .find(|(o, _)| format!("{o:?}") == op)
-            .map(|(_, r)| r.as_str())
-            .unwrap_or_else(|| panic!("no op {op}"))
-    };
+    let out = |op: &str| outcome_of(OPS, k, op);
     assert_eq!(out(r#"Rmdir("var/empty")"#), "ok");
     assert_eq!(out(r#"Rmdir("etc")"#), "ENOTEMPTY");
     assert_eq!(out(r#"Unlink("gone/file")"#), "ENOENT");
@@ -1121,9 +1425,9 @@ fn layer_fs(dir: &Path) -> Option<Mount> {
     })
 }
 
-#[test]
-fn union_matches_kernel_overlayfs() {
-    let t = "union_diff::union_matches_kernel_overlayfs";
+/// Runs `script` on the kernel and on the union under test and fails on any difference;
+/// `check` pins facts of the kernel's run first. `t` names the test in skip messages.
+fn diff_against_kernel(t: &str, script: &Script, check: fn(&Run)) {
     if !util::require_root(t) || !util::require_fuse(t) || !util::require_tool(t, "fusermount3") {
         return;
     }
@@ -1133,14 +1437,74 @@ fn union_matches_kernel_overlayfs() {
     }
     let tmp = util::tempdir();
     let _tmpfs = layer_fs(tmp.path());
-    let kernel = run_side(Impl::Kernel, &tmp.path().join("kernel"));
-    check_reference(&kernel);
-    let other = run_side(imp, &tmp.path().join("other"));
-    let report = compare(&kernel, &other);
+    let kernel = run_side(Impl::Kernel, script, &tmp.path().join("kernel"));
+    check(&kernel);
+    let other = run_side(imp, script, &tmp.path().join("other"));
+    let report = compare(script, &kernel, &other);
     assert!(
         report.is_empty(),
-        "{imp:?} differs from kernel overlayfs:\n{}",
+        "{imp:?} differs from kernel overlayfs ({}):\n{}",
+        script.kernel,
         report.join("\n")
+    );
+}
+
+#[test]
+fn union_matches_kernel_overlayfs() {
+    diff_against_kernel(
+        "union_diff::union_matches_kernel_overlayfs",
+        &EXDEV_SCRIPT,
+        check_reference,
+    );
+}
+
+/// Facts about the kernel's run of [`REDIRECT_SCRIPT`]: it renamed the directories
+/// (no EXDEV), kept the open files working and applied the truncating opens.
+fn check_redirect_reference(k: &Run) {
+    let out = |op: &str| outcome_of(RENAME_OPS, k, op);
+    for op in [
+        r#"Rename("srv/tree", "srv/moved")"#,
+        r#"Rename("usr/bin", "usr/bin2")"#,
+        r#"Rename("home/user", "var/empty")"#,
+        r#"OpenTrunc("etc/motd", 0)"#,
+        r#"WriteHeld(1, "W")"#,
+    ] {
+        assert_eq!(out(op), "ok", "{op}");
+    }
+    assert_eq!(out(r#"ReadAt(2, "new")"#), r#"ok: "new\n""#);
+    assert_eq!(out(r#"ReadAt(2, "ln")"#), "ENOENT");
+    assert_eq!(
+        out(r#"ReadHeld(0)"#).split(',').next(),
+        Some("ok: 5000 bytes")
+    );
+    assert_eq!(out(r#"Rename("data", "etc")"#), "ENOTEMPTY");
+    let after = &k.merged_after;
+    assert!(after.contains_key("srv/tree/sub/made") && !after.contains_key("srv/tree/sub/ln"));
+    let mut h = DefaultHasher::new();
+    h.write(b"W\n");
+    let written = Kind::File {
+        size: 2,
+        hash: h.finish(),
+    };
+    assert_eq!(after["srv/tree/x"].meta.kind, written);
+    assert!(!after.contains_key("usr") && after.contains_key("usr2/bin2/tool2"));
+    assert_eq!(
+        after["data2/hl_b"].same_inode_as,
+        ["data2/hl_a", "data2/hl_c"]
+    );
+    assert!(matches!(
+        after["etc/motd"].meta.kind,
+        Kind::File { size: 0, .. }
+    ));
+    assert!(!after.contains_key("var/empty/.profile") && after.contains_key("var/empty"));
+}
+
+#[test]
+fn union_renames_directories_as_kernel_overlayfs_with_redirect_dir() {
+    diff_against_kernel(
+        "union_diff::union_renames_directories_as_kernel_overlayfs_with_redirect_dir",
+        &REDIRECT_SCRIPT,
+        check_redirect_reference,
     );
 }
 

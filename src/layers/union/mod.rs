@@ -13,8 +13,10 @@
 //!   a crash never leaves a half-copied file in the upper layer.
 //! - **Deletion** of a name that exists below writes an OCI whiteout (`.wh.NAME`); a
 //!   directory created where a whiteout was is made opaque (`.wh..wh..opq`).
-//! - **Rename** of a directory that exists in a lower layer fails with `EXDEV`, as
-//!   kernel overlayfs without `redirect_dir` does; `mv` then copies.
+//! - **Rename** of a directory that exists in a lower layer copies its merged tree to
+//!   the new name, opaque, and whites out the old one ([`rename_dir`]): what kernel
+//!   overlayfs with `redirect_dir=on` shows, with the upper staying an OCI layer. The
+//!   copy links files rather than copying their data ([`shared`]).
 //! - **Ownership**: as root of the initial user namespace the union chowns for real;
 //!   otherwise (an ordinary user, root of a user namespace, or a chown refused with
 //!   EPERM/EINVAL) it records
@@ -25,12 +27,16 @@
 //! Every method takes node ids and returns `io::Result` carrying the OS errno; the
 //! FUSE adapter (`crate::fs::union`) only decodes and replies. No lock is held across
 //! disk I/O: the node arena ([`tree`]) and the handle table are locked only to look up
-//! or insert.
+//! or insert. The one exception is the `moving` lock: changes to the upper layer hold
+//! it shared, and a rename of a lower directory holds it exclusively while it copies
+//! the tree, so that nothing changes below the old name between snapshot and swap.
 
 pub mod hostpath;
 pub mod lower;
 pub mod options;
 pub mod records;
+pub mod rename_dir;
+pub mod shared;
 pub mod tree;
 
 use std::collections::{HashMap, HashSet};
@@ -131,6 +137,10 @@ pub enum OwnerMode {
     Record,
 }
 
+/// Internal: "retry [`Union::rename`] holding the `moving` lock alone". Not an errno
+/// any syscall returns to the union, so it never leaks.
+const RETRY_ALONE: i32 = -1;
+
 /// `renameat2` flags the union understands.
 pub const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
 /// Atomic exchange: not supported (EINVAL), as for kernel overlayfs over most uppers.
@@ -197,6 +207,13 @@ pub struct Union {
     open_files: parking_lot::Mutex<HashMap<Ino, Vec<Fh>>>,
     next_fh: AtomicU64,
     next_tmp: AtomicU64,
+    /// Upper files hard-linked to lower files by directory renames.
+    shared: shared::SharedInodes,
+    /// Held shared by every change to the upper layer's names or files, exclusively by
+    /// a rename of a lower directory (see the module header).
+    moving: RwLock<()>,
+    /// Serialises [`Union::unshare`].
+    unsharing: parking_lot::Mutex<()>,
 }
 
 fn errno(e: i32) -> io::Error {
@@ -290,6 +307,10 @@ impl Union {
             }
             _ => None,
         };
+        let shared_file = match (&opts.work, has_upper) {
+            (Some(w), true) => Some(w.join(shared::SHARED_FILE)),
+            _ => None,
+        };
         let owner_mode = if nix::unistd::geteuid().is_root() && in_initial_userns() {
             OwnerMode::Chown
         } else {
@@ -313,6 +334,9 @@ impl Union {
             open_files: parking_lot::Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             next_tmp: AtomicU64::new(0),
+            shared: shared::SharedInodes::load(shared_file)?,
+            moving: RwLock::new(()),
+            unsharing: parking_lot::Mutex::new(()),
         };
         let root_layers = u.root_layers()?;
         u.tree = tree::Tree::new(Loc {
@@ -630,6 +654,9 @@ impl Union {
         // Kernel overlayfs reports 1 for merged directories: their real count is unknown.
         let nlink = if meta.is_dir() && loc.layers.len() > 1 {
             1
+        } else if self.is_upper(loc.top()) && self.shared.is_shared(meta) {
+            // The lower name of a file a directory rename linked is no name here.
+            meta.nlink() as u32 - 1
         } else {
             meta.nlink() as u32
         };
@@ -660,6 +687,9 @@ impl Union {
             return None;
         }
         let l = loc.top();
+        if self.is_upper(l) && self.shared.is_shared(meta) {
+            return None;
+        }
         Some(if self.is_upper(l) {
             LinkKey::Upper(meta.dev(), meta.ino())
         } else {
@@ -811,14 +841,32 @@ impl Union {
     /// Of a lower hard-link group only the name last looked up is copied up, as a file
     /// of its own; the other names stay linked in the lower layer (kernel overlayfs
     /// without `index`).
+    ///
+    /// An upper file that is a hard link to a lower file (a renamed lower directory's)
+    /// gets a copy of its own, as a lower file would ([`Union::unshare`]).
     pub fn copy_up(&self, ino: Ino) -> io::Result<tree::NodeInfo> {
-        self.copy_up_as(ino, None)
+        self.copy_up_data(ino, true)
     }
 
-    /// [`Union::copy_up`], copying up the name `parent/name` when `ino` is a lower
+    /// [`Union::copy_up`]; a regular file's data is copied only when `data` (not for a
+    /// file about to be emptied: an `O_TRUNC` open).
+    fn copy_up_data(&self, ino: Ino, data: bool) -> io::Result<tree::NodeInfo> {
+        let info = self.copy_up_as(ino, None, data)?;
+        if !self.shared.is_empty() {
+            self.unshare(ino, &info, data)?;
+        }
+        Ok(info)
+    }
+
+    /// [`Union::copy_up_data`], copying up the name `parent/name` when `ino` is a lower
     /// hard-link group (default: the name last looked up). That name leaves the group
     /// once its copy is in place.
-    fn copy_up_as(&self, ino: Ino, name: Option<(Ino, &OsStr)>) -> io::Result<tree::NodeInfo> {
+    fn copy_up_as(
+        &self,
+        ino: Ino,
+        name: Option<(Ino, &OsStr)>,
+        data: bool,
+    ) -> io::Result<tree::NodeInfo> {
         self.writable()?;
         let mut info = self.node(ino)?;
         if self.is_upper(info.loc.top()) {
@@ -848,7 +896,7 @@ impl Union {
         };
         let meta = fs::symlink_metadata(src)?;
         let tmp = self.tmp_path()?;
-        let built = self.build_copy(src, &meta, &tmp);
+        let built = self.build_copy(src, &meta, &tmp, data);
         if let Err(e) = built {
             let _ = remove_any(&tmp);
             return Err(e);
@@ -885,8 +933,9 @@ impl Union {
         Ok(tree::NodeInfo { loc, ..info })
     }
 
-    /// Builds a copy of `src` at `tmp`: content, xattrs, owner, mode, times.
-    fn build_copy(&self, src: &Path, meta: &Metadata, tmp: &Path) -> io::Result<()> {
+    /// Builds a copy of `src` at `tmp`: content (a regular file's only when `data`),
+    /// xattrs, owner, mode, times.
+    fn build_copy(&self, src: &Path, meta: &Metadata, tmp: &Path, data: bool) -> io::Result<()> {
         let ft = meta.file_type();
         let ov = if ft.is_symlink() {
             None
@@ -901,13 +950,14 @@ impl Union {
         } else if ft.is_symlink() {
             std::os::unix::fs::symlink(fs::read_link(src)?, tmp)?;
         } else if ft.is_file() {
-            let mut from = File::open(src)?;
             let mut to = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(tmp)?;
-            io::copy(&mut from, &mut to)?;
+            if data {
+                io::copy(&mut File::open(src)?, &mut to)?;
+            }
         } else {
             kind_on_disk = self.make_special(tmp, FileKind::of(meta), 0o600)?;
         }
@@ -1187,6 +1237,7 @@ impl Union {
         caller: Caller,
         make: impl FnMut(&Path) -> io::Result<(FileKind, Option<File>)>,
     ) -> io::Result<(Attr, Option<File>)> {
+        let _moving = self.moving.read();
         let (pinfo, dst_host, mut had_wh) = self.prepare_new(parent, name)?;
         let dst = dst_host.as_path();
         let (gid, perm) =
@@ -1307,6 +1358,7 @@ impl Union {
 
     /// Makes a hard link `newparent/newname` to `ino`.
     pub fn link(&self, ino: Ino, newparent: Ino, newname: &OsStr) -> io::Result<Attr> {
+        let _moving = self.moving.read();
         let info = self.copy_up(ino)?;
         let (pinfo, dst_host, had_wh) = self.prepare_new(newparent, newname)?;
         let dst = dst_host.as_path();
@@ -1334,6 +1386,7 @@ impl Union {
     }
 
     fn remove(&self, parent: Ino, name: &OsStr, dir: bool) -> io::Result<()> {
+        let _moving = self.moving.read();
         self.writable()?;
         let pinfo = self.node(parent)?;
         let (loc, meta) = self
@@ -1373,7 +1426,7 @@ impl Union {
 
     /// Renames `parent/name` to `newparent/newname`. Supports `RENAME_NOREPLACE`;
     /// `RENAME_EXCHANGE` and `RENAME_WHITEOUT` fail with EINVAL. A directory present
-    /// in a lower layer fails with EXDEV (callers such as `mv` then copy).
+    /// in a lower layer is copied to the new name ([`rename_dir`]).
     pub fn rename(
         &self,
         parent: Ino,
@@ -1389,13 +1442,45 @@ impl Union {
         if whiteout::classify_name(newname) != Marker::Entry {
             return Err(errno(libc::EINVAL));
         }
+        // Most renames move one name and share the lock; a lower directory's takes it
+        // alone. Whether the source is one is known only after resolving it, and may
+        // change until the lock is held: decided under the lock, retried once with the
+        // other kind when it changed.
+        let mut alone = false;
+        loop {
+            let r = if alone {
+                let _g = self.moving.write();
+                self.rename_locked(parent, name, newparent, newname, flags, true)
+            } else {
+                let _g = self.moving.read();
+                self.rename_locked(parent, name, newparent, newname, flags, false)
+            };
+            match r {
+                Err(e) if e.raw_os_error() == Some(RETRY_ALONE) && !alone => alone = true,
+                r => return r,
+            }
+        }
+    }
+
+    /// [`Union::rename`] under the `moving` lock, held exclusively when `alone`; fails
+    /// with [`RETRY_ALONE`] for a lower directory when not.
+    fn rename_locked(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        newparent: Ino,
+        newname: &OsStr,
+        flags: u32,
+        alone: bool,
+    ) -> io::Result<()> {
         let pinfo = self.node(parent)?;
         let (sloc, smeta) = self
             .resolve_child(&pinfo, name)?
             .ok_or_else(|| errno(libc::ENOENT))?;
         let src_dir = smeta.is_dir();
-        if src_dir && sloc.layers.iter().any(|&l| !self.is_upper(l)) {
-            return Err(errno(libc::EXDEV));
+        let lower_dir = src_dir && sloc.layers.iter().any(|&l| !self.is_upper(l));
+        if lower_dir && !alone {
+            return Err(errno(RETRY_ALONE));
         }
         let npinfo = self.node(newparent)?;
         let target = self.resolve_child(&npinfo, newname)?;
@@ -1423,6 +1508,10 @@ impl Union {
                 return Ok(());
             }
         }
+        if lower_dir {
+            let noreplace = flags & RENAME_NOREPLACE != 0;
+            return self.rename_lower_dir(parent, name, &sloc, newparent, newname, noreplace);
+        }
         let src_node = match self.tree.child(parent, name) {
             Some(id) => id,
             None => {
@@ -1431,7 +1520,7 @@ impl Union {
             }
         };
         // Of a lower hard-link group, this name moves alone.
-        self.copy_up_as(src_node, Some((parent, name)))?;
+        self.copy_up_as(src_node, Some((parent, name)), true)?;
         let npinfo = self.copy_up(newparent)?;
         let pinfo = self.node(parent)?;
         // The name given, not the node's path: the node of a hard-link group is known
@@ -1475,6 +1564,7 @@ impl Union {
 
     /// Changes size, mode, owner or times, copying the entry up first.
     pub fn setattr(&self, ino: Ino, set: SetAttr, fh: Option<Fh>) -> io::Result<Attr> {
+        let _moving = self.moving.read();
         let detached = self.tree.get(ino).is_some_and(|i| !i.attached);
         let open = self
             .open_file(fh)
@@ -1613,6 +1703,7 @@ impl Union {
 
     /// Sets an xattr (copying up first). `flags` are `XATTR_CREATE`/`XATTR_REPLACE`.
     pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+        let _moving = self.moving.read();
         if is_acl_xattr(name) {
             return Err(errno(libc::EOPNOTSUPP));
         }
@@ -1636,6 +1727,7 @@ impl Union {
 
     /// Removes an xattr (copying up first).
     pub fn removexattr(&self, ino: Ino, name: &OsStr) -> io::Result<()> {
+        let _moving = self.moving.read();
         if is_private_xattr(name) {
             return Err(errno(libc::EPERM));
         }
@@ -1682,27 +1774,43 @@ impl Union {
         }
     }
 
-    /// Opens `ino` with `open(2)` flags; writing opens copy the file up first.
+    /// Opens `ino` with `open(2)` flags; writing and truncating opens (`O_TRUNC`, also
+    /// with `O_RDONLY`) copy the file up first, and `O_TRUNC` empties the upper copy
+    /// before the file is handed out, so no open of the node ever reads the lower data
+    /// afterwards (the kernel sends `O_TRUNC` with the open once `FUSE_ATOMIC_O_TRUNC`
+    /// is negotiated, instead of a later size change).
     pub fn open(&self, ino: Ino, flags: i32) -> io::Result<Fh> {
         let acc = flags & libc::O_ACCMODE;
         let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let _moving = write.then(|| self.moving.read());
         let info = self.tree.get(ino).ok_or_else(|| errno(libc::ESTALE))?;
         if !info.attached {
-            let (f, upper) = self.reopen_unlinked(ino, &info, acc, write)?;
+            let (f, upper) = self.reopen_unlinked(ino, &info, flags, write)?;
             return Ok(self.put_file(ino, f, upper));
         }
-        let info = if write { self.copy_up(ino)? } else { info };
+        let trunc = flags & libc::O_TRUNC != 0;
+        let info = if write {
+            self.copy_up_data(ino, !trunc)?
+        } else {
+            info
+        };
         let path_host = self.abs(info.loc.top(), &info.path);
         let path = path_host.as_path();
         // Offsets come with every request, so O_APPEND must not reach the backing file
         // (pwrite on an O_APPEND fd appends on Linux); creation flags were handled.
-        let keep = libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME;
+        // O_TRUNC truncates even a read-only open on Linux; the file is in the upper
+        // layer by now, writable by the daemon.
+        let keep = libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME | libc::O_TRUNC;
         let f = OpenOptions::new()
             .read(acc != libc::O_WRONLY)
             .write(acc != libc::O_RDONLY)
             .custom_flags((flags & keep) | libc::O_NOFOLLOW)
             .open(path)?;
-        Ok(self.put_file(ino, f, self.is_upper(info.loc.top())))
+        // A read-only open of an upper link to a lower file reads lower data: the
+        // passthrough bookkeeping must treat it as a lower file.
+        let upper = self.is_upper(info.loc.top())
+            && (self.shared.is_empty() || !self.shared.is_shared(&f.metadata()?));
+        Ok(self.put_file(ino, f, upper))
     }
 
     /// An unlinked node that is still open elsewhere is reopened through one of its
@@ -1713,9 +1821,10 @@ impl Union {
         &self,
         ino: Ino,
         info: &tree::NodeInfo,
-        acc: i32,
+        flags: i32,
         write: bool,
     ) -> io::Result<(File, bool)> {
+        let (acc, trunc) = (flags & libc::O_ACCMODE, flags & libc::O_TRUNC);
         let Some(h) = self.any_open_file(ino) else {
             return Err(errno(libc::ENOENT));
         };
@@ -1729,6 +1838,7 @@ impl Union {
         let f = OpenOptions::new()
             .read(acc != libc::O_WRONLY)
             .write(acc != libc::O_RDONLY)
+            .custom_flags(trunc & libc::O_TRUNC)
             .open(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
         Ok((f, *upper))
     }

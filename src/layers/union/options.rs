@@ -19,6 +19,9 @@ pub struct UnionOptions {
     pub work: Option<PathBuf>,
     /// Let every user (not only the mounting one) use the mount.
     pub allow_other: bool,
+    /// Keep a union mounted by root to root alone (`noallow_other`): by default root
+    /// gets `allow_other`, as with fuse-overlayfs (see [`UnionOptions::allows_other`]).
+    pub no_allow_other: bool,
     /// Let root (besides the mounting user) use the mount.
     pub allow_root: bool,
     /// Mount read-only even with an upper layer.
@@ -119,6 +122,20 @@ const IGNORED: &[&str] = &[
     "rw",
     "nodev",
     "nosuid",
+    // What mount(8) and mount.fuse3 may pass along from /etc/fstab.
+    "defaults",
+    "auto",
+    "noauto",
+    "user",
+    "users",
+    "nouser",
+    "nofail",
+    "_netdev",
+    "atime",
+    "relatime",
+    "strictatime",
+    "nodiratime",
+    "async",
 ];
 
 impl UnionOptions {
@@ -166,13 +183,15 @@ impl UnionOptions {
                 }
                 self.timeout = Some(std::time::Duration::from_secs_f64(secs));
             }
-            "allow_other" => self.allow_other = true,
+            "allow_other" => (self.allow_other, self.no_allow_other) = (true, false),
+            "noallow_other" => (self.allow_other, self.no_allow_other) = (false, true),
             "allow_root" => self.allow_root = true,
             "ro" => self.read_only = true,
             "dev" => self.dev = true,
             "suid" => self.suid = true,
             "nopassthrough" => self.no_passthrough = true,
-            k if IGNORED.contains(&k) => self.ignored.push(opt.to_owned()),
+            // fstab's userspace options (`x-systemd.automount` and the like).
+            k if IGNORED.contains(&k) || k.starts_with("x-") => self.ignored.push(opt.to_owned()),
             _ => return Err(OptionsError::Unknown(opt.to_owned())),
         }
         Ok(())
@@ -203,6 +222,15 @@ impl UnionOptions {
             None if self.volatile_lowers => std::time::Duration::from_secs(1),
             None => std::time::Duration::from_secs(1_000_000_000),
         }
+    }
+
+    /// Whether every user may use the mount: asked with `allow_other`, or by default
+    /// when the daemon runs as root (`root`), unless `noallow_other` says root alone.
+    /// Root mounts a union for others (fstab, containers): without it every other user
+    /// gets EACCES, even for `stat` of the root. The kernel still checks the presented
+    /// modes (`default_permissions`).
+    pub fn allows_other(&self, root: bool) -> bool {
+        self.allow_other || (root && !self.no_allow_other)
     }
 
     /// True when writes are refused with EROFS.
@@ -352,6 +380,24 @@ mod tests {
         let t = UnionOptions::parse(&["lowerdir=/a,timeout=0.5"]).expect("parses");
         assert_eq!(t.cache_timeout().as_millis(), 500);
         assert_eq!(t.lower_cache_timeout().as_millis(), 500);
+
+        // Root lets others in unless told not to; the last of the two options wins.
+        let root = |opts: &str| {
+            let o = UnionOptions::parse(&[opts]).expect("parses");
+            (o.allows_other(true), o.allows_other(false))
+        };
+        assert_eq!(root("lowerdir=/a"), (true, false));
+        assert_eq!(root("lowerdir=/a,allow_other"), (true, true));
+        assert_eq!(root("lowerdir=/a,noallow_other"), (false, false));
+        assert_eq!(
+            root("lowerdir=/a,allow_other,noallow_other"),
+            (false, false)
+        );
+        assert_eq!(root("lowerdir=/a,noallow_other,allow_other"), (true, true));
+        // What mount.fuse3 passes from an fstab line is accepted.
+        let f = UnionOptions::parse(&["rw,lowerdir=/a,nofail,x-systemd.automount,dev,suid"])
+            .expect("parses");
+        assert!(f.dev && f.suid);
 
         for (bad, want) in [
             (&["upperdir=/u,workdir=/w"][..], "no lowerdir"),

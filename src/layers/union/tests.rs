@@ -361,11 +361,6 @@ fn rename_rules() -> io::Result<()> {
         write(&l[0].join("lowfile"), "data")?;
         write(&l[0].join("other"), "o")
     })?;
-    // Directories that exist below cannot move without redirect_dir.
-    assert_eq!(
-        Fixture::errno_of(f.u.rename(ROOT, os("lowdir"), ROOT, os("moved"), 0)),
-        libc::EXDEV
-    );
     assert_eq!(
         Fixture::errno_of(f.u.rename(ROOT, os("lowfile"), ROOT, os("other"), RENAME_NOREPLACE)),
         libc::EEXIST
@@ -895,5 +890,340 @@ fn volatile_lowers_are_never_cached() -> io::Result<()> {
     assert_eq!(Fixture::errno_of(u.lookup(etc.node, os("b"))), libc::ENOENT);
     write(&live.join("etc/b"), "b")?; // a build writes the seed's upper
     assert_eq!(u.lookup(etc.node, os("b"))?.size, 1);
+    Ok(())
+}
+
+/// The opts of a fixture's union, to open it again over the same dirs.
+fn reopen(f: &Fixture) -> io::Result<Union> {
+    Union::new(&UnionOptions {
+        lowers: f.lowers.clone(),
+        upper: Some(f.upper.clone()),
+        work: Some(f.upper.with_file_name("w")),
+        ..UnionOptions::default()
+    })
+}
+
+/// Everything about a layer dir: path, type, size, link count, inode, content.
+fn layer_state(dir: &Path) -> io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d)? {
+            let p = e?.path();
+            let m = fs::symlink_metadata(&p)?;
+            let data = if m.is_file() {
+                fs::read(&p)?
+            } else {
+                Vec::new()
+            };
+            out.push(format!(
+                "{} {:o} {} {} {:?}",
+                p.display(),
+                m.mode(),
+                m.ino(),
+                m.mtime(),
+                data
+            ));
+            if m.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[test]
+fn renaming_a_lower_directory_copies_the_merged_tree_linking_its_files() -> io::Result<()> {
+    let f = fixture(2, |l| {
+        write(&l[0].join("d/a"), "a0")?;
+        write(&l[0].join("d/sub/x"), "x0")?;
+        write(&l[0].join("d/.wh.gone"), "")?;
+        write(&l[0].join("d/hl1"), "h")?;
+        fs::hard_link(l[0].join("d/hl1"), l[0].join("d/hl2"))?;
+        symlink("a", l[0].join("d/sym"))?;
+        write(&l[1].join("d/gone"), "hidden")?;
+        write(&l[1].join("d/b"), "b1")?;
+        write(&l[1].join("d/sub/y"), "y1")?;
+        write(&l[1].join("d/deep/er/z"), "z1")?;
+        fs::set_permissions(l[1].join("d/deep"), fs::Permissions::from_mode(0o711))?;
+        let t = |p: &Path| set_times(p, None, Some(SetTime::At(SystemTime::UNIX_EPOCH)));
+        t(&l[1].join("d/deep"))?;
+        t(&l[0].join("d"))
+    })?;
+    let before: Vec<_> = f
+        .lowers
+        .iter()
+        .map(|l| layer_state(l))
+        .collect::<Result<_, _>>()?;
+    // Upper content inside: a new file, a whiteout, a copied-up file.
+    let d = f.walk("d")?.node;
+    let (new, wfh) = f.u.create(d, os("new"), 0o644, libc::O_RDWR, caller())?;
+    f.u.unlink(d, os("b"))?;
+    let x = f.walk("d/sub/x")?;
+    let xfh = f.u.open(x.node, libc::O_WRONLY)?;
+    f.u.write(xfh, 0, b"X")?;
+    f.u.release(xfh);
+    let a = f.walk("d/a")?;
+    let rfh = f.u.open(a.node, libc::O_RDONLY)?;
+    let z = f.walk("d/deep/er/z")?;
+
+    f.u.rename(ROOT, os("d"), ROOT, os("e"), 0)?;
+
+    assert_eq!(f.ls("")?, vec!["e"]);
+    assert_eq!(
+        f.ls("e")?,
+        vec!["a", "deep", "hl1", "hl2", "new", "sub", "sym"]
+    );
+    assert_eq!(f.ls("e/sub")?, vec!["x", "y"]);
+    assert_eq!(
+        (f.cat("e/sub/x")?, f.cat("e/a")?),
+        ("X0".into(), "a0".into())
+    );
+    assert_eq!(f.cat("e/deep/er/z")?, "z1");
+    // Same nodes, same inode numbers, at the new paths.
+    assert_eq!(f.walk("e/a")?.node, a.node);
+    assert_eq!(f.walk("e/deep/er/z")?.node, z.node);
+    assert_eq!(f.walk("e/deep")?.perm, 0o711);
+    let mtime = |p: &str| f.walk(p).map(|a| a.mtime);
+    assert_eq!(mtime("e/deep")?, SystemTime::UNIX_EPOCH);
+    // Open files keep working: a writer of an upper file, a reader of a lower one.
+    f.u.write(wfh, 0, b"written after")?;
+    f.u.release(wfh);
+    assert_eq!(f.cat("e/new")?, "written after");
+    assert_eq!(f.u.read(rfh, 0, 10)?, b"a0");
+    f.u.release(rfh);
+    assert_eq!(f.u.getattr(new.node, None)?.size, 13);
+
+    // The upper: an opaque copy under the new name, a whiteout for the old one.
+    let up = |p: &str| f.upper.join(p);
+    assert!(up(".wh.d").is_file() && !up("d").exists());
+    assert!(up("e/.wh..wh..opq").is_file());
+    assert!(!up("e/.wh.b").exists() && !up("e/b").exists());
+    assert!(xattr::list(up("e"))?.all(|n| !n.to_string_lossy().contains("overlay")));
+    // Lower files are linked, not copied; presented with the lower's link count.
+    let ino = |p: &Path| fs::symlink_metadata(p).map(|m| m.ino());
+    assert_eq!(ino(&up("e/a"))?, ino(&f.lowers[0].join("d/a"))?);
+    assert_eq!(
+        ino(&up("e/deep/er/z"))?,
+        ino(&f.lowers[1].join("d/deep/er/z"))?
+    );
+    assert_eq!(f.walk("e/a")?.nlink, 1);
+    // A lower hard-link group is copied once: its names stay one file of the upper.
+    assert_ne!(ino(&up("e/hl1"))?, ino(&f.lowers[0].join("d/hl1"))?);
+    assert_eq!(ino(&up("e/hl1"))?, ino(&up("e/hl2"))?);
+    assert!(fs::symlink_metadata(up("e/sym"))?.file_type().is_symlink());
+
+    // Changing a linked file gives it a copy of its own first: the lower stays as it was.
+    let afh = f.u.open(a.node, libc::O_WRONLY | libc::O_TRUNC)?;
+    f.u.write(afh, 0, b"A")?;
+    f.u.release(afh);
+    assert_eq!(f.cat("e/a")?, "A");
+    assert_ne!(ino(&up("e/a"))?, ino(&f.lowers[0].join("d/a"))?);
+    let y = f.walk("e/sub/y")?;
+    f.u.setattr(
+        y.node,
+        SetAttr {
+            mode: Some(0o600),
+            ..SetAttr::default()
+        },
+        None,
+    )?;
+    assert_eq!(f.walk("e/sub/y")?.perm, 0o600);
+    let after: Vec<_> = f
+        .lowers
+        .iter()
+        .map(|l| layer_state(l))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(before, after, "lower layers changed");
+
+    // The record of linked files outlives the union: a new one copies before writing.
+    let u2 = reopen(&f)?;
+    let zz = {
+        let e = u2.lookup(ROOT, os("e"))?;
+        let deep = u2.lookup(e.node, os("deep"))?;
+        let er = u2.lookup(deep.node, os("er"))?;
+        u2.lookup(er.node, os("z"))?
+    };
+    assert_eq!(zz.nlink, 1);
+    let zfh = u2.open(zz.node, libc::O_WRONLY)?;
+    u2.write(zfh, 0, b"Z")?;
+    u2.release(zfh);
+    assert_eq!(fs::read_to_string(f.lowers[1].join("d/deep/er/z"))?, "z1");
+    assert_eq!(fs::read_to_string(up("e/deep/er/z"))?, "Z1");
+    Ok(())
+}
+
+#[test]
+fn renaming_a_lower_directory_onto_targets_behaves_as_rename() -> io::Result<()> {
+    let f = fixture(1, |l| {
+        write(&l[0].join("p/q/r/f"), "f")?;
+        write(&l[0].join("s/t/keep"), "k")?;
+        write(&l[0].join("emptied/one"), "1")?;
+        write(&l[0].join("full/x"), "x")?;
+        write(&l[0].join("file"), "file")?;
+        fs::create_dir_all(l[0].join("emptydir"))
+    })?;
+    let errno = Fixture::errno_of;
+    let r = |a: &str, b: &str, flags| {
+        let (pa, na) = a.rsplit_once('/').unwrap_or(("", a));
+        let (pb, nb) = b.rsplit_once('/').unwrap_or(("", b));
+        let (pa, pb) = (f.walk(pa)?.node, f.walk(pb)?.node);
+        f.u.rename(pa, os(na), pb, os(nb), flags)
+    };
+    assert_eq!(errno(r("p/q/r", "full", 0)), libc::ENOTEMPTY);
+    assert_eq!(errno(r("p/q/r", "file", 0)), libc::ENOTDIR);
+    assert_eq!(
+        errno(r("p/q/r", "emptydir", RENAME_NOREPLACE)),
+        libc::EEXIST
+    );
+    // Deep, into a parent that exists only below: the parents are copied up.
+    r("p/q/r", "s/t/r2", RENAME_NOREPLACE)?;
+    assert_eq!(f.ls("s/t")?, vec!["keep", "r2"]);
+    assert_eq!(f.ls("p/q")?, Vec::<String>::new());
+    assert_eq!(f.cat("s/t/r2/f")?, "f");
+    assert!(f.upper.join("p/q/.wh.r").is_file());
+    // Over a directory emptied by whiteouts: it is replaced, its markers go.
+    let em = f.walk("emptied")?.node;
+    f.u.unlink(em, os("one"))?;
+    r("s/t/r2", "emptied", 0)?;
+    assert_eq!(f.ls("emptied")?, vec!["f"]);
+    assert!(!f.upper.join("emptied/.wh.one").exists());
+    assert!(f.upper.join("emptied/.wh..wh..opq").is_file());
+    // Over a lower empty directory: the opaque copy hides it.
+    r("emptied", "emptydir", 0)?;
+    assert_eq!(f.ls("emptydir")?, vec!["f"]);
+    assert_eq!(f.ls("")?, vec!["emptydir", "file", "full", "p", "s"]);
+    // Back over its own whiteout: opaque, the whiteout gone.
+    r("full", "p/q/r", 0)?;
+    assert_eq!(f.ls("p/q/r")?, vec!["x"]);
+    assert!(!f.upper.join("p/q/.wh.r").exists());
+    Ok(())
+}
+
+/// Lower files on another filesystem than the upper cannot be linked: copied instead;
+/// another lower layer's files on the upper's filesystem are still linked.
+#[test]
+fn a_lower_directory_on_another_filesystem_is_copied() -> io::Result<()> {
+    let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
+        eprintln!("no /dev/shm: nothing to test across filesystems");
+        return Ok(());
+    };
+    let t = tempfile::tempdir()?;
+    let (lower, upper, work) = (shm.path().join("l"), t.path().join("u"), t.path().join("w"));
+    // A second lower layer on the upper's filesystem: its files are still linked.
+    let near = t.path().join("near");
+    write(&lower.join("d/f"), "data")?;
+    write(&near.join("d/g"), "near")?;
+    fs::create_dir(&upper)?;
+    fs::create_dir(&work)?;
+    let u = Union::new(&UnionOptions {
+        lowers: vec![lower.clone(), near.clone()],
+        upper: Some(upper.clone()),
+        work: Some(work),
+        ..UnionOptions::default()
+    })?;
+    let d = u.lookup(ROOT, os("d"))?;
+    u.rename(ROOT, os("d"), ROOT, os("e"), 0)?;
+    let dev = |p: &Path| fs::metadata(p).map(|m| m.dev());
+    let ino = |p: &Path| fs::metadata(p).map(|m| m.ino());
+    if dev(&lower)? == dev(&upper)? {
+        eprintln!("/dev/shm shares the temp dir's filesystem: the copy path is not reached");
+    } else {
+        assert_ne!(ino(&upper.join("e/f"))?, ino(&lower.join("d/f"))?);
+        assert_eq!(fs::metadata(upper.join("e/f"))?.nlink(), 1);
+    }
+    assert_eq!(ino(&upper.join("e/g"))?, ino(&near.join("d/g"))?);
+    assert_eq!(fs::read_to_string(upper.join("e/f"))?, "data");
+    let e = u.lookup(ROOT, os("e"))?;
+    assert_eq!(e.node, d.node);
+    Ok(())
+}
+
+/// Creates and copy-ups below a lower directory while it is renamed are never lost:
+/// each lands either before the tree is copied (and is in the copy) or after the swap
+/// (in the new tree, through the node, whose path has moved).
+#[test]
+fn changes_during_a_directory_rename_are_kept() -> io::Result<()> {
+    let f = fixture(1, |l| {
+        for i in 0..3000 {
+            write(&l[0].join(format!("d/s{}/f{i}", i % 3)), "lower")?;
+        }
+        Ok(())
+    })?;
+    let subs: Vec<Ino> = (0..3)
+        .map(|i| f.walk(&format!("d/s{i}")).map(|a| a.node))
+        .collect::<Result<_, _>>()?;
+    let files: Vec<Ino> = (0..300)
+        .map(|i| f.walk(&format!("d/s{}/f{i}", i % 3)).map(|a| a.node))
+        .collect::<Result<_, _>>()?;
+    let made = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for (t, &sub) in subs.iter().enumerate() {
+            let (u, made) = (&f.u, &made);
+            s.spawn(move || {
+                for n in 0..200 {
+                    let name = format!("new{t}-{n}");
+                    if let Ok((_, fh)) = u.create(sub, os(&name), 0o644, libc::O_RDWR, caller()) {
+                        u.release(fh);
+                        made.lock().unwrap().push((t, name));
+                    }
+                }
+            });
+        }
+        let u = &f.u;
+        let files = &files;
+        s.spawn(move || {
+            for &node in files {
+                let set = SetAttr {
+                    mode: Some(0o600),
+                    ..SetAttr::default()
+                };
+                u.setattr(node, set, None).expect("chmod");
+            }
+        });
+        std::thread::sleep(Duration::from_millis(2));
+        f.u.rename(ROOT, os("d"), ROOT, os("e"), 0).expect("rename");
+    });
+    let made = made.into_inner().unwrap();
+    assert_eq!(
+        made.len(),
+        600,
+        "every create succeeds, before or after the swap"
+    );
+    for (t, name) in &made {
+        f.walk(&format!("e/s{t}/{name}"))?;
+    }
+    for i in 0..300 {
+        assert_eq!(f.walk(&format!("e/s{}/f{i}", i % 3))?.perm, 0o600, "f{i}");
+    }
+    assert_eq!(f.ls("e/s0")?.len(), 1000 + 200);
+    Ok(())
+}
+
+/// An `O_TRUNC` open copies a lower file up without its data (it is about to go): the
+/// lower file is never read, so its atime (older than its mtime, which relatime would
+/// update on a read) stays. The same for a file a directory rename linked.
+#[test]
+fn truncating_opens_copy_up_without_reading_the_data() -> io::Result<()> {
+    let f = fixture(1, |l| {
+        write(&l[0].join("big"), &"x".repeat(1 << 20))?;
+        write(&l[0].join("d/linked"), "data")?;
+        for p in [l[0].join("big"), l[0].join("d/linked")] {
+            let at = |s| Some(SetTime::At(SystemTime::UNIX_EPOCH + Duration::from_secs(s)));
+            set_times(&p, at(1_000), at(2_000))?;
+        }
+        Ok(())
+    })?;
+    f.u.rename(ROOT, os("d"), ROOT, os("e"), 0)?;
+    for (path, lower) in [("big", "big"), ("e/linked", "d/linked")] {
+        let a = f.walk(path)?;
+        let fh = f.u.open(a.node, libc::O_RDONLY | libc::O_TRUNC)?;
+        f.u.release(fh);
+        assert_eq!(f.cat(path)?, "");
+        let m = fs::metadata(f.lowers[0].join(lower))?;
+        assert_eq!((m.atime(), m.mtime()), (1_000, 2_000), "{lower} was read");
+        assert!(m.len() > 0);
+    }
     Ok(())
 }

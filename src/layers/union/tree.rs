@@ -532,6 +532,40 @@ impl Tree {
         }
     }
 
+    /// After `ino`'s directory was copied whole into the upper layer (a renamed lower
+    /// directory): `ino` and every known node below it now live in the upper layer
+    /// alone. Nodes of lower hard-link groups are detached instead (their names became
+    /// files of their own; the kernel looks such names up on every use, see
+    /// [`Tree::last_name`], and finds new nodes). Returns the nodes that moved.
+    pub fn relocate_to_upper(&self, ino: Ino) -> Vec<Ino> {
+        let mut maps = self.maps.write();
+        let mut moved = Vec::new();
+        let mut stack = vec![ino];
+        while let Some(dir) = stack.pop() {
+            if let Some(n) = maps.nodes.get_mut(&dir) {
+                n.loc = Loc::one(0);
+                moved.push(dir);
+            }
+            let children: Vec<(Arc<OsStr>, Ino)> = match maps.children.get(&dir) {
+                Some(c) => c.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                None => continue,
+            };
+            for (name, child) in children {
+                let lower_group = maps
+                    .nodes
+                    .get(&child)
+                    .is_some_and(|n| matches!(n.link, Some(LinkKey::Lower(..))));
+                if lower_group {
+                    maps.take_child(dir, &name);
+                    Self::unname(&mut maps, child, dir, &name);
+                } else {
+                    stack.push(child);
+                }
+            }
+        }
+        moved
+    }
+
     /// Drops `n` kernel references; a detached node with none left is freed. The root
     /// and attached nodes stay, so their inode numbers stay stable.
     pub fn forget(&self, ino: Ino, n: u64) {
@@ -569,6 +603,33 @@ mod tests {
         assert_eq!(t.get(b).map(|i| i.path), Some(PathBuf::from("z/b")));
         assert_eq!(t.child(ROOT, OsStr::new("a")), None);
         assert_eq!(t.child(ROOT, OsStr::new("z")), Some(a));
+    }
+
+    #[test]
+    fn a_relocated_subtree_lives_in_the_upper_and_drops_lower_groups() {
+        let t = Tree::new(Loc::one(0));
+        let n = OsStr::new;
+        let merged = Loc {
+            layers: vec![0, 1, 2],
+        };
+        let a = t.insert(ROOT, n("a"), merged.clone(), None, true);
+        let sub = t.insert(a, n("sub"), Loc { layers: vec![1, 2] }, None, true);
+        let f = t.insert(sub, n("f"), Loc::one(2), None, true);
+        let key = Some(LinkKey::Lower(2, 5, 9));
+        let g = t.insert(sub, n("g"), Loc::one(2), key, true);
+        let outside = t.insert(ROOT, n("o"), Loc::one(1), None, true);
+        t.rename(ROOT, n("a"), ROOT, n("b"));
+        let mut moved = t.relocate_to_upper(a);
+        moved.sort();
+        assert_eq!(moved, [a, sub, f]);
+        for id in [a, sub, f] {
+            assert_eq!(t.get(id).map(|i| i.loc), Some(Loc::one(0)));
+        }
+        assert_eq!(t.get(f).map(|i| i.path), Some(PathBuf::from("b/sub/f")));
+        // The group's name is looked up afresh; the old node lives on, detached.
+        assert_eq!(t.child(sub, n("g")), None);
+        assert!(t.get(g).is_some_and(|i| !i.attached));
+        assert_eq!(t.get(outside).map(|i| i.loc), Some(Loc::one(1)));
     }
 
     #[test]
