@@ -9,6 +9,28 @@ use crate::builder::namespace::IdMapping;
 use crate::cli::ImportSeedArgs;
 use crate::layers::seed::{self, ImportOptions, Interrupt, Owners, Progress, progress};
 
+/// An ordinary user cannot read a root filesystem that root made (`/etc/shadow`,
+/// `.pwd.lock`, ...): say how to import it anyway instead of only naming the file.
+fn unreadable_hint(
+    e: seed::SeedError,
+    opts: &ImportOptions,
+) -> Box<dyn std::error::Error + Send + Sync> {
+    let denied = matches!(&e, seed::SeedError::Source { source, .. }
+        if source.kind() == std::io::ErrorKind::PermissionDenied);
+    if denied && opts.source.is_dir() && !nix::unistd::geteuid().is_root() {
+        let dir = opts.source.display();
+        return format!(
+            "{e}: permission denied. A directory made by root has files only root can \
+             read, so import it as a tarball instead: `sudo tar --numeric-owner --xattrs \
+             --xattrs-include='*' -cf seed.tar -C {dir} .` then `gentree-fs import-seed \
+             seed.tar {}` (ownership and modes are kept)",
+            opts.name
+        )
+        .into();
+    }
+    e.into()
+}
+
 pub fn run(args: &ImportSeedArgs) -> CmdResult {
     let name = match &args.name {
         Some(n) => {
@@ -41,7 +63,7 @@ pub fn run(args: &ImportSeedArgs) -> CmdResult {
     };
     let intr = Interrupt::install();
     let mut prog = Progress::new(std::io::stderr().is_terminal());
-    let r = seed::import(&opts, &intr, &mut prog)?;
+    let r = seed::import(&opts, &intr, &mut prog).map_err(|e| unreadable_hint(e, &opts))?;
     // A new or replaced seed invalidates every layer built on the old one.
     crate::layers::store::Store::open(&opts.conf_root)?.bump_seed_id(&opts.name)?;
     let s = &r.stats;

@@ -4,12 +4,29 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::CmdResult;
 use crate::cli::PackArgs;
 use crate::layers::tar::{FilterSet, PackOptions, TarLayout};
+
+/// The tree to pack for `--layer DIR`: a published layer's store dir
+/// (`CONF_ROOT/layers/<key>`, holding `meta.json` and `root/`) means its `root/`, so
+/// the metadata never lands in an image; any other dir is packed as it is.
+fn layer_tree(dir: &Path) -> PathBuf {
+    let root = dir.join("root");
+    if dir.join("meta.json").is_file() && root.is_dir() {
+        tracing::info!(
+            "{} is a published layer: packing its tree {}",
+            dir.display(),
+            root.display()
+        );
+        root
+    } else {
+        dir.to_path_buf()
+    }
+}
 
 /// The default unprivileged maximum (`/proc/sys/fs/pipe-max-size`).
 const PIPE_SIZE: i32 = 1 << 20;
@@ -25,10 +42,11 @@ pub fn run(args: &PackArgs) -> CmdResult {
         filters,
         source_date_epoch,
     };
+    let layers: Vec<PathBuf> = args.layers.iter().map(|l| layer_tree(l)).collect();
     let layout = if args.oci_layer {
-        TarLayout::oci_layer(&args.layers, &opts)?
+        TarLayout::oci_layer(&layers, &opts)?
     } else {
-        TarLayout::flattened(&args.layers, &opts)?
+        TarLayout::flattened(&layers, &opts)?
     };
     tracing::debug!(
         "{} entries, {} bytes",
@@ -75,4 +93,20 @@ fn open_output(path: &Path) -> Result<File, String> {
         return Ok(File::from(fd));
     }
     File::create(path).map_err(|e| format!("creating {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_layer_dir_means_its_tree() {
+        let t = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let layer = t.path().join("layers/abc");
+        std::fs::create_dir_all(layer.join("root/etc")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(layer_tree(&layer), layer, "no meta.json: packed as it is");
+        std::fs::write(layer.join("meta.json"), "{}").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(layer_tree(&layer), layer.join("root"));
+        assert_eq!(layer_tree(&layer.join("root")), layer.join("root"));
+    }
 }

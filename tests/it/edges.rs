@@ -107,3 +107,61 @@ fn warnings_are_plain_text_when_redirected_and_with_no_color() {
         );
     }
 }
+
+#[test]
+fn pack_of_a_store_layer_dir_packs_its_tree_not_its_metadata() {
+    let t = util::tempdir();
+    let layer = t.path().join("layers/0123abcd");
+    fs::create_dir_all(layer.join("root/etc")).unwrap();
+    fs::write(layer.join("root/etc/hostname"), "box\n").unwrap();
+    fs::write(layer.join("meta.json"), "{\"key\": \"0123abcd\"}").unwrap();
+    let out = run(gentree()
+        .arg("pack")
+        .arg("--layer")
+        .arg(&layer)
+        .arg("-o")
+        .arg(t.path().join("x.tar")));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = util::run_ok(Command::new("tar").arg("-tf").arg(t.path().join("x.tar")));
+    assert!(list.lines().any(|l| l == "etc/hostname"), "{list}");
+    assert!(
+        !list.contains("meta.json") && !list.contains("root/"),
+        "{list}"
+    );
+}
+
+#[test]
+fn a_user_importing_roots_directory_is_told_to_import_a_tarball() {
+    let Some((user, _, _)) =
+        util::require_test_user("a_user_importing_roots_directory_is_told_to_import_a_tarball")
+    else {
+        return;
+    };
+    let t = util::tempdir();
+    let src = t.path().join("rootfs");
+    fs::create_dir_all(src.join("etc")).unwrap();
+    fs::write(src.join("etc/shadow"), "root:*:1::::::\n").unwrap();
+    util::set_mode(&src.join("etc/shadow"), 0o600);
+    let conf = t.path().join("conf");
+    fs::create_dir_all(&conf).unwrap();
+    util::run_ok(Command::new("chown").arg(&user).arg(&conf));
+    let out = run(Command::new("runuser")
+        .args(["-u", &user, "--"])
+        .arg(util::bin())
+        .arg("import-seed")
+        .arg(&src)
+        .arg("s")
+        .arg("--conf-root")
+        .arg(&conf));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        e.contains("etc/shadow") && e.contains("import it as a tarball") && e.contains("tar "),
+        "{e}"
+    );
+    assert!(!conf.join("seeds/s").exists(), "a partial seed was left");
+}
