@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Installs the system packages gentree-fs and its tests need (Debian/Ubuntu).
-# Run as root (or via sudo). Safe to run again.
+# Run it as root or as a user (it runs itself through sudo then). Safe to run again.
 set -euo pipefail
+if ((EUID != 0)); then
+  command -v sudo >/dev/null || { echo "install-deps.sh: run as root (no sudo here)" >&2; exit 1; }
+  exec sudo "$0" "$@"
+fi
 pkgs=(
   fuse3            # fusermount3 and /etc/fuse.conf, for rootless mounts; mount.fuse3 for
                    # `mount -t fuse.gentree-fs` and fstab

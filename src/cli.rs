@@ -211,6 +211,28 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Serve(ServeArgs),
 
+    /// Print a shell completion script for gentree-fs to standard output.
+    ///
+    /// Install it for bash with
+    /// `gentree-fs completions bash > ~/.local/share/bash-completion/completions/gentree-fs`
+    /// (zsh: a file `_gentree-fs` in a directory of $fpath; fish:
+    /// ~/.config/fish/completions/gentree-fs.fish).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+
+    /// Write man pages (gentree-fs.1 and one per subcommand) into a directory.
+    ///
+    /// Install them with `gentree-fs man --dir ~/.local/share/man/man1` (or, as root,
+    /// `--dir /usr/local/share/man/man1`), then `man gentree-fs`.
+    Man {
+        /// Where to write the pages (created if missing).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+    },
+
     /// Internal: the namespace helper (re-executed by gentree-fs itself).
     #[command(name = "__ns-exec", hide = true)]
     NsExec,

@@ -11,6 +11,7 @@ pub mod build;
 pub mod clean_builds;
 pub mod config;
 pub mod daemon;
+pub mod docs;
 pub mod exec;
 pub mod import_seed;
 pub mod init_crossdev;
@@ -43,6 +44,8 @@ pub fn dispatch(cli: Cli) -> CmdResult {
         Command::CleanBuilds(a) => clean_builds::run(&a),
         Command::InitCrossdev(a) => init_crossdev::run(&a),
         Command::Serve(a) => serve::run(&a),
+        Command::Completions { shell } => docs::completions(shell),
+        Command::Man { dir } => docs::man_pages(&dir),
         Command::NsExec => namespace::ns_exec(),
         Command::NsRun { plan, auto_map } => namespace::ns_run(&plan, auto_map),
     }

@@ -165,3 +165,45 @@ fn a_user_importing_roots_directory_is_told_to_import_a_tarball() {
     );
     assert!(!conf.join("seeds/s").exists(), "a partial seed was left");
 }
+
+#[test]
+fn completions_load_in_bash_and_man_pages_cover_every_command() {
+    let out = util::run_ok(Command::new("bash").arg("-c").arg(format!(
+        "source <({} completions bash) && complete -p gentree-fs",
+        util::bin().display()
+    )));
+    assert!(out.contains(" -F _gentree__fs gentree-fs"), "{out}");
+    let t = util::tempdir();
+    let dir = t.path().join("man1");
+    let o = run(gentree().arg("man").arg("--dir").arg(&dir));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for sub in [
+        "",
+        "-build",
+        "-exec",
+        "-import-seed",
+        "-union",
+        "-serve",
+        "-pack",
+    ] {
+        let page = fs::read_to_string(dir.join(format!("gentree-fs{sub}.1")))
+            .unwrap_or_else(|e| panic!("gentree-fs{sub}.1: {e}"));
+        assert!(
+            page.starts_with(".ie") || page.contains(".TH"),
+            "{sub}: {page}"
+        );
+    }
+    let main = fs::read_to_string(dir.join("gentree-fs.1")).unwrap();
+    assert!(
+        main.contains("layers/") && main.contains("import\\-seed"),
+        "{main}"
+    );
+    assert!(
+        !fs::read_dir(&dir).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("__")),
+        "internal commands get no page"
+    );
+}
