@@ -135,7 +135,9 @@ pub enum Handle {
         /// inode's pages, so they must stop once another image is served there.
         cached: bool,
     },
-    Log(File),
+    /// A build log, read by path at each read: a log that does not exist yet when
+    /// `tail -f` opens it, or that a new build starts afresh, is still followed.
+    Log(PathBuf),
     /// A directory listing snapshot.
     Dir(Arc<Vec<DirEntry>>),
 }
@@ -534,7 +536,10 @@ impl GentreeFs {
         }
     }
 
-    /// Attributes. An image reports its exact size once ready and 0 before (it is then
+    /// Attributes. Images, layers and logs show mode 0644 though they cannot be
+    /// written (opens for writing get EACCES): `cp` gives its copy the source's mode,
+    /// and a 0444 copy made `cp builds/x.tar .` fail the second time.
+    /// An image reports its exact size once ready and 0 before (it is then
     /// opened with direct I/O, so readers still get every byte: see [`Opened`]).
     pub fn getattr(&self, ino: u64) -> io::Result<Attr> {
         match Node::of(ino).ok_or_else(|| errno(libc::ENOENT))? {
@@ -545,7 +550,7 @@ impl GentreeFs {
             Node::Packages => Ok(self.dir_attr(PACKAGES, 0o555)),
             Node::Layer(i) => {
                 let size = self.oci_layout(i)?.size();
-                Ok(self.attr(ino, FileKind::File, 0o444, size, self.started))
+                Ok(self.attr(ino, FileKind::File, FILE_MODE, size, self.started))
             }
             Node::Tar(i) => {
                 let name = self.build_name(i)?;
@@ -554,7 +559,7 @@ impl GentreeFs {
                 let mtime = std::fs::metadata(self.images.log_path(&name))
                     .and_then(|m| m.modified())
                     .unwrap_or(self.started);
-                Ok(self.attr(ino, FileKind::File, 0o444, size, mtime))
+                Ok(self.attr(ino, FileKind::File, FILE_MODE, size, mtime))
             }
             Node::Log(i) => {
                 let name = self.build_name(i)?;
@@ -562,7 +567,7 @@ impl GentreeFs {
                     Ok(m) => (m.len(), m.modified().unwrap_or(self.started)),
                     Err(_) => (0, self.started),
                 };
-                Ok(self.attr(ino, FileKind::File, 0o444, size, mtime))
+                Ok(self.attr(ino, FileKind::File, FILE_MODE, size, mtime))
             }
             Node::Union(u, i) => Ok(Self::mapped(u, self.union(u)?.getattr(i, None)?)),
         }
@@ -711,13 +716,8 @@ impl GentreeFs {
             Node::Tar(i) => Ok(Opened::Image(self.build_name(i)?)),
             Node::Log(i) => {
                 let name = self.build_name(i)?;
-                let f = match File::open(self.images.log_path(&name)) {
-                    Ok(f) => f,
-                    // No build yet: an empty log.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => File::open("/dev/null")?,
-                    Err(e) => return Err(e),
-                };
-                Ok(Opened::Direct(self.handles.insert(Handle::Log(f))))
+                let path = self.images.log_path(&name);
+                Ok(Opened::Direct(self.handles.insert(Handle::Log(path))))
             }
             Node::Root | Node::Seeds | Node::Builds | Node::Layers | Node::Packages => {
                 Err(errno(libc::EISDIR))
@@ -759,7 +759,7 @@ impl GentreeFs {
                     cached: true,
                 } if !self.images.is_served(name, image) => Err(errno(libc::ESTALE)),
                 Handle::Image { image, .. } => image.read_at(offset, buf),
-                Handle::Log(f) => read_full(f, offset, buf),
+                Handle::Log(path) => read_log(path, offset, buf),
                 Handle::Dir(_) => Err(errno(libc::EISDIR)),
             };
             match n {
@@ -935,6 +935,9 @@ impl GentreeFs {
     }
 }
 
+/// The mode of the mount's own files (see [`GentreeFs::getattr`]).
+const FILE_MODE: u32 = 0o644;
+
 fn union_fh_out(u: usize, fh: u64) -> u64 {
     ((u as u64 + 1) << UNION_SHIFT) | fh
 }
@@ -958,6 +961,15 @@ thread_local! {
 }
 
 /// Reads as much as the file has at `offset` (a log that grows meanwhile may give more).
+/// Reads the log at `path` as it is now; no log yet reads as an empty one.
+fn read_log(path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    match File::open(path) {
+        Ok(f) => read_full(&f, offset, buf),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
 fn read_full(f: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {

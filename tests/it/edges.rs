@@ -207,3 +207,91 @@ fn completions_load_in_bash_and_man_pages_cover_every_command() {
         "internal commands get no page"
     );
 }
+
+#[test]
+fn tail_follows_a_first_build_and_a_users_copies_can_be_repeated() {
+    let Some((user, _, _)) = util::require_test_user("tail_follows_a_first_build") else {
+        return;
+    };
+    if !util::require_fuse("tail_follows_a_first_build") {
+        return;
+    }
+    let f = crate::build::Fixture::new(None);
+    f.write_cfg(
+        "small.toml",
+        "seed = \"testseed\"\npackages = [\"app-misc/gt-lib\"]\n",
+    );
+    let mp = f.dir.path().join("mp");
+    fs::create_dir_all(&mp).unwrap();
+    let err = f.dir.path().join("daemon.err");
+    let daemon = f
+        .cmd(None)
+        .args(["-f", "--no-config", "-o", "allow_other", "--conf-root"])
+        .arg(f.conf())
+        .arg("--configs")
+        .arg(f.cfg_dir())
+        .arg(&mp)
+        .stdin(Stdio::null())
+        .stderr(fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    struct Guard(std::process::Child, std::path::PathBuf);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&self.1)
+                .status();
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _daemon = Guard(daemon, mp.clone());
+    wait_until("the mount", Duration::from_secs(20), || util::mounted(&mp));
+    // The README's example: follow the log of a build that has not started yet.
+    let followed = f.dir.path().join("followed");
+    let mut tail = Command::new("tail")
+        .arg("-f")
+        .arg(mp.join("builds/small.log"))
+        .stdout(fs::File::create(&followed).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let cp = run(Command::new("cp")
+        .arg(mp.join("builds/small.tar"))
+        .arg(f.dir.path().join("a.tar")));
+    assert!(
+        cp.status.success(),
+        "{}",
+        fs::read_to_string(&err).unwrap_or_default()
+    );
+    let log = fs::read_to_string(mp.join("builds/small.log")).unwrap();
+    assert!(log.lines().count() > 10, "{log}");
+    // tail polls once a second on FUSE.
+    wait_until("tail to catch up", Duration::from_secs(15), || {
+        fs::read_to_string(&followed).unwrap_or_default() == log
+    });
+    tail.kill().unwrap();
+    tail.wait().unwrap();
+    // An ordinary user copies the image twice into the same place.
+    let out = f.dir.path().join("user-out");
+    fs::create_dir(&out).unwrap();
+    util::run_ok(Command::new("chown").arg(&user).arg(&out));
+    for round in 0..2 {
+        let c = run(Command::new("runuser")
+            .args(["-u", &user, "--", "cp"])
+            .arg(mp.join("builds/small.tar"))
+            .arg(out.join("small.tar")));
+        assert!(
+            c.status.success(),
+            "cp #{round} as {user}: {}",
+            String::from_utf8_lossy(&c.stderr)
+        );
+    }
+    // Still read-only: writing the image is refused.
+    let w = fs::OpenOptions::new()
+        .write(true)
+        .open(mp.join("builds/small.tar"));
+    assert_eq!(w.err().and_then(|e| e.raw_os_error()), Some(libc::EACCES));
+}
