@@ -299,8 +299,11 @@ fn helper_processes_are_named_gentree_fs_by_role() {
             .filter(|l| l.contains("gentree-fs: helper in") || l.contains(&marker))
             .map(str::to_owned)
             .collect();
-        if ours.iter().any(|l| l.contains(&marker)) && ours.iter().any(|l| l.contains("helper in"))
-        {
+        // The command itself runs (its comm is sh), not only the caller naming it.
+        let started = ours
+            .iter()
+            .any(|l| l.trim_start().starts_with("sh ") && l.contains(&marker));
+        if started && ours.iter().any(|l| l.contains("helper in")) {
             break ps;
         }
         assert!(
