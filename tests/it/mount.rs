@@ -266,14 +266,14 @@ fn mount_in_background_and_unmount_by_signal() {
     );
     assert!(mounted(&mp), "not mounted when the command returned");
     assert!(mp.join("seeds/s1/etc/hostname").exists());
-    // A second mount on the same (now non-empty) mountpoint is refused with advice.
+    // A second mount on the same (live) mountpoint is refused with advice.
     let again = run(util::gentree()
         .args(["--no-config", "--conf-root"])
         .arg(&conf)
         .arg(&mp));
     assert!(!again.status.success());
     assert!(
-        String::from_utf8_lossy(&again.stderr).contains("not empty"),
+        String::from_utf8_lossy(&again.stderr).contains("is already mounted"),
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
