@@ -15,6 +15,20 @@ pub enum ConfigError {
         source: io::Error,
     },
 
+    #[error(
+        "{} is {size} bytes, above the {} MiB limit for config files: split it into bases",
+        path.display(),
+        limit >> 20
+    )]
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
+
+    #[error("{}: not UTF-8 text (invalid byte at offset {at})", path.display())]
+    NotText { path: PathBuf, at: usize },
+
     #[error("{}:{line}:{col}: invalid TOML: {message}", path.display())]
     Parse {
         path: PathBuf,
