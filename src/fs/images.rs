@@ -11,6 +11,10 @@
 //!   and answers the waiters when done;
 //! - a cached layout is served only while the config still resolves to the same key,
 //!   so an edited config or a changed seed rebuilds on the next open;
+//! - resolutions are cached ([`ResolveCache`]) while every file they read is
+//!   unchanged; a request that needs one not cached yet waits for it on a resolver
+//!   thread ([`Images::when_resolved`], one per config at a time), never on the
+//!   caller's (a FUSE worker's) thread;
 //! - the flattened index is persisted next to the top layer
 //!   (`layers/<key>/image-<filters digest>.idx`) so reopening after a restart needs no
 //!   tree walk;
@@ -32,13 +36,17 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 use crate::builder::build::{self, BuildError, BuildOptions, HostDirs};
-use crate::builder::config::{CliOverrides, ConfigError, Defaults, ResolvedConfig, resolve_file};
+use crate::builder::config::cache::ResolveCache;
+use crate::builder::config::{CliOverrides, ConfigError, Defaults, ResolvedConfig};
 use crate::builder::namespace::IdMapping;
 use crate::layers::store::{BuildKey, Store, StoreError};
 use crate::layers::tar::{PackOptions, TarError, TarLayout};
 
 /// How often a queued build checks whether the seed is free.
 const QUEUE_POLL: Duration = Duration::from_millis(200);
+
+/// How long a listing of the package dirs waits for configs being resolved.
+pub const PKGDIRS_WAIT: Duration = Duration::from_millis(200);
 
 /// How often waiting openers are checked for pending signals.
 pub const INTERRUPT_POLL: Duration = Duration::from_millis(200);
@@ -94,7 +102,7 @@ pub enum ImageError {
     Config {
         name: String,
         #[source]
-        source: ConfigError,
+        source: Arc<ConfigError>,
     },
     #[error("building {name}")]
     Build {
@@ -146,7 +154,7 @@ pub struct BuildEnv {
 /// A config resolved to its layer keys.
 #[derive(Debug)]
 struct Plan {
-    cfg: ResolvedConfig,
+    cfg: Arc<ResolvedConfig>,
     dirs: HostDirs,
     /// Every layer's key, build order (the top layer last).
     keys: Vec<BuildKey>,
@@ -189,7 +197,17 @@ pub struct Images {
     files: std::sync::atomic::AtomicBool,
     /// Image files being written.
     writing: Mutex<std::collections::HashSet<PathBuf>>,
+    /// Config resolutions, kept while the files they read are unchanged.
+    resolutions: ResolveCache,
+    /// Requests waiting for a config's resolution on a resolver thread, by config
+    /// ([`Images::when_resolved`]); a config is a key while its thread runs.
+    resolving: Mutex<HashMap<String, Vec<Deferred>>>,
+    /// Notified when a config leaves `resolving`.
+    resolved: parking_lot::Condvar,
 }
+
+/// A request answered once its config's resolution is cached.
+pub type Deferred = Box<dyn FnOnce() + Send>;
 
 impl std::fmt::Debug for Images {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -199,7 +217,12 @@ impl std::fmt::Debug for Images {
 
 impl Images {
     pub fn new(env: BuildEnv) -> Arc<Images> {
+        let resolutions =
+            ResolveCache::new(CliOverrides::default(), Arc::new(env.defaults.clone()));
         Arc::new(Images {
+            resolutions,
+            resolving: Mutex::new(HashMap::new()),
+            resolved: parking_lot::Condvar::new(),
             env: Arc::new(env),
             slots: Mutex::new(HashMap::new()),
             on_ready: Mutex::new(None),
@@ -248,17 +271,30 @@ impl Images {
     }
 
     /// The binary package dirs the configs build into (every layer's, with the
-    /// `_pkgdir` override applied); configs that do not resolve are skipped.
-    pub fn pkgdirs(&self) -> Vec<PathBuf> {
+    /// `_pkgdir` override applied); configs that do not resolve are skipped. Configs
+    /// not resolved yet are resolved on resolver threads, waited for at most
+    /// [`PKGDIRS_WAIT`]: one still resolving then (a slow config) is left out until
+    /// it is done, so it never holds up a listing for long.
+    pub fn pkgdirs(self: &Arc<Self>) -> Vec<PathBuf> {
+        let names = self.names().unwrap_or_default();
+        for name in &names {
+            self.when_resolved(name, Box::new(|| {}));
+        }
+        let deadline = std::time::Instant::now() + PKGDIRS_WAIT;
+        let mut resolving = self.resolving.lock();
+        while names.iter().any(|n| resolving.contains_key(n))
+            && !self
+                .resolved
+                .wait_until(&mut resolving, deadline)
+                .timed_out()
+        {}
+        drop(resolving);
         let mut v = Vec::new();
-        for name in self.names().unwrap_or_default() {
-            let Ok(cfg) = resolve_file(
-                &self.config_path(&name),
-                &CliOverrides::default(),
-                &self.env.defaults,
-            ) else {
+        for name in names {
+            let Some(r) = self.resolutions.cached(&self.config_path(&name)) else {
                 continue;
             };
+            let Ok(cfg) = r else { continue };
             let dirs = HostDirs::new(&self.env.conf_root, &cfg);
             for c in cfg.build_order() {
                 let p = dirs.pkgdir(c);
@@ -270,16 +306,58 @@ impl Images {
         v
     }
 
+    /// Whether `name`'s config resolution is cached and current, so that
+    /// [`Images::status`] and [`Images::open`] answer without reading a config.
+    pub fn is_resolved(&self, name: &str) -> bool {
+        self.resolutions.cached(&self.config_path(name)).is_some()
+    }
+
+    /// Runs `then` once `name`'s resolution is cached: now, on the caller's thread,
+    /// when it is; else on a resolver thread (one per config at a time: requests
+    /// arriving meanwhile join it), so a request thread never reads a config.
+    pub fn when_resolved(self: &Arc<Self>, name: &str, then: Deferred) {
+        if self.is_resolved(name) {
+            return then();
+        }
+        {
+            let mut resolving = self.resolving.lock();
+            if let Some(waiting) = resolving.get_mut(name) {
+                waiting.push(then);
+                return;
+            }
+            resolving.insert(name.to_owned(), vec![then]);
+        }
+        let me = Arc::clone(self);
+        let owned = name.to_owned();
+        let spawned = std::thread::Builder::new()
+            .name(format!("resolve-{name}"))
+            .spawn(move || {
+                let _ = me.resolutions.resolve(&me.config_path(&owned));
+                let waiting = me.resolving.lock().remove(&owned).unwrap_or_default();
+                me.resolved.notify_all();
+                for then in waiting {
+                    then();
+                }
+            });
+        if let Err(e) = spawned {
+            // Answer here rather than never: the request resolves on this thread.
+            tracing::error!("cannot start a thread to resolve {name}: {e}");
+            let waiting = self.resolving.lock().remove(name).unwrap_or_default();
+            self.resolved.notify_all();
+            for then in waiting {
+                then();
+            }
+        }
+    }
+
     fn plan(&self, name: &str) -> Result<Plan, ImageError> {
-        let cfg = resolve_file(
-            &self.config_path(name),
-            &CliOverrides::default(),
-            &self.env.defaults,
-        )
-        .map_err(|source| ImageError::Config {
-            name: name.to_owned(),
-            source,
-        })?;
+        let cfg = self
+            .resolutions
+            .resolve(&self.config_path(name))
+            .map_err(|source| ImageError::Config {
+                name: name.to_owned(),
+                source,
+            })?;
         let dirs = HostDirs::new(&self.env.conf_root, &cfg);
         let store = self.store(name, &dirs)?;
         let keys = build::plan_jobs(&cfg, &store, &dirs)

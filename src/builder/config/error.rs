@@ -26,6 +26,9 @@ pub enum ConfigError {
         limit: u64,
     },
 
+    #[error("{}: not a regular file", path.display())]
+    NotAFile { path: PathBuf },
+
     #[error("{}: not UTF-8 text (invalid byte at offset {at})", path.display())]
     NotText { path: PathBuf, at: usize },
 

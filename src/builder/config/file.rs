@@ -1,6 +1,7 @@
 //! Reading config files: a size limit, and the identity of each file read.
 //!
-//! Every config, base and default file is read through [`read`], which refuses a file
+//! Every config, base and default file is read through [`read`], which refuses what
+//! is not a regular file (a FIFO or device would block or never end) and a file
 //! above [`MAX_CONFIG_BYTES`] before reading it (and stops reading at the limit should
 //! the file grow meanwhile), so the memory of one resolution is bounded by a small
 //! multiple of the limit whatever the file holds. [`FileStamp`] is what a cache of
@@ -9,7 +10,7 @@
 //! by the next check.
 
 use std::io::{self, Read};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::ConfigError;
@@ -60,25 +61,39 @@ impl FileStamp {
 /// Reads the config file at `path` as UTF-8, refusing it above [`MAX_CONFIG_BYTES`];
 /// `io` says which file an I/O error is about (a config, a base, a default file).
 pub fn read(path: &Path, io: impl FnOnce(io::Error) -> ConfigError) -> Result<String, ConfigError> {
-    let too_large = |size| ConfigError::TooLarge {
-        path: path.to_path_buf(),
-        size,
-        limit: MAX_CONFIG_BYTES,
+    let refused = |size| match size {
+        Some(size) => ConfigError::TooLarge {
+            path: path.to_path_buf(),
+            size,
+            limit: MAX_CONFIG_BYTES,
+        },
+        None => ConfigError::NotAFile {
+            path: path.to_path_buf(),
+        },
     };
-    let read = || -> io::Result<Result<Vec<u8>, u64>> {
-        let f = std::fs::File::open(path)?;
-        let size = f.metadata()?.len();
+    // Err(Some(size)): too large; Err(None): not a regular file.
+    let read = || -> io::Result<Result<Vec<u8>, Option<u64>>> {
+        // Non-blocking, so a FIFO is refused below instead of waiting for a writer.
+        let f = std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)?;
+        let meta = f.metadata()?;
+        if !meta.is_file() {
+            return Ok(Err(None));
+        }
+        let size = meta.len();
         if size > MAX_CONFIG_BYTES {
-            return Ok(Err(size));
+            return Ok(Err(Some(size)));
         }
         let mut bytes = Vec::with_capacity(size as usize);
         f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes)?;
         Ok(match bytes.len() as u64 {
-            n if n > MAX_CONFIG_BYTES => Err(n),
+            n if n > MAX_CONFIG_BYTES => Err(Some(n)),
             _ => Ok(bytes),
         })
     };
-    let bytes = read().map_err(io)?.map_err(too_large)?;
+    let bytes = read().map_err(io)?.map_err(refused)?;
     String::from_utf8(bytes).map_err(|e| ConfigError::NotText {
         path: path.to_path_buf(),
         at: e.utf8_error().valid_up_to(),

@@ -16,11 +16,13 @@
 //! differences from genTree are listed in `docs/compat.md`.
 //!
 //! Modules: [`value`] (located, ordered TOML tree), [`raw`] (schema and checks),
+//! [`cache`] (resolutions kept while the files they read are unchanged),
 //! [`file`] (reading files: the size limit, file identities for caches),
 //! [`defaults`] (embedded defaults, default files, overrides, builtin bases),
 //! [`env`] (flag sets and the environment), [`emerge`] (argv), [`names`]
 //! (buildname, pkgdir, name validation), [`resolve`] (the tree).
 
+pub mod cache;
 pub mod defaults;
 pub mod emerge;
 pub mod env;

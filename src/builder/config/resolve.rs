@@ -1061,7 +1061,11 @@ mod tests {
         let (r, files) = resolve_file_stamped(&top, &cli, &defaults(&[]));
         r.unwrap();
         let paths: Vec<&Path> = files.iter().map(|f| f.path.as_path()).collect();
-        assert_eq!(paths, [top.as_path(), base.as_path()], "builtins read no file");
+        assert_eq!(
+            paths,
+            [top.as_path(), base.as_path()],
+            "builtins read no file"
+        );
         assert!(files.iter().all(|f| f.id.is_some() && f.is_current()));
 
         // A missing base is stamped absent: creating it is a change.
@@ -1074,8 +1078,13 @@ mod tests {
         let f = std::fs::File::create(&base).unwrap();
         f.set_len(file::MAX_CONFIG_BYTES + 1).unwrap();
         std::fs::write(&top, "seed = \"s\"\nbases = [\"b.toml\"]\n").unwrap();
-        let e = resolve_file(&top, &cli, &defaults(&[])).unwrap_err().to_string();
-        assert!(e.starts_with(&format!("{} is 2097153 bytes", base.display())), "{e}");
+        let e = resolve_file(&top, &cli, &defaults(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("{} is 2097153 bytes", base.display())),
+            "{e}"
+        );
     }
 
     #[test]
