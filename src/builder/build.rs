@@ -144,17 +144,17 @@ pub enum BuildError {
         #[source]
         source: namespace::NsError,
     },
-    #[error("layer {layer} failed (exit status {code}); its log is {log}")]
+    #[error("layer {layer} failed ({status}); its log is {log}")]
     Failed {
         layer: String,
-        code: i32,
+        status: crate::builder::crash::Exit,
         log: PathBuf,
     },
-    #[error("{what} of seed {seed} failed (exit status {code}); its log is {log}")]
+    #[error("{what} of seed {seed} failed ({status}); its log is {log}")]
     SeedFailed {
         what: &'static str,
         seed: String,
-        code: i32,
+        status: crate::builder::crash::Exit,
         log: PathBuf,
     },
     #[error("writing the image {path}")]
@@ -716,6 +716,7 @@ fn build_layer(
                 .unwrap_or_else(|| store.layer_dir(k).join("root"))
         })
         .collect();
+    crate::builder::crash::remove_dead_run_dirs(&dirs.run);
     let run_dir = dirs
         .run
         .join(format!("{}-{}", job.key.short(), std::process::id()));
@@ -764,7 +765,7 @@ fn build_layer(
     if !status.success() {
         return Err(BuildError::Failed {
             layer: cfg.buildname.clone(),
-            code: status.code().unwrap_or(-1),
+            status: crate::builder::crash::Exit(status),
             log: log.to_path_buf(),
         });
     }

@@ -4,6 +4,7 @@
 pub mod build;
 pub mod clean;
 pub mod config;
+pub mod crash;
 pub mod key;
 pub mod namespace;
 pub mod seed_ops;

@@ -243,6 +243,31 @@ fn mount_tree_without_portage() {
     d.stop();
 }
 
+/// Scratch dirs of builds whose process died (kill -9 of a daemon) go on the next
+/// start; those of live processes stay.
+#[test]
+fn mount_start_removes_run_dirs_of_dead_processes() {
+    if !root_and_fuse("mount_start_removes_run_dirs_of_dead_processes") {
+        return;
+    }
+    let t = util::tempdir();
+    let (conf, configs) = plain_conf(t.path());
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let gone = conf.join(format!("run/0123456789ab-{dead}"));
+    let live = conf.join(format!("run/0123456789ab-{}", std::process::id()));
+    for d in [&gone, &live] {
+        fs::create_dir_all(d.join("root/etc")).unwrap();
+        fs::write(d.join("root/etc/hostname"), "x\n").unwrap();
+    }
+    let mp = t.path().join("mp");
+    let d = Daemon::start(util::gentree(), &conf, &configs, &mp, t.path());
+    assert!(!gone.exists(), "left by a dead process");
+    assert!(live.exists(), "a live process's");
+    d.stop();
+}
+
 /// How many of this process's threads wait for a FUSE reply.
 fn threads_waiting_on_fuse() -> usize {
     fs::read_dir("/proc/self/task")
