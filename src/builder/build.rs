@@ -612,7 +612,6 @@ pub fn build(
 ) -> Result<BuildReport, BuildError> {
     let store = Store::open(&dirs.conf_root)?;
     let jobs = plan_jobs(top, &store, dirs)?;
-    let mut done: Vec<(Layer, Outcome)> = Vec::new();
     let _seed_lock = lock_seed(dirs, &top.seed)?;
     if top.clean_seed {
         let (upper, work) = dirs.seed_upper(&top.seed);
@@ -620,6 +619,24 @@ pub fn build(
             store::remove_tree(p).map_err(io_err("cannot clean the seed overlay", p))?;
         }
     }
+    // Portage's work files of a build killed before it could clean up, and after this
+    // one whatever its end (a failed build's can fill the disk).
+    let (seed_upper, _) = dirs.seed_upper(&top.seed);
+    crate::builder::crash::remove_portage_work(&seed_upper);
+    let built = build_jobs(&jobs, &store, dirs, opts, log, top.ephemeral_seed);
+    crate::builder::crash::remove_portage_work(&seed_upper);
+    built
+}
+
+fn build_jobs(
+    jobs: &[LayerJob<'_>],
+    store: &Store,
+    dirs: &HostDirs,
+    opts: &BuildOptions,
+    log: &Path,
+    ephemeral_seed: bool,
+) -> Result<BuildReport, BuildError> {
+    let mut done: Vec<(Layer, Outcome)> = Vec::new();
     let n = jobs.len();
     for (i, job) in jobs.iter().enumerate() {
         let cfg = job.config;
@@ -642,13 +659,13 @@ pub fn build(
             cfg.buildname,
             job.key.short()
         );
-        let world = merged_world(job, &jobs, &done);
+        let world = merged_world(job, jobs, &done);
         let run = LayerRun {
             dirs,
-            store: &store,
+            store,
             opts,
             log,
-            ephemeral_seed: top.ephemeral_seed,
+            ephemeral_seed,
             world,
         };
         let layer = build_layer(job, &done, &run)?;

@@ -1,4 +1,4 @@
-//! What a crash leaves behind, and how a build helper's end is told.
+//! What a crash or a failed build leaves behind, and how a build helper's end is told.
 //!
 //! Each build makes a scratch dir under `CONF_ROOT/run/` named after the process
 //! running it: `<key>-<pid>` for a layer build, `serve-<pid>-<job>` for a `serve`
@@ -7,6 +7,14 @@
 //! each build, removes those whose process is gone. A dir whose pid is alive is kept,
 //! even if the pid was reused: removing a live build's dir would be worse than keeping
 //! a stale one a while longer.
+//!
+//! Portage keeps a failed build's work dir (`/var/tmp/portage/<cat>/<pf>`, often
+//! hundreds of MB) in the seed's persistent upper; [`remove_portage_work`] removes
+//! it after every build and before the next (for one that was killed), under the
+//! seed's lock.
+//!
+//! A build's log starts with space set aside for its end ([`start_log`]), so the
+//! cause of a failure reaches the log ([`log_failure`]) even on a full disk.
 //!
 //! [`Exit`] tells a helper's end the way a shell would: its exit status, or the
 //! signal that killed it (`ExitStatus::code` alone says nothing for a signal).
@@ -58,6 +66,80 @@ pub fn remove_dead_run_dirs(run: &Path) -> Vec<PathBuf> {
         }
     }
     removed
+}
+
+/// Portage's work dir in a seed root.
+pub const PORTAGE_TMP: &str = "var/tmp/portage";
+
+/// Removes what Portage left in `seed_upper`'s `var/tmp/portage` (work dirs of failed
+/// or killed builds), keeping whiteouts (`.wh.*`), which hide lower entries; returns
+/// what was removed. Errors are logged: a leftover must not fail the build.
+pub fn remove_portage_work(seed_upper: &Path) -> Vec<PathBuf> {
+    let dir = seed_upper.join(PORTAGE_TMP);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for e in entries.flatten() {
+        if e.file_name().as_encoded_bytes().starts_with(b".wh.") {
+            continue;
+        }
+        let path = e.path();
+        let r = if e.file_type().is_ok_and(|t| t.is_dir()) {
+            crate::layers::store::remove_tree(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match r {
+            Ok(()) => removed.push(path),
+            Err(err) => {
+                tracing::warn!("cannot remove Portage's leftover {}: {err}", path.display())
+            }
+        }
+    }
+    if !removed.is_empty() {
+        tracing::info!("removed Portage's work files from {}", dir.display());
+    }
+    removed
+}
+
+/// Space a log keeps allocated past its end for the cause of a failure.
+const LOG_RESERVE: i64 = 64 << 10;
+
+/// Creates (truncating) the log at `path` with `header`, and allocates
+/// [`LOG_RESERVE`] bytes past its end without growing it (`FALLOC_FL_KEEP_SIZE`):
+/// appends, the failure's cause among them, then need no new space while the
+/// reserve lasts. A filesystem without fallocate just goes without.
+pub fn start_log(path: &Path, header: &str) -> std::io::Result<()> {
+    use nix::fcntl::{FallocateFlags, fallocate};
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    let _ = fallocate(&f, FallocateFlags::FALLOC_FL_KEEP_SIZE, 0, LOG_RESERVE);
+    f.write_all(header.as_bytes())
+}
+
+/// Appends the error `e` and its causes to the log at `path` (creating it) as
+/// `gentree-fs: error: ...` lines; returns the text. When even that fails, the text
+/// is logged with the reason it is not in the file.
+pub fn log_failure(path: &Path, e: &(dyn std::error::Error + 'static)) -> String {
+    use std::io::Write;
+    let mut text = format!("gentree-fs: error: {e}\n");
+    for cause in crate::error_chain(e).skip(1) {
+        text.push_str(&format!("  caused by: {cause}\n"));
+    }
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()));
+    if let Err(err) = written {
+        tracing::error!(
+            "cannot write the cause of a failed build to {}: {err}: {}",
+            path.display(),
+            text.trim_end()
+        );
+    }
+    text
 }
 
 /// A helper's end, shown as `exit status N` or `killed by signal N (SIGNAME)`.
@@ -136,6 +218,27 @@ mod tests {
         assert_eq!(removed, want);
         assert!(!gone.exists() && !gone_serve.exists());
         assert!(mine.exists() && pid1.exists() && other.exists());
+    }
+
+    #[test]
+    fn portage_work_goes_whiteouts_stay() {
+        let upper = tempfile::tempdir().unwrap();
+        let tmp = upper.path().join(PORTAGE_TMP);
+        std::fs::create_dir_all(tmp.join("app-misc/gt-fail-1/work")).unwrap();
+        std::fs::write(tmp.join("app-misc/gt-fail-1/work/big"), "x").unwrap();
+        std::fs::write(tmp.join(".keep"), "").unwrap();
+        std::fs::write(tmp.join(".wh.lower-entry"), "").unwrap();
+        std::fs::write(upper.path().join("var/tmp/other"), "kept").unwrap();
+        let mut removed = remove_portage_work(upper.path());
+        removed.sort();
+        assert_eq!(removed, [tmp.join(".keep"), tmp.join("app-misc")]);
+        let left: Vec<_> = std::fs::read_dir(&tmp)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, [".wh.lower-entry"]);
+        assert!(upper.path().join("var/tmp/other").exists());
+        assert!(remove_portage_work(&upper.path().join("none")).is_empty());
     }
 
     #[test]

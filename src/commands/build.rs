@@ -27,12 +27,16 @@ pub fn run(args: &BuildArgs) -> CmdResult {
     std::fs::create_dir_all(&dirs.builds)
         .map_err(|e| format!("cannot create {}: {e}", dirs.builds.display()))?;
     let log = dirs.builds.join(format!("{}.log", cfg.buildname));
-    let _ = std::fs::remove_file(&log);
+    crate::builder::crash::start_log(&log, "")
+        .map_err(|e| format!("cannot create the log {}: {e}", log.display()))?;
     let opts = BuildOptions {
         rebuild: args.rebuild,
         mapping,
     };
-    let report = build::build(&cfg, &dirs, &opts, &log)?;
+    // Every failure's cause goes to the log too, also one before emerge starts.
+    let report = build::build(&cfg, &dirs, &opts, &log).inspect_err(|e| {
+        crate::builder::crash::log_failure(&log, e);
+    })?;
     let out = match (&args.output, &cfg.output_file) {
         (Some(o), _) => o.clone(),
         (None, Some(f)) => dirs.builds.join(f),

@@ -678,12 +678,8 @@ impl Images {
                 self.write_file_later(file, image);
             }
             Err(e) => {
-                let mut text = format!("gentree-fs: error: {e}\n");
-                for cause in crate::error_chain(&e).skip(1) {
-                    text.push_str(&format!("  caused by: {cause}\n"));
-                }
+                let text = crate::builder::crash::log_failure(&log, &e);
                 tracing::error!("{name}: {}", text.trim_end());
-                let _ = append(&log, &text);
                 self.finish(name, None, Err(libc::EIO));
             }
         }
@@ -697,7 +693,8 @@ impl Images {
         if let Some(d) = log.parent() {
             std::fs::create_dir_all(d).map_err(log_err)?;
         }
-        std::fs::write(log, format!("gentree-fs: image {name}\n")).map_err(log_err)?;
+        crate::builder::crash::start_log(log, &format!("gentree-fs: image {name}\n"))
+            .map_err(log_err)?;
         let plan = self.plan(name)?;
         let Some(top) = plan.top().cloned() else {
             return Err(ImageError::Vanished {

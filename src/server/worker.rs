@@ -81,8 +81,11 @@ pub fn build_in_seed(job: &super::queue::Job, ctx: &BuildContext, queue: &Shared
                 job.id, cfg.seed
             ),
         )?;
-        let status = crate::builder::namespace::run(&plan, Some(&job.log))?;
-        Ok(exit_code(status))
+        let (seed_upper, _) = dirs.seed_upper(&cfg.seed);
+        crate::builder::crash::remove_portage_work(&seed_upper);
+        let status = crate::builder::namespace::run(&plan, Some(&job.log));
+        crate::builder::crash::remove_portage_work(&seed_upper);
+        Ok(exit_code(status?))
     })();
     let _ = crate::layers::store::remove_tree(&run_dir);
     match result {

@@ -309,6 +309,22 @@ fn failing_emerge_publishes_nothing_and_logs_the_cause() {
         "no diagnostics"
     );
     assert!(!f.conf().join("builds/testseed-bad-full.tar").exists());
+    // The cause ends the log; Portage's work dir of the failed package is gone from
+    // the seed's upper (it can be hundreds of MB: a full disk after one failure).
+    assert!(
+        log.contains("gentree-fs: error: layer testseed-bad failed (exit status 1)"),
+        "{log}"
+    );
+    let portage_tmp = f.conf().join("seeds/testseed.upper/var/tmp/portage");
+    let left: Vec<_> = fs::read_dir(&portage_tmp)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.iter()
+            .all(|n| n.as_encoded_bytes().starts_with(b".wh.")),
+        "Portage work files left in {}: {left:?}",
+        portage_tmp.display()
+    );
     let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mi.contains(f.conf().to_str().unwrap()),
@@ -418,4 +434,74 @@ fn build_without_subids_falls_back_to_a_single_mapping() {
     assert!(owned.contains(" 0/0 "), "{owned}");
     let suid = member(&l, "usr/bin/gt-suid").expect("setuid file");
     assert!(suid.starts_with("-rwsr-xr-x"), "{suid}");
+}
+
+/// A build failing before emerge starts (its seed is not imported) still leaves its
+/// cause in its log.
+#[test]
+fn a_build_failing_before_emerge_logs_the_cause() {
+    let t = util::tempdir();
+    let conf = t.path().join("conf");
+    let cfg = t.path().join("x.toml");
+    fs::write(&cfg, "seed = \"missing\"\n").unwrap();
+    let out = run(util::gentree()
+        .args(["build", "--no-config", "--conf-root"])
+        .arg(&conf)
+        .arg(&cfg));
+    assert!(!out.status.success());
+    let log = fs::read_to_string(conf.join("builds/missing-x.log")).unwrap();
+    assert!(
+        log.starts_with("gentree-fs: error: seed \"missing\" is not imported"),
+        "{log}"
+    );
+}
+
+/// On a full disk, the cause of a failure still reaches the log: the space for it
+/// was set aside when the log was started.
+#[test]
+fn a_full_disk_still_takes_the_cause_of_a_failure() {
+    if !util::require_root("a_full_disk_still_takes_the_cause_of_a_failure") {
+        return;
+    }
+    let t = util::tempdir();
+    let small = t.path().join("small");
+    fs::create_dir(&small).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &small,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=512k"),
+    )
+    .unwrap();
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _mounted = Unmount(small.clone());
+    let log = small.join("x.log");
+    // A header filling its first page exactly: the cause needs a page of its own.
+    let header = format!("gentree-fs: image x{}\n", "-".repeat(4096 - 20));
+    assert_eq!(header.len(), 4096);
+    gentree_fs::builder::crash::start_log(&log, &header).unwrap();
+    // Fill the filesystem.
+    let mut filler = fs::File::create(small.join("filler")).unwrap();
+    let chunk = vec![0u8; 4096];
+    let full = loop {
+        if let Err(e) = std::io::Write::write_all(&mut filler, &chunk) {
+            break e;
+        }
+    };
+    assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
+    let e = std::io::Error::from_raw_os_error(libc::ENOSPC);
+    gentree_fs::builder::crash::log_failure(&log, &e);
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.strip_prefix(header.as_str())
+            .is_some_and(|t| t.starts_with("gentree-fs: error: No space left on device")),
+        "after the header: {:?}",
+        text.get(header.len()..)
+    );
 }
