@@ -47,7 +47,7 @@ pub enum ConfigError {
         hint: Option<String>,
     },
 
-    #[error("{at}: `{key}` must be {expected}, not a {found}")]
+    #[error("{at}: `{key}` must be {expected}, not {} {found}", article(found))]
     WrongType {
         at: Loc,
         key: String,
@@ -110,6 +110,14 @@ pub enum ConfigError {
         origin: String,
         reason: &'static str,
     },
+}
+
+/// "a" or "an" before a TOML type name (an array, an integer).
+fn article(word: &str) -> &'static str {
+    match word.as_bytes().first() {
+        Some(b'a' | b'e' | b'i' | b'o' | b'u') => "an",
+        _ => "a",
+    }
 }
 
 impl ConfigError {

@@ -587,7 +587,12 @@ mod tests {
             (
                 "packages = [1]",
                 Ctx::Top,
-                "f.toml:1:13: `packages` must be a string (array item), not a integer",
+                "f.toml:1:13: `packages` must be a string (array item), not an integer",
+            ),
+            (
+                "depclean = []",
+                Ctx::Top,
+                "f.toml:1:12: `depclean` must be a boolean (true or false), not an array",
             ),
             (
                 "seed = \"s\"",
