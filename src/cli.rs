@@ -306,7 +306,7 @@ pub struct BuildArgs {
     #[arg(long)]
     pub rebuild: bool,
     /// Where to write the image (default: CONF_ROOT/builds/<buildname>-full.tar, or
-    /// the config's output_file relative to the build dir).
+    /// the config's output_file relative to the build dir); `-` for standard output.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Data directory (default: $XDG_DATA_HOME/gentree).

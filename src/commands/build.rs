@@ -47,7 +47,12 @@ pub fn run(args: &BuildArgs) -> CmdResult {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .or(cfg.reproducible.then_some(0));
-    let size = build::write_image(&cfg, &report, &out, sde)?;
+    let to_stdout = out == std::path::Path::new("-");
+    let size = if to_stdout {
+        image_to_stdout(&cfg, &report, sde)?
+    } else {
+        build::write_image(&cfg, &report, &out, sde)?
+    };
     for (layer, outcome) in &report.layers {
         let what = match outcome {
             Outcome::Reused => "reused",
@@ -59,9 +64,33 @@ pub fn run(args: &BuildArgs) -> CmdResult {
             layer.meta.key.short()
         );
     }
-    println!("{}", absolute(out).display());
+    if !to_stdout {
+        println!("{}", absolute(out).display());
+    }
     eprintln!("image: {size} bytes, {} layers", report.layers.len());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `-o -`: the image on standard output (as `pack -o -`).
+fn image_to_stdout(
+    cfg: &crate::builder::config::ResolvedConfig,
+    report: &build::BuildReport,
+    sde: Option<i64>,
+) -> Result<u64, String> {
+    use std::os::fd::AsFd;
+    let opts = crate::layers::tar::PackOptions {
+        filters: build::image_filters(cfg).map_err(|e| e.to_string())?,
+        source_date_epoch: sde,
+    };
+    let layout = crate::layers::tar::TarLayout::flattened(&report.image_layers(), &opts)
+        .map_err(|e| format!("laying out the image: {e}"))?;
+    let fd = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("duplicating standard output: {e}"))?;
+    layout
+        .write_to_file(&mut std::fs::File::from(fd))
+        .map_err(|e| format!("writing the image to standard output: {e}"))
 }
 
 fn absolute(p: PathBuf) -> PathBuf {

@@ -275,6 +275,21 @@ fn build_two_levels_of_bases_and_reuse_layers() {
         let again_image = PathBuf::from(stdout(&again).trim());
         fs::read(again_image).unwrap()
     });
+    // `-o -`: the same image on standard output, no file named `-`.
+    let cwd = f.conf().join("cwd");
+    fs::create_dir_all(&cwd).unwrap();
+    let piped = run(f
+        .cmd(None)
+        .current_dir(&cwd)
+        .args(["build", "--no-config", "-o", "-", "--conf-root"])
+        .arg(f.conf())
+        .arg(&cfg));
+    assert!(piped.status.success(), "{}", stderr(&piped));
+    assert!(
+        piped.stdout == fs::read(&image).unwrap(),
+        "stdout is not the image"
+    );
+    assert!(!cwd.join("-").exists(), "a file named `-`");
 
     // A USE change in the top config rebuilds only the top layer.
     let cfg2 = f.write_cfg("app.toml", &app("-extras", true));
