@@ -312,6 +312,15 @@ impl Images {
         self.resolutions.cached(&self.config_path(name)).is_some()
     }
 
+    /// Whether every config's resolution is cached and current ([`Images::remove`]
+    /// reads them all).
+    pub fn all_resolved(&self) -> bool {
+        self.names()
+            .unwrap_or_default()
+            .iter()
+            .all(|n| self.is_resolved(n))
+    }
+
     /// Runs `then` once `name`'s resolution is cached: now, on the caller's thread,
     /// when it is; else on a resolver thread (one per config at a time: requests
     /// arriving meanwhile join it), so a request thread never reads a config.

@@ -415,7 +415,18 @@ impl Filesystem for GentreeFuse {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.fs.unlink(parent.0, name));
+        if !self.fs.unlink_resolves(parent.0) {
+            return reply_empty(reply, self.fs.unlink(parent.0, name));
+        }
+        // Off this thread: resolving the configs may be slow. Should the thread not
+        // start, the dropped reply answers EIO.
+        let (fs, name) = (self.fs.clone(), name.to_owned());
+        let spawned = std::thread::Builder::new()
+            .name("rm-image".into())
+            .spawn(move || reply_empty(reply, fs.unlink(parent.0, &name)));
+        if let Err(e) = spawned {
+            tracing::error!("cannot start a thread to remove an image: {e}");
+        }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {

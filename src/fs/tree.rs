@@ -382,6 +382,12 @@ impl GentreeFs {
         .then(|| stem.to_owned())
     }
 
+    /// Whether an unlink in `parent` would read configs not resolved yet
+    /// (`rm builds/<config>.tar` checks every config's layers).
+    pub fn unlink_resolves(&self, parent: u64) -> bool {
+        parent == BUILDS && !self.images.all_resolved()
+    }
+
     fn build_name(&self, i: usize) -> io::Result<String> {
         self.builds
             .read()
