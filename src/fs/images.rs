@@ -312,15 +312,6 @@ impl Images {
         self.resolutions.cached(&self.config_path(name)).is_some()
     }
 
-    /// Whether every config's resolution is cached and current ([`Images::remove`]
-    /// reads them all).
-    pub fn all_resolved(&self) -> bool {
-        self.names()
-            .unwrap_or_default()
-            .iter()
-            .all(|n| self.is_resolved(n))
-    }
-
     /// Runs `then` once `name`'s resolution is cached: now, on the caller's thread,
     /// when it is; else on a resolver thread (one per config at a time: requests
     /// arriving meanwhile join it), so a request thread never reads a config.
@@ -926,9 +917,9 @@ impl Images {
 
     /// `rm builds/<name>.tar`: forgets the image and removes the config's own (top)
     /// layer, so the next open rebuilds it, unless another config in the configs dir
-    /// builds on that layer too. Base layers always stay (other configs share them;
+    /// builds on that layer too, or might (a config not resolved yet). Base layers always stay (other configs share them;
     /// `clean-builds` collects what nothing uses). EBUSY while building.
-    pub fn remove(&self, name: &str) -> io::Result<()> {
+    pub fn remove(self: &Arc<Self>, name: &str) -> io::Result<()> {
         if !self.config_path(name).is_file() {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
         }
@@ -947,7 +938,14 @@ impl Images {
             return Ok(());
         };
         let Some(top) = plan.top() else { return Ok(()) };
-        if let Some(user) = self.keys_of_others(name).get(top) {
+        let Some(others) = self.keys_of_others(name) else {
+            tracing::info!(
+                "{name}: image dropped; layer {} kept (other configs are still being resolved)",
+                top.short()
+            );
+            return Ok(());
+        };
+        if let Some(user) = others.get(top) {
             tracing::info!(
                 "{name}: image dropped; layer {} kept (used by {user})",
                 top.short()
@@ -963,20 +961,33 @@ impl Images {
         Ok(())
     }
 
-    /// The layer keys of every config but `name`, each with one config using it.
-    fn keys_of_others(&self, name: &str) -> HashMap<BuildKey, String> {
-        let mut used = HashMap::new();
-        for other in self.names().unwrap_or_default() {
-            if other == name {
-                continue;
+    /// The layer keys of every config but `name`, each with one config using it;
+    /// `None` when one is not resolved yet (it is then resolved in the background:
+    /// a slow config must not hold up an unlink, which the kernel runs with builds/
+    /// locked).
+    fn keys_of_others(self: &Arc<Self>, name: &str) -> Option<HashMap<BuildKey, String>> {
+        let others: Vec<String> = self
+            .names()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|o| o != name)
+            .collect();
+        let unresolved: Vec<&String> = others.iter().filter(|o| !self.is_resolved(o)).collect();
+        if !unresolved.is_empty() {
+            for o in unresolved {
+                self.when_resolved(o, Box::new(|| {}));
             }
+            return None;
+        }
+        let mut used = HashMap::new();
+        for other in others {
             if let Ok(p) = self.plan(&other) {
                 for k in p.keys {
                     used.entry(k).or_insert_with(|| other.clone());
                 }
             }
         }
-        used
+        Some(used)
     }
 }
 

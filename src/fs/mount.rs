@@ -415,10 +415,10 @@ impl Filesystem for GentreeFuse {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        if !self.fs.unlink_resolves(parent.0) {
+        if !self.fs.unlink_resolves(parent.0, name) {
             return reply_empty(reply, self.fs.unlink(parent.0, name));
         }
-        // Off this thread: resolving the configs may be slow. Should the thread not
+        // Off this thread: resolving the config may be slow. Should the thread not
         // start, the dropped reply answers EIO.
         let (fs, name) = (self.fs.clone(), name.to_owned());
         let spawned = std::thread::Builder::new()

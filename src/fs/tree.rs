@@ -382,10 +382,10 @@ impl GentreeFs {
         .then(|| stem.to_owned())
     }
 
-    /// Whether an unlink in `parent` would read configs not resolved yet
-    /// (`rm builds/<config>.tar` checks every config's layers).
-    pub fn unlink_resolves(&self, parent: u64) -> bool {
-        parent == BUILDS && !self.images.all_resolved()
+    /// Whether an unlink of `name` in `parent` would read a config not resolved yet
+    /// (`rm builds/<config>.tar` needs that config's layers).
+    pub fn unlink_resolves(&self, parent: u64, name: &OsStr) -> bool {
+        self.unresolved_entry(parent, name).is_some()
     }
 
     fn build_name(&self, i: usize) -> io::Result<String> {

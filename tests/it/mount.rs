@@ -1035,6 +1035,18 @@ fn mount_rm_keeps_layers_other_configs_use() {
     let l = listing("b");
     assert!(l.contains("data/base") && l.contains("data/b"), "{l}");
     assert_eq!(state("b").as_deref(), Some("ready"));
+    // A config not resolved yet might use b's layer: rm keeps it (without waiting
+    // for that config), and removes it once every config is known.
+    fs::write(
+        configs.join("c.toml"),
+        "bases = [\"base.toml\"]\npackages = [\"app-misc/c\"]\n",
+    )
+    .unwrap();
+    fs::remove_file(tar("b")).unwrap();
+    assert!(layer(&kb), "removed while c was not resolved");
+    assert_ne!(key("c"), kb);
+    fs::remove_file(tar("b")).unwrap();
+    assert!(!layer(&kb), "b's layer kept");
     d.stop();
 }
 
