@@ -152,7 +152,8 @@ pub fn serve(
     wake_rx.set_nonblocking(true)?;
     wake_tx.set_nonblocking(true)?;
     let (work_tx, work_rx) = channel::<(Conn, RequestHead)>();
-    let (back_tx, back_rx) = channel::<Conn>();
+    // Every answered request comes back: its connection when it stays open.
+    let (back_tx, back_rx) = channel::<Option<Conn>>();
     let work_rx = Arc::new(Mutex::new(work_rx));
     let wake_tx = Arc::new(wake_tx);
     let mut workers = Vec::new();
@@ -180,7 +181,7 @@ pub fn serve(
 
 fn worker(
     rx: &Mutex<Receiver<(Conn, RequestHead)>>,
-    back: &Sender<Conn>,
+    back: &Sender<Option<Conn>>,
     wake: &UnixStream,
     handler: &Handler,
     write_timeout: Duration,
@@ -191,12 +192,13 @@ fn worker(
             Err(_) => return,
         };
         let Ok((conn, head)) = next else { return };
-        if let Some(conn) = answer(conn, &head, handler, write_timeout) {
-            if back.send(conn).is_err() {
-                return;
-            }
-            let _ = (&*wake).write(&[1]);
+        if back
+            .send(answer(conn, &head, handler, write_timeout))
+            .is_err()
+        {
+            return;
         }
+        let _ = (&*wake).write(&[1]);
     }
 }
 
@@ -307,7 +309,7 @@ fn poll_loop(
     limits: &ServeLimits,
     wake: &UnixStream,
     work: &Sender<(Conn, RequestHead)>,
-    back: &Receiver<Conn>,
+    back: &Receiver<Option<Conn>>,
     stop: &AtomicBool,
 ) -> io::Result<()> {
     let mut conns: HashMap<u64, Conn> = HashMap::new();
@@ -351,8 +353,9 @@ fn poll_loop(
             let mut sink = [0u8; 64];
             while matches!((&*wake).read(&mut sink), Ok(n) if n > 0) {}
         }
-        while let Ok(mut c) = back.try_recv() {
+        while let Ok(returned) = back.try_recv() {
             busy = busy.saturating_sub(1);
+            let Some(mut c) = returned else { continue };
             let id = next_id;
             next_id += 1;
             // A pipelined request may already be buffered.

@@ -707,6 +707,11 @@ fn hostile_clients_are_bounded() {
         .collect();
     let r = request(port, "GET", "/Packages", &[]);
     assert_eq!((r.status, r.text().as_str()), (200, "PACKAGES: 0\n"));
+    // Answered connections leave the count: more requests than the limit, in turn.
+    for i in 0..250 {
+        let r = request(port, "GET", "/Packages", &[]);
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
     // Keep-alive: two requests on one connection.
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
