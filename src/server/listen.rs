@@ -1,5 +1,7 @@
-//! `serve`'s connections: one poll thread owns every open connection and reads
-//! request heads; a fixed pool of worker threads answers complete requests.
+//! `serve`'s connections: one poll thread owns every open connection, reads request
+//! heads and writes answers as fast as each client takes them (non-blocking, files
+//! by `sendfile`); a fixed pool of worker threads turns complete request heads into
+//! answers.
 //!
 //! Bounds, so that no client can hold the server (see [`ServeLimits`]):
 //! - threads: one poll thread and [`ServeLimits::workers`] workers, whatever the load;
@@ -9,11 +11,12 @@
 //! - memory: a connection buffers at most one request head ([`wire::Limits`]);
 //! - time: an idle keep-alive connection closes after [`ServeLimits::idle`], a request
 //!   head must arrive whole within [`ServeLimits::head`] of its first byte (else 408),
-//!   and a worker gives up on a client that accepts no bytes for
+//!   and an answer is dropped when its client takes no bytes of it for
 //!   [`ServeLimits::write`].
 //!
-//! Idle and slow connections cost the poll thread a descriptor and a buffer, never a
-//! thread: a worker only ever sees a complete request head.
+//! Idle, slow-sending and slow-reading connections cost the poll thread a descriptor
+//! and a buffer, never a thread: a worker only ever sees a complete request head and
+//! never writes to a client.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -99,6 +102,19 @@ struct Conn {
     /// for [`LINGER`]) before closing, so that the refusal is not lost to the reset
     /// a close with unread bytes would send.
     closing: Option<u64>,
+    /// The answer being written, and whether the connection stays open after it.
+    out: Option<(Outgoing, bool)>,
+}
+
+/// An answer being written: the head's unwritten part, then the body's.
+struct Outgoing {
+    head: Vec<u8>,
+    head_sent: usize,
+    body: Body,
+    /// Body bytes written.
+    body_sent: u64,
+    /// Where a file body starts in its file.
+    file_start: i64,
 }
 
 /// Most bytes read and dropped from a refused connection.
@@ -113,6 +129,7 @@ impl Conn {
             buf: Vec::new(),
             since: Instant::now(),
             closing: None,
+            out: None,
         }
     }
 
@@ -152,8 +169,8 @@ pub fn serve(
     wake_rx.set_nonblocking(true)?;
     wake_tx.set_nonblocking(true)?;
     let (work_tx, work_rx) = channel::<(Conn, RequestHead)>();
-    // Every answered request comes back: its connection when it stays open.
-    let (back_tx, back_rx) = channel::<Option<Conn>>();
+    // Every request comes back from its worker with its answer to write.
+    let (back_tx, back_rx) = channel::<Conn>();
     let work_rx = Arc::new(Mutex::new(work_rx));
     let wake_tx = Arc::new(wake_tx);
     let mut workers = Vec::new();
@@ -167,7 +184,7 @@ pub fn serve(
         workers.push(
             std::thread::Builder::new()
                 .name(format!("http-{i}"))
-                .spawn(move || worker(&rx, &back, &wake, &*handler, limits.write))?,
+                .spawn(move || worker(&rx, &back, &wake, &*handler))?,
         );
     }
     drop(back_tx);
@@ -181,65 +198,116 @@ pub fn serve(
 
 fn worker(
     rx: &Mutex<Receiver<(Conn, RequestHead)>>,
-    back: &Sender<Option<Conn>>,
+    back: &Sender<Conn>,
     wake: &UnixStream,
     handler: &Handler,
-    write_timeout: Duration,
 ) {
     loop {
         let next = match rx.lock() {
             Ok(rx) => rx.recv(),
             Err(_) => return,
         };
-        let Ok((conn, head)) = next else { return };
-        if back
-            .send(answer(conn, &head, handler, write_timeout))
-            .is_err()
-        {
+        let Ok((mut conn, head)) = next else { return };
+        conn.out = Some((outgoing(&head, handler(&head)), head.keep_alive()));
+        if back.send(conn).is_err() {
             return;
         }
         let _ = (&*wake).write(&[1]);
     }
 }
 
-/// Writes the answer to `head`; gives the connection back when it stays open.
-fn answer(
-    conn: Conn,
-    head: &RequestHead,
-    handler: &Handler,
-    write_timeout: Duration,
-) -> Option<Conn> {
-    let resp = handler(head);
-    let keep_alive = head.keep_alive();
-    let mut stream = &conn.stream;
-    let sent = (|| -> io::Result<()> {
-        stream.set_nonblocking(false)?;
-        stream.set_write_timeout(Some(write_timeout))?;
-        let out = wire::response_head(resp.status, &resp.headers, resp.body.len(), keep_alive);
-        stream.write_all(&out)?;
-        if head.method != "HEAD" {
-            match resp.body {
-                Body::Bytes(b) => stream.write_all(&b)?,
-                Body::File(f, n) => {
-                    let copied = io::copy(&mut f.take(n), &mut stream)?;
-                    if copied != n {
-                        // The file shrank: the promised length cannot be kept.
-                        return Err(io::ErrorKind::UnexpectedEof.into());
-                    }
-                }
+/// The bytes of `resp` to `head` (no body for HEAD).
+fn outgoing(head: &RequestHead, resp: Response) -> Outgoing {
+    use std::io::Seek;
+    let bytes = wire::response_head(
+        resp.status,
+        &resp.headers,
+        resp.body.len(),
+        head.keep_alive(),
+    );
+    let (body, file_start) = match resp.body {
+        _ if head.method == "HEAD" => (Body::Bytes(Vec::new()), 0),
+        Body::File(mut f, n) => {
+            match f.stream_position().ok().and_then(|p| i64::try_from(p).ok()) {
+                Some(p) => (Body::File(f, n), p),
+                // Unknown position: the write fails on the short file, the client sees it.
+                None => (Body::File(f, n), i64::MAX),
             }
         }
-        stream.flush()?;
-        stream.set_nonblocking(true)
-    })();
-    if let Err(e) = sent {
-        tracing::debug!("{} {}: answering failed: {e}", head.method, head.target);
-        return None;
+        b => (b, 0),
+    };
+    Outgoing {
+        head: bytes,
+        head_sent: 0,
+        body,
+        body_sent: 0,
+        file_start,
     }
-    keep_alive.then_some(Conn {
-        since: Instant::now(),
-        ..conn
-    })
+}
+
+/// What writing to a connection came to.
+enum Wrote {
+    /// All of the answer.
+    Done,
+    /// What the client took; the rest waits until it takes more.
+    Pending,
+    Failed,
+}
+
+/// Writes as much of `out` as `stream` takes now; progress moves `since`.
+fn write_some(stream: &TcpStream, out: &mut Outgoing, since: &mut Instant) -> Wrote {
+    let mut s = stream;
+    loop {
+        let r = if out.head_sent < out.head.len() {
+            s.write(&out.head[out.head_sent..])
+                .inspect(|&n| out.head_sent += n)
+        } else {
+            let left = out.body.len() - out.body_sent;
+            if left == 0 {
+                return Wrote::Done;
+            }
+            let r = match &out.body {
+                Body::Bytes(b) => s.write(&b[out.body_sent as usize..]),
+                Body::File(f, _) => {
+                    let mut at = out.file_start.saturating_add(out.body_sent as i64);
+                    let chunk = left.min(1 << 20) as usize;
+                    nix::sys::sendfile::sendfile(stream, f, Some(&mut at), chunk)
+                        .map_err(io::Error::from)
+                }
+            };
+            r.inspect(|&n| out.body_sent += n as u64)
+        };
+        match r {
+            // A client gone, or a file that shrank: the length promised cannot be kept.
+            Ok(0) => return Wrote::Failed,
+            Ok(_) => *since = Instant::now(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Wrote::Pending,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::debug!("answering a client failed: {e}");
+                return Wrote::Failed;
+            }
+        }
+    }
+}
+
+/// Writes what the client takes of `c`'s answer: `Close` when it is done with a
+/// closing connection or failed; a kept-alive connection goes on with the next
+/// request, which may already be buffered.
+fn flush(c: &mut Conn, limits: &wire::Limits) -> Next {
+    let Some((out, keep_alive)) = &mut c.out else {
+        return Next::Wait;
+    };
+    match write_some(&c.stream, out, &mut c.since) {
+        Wrote::Pending => Next::Wait,
+        Wrote::Failed => Next::Close,
+        Wrote::Done if !*keep_alive => Next::Close,
+        Wrote::Done => {
+            c.out = None;
+            c.since = Instant::now();
+            parse_buffered(c, limits)
+        }
+    }
 }
 
 /// What to do with a connection after reading from it.
@@ -309,7 +377,7 @@ fn poll_loop(
     limits: &ServeLimits,
     wake: &UnixStream,
     work: &Sender<(Conn, RequestHead)>,
-    back: &Receiver<Option<Conn>>,
+    back: &Receiver<Conn>,
     stop: &AtomicBool,
 ) -> io::Result<()> {
     let mut conns: HashMap<u64, Conn> = HashMap::new();
@@ -330,7 +398,12 @@ fn poll_loop(
         ];
         for id in &ids {
             if let Some(c) = conns.get(id) {
-                fds.push(PollFd::new(c.stream.as_fd(), PollFlags::POLLIN));
+                let want = if c.out.is_some() {
+                    PollFlags::POLLOUT
+                } else {
+                    PollFlags::POLLIN
+                };
+                fds.push(PollFd::new(c.stream.as_fd(), want));
             }
         }
         match poll(&mut fds, PollTimeout::from(200u16)) {
@@ -353,23 +426,24 @@ fn poll_loop(
             let mut sink = [0u8; 64];
             while matches!((&*wake).read(&mut sink), Ok(n) if n > 0) {}
         }
-        while let Ok(returned) = back.try_recv() {
+        // Answers from the workers are written at once, as far as each client takes.
+        let mut ready_ids = readable;
+        while let Ok(c) = back.try_recv() {
             busy = busy.saturating_sub(1);
-            let Some(mut c) = returned else { continue };
-            let id = next_id;
+            conns.insert(next_id, c);
+            ready_ids.push(next_id);
             next_id += 1;
-            // A pipelined request may already be buffered.
-            let next = parse_buffered(&mut c, &limits.head_limits);
-            conns.insert(id, c);
-            if let Next::Answer(head) = next {
-                dispatch(&mut conns, &mut busy, id, head);
-            }
         }
-        for id in readable {
+        for id in ready_ids {
             let Some(c) = conns.get_mut(&id) else {
                 continue;
             };
-            match read_some(c, &limits.head_limits) {
+            let next = if c.out.is_some() {
+                flush(c, &limits.head_limits)
+            } else {
+                read_some(c, &limits.head_limits)
+            };
+            match next {
                 Next::Answer(head) => dispatch(&mut conns, &mut busy, id, head),
                 Next::Wait => {}
                 Next::Close => {
@@ -386,6 +460,8 @@ fn poll_loop(
             let age = now.duration_since(c.since);
             if c.closing.is_some() {
                 age < LINGER
+            } else if c.out.is_some() {
+                age < limits.write
             } else if c.buf.is_empty() {
                 age < limits.idle
             } else if age >= limits.head {
@@ -424,7 +500,7 @@ fn accept_all(
             // Closing ones first, then the one idle the longest.
             let oldest_idle = conns
                 .iter()
-                .filter(|(_, c)| c.buf.is_empty())
+                .filter(|(_, c)| c.buf.is_empty() && c.out.is_none())
                 .min_by_key(|(_, c)| (c.closing.is_none(), c.since))
                 .map(|(id, _)| *id);
             match oldest_idle {

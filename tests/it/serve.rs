@@ -712,6 +712,31 @@ fn hostile_clients_are_bounded() {
         let r = request(port, "GET", "/Packages", &[]);
         assert_eq!(r.status, 200, "request {i}: {}", r.text());
     }
+    // Clients that ask for a large file and do not read it hold no worker: with more
+    // of them than workers, a normal client is served, and then each gets it all.
+    let big = conf.join("pkgdir/big.gpkg.tar");
+    fs::File::create(&big).unwrap().set_len(64 << 20).unwrap();
+    let slow_readers: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"GET /big.gpkg.tar HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    let r = request(port, "GET", "/Packages", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    for mut s in slow_readers {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        let body = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(
+            all.len() - body,
+            64 << 20,
+            "a slow reader's download was cut"
+        );
+    }
     // Keep-alive: two requests on one connection.
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
