@@ -107,7 +107,7 @@ pub fn remove_portage_work(seed_upper: &Path) -> Vec<PathBuf> {
 const LOG_RESERVE: i64 = 64 << 10;
 
 /// Creates (truncating) the log at `path` with `header`, and allocates
-/// [`LOG_RESERVE`] bytes past its end without growing it (`FALLOC_FL_KEEP_SIZE`):
+/// 64 KiB past its end without growing it (`FALLOC_FL_KEEP_SIZE`):
 /// appends, the failure's cause among them, then need no new space while the
 /// reserve lasts. A filesystem without fallocate just goes without.
 pub fn start_log(path: &Path, header: &str) -> std::io::Result<()> {

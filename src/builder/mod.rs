@@ -1,5 +1,6 @@
-//! Turning configs into layers: config resolution, cache keys, emerge command lines
-//! and the namespaced build helper. Never imports [`crate::fs`].
+//! Turning configs into layers: config resolution, cache keys, emerge command lines,
+//! the namespaced build helper, and what crashed or failed builds leave behind
+//! ([`crash`]). Never imports [`crate::fs`].
 
 pub mod build;
 pub mod clean;

@@ -6,7 +6,7 @@
 //! thread when the image is ready, failed, or the opener got a signal; no FUSE worker
 //! thread waits for a build. And any request on `builds/<config>.tar` whose config
 //! resolution is not cached moves, reply and all, to a resolver thread
-//! ([`GentreeFuse::answer`]): no FUSE worker thread reads a config.
+//! (`GentreeFuse::answer`): no FUSE worker thread reads a config.
 //!
 //! Size and cache policy (fuser-notes lesson 1): an image that is ready reports its
 //! exact size; one that is not reports size 0. An open that waited for the build is
