@@ -142,7 +142,7 @@ pub fn log_failure(path: &Path, e: &(dyn std::error::Error + 'static)) -> String
     text
 }
 
-/// A helper's end, shown as `exit status N` or `killed by signal N (SIGNAME)`.
+/// A helper's end, shown as `exit status N` or `killed by signal N, SIGNAME`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exit(pub ExitStatus);
 
@@ -169,7 +169,7 @@ impl fmt::Display for Exit {
                 } else {
                     ""
                 };
-                write!(f, "killed by signal {s} ({name}{core})")
+                write!(f, "killed by signal {s}, {name}{core}")
             }
             None => write!(f, "ended with wait status {:#x}", self.0.into_raw()),
         }
@@ -245,11 +245,11 @@ mod tests {
     fn a_killed_helper_names_its_signal() {
         let st = |raw| Exit(ExitStatus::from_raw(raw));
         assert_eq!(st(1 << 8).to_string(), "exit status 1");
-        assert_eq!(st(9).to_string(), "killed by signal 9 (SIGKILL)");
+        assert_eq!(st(9).to_string(), "killed by signal 9, SIGKILL");
         assert_eq!(st(9).shell_code(), 137);
         assert_eq!(
             st(11 | 0x80).to_string(),
-            "killed by signal 11 (SIGSEGV, core dumped)"
+            "killed by signal 11, SIGSEGV, core dumped"
         );
         let mut child = std::process::Command::new("sleep")
             .arg("60")
@@ -257,6 +257,6 @@ mod tests {
             .unwrap();
         child.kill().unwrap();
         let real = Exit(child.wait().unwrap());
-        assert_eq!(real.to_string(), "killed by signal 9 (SIGKILL)");
+        assert_eq!(real.to_string(), "killed by signal 9, SIGKILL");
     }
 }

@@ -520,3 +520,74 @@ fn a_full_disk_still_takes_the_cause_of_a_failure() {
         text.get(header.len()..)
     );
 }
+
+/// A build helper killed by a signal: the build fails saying which signal, in its
+/// error and at the end of its log (not `exit status -1`).
+#[test]
+fn a_killed_helper_is_reported_by_its_signal() {
+    if !util::require_root("a_killed_helper_is_reported_by_its_signal") {
+        return;
+    }
+    let f = Fixture::new(None);
+    let cfg = f.write_cfg(
+        "killed.toml",
+        "seed = \"testseed\"\npackages = [\"sys-apps/gt-baselayout\"]\n",
+    );
+    let mut build = f
+        .cmd(None)
+        .args(["build", "--no-config", "--conf-root"])
+        .arg(f.conf())
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The helper is the build's child; kill it as soon as it exists.
+    let children = |pid: u32| -> Vec<u32> {
+        fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|t| fs::read_to_string(t.path().join("children")).ok())
+            .flat_map(|l| {
+                l.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .collect()
+    };
+    let start = std::time::Instant::now();
+    let helper = loop {
+        if let Some(&h) = children(build.id()).first() {
+            break h;
+        }
+        assert!(
+            build.try_wait().unwrap().is_none(),
+            "build ended before its helper ran"
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "no helper"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(helper as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let out = build.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("failed (killed by signal 9, SIGKILL)"),
+        "{err}"
+    );
+    let log = fs::read_to_string(f.conf().join("builds/testseed-killed.log")).unwrap();
+    assert!(
+        log.contains(
+            "gentree-fs: error: layer testseed-killed failed (killed by signal 9, SIGKILL)"
+        ),
+        "{log}"
+    );
+}
