@@ -13,7 +13,7 @@
 //!   so an edited config or a changed seed rebuilds on the next open;
 //! - resolutions are cached ([`ResolveCache`]) while every file they read is
 //!   unchanged; a request that needs one not cached yet waits for it on a resolver
-//!   thread ([`Images::when_resolved`], one per config at a time), never on the
+//!   thread ([`Images::when_resolved`], a bounded few), never on the
 //!   caller's (a FUSE worker's) thread;
 //! - the flattened index is persisted next to the top layer
 //!   (`layers/<key>/image-<filters digest>.idx`) so reopening after a restart needs no
@@ -200,14 +200,27 @@ pub struct Images {
     /// Config resolutions, kept while the files they read are unchanged.
     resolutions: ResolveCache,
     /// Requests waiting for a config's resolution on a resolver thread, by config
-    /// ([`Images::when_resolved`]); a config is a key while its thread runs.
-    resolving: Mutex<HashMap<String, Vec<Deferred>>>,
-    /// Notified when a config leaves `resolving`.
+    /// ([`Images::when_resolved`]).
+    resolving: Mutex<Resolving>,
+    /// Notified when a config leaves `resolving.waiting`.
     resolved: parking_lot::Condvar,
 }
 
 /// A request answered once its config's resolution is cached.
 pub type Deferred = Box<dyn FnOnce() + Send>;
+
+/// Most resolver threads at a time; further configs wait their turn.
+const RESOLVERS: usize = 8;
+
+/// The configs being resolved or waiting for a resolver thread.
+#[derive(Default)]
+struct Resolving {
+    /// Each config's waiting requests; a config is a key until its resolution ends.
+    waiting: HashMap<String, Vec<Deferred>>,
+    /// Configs waiting for a resolver thread, oldest first.
+    queue: std::collections::VecDeque<String>,
+    threads: usize,
+}
 
 impl std::fmt::Debug for Images {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -221,7 +234,7 @@ impl Images {
             ResolveCache::new(CliOverrides::default(), Arc::new(env.defaults.clone()));
         Arc::new(Images {
             resolutions,
-            resolving: Mutex::new(HashMap::new()),
+            resolving: Mutex::new(Resolving::default()),
             resolved: parking_lot::Condvar::new(),
             env: Arc::new(env),
             slots: Mutex::new(HashMap::new()),
@@ -282,7 +295,7 @@ impl Images {
         }
         let deadline = std::time::Instant::now() + PKGDIRS_WAIT;
         let mut resolving = self.resolving.lock();
-        while names.iter().any(|n| resolving.contains_key(n))
+        while names.iter().any(|n| resolving.waiting.contains_key(n))
             && !self
                 .resolved
                 .wait_until(&mut resolving, deadline)
@@ -313,39 +326,67 @@ impl Images {
     }
 
     /// Runs `then` once `name`'s resolution is cached: now, on the caller's thread,
-    /// when it is; else on a resolver thread (one per config at a time: requests
-    /// arriving meanwhile join it), so a request thread never reads a config.
+    /// when it is; else on a resolver thread (one config at a time each, at most
+    /// [`RESOLVERS`] of them; requests arriving meanwhile join the config's turn), so
+    /// a request thread never reads a config.
     pub fn when_resolved(self: &Arc<Self>, name: &str, then: Deferred) {
         if self.is_resolved(name) {
             return then();
         }
         {
-            let mut resolving = self.resolving.lock();
-            if let Some(waiting) = resolving.get_mut(name) {
+            let mut r = self.resolving.lock();
+            if let Some(waiting) = r.waiting.get_mut(name) {
                 waiting.push(then);
                 return;
             }
-            resolving.insert(name.to_owned(), vec![then]);
+            r.waiting.insert(name.to_owned(), vec![then]);
+            if r.threads >= RESOLVERS {
+                r.queue.push_back(name.to_owned());
+                return;
+            }
+            r.threads += 1;
         }
         let me = Arc::clone(self);
         let owned = name.to_owned();
         let spawned = std::thread::Builder::new()
-            .name(format!("resolve-{name}"))
-            .spawn(move || {
-                let _ = me.resolutions.resolve(&me.config_path(&owned));
-                let waiting = me.resolving.lock().remove(&owned).unwrap_or_default();
-                me.resolved.notify_all();
-                for then in waiting {
-                    then();
-                }
-            });
+            .name("resolve".into())
+            .spawn(move || me.resolver(owned));
         if let Err(e) = spawned {
             // Answer here rather than never: the request resolves on this thread.
             tracing::error!("cannot start a thread to resolve {name}: {e}");
-            let waiting = self.resolving.lock().remove(name).unwrap_or_default();
+            let waiting = {
+                let mut r = self.resolving.lock();
+                r.threads -= 1;
+                r.waiting.remove(name).unwrap_or_default()
+            };
             self.resolved.notify_all();
             for then in waiting {
                 then();
+            }
+        }
+    }
+
+    /// A resolver thread: resolves `name`, answers its requests, then takes the next
+    /// config waiting for a turn until none is left.
+    fn resolver(self: Arc<Self>, mut name: String) {
+        loop {
+            let _ = self.resolutions.resolve(&self.config_path(&name));
+            let (waiting, next) = {
+                let mut r = self.resolving.lock();
+                let waiting = r.waiting.remove(&name).unwrap_or_default();
+                let next = r.queue.pop_front();
+                if next.is_none() {
+                    r.threads -= 1;
+                }
+                (waiting, next)
+            };
+            self.resolved.notify_all();
+            for then in waiting {
+                then();
+            }
+            match next {
+                Some(n) => name = n,
+                None => return,
             }
         }
     }

@@ -284,6 +284,7 @@ fn threads_waiting_on_fuse() -> usize {
 /// answered once the base can be read.
 #[test]
 fn mount_answers_while_a_config_is_slow() {
+    const SLOW: usize = 10;
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
     use std::sync::mpsc;
@@ -321,7 +322,7 @@ fn mount_answers_while_a_config_is_slow() {
         "seed = \"s1\"\nbases = [\"{}/base.toml\"]\n",
         hung.display()
     );
-    for i in 0..3 {
+    for i in 0..SLOW {
         fs::write(configs.join(format!("slow{i}.toml")), &slow).unwrap();
     }
     // Stopped before the mount starts, whose preloading resolves every config.
@@ -332,14 +333,14 @@ fn mount_answers_while_a_config_is_slow() {
     cmd.args(["--threads", "2"]);
     let d = Daemon::start(cmd, &conf, &configs, &mp, t.path());
 
-    // Three requests on slow images (more than the two worker threads; three configs,
-    // as the kernel sends one lookup of a name at a time).
+    // Requests on slow images: more than the two worker threads and than the resolver
+    // threads, one per config (the kernel sends one lookup of a name at a time).
     let (slow_tx, slow_rx) = mpsc::channel();
-    for i in 0..3 {
+    for i in 0..SLOW {
         let tar = mp.join(format!("builds/slow{i}.tar"));
         let tx = slow_tx.clone();
         std::thread::spawn(move || {
-            let r = match i {
+            let r = match i % 3 {
                 0 => xattr::get(&tar, "user.gentree.state").map(|v| v.map(|v| v.len() as u64)),
                 1 => fs::metadata(&tar).map(|m| Some(m.len())),
                 _ => xattr::list(&tar).map(|l| Some(l.count() as u64)),
@@ -348,12 +349,19 @@ fn mount_answers_while_a_config_is_slow() {
         });
     }
 
-    // All three are in flight: their threads wait in the kernel for the mount's reply.
+    // All are in flight: their threads wait in the kernel for the mount's reply, and
+    // the daemon resolves with a bounded number of threads.
     wait_until(
         "the slow requests in flight",
         Duration::from_secs(30),
-        || threads_waiting_on_fuse() >= 3,
+        || threads_waiting_on_fuse() >= SLOW,
     );
+    let resolvers = fs::read_dir(format!("/proc/{}/task", d.child.id()))
+        .unwrap()
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim() == "resolve")
+        .count();
+    assert!((1..=8).contains(&resolvers), "{resolvers} resolver threads");
 
     // Every other path answers meanwhile (bounded, so a stall fails the test instead
     // of hanging it).
@@ -371,7 +379,7 @@ fn mount_answers_while_a_config_is_slow() {
     let (n, state, size, host, packages) = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("the mount stalled behind the slow config");
-    assert_eq!(n, 8, "hello and three slow, .tar and .log");
+    assert_eq!(n, 2 * (SLOW + 1), "hello and the slow ones, .tar and .log");
     assert_eq!((state.as_deref(), size), (Some("absent"), 0));
     assert_eq!((host.as_str(), packages), ("seed-one\n", 0));
     assert!(
@@ -379,9 +387,9 @@ fn mount_answers_while_a_config_is_slow() {
         "a request on the slow image was answered while its base could not be read"
     );
 
-    // The base's filesystem answers again: all three requests are answered.
+    // The base's filesystem answers again: every request is answered.
     kill(union_pid, Signal::SIGCONT).unwrap();
-    for _ in 0..3 {
+    for _ in 0..SLOW {
         let r = slow_rx
             .recv_timeout(Duration::from_secs(60))
             .expect("answered");
