@@ -372,7 +372,7 @@ pub struct BuildArgs {
     #[arg(long)]
     pub no_network: bool,
     /// Where to write the image (default: CONF_ROOT/builds/<buildname>-full.tar, or
-    /// the config's output_file relative to the build dir).
+    /// the config's output_file relative to the build dir); `-` for standard output.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Data directory (default: $XDG_DATA_HOME/gentree, else /var/lib/gentree for root,
@@ -487,6 +487,14 @@ pub struct ServeArgs {
     /// How many builds may wait; further requests get 429.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub queue_size: usize,
+    /// Most open client connections; when full, the one idle the longest is closed
+    /// for a new one.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub max_connections: usize,
+    /// Seconds an idle keep-alive connection stays open, and that a request head may
+    /// take to arrive (then 408).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub client_timeout: u64,
     /// The seed's name (as given to import-seed).
     pub seed: String,
 }

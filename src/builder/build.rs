@@ -144,17 +144,17 @@ pub enum BuildError {
         #[source]
         source: namespace::NsError,
     },
-    #[error("layer {layer} failed (exit status {code}); its log is {log}")]
+    #[error("layer {layer} failed ({status}); its log is {log}")]
     Failed {
         layer: String,
-        code: i32,
+        status: crate::builder::crash::Exit,
         log: PathBuf,
     },
-    #[error("{what} of seed {seed} failed (exit status {code}); its log is {log}")]
+    #[error("{what} of seed {seed} failed ({status}); its log is {log}")]
     SeedFailed {
         what: &'static str,
         seed: String,
-        code: i32,
+        status: crate::builder::crash::Exit,
         log: PathBuf,
     },
     #[error("writing the image {path}")]
@@ -627,7 +627,6 @@ pub fn build(
 ) -> Result<BuildReport, BuildError> {
     let store = Store::open(&dirs.conf_root)?;
     let jobs = plan_jobs(top, &store, dirs)?;
-    let mut done: Vec<(Layer, Outcome)> = Vec::new();
     let _seed_lock = lock_seed(dirs, &top.seed)?;
     if top.clean_seed {
         let (upper, work) = dirs.seed_upper(&top.seed);
@@ -635,6 +634,24 @@ pub fn build(
             store::remove_tree(p).map_err(io_err("cannot clean the seed overlay", p))?;
         }
     }
+    // Portage's work files of a build killed before it could clean up, and after this
+    // one whatever its end (a failed build's can fill the disk).
+    let (seed_upper, _) = dirs.seed_upper(&top.seed);
+    crate::builder::crash::remove_portage_work(&seed_upper);
+    let built = build_jobs(&jobs, &store, dirs, opts, log, top.ephemeral_seed);
+    crate::builder::crash::remove_portage_work(&seed_upper);
+    built
+}
+
+fn build_jobs(
+    jobs: &[LayerJob<'_>],
+    store: &Store,
+    dirs: &HostDirs,
+    opts: &BuildOptions,
+    log: &Path,
+    ephemeral_seed: bool,
+) -> Result<BuildReport, BuildError> {
+    let mut done: Vec<(Layer, Outcome)> = Vec::new();
     let n = jobs.len();
     for (i, job) in jobs.iter().enumerate() {
         let cfg = job.config;
@@ -657,13 +674,13 @@ pub fn build(
             cfg.buildname,
             job.key.short()
         );
-        let world = merged_world(job, &jobs, &done);
+        let world = merged_world(job, jobs, &done);
         let run = LayerRun {
             dirs,
-            store: &store,
+            store,
             opts,
             log,
-            ephemeral_seed: top.ephemeral_seed,
+            ephemeral_seed,
             world,
         };
         let layer = build_layer(job, &done, &run)?;
@@ -731,6 +748,7 @@ fn build_layer(
                 .unwrap_or_else(|| store.layer_dir(k).join("root"))
         })
         .collect();
+    crate::builder::crash::remove_dead_run_dirs(&dirs.run);
     let run_dir = dirs
         .run
         .join(format!("{}-{}", job.key.short(), std::process::id()));
@@ -780,7 +798,7 @@ fn build_layer(
     if !status.success() {
         return Err(BuildError::Failed {
             layer: cfg.buildname.clone(),
-            code: status.code().unwrap_or(-1),
+            status: crate::builder::crash::Exit(status),
             log: log.to_path_buf(),
         });
     }

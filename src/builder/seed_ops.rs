@@ -174,7 +174,7 @@ pub fn run_on_seed(
         Err(BuildError::SeedFailed {
             what,
             seed: cfg.seed.clone(),
-            code: status.code().unwrap_or(-1),
+            status: crate::builder::crash::Exit(status),
             log: log.to_path_buf(),
         })
     }

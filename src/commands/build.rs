@@ -28,13 +28,17 @@ pub fn run(args: &BuildArgs) -> CmdResult {
     std::fs::create_dir_all(&dirs.builds)
         .map_err(|e| format!("cannot create {}: {e}", dirs.builds.display()))?;
     let log = dirs.builds.join(format!("{}.log", cfg.buildname));
-    let _ = std::fs::remove_file(&log);
+    crate::builder::crash::start_log(&log, "")
+        .map_err(|e| format!("cannot create the log {}: {e}", log.display()))?;
     let opts = BuildOptions {
         rebuild: args.rebuild,
         no_network: args.no_network,
         mapping,
     };
-    let report = build::build(&cfg, &dirs, &opts, &log)?;
+    // Every failure's cause goes to the log too, also one before emerge starts.
+    let report = build::build(&cfg, &dirs, &opts, &log).inspect_err(|e| {
+        crate::builder::crash::log_failure(&log, e);
+    })?;
     let out = match (&args.output, &cfg.output_file) {
         (Some(o), _) => o.clone(),
         (None, Some(f)) => dirs.builds.join(f),
@@ -45,7 +49,12 @@ pub fn run(args: &BuildArgs) -> CmdResult {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .or(cfg.reproducible.then_some(0));
-    let size = build::write_image(&cfg, &report, &out, sde)?;
+    let to_stdout = out == std::path::Path::new("-");
+    let size = if to_stdout {
+        image_to_stdout(&cfg, &report, sde)?
+    } else {
+        build::write_image(&cfg, &report, &out, sde)?
+    };
     for (layer, outcome) in &report.layers {
         let what = match outcome {
             Outcome::Reused => "reused",
@@ -57,9 +66,33 @@ pub fn run(args: &BuildArgs) -> CmdResult {
             layer.meta.key.short()
         );
     }
-    println!("{}", absolute(out).display());
+    if !to_stdout {
+        println!("{}", absolute(out).display());
+    }
     eprintln!("image: {size} bytes, {} layers", report.layers.len());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `-o -`: the image on standard output (as `pack -o -`).
+fn image_to_stdout(
+    cfg: &crate::builder::config::ResolvedConfig,
+    report: &build::BuildReport,
+    sde: Option<i64>,
+) -> Result<u64, String> {
+    use std::os::fd::AsFd;
+    let opts = crate::layers::tar::PackOptions {
+        filters: build::image_filters(cfg).map_err(|e| e.to_string())?,
+        source_date_epoch: sde,
+    };
+    let layout = crate::layers::tar::TarLayout::flattened(&report.image_layers(), &opts)
+        .map_err(|e| format!("laying out the image: {e}"))?;
+    let fd = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("duplicating standard output: {e}"))?;
+    layout
+        .write_to_file(&mut std::fs::File::from(fd))
+        .map_err(|e| format!("writing the image to standard output: {e}"))
 }
 
 fn absolute(p: PathBuf) -> PathBuf {

@@ -101,6 +101,8 @@ pub fn run(args: &MountArgs) -> CmdResult {
     }
     let fg = daemon::Foreground::start()?;
     let (seeds, work) = prepare_dirs(&conf_root, &configs)?;
+    // Scratch dirs of builds a crashed daemon (or `build`) ran.
+    crate::builder::crash::remove_dead_run_dirs(&conf_root.join("run"));
     let sources = if args.no_config {
         DefaultSources::none()
     } else {

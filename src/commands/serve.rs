@@ -1,7 +1,8 @@
 //! `gentree-fs serve`: the binhost and build queue (see [`crate::server`]).
 //!
-//! Threads: a few HTTP threads answer requests, one worker runs builds, and this
-//! thread waits for SIGINT/SIGTERM (blocked everywhere else). On a signal: the queue
+//! Threads: one HTTP poll thread and a few HTTP workers ([`crate::server::listen`])
+//! answer requests, one worker runs builds, and this thread waits for SIGINT/SIGTERM
+//! (blocked everywhere else). On a signal: the queue
 //! refuses new work, the HTTP threads stop, a running build is killed (its namespace
 //! helper, a child of this process; the helper's pid 1 follows by PDEATHSIG and takes
 //! the whole pid namespace with it), and the command exits once the worker has
@@ -20,10 +21,11 @@ use crate::builder::config::{CliOverrides, resolve_seed};
 use crate::builder::namespace;
 use crate::cli::ServeArgs;
 use crate::server::http::{Site, handle};
+use crate::server::listen::{self, Handler, ServeLimits};
 use crate::server::queue::{Queue, SharedQueue};
 use crate::server::worker::{BuildContext, Worker};
 
-/// HTTP threads: enough that a large download does not hold up `/queue`.
+/// HTTP workers: enough that a large download does not hold up `/queue`.
 const HTTP_THREADS: usize = 4;
 /// Finished builds listed by `/queue`.
 const HISTORY: usize = 100;
@@ -47,6 +49,9 @@ pub fn run(args: &ServeArgs) -> CmdResult {
     if args.queue_size == 0 {
         return Err("--queue-size must be at least 1".into());
     }
+    if args.max_connections == 0 || args.client_timeout == 0 {
+        return Err("--max-connections and --client-timeout must be at least 1".into());
+    }
     let mapping = namespace::current_mapping();
     super::build::warn_single_mapping(&mapping);
     super::private_conf_root(&dirs.conf_root, &mapping)?;
@@ -57,9 +62,12 @@ pub fn run(args: &ServeArgs) -> CmdResult {
     signals.add(Signal::SIGTERM);
     signals.thread_block()?;
 
-    let server = tiny_http::Server::http((args.address, args.port))
+    let listener = std::net::TcpListener::bind((args.address, args.port))
         .map_err(|e| format!("cannot listen on {}:{}: {e}", args.address, args.port))?;
-    let server = Arc::new(server);
+    let addr = listener.local_addr().map_or_else(
+        |_| format!("{}:{}", args.address, args.port),
+        |a| a.to_string(),
+    );
     let queue = Arc::new(SharedQueue::new(Queue::new(
         args.queue_size,
         HISTORY,
@@ -79,27 +87,18 @@ pub fn run(args: &ServeArgs) -> CmdResult {
     let worker = std::thread::Builder::new()
         .name("build".into())
         .spawn(move || worker.run())?;
-    let mut http = Vec::new();
-    for i in 0..HTTP_THREADS {
-        let (server, site, stop) = (server.clone(), site.clone(), stop.clone());
-        http.push(
-            std::thread::Builder::new()
-                .name(format!("http-{i}"))
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        match server.recv_timeout(Duration::from_millis(200)) {
-                            Ok(Some(req)) => handle(&site, req),
-                            Ok(None) => {}
-                            Err(e) => tracing::debug!("accepting a connection: {e}"),
-                        }
-                    }
-                })?,
-        );
-    }
-    let addr = server.server_addr().to_ip().map_or_else(
-        || format!("{}:{}", args.address, args.port),
-        |a| a.to_string(),
-    );
+    let handler: Arc<Handler> = Arc::new(move |req| handle(&site, req));
+    let limits = ServeLimits {
+        workers: HTTP_THREADS,
+        max_connections: args.max_connections,
+        idle: Duration::from_secs(args.client_timeout),
+        head: Duration::from_secs(args.client_timeout),
+        ..ServeLimits::default()
+    };
+    let http_stop = stop.clone();
+    let http = std::thread::Builder::new()
+        .name("http".into())
+        .spawn(move || listen::serve(listener, limits, handler, http_stop))?;
     eprintln!(
         "gentree-fs serve: serving {} on http://{addr}/ (queue: /pkg?pkg=ATOM, /queue)",
         pkgdir.display()
@@ -109,10 +108,10 @@ pub fn run(args: &ServeArgs) -> CmdResult {
     eprintln!("gentree-fs serve: {sig}: stopping");
     queue.shut_down();
     stop.store(true, Ordering::Relaxed);
-    for t in http {
-        let _ = t.join();
+    // Once joined, the listening socket is closed.
+    if let Ok(Err(e)) = http.join() {
+        tracing::warn!("serving HTTP: {e}");
     }
-    drop(server); // closes the listening socket
     kill_children();
     // The worker records the killed build's end. It may instead be waiting for the
     // seed's lock (held by another command) or the kill may have found nothing to

@@ -11,6 +11,10 @@
 //!   and answers the waiters when done;
 //! - a cached layout is served only while the config still resolves to the same key,
 //!   so an edited config or a changed seed rebuilds on the next open;
+//! - resolutions are cached ([`ResolveCache`]) while every file they read is
+//!   unchanged; a request that needs one not cached yet waits for it on a resolver
+//!   thread ([`Images::when_resolved`], a bounded few), never on the
+//!   caller's (a FUSE worker's) thread;
 //! - the flattened index is persisted next to the top layer
 //!   (`layers/<key>/image-<filters digest>.idx`) so reopening after a restart needs no
 //!   tree walk;
@@ -32,13 +36,17 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 use crate::builder::build::{self, BuildError, BuildOptions, HostDirs};
-use crate::builder::config::{CliOverrides, ConfigError, Defaults, ResolvedConfig, resolve_file};
+use crate::builder::config::cache::ResolveCache;
+use crate::builder::config::{CliOverrides, ConfigError, Defaults, ResolvedConfig};
 use crate::builder::namespace::IdMapping;
 use crate::layers::store::{BuildKey, Store, StoreError};
 use crate::layers::tar::{PackOptions, TarError, TarLayout};
 
 /// How often a queued build checks whether the seed is free.
 const QUEUE_POLL: Duration = Duration::from_millis(200);
+
+/// How long a listing of the package dirs waits for configs being resolved.
+pub const PKGDIRS_WAIT: Duration = Duration::from_millis(200);
 
 /// How often waiting openers are checked for pending signals.
 pub const INTERRUPT_POLL: Duration = Duration::from_millis(200);
@@ -94,7 +102,7 @@ pub enum ImageError {
     Config {
         name: String,
         #[source]
-        source: ConfigError,
+        source: Arc<ConfigError>,
     },
     #[error("building {name}")]
     Build {
@@ -146,7 +154,7 @@ pub struct BuildEnv {
 /// A config resolved to its layer keys.
 #[derive(Debug)]
 struct Plan {
-    cfg: ResolvedConfig,
+    cfg: Arc<ResolvedConfig>,
     dirs: HostDirs,
     /// Every layer's key, build order (the top layer last).
     keys: Vec<BuildKey>,
@@ -189,6 +197,29 @@ pub struct Images {
     files: std::sync::atomic::AtomicBool,
     /// Image files being written.
     writing: Mutex<std::collections::HashSet<PathBuf>>,
+    /// Config resolutions, kept while the files they read are unchanged.
+    resolutions: ResolveCache,
+    /// Requests waiting for a config's resolution on a resolver thread, by config
+    /// ([`Images::when_resolved`]).
+    resolving: Mutex<Resolving>,
+    /// Notified when a config leaves `resolving.waiting`.
+    resolved: parking_lot::Condvar,
+}
+
+/// A request answered once its config's resolution is cached.
+pub type Deferred = Box<dyn FnOnce() + Send>;
+
+/// Most resolver threads at a time; further configs wait their turn.
+const RESOLVERS: usize = 8;
+
+/// The configs being resolved or waiting for a resolver thread.
+#[derive(Default)]
+struct Resolving {
+    /// Each config's waiting requests; a config is a key until its resolution ends.
+    waiting: HashMap<String, Vec<Deferred>>,
+    /// Configs waiting for a resolver thread, oldest first.
+    queue: std::collections::VecDeque<String>,
+    threads: usize,
 }
 
 impl std::fmt::Debug for Images {
@@ -199,7 +230,12 @@ impl std::fmt::Debug for Images {
 
 impl Images {
     pub fn new(env: BuildEnv) -> Arc<Images> {
+        let resolutions =
+            ResolveCache::new(CliOverrides::default(), Arc::new(env.defaults.clone()));
         Arc::new(Images {
+            resolutions,
+            resolving: Mutex::new(Resolving::default()),
+            resolved: parking_lot::Condvar::new(),
             env: Arc::new(env),
             slots: Mutex::new(HashMap::new()),
             on_ready: Mutex::new(None),
@@ -248,17 +284,30 @@ impl Images {
     }
 
     /// The binary package dirs the configs build into (every layer's, with the
-    /// `_pkgdir` override applied); configs that do not resolve are skipped.
-    pub fn pkgdirs(&self) -> Vec<PathBuf> {
+    /// `_pkgdir` override applied); configs that do not resolve are skipped. Configs
+    /// not resolved yet are resolved on resolver threads, waited for at most
+    /// [`PKGDIRS_WAIT`]: one still resolving then (a slow config) is left out until
+    /// it is done, so it never holds up a listing for long.
+    pub fn pkgdirs(self: &Arc<Self>) -> Vec<PathBuf> {
+        let names = self.names().unwrap_or_default();
+        for name in &names {
+            self.when_resolved(name, Box::new(|| {}));
+        }
+        let deadline = std::time::Instant::now() + PKGDIRS_WAIT;
+        let mut resolving = self.resolving.lock();
+        while names.iter().any(|n| resolving.waiting.contains_key(n))
+            && !self
+                .resolved
+                .wait_until(&mut resolving, deadline)
+                .timed_out()
+        {}
+        drop(resolving);
         let mut v = Vec::new();
-        for name in self.names().unwrap_or_default() {
-            let Ok(cfg) = resolve_file(
-                &self.config_path(&name),
-                &CliOverrides::default(),
-                &self.env.defaults,
-            ) else {
+        for name in names {
+            let Some(r) = self.resolutions.cached(&self.config_path(&name)) else {
                 continue;
             };
+            let Ok(cfg) = r else { continue };
             let dirs = HostDirs::new(&self.env.conf_root, &cfg);
             for c in cfg.build_order() {
                 let p = dirs.pkgdir(c);
@@ -270,16 +319,86 @@ impl Images {
         v
     }
 
+    /// Whether `name`'s config resolution is cached and current, so that
+    /// [`Images::status`] and [`Images::open`] answer without reading a config.
+    pub fn is_resolved(&self, name: &str) -> bool {
+        self.resolutions.cached(&self.config_path(name)).is_some()
+    }
+
+    /// Runs `then` once `name`'s resolution is cached: now, on the caller's thread,
+    /// when it is; else on a resolver thread (one config at a time each, at most
+    /// [`RESOLVERS`] of them; requests arriving meanwhile join the config's turn), so
+    /// a request thread never reads a config.
+    pub fn when_resolved(self: &Arc<Self>, name: &str, then: Deferred) {
+        if self.is_resolved(name) {
+            return then();
+        }
+        {
+            let mut r = self.resolving.lock();
+            if let Some(waiting) = r.waiting.get_mut(name) {
+                waiting.push(then);
+                return;
+            }
+            r.waiting.insert(name.to_owned(), vec![then]);
+            if r.threads >= RESOLVERS {
+                r.queue.push_back(name.to_owned());
+                return;
+            }
+            r.threads += 1;
+        }
+        let me = Arc::clone(self);
+        let owned = name.to_owned();
+        let spawned = std::thread::Builder::new()
+            .name("resolve".into())
+            .spawn(move || me.resolver(owned));
+        if let Err(e) = spawned {
+            // Answer here rather than never: the request resolves on this thread.
+            tracing::error!("cannot start a thread to resolve {name}: {e}");
+            let waiting = {
+                let mut r = self.resolving.lock();
+                r.threads -= 1;
+                r.waiting.remove(name).unwrap_or_default()
+            };
+            self.resolved.notify_all();
+            for then in waiting {
+                then();
+            }
+        }
+    }
+
+    /// A resolver thread: resolves `name`, answers its requests, then takes the next
+    /// config waiting for a turn until none is left.
+    fn resolver(self: Arc<Self>, mut name: String) {
+        loop {
+            let _ = self.resolutions.resolve(&self.config_path(&name));
+            let (waiting, next) = {
+                let mut r = self.resolving.lock();
+                let waiting = r.waiting.remove(&name).unwrap_or_default();
+                let next = r.queue.pop_front();
+                if next.is_none() {
+                    r.threads -= 1;
+                }
+                (waiting, next)
+            };
+            self.resolved.notify_all();
+            for then in waiting {
+                then();
+            }
+            match next {
+                Some(n) => name = n,
+                None => return,
+            }
+        }
+    }
+
     fn plan(&self, name: &str) -> Result<Plan, ImageError> {
-        let cfg = resolve_file(
-            &self.config_path(name),
-            &CliOverrides::default(),
-            &self.env.defaults,
-        )
-        .map_err(|source| ImageError::Config {
-            name: name.to_owned(),
-            source,
-        })?;
+        let cfg = self
+            .resolutions
+            .resolve(&self.config_path(name))
+            .map_err(|source| ImageError::Config {
+                name: name.to_owned(),
+                source,
+            })?;
         let dirs = HostDirs::new(&self.env.conf_root, &cfg);
         let store = self.store(name, &dirs)?;
         let keys = build::plan_jobs(&cfg, &store, &dirs)
@@ -600,12 +719,8 @@ impl Images {
                 self.write_file_later(file, image);
             }
             Err(e) => {
-                let mut text = format!("gentree-fs: error: {e}\n");
-                for cause in crate::error_chain(&e).skip(1) {
-                    text.push_str(&format!("  caused by: {cause}\n"));
-                }
+                let text = crate::builder::crash::log_failure(&log, &e);
                 tracing::error!("{name}: {}", text.trim_end());
-                let _ = append(&log, &text);
                 self.finish(name, None, Err(libc::EIO));
             }
         }
@@ -619,7 +734,8 @@ impl Images {
         if let Some(d) = log.parent() {
             std::fs::create_dir_all(d).map_err(log_err)?;
         }
-        std::fs::write(log, format!("gentree-fs: image {name}\n")).map_err(log_err)?;
+        crate::builder::crash::start_log(log, &format!("gentree-fs: image {name}\n"))
+            .map_err(log_err)?;
         let plan = self.plan(name)?;
         let Some(top) = plan.top().cloned() else {
             return Err(ImageError::Vanished {
@@ -843,9 +959,9 @@ impl Images {
 
     /// `rm builds/<name>.tar`: forgets the image and removes the config's own (top)
     /// layer, so the next open rebuilds it, unless another config in the configs dir
-    /// builds on that layer too. Base layers always stay (other configs share them;
+    /// builds on that layer too, or might (a config not resolved yet). Base layers always stay (other configs share them;
     /// `clean-builds` collects what nothing uses). EBUSY while building.
-    pub fn remove(&self, name: &str) -> io::Result<()> {
+    pub fn remove(self: &Arc<Self>, name: &str) -> io::Result<()> {
         if !self.config_path(name).is_file() {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
         }
@@ -864,7 +980,14 @@ impl Images {
             return Ok(());
         };
         let Some(top) = plan.top() else { return Ok(()) };
-        if let Some(user) = self.keys_of_others(name).get(top) {
+        let Some(others) = self.keys_of_others(name) else {
+            tracing::info!(
+                "{name}: image dropped; layer {} kept (other configs are still being resolved)",
+                top.short()
+            );
+            return Ok(());
+        };
+        if let Some(user) = others.get(top) {
             tracing::info!(
                 "{name}: image dropped; layer {} kept (used by {user})",
                 top.short()
@@ -880,20 +1003,33 @@ impl Images {
         Ok(())
     }
 
-    /// The layer keys of every config but `name`, each with one config using it.
-    fn keys_of_others(&self, name: &str) -> HashMap<BuildKey, String> {
-        let mut used = HashMap::new();
-        for other in self.names().unwrap_or_default() {
-            if other == name {
-                continue;
+    /// The layer keys of every config but `name`, each with one config using it;
+    /// `None` when one is not resolved yet (it is then resolved in the background:
+    /// a slow config must not hold up an unlink, which the kernel runs with builds/
+    /// locked).
+    fn keys_of_others(self: &Arc<Self>, name: &str) -> Option<HashMap<BuildKey, String>> {
+        let others: Vec<String> = self
+            .names()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|o| o != name)
+            .collect();
+        let unresolved: Vec<&String> = others.iter().filter(|o| !self.is_resolved(o)).collect();
+        if !unresolved.is_empty() {
+            for o in unresolved {
+                self.when_resolved(o, Box::new(|| {}));
             }
+            return None;
+        }
+        let mut used = HashMap::new();
+        for other in others {
             if let Ok(p) = self.plan(&other) {
                 for k in p.keys {
                     used.entry(k).or_insert_with(|| other.clone());
                 }
             }
         }
-        used
+        Some(used)
     }
 }
 

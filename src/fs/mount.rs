@@ -1,10 +1,12 @@
 //! FUSE adapter for the gentree mount ([`super::tree::GentreeFs`]) and its session.
 //!
-//! Each method decodes, calls one `GentreeFs` method and replies. The exception is
+//! Each method decodes, calls one `GentreeFs` method and replies. The exceptions:
 //! opening `builds/<config>.tar`: the `ReplyOpen` moves into an [`OpenWaiter`] handed
 //! to the build manager ([`super::images::Images`]), which answers it from its own
 //! thread when the image is ready, failed, or the opener got a signal; no FUSE worker
-//! thread waits for a build.
+//! thread waits for a build. And any request on `builds/<config>.tar` whose config
+//! resolution is not cached moves, reply and all, to a resolver thread
+//! (`GentreeFuse::answer`): no FUSE worker thread reads a config.
 //!
 //! Size and cache policy (fuser-notes lesson 1): an image that is ready reports its
 //! exact size; one that is not reports size 0. An open that waited for the build is
@@ -40,6 +42,22 @@ use super::images::{INTERRUPT_POLL, Images, Waiter};
 use super::tree::{GentreeFs, Handle, Handles, Opened};
 use crate::layers::tar::TarLayout;
 use crate::layers::union::{Attr, SetAttr};
+
+impl GentreeFuse {
+    /// Answers now, or, for a request that needs a config resolution that is not
+    /// cached (`config`), from a resolver thread once it is: a slow config never holds
+    /// a FUSE worker thread, so every other path keeps answering.
+    fn answer(&self, config: Option<String>, answer: impl FnOnce(&GentreeFs) + Send + 'static) {
+        match config {
+            None => answer(&self.fs),
+            Some(name) => {
+                let fs = self.fs.clone();
+                let images = fs.images().clone();
+                images.when_resolved(&name, Box::new(move || answer(&fs)));
+            }
+        }
+    }
+}
 
 /// The fuser `Filesystem` over a [`GentreeFs`].
 #[derive(Debug)]
@@ -329,7 +347,10 @@ impl Filesystem for GentreeFuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(reply, self.fs.ttl(), self.fs.lookup(parent.0, name));
+        let owned = name.to_owned();
+        self.answer(self.fs.unresolved_entry(parent.0, name), move |fs| {
+            reply_entry(reply, fs.ttl(), fs.lookup(parent.0, &owned));
+        });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -337,7 +358,9 @@ impl Filesystem for GentreeFuse {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        reply_attr(reply, self.fs.ttl(), self.fs.getattr(ino.0));
+        self.answer(self.fs.unresolved(ino.0), move |fs| {
+            reply_attr(reply, fs.ttl(), fs.getattr(ino.0));
+        });
     }
 
     fn setattr(
@@ -392,7 +415,18 @@ impl Filesystem for GentreeFuse {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.fs.unlink(parent.0, name));
+        if !self.fs.unlink_resolves(parent.0, name) {
+            return reply_empty(reply, self.fs.unlink(parent.0, name));
+        }
+        // Off this thread: resolving the config may be slow. Should the thread not
+        // start, the dropped reply answers EIO.
+        let (fs, name) = (self.fs.clone(), name.to_owned());
+        let spawned = std::thread::Builder::new()
+            .name("rm-image".into())
+            .spawn(move || reply_empty(reply, fs.unlink(parent.0, &name)));
+        if let Err(e) = spawned {
+            tracing::error!("cannot start a thread to remove an image: {e}");
+        }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -444,7 +478,12 @@ impl Filesystem for GentreeFuse {
                     handles: self.fs.handles.clone(),
                     passthrough: self.passthrough.clone(),
                 };
-                images.open(&name, Box::new(waiter));
+                let opener = images.clone();
+                let owned = name.clone();
+                images.when_resolved(
+                    &name,
+                    Box::new(move || opener.open(&owned, Box::new(waiter))),
+                );
             }
             Err(e) => reply.error(Errno::from(e)),
         }
@@ -571,16 +610,23 @@ impl Filesystem for GentreeFuse {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply_xattr(reply, size, self.fs.getxattr(ino.0, name));
+        let owned = name.to_owned();
+        self.answer(self.fs.unresolved(ino.0), move |fs| {
+            reply_xattr(reply, size, fs.getxattr(ino.0, &owned));
+        });
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        reply_xattr(reply, size, self.fs.listxattr(ino.0));
+        self.answer(self.fs.unresolved(ino.0), move |fs| {
+            reply_xattr(reply, size, fs.listxattr(ino.0));
+        });
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // default_permissions makes the kernel check modes; this only confirms existence.
-        reply_empty(reply, self.fs.getattr(ino.0).map(drop));
+        self.answer(self.fs.unresolved(ino.0), move |fs| {
+            reply_empty(reply, fs.getattr(ino.0).map(drop));
+        });
     }
 
     fn create(

@@ -364,6 +364,32 @@ impl GentreeFs {
         Some(b.len() - 1)
     }
 
+    /// The config a request on `ino` needs resolved when its resolution is not cached
+    /// (`builds/<config>.tar`): the adapter then answers the request from a resolver
+    /// thread ([`Images::when_resolved`]) instead of reading the config on its own.
+    pub fn unresolved(&self, ino: u64) -> Option<String> {
+        let Some(Node::Tar(i)) = Node::of(ino) else {
+            return None;
+        };
+        let name = self.build_name(i).ok()?;
+        (!self.images.is_resolved(&name)).then_some(name)
+    }
+
+    /// [`GentreeFs::unresolved`] for a lookup of `name` in `parent`.
+    pub fn unresolved_entry(&self, parent: u64, name: &OsStr) -> Option<String> {
+        let stem = name.to_str()?.strip_suffix(".tar")?;
+        (parent == BUILDS
+            && self.images.config_path(stem).is_file()
+            && !self.images.is_resolved(stem))
+        .then(|| stem.to_owned())
+    }
+
+    /// Whether an unlink of `name` in `parent` would read a config not resolved yet
+    /// (`rm builds/<config>.tar` needs that config's layers).
+    pub fn unlink_resolves(&self, parent: u64, name: &OsStr) -> bool {
+        self.unresolved_entry(parent, name).is_some()
+    }
+
     fn build_name(&self, i: usize) -> io::Result<String> {
         self.builds
             .read()

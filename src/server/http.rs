@@ -1,5 +1,6 @@
-//! The adapter to `tiny_http`: each request is routed by [`super::route`] and
-//! answered here (the queued jobs are run by [`super::worker::Worker`]).
+//! The request handlers: each request head is routed by [`super::route`] and
+//! answered here with a [`Response`] ([`super::listen`] writes it; the queued jobs are
+//! run by [`super::worker::Worker`]).
 //!
 //! Status codes: 200/206 files and JSON; 400 malformed path or query, missing or
 //! invalid atom; 404 anything not a regular file below the package dir (directories,
@@ -7,15 +8,16 @@
 //! queue a build); 409 duplicate atom; 416 bad range;
 //! 429 full queue; 503 shutting down.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
-use tiny_http::{Header, Method, Request, Response, StatusCode};
 
+use super::listen::{Body, Response};
 use super::queue::{EnqueueError, SharedQueue};
 use super::static_files::{self, OpenError, RangeAnswer, Target};
+use super::wire::RequestHead;
 use super::{Route, atom, route};
 
 /// What the request handlers share.
@@ -26,25 +28,17 @@ pub struct Site {
     pub queue: Arc<SharedQueue>,
 }
 
-fn header(name: &str, value: &str) -> Option<Header> {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
+fn text(code: u16, msg: &str) -> Response {
+    Response::text(code, msg)
 }
 
-fn text(code: u16, msg: &str) -> Response<std::io::Cursor<Vec<u8>>> {
-    let mut r = Response::from_string(format!("{msg}\n")).with_status_code(StatusCode(code));
-    if let Some(h) = header("Content-Type", "text/plain; charset=utf-8") {
-        r.add_header(h);
-    }
-    r
-}
-
-fn json<T: Serialize>(code: u16, value: &T) -> Response<std::io::Cursor<Vec<u8>>> {
+fn json<T: Serialize>(code: u16, value: &T) -> Response {
     let body = serde_json::to_string_pretty(value).unwrap_or_else(|_| "null".into());
-    let mut r = Response::from_string(body + "\n").with_status_code(StatusCode(code));
-    if let Some(h) = header("Content-Type", "application/json") {
-        r.add_header(h);
+    Response {
+        status: code,
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: Body::Bytes((body + "\n").into_bytes()),
     }
-    r
 }
 
 #[derive(Serialize)]
@@ -52,40 +46,32 @@ struct Error<'a> {
     error: &'a str,
 }
 
-fn json_error(code: u16, msg: &str) -> Response<std::io::Cursor<Vec<u8>>> {
+fn json_error(code: u16, msg: &str) -> Response {
     json(code, &Error { error: msg })
 }
 
-/// Answers one request; errors writing the answer (a client gone) are only logged.
-pub fn handle(site: &Site, req: Request) {
-    let method = req.method().clone();
-    let url = req.url().to_owned();
-    let route = route(&url);
+/// Answers one request.
+pub fn handle(site: &Site, req: &RequestHead) -> Response {
+    let route = route(&req.target);
     // HEAD must not queue a build.
-    let allowed: &[Method] = match route {
-        Route::Enqueue(_) => &[Method::Get],
-        _ => &[Method::Get, Method::Head],
+    let allowed: &[&str] = match route {
+        Route::Enqueue(_) => &["GET"],
+        _ => &["GET", "HEAD"],
     };
-    let result = match route {
-        _ if !allowed.contains(&method) => {
-            let names: Vec<String> = allowed.iter().map(|m| m.to_string()).collect();
+    match route {
+        _ if !allowed.contains(&req.method.as_str()) => {
             let mut r = text(
                 405,
-                &format!("method not allowed: use {}", names.join(" or ")),
+                &format!("method not allowed: use {}", allowed.join(" or ")),
             );
-            if let Some(h) = header("Allow", &names.join(", ")) {
-                r.add_header(h);
-            }
-            req.respond(r)
+            r.headers.push(("Allow".into(), allowed.join(", ")));
+            r
         }
-        Route::Bad(msg) => req.respond(text(400, &msg)),
-        Route::Queue => req.respond(json(200, &site.queue.snapshot())),
-        Route::Enqueue(atom) => req.respond(enqueue(site, atom.as_deref())),
-        Route::Static(Target::Hidden) => req.respond(text(404, "not found")),
+        Route::Bad(msg) => text(400, &msg),
+        Route::Queue => json(200, &site.queue.snapshot()),
+        Route::Enqueue(atom) => enqueue(site, atom.as_deref()),
+        Route::Static(Target::Hidden) => text(404, "not found"),
         Route::Static(Target::File(rel)) => serve_file(site, req, &rel),
-    };
-    if let Err(e) = result {
-        tracing::debug!("{method} {url}: answering failed: {e}");
     }
 }
 
@@ -95,7 +81,7 @@ struct Queued<'a> {
     pending: &'a [String],
 }
 
-fn enqueue(site: &Site, atom: Option<&str>) -> Response<std::io::Cursor<Vec<u8>>> {
+fn enqueue(site: &Site, atom: Option<&str>) -> Response {
     let Some(atom) = atom else {
         return json_error(400, "No package name provided");
     };
@@ -122,59 +108,42 @@ fn enqueue(site: &Site, atom: Option<&str>) -> Response<std::io::Cursor<Vec<u8>>
     }
 }
 
-fn serve_file(site: &Site, req: Request, rel: &Path) -> std::io::Result<()> {
+fn serve_file(site: &Site, req: &RequestHead, rel: &Path) -> Response {
     let (mut file, len) = match static_files::open_beneath(&site.pkgdir, rel) {
         Ok(f) => f,
-        Err(OpenError::NotFound) => return req.respond(text(404, "not found")),
-        Err(OpenError::Denied) => return req.respond(text(403, "forbidden")),
+        Err(OpenError::NotFound) => return text(404, "not found"),
+        Err(OpenError::Denied) => return text(403, "forbidden"),
         Err(e) => {
             tracing::warn!("{e}: {:?}", std::error::Error::source(&e));
-            return req.respond(text(500, "cannot read the file"));
+            return text(500, "cannot read the file");
         }
     };
-    let range = req
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Range"))
-        .map(|h| h.value.as_str().to_owned());
-    let mut headers: Vec<Header> = [
-        header("Content-Type", static_files::content_type(rel)),
-        header("Accept-Ranges", "bytes"),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let (code, start, count) = match static_files::parse_range(range.as_deref(), len) {
+    let mut headers: Vec<(String, String)> = vec![
+        (
+            "Content-Type".into(),
+            static_files::content_type(rel).into(),
+        ),
+        ("Accept-Ranges".into(), "bytes".into()),
+    ];
+    let (status, start, count) = match static_files::parse_range(req.header("Range"), len) {
         RangeAnswer::Full => (200, 0, len),
         RangeAnswer::Partial { start, end } => {
-            headers.extend(header(
-                "Content-Range",
-                &format!("bytes {start}-{end}/{len}"),
-            ));
+            headers.push(("Content-Range".into(), format!("bytes {start}-{end}/{len}")));
             (206, start, end - start + 1)
         }
         RangeAnswer::Unsatisfiable => {
             let mut r = text(416, "range not satisfiable");
-            if let Some(h) = header("Content-Range", &format!("bytes */{len}")) {
-                r.add_header(h);
-            }
-            return req.respond(r);
+            r.headers
+                .push(("Content-Range".into(), format!("bytes */{len}")));
+            return r;
         }
     };
-    if start > 0 {
-        file.seek(SeekFrom::Start(start))?;
+    if start > 0 && file.seek(SeekFrom::Start(start)).is_err() {
+        return text(500, "cannot read the file");
     }
-    let Ok(count_usize) = usize::try_from(count) else {
-        return req.respond(text(500, "file too large"));
-    };
-    // A known length never switches to chunked encoding: Content-Length is always sent.
-    let response = Response::new(
-        StatusCode(code),
+    Response {
+        status,
         headers,
-        file.take(count),
-        Some(count_usize),
-        None,
-    )
-    .with_chunked_threshold(usize::MAX);
-    req.respond(response)
+        body: Body::File(file, count),
+    }
 }

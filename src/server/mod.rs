@@ -4,8 +4,9 @@
 //! The domain logic lives in plain modules tested without a socket: [`atom`] (what a
 //! build request may name), [`static_files`] (request paths, ranges, opening below
 //! the package dir), [`queue`] (the job state machine), and here the request routing
-//! and the namespace plan of one build. [`http`] is the thin adapter to `tiny_http`;
-//! [`worker`] runs the builds.
+//! and the namespace plan of one build. [`http`] answers each request, [`wire`]
+//! (bounded HTTP/1.1 framing) and [`listen`] (connections, threads, time-outs) carry
+//! them; [`worker`] runs the builds.
 //!
 //! A build runs `emerge --oneshot --autounmask=y --autounmask-continue=y --usepkg=y
 //! --buildpkg --jobs=N --noreplace ATOM` in the seed's namespace, on the seed's
@@ -15,8 +16,10 @@
 
 pub mod atom;
 pub mod http;
+pub mod listen;
 pub mod queue;
 pub mod static_files;
+pub mod wire;
 pub mod worker;
 
 use std::path::{Path, PathBuf};

@@ -49,6 +49,7 @@ impl Worker {
 /// holding the seed's lock; output goes to the job's log (and our stderr).
 pub fn build_in_seed(job: &super::queue::Job, ctx: &BuildContext, queue: &SharedQueue) -> Outcome {
     let BuildContext { cfg, dirs, mapping } = ctx;
+    crate::builder::crash::remove_dead_run_dirs(&dirs.run);
     let run_dir = dirs
         .run
         .join(format!("serve-{}-{}", std::process::id(), job.id));
@@ -80,8 +81,11 @@ pub fn build_in_seed(job: &super::queue::Job, ctx: &BuildContext, queue: &Shared
                 job.id, cfg.seed
             ),
         )?;
-        let status = crate::builder::namespace::run(&plan, Some(&job.log))?;
-        Ok(exit_code(status))
+        let (seed_upper, _) = dirs.seed_upper(&cfg.seed);
+        crate::builder::crash::remove_portage_work(&seed_upper);
+        let status = crate::builder::namespace::run(&plan, Some(&job.log));
+        crate::builder::crash::remove_portage_work(&seed_upper);
+        Ok(exit_code(status?))
     })();
     let _ = crate::layers::store::remove_tree(&run_dir);
     match result {
@@ -95,9 +99,5 @@ pub fn build_in_seed(job: &super::queue::Job, ctx: &BuildContext, queue: &Shared
 
 /// The exit code, or 128 + signal as a shell reports it.
 fn exit_code(status: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(-1)
+    crate::builder::crash::Exit(status).shell_code()
 }

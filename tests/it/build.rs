@@ -278,6 +278,21 @@ fn build_two_levels_of_bases_and_reuse_layers() {
         let again_image = PathBuf::from(stdout(&again).trim());
         fs::read(again_image).unwrap()
     });
+    // `-o -`: the same image on standard output, no file named `-`.
+    let cwd = f.conf().join("cwd");
+    fs::create_dir_all(&cwd).unwrap();
+    let piped = run(f
+        .cmd(None)
+        .current_dir(&cwd)
+        .args(["build", "--no-config", "-o", "-", "--conf-root"])
+        .arg(f.conf())
+        .arg(&cfg));
+    assert!(piped.status.success(), "{}", stderr(&piped));
+    assert!(
+        piped.stdout == fs::read(&image).unwrap(),
+        "stdout is not the image"
+    );
+    assert!(!cwd.join("-").exists(), "a file named `-`");
 
     // A USE change in the top config rebuilds only the top layer.
     let cfg2 = f.write_cfg("app.toml", &app("-extras", true));
@@ -312,6 +327,22 @@ fn failing_emerge_publishes_nothing_and_logs_the_cause() {
         "no diagnostics"
     );
     assert!(!f.conf().join("builds/testseed-bad-full.tar").exists());
+    // The cause ends the log; Portage's work dir of the failed package is gone from
+    // the seed's upper (it can be hundreds of MB: a full disk after one failure).
+    assert!(
+        log.contains("gentree-fs: error: layer testseed-bad failed (exit status 1)"),
+        "{log}"
+    );
+    let portage_tmp = f.conf().join("seeds/testseed.upper/var/tmp/portage");
+    let left: Vec<_> = fs::read_dir(&portage_tmp)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.iter()
+            .all(|n| n.as_encoded_bytes().starts_with(b".wh.")),
+        "Portage work files left in {}: {left:?}",
+        portage_tmp.display()
+    );
     let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mi.contains(f.conf().to_str().unwrap()),
@@ -421,4 +452,145 @@ fn build_without_subids_falls_back_to_a_single_mapping() {
     assert!(owned.contains(" 0/0 "), "{owned}");
     let suid = member(&l, "usr/bin/gt-suid").expect("setuid file");
     assert!(suid.starts_with("-rwsr-xr-x"), "{suid}");
+}
+
+/// A build failing before emerge starts (its seed is not imported) still leaves its
+/// cause in its log.
+#[test]
+fn a_build_failing_before_emerge_logs_the_cause() {
+    let t = util::tempdir();
+    let conf = t.path().join("conf");
+    let cfg = t.path().join("x.toml");
+    fs::write(&cfg, "seed = \"missing\"\n").unwrap();
+    let out = run(util::gentree()
+        .args(["build", "--no-config", "--conf-root"])
+        .arg(&conf)
+        .arg(&cfg));
+    assert!(!out.status.success());
+    let log = fs::read_to_string(conf.join("builds/missing-x.log")).unwrap();
+    assert!(
+        log.starts_with("gentree-fs: error: seed \"missing\" is not imported"),
+        "{log}"
+    );
+}
+
+/// On a full disk, the cause of a failure still reaches the log: the space for it
+/// was set aside when the log was started.
+#[test]
+fn a_full_disk_still_takes_the_cause_of_a_failure() {
+    if !util::require_root("a_full_disk_still_takes_the_cause_of_a_failure") {
+        return;
+    }
+    let t = util::tempdir();
+    let small = t.path().join("small");
+    fs::create_dir(&small).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &small,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=512k"),
+    )
+    .unwrap();
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _mounted = Unmount(small.clone());
+    let log = small.join("x.log");
+    // A header filling its first page exactly: the cause needs a page of its own.
+    let header = format!("gentree-fs: image x{}\n", "-".repeat(4096 - 20));
+    assert_eq!(header.len(), 4096);
+    gentree_fs::builder::crash::start_log(&log, &header).unwrap();
+    // Fill the filesystem.
+    let mut filler = fs::File::create(small.join("filler")).unwrap();
+    let chunk = vec![0u8; 4096];
+    let full = loop {
+        if let Err(e) = std::io::Write::write_all(&mut filler, &chunk) {
+            break e;
+        }
+    };
+    assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
+    let e = std::io::Error::from_raw_os_error(libc::ENOSPC);
+    gentree_fs::builder::crash::log_failure(&log, &e);
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.strip_prefix(header.as_str())
+            .is_some_and(|t| t.starts_with("gentree-fs: error: No space left on device")),
+        "after the header: {:?}",
+        text.get(header.len()..)
+    );
+}
+
+/// A build helper killed by a signal: the build fails saying which signal, in its
+/// error and at the end of its log (not `exit status -1`).
+#[test]
+fn a_killed_helper_is_reported_by_its_signal() {
+    if !util::require_root("a_killed_helper_is_reported_by_its_signal") {
+        return;
+    }
+    let f = Fixture::new(None);
+    let cfg = f.write_cfg(
+        "killed.toml",
+        "seed = \"testseed\"\npackages = [\"sys-apps/gt-baselayout\"]\n",
+    );
+    let mut build = f
+        .cmd(None)
+        .args(["build", "--no-config", "--conf-root"])
+        .arg(f.conf())
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The helper is the build's child; kill it as soon as it exists.
+    let children = |pid: u32| -> Vec<u32> {
+        fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|t| fs::read_to_string(t.path().join("children")).ok())
+            .flat_map(|l| {
+                l.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .collect()
+    };
+    let start = std::time::Instant::now();
+    let helper = loop {
+        if let Some(&h) = children(build.id()).first() {
+            break h;
+        }
+        assert!(
+            build.try_wait().unwrap().is_none(),
+            "build ended before its helper ran"
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "no helper"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(helper as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let out = build.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("failed (killed by signal 9, SIGKILL)"),
+        "{err}"
+    );
+    let log = fs::read_to_string(f.conf().join("builds/testseed-killed.log")).unwrap();
+    assert!(
+        log.contains(
+            "gentree-fs: error: layer testseed-killed failed (killed by signal 9, SIGKILL)"
+        ),
+        "{log}"
+    );
 }

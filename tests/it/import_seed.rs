@@ -738,3 +738,113 @@ fn progress_on_a_terminal() {
     assert!(out.contains("imported seed \"p\""), "{out:?}");
     assert!(out.contains("20 entries, 19.5 KiB"), "{out:?}");
 }
+
+/// GNU tar's sparse members, in each format it writes (`--sparse` with the old GNU
+/// format, and PAX sparse 0.0, 0.1 and 1.0), import as the whole file under its real
+/// name; a sparse map that does not fit its member is refused by name.
+#[test]
+fn gnu_sparse_members_import_whole() {
+    let t = "gnu_sparse_members_import_whole";
+    if !util::require_tool(t, "tar") || !util::require_tool(t, "python3") {
+        return;
+    }
+    let tmp = util::tempdir();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("var/lib")).unwrap();
+    let sparse = src.join("var/lib/sparse.db");
+    sh(&format!(
+        "printf head > {f} && truncate -s 3M {f} && printf tail >> {f}
+         printf middle | dd of={f} bs=1 seek=1500000 conv=notrunc status=none
+         truncate -s 8M {f}
+         printf plain > {src}/var/lib/plain
+         chmod 0600 {f}",
+        f = sparse.display(),
+        src = src.display()
+    ));
+    let want = fs::read(&sparse).unwrap();
+    let conf = tmp.path().join("conf");
+    let formats: [(&str, &[&str]); 4] = [
+        ("gnu", &["--format=gnu"]),
+        ("pax00", &["--format=posix", "--sparse-version=0.0"]),
+        ("pax01", &["--format=posix", "--sparse-version=0.1"]),
+        ("pax10", &["--format=posix", "--sparse-version=1.0"]),
+    ];
+    for (name, args) in formats {
+        let tar = tmp.path().join(format!("{name}.tar"));
+        run_ok(
+            Command::new("tar")
+                .arg("--sparse")
+                .args(args)
+                .arg("-cf")
+                .arg(&tar)
+                .arg("-C")
+                .arg(&src)
+                .arg("."),
+        );
+        // Sparse indeed: far smaller than the file.
+        assert!(fs::metadata(&tar).unwrap().len() < 1 << 20, "{name}");
+        let o = import(&tar, Some(name), &conf, &[]);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let seed = conf.join("seeds").join(name);
+        let got = fs::read(seed.join("var/lib/sparse.db")).unwrap();
+        assert!(got == want, "{name}: content differs ({} bytes)", got.len());
+        let (_, eff) = Effective::of_path(&seed.join("var/lib/sparse.db")).unwrap();
+        assert_eq!(eff.perm & 0o7777, 0o600, "{name}");
+        let mut names: Vec<_> = fs::read_dir(seed.join("var/lib"))
+            .unwrap()
+            .map(|d| d.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["plain", "sparse.db"],
+            "{name}: no GNUSparseFile dirs"
+        );
+    }
+
+    // Maps that do not fit: refused, naming the member by its real name.
+    let cases = [
+        ("past-end", "1\n0\n99\n", "10", "ends past the real size 10"),
+        (
+            "short",
+            "1\n0\n5\n",
+            "10",
+            "covers 5 bytes but the member has 3",
+        ),
+    ];
+    for (case, map, real, reason) in cases {
+        let tar = tmp.path().join(format!("bad-{case}.tar"));
+        py_tar(
+            &tar,
+            &format!(
+                "import io
+data = {map:?}.encode().ljust(512, b'\\0') + b'abc'
+i = tarfile.TarInfo('GNUSparseFile.0/x'); i.size = len(data)
+i.pax_headers = {{'GNU.sparse.major': '1', 'GNU.sparse.minor': '0',
+    'GNU.sparse.name': 'etc/x', 'GNU.sparse.realsize': '{real}'}}
+t.addfile(i, io.BytesIO(data))"
+            ),
+        );
+        let o = import(&tar, Some("bad"), &conf, &[]);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{case}: accepted");
+        assert!(
+            err.contains("cannot import archive member \"etc/x\"") && err.contains(reason),
+            "{case}: {err}"
+        );
+        assert!(!conf.join("seeds/bad").exists(), "{case}");
+    }
+    let tar = tmp.path().join("bad-version.tar");
+    py_tar(
+        &tar,
+        "import io
+i = tarfile.TarInfo('y'); i.size = 1
+i.pax_headers = {'GNU.sparse.major': '2', 'GNU.sparse.minor': '0'}
+t.addfile(i, io.BytesIO(b'z'))",
+    );
+    let err = stderr(&import(&tar, Some("bad"), &conf, &[]));
+    assert!(
+        err.contains("cannot import archive member \"y\": unsupported GNU sparse format 2.0"),
+        "{err}"
+    );
+}

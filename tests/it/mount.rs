@@ -243,6 +243,172 @@ fn mount_tree_without_portage() {
     d.stop();
 }
 
+/// Scratch dirs of builds whose process died (kill -9 of a daemon) go on the next
+/// start; those of live processes stay.
+#[test]
+fn mount_start_removes_run_dirs_of_dead_processes() {
+    if !root_and_fuse("mount_start_removes_run_dirs_of_dead_processes") {
+        return;
+    }
+    let t = util::tempdir();
+    let (conf, configs) = plain_conf(t.path());
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let gone = conf.join(format!("run/0123456789ab-{dead}"));
+    let live = conf.join(format!("run/0123456789ab-{}", std::process::id()));
+    for d in [&gone, &live] {
+        fs::create_dir_all(d.join("root/etc")).unwrap();
+        fs::write(d.join("root/etc/hostname"), "x\n").unwrap();
+    }
+    let mp = t.path().join("mp");
+    let d = Daemon::start(util::gentree(), &conf, &configs, &mp, t.path());
+    assert!(!gone.exists(), "left by a dead process");
+    assert!(live.exists(), "a live process's");
+    d.stop();
+}
+
+/// How many of this process's threads wait for a FUSE reply.
+fn threads_waiting_on_fuse() -> usize {
+    fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("wchan")).ok())
+        .filter(|w| w == "request_wait_answer")
+        .count()
+}
+
+/// A config whose resolution blocks (its base is on a filesystem that hangs: a union
+/// mount whose daemon is stopped, as a hung network filesystem would) holds up only
+/// requests on its own image: with more such requests in flight than the mount has
+/// worker threads, every other path still answers, and the blocked requests are
+/// answered once the base can be read.
+#[test]
+fn mount_answers_while_a_config_is_slow() {
+    const SLOW: usize = 10;
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use std::sync::mpsc;
+    if !root_and_fuse("mount_answers_while_a_config_is_slow") {
+        return;
+    }
+    let t = util::tempdir();
+    let (conf, configs) = plain_conf(t.path());
+    fs::write(configs.join("hello.toml"), "seed = \"s1\"\n").unwrap();
+    let lower = t.path().join("slow-lower");
+    fs::create_dir_all(&lower).unwrap();
+    fs::write(lower.join("base.toml"), "packages = [\"app-misc/a\"]\n").unwrap();
+    let hung = t.path().join("hung");
+    fs::create_dir_all(&hung).unwrap();
+    /// The union daemon, stopped while the test runs; continued and unmounted on drop.
+    struct Stopped(Child, PathBuf);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGCONT);
+            let _ = Command::new("fusermount3").arg("-uz").arg(&self.1).status();
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let union = util::gentree()
+        .args(["union", "-f", "-o"])
+        .arg(format!("lowerdir={}", lower.display()))
+        .arg(&hung)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let union = Stopped(union, hung.clone());
+    wait_until("the union", Duration::from_secs(20), || mounted(&hung));
+    let slow = format!(
+        "seed = \"s1\"\nbases = [\"{}/base.toml\"]\n",
+        hung.display()
+    );
+    for i in 0..SLOW {
+        fs::write(configs.join(format!("slow{i}.toml")), &slow).unwrap();
+    }
+    // Stopped before the mount starts, whose preloading resolves every config.
+    let union_pid = Pid::from_raw(union.0.id() as i32);
+    kill(union_pid, Signal::SIGSTOP).unwrap();
+    let mp = t.path().join("mp");
+    let mut cmd = util::gentree();
+    cmd.args(["--threads", "2"]);
+    let d = Daemon::start(cmd, &conf, &configs, &mp, t.path());
+
+    // Requests on slow images: more than the two worker threads and than the resolver
+    // threads, one per config (the kernel sends one lookup of a name at a time).
+    let (slow_tx, slow_rx) = mpsc::channel();
+    for i in 0..SLOW {
+        let tar = mp.join(format!("builds/slow{i}.tar"));
+        let tx = slow_tx.clone();
+        std::thread::spawn(move || {
+            let r = match i % 3 {
+                0 => xattr::get(&tar, "user.gentree.state").map(|v| v.map(|v| v.len() as u64)),
+                1 => fs::metadata(&tar).map(|m| Some(m.len())),
+                _ => xattr::list(&tar).map(|l| Some(l.count() as u64)),
+            };
+            let _ = tx.send(r.map_err(|e| e.to_string()));
+        });
+    }
+
+    // All are in flight: their threads wait in the kernel for the mount's reply, and
+    // the daemon resolves with a bounded number of threads.
+    wait_until(
+        "the slow requests in flight",
+        Duration::from_secs(30),
+        || threads_waiting_on_fuse() >= SLOW,
+    );
+    let resolvers = fs::read_dir(format!("/proc/{}/task", d.child.id()))
+        .unwrap()
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim() == "resolve")
+        .count();
+    assert!((1..=8).contains(&resolvers), "{resolvers} resolver threads");
+
+    // Every other path answers meanwhile (bounded, so a stall fails the test instead
+    // of hanging it).
+    let (tx, rx) = mpsc::channel();
+    let mp2 = mp.clone();
+    std::thread::spawn(move || {
+        let builds = fs::read_dir(mp2.join("builds")).unwrap().count();
+        let hello = mp2.join("builds/hello.tar");
+        let state = xattr_str(&hello, "user.gentree.state");
+        let size = fs::metadata(&hello).unwrap().len();
+        let host = fs::read_to_string(mp2.join("seeds/s1/etc/hostname")).unwrap();
+        let packages = fs::read_dir(mp2.join("packages")).unwrap().count();
+        let _ = tx.send((builds, state, size, host, packages));
+    });
+    let (n, state, size, host, packages) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the mount stalled behind the slow config");
+    assert_eq!(n, 2 * (SLOW + 1), "hello and the slow ones, .tar and .log");
+    assert_eq!((state.as_deref(), size), (Some("absent"), 0));
+    assert_eq!((host.as_str(), packages), ("seed-one\n", 0));
+    assert!(
+        slow_rx.try_recv().is_err(),
+        "a request on the slow image was answered while its base could not be read"
+    );
+
+    // The base's filesystem answers again: every request is answered.
+    kill(union_pid, Signal::SIGCONT).unwrap();
+    for _ in 0..SLOW {
+        let r = slow_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("answered");
+        r.unwrap();
+    }
+    let tar = mp.join("builds/slow0.tar");
+    assert_eq!(
+        xattr_str(&tar, "user.gentree.state").as_deref(),
+        Some("absent")
+    );
+    let key = xattr_str(&tar, "user.gentree.key").unwrap();
+    // An edit is seen at once: another key.
+    let edited = format!("{slow}unmerge = [\"app-misc/b\"]\n");
+    fs::write(configs.join("slow0.toml"), edited).unwrap();
+    assert_ne!(xattr_str(&tar, "user.gentree.key").unwrap(), key);
+    d.stop();
+    drop(union);
+}
+
 #[test]
 fn mount_in_background_and_unmount_by_signal() {
     if !root_and_fuse("mount_in_background_and_unmount_by_signal") {
@@ -877,6 +1043,18 @@ fn mount_rm_keeps_layers_other_configs_use() {
     let l = listing("b");
     assert!(l.contains("data/base") && l.contains("data/b"), "{l}");
     assert_eq!(state("b").as_deref(), Some("ready"));
+    // A config not resolved yet might use b's layer: rm keeps it (without waiting
+    // for that config), and removes it once every config is known.
+    fs::write(
+        configs.join("c.toml"),
+        "bases = [\"base.toml\"]\npackages = [\"app-misc/c\"]\n",
+    )
+    .unwrap();
+    fs::remove_file(tar("b")).unwrap();
+    assert!(layer(&kb), "removed while c was not resolved");
+    assert_ne!(key("c"), kb);
+    fs::remove_file(tar("b")).unwrap();
+    assert!(!layer(&kb), "b's layer kept");
     d.stop();
 }
 

@@ -23,31 +23,41 @@ struct Server {
     log: Arc<Mutex<String>>,
 }
 
+/// Starts `serve` (`cmd` with `--port 0` and the seed name) and reads the port from
+/// its first line; returns the child, the port, that line and the rest of stderr.
+fn spawn_serve(
+    cmd: &mut std::process::Command,
+    seed: &str,
+) -> (Child, u16, String, BufReader<std::process::ChildStderr>) {
+    let mut child = cmd
+        .args(["--port", "0"])
+        .arg(seed)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    err.read_line(&mut first).unwrap();
+    let port = first
+        .split("http://127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no listening line: {first:?}"));
+    (child, port, first, err)
+}
+
 impl Server {
     fn start(f: &Fixture, extra: &[&str]) -> Server {
-        let mut child = f
-            .cmd(None)
-            .arg("serve")
+        let mut cmd = f.cmd(None);
+        cmd.arg("serve")
             .arg("--no-config")
             .arg("--conf-root")
             .arg(f.conf())
-            .args(["--port", "0"])
-            .args(extra)
-            .arg("testseed")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        let mut first = String::new();
-        err.read_line(&mut first).unwrap();
-        let port = first
-            .split("http://127.0.0.1:")
-            .nth(1)
-            .and_then(|r| r.split('/').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no listening line: {first:?}"));
+            .args(extra);
+        let (child, port, first, mut err) = spawn_serve(&mut cmd, "testseed");
         // Keep draining stderr (build output is teed there) so the server never blocks.
         let log = Arc::new(Mutex::new(first));
         let l2 = log.clone();
@@ -590,4 +600,168 @@ fn ephemeral_seed_builds_serve_packages_but_leave_the_seed_upper_alone() {
         tree(&upper)
     );
     assert!(s.terminate().success());
+}
+
+/// `serve` on a fake seed (no build runs): enough for the HTTP side alone.
+fn bare_server(conf: &Path, extra: &[&str]) -> (Child, u16) {
+    fs::create_dir_all(conf.join("seeds/s")).unwrap();
+    fs::create_dir_all(conf.join("pkgdir")).unwrap();
+    fs::write(conf.join("pkgdir/Packages"), "PACKAGES: 0\n").unwrap();
+    let mut cmd = util::gentree();
+    cmd.args(["serve", "--no-config", "--conf-root"])
+        .arg(conf)
+        .args(extra);
+    let (child, port, _, mut err) = spawn_serve(&mut cmd, "s");
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    (child, port)
+}
+
+/// The whole answer to `bytes` sent on a fresh connection (the server closes it).
+fn raw_exchange(port: u16, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn proc_status(pid: u32, field: &str) -> u64 {
+    let st = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    st.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {st}"))
+}
+
+/// Hostile clients: oversized request lines and headers are refused (414, 431)
+/// without being buffered, bodies are refused (413), idle and slow connections are
+/// closed after the client timeout (slow ones with 408), and with more idle sockets
+/// open than the connection limit, a normal client is still served, by the same few
+/// threads.
+#[test]
+fn hostile_clients_are_bounded() {
+    let t = util::tempdir();
+    let conf = t.path().join("conf");
+    let (mut child, port) = bare_server(
+        &conf,
+        &["--client-timeout", "2", "--max-connections", "200"],
+    );
+    let pid = child.id();
+
+    let long_line = [b"GET /".as_slice(), &[b'a'; 9000]].concat();
+    let answer = raw_exchange(port, &long_line);
+    assert!(answer.starts_with("HTTP/1.1 414 "), "{answer}");
+    // Every thread has started once a request was answered.
+    let threads_idle = proc_status(pid, "Threads:");
+    let big_header = [b"GET / HTTP/1.1\r\nX-Big: ".as_slice(), &[b'a'; 20000]].concat();
+    let answer = raw_exchange(port, &big_header);
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    let many: String = (0..100).map(|i| format!("X-{i}: v\r\n")).collect();
+    let answer = raw_exchange(port, format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    let answer = raw_exchange(
+        port,
+        b"GET /Packages HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    // A 64 MiB header: refused early, never held in memory.
+    let rss_before = proc_status(pid, "VmRSS:");
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nX: ").unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    let mut sent = 0;
+    while sent < 64 && s.write_all(&chunk).is_ok() {
+        sent += 1;
+    }
+    assert!(sent < 64, "the server kept reading a 64 MiB header");
+    assert!(
+        proc_status(pid, "VmRSS:") < rss_before + 16 * 1024,
+        "RSS grew"
+    );
+
+    // Slow: a head that never ends gets 408 after the client timeout; idle: closed.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    slow.write_all(b"GET /Packages HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut out = String::new();
+    slow.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        idle.read(&mut buf).unwrap(),
+        0,
+        "idle connection not closed"
+    );
+
+    // 300 idle sockets, more than the limit of 200: a normal client is served (the
+    // longest idle ones make room), by no more threads than with none.
+    let idle: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let r = request(port, "GET", "/Packages", &[]);
+    assert_eq!((r.status, r.text().as_str()), (200, "PACKAGES: 0\n"));
+    // Answered connections leave the count: more requests than the limit, in turn.
+    for i in 0..250 {
+        let r = request(port, "GET", "/Packages", &[]);
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    // Clients that ask for a large file and do not read it hold no worker: with more
+    // of them than workers, a normal client is served, and then each gets it all.
+    let big = conf.join("pkgdir/big.gpkg.tar");
+    fs::File::create(&big).unwrap().set_len(64 << 20).unwrap();
+    let slow_readers: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"GET /big.gpkg.tar HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    let r = request(port, "GET", "/Packages", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    for mut s in slow_readers {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        let body = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(
+            all.len() - body,
+            64 << 20,
+            "a slow reader's download was cut"
+        );
+    }
+    // Keep-alive: two requests on one connection.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(
+        b"HEAD /Packages HTTP/1.1\r\n\r\nGET /Packages HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut both = String::new();
+    s.read_to_string(&mut both).unwrap();
+    assert_eq!(both.matches("HTTP/1.1 200 OK").count(), 2, "{both}");
+    assert!(both.ends_with("\r\n\r\nPACKAGES: 0\n"), "{both}");
+    assert_eq!(
+        proc_status(pid, "Threads:"),
+        threads_idle,
+        "threads per connection"
+    );
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    assert!(
+        fds < 200 + 32,
+        "{fds} descriptors open: connections not bounded"
+    );
+    drop(idle);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
 }

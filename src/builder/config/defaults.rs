@@ -123,7 +123,7 @@ impl Defaults {
             let Some(path) = group.iter().find(|p| p.is_file()) else {
                 continue;
             };
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            let text = super::file::read(path, |source| ConfigError::Read {
                 path: path.clone(),
                 source,
             })?;
@@ -166,13 +166,12 @@ impl Defaults {
         let Some(st) = self.table.table("default").and_then(|d| d.table(seed)) else {
             return out;
         };
-        let keys_only = |t: &Table| Table {
-            entries: t
-                .entries
+        let keys_only = |t: &Table| -> Table {
+            t.entries()
                 .iter()
                 .filter(|e| raw::spec(&e.key).is_some())
                 .cloned()
-                .collect(),
+                .collect()
         };
         out.deep_merge(&keys_only(st));
         if let Some(tt) = build_tag.and_then(|t| st.table(t)) {

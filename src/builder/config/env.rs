@@ -148,14 +148,11 @@ impl EnvInputs<'_> {
 
     fn all_keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for src in [self.file, self.defaults] {
             for name in ["env", "crossdev_env"] {
-                for e in src
-                    .table(name)
-                    .map(|t| t.entries.as_slice())
-                    .unwrap_or_default()
-                {
-                    if !keys.contains(&e.key) {
+                for e in src.table(name).map(|t| t.entries()).unwrap_or_default() {
+                    if seen.insert(e.key.as_str()) {
                         keys.push(e.key.clone());
                     }
                 }

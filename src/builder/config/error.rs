@@ -15,6 +15,23 @@ pub enum ConfigError {
         source: io::Error,
     },
 
+    #[error(
+        "{} is {size} bytes, above the {} MiB limit for config files: split it into bases",
+        path.display(),
+        limit >> 20
+    )]
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
+
+    #[error("{}: not a regular file", path.display())]
+    NotAFile { path: PathBuf },
+
+    #[error("{}: not UTF-8 text (invalid byte at offset {at})", path.display())]
+    NotText { path: PathBuf, at: usize },
+
     #[error("{}:{line}:{col}: invalid TOML: {message}", path.display())]
     Parse {
         path: PathBuf,
@@ -30,7 +47,7 @@ pub enum ConfigError {
         hint: Option<String>,
     },
 
-    #[error("{at}: `{key}` must be {expected}, not a {found}")]
+    #[error("{at}: `{key}` must be {expected}, not {} {found}", article(found))]
     WrongType {
         at: Loc,
         key: String,
@@ -93,6 +110,14 @@ pub enum ConfigError {
         origin: String,
         reason: &'static str,
     },
+}
+
+/// "a" or "an" before a TOML type name (an array, an integer).
+fn article(word: &str) -> &'static str {
+    match word.as_bytes().first() {
+        Some(b'a' | b'e' | b'i' | b'o' | b'u') => "an",
+        _ => "a",
+    }
 }
 
 impl ConfigError {

@@ -16,14 +16,18 @@
 //! differences from genTree are listed in `docs/compat.md`.
 //!
 //! Modules: [`value`] (located, ordered TOML tree), [`raw`] (schema and checks),
+//! [`cache`] (resolutions kept while the files they read are unchanged),
+//! [`file`] (reading files: the size limit, file identities for caches),
 //! [`defaults`] (embedded defaults, default files, overrides, builtin bases),
 //! [`env`] (flag sets and the environment), [`emerge`] (argv), [`names`]
 //! (buildname, pkgdir, name validation), [`resolve`] (the tree).
 
+pub mod cache;
 pub mod defaults;
 pub mod emerge;
 pub mod env;
 mod error;
+pub mod file;
 pub mod names;
 pub mod raw;
 pub mod resolve;
@@ -33,5 +37,6 @@ pub use defaults::{DefaultSources, Defaults};
 pub use env::FlagSet;
 pub use error::ConfigError;
 pub use resolve::{
-    CliOverrides, Dirs, OrderedMap, Origin, ResolvedConfig, resolve_file, resolve_seed, resolve_str,
+    CliOverrides, Dirs, OrderedMap, Origin, ResolvedConfig, resolve_file, resolve_file_stamped,
+    resolve_seed, resolve_str,
 };

@@ -159,9 +159,9 @@ pub fn spec(name: &str) -> Option<&'static KeySpec> {
 /// also checks the `[default.<seed>[.<tag>]]` override tables.
 pub fn check(t: &Table, ctx: Ctx) -> Result<Table, ConfigError> {
     let mut out = Table::default();
-    for e in &t.entries {
+    for e in t.entries() {
         if e.key == "default" && ctx == Ctx::Defaults {
-            out.entries.push(Entry {
+            out.insert(Entry {
                 node: check_seed_overrides(e)?,
                 ..e.clone()
             });
@@ -202,7 +202,7 @@ pub fn check(t: &Table, ctx: Ctx) -> Result<Table, ConfigError> {
             _ => {}
         }
         let node = check_value(&e.node, s.ty, name)?;
-        out.entries.push(Entry {
+        out.insert(Entry {
             key: name.to_string(),
             key_at: e.key_at.clone(),
             node,
@@ -216,10 +216,10 @@ pub fn check(t: &Table, ctx: Ctx) -> Result<Table, ConfigError> {
 fn check_seed_overrides(e: &Entry) -> Result<Node, ConfigError> {
     let seeds = table_of(&e.node, "default", "a table of per-seed tables")?;
     let mut out = Table::default();
-    for se in &seeds.entries {
+    for se in seeds.entries() {
         let key = format!("default.{}", se.key);
         let st = table_of(&se.node, &key, "a table of overrides for that seed")?;
-        out.entries.push(Entry {
+        out.insert(Entry {
             node: Node {
                 val: Val::Table(check_override(st, true, &key)?),
                 at: se.node.at.clone(),
@@ -237,19 +237,19 @@ fn check_seed_overrides(e: &Entry) -> Result<Node, ConfigError> {
 fn check_override(t: &Table, allow_tags: bool, prefix: &str) -> Result<Table, ConfigError> {
     let mut keys = Table::default();
     let mut tags = Vec::new();
-    for e in &t.entries {
+    for e in t.entries() {
         let is_key = spec(&e.key).is_some() || ALIASES.iter().any(|(alias, _)| *alias == e.key);
         if !is_key && allow_tags && e.node.as_table().is_some() {
             tags.push(e);
         } else {
-            keys.entries.push(e.clone());
+            keys.insert(e.clone());
         }
     }
     let mut out = check(&keys, Ctx::Override).map_err(|err| err.in_table(prefix))?;
     for e in tags {
         let key = format!("{prefix}.{}", e.key);
         let tt = table_of(&e.node, &key, "a table of overrides for that build tag")?;
-        out.entries.push(Entry {
+        out.insert(Entry {
             node: Node {
                 val: Val::Table(check_override(tt, false, &key)?),
                 at: e.node.at.clone(),
@@ -369,7 +369,7 @@ fn check_value(n: &Node, ty: Ty, key: &str) -> Result<Node, ConfigError> {
 
 fn check_subtable(t: &Table, ty: Ty, key: &str) -> Result<Table, ConfigError> {
     let mut out = Table::default();
-    for e in &t.entries {
+    for e in t.entries() {
         let full = format!("{key}.{}", e.key);
         let mut name = e.key.clone();
         match ty {
@@ -587,7 +587,12 @@ mod tests {
             (
                 "packages = [1]",
                 Ctx::Top,
-                "f.toml:1:13: `packages` must be a string (array item), not a integer",
+                "f.toml:1:13: `packages` must be a string (array item), not an integer",
+            ),
+            (
+                "depclean = []",
+                Ctx::Top,
+                "f.toml:1:12: `depclean` must be a boolean (true or false), not an array",
             ),
             (
                 "seed = \"s\"",

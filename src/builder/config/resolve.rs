@@ -8,6 +8,7 @@
 //! Everything resolved is ordered data (vectors, `BTreeMap`), so equal inputs give
 //! equal trees and equal serialisations: later cache keys hash them.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,7 @@ use super::ConfigError;
 use super::defaults::{self, Defaults};
 use super::emerge;
 use super::env::{self, EnvInputs};
+use super::file::{self, FileStamp};
 use super::names;
 use super::raw::{self, Ctx, get_bool, get_list, get_str, node_text};
 use super::value::{self, Node, Table, Val};
@@ -180,11 +182,24 @@ pub fn resolve_file(
     cli: &CliOverrides,
     defaults: &Defaults,
 ) -> Result<ResolvedConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    resolve_file_stamped(path, cli, defaults).0
+}
+
+/// Resolves the build config at `path`, and says which files the resolution read
+/// (the config and its base files, each stamped before it was read, a missing one as
+/// absent): while every stamp is current, resolving again gives the same result.
+pub fn resolve_file_stamped(
+    path: &Path,
+    cli: &CliOverrides,
+    defaults: &Defaults,
+) -> (Result<ResolvedConfig, ConfigError>, Vec<FileStamp>) {
+    let reads = RefCell::new(vec![FileStamp::of(path)]);
+    let r = file::read(path, |source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
-    resolve_str(&text, path, cli, defaults)
+    })
+    .and_then(|text| resolve_text(&text, path, cli, defaults, &reads));
+    (r, reads.into_inner())
 }
 
 /// Resolves config text as if read from `path` (which names it and anchors
@@ -194,6 +209,16 @@ pub fn resolve_str(
     path: &Path,
     cli: &CliOverrides,
     defaults: &Defaults,
+) -> Result<ResolvedConfig, ConfigError> {
+    resolve_text(text, path, cli, defaults, &RefCell::new(Vec::new()))
+}
+
+fn resolve_text(
+    text: &str,
+    path: &Path,
+    cli: &CliOverrides,
+    defaults: &Defaults,
+    reads: &RefCell<Vec<FileStamp>>,
 ) -> Result<ResolvedConfig, ConfigError> {
     let table = raw::check(&value::parse(text, path)?, Ctx::Top)?;
     let seed = get_str(&table, "seed")
@@ -219,6 +244,7 @@ pub fn resolve_str(
         defaults: &eff,
         seed,
         build_tag,
+        reads,
     };
     r.resolve(&src, None, &mut Vec::new())
 }
@@ -279,6 +305,8 @@ struct Resolver<'a> {
     defaults: &'a Table,
     seed: String,
     build_tag: Option<String>,
+    /// The base files read so far ([`resolve_file_stamped`]).
+    reads: &'a RefCell<Vec<FileStamp>>,
 }
 
 impl Resolver<'_> {
@@ -417,7 +445,7 @@ impl Resolver<'_> {
         let unmerge = atoms(f, "unmerge")?;
         let emerge_args: OrderedMap<String> = OrderedMap(
             merged_table(d, f, "emerge_args")
-                .entries
+                .entries()
                 .iter()
                 .map(|e| (e.key.clone(), node_text(&e.node)))
                 .collect(),
@@ -425,7 +453,7 @@ impl Resolver<'_> {
         let bools = |k: &str| -> OrderedMap<bool> {
             OrderedMap(
                 merged_table(d, f, k)
-                    .entries
+                    .entries()
                     .iter()
                     .map(|e| (e.key.clone(), matches!(e.node.val, Val::Bool(true))))
                     .collect(),
@@ -561,13 +589,13 @@ impl Resolver<'_> {
     ) -> Result<Source, ConfigError> {
         let (text, dir, stem_name) = match &origin {
             Origin::File(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| ConfigError::MissingBase {
-                        path: origin_path(&parent.origin),
-                        base: reference.to_string(),
-                        resolved: path.clone(),
-                        source,
-                    })?;
+                self.reads.borrow_mut().push(FileStamp::of(path));
+                let text = file::read(path, |source| ConfigError::MissingBase {
+                    path: origin_path(&parent.origin),
+                    base: reference.to_string(),
+                    resolved: path.clone(),
+                    source,
+                })?;
                 (text, path.parent().map(Path::to_path_buf), stem(path))
             }
             Origin::Builtin(n) => (
@@ -624,11 +652,7 @@ fn bad_value(at: Option<&Node>, key: &str, message: &str) -> ConfigError {
 /// their order, file keys replacing in place or appended (spec 3.4 step 4).
 fn merged_table(d: &Table, f: &Table, key: &str) -> Table {
     let mut t = d.table(key).cloned().unwrap_or_default();
-    for e in f
-        .table(key)
-        .map(|t| t.entries.as_slice())
-        .unwrap_or_default()
-    {
+    for e in f.table(key).map(|t| t.entries()).unwrap_or_default() {
         t.insert(e.clone());
     }
     t
@@ -651,6 +675,7 @@ fn atoms(f: &Table, key: &str) -> Result<Vec<String>, ConfigError> {
 /// (B57); `./` prefixes and trailing `/` dropped.
 fn rel_paths(f: &Table, key: &str) -> Result<Vec<String>, ConfigError> {
     let mut out: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for p in get_list(f, key).unwrap_or_default() {
         let parts: Vec<&str> = p
             .split('/')
@@ -664,7 +689,7 @@ fn rel_paths(f: &Table, key: &str) -> Result<Vec<String>, ConfigError> {
             ));
         }
         let norm = parts.join("/");
-        if !out.contains(&norm) {
+        if seen.insert(norm.clone()) {
             out.push(norm);
         }
     }
@@ -1022,6 +1047,44 @@ mod tests {
         let order: Vec<&str> = c.build_order().iter().map(|b| b.name.as_str()).collect();
         assert_eq!(order, ["base", "shared", "tools", "img"]);
         assert_eq!(c.bases.len(), 3, "the nested tree keeps every reference");
+    }
+
+    #[test]
+    fn stamps_name_every_file_read_and_a_too_large_base_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().join("img.toml");
+        let base = dir.path().join("b.toml");
+        let gone = dir.path().join("gone.toml");
+        std::fs::write(&base, "packages = [\"a/b\"]\n").unwrap();
+        std::fs::write(&top, "seed = \"s\"\nbases = [\"b.toml\", \"base\"]\n").unwrap();
+        let cli = CliOverrides::default();
+        let (r, files) = resolve_file_stamped(&top, &cli, &defaults(&[]));
+        r.unwrap();
+        let paths: Vec<&Path> = files.iter().map(|f| f.path.as_path()).collect();
+        assert_eq!(
+            paths,
+            [top.as_path(), base.as_path()],
+            "builtins read no file"
+        );
+        assert!(files.iter().all(|f| f.id.is_some() && f.is_current()));
+
+        // A missing base is stamped absent: creating it is a change.
+        std::fs::write(&top, "seed = \"s\"\nbases = [\"gone.toml\"]\n").unwrap();
+        let (r, files) = resolve_file_stamped(&top, &cli, &defaults(&[]));
+        assert!(matches!(r, Err(ConfigError::MissingBase { .. })));
+        assert_eq!(files[1].path, gone);
+        assert!(files[1].id.is_none() && files[1].is_current());
+
+        let f = std::fs::File::create(&base).unwrap();
+        f.set_len(file::MAX_CONFIG_BYTES + 1).unwrap();
+        std::fs::write(&top, "seed = \"s\"\nbases = [\"b.toml\"]\n").unwrap();
+        let e = resolve_file(&top, &cli, &defaults(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("{} is 2097153 bytes", base.display())),
+            "{e}"
+        );
     }
 
     #[test]

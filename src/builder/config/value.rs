@@ -3,6 +3,7 @@
 //! file that set them. Tables keep their written order (emerge_bools become argv in
 //! that order).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,12 +28,60 @@ impl fmt::Display for Loc {
 
 /// 1-based line and column (in characters) of byte offset `at` in `text`.
 pub fn line_col(text: &str, at: usize) -> (usize, usize) {
-    let at = at.min(text.len());
-    let before = text.get(..at).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let col = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
-    (line, col)
+    LineIndex::new(text).line_col(at)
+}
+
+/// Line starts and multi-byte characters of one text, indexed once so that every
+/// location costs a binary search instead of a scan from the start (a scan per
+/// value made resolution quadratic in the file's size).
+#[derive(Debug)]
+pub struct LineIndex {
+    len: usize,
+    /// Byte offset of each line's first byte; `[0]` is 0.
+    line_starts: Vec<usize>,
+    /// For each character longer than one byte: its offset and the bytes beyond one
+    /// that it and every earlier such character take (a running sum).
+    wide: Vec<(usize, usize)>,
+}
+
+impl LineIndex {
+    pub fn new(text: &str) -> Self {
+        let mut line_starts = vec![0];
+        let mut wide = Vec::new();
+        let mut extra = 0;
+        for (i, c) in text.char_indices() {
+            if c == '\n' {
+                line_starts.push(i + 1);
+            } else if c.len_utf8() > 1 {
+                extra += c.len_utf8() - 1;
+                wide.push((i, extra));
+            }
+        }
+        LineIndex {
+            len: text.len(),
+            line_starts,
+            wide,
+        }
+    }
+
+    /// Extra bytes of the multi-byte characters starting before `at`.
+    fn extra_before(&self, at: usize) -> usize {
+        match self.wide.partition_point(|&(i, _)| i < at) {
+            0 => 0,
+            n => self.wide[n - 1].1,
+        }
+    }
+
+    /// 1-based line and column (in characters) of byte offset `at`.
+    pub fn line_col(&self, at: usize) -> (usize, usize) {
+        let at = at.min(self.len);
+        // Lines whose start is at or before `at`; at least one (offset 0).
+        let line = self.line_starts.partition_point(|&s| s <= at);
+        let start = self.line_starts[line - 1];
+        let bytes = at - start;
+        let col = bytes - (self.extra_before(at) - self.extra_before(start));
+        (line, col + 1)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -84,32 +133,65 @@ pub struct Entry {
 }
 
 /// An ordered table. Keys are unique (the TOML parser rejects duplicates; merges
-/// replace in place).
+/// replace in place). Each key's position is indexed, so a lookup costs the same in
+/// a table of ten keys as in one of eighty thousand (merges and environment
+/// computation look every key up, which was quadratic over a plain list).
 #[derive(Debug, Clone, Default)]
 pub struct Table {
-    pub entries: Vec<Entry>,
+    entries: Vec<Entry>,
+    /// Position of each key in `entries`; never iterated, so order stays written.
+    index: HashMap<String, usize>,
+}
+
+impl FromIterator<Entry> for Table {
+    fn from_iter<I: IntoIterator<Item = Entry>>(iter: I) -> Self {
+        let mut t = Table::default();
+        for e in iter {
+            t.insert(e);
+        }
+        t
+    }
 }
 
 impl Table {
+    /// The entries in written (merge) order.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
     pub fn get(&self, key: &str) -> Option<&Node> {
         self.entry(key).map(|e| &e.node)
     }
 
     pub fn entry(&self, key: &str) -> Option<&Entry> {
-        self.entries.iter().find(|e| e.key == key)
+        self.index.get(key).and_then(|&i| self.entries.get(i))
+    }
+
+    fn entry_mut(&mut self, key: &str) -> Option<&mut Entry> {
+        let i = *self.index.get(key)?;
+        self.entries.get_mut(i)
     }
 
     /// Sets `key`, keeping its position when it already exists, appending otherwise.
     pub fn insert(&mut self, entry: Entry) {
-        match self.entries.iter_mut().find(|e| e.key == entry.key) {
+        match self.entry_mut(&entry.key) {
             Some(old) => *old = entry,
-            None => self.entries.push(entry),
+            None => {
+                self.index.insert(entry.key.clone(), self.entries.len());
+                self.entries.push(entry);
+            }
         }
     }
 
     pub fn remove(&mut self, key: &str) -> Option<Entry> {
-        let i = self.entries.iter().position(|e| e.key == key)?;
-        Some(self.entries.remove(i))
+        let i = self.index.remove(key)?;
+        let e = self.entries.remove(i);
+        for later in self.index.values_mut() {
+            if *later > i {
+                *later -= 1;
+            }
+        }
+        Some(e)
     }
 
     pub fn table(&self, key: &str) -> Option<&Table> {
@@ -120,10 +202,7 @@ impl Table {
     /// else (arrays included) is replaced. Used for per-seed/tag overrides (B05).
     pub fn deep_merge(&mut self, over: &Table) {
         for e in &over.entries {
-            let merged = match (
-                self.entries.iter_mut().find(|o| o.key == e.key),
-                &e.node.val,
-            ) {
+            let merged = match (self.entry_mut(&e.key), &e.node.val) {
                 (Some(old), Val::Table(t)) => match &mut old.node.val {
                     Val::Table(ot) => {
                         ot.deep_merge(t);
@@ -144,8 +223,8 @@ impl Table {
     /// extended, anything else is replaced.
     pub fn merge_default_file(&mut self, over: &Table) {
         for e in &over.entries {
-            let Some(old) = self.entries.iter_mut().find(|o| o.key == e.key) else {
-                self.entries.push(e.clone());
+            let Some(old) = self.entry_mut(&e.key) else {
+                self.insert(e.clone());
                 continue;
             };
             match (&mut old.node.val, &e.node.val) {
@@ -173,18 +252,21 @@ pub fn parse(text: &str, file: &Path) -> Result<Table, ConfigError> {
             message: e.message().trim().to_string(),
         }
     })?;
-    let conv = Conv { text, file };
+    let conv = Conv {
+        lines: LineIndex::new(text),
+        file,
+    };
     conv.table(doc.get_ref())
 }
 
-struct Conv<'a> {
-    text: &'a str,
+struct Conv {
+    lines: LineIndex,
     file: Arc<Path>,
 }
 
-impl Conv<'_> {
+impl Conv {
     fn loc(&self, span: std::ops::Range<usize>) -> Loc {
-        let (line, col) = line_col(self.text, span.start);
+        let (line, col) = self.lines.line_col(span.start);
         Loc {
             file: self.file.clone(),
             line,
@@ -195,7 +277,7 @@ impl Conv<'_> {
     fn table(&self, t: &DeTable<'_>) -> Result<Table, ConfigError> {
         let mut out = Table::default();
         for (k, v) in t.iter() {
-            out.entries.push(Entry {
+            out.insert(Entry {
                 key: k.get_ref().to_string(),
                 key_at: self.loc(k.span()),
                 node: self.node(v.get_ref(), v.span())?,
@@ -260,9 +342,35 @@ mod tests {
             ("a\nbc", 3, (2, 2)),
             ("é\nx", 3, (2, 1)),
             ("éx", 2, (1, 2)),
+            ("x\néé\n€y", 0, (1, 1)),
+            ("x\néé\n€y", 2, (2, 1)),
+            ("x\néé\n€y", 4, (2, 2)),
+            ("x\néé\n€y", 6, (2, 3)),
+            ("x\néé\n€y", 7, (3, 1)),
+            ("x\néé\n€y", 10, (3, 2)),
+            ("x\néé\n€y", 99, (3, 3)),
+            ("", 0, (1, 1)),
+            ("\n", 1, (2, 1)),
         ];
         for (text, at, want) in cases {
             assert_eq!(line_col(text, at), want, "{text:?} @ {at}");
+        }
+    }
+
+    #[test]
+    fn line_index_agrees_with_a_scan_at_every_offset() {
+        fn scan(text: &str, at: usize) -> (usize, usize) {
+            let before = &text[..at];
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            (
+                before.matches('\n').count() + 1,
+                before[line_start..].chars().count() + 1,
+            )
+        }
+        let text = "a = \"é€\"\n\n[t]\nk = [\"𝄞x\", \"y\"]\nz\u{e9}\u{301} = 1\n";
+        let index = LineIndex::new(text);
+        for (at, _) in text.char_indices().chain([(text.len(), ' ')]) {
+            assert_eq!(index.line_col(at), scan(text, at), "@ {at}");
         }
     }
 

@@ -14,6 +14,8 @@
 //!   modes, mtimes, fifos, device nodes (recorded as typed plain files when they
 //!   cannot be created), `security.capability` and `user.*` xattrs; symlinks stay
 //!   symlinks, absolute targets unchanged (the image is unpacked as a root).
+//! - GNU sparse members (old GNU `S` and PAX 0.0/0.1/1.0, see [`sparse`]) import as
+//!   the whole file under its real name; a map that does not fit is refused by name.
 
 use std::fs;
 use std::io;
@@ -29,6 +31,7 @@ pub mod interrupt;
 pub mod progress;
 pub mod sink;
 pub mod source;
+pub mod sparse;
 
 pub use interrupt::Interrupt;
 pub use progress::Progress;
@@ -59,6 +62,8 @@ pub enum SeedError {
     SourceContainsSeeds { source_dir: PathBuf, seeds: PathBuf },
     #[error("refusing hostile archive member {entry:?}: {reason}")]
     Hostile { entry: String, reason: String },
+    #[error("cannot import archive member {entry:?}: {reason}")]
+    Unsupported { entry: String, reason: String },
     #[error("member {entry:?}: cannot {op}")]
     Entry {
         entry: String,

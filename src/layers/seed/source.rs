@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::SeedError;
 use super::sink::{Kind, Meta, Sink, clean_name};
+use super::sparse::{self, Sparse};
 use crate::layers::ownership::{Effective, FileKind, OVERRIDE_XATTR};
 
 /// Compression of a tarball, from its magic bytes.
@@ -117,7 +118,26 @@ pub fn read_tar(reader: &mut dyn Read, sink: &mut Sink<'_>) -> Result<(), SeedEr
         if et.is_pax_global_extensions() || et.is_pax_local_extensions() {
             continue;
         }
-        let raw = e.path_bytes().into_owned();
+        // The member's PAX records (its real name and map when it is sparse).
+        let mut records = Vec::new();
+        if let Some(exts) = e.pax_extensions().map_err(arch_err(&last))? {
+            for ext in exts {
+                let ext = ext.map_err(arch_err(&last))?;
+                records.push((ext.key_bytes().to_vec(), ext.value_bytes().to_vec()));
+            }
+        }
+        let header_name = e.path_bytes().into_owned();
+        let sparse = sparse::from_pax(&records).map_err(|reason| SeedError::Unsupported {
+            entry: lossy(&header_name),
+            reason,
+        })?;
+        let raw = match &sparse {
+            Some(Sparse::InData { name, .. })
+            | Some(Sparse::InHeader {
+                name: Some(name), ..
+            }) => name.clone(),
+            _ => header_name,
+        };
         let name = lossy(&raw);
         last = name.clone();
         let rel = clean_name(&raw).map_err(|reason| SeedError::Hostile {
@@ -178,26 +198,42 @@ pub fn read_tar(reader: &mut dyn Read, sink: &mut Sink<'_>) -> Result<(), SeedEr
                 continue;
             }
         };
-        if let Some(exts) = e.pax_extensions().map_err(arch_err(&name))? {
-            for ext in exts {
-                let ext = ext.map_err(arch_err(&name))?;
-                let key = ext.key_bytes();
-                if key == b"mtime" {
-                    if let Some(t) = ext.value().ok().and_then(parse_pax_time) {
-                        meta.mtime = t;
-                    }
-                } else if let Some(x) = key.strip_prefix(b"SCHILY.xattr.") {
-                    meta.xattrs.push((
-                        std::ffi::OsStr::from_bytes(x).to_os_string(),
-                        ext.value_bytes().to_vec(),
-                    ));
+        for (key, value) in &records {
+            if key == b"mtime" {
+                if let Some(t) = std::str::from_utf8(value).ok().and_then(parse_pax_time) {
+                    meta.mtime = t;
                 }
+            } else if let Some(x) = key.strip_prefix(b"SCHILY.xattr.") {
+                meta.xattrs
+                    .push((std::ffi::OsStr::from_bytes(x).to_os_string(), value.clone()));
             }
         }
-        let data: Option<&mut dyn Read> = if kind == Kind::File {
-            Some(&mut e)
-        } else {
-            None
+        let refuse = |reason| SeedError::Unsupported {
+            entry: name.clone(),
+            reason,
+        };
+        let size = e.size();
+        let mut expanded;
+        let data: Option<&mut dyn Read> = match sparse {
+            _ if kind != Kind::File => {
+                if sparse.is_some() {
+                    return Err(refuse(
+                        "GNU sparse records on a member that is not a file".into(),
+                    ));
+                }
+                None
+            }
+            None => Some(&mut e),
+            Some(Sparse::InHeader { map, .. }) => {
+                map.check(size).map_err(refuse)?;
+                expanded = sparse::Expand::new(&mut e as &mut dyn Read, map);
+                Some(&mut expanded)
+            }
+            Some(Sparse::InData { real_size, .. }) => {
+                let (map, _) = sparse::read_map_1_0(&mut e, size, real_size).map_err(refuse)?;
+                expanded = sparse::Expand::new(&mut e as &mut dyn Read, map);
+                Some(&mut expanded)
+            }
         };
         sink.add(&rel, &name, kind, meta, data)?;
     }
