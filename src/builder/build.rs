@@ -19,8 +19,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::builder::config::ResolvedConfig;
+use crate::builder::epoch::{self, Epoch};
 use crate::builder::key::{self, KeyInputs, LAYER_FORMAT_VERSION};
 use crate::builder::namespace::{self, IdMapping, MountSpec, Plan, RunStep, Step, UnionSpec};
+use crate::builder::repos::{self, PackageInput, Repos};
+use crate::layers::normalize;
+use crate::layers::seed::identity::{self, SeedIdentity};
 use crate::layers::store::{self, BuildKey, Layer, LayerMeta, Store, StoreError};
 use crate::layers::tar::{FilterSet, PackOptions, TarLayout};
 
@@ -138,6 +142,8 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    SeedIdentity(#[from] crate::layers::seed::identity::IdentityError),
     #[error("running the build of layer {layer}")]
     Namespace {
         layer: String,
@@ -163,6 +169,20 @@ pub enum BuildError {
         #[source]
         source: crate::layers::tar::TarError,
     },
+    #[error("the build epoch: {message}")]
+    Epoch { message: String },
+    #[error("cannot digest {what}")]
+    Digest {
+        what: &'static str,
+        #[source]
+        source: crate::layers::digest::DigestError,
+    },
+    #[error("normalising layer {layer}")]
+    Normalize {
+        layer: String,
+        #[source]
+        source: normalize::NormalizeError,
+    },
     #[error("filter option of {layer}")]
     Filter {
         layer: String,
@@ -179,10 +199,13 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> B
     }
 }
 
-/// One distinct layer of a build and its key.
+/// One distinct layer of a build, once its key is known.
 #[derive(Debug, Clone)]
 pub struct LayerJob<'a> {
     pub config: &'a ResolvedConfig,
+    /// The inputs key ([`crate::builder::key::inputs_key`]).
+    pub inputs: BuildKey,
+    /// The layer key ([`crate::builder::key::layer_key`]).
     pub key: BuildKey,
     /// Keys of the layers below, lowest first.
     pub lower_keys: Vec<BuildKey>,
@@ -211,34 +234,82 @@ pub fn key_config(cfg: &ResolvedConfig) -> serde_json::Value {
     v
 }
 
-/// Computes the key of every distinct layer, in build order.
-pub fn plan_jobs<'a>(
-    top: &'a ResolvedConfig,
-    store: &Store,
-    dirs: &HostDirs,
-) -> Result<Vec<LayerJob<'a>>, BuildError> {
-    dirs.require_seed(&top.seed)?;
-    let seed_id = store.seed_id(&top.seed)?;
-    let mut jobs: Vec<LayerJob<'a>> = Vec::new();
-    for cfg in top.build_order() {
-        let lower_keys: Vec<BuildKey> = cfg
-            .build_order()
-            .iter()
-            .filter(|c| !std::ptr::eq(**c, cfg))
-            .map(|c| {
-                jobs.iter()
-                    .find(|j| j.config == *c)
-                    .map(|j| j.key.clone())
-                    .ok_or_else(|| BuildError::Io {
-                        what: "internal error: base built after its user:",
-                        path: PathBuf::from(&c.buildname),
-                        source: io::ErrorKind::NotFound.into(),
-                    })
-            })
-            .collect::<Result<_, _>>()?;
+/// Computes keys: the inputs key of a layer from its bases' keys, the published
+/// layer that matches it, and the key of a layer just built.
+#[derive(Debug)]
+pub struct KeyPlanner<'s> {
+    store: &'s Store,
+    dirs: &'s HostDirs,
+    seed: SeedIdentity,
+    epoch: Epoch,
+    /// Per repository directory: its repositories and their shared digests.
+    repos: Vec<RepoState>,
+}
+
+/// One directory of repositories: where, what is in it, and its shared digests.
+type RepoState = (PathBuf, Repos, Vec<(String, String)>);
+
+impl<'s> KeyPlanner<'s> {
+    /// The planner of a build of `top`: reads the seed identity and picks the epoch.
+    pub fn new(
+        top: &ResolvedConfig,
+        store: &'s Store,
+        dirs: &'s HostDirs,
+    ) -> Result<KeyPlanner<'s>, BuildError> {
+        let seed_dir = dirs.require_seed(&top.seed)?;
+        let seed = identity::get(&dirs.conf_root, &top.seed, &seed_dir)?;
+        let epoch = epoch::from_env(top.source_date_epoch, seed.newest_mtime)
+            .map_err(|message| BuildError::Epoch { message })?;
+        Ok(KeyPlanner {
+            store,
+            dirs,
+            seed,
+            epoch,
+            repos: Vec::new(),
+        })
+    }
+
+    /// The build epoch.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The directory bound at `/var/db/repos` for `cfg`.
+    fn repo_dir(&self, cfg: &ResolvedConfig) -> PathBuf {
+        if cfg.bind_system_repos {
+            cfg.system_repos.clone()
+        } else {
+            self.dirs.repos.clone()
+        }
+    }
+
+    fn repos(&mut self, cfg: &ResolvedConfig) -> Result<usize, BuildError> {
+        let dir = self.repo_dir(cfg);
+        if let Some(i) = self.repos.iter().position(|(d, _, _)| d == &dir) {
+            return Ok(i);
+        }
+        let mut repos = Repos::scan(&dir, &self.dirs.conf_root)
+            .map_err(io_err("cannot list the repositories in", &dir))?;
+        let shared = repos
+            .shared_digests()
+            .map_err(|source| BuildError::Digest {
+                what: "the repositories",
+                source,
+            })?;
+        repos.save_cache();
+        self.repos.push((dir, repos, shared));
+        Ok(self.repos.len() - 1)
+    }
+
+    /// The inputs key of `cfg` over layers with `lower_keys` (lowest first).
+    pub fn inputs_key(
+        &mut self,
+        cfg: &ResolvedConfig,
+        lower_keys: &[BuildKey],
+    ) -> Result<BuildKey, BuildError> {
         let overlay = match &cfg.config_overlay {
             Some(name) => {
-                let p = dirs.config.join(name);
+                let p = self.dirs.config.join(name);
                 if !p.is_dir() {
                     return Err(BuildError::NoOverlay {
                         name: name.clone(),
@@ -250,20 +321,104 @@ pub fn plan_jobs<'a>(
             }
             None => None,
         };
+        let i = self.repos(cfg)?;
         let config = key_config(cfg);
-        let key = key::layer_key(&KeyInputs {
+        Ok(key::inputs_key(&KeyInputs {
             config: &config,
-            seed_id: &seed_id,
-            base_keys: &lower_keys,
+            seed_id: &self.seed.digest,
+            epoch: self.epoch.secs,
+            base_keys: lower_keys,
             overlay_digest: overlay.as_deref(),
-        });
-        jobs.push(LayerJob {
-            config: cfg,
-            key,
-            lower_keys,
-        });
+            repos: &self.repos[i].2,
+        }))
     }
-    Ok(jobs)
+
+    /// The published layer built for `inputs` whose package digests are all still
+    /// current (the first by key when several are).
+    pub fn find(
+        &mut self,
+        cfg: &ResolvedConfig,
+        inputs: &BuildKey,
+    ) -> Result<Option<Layer>, BuildError> {
+        let i = self.repos(cfg)?;
+        let repos = &mut self.repos[i].1;
+        for layer in self.store.list()? {
+            if layer.meta.inputs.as_ref() != Some(inputs) {
+                continue;
+            }
+            let current = repos
+                .still_current(&layer.meta.packages)
+                .map_err(|source| BuildError::Digest {
+                    what: "the repositories",
+                    source,
+                })?;
+            if current && key::layer_key(inputs, &layer.meta.packages) == layer.meta.key {
+                repos.save_cache();
+                return Ok(Some(layer));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The key of a layer built for `inputs` whose tree is `root`, and the package
+    /// inputs it records.
+    pub fn built_key(
+        &mut self,
+        cfg: &ResolvedConfig,
+        inputs: &BuildKey,
+        root: &Path,
+    ) -> Result<(BuildKey, Vec<PackageInput>), BuildError> {
+        let merged = repos::merged_packages(root)
+            .map_err(io_err("cannot read the package database in", root))?;
+        let i = self.repos(cfg)?;
+        let repos = &mut self.repos[i].1;
+        let packages = repos.inputs(&merged).map_err(|source| BuildError::Digest {
+            what: "the repositories",
+            source,
+        })?;
+        repos.save_cache();
+        Ok((key::layer_key(inputs, &packages), packages))
+    }
+}
+
+/// The key of every distinct layer of `top`, in build order, as far as published
+/// layers determine them: `None` from the first layer that is not built (with
+/// these inputs) on, since a layer key is known only once its layer is built.
+pub fn plan_keys(
+    top: &ResolvedConfig,
+    store: &Store,
+    dirs: &HostDirs,
+) -> Result<Vec<(String, Option<BuildKey>)>, BuildError> {
+    let mut planner = KeyPlanner::new(top, store, dirs)?;
+    let mut out: Vec<(&ResolvedConfig, Option<BuildKey>)> = Vec::new();
+    for cfg in top.build_order() {
+        let lower: Option<Vec<BuildKey>> = lower_configs(cfg)
+            .map(|c| {
+                out.iter()
+                    .find(|(o, _)| *o == c)
+                    .and_then(|(_, k)| k.clone())
+            })
+            .collect();
+        let key = match lower {
+            Some(lower) => {
+                let inputs = planner.inputs_key(cfg, &lower)?;
+                planner.find(cfg, &inputs)?.map(|l| l.meta.key)
+            }
+            None => None,
+        };
+        out.push((cfg, key));
+    }
+    Ok(out
+        .into_iter()
+        .map(|(c, k)| (c.buildname.clone(), k))
+        .collect())
+}
+
+/// The layers below `cfg`, lowest first.
+fn lower_configs(cfg: &ResolvedConfig) -> impl Iterator<Item = &ResolvedConfig> {
+    cfg.build_order()
+        .into_iter()
+        .filter(move |c| !std::ptr::eq(*c, cfg))
 }
 
 /// Where one layer's build mounts things on the host.
@@ -456,12 +611,14 @@ pub fn layer_seed_mounts<'a>(
     }
 }
 
-/// The namespace plan that builds one layer.
+/// The namespace plan that builds one layer, with `epoch` exported to every
+/// Portage command as `SOURCE_DATE_EPOCH`.
 pub fn layer_plan(
     cfg: &ResolvedConfig,
     dirs: &HostDirs,
     paths: &LayerPaths,
     mapping: &IdMapping,
+    epoch: i64,
 ) -> Plan {
     let target = cfg.crossdev_target.as_deref();
     let layer_root = cfg.root();
@@ -508,7 +665,10 @@ pub fn layer_plan(
         }));
     }
 
-    let env = emerge_env(cfg, mapping);
+    let mut env = emerge_env(cfg, mapping);
+    // The build's epoch is the only one: an `[env]` value would not match the clamp.
+    env.retain(|(k, _)| k != "SOURCE_DATE_EPOCH");
+    env.push(("SOURCE_DATE_EPOCH".into(), epoch.to_string()));
     let mut steps: Vec<Step> = profile_step(cfg).into_iter().collect();
     for argv in [&cfg.emerge, &cfg.depclean_argv, &cfg.unmerge_argv]
         .into_iter()
@@ -584,6 +744,8 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct BuildReport {
     pub layers: Vec<(Layer, Outcome)>,
+    /// The build epoch: layers are clamped to it, and so is the image.
+    pub epoch: i64,
 }
 
 impl BuildReport {
@@ -611,7 +773,8 @@ pub fn build(
     log: &Path,
 ) -> Result<BuildReport, BuildError> {
     let store = Store::open(&dirs.conf_root)?;
-    let jobs = plan_jobs(top, &store, dirs)?;
+    let mut planner = KeyPlanner::new(top, &store, dirs)?;
+    let mut jobs: Vec<LayerJob<'_>> = Vec::new();
     let mut done: Vec<(Layer, Outcome)> = Vec::new();
     let _seed_lock = lock_seed(dirs, &top.seed)?;
     if top.clean_seed {
@@ -620,29 +783,48 @@ pub fn build(
             store::remove_tree(p).map_err(io_err("cannot clean the seed overlay", p))?;
         }
     }
-    let n = jobs.len();
-    for (i, job) in jobs.iter().enumerate() {
-        let cfg = job.config;
+    let order = top.build_order();
+    let n = order.len();
+    for (i, cfg) in order.into_iter().enumerate() {
+        let lower_keys: Vec<BuildKey> = lower_configs(cfg)
+            .map(|c| {
+                jobs.iter()
+                    .find(|j| j.config == c)
+                    .map(|j| j.key.clone())
+                    .ok_or_else(|| BuildError::Io {
+                        what: "internal error: base built after its user:",
+                        path: PathBuf::from(&c.buildname),
+                        source: io::ErrorKind::NotFound.into(),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let inputs = planner.inputs_key(cfg, &lower_keys)?;
         let forced = cfg.rebuild || (opts.rebuild && i + 1 == n);
         if !forced {
-            if let Some(layer) = store.lookup(&job.key)? {
+            if let Some(layer) = planner.find(cfg, &inputs)? {
                 tracing::info!(
                     "[{}/{n}] {}: reusing layer {}",
                     i + 1,
                     cfg.buildname,
-                    job.key.short()
+                    layer.meta.key.short()
                 );
+                jobs.push(LayerJob {
+                    config: cfg,
+                    inputs,
+                    key: layer.meta.key.clone(),
+                    lower_keys,
+                });
                 done.push((layer, Outcome::Reused));
                 continue;
             }
         }
         tracing::info!(
-            "[{}/{n}] {}: building layer {}",
+            "[{}/{n}] {}: building layer (inputs {})",
             i + 1,
             cfg.buildname,
-            job.key.short()
+            inputs.short()
         );
-        let world = merged_world(job, &jobs, &done);
+        let world = merged_world(cfg, &lower_keys, &jobs, &done);
         let run = LayerRun {
             dirs,
             store: &store,
@@ -651,10 +833,20 @@ pub fn build(
             ephemeral_seed: top.ephemeral_seed,
             world,
         };
-        let layer = build_layer(job, &done, &run)?;
+        let layer = build_layer(cfg, &inputs, &lower_keys, &done, &run, &mut planner)?;
+        tracing::info!("{}: built layer {}", cfg.buildname, layer.meta.key.short());
+        jobs.push(LayerJob {
+            config: cfg,
+            inputs,
+            key: layer.meta.key.clone(),
+            lower_keys,
+        });
         done.push((layer, Outcome::Built));
     }
-    Ok(BuildReport { layers: done })
+    Ok(BuildReport {
+        layers: done,
+        epoch: planner.epoch().secs,
+    })
 }
 
 /// Takes the seed's exclusive lock: one writer of a seed's upper (or of the seed
@@ -691,9 +883,12 @@ struct LayerRun<'a> {
 }
 
 fn build_layer(
-    job: &LayerJob<'_>,
+    cfg: &ResolvedConfig,
+    inputs: &BuildKey,
+    lower_keys: &[BuildKey],
     done: &[(Layer, Outcome)],
     run: &LayerRun<'_>,
+    planner: &mut KeyPlanner<'_>,
 ) -> Result<Layer, BuildError> {
     let LayerRun {
         dirs,
@@ -702,11 +897,10 @@ fn build_layer(
         log,
         ..
     } = *run;
-    let cfg = job.config;
-    let lock = store.lock(&job.key)?;
-    let pending = store.begin(&job.key, &lock)?;
-    let lowers: Vec<PathBuf> = job
-        .lower_keys
+    // Locked and begun under the inputs key: the layer key is known after the build.
+    let lock = store.lock(inputs)?;
+    let pending = store.begin(inputs, &lock)?;
+    let lowers: Vec<PathBuf> = lower_keys
         .iter()
         .rev()
         .map(|k| {
@@ -718,7 +912,7 @@ fn build_layer(
         .collect();
     let run_dir = dirs
         .run
-        .join(format!("{}-{}", job.key.short(), std::process::id()));
+        .join(format!("{}-{}", inputs.short(), std::process::id()));
     let paths = LayerPaths {
         root: run_dir.join("root"),
         empty: run_dir.join("empty"),
@@ -744,7 +938,8 @@ fn build_layer(
     for p in &needed {
         fs::create_dir_all(p).map_err(io_err("cannot create", p))?;
     }
-    let mut plan = layer_plan(cfg, dirs, &paths, &opts.mapping);
+    let epoch = planner.epoch().secs;
+    let mut plan = layer_plan(cfg, dirs, &paths, &opts.mapping, epoch);
     if let Some(world) = &run.world {
         // Before anything runs: emerge must see every base's selected packages.
         plan.steps.insert(
@@ -768,14 +963,24 @@ fn build_layer(
             log: log.to_path_buf(),
         });
     }
-    remove_empty_mountpoint(&pending.root().join("etc/portage"));
+    let root = pending.root();
+    remove_empty_mountpoint(&root.join("etc/portage"));
+    let stats =
+        normalize::normalize_layer(&root, epoch).map_err(|source| BuildError::Normalize {
+            layer: cfg.buildname.clone(),
+            source,
+        })?;
+    tracing::debug!("{}: {stats:?}", cfg.buildname);
+    let (key, packages) = planner.built_key(cfg, inputs, &root)?;
     let meta = LayerMeta {
-        key: job.key.clone(),
+        key,
         name: cfg.name.clone(),
         buildname: cfg.buildname.clone(),
-        base_keys: job.lower_keys.clone(),
+        base_keys: lower_keys.to_vec(),
         created: store::now_secs(),
         format: LAYER_FORMAT_VERSION,
+        inputs: Some(inputs.clone()),
+        packages,
     };
     Ok(store.publish(pending, meta)?)
 }
@@ -817,11 +1022,12 @@ pub fn world_in_stack(stack: &[PathBuf]) -> Option<String> {
 /// stack's world file, merged in base order, when that differs from what the
 /// union of all of them would show (only the topmost base's). `None` otherwise.
 fn merged_world(
-    job: &LayerJob<'_>,
+    cfg: &ResolvedConfig,
+    lower_keys: &[BuildKey],
     jobs: &[LayerJob<'_>],
     done: &[(Layer, Outcome)],
 ) -> Option<String> {
-    if job.config.bases.len() < 2 {
+    if cfg.bases.len() < 2 {
         return None;
     }
     let root_of = |k: &BuildKey| {
@@ -835,8 +1041,7 @@ fn merged_world(
             .filter_map(root_of)
             .collect()
     };
-    let views: Vec<String> = job
-        .config
+    let views: Vec<String> = cfg
         .bases
         .iter()
         .filter_map(|b| jobs.iter().find(|j| j.config == b))
@@ -846,7 +1051,7 @@ fn merged_world(
         return None;
     }
     let merged = merge_world(views.iter().map(String::as_str));
-    let lowers: Vec<PathBuf> = job.lower_keys.iter().rev().filter_map(root_of).collect();
+    let lowers: Vec<PathBuf> = lower_keys.iter().rev().filter_map(root_of).collect();
     let shown = world_in_stack(&lowers).unwrap_or_default();
     (merge_world([shown.as_str()]) != merged).then(|| {
         let mut text = merged.join("\n");
@@ -985,11 +1190,36 @@ mod tests {
     }
 
     #[test]
+    fn every_portage_command_gets_the_epoch() {
+        let c =
+            cfg("seed = \"s\"\npackages = [\"app-misc/x\"]\n[env]\nsource_date_epoch = \"9\"\n");
+        let dirs = HostDirs::plain(Path::new("/conf"));
+        let plan = layer_plan(&c, &dirs, &paths(None), &IdMapping::Root, 1234);
+        let runs: Vec<_> = plan
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Run(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert!(!runs.is_empty());
+        for r in runs {
+            let sde: Vec<_> = r
+                .env
+                .iter()
+                .filter(|(k, _)| k == "SOURCE_DATE_EPOCH")
+                .collect();
+            assert_eq!(sde, [&("SOURCE_DATE_EPOCH".to_owned(), "1234".to_owned())]);
+        }
+    }
+
+    #[test]
     fn ephemeral_seed_upper_lives_in_a_tmpfs_mounted_first() {
         let c = cfg("seed = \"s\"\npackages = [\"app-misc/x\"]\n");
         let dirs = HostDirs::plain(Path::new("/conf"));
         let mapping = IdMapping::Root;
-        let plan = layer_plan(&c, &dirs, &paths(Some("/run/seed")), &mapping);
+        let plan = layer_plan(&c, &dirs, &paths(Some("/run/seed")), &mapping, 1234);
         match &plan.mounts[..2] {
             [
                 MountSpec::HostTmpfs { path, mkdirs, .. },
@@ -1008,7 +1238,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Without it, the persistent upper under seeds/ and no tmpfs.
-        let plan = layer_plan(&c, &dirs, &paths(None), &mapping);
+        let plan = layer_plan(&c, &dirs, &paths(None), &mapping, 1234);
         assert!(
             !plan
                 .mounts

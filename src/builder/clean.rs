@@ -196,6 +196,8 @@ mod tests {
             base_keys: vec![],
             created: 1,
             format: 1,
+            inputs: None,
+            packages: vec![],
         };
         s.publish(p, meta).unwrap();
         k

@@ -4,6 +4,8 @@
 pub mod build;
 pub mod clean;
 pub mod config;
+pub mod epoch;
 pub mod key;
 pub mod namespace;
+pub mod repos;
 pub mod seed_ops;

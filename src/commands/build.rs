@@ -38,22 +38,15 @@ pub fn run(args: &BuildArgs) -> CmdResult {
         (None, Some(f)) => dirs.builds.join(f),
         (None, None) => dirs.builds.join(format!("{}-full.tar", cfg.buildname)),
     };
-    // SOURCE_DATE_EPOCH clamps mtimes; `reproducible = true` does too, to 0 if unset.
-    let sde = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .or(cfg.reproducible.then_some(0));
-    let size = build::write_image(&cfg, &report, &out, sde)?;
+    // The layers are clamped to the build epoch already; the image's own entries
+    // (markers, the root) get it too.
+    let size = build::write_image(&cfg, &report, &out, Some(report.epoch))?;
     for (layer, outcome) in &report.layers {
         let what = match outcome {
             Outcome::Reused => "reused",
             Outcome::Built => "built",
         };
-        eprintln!(
-            "  {what:6} {} ({})",
-            layer.meta.buildname,
-            layer.meta.key.short()
-        );
+        eprintln!("  {what:6} {} ({})", layer.meta.buildname, layer.meta.key);
     }
     println!("{}", absolute(out).display());
     eprintln!("image: {size} bytes, {} layers", report.layers.len());

@@ -35,8 +35,8 @@ pub fn run(args: &ImportSeedArgs) -> CmdResult {
     let intr = Interrupt::install();
     let mut prog = Progress::new(std::io::stderr().is_terminal());
     let r = seed::import(&opts, &intr, &mut prog)?;
-    // A new or replaced seed invalidates every layer built on the old one.
-    crate::layers::store::Store::open(&opts.conf_root)?.bump_seed_id(&opts.name)?;
+    // The identity of the new content (a replaced seed's layers are rebuilt when it differs).
+    seed::identity::refresh(&opts.conf_root, &opts.name, &r.dest)?;
     let s = &r.stats;
     let mut extra = String::new();
     if s.specials_recorded > 0 {

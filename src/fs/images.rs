@@ -282,14 +282,16 @@ impl Images {
         })?;
         let dirs = HostDirs::new(&self.env.conf_root, &cfg);
         let store = self.store(name, &dirs)?;
-        let keys = build::plan_jobs(&cfg, &store, &dirs)
+        // Known only when every layer is built: else none, and the image is not ready.
+        let keys = build::plan_keys(&cfg, &store, &dirs)
             .map_err(|source| ImageError::Build {
                 name: name.to_owned(),
                 source,
             })?
             .into_iter()
-            .map(|j| j.key)
-            .collect();
+            .map(|(_, k)| k)
+            .collect::<Option<Vec<_>>>()
+            .unwrap_or_default();
         Ok(Plan { cfg, dirs, keys })
     }
 
