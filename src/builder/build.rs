@@ -24,6 +24,7 @@ use crate::builder::key::{self, KeyInputs, LAYER_FORMAT_VERSION};
 use crate::builder::namespace::{self, IdMapping, MountSpec, Plan, RunStep, Step, UnionSpec};
 use crate::builder::repos::{self, PackageInput, Repos};
 use crate::layers::normalize;
+use crate::layers::ownership::HostOwner;
 use crate::layers::seed::identity::{self, SeedIdentity};
 use crate::layers::store::{self, BuildKey, Layer, LayerMeta, Store, StoreError};
 use crate::layers::tar::{FilterSet, PackOptions, TarLayout};
@@ -965,6 +966,13 @@ fn build_layer(
     }
     let root = pending.root();
     remove_empty_mountpoint(&root.join("etc/portage"));
+    if let Some((uid, gid)) = opts.mapping.host_root() {
+        // Symlinks, FIFOs and sockets carry no ownership record: on disk they are
+        // the namespace root's, which readers must present as 0, not as our uid.
+        HostOwner { uid, gid }
+            .write(&root)
+            .map_err(io_err("cannot mark the owner of", &root))?;
+    }
     let stats =
         normalize::normalize_layer(&root, epoch).map_err(|source| BuildError::Normalize {
             layer: cfg.buildname.clone(),

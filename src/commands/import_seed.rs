@@ -35,6 +35,16 @@ pub fn run(args: &ImportSeedArgs) -> CmdResult {
     let intr = Interrupt::install();
     let mut prog = Progress::new(std::io::stderr().is_terminal());
     let r = seed::import(&opts, &intr, &mut prog)?;
+    if opts.owners == Owners::Record {
+        // Symlinks and FIFOs of the seed are ours on disk but root's in the seed.
+        let (uid, gid) = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        crate::layers::ownership::HostOwner { uid, gid }
+            .write(&r.dest)
+            .map_err(|e| format!("cannot mark the owner of {}: {e}", r.dest.display()))?;
+    }
     // The identity of the new content (a replaced seed's layers are rebuilt when it differs).
     seed::identity::refresh(&opts.conf_root, &opts.name, &r.dest)?;
     let s = &r.stats;

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::layers::ownership::{Effective, FileKind, OVERRIDE_XATTR, OverrideStat};
+use crate::layers::ownership::{Effective, FileKind, HostOwner, OVERRIDE_XATTR, OverrideStat};
 
 /// A failure to read the tree, naming the path at fault.
 #[derive(Debug, thiserror::Error)]
@@ -246,10 +246,16 @@ pub fn digest_tree(
     opts: &TreeOptions<'_>,
     cache: &mut DigestCache,
 ) -> Result<TreeDigest, DigestError> {
+    let host = if opts.owners {
+        HostOwner::read(root).map_err(at(root))?
+    } else {
+        None
+    };
     let mut w = Walk {
         h: Sha256::new(),
         opts,
         cache,
+        host,
         newest: 0,
         entries: 0,
     };
@@ -265,6 +271,8 @@ struct Walk<'a, 'b> {
     h: Sha256,
     opts: &'a TreeOptions<'b>,
     cache: &'a mut DigestCache,
+    /// The tree's host owner: unrecorded entries of it are the namespace root's.
+    host: Option<HostOwner>,
     newest: i64,
     entries: u64,
 }
@@ -301,7 +309,7 @@ impl Walk<'_, '_> {
         } else {
             OverrideStat::read(p).map_err(at(p))?
         };
-        let eff = Effective::new(m, ov.as_ref());
+        let eff = Effective::new(m, ov.as_ref()).with_host_owner(ov.is_some(), self.host.as_ref());
         let h = &mut self.h;
         field(h, "entry", r.as_os_str().as_bytes());
         field(h, "kind", eff.kind.to_string().as_bytes());

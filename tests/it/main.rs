@@ -10,6 +10,7 @@ mod import_seed;
 mod mount;
 mod namespace;
 mod pack;
+mod repro;
 mod serve;
 mod union;
 mod union_diff;

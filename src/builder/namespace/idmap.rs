@@ -39,6 +39,16 @@ pub enum IdMapping {
 }
 
 impl IdMapping {
+    /// The host uid and gid of the namespace's root (`None` without a user namespace).
+    pub fn host_root(&self) -> Option<(u32, u32)> {
+        match self {
+            IdMapping::Root => None,
+            IdMapping::Single { uid, gid } | IdMapping::Subordinate { uid, gid, .. } => {
+                Some((*uid, *gid))
+            }
+        }
+    }
+
     /// Whether ids other than 0 exist inside the namespace.
     pub fn has_subids(&self) -> bool {
         !matches!(self, IdMapping::Single { .. })

@@ -28,7 +28,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::{FilterSet, TarError, Xattr};
-use crate::layers::ownership::{Effective, FileKind, OVERRIDE_XATTR, OverrideStat};
+use crate::layers::ownership::{Effective, FileKind, HostOwner, OVERRIDE_XATTR, OverrideStat};
 use crate::layers::whiteout::{self, Marker, OPAQUE_MARKER, OPAQUE_XATTRS};
 
 /// One file of one layer, as the image presents it.
@@ -118,6 +118,7 @@ pub fn list_dir(
         opaque: opaque_xattr,
         ..Listing::default()
     };
+    let host = HostOwner::read(root).map_err(walk_err(root.to_path_buf()))?;
     for (name, dirent) in names {
         let path = dir.join(OsStr::from_bytes(&name));
         let meta = dirent.metadata().map_err(walk_err(path.clone()))?;
@@ -129,7 +130,8 @@ pub fn list_dir(
                     tracing::debug!("skipping socket {}", path.display());
                     continue;
                 }
-                let node = read_node(&path, &meta, layer).map_err(walk_err(path.clone()))?;
+                let node = read_node(&path, &meta, layer, host.as_ref())
+                    .map_err(walk_err(path.clone()))?;
                 out.entries.push((name, node));
             }
         }
@@ -141,7 +143,12 @@ pub fn list_dir(
 
 /// Builds the node of one non-marker entry: ownership override, kept xattrs,
 /// symlink target.
-fn read_node(path: &Path, meta: &Metadata, layer: u16) -> io::Result<Node> {
+fn read_node(
+    path: &Path,
+    meta: &Metadata,
+    layer: u16,
+    host: Option<&HostOwner>,
+) -> io::Result<Node> {
     let disk = FileKind::of(meta);
     let mut xattrs = Vec::new();
     let mut ov = None;
@@ -166,7 +173,7 @@ fn read_node(path: &Path, meta: &Metadata, layer: u16) -> io::Result<Node> {
         }
         xattrs.sort();
     }
-    let eff = Effective::new(meta, ov.as_ref());
+    let eff = Effective::new(meta, ov.as_ref()).with_host_owner(ov.is_some(), host);
     let target = if disk == FileKind::Symlink {
         Some(fs::read_link(path)?.as_os_str().as_bytes().into())
     } else {
@@ -212,6 +219,7 @@ pub fn kept_xattr(name: &[u8]) -> bool {
     name.starts_with(b"user.")
         && name != OVERRIDE_XATTR.as_bytes()
         && !name.starts_with(b"user.overlay.")
+        && !name.starts_with(b"user.gentree.")
         && !name.starts_with(b"user.fuseoverlayfs.")
 }
 
@@ -470,6 +478,7 @@ pub(crate) mod tests {
             ("user.containers.override_stat", false),
             ("user.overlay.opaque", false),
             ("user.fuseoverlayfs.opaque", false),
+            ("user.gentree.host_owner", false),
             ("trusted.overlay.opaque", false),
             ("security.selinux", false),
             ("system.posix_acl_access", false),
