@@ -2,10 +2,13 @@
 //! presents them as a filesystem.
 //!
 //! Crate map (see `README.md` and `docs/` for the user's view):
-//! - [`builder`]: config resolution (genTree-compatible TOML), cache keys, emerge
-//!   command lines, the namespaced build helper. Never imports [`fs`].
+//! - [`builder`]: config resolution (genTree-compatible TOML), cache keys (with the
+//!   repository state and the build epoch), emerge command lines, the namespaced build
+//!   helper. Never imports [`fs`].
 //! - [`layers`]: layers on disk: whiteouts, ownership metadata, the union view,
-//!   tar layout and streaming, seed import. Knows nothing of FUSE or namespaces.
+//!   tar layout and streaming, seed import and identity, tree digests, the
+//!   normalisation that makes a built layer reproducible. Knows nothing of FUSE or
+//!   namespaces.
 //! - [`fs`]: the only code that talks to FUSE (fuser): thin adapters over `layers`.
 //! - [`server`]: `gentree-fs serve`, the binhost and build queue (HTTP).
 //! - [`sys`]: the few `unsafe` system calls, each documented.

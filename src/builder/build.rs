@@ -2,14 +2,19 @@
 //! missing layer, atomic publication.
 //!
 //! For each distinct layer in build order (bases first):
-//! 1. its key hashes its resolved config, the seed's identity, the keys of the layers
-//!    below it and the config overlay's content ([`crate::builder::key`]);
-//! 2. a published layer with that key is reused as it is (no emerge runs);
-//! 3. otherwise, under the key's lock, a fresh upper dir is stacked over the layers
-//!    below it in a gentree-fs union at `/builds/<buildname>`, inside a chroot whose
-//!    root is a union of the seed's persistent upper over the seed; the profile is
-//!    linked, emerge / depclean / unmerge run, the clean filters delete through the
-//!    union; and the upper is published as the layer. A failure publishes nothing.
+//! 1. its inputs key hashes its resolved config, the seed's identity, the epoch, the
+//!    keys of the layers below it, the config overlay's content and the repositories'
+//!    shared files ([`crate::builder::key`], [`KeyPlanner`]);
+//! 2. a published layer with that inputs key whose recorded package directories are
+//!    unchanged is reused as it is (no emerge runs);
+//! 3. otherwise, under the inputs key's lock, a fresh upper dir is stacked over the
+//!    layers below it in a gentree-fs union at `/builds/<buildname>`, inside a chroot
+//!    whose root is a union of the seed's persistent upper over the seed; the profile
+//!    is linked, emerge / depclean / unmerge run with `SOURCE_DATE_EPOCH`, the clean
+//!    filters delete through the union; the upper is normalised and clamped to the
+//!    epoch ([`crate::layers::normalize`]) and published under its layer key (the
+//!    inputs key and the digests of the packages it merged). A failure publishes
+//!    nothing.
 //!
 //! The plan for one layer is computed by [`layer_plan`], a pure function, so the
 //! mounts and commands a build will run are unit-tested without running them.

@@ -365,6 +365,18 @@ fn exec_runs_in_the_seed_and_passes_the_status_through() {
     );
 }
 
+/// A conf root of `user` with a two-layer config (`gt-special` over the base).
+fn small_fixture(user: &str) -> (Fixture, PathBuf) {
+    let f = Fixture::new(Some(user));
+    f.write_cfg("base.toml", BASE);
+    let cfg = f.write_cfg(
+        "small.toml",
+        "seed = \"testseed\"\nbases = [\"base.toml\"]\npackages = [\"app-misc/gt-special\"]\n",
+    );
+    run_ok(Command::new("chown").args(["-R", user]).arg(f.cfg_dir()));
+    (f, cfg)
+}
+
 #[test]
 fn unprivileged_build_with_subids_keeps_the_store_removable() {
     let Some((user, uid, gid)) =
@@ -372,13 +384,7 @@ fn unprivileged_build_with_subids_keeps_the_store_removable() {
     else {
         return;
     };
-    let f = Fixture::new(Some(&user));
-    f.write_cfg("base.toml", BASE);
-    let cfg = f.write_cfg(
-        "small.toml",
-        "seed = \"testseed\"\nbases = [\"base.toml\"]\npackages = [\"app-misc/gt-special\"]\n",
-    );
-    run_ok(Command::new("chown").args(["-R", &user]).arg(f.cfg_dir()));
+    let (f, cfg) = small_fixture(&user);
     let out = f.build(Some(&user), &cfg, &[]);
     assert!(out.status.success(), "unprivileged build failed");
     let image = PathBuf::from(stdout(&out).trim());
@@ -388,13 +394,7 @@ fn unprivileged_build_with_subids_keeps_the_store_removable() {
     assert_no_host_ids(&l, uid, gid);
     // The same user on a second conf root, later: the same image, byte for byte.
     std::thread::sleep(std::time::Duration::from_secs(2));
-    let f2 = Fixture::new(Some(&user));
-    f2.write_cfg("base.toml", BASE);
-    let cfg2 = f2.write_cfg(
-        "small.toml",
-        "seed = \"testseed\"\nbases = [\"base.toml\"]\npackages = [\"app-misc/gt-special\"]\n",
-    );
-    run_ok(Command::new("chown").args(["-R", &user]).arg(f2.cfg_dir()));
+    let (f2, cfg2) = small_fixture(&user);
     let out2 = f2.build(Some(&user), &cfg2, &[]);
     assert!(out2.status.success(), "second unprivileged build failed");
     assert_eq!(
@@ -429,13 +429,7 @@ fn build_without_subids_falls_back_to_a_single_mapping() {
     else {
         return;
     };
-    let f = Fixture::new(Some(&user));
-    f.write_cfg("base.toml", BASE);
-    let cfg = f.write_cfg(
-        "small.toml",
-        "seed = \"testseed\"\nbases = [\"base.toml\"]\npackages = [\"app-misc/gt-special\"]\n",
-    );
-    run_ok(Command::new("chown").args(["-R", &user]).arg(f.cfg_dir()));
+    let (f, cfg) = small_fixture(&user);
     let out = f.build(Some(&user), &cfg, &[]);
     assert!(out.status.success(), "single-mapping build failed");
     let err = stderr(&out);

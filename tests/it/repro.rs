@@ -108,6 +108,13 @@ fn two_conf_roots_give_identical_images_layers_and_keys_and_records_match_files(
         .map(|(b, k)| (b, k.expect("config --json shows a built layer's key")))
         .collect();
     assert_eq!(shown, ka, "config --json shows the built keys");
+    let diff = run(Command::new("diffoscope").arg(&ia).arg(&ib));
+    assert!(
+        diff.status.success() && diff.stdout.is_empty(),
+        "diffoscope reports differences:\n{}{}",
+        stdout(&diff),
+        stderr(&diff)
+    );
     assert_eq!(sha256(&ia), sha256(&ib), "images differ");
     for (bn, key) in &ka {
         let tar = |f: &Fixture, name: &str| {
@@ -127,14 +134,6 @@ fn two_conf_roots_give_identical_images_layers_and_keys_and_records_match_files(
             "OCI layer tar of {bn} differs"
         );
     }
-    let diff = run(Command::new("diffoscope").arg(&ia).arg(&ib));
-    assert!(
-        diff.status.success() && diff.stdout.is_empty(),
-        "diffoscope reports differences:\n{}{}",
-        stdout(&diff),
-        stderr(&diff)
-    );
-
     // Portage's records in the image agree with its (clamped) files.
     let epoch = seed_epoch(&fa);
     let x = util::tempdir();
@@ -165,8 +164,10 @@ fn two_conf_roots_give_identical_images_layers_and_keys_and_records_match_files(
                 }
                 let (_, mtime) = line.rsplit_once(' ').unwrap();
                 let path = line[4..].split(' ').next().unwrap();
-                let m = fs::symlink_metadata(root.join(&path[1..]))
-                    .unwrap_or_else(|e| panic!("{line}: {e}"));
+                // Paths the image's filters drop (man pages, docs) are not there.
+                let Ok(m) = fs::symlink_metadata(root.join(&path[1..])) else {
+                    continue;
+                };
                 assert_eq!(mtime, m.mtime().to_string(), "{}: {line}", pkg.display());
                 checked += 1;
             }

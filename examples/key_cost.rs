@@ -1,0 +1,111 @@
+//! What layer keys and layer normalisation cost, for `bench/keys.sh` and
+//! `bench/normalize.sh` (a benchmark driver, not a tool).
+//!
+//! ```text
+//! cargo build --release --example key_cost
+//! key_cost repos REPOS_DIR CONF_ROOT N   # shared digests, then N package digests,
+//!                                        # then every package: times as JSON
+//! key_cost normalize LAYER EPOCH         # normalise + clamp one layer tree in place
+//! ```
+//!
+//! `repos` uses the same code as a build (`builder::repos`), with the digest cache in
+//! CONF_ROOT (delete `CONF_ROOT/state/digest-cache` for a cold run).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use gentree_fs::builder::repos::Repos;
+use gentree_fs::layers::normalize;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["repos", dir, conf, n] => repos(Path::new(dir), Path::new(conf), n),
+        ["normalize", layer, epoch] => norm(Path::new(layer), epoch),
+        _ => Err("usage: key_cost repos REPOS_DIR CONF_ROOT N | normalize LAYER EPOCH".into()),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("key_cost: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type R = Result<(), Box<dyn std::error::Error>>;
+
+/// Every `category/package` directory of the repository `name` under `dir`.
+fn all_packages(dir: &Path) -> Result<Vec<String>, std::io::Error> {
+    let cats = std::fs::read_to_string(dir.join("profiles/categories"))?;
+    let mut out = Vec::new();
+    for c in cats.lines().filter(|l| !l.trim().is_empty()) {
+        let Ok(rd) = std::fs::read_dir(dir.join(c)) else {
+            continue;
+        };
+        for e in rd {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                out.push(format!("{c}/{}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn repos(dir: &Path, conf: &Path, n: &str) -> R {
+    let n: usize = n.parse()?;
+    let t = Instant::now();
+    let mut repos = Repos::scan(dir, conf)?;
+    let shared = repos.shared_digests()?;
+    let shared_s = t.elapsed().as_secs_f64();
+    let name = shared
+        .first()
+        .map(|(n, _)| n.clone())
+        .ok_or("no repository")?;
+    let rdir = dir.join(&name);
+    let pkgs = all_packages(&rdir)?;
+    // Every (len / n)-th package: a layer's worth spread over the tree.
+    let step = (pkgs.len() / n.max(1)).max(1);
+    let some: BTreeSet<(String, String)> = pkgs
+        .iter()
+        .step_by(step)
+        .take(n)
+        .map(|p| (name.clone(), p.clone()))
+        .collect();
+    let t = Instant::now();
+    repos.inputs(&some)?;
+    let some_s = t.elapsed().as_secs_f64();
+    let all: BTreeSet<(String, String)> = pkgs.iter().map(|p| (name.clone(), p.clone())).collect();
+    let t = Instant::now();
+    repos.inputs(&all)?;
+    let all_s = t.elapsed().as_secs_f64();
+    repos.save_cache();
+    println!(
+        "{{\"shared_s\": {shared_s:.4}, \"packages\": {}, \"packages_s\": {some_s:.4}, \"all_packages\": {}, \"all_packages_s\": {all_s:.4}}}",
+        some.len(),
+        all.len()
+    );
+    Ok(())
+}
+
+fn norm(layer: &Path, epoch: &str) -> R {
+    let st = normalize::normalize_layer(layer, epoch.parse()?)?;
+    println!(
+        "{{\"entries\": {}, \"clamped\": {}, \"records_rewritten\": {}, \"removed\": {}, \"seconds\": {:.4}}}",
+        st.entries,
+        st.clamped,
+        st.records_rewritten,
+        st.removed,
+        st.micros as f64 / 1e6
+    );
+    Ok(())
+}
