@@ -387,6 +387,42 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn unrecorded_entries_of_a_marked_layer_belong_to_its_namespace_root() {
+        let (_t, layers) = stack(&["l bin usr/bin\nf usr/bin/x 1", "l sbin usr/bin"]);
+        let (mut uid, mut gid) = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        if uid == 0 {
+            // As root, give the links a host owner that is not 0, or the check is empty.
+            (uid, gid) = (4321, 4322);
+            for (l, p) in [(0, "bin"), (1, "sbin")] {
+                std::os::unix::fs::lchown(layers[l].join(p), Some(uid), Some(gid)).expect("lchown");
+            }
+        }
+        let me = HostOwner { uid, gid };
+        if me.write(&layers[0]).is_err() {
+            eprintln!("SKIPPING unrecorded_entries_of_a_marked_layer...: no user xattrs here");
+            return;
+        }
+        let recorded = OverrideStat {
+            uid: 1234,
+            gid: 2345,
+            mode: 0o644,
+            kind: None,
+        };
+        recorded
+            .write(&layers[0].join("usr/bin/x"))
+            .expect("record");
+        let m = merge(&layers, &FilterSet::none()).expect("merge");
+        let ids = |p: &str| (m[p.as_bytes()].uid, m[p.as_bytes()].gid);
+        assert_eq!(ids("bin"), (0, 0), "the marked layer's symlink");
+        assert_eq!(ids("usr/bin/x"), (1234, 2345), "a record wins");
+        // The unmarked layer's symlink keeps its on-disk owner.
+        assert_eq!(ids("sbin"), (uid, gid));
+    }
+
+    #[test]
     fn whiteout_in_same_layer_does_not_hide_own_entry() {
         let (_t, layers) = stack(&["f a 0", "w a\nf a 1"]);
         let m = merge(&layers, &FilterSet::none()).expect("merge");
