@@ -593,6 +593,16 @@ mod tests {
             ),
             ("zzzzzzzz = 1", Ctx::Top, "unknown key `zzzzzzzz`"),
             (
+                "source_date_epoch = \"1700000000\"",
+                Ctx::Top,
+                "`source_date_epoch` must be a non-negative integer, not a string",
+            ),
+            (
+                "source_date_epoch = -1",
+                Ctx::Top,
+                "`source_date_epoch` must be a non-negative integer",
+            ),
+            (
                 "depclean = \"false\"",
                 Ctx::Top,
                 "f.toml:1:12: `depclean` must be a boolean (true or false), not a string",
