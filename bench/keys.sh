@@ -6,14 +6,16 @@
 # Generates (once, reused) a synthetic repository the size of ::gentoo under
 # $BENCH_DIR/keys/repos/synth: 170 categories, 19000 packages, 30000 ebuilds, with
 # metadata.xml, Manifest and files/ patches, metadata/md5-cache (30000 entries), 5000
-# profile files, 500 eclasses and 1800 licenses: about 150k files. Then, RUNS times,
+# profile files, 500 eclasses and 1800 licenses: 147k files. Then, RUNS times,
 # with the page cache warm:
 #   cold:   no digest cache (state/digest-cache removed): shared digest of the repository,
-#           then the digests of 300 package directories (a large image's packages), then
-#           of every package (what a whole-repository rule would cost);
-#   cached: the same again with the cache the cold run saved.
+#           then the digests of 300 package directories (a large image's packages);
+#   cached: the same again with the cache the cold run saved;
+#   then the same pair for every package directory (what a whole-repository rule
+#   would cost), with its own cache.
 # A build pays "shared" once per repository directory plus "packages" for the packages
-# of the layers it considers.
+# of the layers it considers. Last, the seed identity of the test seed
+# (SEED, default /var/tmp/gentree-test-cache/seed, when present), cold and cached.
 set -euo pipefail
 runs=${1:-3}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -48,13 +50,13 @@ ebuilds = 0
 for p in range(19000):
     c = cats[p % 170]
     d = os.path.join(root, c, f"pkg{p}")
-    k = 1 if p % 19 < 8 else 2 if p % 19 < 17 else 3   # 30000 ebuilds in all
+    k = 1 if p % 19 < 10 else 2 if p % 19 < 17 else 3   # 30000 ebuilds in all
     for v in range(k):
         w(os.path.join(d, f"pkg{p}-{v + 1}.ebuild"), rng.randint(500, 3000)); n += 1; ebuilds += 1
         w(os.path.join(root, "metadata/md5-cache", c, f"pkg{p}-{v + 1}"), 800); n += 1
     w(os.path.join(d, "metadata.xml"), 300); n += 1
     w(os.path.join(d, "Manifest"), 200); n += 1
-    for f in range(2 if p % 4 == 0 else 1 if p % 4 == 1 else 0):
+    for f in range((3, 3, 2, 2, 1)[p % 5]):
         w(os.path.join(d, "files", f"fix{f}.patch"), rng.randint(300, 5000)); n += 1
 print(f"{ebuilds} ebuilds, {n} files", file=sys.stderr)
 PY
@@ -63,7 +65,16 @@ fi
 echo "repository: $(find "$repos/synth" -type f | wc -l) files, $(find "$repos/synth" -name '*.ebuild' | wc -l) ebuilds"
 find "$repos" -type f -exec cat {} + > /dev/null   # page cache warm: measure our work, not the disk
 for i in $(seq "$runs"); do
-  rm -rf "$work/conf"
-  echo "cold   $("$bin" repos "$repos" "$work/conf" 300)"
-  echo "cached $("$bin" repos "$repos" "$work/conf" 300)"
+  rm -rf "$work/conf" "$work/conf-all"
+  echo "300 packages cold   $("$bin" repos "$repos" "$work/conf" 300)"
+  echo "300 packages cached $("$bin" repos "$repos" "$work/conf" 300)"
+  echo "all packages cold   $("$bin" repos "$repos" "$work/conf-all" all)"
+  echo "all packages cached $("$bin" repos "$repos" "$work/conf-all" all)"
 done
+seed=${SEED:-/var/tmp/gentree-test-cache/seed}
+if [[ -d $seed ]]; then
+  rm -rf "$work/seedconf"
+  echo "seed $seed: $(find "$seed" | wc -l) entries, $(du -sh "$seed" | cut -f1)"
+  echo "seed cold   $("$bin" seed "$seed" "$work/seedconf")"
+  echo "seed cached $("$bin" seed "$seed" "$work/seedconf")"
+fi

@@ -302,9 +302,16 @@ impl<'s> KeyPlanner<'s> {
                 what: "the repositories",
                 source,
             })?;
-        repos.save_cache();
         self.repos.push((dir, repos, shared));
         Ok(self.repos.len() - 1)
+    }
+
+    /// Persists the repositories' digest caches (once, at the end of a run: each save
+    /// keeps only the entries this run used).
+    pub fn save_caches(&self) {
+        for (_, repos, _) in &self.repos {
+            repos.save_cache();
+        }
     }
 
     /// The inputs key of `cfg` over layers with `lower_keys` (lowest first).
@@ -359,7 +366,6 @@ impl<'s> KeyPlanner<'s> {
                     source,
                 })?;
             if current && key::layer_key(inputs, &layer.meta.packages) == layer.meta.key {
-                repos.save_cache();
                 return Ok(Some(layer));
             }
         }
@@ -382,7 +388,6 @@ impl<'s> KeyPlanner<'s> {
             what: "the repositories",
             source,
         })?;
-        repos.save_cache();
         Ok((key::layer_key(inputs, &packages), packages))
     }
 }
@@ -414,6 +419,7 @@ pub fn plan_keys(
         };
         out.push((cfg, key));
     }
+    planner.save_caches();
     Ok(out
         .into_iter()
         .map(|(c, k)| (c.buildname.clone(), k))
@@ -849,6 +855,7 @@ pub fn build(
         });
         done.push((layer, Outcome::Built));
     }
+    planner.save_caches();
     Ok(BuildReport {
         layers: done,
         epoch: planner.epoch().secs,

@@ -127,11 +127,15 @@ impl DigestCache {
         c
     }
 
-    /// Writes the entries used since load (atomically; a no-op when not persisted).
+    /// Writes the entries used since load (atomically; a no-op when not persisted,
+    /// or when every entry was known and used, so the file would not change).
     pub fn save(&self) -> io::Result<()> {
         let Some(path) = &self.path else {
             return Ok(());
         };
+        if self.misses == 0 && self.used.len() == self.known.len() {
+            return Ok(());
+        }
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent)?;
         }
