@@ -115,7 +115,10 @@ pub fn clean(
             report.kept += 1;
             continue;
         }
-        let Some(_lock) = store.try_lock(&key)? else {
+        // Builds lock the inputs key (the layer key is known only at the end): a build
+        // holding it may be about to reuse or replace this layer.
+        let lock_key = layer.meta.inputs.clone().unwrap_or_else(|| key.clone());
+        let Some(_lock) = store.try_lock(&lock_key)? else {
             report.busy.push(key);
             continue;
         };
