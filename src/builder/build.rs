@@ -2,19 +2,17 @@
 //! missing layer, atomic publication.
 //!
 //! For each distinct layer in build order (bases first):
-//! 1. its inputs key hashes its resolved config, the seed's identity, the epoch, the
-//!    keys of the layers below it, the config overlay's content and the repositories'
-//!    shared files ([`crate::builder::key`], [`KeyPlanner`]);
-//! 2. a published layer with that inputs key whose recorded package directories are
-//!    unchanged is reused as it is (no emerge runs);
-//! 3. otherwise, under the inputs key's lock, a fresh upper dir is stacked over the
-//!    layers below it in a gentree-fs union at `/builds/<buildname>`, inside a chroot
-//!    whose root is a union of the seed's persistent upper over the seed; the profile
-//!    is linked, emerge / depclean / unmerge run with `SOURCE_DATE_EPOCH`, the clean
+//! 1. its key hashes its resolved config, the seed's identity, the epoch, the keys of
+//!    the layers below it, the config overlay's content, the repositories' shared files
+//!    and the package directories it may use ([`crate::builder::key`], [`KeyPlanner`]);
+//! 2. a published layer with that key is reused as it is (no emerge runs);
+//! 3. otherwise, under the key's lock, a fresh upper dir is stacked over the layers
+//!    below it in a gentree-fs union at `/builds/<buildname>`, inside a chroot whose
+//!    root is a union of the seed's persistent upper over the seed; the profile is
+//!    linked, emerge / depclean / unmerge run with `SOURCE_DATE_EPOCH`, the clean
 //!    filters delete through the union; the upper is normalised and clamped to the
-//!    epoch ([`crate::layers::normalize`]) and published under its layer key (the
-//!    inputs key and the digests of the packages it merged). A failure publishes
-//!    nothing.
+//!    epoch ([`crate::layers::normalize`]) and published as the layer. A failure
+//!    publishes nothing.
 //!
 //! The plan for one layer is computed by [`layer_plan`], a pure function, so the
 //! mounts and commands a build will run are unit-tested without running them.
@@ -27,7 +25,7 @@ use crate::builder::config::ResolvedConfig;
 use crate::builder::epoch::{self, Epoch};
 use crate::builder::key::{self, KeyInputs, LAYER_FORMAT_VERSION};
 use crate::builder::namespace::{self, IdMapping, MountSpec, Plan, RunStep, Step, UnionSpec};
-use crate::builder::repos::{self, PackageInput, Repos};
+use crate::builder::repos::{PackageInput, Repos};
 use crate::layers::normalize;
 use crate::layers::ownership::HostOwner;
 use crate::layers::seed::identity::{self, SeedIdentity};
@@ -205,13 +203,10 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> B
     }
 }
 
-/// One distinct layer of a build, once its key is known.
+/// One distinct layer of a build and its key.
 #[derive(Debug, Clone)]
 pub struct LayerJob<'a> {
     pub config: &'a ResolvedConfig,
-    /// The inputs key ([`crate::builder::key::inputs_key`]).
-    pub inputs: BuildKey,
-    /// The layer key ([`crate::builder::key::layer_key`]).
     pub key: BuildKey,
     /// Keys of the layers below, lowest first.
     pub lower_keys: Vec<BuildKey>,
@@ -240,11 +235,10 @@ pub fn key_config(cfg: &ResolvedConfig) -> serde_json::Value {
     v
 }
 
-/// Computes keys: the inputs key of a layer from its bases' keys, the published
-/// layer that matches it, and the key of a layer just built.
+/// Computes layer keys: the seed identity and epoch of a run, the repositories'
+/// state, each layer's package set and key.
 #[derive(Debug)]
 pub struct KeyPlanner<'s> {
-    store: &'s Store,
     dirs: &'s HostDirs,
     seed: SeedIdentity,
     epoch: Epoch,
@@ -257,17 +251,12 @@ type RepoState = (PathBuf, Repos, Vec<(String, String)>);
 
 impl<'s> KeyPlanner<'s> {
     /// The planner of a build of `top`: reads the seed identity and picks the epoch.
-    pub fn new(
-        top: &ResolvedConfig,
-        store: &'s Store,
-        dirs: &'s HostDirs,
-    ) -> Result<KeyPlanner<'s>, BuildError> {
+    pub fn new(top: &ResolvedConfig, dirs: &'s HostDirs) -> Result<KeyPlanner<'s>, BuildError> {
         let seed_dir = dirs.require_seed(&top.seed)?;
         let seed = identity::get(&dirs.conf_root, &top.seed, &seed_dir)?;
         let epoch = epoch::from_env(top.source_date_epoch, seed.newest_mtime)
             .map_err(|message| BuildError::Epoch { message })?;
         Ok(KeyPlanner {
-            store,
             dirs,
             seed,
             epoch,
@@ -314,12 +303,13 @@ impl<'s> KeyPlanner<'s> {
         }
     }
 
-    /// The inputs key of `cfg` over layers with `lower_keys` (lowest first).
-    pub fn inputs_key(
+    /// The key of `cfg` over layers with `lower_keys` (lowest first), and the
+    /// package directories it covers.
+    pub fn key(
         &mut self,
         cfg: &ResolvedConfig,
         lower_keys: &[BuildKey],
-    ) -> Result<BuildKey, BuildError> {
+    ) -> Result<(BuildKey, Vec<PackageInput>), BuildError> {
         let overlay = match &cfg.config_overlay {
             Some(name) => {
                 let p = self.dirs.config.join(name);
@@ -335,95 +325,65 @@ impl<'s> KeyPlanner<'s> {
             None => None,
         };
         let i = self.repos(cfg)?;
+        let dir = self.repos[i].0.clone();
+        let repos = &mut self.repos[i].1;
+        let used = repos
+            .closure(cfg.packages.iter().map(String::as_str))
+            .map_err(io_err("cannot read the ebuilds in", &dir))?;
+        let packages = repos.inputs(&used).map_err(|source| BuildError::Digest {
+            what: "the repositories",
+            source,
+        })?;
         let config = key_config(cfg);
-        Ok(key::inputs_key(&KeyInputs {
+        let key = key::layer_key(&KeyInputs {
             config: &config,
             seed_id: &self.seed.digest,
             epoch: self.epoch.secs,
             base_keys: lower_keys,
             overlay_digest: overlay.as_deref(),
             repos: &self.repos[i].2,
-        }))
-    }
-
-    /// The published layer built for `inputs` whose package digests are all still
-    /// current (the first by key when several are).
-    pub fn find(
-        &mut self,
-        cfg: &ResolvedConfig,
-        inputs: &BuildKey,
-    ) -> Result<Option<Layer>, BuildError> {
-        let i = self.repos(cfg)?;
-        let repos = &mut self.repos[i].1;
-        for layer in self.store.list()? {
-            if layer.meta.inputs.as_ref() != Some(inputs) {
-                continue;
-            }
-            let current = repos
-                .still_current(&layer.meta.packages)
-                .map_err(|source| BuildError::Digest {
-                    what: "the repositories",
-                    source,
-                })?;
-            if current && key::layer_key(inputs, &layer.meta.packages) == layer.meta.key {
-                return Ok(Some(layer));
-            }
-        }
-        Ok(None)
-    }
-
-    /// The key of a layer built for `inputs` whose tree is `root`, and the package
-    /// inputs it records.
-    pub fn built_key(
-        &mut self,
-        cfg: &ResolvedConfig,
-        inputs: &BuildKey,
-        root: &Path,
-    ) -> Result<(BuildKey, Vec<PackageInput>), BuildError> {
-        let merged = repos::merged_packages(root)
-            .map_err(io_err("cannot read the package database in", root))?;
-        let i = self.repos(cfg)?;
-        let repos = &mut self.repos[i].1;
-        let packages = repos.inputs(&merged).map_err(|source| BuildError::Digest {
-            what: "the repositories",
-            source,
-        })?;
-        Ok((key::layer_key(inputs, &packages), packages))
+            packages: &packages,
+        });
+        Ok((key, packages))
     }
 }
 
-/// The key of every distinct layer of `top`, in build order, as far as published
-/// layers determine them: `None` from the first layer that is not built (with
-/// these inputs) on, since a layer key is known only once its layer is built.
-pub fn plan_keys(
-    top: &ResolvedConfig,
-    store: &Store,
+/// Computes the key of every distinct layer, in build order (`_store` is kept for
+/// callers: keys depend on the seed and repositories, not on published layers).
+pub fn plan_jobs<'a>(
+    top: &'a ResolvedConfig,
+    _store: &Store,
     dirs: &HostDirs,
-) -> Result<Vec<(String, Option<BuildKey>)>, BuildError> {
-    let mut planner = KeyPlanner::new(top, store, dirs)?;
-    let mut out: Vec<(&ResolvedConfig, Option<BuildKey>)> = Vec::new();
+) -> Result<Vec<LayerJob<'a>>, BuildError> {
+    let mut planner = KeyPlanner::new(top, dirs)?;
+    let mut jobs: Vec<LayerJob<'a>> = Vec::new();
     for cfg in top.build_order() {
-        let lower: Option<Vec<BuildKey>> = lower_configs(cfg)
-            .map(|c| {
-                out.iter()
-                    .find(|(o, _)| *o == c)
-                    .and_then(|(_, k)| k.clone())
-            })
-            .collect();
-        let key = match lower {
-            Some(lower) => {
-                let inputs = planner.inputs_key(cfg, &lower)?;
-                planner.find(cfg, &inputs)?.map(|l| l.meta.key)
-            }
-            None => None,
-        };
-        out.push((cfg, key));
+        let lower_keys = lower_keys(cfg, &jobs)?;
+        let (key, _) = planner.key(cfg, &lower_keys)?;
+        jobs.push(LayerJob {
+            config: cfg,
+            key,
+            lower_keys,
+        });
     }
     planner.save_caches();
-    Ok(out
-        .into_iter()
-        .map(|(c, k)| (c.buildname.clone(), k))
-        .collect())
+    Ok(jobs)
+}
+
+/// The keys of the layers below `cfg` (lowest first), from the jobs before it.
+fn lower_keys(cfg: &ResolvedConfig, jobs: &[LayerJob<'_>]) -> Result<Vec<BuildKey>, BuildError> {
+    lower_configs(cfg)
+        .map(|c| {
+            jobs.iter()
+                .find(|j| j.config == c)
+                .map(|j| j.key.clone())
+                .ok_or_else(|| BuildError::Io {
+                    what: "internal error: base built after its user:",
+                    path: PathBuf::from(&c.buildname),
+                    source: io::ErrorKind::NotFound.into(),
+                })
+        })
+        .collect()
 }
 
 /// The layers below `cfg`, lowest first.
@@ -785,7 +745,7 @@ pub fn build(
     log: &Path,
 ) -> Result<BuildReport, BuildError> {
     let store = Store::open(&dirs.conf_root)?;
-    let mut planner = KeyPlanner::new(top, &store, dirs)?;
+    let mut planner = KeyPlanner::new(top, dirs)?;
     let mut jobs: Vec<LayerJob<'_>> = Vec::new();
     let mut done: Vec<(Layer, Outcome)> = Vec::new();
     let _seed_lock = lock_seed(dirs, &top.seed)?;
@@ -798,45 +758,34 @@ pub fn build(
     let order = top.build_order();
     let n = order.len();
     for (i, cfg) in order.into_iter().enumerate() {
-        let lower_keys: Vec<BuildKey> = lower_configs(cfg)
-            .map(|c| {
-                jobs.iter()
-                    .find(|j| j.config == c)
-                    .map(|j| j.key.clone())
-                    .ok_or_else(|| BuildError::Io {
-                        what: "internal error: base built after its user:",
-                        path: PathBuf::from(&c.buildname),
-                        source: io::ErrorKind::NotFound.into(),
-                    })
-            })
-            .collect::<Result<_, _>>()?;
-        let inputs = planner.inputs_key(cfg, &lower_keys)?;
+        let lower_keys = lower_keys(cfg, &jobs)?;
+        let (key, packages) = planner.key(cfg, &lower_keys)?;
+        let job = LayerJob {
+            config: cfg,
+            key,
+            lower_keys,
+        };
         let forced = cfg.rebuild || (opts.rebuild && i + 1 == n);
         if !forced {
-            if let Some(layer) = planner.find(cfg, &inputs)? {
+            if let Some(layer) = store.lookup(&job.key)? {
                 tracing::info!(
                     "[{}/{n}] {}: reusing layer {}",
                     i + 1,
                     cfg.buildname,
-                    layer.meta.key.short()
+                    job.key.short()
                 );
-                jobs.push(LayerJob {
-                    config: cfg,
-                    inputs,
-                    key: layer.meta.key.clone(),
-                    lower_keys,
-                });
+                jobs.push(job);
                 done.push((layer, Outcome::Reused));
                 continue;
             }
         }
         tracing::info!(
-            "[{}/{n}] {}: building layer (inputs {})",
+            "[{}/{n}] {}: building layer {}",
             i + 1,
             cfg.buildname,
-            inputs.short()
+            job.key.short()
         );
-        let world = merged_world(cfg, &lower_keys, &jobs, &done);
+        let world = merged_world(&job, &jobs, &done);
         let run = LayerRun {
             dirs,
             store: &store,
@@ -844,15 +793,10 @@ pub fn build(
             log,
             ephemeral_seed: top.ephemeral_seed,
             world,
+            epoch: planner.epoch().secs,
         };
-        let layer = build_layer(cfg, &inputs, &lower_keys, &done, &run, &mut planner)?;
-        tracing::info!("{}: built layer {}", cfg.buildname, layer.meta.key.short());
-        jobs.push(LayerJob {
-            config: cfg,
-            inputs,
-            key: layer.meta.key.clone(),
-            lower_keys,
-        });
+        let layer = build_layer(&job, packages, &done, &run)?;
+        jobs.push(job);
         done.push((layer, Outcome::Built));
     }
     planner.save_caches();
@@ -893,27 +837,29 @@ struct LayerRun<'a> {
     ephemeral_seed: bool,
     /// The merged world file to write first (B41), when the union would hide entries.
     world: Option<String>,
+    /// The build epoch.
+    epoch: i64,
 }
 
 fn build_layer(
-    cfg: &ResolvedConfig,
-    inputs: &BuildKey,
-    lower_keys: &[BuildKey],
+    job: &LayerJob<'_>,
+    packages: Vec<PackageInput>,
     done: &[(Layer, Outcome)],
     run: &LayerRun<'_>,
-    planner: &mut KeyPlanner<'_>,
 ) -> Result<Layer, BuildError> {
     let LayerRun {
         dirs,
         store,
         opts,
         log,
+        epoch,
         ..
     } = *run;
-    // Locked and begun under the inputs key: the layer key is known after the build.
-    let lock = store.lock(inputs)?;
-    let pending = store.begin(inputs, &lock)?;
-    let lowers: Vec<PathBuf> = lower_keys
+    let cfg = job.config;
+    let lock = store.lock(&job.key)?;
+    let pending = store.begin(&job.key, &lock)?;
+    let lowers: Vec<PathBuf> = job
+        .lower_keys
         .iter()
         .rev()
         .map(|k| {
@@ -925,7 +871,7 @@ fn build_layer(
         .collect();
     let run_dir = dirs
         .run
-        .join(format!("{}-{}", inputs.short(), std::process::id()));
+        .join(format!("{}-{}", job.key.short(), std::process::id()));
     let paths = LayerPaths {
         root: run_dir.join("root"),
         empty: run_dir.join("empty"),
@@ -951,7 +897,6 @@ fn build_layer(
     for p in &needed {
         fs::create_dir_all(p).map_err(io_err("cannot create", p))?;
     }
-    let epoch = planner.epoch().secs;
     let mut plan = layer_plan(cfg, dirs, &paths, &opts.mapping, epoch);
     if let Some(world) = &run.world {
         // Before anything runs: emerge must see every base's selected packages.
@@ -991,15 +936,13 @@ fn build_layer(
             source,
         })?;
     tracing::debug!("{}: {stats:?}", cfg.buildname);
-    let (key, packages) = planner.built_key(cfg, inputs, &root)?;
     let meta = LayerMeta {
-        key,
+        key: job.key.clone(),
         name: cfg.name.clone(),
         buildname: cfg.buildname.clone(),
-        base_keys: lower_keys.to_vec(),
+        base_keys: job.lower_keys.clone(),
         created: store::now_secs(),
         format: LAYER_FORMAT_VERSION,
-        inputs: Some(inputs.clone()),
         packages,
     };
     Ok(store.publish(pending, meta)?)
@@ -1042,12 +985,11 @@ pub fn world_in_stack(stack: &[PathBuf]) -> Option<String> {
 /// stack's world file, merged in base order, when that differs from what the
 /// union of all of them would show (only the topmost base's). `None` otherwise.
 fn merged_world(
-    cfg: &ResolvedConfig,
-    lower_keys: &[BuildKey],
+    job: &LayerJob<'_>,
     jobs: &[LayerJob<'_>],
     done: &[(Layer, Outcome)],
 ) -> Option<String> {
-    if cfg.bases.len() < 2 {
+    if job.config.bases.len() < 2 {
         return None;
     }
     let root_of = |k: &BuildKey| {
@@ -1061,7 +1003,8 @@ fn merged_world(
             .filter_map(root_of)
             .collect()
     };
-    let views: Vec<String> = cfg
+    let views: Vec<String> = job
+        .config
         .bases
         .iter()
         .filter_map(|b| jobs.iter().find(|j| j.config == b))
@@ -1071,7 +1014,7 @@ fn merged_world(
         return None;
     }
     let merged = merge_world(views.iter().map(String::as_str));
-    let lowers: Vec<PathBuf> = lower_keys.iter().rev().filter_map(root_of).collect();
+    let lowers: Vec<PathBuf> = job.lower_keys.iter().rev().filter_map(root_of).collect();
     let shown = world_in_stack(&lowers).unwrap_or_default();
     (merge_world([shown.as_str()]) != merged).then(|| {
         let mut text = merged.join("\n");

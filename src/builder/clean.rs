@@ -115,10 +115,7 @@ pub fn clean(
             report.kept += 1;
             continue;
         }
-        // Builds lock the inputs key (the layer key is known only at the end): a build
-        // holding it may be about to reuse or replace this layer.
-        let lock_key = layer.meta.inputs.clone().unwrap_or_else(|| key.clone());
-        let Some(_lock) = store.try_lock(&lock_key)? else {
+        let Some(_lock) = store.try_lock(&key)? else {
             report.busy.push(key);
             continue;
         };
@@ -199,7 +196,6 @@ mod tests {
             base_keys: vec![],
             created: 1,
             format: 1,
-            inputs: None,
             packages: vec![],
         };
         s.publish(p, meta).unwrap();

@@ -1,26 +1,21 @@
 //! Layer keys: what a layer's content depends on, hashed.
 //!
-//! A layer is reused exactly when its key is unchanged. Keys are computed in two
-//! steps, because which ebuilds a build reads is only known once it ran:
+//! A layer is reused exactly when its key is unchanged. The key covers, as tagged,
+//! length-prefixed fields:
+//! - [`LAYER_FORMAT_VERSION`];
+//! - the layer's resolved config (packages, USE, env, emerge argv, profile, filters...)
+//!   as canonical JSON (object keys sorted by serde_json's map);
+//! - the seed's identity, a digest of its content ([`crate::layers::seed::identity`]);
+//! - the build epoch ([`crate::builder::epoch`]);
+//! - the keys of the layers below, lowest first (so a changed base rebuilds above);
+//! - the content of the config overlay, if any;
+//! - each repository's name and the digest of its shared files (eclasses, profiles,
+//!   ...), and the digest of every package directory the layer may use, sorted
+//!   ([`crate::builder::repos`]).
 //!
-//! 1. the **inputs key** ([`inputs_key`]) covers, as tagged, length-prefixed fields:
-//!    - [`LAYER_FORMAT_VERSION`];
-//!    - the layer's resolved config (packages, USE, env, emerge argv, profile,
-//!      filters...) as canonical JSON (object keys sorted by serde_json's map);
-//!    - the seed's identity, a digest of its content ([`crate::layers::seed::identity`]);
-//!    - the build epoch ([`crate::builder::epoch`]);
-//!    - the keys of the layers below, lowest first (so a changed base rebuilds above);
-//!    - the content of the config overlay, if any;
-//!    - each repository's name and the digest of its shared files (eclasses,
-//!      profiles, ...: [`crate::builder::repos`]);
-//! 2. the **layer key** ([`layer_key`]) hashes the inputs key with the digest of every
-//!    package directory the layer merged (from its own `var/db/pkg`), sorted.
-//!
-//! A published layer records both and its package digests; a later build with the
-//! same inputs key reuses it when every recorded package digest is still current.
 //! So two machines with the same seed content, repositories, config and epoch agree
-//! on every key, and an edited ebuild changes the keys of exactly the layers that
-//! merged its package, and of the layers above them.
+//! on every key, and an edited ebuild changes the keys of exactly the layers that may
+//! use its package, and of the layers above them.
 
 use std::io;
 use std::path::Path;
@@ -45,6 +40,8 @@ pub struct KeyInputs<'a> {
     pub overlay_digest: Option<&'a str>,
     /// `(repository name, shared-files digest)`, sorted by name.
     pub repos: &'a [(String, String)],
+    /// The package directories the layer may use, with their digests.
+    pub packages: &'a [PackageInput],
 }
 
 fn field(h: &mut Sha256, tag: &str, data: &[u8]) {
@@ -55,8 +52,8 @@ fn field(h: &mut Sha256, tag: &str, data: &[u8]) {
     h.update(data);
 }
 
-/// The inputs key of a layer (step 1 of the module doc).
-pub fn inputs_key(inputs: &KeyInputs<'_>) -> BuildKey {
+/// The key of a layer.
+pub fn layer_key(inputs: &KeyInputs<'_>) -> BuildKey {
     let mut h = Sha256::new();
     field(
         &mut h,
@@ -78,15 +75,7 @@ pub fn inputs_key(inputs: &KeyInputs<'_>) -> BuildKey {
         field(&mut h, "repo", name.as_bytes());
         field(&mut h, "shared", d.as_bytes());
     }
-    BuildKey::from_digest(&h.finalize().into())
-}
-
-/// The key of a built layer: its inputs key and the digests of the package
-/// directories it merged (step 2 of the module doc).
-pub fn layer_key(inputs: &BuildKey, packages: &[PackageInput]) -> BuildKey {
-    let mut h = Sha256::new();
-    field(&mut h, "inputs", inputs.as_str().as_bytes());
-    let mut sorted: Vec<&PackageInput> = packages.iter().collect();
+    let mut sorted: Vec<&PackageInput> = inputs.packages.iter().collect();
     sorted.sort();
     for p in sorted {
         field(&mut h, "package-repo", p.repo.as_bytes());
@@ -117,7 +106,7 @@ mod tests {
         bases: &[BuildKey],
         ov: Option<&str>,
     ) -> BuildKey {
-        keyx(config, seed, bases, ov, 0, &[])
+        keyx(config, seed, bases, ov, 0, &[], &[])
     }
 
     fn keyx(
@@ -127,14 +116,16 @@ mod tests {
         ov: Option<&str>,
         epoch: i64,
         repos: &[(String, String)],
+        packages: &[PackageInput],
     ) -> BuildKey {
-        inputs_key(&KeyInputs {
+        layer_key(&KeyInputs {
             config,
             seed_id: seed,
             epoch,
             base_keys: bases,
             overlay_digest: ov,
             repos,
+            packages,
         })
     }
 
@@ -159,9 +150,9 @@ mod tests {
             key(&c, "s2", &[], None),
             key(&c, "s1", std::slice::from_ref(&base), None),
             key(&c, "s1", &[], Some("d")),
-            keyx(&c, "s1", &[], None, 1, &[]),
-            keyx(&c, "s1", &[], None, 0, &[("r".into(), "d".into())]),
-            keyx(&c, "s1", &[], None, 0, &[("r2".into(), "d".into())]),
+            keyx(&c, "s1", &[], None, 1, &[], &[]),
+            keyx(&c, "s1", &[], None, 0, &[("r".into(), "d".into())], &[]),
+            keyx(&c, "s1", &[], None, 0, &[("r2".into(), "d".into())], &[]),
         ];
         for (i, v) in variants.iter().enumerate() {
             assert_ne!(v, &base, "variant {i}");
@@ -192,25 +183,13 @@ mod tests {
             package: pkg.into(),
             digest: d.into(),
         };
-        let i = key(&json!({}), "s", &[], None);
-        let a = layer_key(&i, &[p("app-misc/a", "1"), p("app-misc/b", "2")]);
-        assert_eq!(
-            a,
-            layer_key(&i, &[p("app-misc/b", "2"), p("app-misc/a", "1")])
-        );
-        assert_ne!(
-            a,
-            layer_key(&i, &[p("app-misc/a", "1"), p("app-misc/b", "3")])
-        );
-        assert_ne!(a, layer_key(&i, &[p("app-misc/a", "1")]));
-        assert_ne!(
-            a,
-            layer_key(
-                &key(&json!({}), "t", &[], None),
-                &[p("app-misc/a", "1"), p("app-misc/b", "2")]
-            )
-        );
-        assert_ne!(layer_key(&i, &[]), i, "a layer key is not its inputs key");
+        let c = json!({});
+        let k = |pkgs: &[PackageInput]| keyx(&c, "s", &[], None, 0, &[], pkgs);
+        let a = k(&[p("app-misc/a", "1"), p("app-misc/b", "2")]);
+        assert_eq!(a, k(&[p("app-misc/b", "2"), p("app-misc/a", "1")]));
+        assert_ne!(a, k(&[p("app-misc/a", "1"), p("app-misc/b", "3")]));
+        assert_ne!(a, k(&[p("app-misc/a", "1")]));
+        assert_ne!(a, k(&[]));
     }
 
     fn filetime_touch(p: &Path) -> io::Result<()> {

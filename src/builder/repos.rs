@@ -4,14 +4,18 @@
 //! - **shared files**, which any resolution may read: everything in a repository that
 //!   is not inside a package directory (`eclass/`, `profiles/`, `metadata/layout.conf`,
 //!   `licenses/`, ...). Their digest, per repository, goes into every layer's key;
-//! - **package directories** (`<category>/<package>/`: ebuilds, `files/`, `Manifest`):
-//!   a layer's key covers the directories of the packages it merged, as recorded in
-//!   its own `var/db/pkg/<category>/<pf>/repository` entries ([`merged_packages`]).
-//!   Editing, adding or removing an ebuild of a package changes the keys of exactly
-//!   the layers that merged that package (and the layers above them).
+//! - **package directories** (`<category>/<package>/`: ebuilds, `files/`, `Manifest`).
+//!   A layer's key covers the directories of the packages it may use
+//!   ([`Repos::closure`]): the packages its config names and those of the profiles'
+//!   `packages` files (the system set), and, transitively, every package named in
+//!   their ebuilds or in the eclasses those inherit. Names are found by scanning the
+//!   text for `category/package` tokens of known categories, so the set is a superset
+//!   of what resolution can reach (USE-conditional and `|| ( )` alternatives included).
+//!   Editing, adding or removing an ebuild of a package changes the keys of exactly the
+//!   layers whose set holds it (and of the layers above them).
 //!
 //! Left out, because no build reads them or they are derived from what is covered:
-//! VCS dirs (`.git`, `.svn`, `CVS`), every `metadata.xml`, and the generated or
+//! VCS dirs (`.git`, `.svn`, `CVS`, `.hg`), every `metadata.xml`, and the generated or
 //! informational `metadata/` entries: `md5-cache`, `pkg_desc_index`, `timestamp*`,
 //! `news`, `glsa`, `dtd`, `xml-schema`, `projects.xml`. A category is a line of
 //! `profiles/categories`, or without that file any top-level directory whose name has
@@ -35,7 +39,13 @@ pub use crate::layers::store::PackageInput;
 pub struct Repos {
     /// Repository name (`profiles/repo_name`, else the directory name) → directory.
     by_name: BTreeMap<String, PathBuf>,
+    /// The categories of every repository.
+    cats: BTreeSet<String>,
     cache: DigestCache,
+    /// Package → the packages its ebuilds (and their eclasses) name.
+    refs: BTreeMap<String, BTreeSet<String>>,
+    /// Eclass → (packages it names, eclasses it inherits).
+    eclasses: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)>,
 }
 
 /// Entries of `metadata/` no build reads (generated caches, news, schemas).
@@ -85,10 +95,108 @@ impl Repos {
                 .unwrap_or(file_name);
             by_name.insert(name, path);
         }
+        let cats = by_name.values().flat_map(|d| categories(d)).collect();
         Ok(Repos {
             by_name,
+            cats,
             cache: DigestCache::load(&conf_root.join("state/digest-cache/repos")),
+            refs: BTreeMap::new(),
+            eclasses: BTreeMap::new(),
         })
+    }
+
+    /// The packages a layer may use (see the module doc): the closure of `roots`
+    /// (atoms or `category/package` names) and of the profiles' `packages` files over
+    /// the packages named in ebuilds and inherited eclasses, as `(repository,
+    /// category/package)` of every repository that has the package.
+    pub fn closure<'a>(
+        &mut self,
+        roots: impl IntoIterator<Item = &'a str>,
+    ) -> io::Result<BTreeSet<(String, String)>> {
+        let mut queue: Vec<String> = Vec::new();
+        for r in roots {
+            queue.extend(package_refs(r, &self.cats));
+        }
+        let dirs: Vec<PathBuf> = self.by_name.values().cloned().collect();
+        for d in &dirs {
+            for f in profile_package_files(&d.join("profiles"))? {
+                queue.extend(package_refs(&fs::read_to_string(&f)?, &self.cats));
+            }
+        }
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        while let Some(p) = queue.pop() {
+            if !seen.insert(p.clone()) {
+                continue;
+            }
+            let refs = self.package_refs_of(&p)?;
+            queue.extend(refs.into_iter().filter(|r| !seen.contains(r)));
+        }
+        let mut out = BTreeSet::new();
+        for p in seen {
+            for (name, dir) in &self.by_name {
+                if dir.join(&p).is_dir() {
+                    out.insert((name.clone(), p.clone()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The packages named by the ebuilds of `package` (every repository) and by the
+    /// eclasses they inherit, transitively.
+    fn package_refs_of(&mut self, package: &str) -> io::Result<BTreeSet<String>> {
+        if let Some(r) = self.refs.get(package) {
+            return Ok(r.clone());
+        }
+        let mut refs = BTreeSet::new();
+        let mut inherits = BTreeSet::new();
+        if is_package_name(package) {
+            for dir in self.by_name.values() {
+                let pdir = dir.join(package);
+                let Ok(rd) = fs::read_dir(&pdir) else {
+                    continue;
+                };
+                for e in rd {
+                    let path = e?.path();
+                    if path.extension().is_some_and(|x| x == "ebuild") {
+                        let text = fs::read_to_string(&path)?;
+                        refs.extend(package_refs(&text, &self.cats));
+                        inherits.extend(inherited(&text));
+                    }
+                }
+            }
+        }
+        let mut done = BTreeSet::new();
+        while let Some(ec) = inherits.pop_first() {
+            if !done.insert(ec.clone()) {
+                continue;
+            }
+            let (r, i) = self.eclass(&ec)?;
+            refs.extend(r);
+            inherits.extend(i.into_iter().filter(|x| !done.contains(x)));
+        }
+        refs.remove(package);
+        self.refs.insert(package.to_owned(), refs.clone());
+        Ok(refs)
+    }
+
+    fn eclass(&mut self, name: &str) -> io::Result<(BTreeSet<String>, BTreeSet<String>)> {
+        if let Some(e) = self.eclasses.get(name) {
+            return Ok(e.clone());
+        }
+        let mut e = (BTreeSet::new(), BTreeSet::new());
+        if !name.contains('/') {
+            for dir in self.by_name.values() {
+                if let Ok(text) =
+                    fs::read_to_string(dir.join("eclass").join(format!("{name}.eclass")))
+                {
+                    e.0.extend(package_refs(&text, &self.cats));
+                    e.1.extend(inherited(&text));
+                }
+            }
+        }
+        self.eclasses.insert(name.to_owned(), e.clone());
+        Ok(e)
     }
 
     /// Repository names, sorted.
@@ -146,22 +254,79 @@ impl Repos {
             .collect()
     }
 
-    /// True when every recorded input still has its digest.
-    pub fn still_current(&mut self, inputs: &[PackageInput]) -> Result<bool, DigestError> {
-        for i in inputs {
-            if self.package_digest(&i.repo, &i.package)? != i.digest {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-
     /// Persists the digest cache (best effort: it only saves time).
     pub fn save_cache(&self) {
         if let Err(e) = self.cache.save() {
             tracing::warn!("cannot save the repository digest cache: {e}");
         }
     }
+}
+
+/// The `category/package` names of the known categories `text` mentions: every
+/// token of name characters with a `/`, operators, versions, slots and USE deps
+/// stripped (`>=dev-libs/foo-1.2:0=[ssl]` names `dev-libs/foo`). A token that is a
+/// name with a version gives both readings (`app-misc/x-11` may be the package
+/// `x-11`): which exist is decided by the caller.
+pub fn package_refs(text: &str, cats: &BTreeSet<String>) -> BTreeSet<String> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || "+_.-/".contains(c);
+    let mut out = BTreeSet::new();
+    for tok in text.split(|c: char| !is_name(c)) {
+        let mut parts = tok.split('/');
+        let (Some(cat), Some(rest)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if rest.is_empty() || !cats.contains(cat) {
+            continue;
+        }
+        let rest = rest.trim_end_matches('.');
+        out.insert(format!("{cat}/{rest}"));
+        if let Some(pn) = package_name(rest) {
+            out.insert(format!("{cat}/{pn}"));
+        }
+    }
+    out
+}
+
+/// The eclasses an ebuild or eclass inherits (`inherit a b` lines).
+fn inherited(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        let line = line.trim_start();
+        if let Some(rest) = line.strip_prefix("inherit ") {
+            for w in rest.split_whitespace() {
+                if w.starts_with('#') {
+                    break;
+                }
+                if w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+                {
+                    out.insert(w.to_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every file named `packages` under a repository's `profiles/`.
+fn profile_package_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for e in rd {
+        let e = e?;
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            out.extend(profile_package_files(&e.path())?);
+        } else if ft.is_file() && e.file_name() == "packages" {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// `category/package` with two plain components.
@@ -220,41 +385,6 @@ pub fn package_name(pf: &str) -> Option<&str> {
         .starts_with(|c: char| c.is_ascii_digit())
         .then_some(&pf[..i])
         .filter(|pn| !pn.is_empty())
-}
-
-/// The packages merged into a layer: `(repository, category/package)` of every
-/// `var/db/pkg/<category>/<pf>/` entry of the layer tree itself (its upper, so
-/// packages of the layers below are not counted again).
-pub fn merged_packages(layer_root: &Path) -> io::Result<BTreeSet<(String, String)>> {
-    let vdb = layer_root.join("var/db/pkg");
-    let mut out = BTreeSet::new();
-    let Ok(cats) = fs::read_dir(&vdb) else {
-        return Ok(out);
-    };
-    for cat in cats {
-        let cat = cat?;
-        let Some(cname) = cat.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        if !cat.file_type()?.is_dir() || cname.starts_with('.') {
-            continue;
-        }
-        for pkg in fs::read_dir(cat.path())? {
-            let pkg = pkg?;
-            let Some(pf) = pkg.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            let Some(pn) = package_name(&pf) else {
-                continue;
-            };
-            let repo = match fs::read_to_string(pkg.path().join("repository")) {
-                Ok(r) => r.trim().to_owned(),
-                Err(_) => continue,
-            };
-            out.insert((repo, format!("{cname}/{pn}")));
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -357,31 +487,84 @@ mod tests {
     }
 
     #[test]
-    fn merged_packages_are_read_from_the_layers_own_vdb() -> io::Result<()> {
+    fn package_refs_strip_operators_versions_slots_and_use_deps() {
+        let cats: BTreeSet<String> = ["dev-libs", "app-misc", "virtual"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let got = package_refs(
+            "RDEPEND=\">=dev-libs/foo-1.2:0=[ssl] || ( app-misc/a virtual/b )\n\
+             !!app-misc/blocker HOMEPAGE=https://github.com/x/y \
+             sys-apps/unknown-cat dev-libs/bar:2 app-misc/x11\"",
+            &cats,
+        );
+        let want = [
+            "app-misc/a",
+            "app-misc/blocker",
+            "app-misc/x11",
+            "dev-libs/bar",
+            "dev-libs/foo",
+            "dev-libs/foo-1.2",
+            "virtual/b",
+        ];
+        assert_eq!(got.iter().map(String::as_str).collect::<Vec<_>>(), want);
+        assert_eq!(
+            inherited("inherit toolchain-funcs  flag-o-matic # c\n  inherit x\ninherits y\n"),
+            ["flag-o-matic", "toolchain-funcs", "x"]
+                .into_iter()
+                .map(String::from)
+                .collect()
+        );
+    }
+
+    #[test]
+    fn the_closure_follows_ebuilds_eclasses_and_the_system_set() -> io::Result<()> {
         let t = tempfile::tempdir()?;
-        let vdb = t.path().join("var/db/pkg");
-        for (cat, pf, repo) in [
-            ("app-misc", "gt-lib-2", Some("gentree-test")),
-            ("sys-apps", "gt-baselayout-1-r3", Some("gentoo")),
-            ("app-misc", "no-repo-1", None),
+        let r = t.path().join("repos/test");
+        for (f, c) in [
+            ("profiles/repo_name", "test\n"),
+            ("profiles/categories", "app-misc\nsys-apps\ndev-libs\n"),
+            ("profiles/default/packages", "*sys-apps/base\n"),
+            ("sys-apps/base/base-1.ebuild", "EAPI=8\n"),
+            (
+                "app-misc/top/top-1.ebuild",
+                "inherit helper\nRDEPEND=\">=app-misc/mid-2\"\n",
+            ),
+            (
+                "app-misc/mid/mid-2.ebuild",
+                "DEPEND=\"use? ( dev-libs/deep )\"\n",
+            ),
+            ("dev-libs/deep/deep-1.ebuild", "EAPI=8\n"),
+            ("eclass/helper.eclass", "inherit more\n"),
+            ("eclass/more.eclass", "BDEPEND=dev-libs/tool\n"),
+            ("dev-libs/tool/tool-1.ebuild", "EAPI=8\n"),
+            (
+                "app-misc/unrelated/unrelated-1.ebuild",
+                "RDEPEND=app-misc/top\n",
+            ),
         ] {
-            let d = vdb.join(cat).join(pf);
-            fs::create_dir_all(&d)?;
-            if let Some(r) = repo {
-                fs::write(d.join("repository"), format!("{r}\n"))?;
-            }
+            let p = r.join(f);
+            fs::create_dir_all(p.parent().unwrap())?;
+            fs::write(p, c)?;
         }
-        // A whiteout of a lower entry is not a merged package.
-        fs::write(vdb.join("app-misc/.wh.gt-removable-1"), "")?;
-        let got: Vec<_> = merged_packages(t.path())?.into_iter().collect();
+        let mut repos = Repos::scan(&t.path().join("repos"), &t.path().join("conf"))?;
+        let got: Vec<String> = repos
+            .closure(["app-misc/top"])?
+            .into_iter()
+            .map(|(repo, p)| format!("{repo}::{p}"))
+            .collect();
         assert_eq!(
             got,
             [
-                ("gentoo".to_owned(), "sys-apps/gt-baselayout".to_owned()),
-                ("gentree-test".to_owned(), "app-misc/gt-lib".to_owned()),
+                "test::app-misc/mid",
+                "test::app-misc/top",
+                "test::dev-libs/deep",
+                "test::dev-libs/tool",
+                "test::sys-apps/base",
             ]
         );
-        assert!(merged_packages(&t.path().join("none"))?.is_empty());
+        let base: Vec<_> = repos.closure(["@world"])?.into_iter().collect();
+        assert_eq!(base, [("test".to_owned(), "sys-apps/base".to_owned())]);
         Ok(())
     }
 }

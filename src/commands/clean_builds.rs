@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::process::ExitCode;
 
 use super::CmdResult;
-use crate::builder::build::{HostDirs, plan_keys};
+use crate::builder::build::{HostDirs, plan_jobs};
 use crate::builder::clean;
 use crate::builder::config::{CliOverrides, resolve_file};
 use crate::cli::CleanBuildsArgs;
@@ -21,11 +21,7 @@ pub fn run(args: &CleanBuildsArgs) -> CmdResult {
         for file in &args.files {
             let cfg = resolve_file(file, &cli, &defaults)?;
             let cdirs = HostDirs::new(&conf_root, &cfg);
-            keep.extend(
-                plan_keys(&cfg, &store, &cdirs)?
-                    .into_iter()
-                    .filter_map(|(_, k)| k),
-            );
+            keep.extend(plan_jobs(&cfg, &store, &cdirs)?.into_iter().map(|j| j.key));
         }
     }
     let r = clean::clean(&dirs.builds, &store, &keep, args.dry_run)?;

@@ -1,9 +1,9 @@
 //! `gentree-fs config`: resolve a build config and print the tree, bases first.
 //! Text by default; `--json` prints one object per config with exactly the keys
 //! `name, buildname, seed, profile, emerge, unmerge, depclean, env, clean_filters,
-//! tar_filters, key, bases` (bases nested in build order). `key` is the layer key
-//! of a layer built with the current inputs under the conf root, `null` while it
-//! is not built (a layer key is known once its build ran: `builder::key`).
+//! tar_filters, key, bases` (bases nested in build order). `key` is the layer's key
+//! with the seed, repositories and config overlays of the conf root (`null` when
+//! it cannot be computed: no seed imported there).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use super::CmdResult;
-use crate::builder::build::{BuildError, HostDirs, plan_keys};
+use crate::builder::build::{BuildError, HostDirs, plan_jobs};
 use crate::builder::config::{
     CliOverrides, DefaultSources, Defaults, OrderedMap, ResolvedConfig, resolve_file,
 };
@@ -49,8 +49,8 @@ pub fn run(args: &ConfigArgs) -> CmdResult {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The key of each layer (by buildname) as far as the conf root determines them;
-/// none, with a warning, when they cannot be computed (no seed imported yet).
+/// The key of each layer (by buildname) under the conf root; none, with a warning,
+/// when they cannot be computed (no seed imported yet).
 fn layer_keys(args: &ConfigArgs, cfg: &ResolvedConfig) -> BTreeMap<String, String> {
     let conf_root = match &args.conf_root {
         Some(d) => d.clone(),
@@ -65,12 +65,14 @@ fn layer_keys(args: &ConfigArgs, cfg: &ResolvedConfig) -> BTreeMap<String, Strin
     }
     let keys = Store::open(&dirs.conf_root)
         .map_err(BuildError::from)
-        .and_then(|store| plan_keys(cfg, &store, &dirs));
+        .and_then(|store| {
+            Ok(plan_jobs(cfg, &store, &dirs)?
+                .into_iter()
+                .map(|j| (j.config.buildname.clone(), j.key.to_string()))
+                .collect())
+        });
     match keys {
-        Ok(k) => k
-            .into_iter()
-            .filter_map(|(b, k)| Some((b, k?.to_string())))
-            .collect(),
+        Ok(k) => k,
         Err(e) => {
             tracing::warn!(
                 "layer keys unknown: {}",

@@ -282,16 +282,14 @@ impl Images {
         })?;
         let dirs = HostDirs::new(&self.env.conf_root, &cfg);
         let store = self.store(name, &dirs)?;
-        // Known only when every layer is built: else none, and the image is not ready.
-        let keys = build::plan_keys(&cfg, &store, &dirs)
+        let keys = build::plan_jobs(&cfg, &store, &dirs)
             .map_err(|source| ImageError::Build {
                 name: name.to_owned(),
                 source,
             })?
             .into_iter()
-            .map(|(_, k)| k)
-            .collect::<Option<Vec<_>>>()
-            .unwrap_or_default();
+            .map(|j| j.key)
+            .collect();
         Ok(Plan { cfg, dirs, keys })
     }
 

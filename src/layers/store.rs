@@ -72,10 +72,7 @@ pub struct LayerMeta {
     pub created: u64,
     /// The layer format version the key was computed with.
     pub format: u32,
-    /// The inputs key the layer was built for (`None` in layers of format 1).
-    #[serde(default)]
-    pub inputs: Option<BuildKey>,
-    /// The package directories the layer merged, with their digests when it was built.
+    /// The package directories the layer's key covers, with their digests.
     #[serde(default)]
     pub packages: Vec<PackageInput>,
 }
@@ -299,10 +296,8 @@ impl Store {
         })
     }
 
-    /// Publishes a finished layer atomically under `meta.key` (which may differ from
-    /// the key it was begun with: a layer key is known once the build ran). An
-    /// existing layer of the same key is kept, and this one discarded: equal keys
-    /// mean equal inputs.
+    /// Publishes a finished layer atomically under `meta.key`. An existing layer of
+    /// the same key is kept, and this one discarded: equal keys mean equal inputs.
     pub fn publish(&self, mut pending: Pending, meta: LayerMeta) -> Result<Layer, StoreError> {
         let Some(dir) = pending.dir.clone() else {
             return Err(io_err("layer already published", Path::new(""))(
@@ -320,7 +315,7 @@ impl Store {
         f.write_all(&json)
             .and_then(|_| f.sync_all())
             .map_err(io_err("cannot write", &meta_path))?;
-        let dest = self.layer_dir(&meta.key);
+        let dest = self.layer_dir(&pending.key);
         match fs::rename(&dir, &dest) {
             Ok(()) => {
                 pending.dir = None;
@@ -438,7 +433,6 @@ mod tests {
             base_keys: vec![],
             created: 1,
             format: 1,
-            inputs: None,
             packages: vec![],
         }
     }
@@ -489,22 +483,6 @@ mod tests {
         assert!(s.remove(&k)?);
         assert!(s.lookup(&k)?.is_none());
         assert!(!s.remove(&k)?);
-        Ok(())
-    }
-
-    #[test]
-    fn a_layer_begun_under_its_inputs_key_is_published_under_its_layer_key()
-    -> Result<(), Box<dyn std::error::Error>> {
-        let t = tempfile::tempdir()?;
-        let s = Store::open(t.path())?;
-        let (inputs, k) = (key('1'), key('2'));
-        let lock = s.lock(&inputs)?;
-        let p = s.begin(&inputs, &lock)?;
-        fs::write(p.root().join("f"), b"x")?;
-        let layer = s.publish(p, meta(&k))?;
-        assert_eq!(layer.dir, t.path().join("layers").join(k.as_str()));
-        assert!(s.lookup(&inputs)?.is_none());
-        assert!(s.pending_dirs()?.is_empty());
         Ok(())
     }
 
