@@ -13,8 +13,9 @@
 #   cached: the same again with the cache the cold run saved;
 #   then the same pair for every package directory (what a whole-repository rule
 #   would cost), with its own cache.
-# A build pays "shared" once per repository directory plus "packages" for the packages
-# of the layers it considers. Last, the seed identity of the test seed
+#   then the package set (closure) of a layer naming 10 packages: the text scan and the
+#   digests of its packages.
+# A build pays "shared" once per repository directory plus the closure of each layer. Last, the seed identity of the test seed
 # (SEED, default /var/tmp/gentree-test-cache/seed, when present), cold and cached.
 set -euo pipefail
 runs=${1:-3}
@@ -40,6 +41,8 @@ cats = [f"cat{i:03d}-misc" for i in range(170)]
 w(os.path.join(root, "profiles/repo_name"), 0); open(os.path.join(root, "profiles/repo_name"), "w").write("synth\n")
 open(os.path.join(root, "profiles/categories"), "w").write("\n".join(cats) + "\n")
 w(os.path.join(root, "metadata/layout.conf"), 40)
+w(os.path.join(root, "profiles/default/packages"), 0)
+open(os.path.join(root, "profiles/default/packages"), "w").write("".join(f"*{cats[q % 170]}/pkg{q}\n" for q in range(0, 19000, 380)))
 for i in range(5000):
     w(os.path.join(root, f"profiles/d{i % 60}/f{i}"), rng.randint(50, 3000)); n += 1
 for i in range(500):
@@ -51,8 +54,17 @@ for p in range(19000):
     c = cats[p % 170]
     d = os.path.join(root, c, f"pkg{p}")
     k = 1 if p % 19 < 10 else 2 if p % 19 < 17 else 3   # 30000 ebuilds in all
+    # Dependencies: a chain towards pkg0 (p // 3) and a few random ones, so a package's
+    # set holds a few dozen to a few hundred packages, as on ::gentoo.
+    deps = {p // 3, rng.randrange(p)} if p else set()
+    if p % 10 == 0 and p:
+        deps |= {rng.randrange(p) for _ in range(3)}
+    rdepend = " ".join(f">={cats[q % 170]}/pkg{q}-1:=" for q in sorted(deps))
     for v in range(k):
-        w(os.path.join(d, f"pkg{p}-{v + 1}.ebuild"), rng.randint(500, 3000)); n += 1; ebuilds += 1
+        e = os.path.join(d, f"pkg{p}-{v + 1}.ebuild")
+        w(e, rng.randint(500, 3000)); n += 1; ebuilds += 1
+        with open(e, "a") as f:
+            f.write(f'inherit e{p % 500}\nRDEPEND="{rdepend}"\n')
         w(os.path.join(root, "metadata/md5-cache", c, f"pkg{p}-{v + 1}"), 800); n += 1
     w(os.path.join(d, "metadata.xml"), 300); n += 1
     w(os.path.join(d, "Manifest"), 200); n += 1
@@ -70,6 +82,7 @@ for i in $(seq "$runs"); do
   echo "300 packages cached $("$bin" repos "$repos" "$work/conf" 300)"
   echo "all packages cold   $("$bin" repos "$repos" "$work/conf-all" all)"
   echo "all packages cached $("$bin" repos "$repos" "$work/conf-all" all)"
+  echo "closure of 10 packages $("$bin" closure "$repos" "$work/conf-closure" 10)"
 done
 seed=${SEED:-/var/tmp/gentree-test-cache/seed}
 if [[ -d $seed ]]; then

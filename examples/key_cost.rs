@@ -7,6 +7,7 @@
 //!                                        # digests: times as JSON
 //! key_cost normalize LAYER EPOCH         # normalise + clamp one layer tree in place
 //! key_cost seed SEED_DIR CONF_ROOT       # the seed identity (cache in CONF_ROOT)
+//! key_cost closure REPOS_DIR CONF_ROOT N # the package set of a layer naming N packages
 //! ```
 //!
 //! `repos` uses the same code as a build (`builder::repos`), with the digest cache in
@@ -31,7 +32,8 @@ fn main() -> ExitCode {
         ["repos", dir, conf, n] => repos(Path::new(dir), Path::new(conf), n),
         ["normalize", layer, epoch] => norm(Path::new(layer), epoch),
         ["seed", dir, conf] => seed(Path::new(dir), Path::new(conf)),
-        _ => Err("usage: key_cost repos REPOS_DIR CONF_ROOT N | normalize LAYER EPOCH | seed DIR CONF_ROOT".into()),
+        ["closure", dir, conf, n] => closure(Path::new(dir), Path::new(conf), n),
+        _ => Err("usage: key_cost repos REPOS_DIR CONF_ROOT N | normalize LAYER EPOCH | seed DIR CONF_ROOT | closure REPOS_DIR CONF_ROOT N".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -91,6 +93,32 @@ fn repos(dir: &Path, conf: &Path, n: &str) -> R {
     println!(
         "{{\"shared_s\": {shared_s:.4}, \"packages\": {}, \"packages_s\": {packages_s:.4}, \"save_s\": {save_s:.4}}}",
         some.len()
+    );
+    Ok(())
+}
+
+fn closure(dir: &Path, conf: &Path, n: &str) -> R {
+    let n: usize = n.parse()?;
+    let mut repos = Repos::scan(dir, conf)?;
+    let name = repos.names().next().ok_or("no repository")?.to_owned();
+    let pkgs = all_packages(&dir.join(&name))?;
+    let step = (pkgs.len() / n.max(1)).max(1);
+    let roots: Vec<&str> = pkgs
+        .iter()
+        .skip(step / 2)
+        .step_by(step)
+        .take(n)
+        .map(String::as_str)
+        .collect();
+    let t = Instant::now();
+    let set = repos.closure(roots)?;
+    let scan_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    repos.inputs(&set)?;
+    let digest_s = t.elapsed().as_secs_f64();
+    println!(
+        "{{\"packages\": {}, \"scan_s\": {scan_s:.4}, \"digest_s\": {digest_s:.4}}}",
+        set.len()
     );
     Ok(())
 }
