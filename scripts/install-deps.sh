@@ -17,6 +17,7 @@ pkgs=(
   zstd xz-utils bzip2 gzip tar python3
   python3-pip      # make-test-seed.sh downloads the portage wheel with pip
   strace           # debugging aid for namespace and FUSE problems
+  diffoscope-minimal # the reproducibility tests compare two images with it
 )
 missing=()
 for p in "${pkgs[@]}"; do

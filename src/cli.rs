@@ -273,6 +273,10 @@ pub struct ConfigArgs {
     /// Do not read the default config files (/etc and ~/.config); embedded defaults only.
     #[arg(long)]
     pub no_config: bool,
+    /// Data directory whose seed, repositories and layers determine the layer keys
+    /// shown by `--json` (default: $XDG_DATA_HOME/gentree).
+    #[arg(long, value_name = "DIR", env = "GENTREE_CONF_ROOT")]
+    pub conf_root: Option<PathBuf>,
     /// The build config (TOML). Defaults to config.toml in the current directory.
     #[arg(default_value = "config.toml")]
     pub file: PathBuf,

@@ -2,14 +2,17 @@
 //! missing layer, atomic publication.
 //!
 //! For each distinct layer in build order (bases first):
-//! 1. its key hashes its resolved config, the seed's identity, the keys of the layers
-//!    below it and the config overlay's content ([`crate::builder::key`]);
+//! 1. its key hashes its resolved config, the seed's identity, the epoch, the keys of
+//!    the layers below it, the config overlay's content, the repositories' shared files
+//!    and the package directories it may use ([`crate::builder::key`], [`KeyPlanner`]);
 //! 2. a published layer with that key is reused as it is (no emerge runs);
 //! 3. otherwise, under the key's lock, a fresh upper dir is stacked over the layers
 //!    below it in a gentree-fs union at `/builds/<buildname>`, inside a chroot whose
 //!    root is a union of the seed's persistent upper over the seed; the profile is
-//!    linked, emerge / depclean / unmerge run, the clean filters delete through the
-//!    union; and the upper is published as the layer. A failure publishes nothing.
+//!    linked, emerge / depclean / unmerge run with `SOURCE_DATE_EPOCH`, the clean
+//!    filters delete through the union; the upper is normalised and clamped to the
+//!    epoch ([`crate::layers::normalize`]) and published as the layer. A failure
+//!    publishes nothing.
 //!
 //! The plan for one layer is computed by [`layer_plan`], a pure function, so the
 //! mounts and commands a build will run are unit-tested without running them.
@@ -19,8 +22,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::builder::config::ResolvedConfig;
+use crate::builder::epoch::{self, Epoch};
 use crate::builder::key::{self, KeyInputs, LAYER_FORMAT_VERSION};
 use crate::builder::namespace::{self, IdMapping, MountSpec, Plan, RunStep, Step, UnionSpec};
+use crate::builder::repos::{PackageInput, Repos};
+use crate::layers::normalize;
+use crate::layers::ownership::HostOwner;
+use crate::layers::seed::identity::{self, SeedIdentity};
 use crate::layers::store::{self, BuildKey, Layer, LayerMeta, Store, StoreError};
 use crate::layers::tar::{FilterSet, PackOptions, TarLayout};
 
@@ -138,6 +146,8 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    SeedIdentity(#[from] crate::layers::seed::identity::IdentityError),
     #[error("running the build of layer {layer}")]
     Namespace {
         layer: String,
@@ -162,6 +172,20 @@ pub enum BuildError {
         path: PathBuf,
         #[source]
         source: crate::layers::tar::TarError,
+    },
+    #[error("the build epoch: {message}")]
+    Epoch { message: String },
+    #[error("cannot digest {what}")]
+    Digest {
+        what: &'static str,
+        #[source]
+        source: crate::layers::digest::DigestError,
+    },
+    #[error("normalising layer {layer}")]
+    Normalize {
+        layer: String,
+        #[source]
+        source: normalize::NormalizeError,
     },
     #[error("filter option of {layer}")]
     Filter {
@@ -211,34 +235,84 @@ pub fn key_config(cfg: &ResolvedConfig) -> serde_json::Value {
     v
 }
 
-/// Computes the key of every distinct layer, in build order.
-pub fn plan_jobs<'a>(
-    top: &'a ResolvedConfig,
-    store: &Store,
-    dirs: &HostDirs,
-) -> Result<Vec<LayerJob<'a>>, BuildError> {
-    dirs.require_seed(&top.seed)?;
-    let seed_id = store.seed_id(&top.seed)?;
-    let mut jobs: Vec<LayerJob<'a>> = Vec::new();
-    for cfg in top.build_order() {
-        let lower_keys: Vec<BuildKey> = cfg
-            .build_order()
-            .iter()
-            .filter(|c| !std::ptr::eq(**c, cfg))
-            .map(|c| {
-                jobs.iter()
-                    .find(|j| j.config == *c)
-                    .map(|j| j.key.clone())
-                    .ok_or_else(|| BuildError::Io {
-                        what: "internal error: base built after its user:",
-                        path: PathBuf::from(&c.buildname),
-                        source: io::ErrorKind::NotFound.into(),
-                    })
-            })
-            .collect::<Result<_, _>>()?;
+/// Computes layer keys: the seed identity and epoch of a run, the repositories'
+/// state, each layer's package set and key.
+#[derive(Debug)]
+pub struct KeyPlanner<'s> {
+    dirs: &'s HostDirs,
+    seed: SeedIdentity,
+    epoch: Epoch,
+    /// Per repository directory: its repositories and their shared digests.
+    repos: Vec<RepoState>,
+}
+
+/// One directory of repositories: where, what is in it, and its shared digests.
+type RepoState = (PathBuf, Repos, Vec<(String, String)>);
+
+impl<'s> KeyPlanner<'s> {
+    /// The planner of a build of `top`: reads the seed identity and picks the epoch.
+    pub fn new(top: &ResolvedConfig, dirs: &'s HostDirs) -> Result<KeyPlanner<'s>, BuildError> {
+        let seed_dir = dirs.require_seed(&top.seed)?;
+        let seed = identity::get(&dirs.conf_root, &top.seed, &seed_dir)?;
+        let epoch = epoch::from_env(top.source_date_epoch, seed.newest_mtime)
+            .map_err(|message| BuildError::Epoch { message })?;
+        Ok(KeyPlanner {
+            dirs,
+            seed,
+            epoch,
+            repos: Vec::new(),
+        })
+    }
+
+    /// The build epoch.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The directory bound at `/var/db/repos` for `cfg`.
+    fn repo_dir(&self, cfg: &ResolvedConfig) -> PathBuf {
+        if cfg.bind_system_repos {
+            cfg.system_repos.clone()
+        } else {
+            self.dirs.repos.clone()
+        }
+    }
+
+    fn repos(&mut self, cfg: &ResolvedConfig) -> Result<usize, BuildError> {
+        let dir = self.repo_dir(cfg);
+        if let Some(i) = self.repos.iter().position(|(d, _, _)| d == &dir) {
+            return Ok(i);
+        }
+        let mut repos = Repos::scan(&dir, &self.dirs.conf_root)
+            .map_err(io_err("cannot list the repositories in", &dir))?;
+        let shared = repos
+            .shared_digests()
+            .map_err(|source| BuildError::Digest {
+                what: "the repositories",
+                source,
+            })?;
+        self.repos.push((dir, repos, shared));
+        Ok(self.repos.len() - 1)
+    }
+
+    /// Persists the repositories' digest caches (once, at the end of a run: each save
+    /// keeps only the entries this run used).
+    pub fn save_caches(&self) {
+        for (_, repos, _) in &self.repos {
+            repos.save_cache();
+        }
+    }
+
+    /// The key of `cfg` over layers with `lower_keys` (lowest first), and the
+    /// package directories it covers.
+    pub fn key(
+        &mut self,
+        cfg: &ResolvedConfig,
+        lower_keys: &[BuildKey],
+    ) -> Result<(BuildKey, Vec<PackageInput>), BuildError> {
         let overlay = match &cfg.config_overlay {
             Some(name) => {
-                let p = dirs.config.join(name);
+                let p = self.dirs.config.join(name);
                 if !p.is_dir() {
                     return Err(BuildError::NoOverlay {
                         name: name.clone(),
@@ -250,20 +324,73 @@ pub fn plan_jobs<'a>(
             }
             None => None,
         };
+        let i = self.repos(cfg)?;
+        let dir = self.repos[i].0.clone();
+        let repos = &mut self.repos[i].1;
+        let used = repos
+            .closure(cfg.packages.iter().map(String::as_str))
+            .map_err(io_err("cannot read the ebuilds in", &dir))?;
+        let packages = repos.inputs(&used).map_err(|source| BuildError::Digest {
+            what: "the repositories",
+            source,
+        })?;
         let config = key_config(cfg);
         let key = key::layer_key(&KeyInputs {
             config: &config,
-            seed_id: &seed_id,
-            base_keys: &lower_keys,
+            seed_id: &self.seed.digest,
+            epoch: self.epoch.secs,
+            base_keys: lower_keys,
             overlay_digest: overlay.as_deref(),
+            repos: &self.repos[i].2,
+            packages: &packages,
         });
+        Ok((key, packages))
+    }
+}
+
+/// Computes the key of every distinct layer, in build order (`_store` is kept for
+/// callers: keys depend on the seed and repositories, not on published layers).
+pub fn plan_jobs<'a>(
+    top: &'a ResolvedConfig,
+    _store: &Store,
+    dirs: &HostDirs,
+) -> Result<Vec<LayerJob<'a>>, BuildError> {
+    let mut planner = KeyPlanner::new(top, dirs)?;
+    let mut jobs: Vec<LayerJob<'a>> = Vec::new();
+    for cfg in top.build_order() {
+        let lower_keys = lower_keys(cfg, &jobs)?;
+        let (key, _) = planner.key(cfg, &lower_keys)?;
         jobs.push(LayerJob {
             config: cfg,
             key,
             lower_keys,
         });
     }
+    planner.save_caches();
     Ok(jobs)
+}
+
+/// The keys of the layers below `cfg` (lowest first), from the jobs before it.
+fn lower_keys(cfg: &ResolvedConfig, jobs: &[LayerJob<'_>]) -> Result<Vec<BuildKey>, BuildError> {
+    lower_configs(cfg)
+        .map(|c| {
+            jobs.iter()
+                .find(|j| j.config == c)
+                .map(|j| j.key.clone())
+                .ok_or_else(|| BuildError::Io {
+                    what: "internal error: base built after its user:",
+                    path: PathBuf::from(&c.buildname),
+                    source: io::ErrorKind::NotFound.into(),
+                })
+        })
+        .collect()
+}
+
+/// The layers below `cfg`, lowest first.
+fn lower_configs(cfg: &ResolvedConfig) -> impl Iterator<Item = &ResolvedConfig> {
+    cfg.build_order()
+        .into_iter()
+        .filter(move |c| !std::ptr::eq(*c, cfg))
 }
 
 /// Where one layer's build mounts things on the host.
@@ -468,12 +595,14 @@ pub fn layer_seed_mounts<'a>(
     }
 }
 
-/// The namespace plan that builds one layer.
+/// The namespace plan that builds one layer, with `epoch` exported to every
+/// Portage command as `SOURCE_DATE_EPOCH`.
 pub fn layer_plan(
     cfg: &ResolvedConfig,
     dirs: &HostDirs,
     paths: &LayerPaths,
     mapping: &IdMapping,
+    epoch: i64,
 ) -> Plan {
     let target = cfg.crossdev_target.as_deref();
     let layer_root = cfg.root();
@@ -520,7 +649,10 @@ pub fn layer_plan(
         }));
     }
 
-    let env = emerge_env(cfg, mapping);
+    let mut env = emerge_env(cfg, mapping);
+    // The build's epoch is the only one: an `[env]` value would not match the clamp.
+    env.retain(|(k, _)| k != "SOURCE_DATE_EPOCH");
+    env.push(("SOURCE_DATE_EPOCH".into(), epoch.to_string()));
     let mut steps: Vec<Step> = profile_step(cfg).into_iter().collect();
     for argv in [&cfg.emerge, &cfg.depclean_argv, &cfg.unmerge_argv]
         .into_iter()
@@ -597,6 +729,8 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct BuildReport {
     pub layers: Vec<(Layer, Outcome)>,
+    /// The build epoch: layers are clamped to it, and so is the image.
+    pub epoch: i64,
 }
 
 impl BuildReport {
@@ -626,7 +760,7 @@ pub fn build(
     log: &Path,
 ) -> Result<BuildReport, BuildError> {
     let store = Store::open(&dirs.conf_root)?;
-    let jobs = plan_jobs(top, &store, dirs)?;
+    let mut planner = KeyPlanner::new(top, dirs)?;
     let _seed_lock = lock_seed(dirs, &top.seed)?;
     if top.clean_seed {
         let (upper, work) = dirs.seed_upper(&top.seed);
@@ -638,23 +772,37 @@ pub fn build(
     // one whatever its end (a failed build's can fill the disk).
     let (seed_upper, _) = dirs.seed_upper(&top.seed);
     crate::builder::crash::remove_portage_work(&seed_upper);
-    let built = build_jobs(&jobs, &store, dirs, opts, log, top.ephemeral_seed);
+    let built = build_jobs(top, &mut planner, &store, dirs, opts, log);
     crate::builder::crash::remove_portage_work(&seed_upper);
-    built
+    let done = built?;
+    planner.save_caches();
+    Ok(BuildReport {
+        layers: done,
+        epoch: planner.epoch().secs,
+    })
 }
 
+/// Keys, then reuses or builds, each layer of `top`, bases first.
 fn build_jobs(
-    jobs: &[LayerJob<'_>],
+    top: &ResolvedConfig,
+    planner: &mut KeyPlanner<'_>,
     store: &Store,
     dirs: &HostDirs,
     opts: &BuildOptions,
     log: &Path,
-    ephemeral_seed: bool,
-) -> Result<BuildReport, BuildError> {
+) -> Result<Vec<(Layer, Outcome)>, BuildError> {
+    let mut jobs: Vec<LayerJob<'_>> = Vec::new();
     let mut done: Vec<(Layer, Outcome)> = Vec::new();
-    let n = jobs.len();
-    for (i, job) in jobs.iter().enumerate() {
-        let cfg = job.config;
+    let order = top.build_order();
+    let n = order.len();
+    for (i, cfg) in order.into_iter().enumerate() {
+        let lower_keys = lower_keys(cfg, &jobs)?;
+        let (key, packages) = planner.key(cfg, &lower_keys)?;
+        let job = LayerJob {
+            config: cfg,
+            key,
+            lower_keys,
+        };
         let forced = cfg.rebuild || (opts.rebuild && i + 1 == n);
         if !forced {
             if let Some(layer) = store.lookup(&job.key)? {
@@ -664,6 +812,7 @@ fn build_jobs(
                     cfg.buildname,
                     job.key.short()
                 );
+                jobs.push(job);
                 done.push((layer, Outcome::Reused));
                 continue;
             }
@@ -674,19 +823,21 @@ fn build_jobs(
             cfg.buildname,
             job.key.short()
         );
-        let world = merged_world(job, jobs, &done);
+        let world = merged_world(&job, &jobs, &done);
         let run = LayerRun {
             dirs,
             store,
             opts,
             log,
-            ephemeral_seed,
+            ephemeral_seed: top.ephemeral_seed,
             world,
+            epoch: planner.epoch().secs,
         };
-        let layer = build_layer(job, &done, &run)?;
+        let layer = build_layer(&job, packages, &done, &run)?;
+        jobs.push(job);
         done.push((layer, Outcome::Built));
     }
-    Ok(BuildReport { layers: done })
+    Ok(done)
 }
 
 /// Takes the seed's exclusive lock: one writer of a seed's upper (or of the seed
@@ -720,10 +871,13 @@ struct LayerRun<'a> {
     ephemeral_seed: bool,
     /// The merged world file to write first (B41), when the union would hide entries.
     world: Option<String>,
+    /// The build epoch.
+    epoch: i64,
 }
 
 fn build_layer(
     job: &LayerJob<'_>,
+    packages: Vec<PackageInput>,
     done: &[(Layer, Outcome)],
     run: &LayerRun<'_>,
 ) -> Result<Layer, BuildError> {
@@ -732,6 +886,7 @@ fn build_layer(
         store,
         opts,
         log,
+        epoch,
         ..
     } = *run;
     let cfg = job.config;
@@ -777,7 +932,7 @@ fn build_layer(
     for p in &needed {
         fs::create_dir_all(p).map_err(io_err("cannot create", p))?;
     }
-    let mut plan = layer_plan(cfg, dirs, &paths, &opts.mapping);
+    let mut plan = layer_plan(cfg, dirs, &paths, &opts.mapping, epoch);
     plan.no_network = opts.no_network;
     if let Some(world) = &run.world {
         // Before anything runs: emerge must see every base's selected packages.
@@ -802,7 +957,21 @@ fn build_layer(
             log: log.to_path_buf(),
         });
     }
-    remove_empty_mountpoint(&pending.root().join("etc/portage"));
+    let root = pending.root();
+    remove_empty_mountpoint(&root.join("etc/portage"));
+    // Symlinks, FIFOs and sockets carry no ownership record: on disk they are the
+    // namespace root's (our uid, or a root caller's build range), which readers must
+    // present as 0, not as that host id.
+    let (uid, gid) = opts.mapping.host_root();
+    HostOwner { uid, gid }
+        .write(&root)
+        .map_err(io_err("cannot mark the owner of", &root))?;
+    let stats =
+        normalize::normalize_layer(&root, epoch).map_err(|source| BuildError::Normalize {
+            layer: cfg.buildname.clone(),
+            source,
+        })?;
+    tracing::debug!("{}: {stats:?}", cfg.buildname);
     let meta = LayerMeta {
         key: job.key.clone(),
         name: cfg.name.clone(),
@@ -810,6 +979,7 @@ fn build_layer(
         base_keys: job.lower_keys.clone(),
         created: store::now_secs(),
         format: LAYER_FORMAT_VERSION,
+        packages,
     };
     Ok(store.publish(pending, meta)?)
 }
@@ -1019,11 +1189,36 @@ mod tests {
     }
 
     #[test]
+    fn every_portage_command_gets_the_epoch() {
+        let c =
+            cfg("seed = \"s\"\npackages = [\"app-misc/x\"]\n[env]\nsource_date_epoch = \"9\"\n");
+        let dirs = HostDirs::plain(Path::new("/conf"));
+        let plan = layer_plan(&c, &dirs, &paths(None), &IdMapping::root_default(), 1234);
+        let runs: Vec<_> = plan
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Run(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert!(!runs.is_empty());
+        for r in runs {
+            let sde: Vec<_> = r
+                .env
+                .iter()
+                .filter(|(k, _)| k == "SOURCE_DATE_EPOCH")
+                .collect();
+            assert_eq!(sde, [&("SOURCE_DATE_EPOCH".to_owned(), "1234".to_owned())]);
+        }
+    }
+
+    #[test]
     fn ephemeral_seed_upper_lives_in_a_tmpfs_mounted_first() {
         let c = cfg("seed = \"s\"\npackages = [\"app-misc/x\"]\n");
         let dirs = HostDirs::plain(Path::new("/conf"));
         let mapping = IdMapping::root_default();
-        let plan = layer_plan(&c, &dirs, &paths(Some("/run/seed")), &mapping);
+        let plan = layer_plan(&c, &dirs, &paths(Some("/run/seed")), &mapping, 1234);
         match &plan.mounts[..2] {
             [
                 MountSpec::HostTmpfs { path, mkdirs, .. },
@@ -1042,7 +1237,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Without it, the persistent upper under seeds/ and no tmpfs.
-        let plan = layer_plan(&c, &dirs, &paths(None), &mapping);
+        let plan = layer_plan(&c, &dirs, &paths(None), &mapping, 1234);
         assert!(
             !plan
                 .mounts

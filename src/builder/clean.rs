@@ -196,6 +196,7 @@ mod tests {
             base_keys: vec![],
             created: 1,
             format: 1,
+            packages: vec![],
         };
         s.publish(p, meta).unwrap();
         k

@@ -1,37 +1,47 @@
 //! Layer keys: what a layer's content depends on, hashed.
 //!
-//! A layer is reused exactly when its key is unchanged. The key covers:
+//! A layer is reused exactly when its key is unchanged. The key covers, as tagged,
+//! length-prefixed fields:
+//! - [`LAYER_FORMAT_VERSION`];
 //! - the layer's resolved config (packages, USE, env, emerge argv, profile, filters...)
 //!   as canonical JSON (object keys sorted by serde_json's map);
-//! - the seed's identity token (changes on import, update-seed, exec --persistent);
+//! - the seed's identity, a digest of its content ([`crate::layers::seed::identity`]);
+//! - the build epoch ([`crate::builder::epoch`]);
 //! - the keys of the layers below, lowest first (so a changed base rebuilds above);
 //! - the content of the config overlay, if any;
-//! - [`LAYER_FORMAT_VERSION`].
+//! - each repository's name and the digest of its shared files (eclasses, profiles,
+//!   ...), and the digest of every package directory the layer may use, sorted
+//!   ([`crate::builder::repos`]).
 //!
-//! It deliberately does not cover the ebuild repositories: a `emerge --sync` alone does
-//! not rebuild layers (docs/compat.md). Use `--rebuild` to pick up new ebuilds.
+//! So two machines with the same seed content, repositories, config and epoch agree
+//! on every key, and an edited ebuild changes the keys of exactly the layers that may
+//! use its package, and of the layers above them.
 
-use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+use crate::layers::digest::{self, DigestCache, TreeOptions};
 use crate::layers::store::BuildKey;
+use crate::layers::store::PackageInput;
 
 /// Bumped whenever the layer format or the build procedure changes what a layer
 /// contains for the same inputs.
-pub const LAYER_FORMAT_VERSION: u32 = 1;
+pub const LAYER_FORMAT_VERSION: u32 = 2;
 
-/// The inputs of one layer's key.
+/// What a layer's inputs key covers (see the module doc).
 #[derive(Debug, Clone)]
 pub struct KeyInputs<'a> {
     pub config: &'a serde_json::Value,
     pub seed_id: &'a str,
+    pub epoch: i64,
     pub base_keys: &'a [BuildKey],
     pub overlay_digest: Option<&'a str>,
+    /// `(repository name, shared-files digest)`, sorted by name.
+    pub repos: &'a [(String, String)],
+    /// The package directories the layer may use, with their digests.
+    pub packages: &'a [PackageInput],
 }
 
 fn field(h: &mut Sha256, tag: &str, data: &[u8]) {
@@ -42,7 +52,7 @@ fn field(h: &mut Sha256, tag: &str, data: &[u8]) {
     h.update(data);
 }
 
-/// Computes the key of a layer.
+/// The key of a layer.
 pub fn layer_key(inputs: &KeyInputs<'_>) -> BuildKey {
     let mut h = Sha256::new();
     field(
@@ -54,11 +64,23 @@ pub fn layer_key(inputs: &KeyInputs<'_>) -> BuildKey {
     let config = serde_json::to_vec(inputs.config).unwrap_or_default();
     field(&mut h, "config", &config);
     field(&mut h, "seed", inputs.seed_id.as_bytes());
+    field(&mut h, "epoch", inputs.epoch.to_string().as_bytes());
     for b in inputs.base_keys {
         field(&mut h, "base", b.as_str().as_bytes());
     }
     if let Some(d) = inputs.overlay_digest {
         field(&mut h, "overlay", d.as_bytes());
+    }
+    for (name, d) in inputs.repos {
+        field(&mut h, "repo", name.as_bytes());
+        field(&mut h, "shared", d.as_bytes());
+    }
+    let mut sorted: Vec<&PackageInput> = inputs.packages.iter().collect();
+    sorted.sort();
+    for p in sorted {
+        field(&mut h, "package-repo", p.repo.as_bytes());
+        field(&mut h, "package", p.package.as_bytes());
+        field(&mut h, "package-digest", p.digest.as_bytes());
     }
     BuildKey::from_digest(&h.finalize().into())
 }
@@ -67,45 +89,16 @@ pub fn layer_key(inputs: &KeyInputs<'_>) -> BuildKey {
 /// contents and symlink targets, in sorted order (owners and times excluded: a
 /// config overlay copied by another user or at another time is the same input).
 pub fn digest_tree(dir: &Path) -> io::Result<String> {
-    let mut h = Sha256::new();
-    walk(dir, Path::new(""), &mut h)?;
-    Ok(BuildKey::from_digest(&h.finalize().into()).to_string())
-}
-
-fn walk(base: &Path, rel: &Path, h: &mut Sha256) -> io::Result<()> {
-    let mut names: Vec<_> = fs::read_dir(base.join(rel))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()?;
-    names.sort();
-    for name in names {
-        let r = rel.join(&name);
-        let p = base.join(&r);
-        let m = fs::symlink_metadata(&p)?;
-        let path = r.as_os_str().as_bytes();
-        let mode = (m.permissions().mode() & 0o7777).to_le_bytes();
-        if m.is_dir() {
-            field(h, "dir", path);
-            h.update(mode);
-            walk(base, &r, h)?;
-        } else if m.file_type().is_symlink() {
-            field(h, "link", path);
-            field(h, "target", fs::read_link(&p)?.as_os_str().as_bytes());
-        } else if m.is_file() {
-            field(h, "file", path);
-            h.update(mode);
-            field(h, "data", &fs::read(&p)?);
-        } else {
-            field(h, "special", path);
-            h.update(mode);
-        }
-    }
-    Ok(())
+    digest::digest_tree(dir, &TreeOptions::content(), &mut DigestCache::in_memory())
+        .map(|d| d.hex)
+        .map_err(|e| io::Error::new(e.source.kind(), e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::fs;
 
     fn key(
         config: &serde_json::Value,
@@ -113,11 +106,26 @@ mod tests {
         bases: &[BuildKey],
         ov: Option<&str>,
     ) -> BuildKey {
+        keyx(config, seed, bases, ov, 0, &[], &[])
+    }
+
+    fn keyx(
+        config: &serde_json::Value,
+        seed: &str,
+        bases: &[BuildKey],
+        ov: Option<&str>,
+        epoch: i64,
+        repos: &[(String, String)],
+        packages: &[PackageInput],
+    ) -> BuildKey {
         layer_key(&KeyInputs {
             config,
             seed_id: seed,
+            epoch,
             base_keys: bases,
             overlay_digest: ov,
+            repos,
+            packages,
         })
     }
 
@@ -142,6 +150,9 @@ mod tests {
             key(&c, "s2", &[], None),
             key(&c, "s1", std::slice::from_ref(&base), None),
             key(&c, "s1", &[], Some("d")),
+            keyx(&c, "s1", &[], None, 1, &[], &[]),
+            keyx(&c, "s1", &[], None, 0, &[("r".into(), "d".into())], &[]),
+            keyx(&c, "s1", &[], None, 0, &[("r2".into(), "d".into())], &[]),
         ];
         for (i, v) in variants.iter().enumerate() {
             assert_ne!(v, &base, "variant {i}");
@@ -163,6 +174,22 @@ mod tests {
         fs::write(t.path().join("package.use/a"), "app-misc/x -foo\n")?;
         assert_ne!(digest_tree(t.path())?, d1);
         Ok(())
+    }
+
+    #[test]
+    fn package_digests_change_the_layer_key_in_any_order() {
+        let p = |pkg: &str, d: &str| PackageInput {
+            repo: "gentree-test".into(),
+            package: pkg.into(),
+            digest: d.into(),
+        };
+        let c = json!({});
+        let k = |pkgs: &[PackageInput]| keyx(&c, "s", &[], None, 0, &[], pkgs);
+        let a = k(&[p("app-misc/a", "1"), p("app-misc/b", "2")]);
+        assert_eq!(a, k(&[p("app-misc/b", "2"), p("app-misc/a", "1")]));
+        assert_ne!(a, k(&[p("app-misc/a", "1"), p("app-misc/b", "3")]));
+        assert_ne!(a, k(&[p("app-misc/a", "1")]));
+        assert_ne!(a, k(&[]));
     }
 
     fn filetime_touch(p: &Path) -> io::Result<()> {

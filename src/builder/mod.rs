@@ -6,6 +6,8 @@ pub mod build;
 pub mod clean;
 pub mod config;
 pub mod crash;
+pub mod epoch;
 pub mod key;
 pub mod namespace;
+pub mod repos;
 pub mod seed_ops;

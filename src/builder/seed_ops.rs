@@ -15,7 +15,7 @@ use crate::builder::build::{
 use crate::builder::config::emerge;
 use crate::builder::config::{FlagSet, ResolvedConfig};
 use crate::builder::namespace::{self, IdMapping, Plan, Step};
-use crate::layers::store::{self, Store};
+use crate::layers::store;
 
 /// The mounts of a run on the seed itself. Only `init-crossdev`'s first phase writes
 /// the repositories (crossdev creates its own repository there).
@@ -214,7 +214,7 @@ pub fn after_seed_change(dirs: &HostDirs, seed: &str) -> Result<(), BuildError> 
             source,
         })?;
     }
-    Store::open(&dirs.conf_root)?.bump_seed_id(seed)?;
+    crate::layers::seed::identity::refresh(&dirs.conf_root, seed, &dirs.seed(seed))?;
     Ok(())
 }
 

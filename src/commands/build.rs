@@ -44,11 +44,9 @@ pub fn run(args: &BuildArgs) -> CmdResult {
         (None, Some(f)) => dirs.builds.join(f),
         (None, None) => dirs.builds.join(format!("{}-full.tar", cfg.buildname)),
     };
-    // SOURCE_DATE_EPOCH clamps mtimes; `reproducible = true` does too, to 0 if unset.
-    let sde = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .or(cfg.reproducible.then_some(0));
+    // The layers are clamped to the build epoch already; the image's own entries
+    // (markers, the root) get it too.
+    let sde = Some(report.epoch);
     let to_stdout = out == std::path::Path::new("-");
     let size = if to_stdout {
         image_to_stdout(&cfg, &report, sde)?
@@ -60,11 +58,7 @@ pub fn run(args: &BuildArgs) -> CmdResult {
             Outcome::Reused => "reused",
             Outcome::Built => "built",
         };
-        eprintln!(
-            "  {what:6} {} ({})",
-            layer.meta.buildname,
-            layer.meta.key.short()
-        );
+        eprintln!("  {what:6} {} ({})", layer.meta.buildname, layer.meta.key);
     }
     if !to_stdout {
         println!("{}", absolute(out).display());

@@ -1,7 +1,9 @@
 //! `gentree-fs config`: resolve a build config and print the tree, bases first.
 //! Text by default; `--json` prints one object per config with exactly the keys
 //! `name, buildname, seed, profile, emerge, unmerge, depclean, env, clean_filters,
-//! tar_filters, bases` (bases nested in build order).
+//! tar_filters, key, bases` (bases nested in build order). `key` is the layer's key
+//! with the seed, repositories and config overlays of the conf root (`null` when
+//! it cannot be computed: no seed imported there).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,10 +12,12 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use super::CmdResult;
+use crate::builder::build::{BuildError, HostDirs, plan_jobs};
 use crate::builder::config::{
     CliOverrides, DefaultSources, Defaults, OrderedMap, ResolvedConfig, resolve_file,
 };
 use crate::cli::{BuildSelect, ConfigArgs};
+use crate::layers::store::Store;
 
 impl From<&BuildSelect> for CliOverrides {
     fn from(s: &BuildSelect) -> Self {
@@ -34,7 +38,8 @@ pub fn run(args: &ConfigArgs) -> CmdResult {
     let defaults = Defaults::load(&sources)?;
     let resolved = resolve_file(&args.file, &CliOverrides::from(&args.select), &defaults)?;
     let out = if args.json {
-        let mut s = serde_json::to_string_pretty(&JsonConfig::new(&resolved))?;
+        let keys = layer_keys(args, &resolved);
+        let mut s = serde_json::to_string_pretty(&JsonConfig::with_keys(&resolved, &keys))?;
         s.push('\n');
         s
     } else {
@@ -42,6 +47,43 @@ pub fn run(args: &ConfigArgs) -> CmdResult {
     };
     print!("{out}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The key of each layer (by buildname) under the conf root; none, with a warning,
+/// when they cannot be computed (no seed imported yet).
+fn layer_keys(args: &ConfigArgs, cfg: &ResolvedConfig) -> BTreeMap<String, String> {
+    let conf_root = match &args.conf_root {
+        Some(d) => d.clone(),
+        None => match super::default_conf_root() {
+            Ok(d) => d,
+            Err(_) => return BTreeMap::new(),
+        },
+    };
+    let dirs = HostDirs::new(&conf_root, cfg);
+    if !dirs.seed(&cfg.seed).is_dir() {
+        return BTreeMap::new();
+    }
+    let keys = Store::open(&dirs.conf_root)
+        .map_err(BuildError::from)
+        .and_then(|store| {
+            Ok(plan_jobs(cfg, &store, &dirs)?
+                .into_iter()
+                .map(|j| (j.config.buildname.clone(), j.key.to_string()))
+                .collect())
+        });
+    match keys {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(
+                "layer keys unknown: {}",
+                crate::error_chain(&e)
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join(": ")
+            );
+            BTreeMap::new()
+        }
+    }
 }
 
 /// The `--json` view of one config.
@@ -57,11 +99,18 @@ pub struct JsonConfig<'a> {
     env: &'a BTreeMap<String, String>,
     clean_filters: &'a OrderedMap<bool>,
     tar_filters: &'a OrderedMap<bool>,
+    key: Option<&'a str>,
     bases: Vec<JsonConfig<'a>>,
 }
 
 impl<'a> JsonConfig<'a> {
     pub fn new(c: &'a ResolvedConfig) -> Self {
+        static NONE: BTreeMap<String, String> = BTreeMap::new();
+        Self::with_keys(c, &NONE)
+    }
+
+    /// The view with each layer's key from `keys` (by buildname).
+    pub fn with_keys(c: &'a ResolvedConfig, keys: &'a BTreeMap<String, String>) -> Self {
         Self {
             name: &c.name,
             buildname: &c.buildname,
@@ -73,7 +122,12 @@ impl<'a> JsonConfig<'a> {
             env: &c.env,
             clean_filters: &c.clean_filters,
             tar_filters: &c.tar_filters,
-            bases: c.bases.iter().map(JsonConfig::new).collect(),
+            key: keys.get(&c.buildname).map(String::as_str),
+            bases: c
+                .bases
+                .iter()
+                .map(|b| JsonConfig::with_keys(b, keys))
+                .collect(),
         }
     }
 }

@@ -7,7 +7,7 @@ use crate::builder::build::{self, HostDirs, SeedMounts, SeedRoot};
 use crate::builder::namespace::{self, Plan, RunStep, Step};
 use crate::cli::ExecArgs;
 use crate::layers::seed;
-use crate::layers::store::{self, Store};
+use crate::layers::store;
 
 pub fn run(args: &ExecArgs) -> CmdResult {
     seed::validate_name(&args.seed)?;
@@ -75,7 +75,11 @@ pub fn run(args: &ExecArgs) -> CmdResult {
     if !args.persistent {
         let _ = store::remove_tree(&scratch);
     } else {
-        Store::open(&dirs.conf_root)?.bump_seed_id(&args.seed)?;
+        crate::layers::seed::identity::refresh(
+            &dirs.conf_root,
+            &args.seed,
+            &dirs.seed(&args.seed),
+        )?;
     }
     let status = status?;
     Ok(ExitCode::from(match status.code() {

@@ -64,8 +64,16 @@ pub fn run(args: &ImportSeedArgs) -> CmdResult {
     let intr = Interrupt::install();
     let mut prog = Progress::new(std::io::stderr().is_terminal());
     let r = seed::import(&opts, &intr, &mut prog).map_err(|e| unreadable_hint(e, &opts))?;
-    // A new or replaced seed invalidates every layer built on the old one.
-    crate::layers::store::Store::open(&opts.conf_root)?.bump_seed_id(&opts.name)?;
+    if opts.owners != Owners::Real {
+        // Symlinks and FIFOs of the seed are the store owner's on disk (the user's,
+        // or root's build id range) but root's in the seed.
+        let (uid, gid) = mapping.host_root();
+        crate::layers::ownership::HostOwner { uid, gid }
+            .write(&r.dest)
+            .map_err(|e| format!("cannot mark the owner of {}: {e}", r.dest.display()))?;
+    }
+    // The identity of the new content (a replaced seed's layers are rebuilt when it differs).
+    seed::identity::refresh(&opts.conf_root, &opts.name, &r.dest)?;
     let s = &r.stats;
     let mut extra = String::new();
     if s.specials_recorded > 0 {

@@ -6,6 +6,8 @@
 //! format; it knows nothing of FUSE or namespaces, so everything here is tested on
 //! plain temp dirs.
 
+pub mod digest;
+pub mod normalize;
 pub mod ownership;
 pub mod seed;
 pub mod store;

@@ -201,6 +201,68 @@ impl OverrideStat {
     }
 }
 
+/// The xattr on the root of a layer (or seed) whose ownership is recorded: the host
+/// uid and gid that files of the namespace's root have on disk (`uid:gid`).
+///
+/// Symlinks, FIFOs and sockets cannot carry user xattrs, so they have no ownership
+/// record: on disk they belong to the host ids of whoever made them, the namespace's
+/// root. Readers outside that namespace ([`HostOwner::image_ids`]) present those
+/// ids as 0, so no host id ever reaches an image. Inside a build's namespace the
+/// kernel's id map already shows them as 0.
+pub const HOST_OWNER_XATTR: &str = "user.gentree.host_owner";
+
+/// The host ids of a tree's namespace root ([`HOST_OWNER_XATTR`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostOwner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl HostOwner {
+    /// Reads the marker of the tree rooted at `root`, if any.
+    pub fn read(root: &Path) -> io::Result<Option<HostOwner>> {
+        let v = match xattr::get(root, HOST_OWNER_XATTR) {
+            Ok(Some(v)) => v,
+            Ok(None) => return Ok(None),
+            Err(e) if is_unsupported(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let bad = || {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "malformed {HOST_OWNER_XATTR} value {:?} (want uid:gid)",
+                    String::from_utf8_lossy(&v)
+                ),
+            )
+        };
+        let s = std::str::from_utf8(&v).map_err(|_| bad())?;
+        let (u, g) = s.trim().split_once(':').ok_or_else(bad)?;
+        Ok(Some(HostOwner {
+            uid: u.parse().map_err(|_| bad())?,
+            gid: g.parse().map_err(|_| bad())?,
+        }))
+    }
+
+    /// Marks the tree rooted at `root`.
+    pub fn write(&self, root: &Path) -> io::Result<()> {
+        xattr::set(
+            root,
+            HOST_OWNER_XATTR,
+            format!("{}:{}", self.uid, self.gid).as_bytes(),
+        )
+    }
+
+    /// The in-image ids of an entry without an ownership record owned on disk by
+    /// `uid`/`gid`.
+    pub fn image_ids(&self, uid: u32, gid: u32) -> (u32, u32) {
+        (
+            if uid == self.uid { 0 } else { uid },
+            if gid == self.gid { 0 } else { gid },
+        )
+    }
+}
+
 /// True for the errors that mean "this filesystem or file cannot carry user xattrs".
 /// Symlinks cannot carry `user.*` xattrs on Linux (EPERM).
 pub fn is_unsupported(e: &io::Error) -> bool {
@@ -251,6 +313,14 @@ impl Effective {
         };
         let eff = Effective::new(&meta, ov.as_ref());
         Ok((meta, eff))
+    }
+
+    /// Applies a tree's [`HostOwner`] to an entry that had no ownership record.
+    pub fn with_host_owner(mut self, recorded: bool, host: Option<&HostOwner>) -> Effective {
+        if let (false, Some(h)) = (recorded, host) {
+            (self.uid, self.gid) = h.image_ids(self.uid, self.gid);
+        }
+        self
     }
 
     /// Full `st_mode` (type bits and permissions).
@@ -342,6 +412,45 @@ mod tests {
             assert_eq!(o.encode(), s);
             assert_eq!(OverrideStat::parse(o.encode().as_bytes()).expect(s), o);
         }
+    }
+
+    #[test]
+    fn host_owner_maps_unrecorded_entries_only() -> io::Result<()> {
+        let t = tempfile::tempdir()?;
+        let h = HostOwner {
+            uid: 1004,
+            gid: 1005,
+        };
+        if h.write(t.path()).is_err() {
+            eprintln!("SKIPPING host_owner_maps_unrecorded_entries_only: no user xattrs here");
+            return Ok(());
+        }
+        assert_eq!(HostOwner::read(t.path())?, Some(h));
+        assert_eq!(h.image_ids(1004, 1005), (0, 0));
+        assert_eq!(h.image_ids(1004, 7), (0, 7));
+        assert_eq!(h.image_ids(1234, 1005), (1234, 0));
+        let meta = std::fs::symlink_metadata(t.path())?;
+        let e = Effective::new(&meta, None);
+        let mapped = e.with_host_owner(
+            false,
+            Some(&HostOwner {
+                uid: e.uid,
+                gid: e.gid,
+            }),
+        );
+        assert_eq!((mapped.uid, mapped.gid), (0, 0));
+        let kept = e.with_host_owner(
+            true,
+            Some(&HostOwner {
+                uid: e.uid,
+                gid: e.gid,
+            }),
+        );
+        assert_eq!((kept.uid, kept.gid), (e.uid, e.gid), "a record wins");
+        assert_eq!(HostOwner::read(&t.path().join("none")).ok().flatten(), None);
+        xattr::set(t.path(), HOST_OWNER_XATTR, b"x")?;
+        assert!(HostOwner::read(t.path()).is_err());
+        Ok(())
     }
 
     #[test]

@@ -6,7 +6,6 @@
 //! layers/<key>/meta.json    LayerMeta
 //! layers/<key>.lock         flock: held while a layer of that key is being built
 //! layers/.tmp-<key>-<pid>-<n>/   a layer being built (never visible as finished)
-//! state/seed-ids/<name>     the seed's identity token, part of every layer key
 //! ```
 //!
 //! Invariants:
@@ -73,6 +72,22 @@ pub struct LayerMeta {
     pub created: u64,
     /// The layer format version the key was computed with.
     pub format: u32,
+    /// The package directories the layer's key covers, with their digests.
+    #[serde(default)]
+    pub packages: Vec<PackageInput>,
+}
+
+/// One package directory of a repository that a layer's content depends on, with the
+/// digest it had when the layer was built.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PackageInput {
+    pub repo: String,
+    /// `category/package`.
+    pub package: String,
+    /// Hex digest of the package directory; `absent` when the repository or the
+    /// directory is not there (a package merged from a binary package of a
+    /// repository this machine lacks).
+    pub digest: String,
 }
 
 /// A published layer.
@@ -281,9 +296,8 @@ impl Store {
         })
     }
 
-    /// Publishes a finished layer atomically. An existing layer of the same key
-    /// (published meanwhile by someone not honouring the lock) is kept, and this one
-    /// discarded: equal keys mean equal inputs.
+    /// Publishes a finished layer atomically under `meta.key`. An existing layer of
+    /// the same key is kept, and this one discarded: equal keys mean equal inputs.
     pub fn publish(&self, mut pending: Pending, meta: LayerMeta) -> Result<Layer, StoreError> {
         let Some(dir) = pending.dir.clone() else {
             return Err(io_err("layer already published", Path::new(""))(
@@ -334,44 +348,6 @@ impl Store {
         }
         remove_tree(&trash).map_err(io_err("cannot remove", &trash))?;
         Ok(true)
-    }
-
-    fn seed_id_path(&self, seed: &str) -> PathBuf {
-        self.conf_root.join("state/seed-ids").join(seed)
-    }
-
-    /// The identity token of a seed, created on first use. It changes whenever the
-    /// seed's content is changed through gentree-fs ([`Store::bump_seed_id`]), and
-    /// is part of every layer key built on that seed.
-    pub fn seed_id(&self, seed: &str) -> Result<String, StoreError> {
-        let p = self.seed_id_path(seed);
-        match fs::read_to_string(&p) {
-            Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
-            Ok(_) => self.bump_seed_id(seed),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => self.bump_seed_id(seed),
-            Err(e) => Err(io_err("cannot read", &p)(e)),
-        }
-    }
-
-    /// Gives a seed a new identity (after import, update or a persistent exec).
-    pub fn bump_seed_id(&self, seed: &str) -> Result<String, StoreError> {
-        let p = self.seed_id_path(seed);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let token = format!(
-            "{seed}-{now:x}-{}-{}",
-            std::process::id(),
-            PENDING_SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        let tmp = p.with_file_name(format!(".{seed}.tmp{}", std::process::id()));
-        if let Some(parent) = p.parent() {
-            fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
-        }
-        fs::write(&tmp, &token).map_err(io_err("cannot write", &tmp))?;
-        fs::rename(&tmp, &p).map_err(io_err("cannot write", &p))?;
-        Ok(token)
     }
 }
 
@@ -457,6 +433,7 @@ mod tests {
             base_keys: vec![],
             created: 1,
             format: 1,
+            packages: vec![],
         }
     }
 
@@ -537,18 +514,6 @@ mod tests {
         drop(held);
         assert!(s.try_lock(&k)?.is_some());
         assert!(s.pending_dirs()?.is_empty());
-        Ok(())
-    }
-
-    #[test]
-    fn seed_id_is_stable_until_bumped() -> Result<(), Box<dyn std::error::Error>> {
-        let t = tempfile::tempdir()?;
-        let s = Store::open(t.path())?;
-        let a = s.seed_id("stage3")?;
-        assert_eq!(s.seed_id("stage3")?, a);
-        let b = s.bump_seed_id("stage3")?;
-        assert_ne!(a, b);
-        assert_eq!(s.seed_id("stage3")?, b);
         Ok(())
     }
 }

@@ -189,6 +189,22 @@ pub fn member<'a>(listing: &'a str, name: &str) -> Option<&'a str> {
         .find(|l| l.ends_with(&format!(" {name}")) || l.contains(&format!(" {name} -> ")))
 }
 
+/// Asserts that no entry of a `tar -tv --numeric-owner` listing has the host ids of
+/// the user who built it (ownership the union could not record, such as a symlink's,
+/// must read as the namespace root's).
+pub fn assert_no_host_ids(listing: &str, uid: u32, gid: u32) {
+    for line in listing.lines() {
+        let owner = line.split_whitespace().nth(1).unwrap_or_default();
+        let (u, g) = owner.split_once('/').unwrap_or_default();
+        assert!(
+            u != uid.to_string() && g != gid.to_string(),
+            "host id {uid}/{gid} in the image: {line}"
+        );
+    }
+    let bin = member(listing, "bin").expect("bin -> usr/bin");
+    assert!(bin.starts_with('l') && bin.contains(" 0/0 "), "{bin}");
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -383,26 +399,43 @@ fn exec_runs_in_the_seed_and_passes_the_status_through() {
     );
 }
 
-#[test]
-fn unprivileged_build_with_subids_keeps_the_store_removable() {
-    let Some((user, uid, _)) =
-        util::require_test_user("unprivileged_build_with_subids_keeps_the_store_removable")
-    else {
-        return;
-    };
-    let f = Fixture::new(Some(&user));
+/// A conf root of `user` with a two-layer config (`gt-special` over the base).
+fn small_fixture(user: &str) -> (Fixture, PathBuf) {
+    let f = Fixture::new(Some(user));
     f.write_cfg("base.toml", BASE);
     let cfg = f.write_cfg(
         "small.toml",
         "seed = \"testseed\"\nbases = [\"base.toml\"]\npackages = [\"app-misc/gt-special\"]\n",
     );
-    run_ok(Command::new("chown").args(["-R", &user]).arg(f.cfg_dir()));
+    run_ok(Command::new("chown").args(["-R", user]).arg(f.cfg_dir()));
+    (f, cfg)
+}
+
+#[test]
+fn unprivileged_build_with_subids_keeps_the_store_removable() {
+    let Some((user, uid, gid)) =
+        util::require_test_user("unprivileged_build_with_subids_keeps_the_store_removable")
+    else {
+        return;
+    };
+    let (f, cfg) = small_fixture(&user);
     let out = f.build(Some(&user), &cfg, &[]);
     assert!(out.status.success(), "unprivileged build failed");
     let image = PathBuf::from(stdout(&out).trim());
     let l = tar_listing(&image);
     let owned = member(&l, "var/lib/gt-special/owned-file").expect("fowners file");
     assert!(owned.contains(" 1234/"), "subuid ownership lost: {owned}");
+    assert_no_host_ids(&l, uid, gid);
+    // The same user on a second conf root, later: the same image, byte for byte.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let (f2, cfg2) = small_fixture(&user);
+    let out2 = f2.build(Some(&user), &cfg2, &[]);
+    assert!(out2.status.success(), "second unprivileged build failed");
+    assert_eq!(
+        fs::read(&image).unwrap(),
+        fs::read(stdout(&out2).trim()).unwrap(),
+        "two unprivileged builds differ"
+    );
     // Everything on the host belongs to the user, who can delete the whole store.
     let foreign = run_ok(Command::new("find").arg(f.conf()).args([
         "-not",
@@ -430,13 +463,7 @@ fn build_without_subids_falls_back_to_a_single_mapping() {
     else {
         return;
     };
-    let f = Fixture::new(Some(&user));
-    f.write_cfg("base.toml", BASE);
-    let cfg = f.write_cfg(
-        "small.toml",
-        "seed = \"testseed\"\nbases = [\"base.toml\"]\npackages = [\"app-misc/gt-special\"]\n",
-    );
-    run_ok(Command::new("chown").args(["-R", &user]).arg(f.cfg_dir()));
+    let (f, cfg) = small_fixture(&user);
     let out = f.build(Some(&user), &cfg, &[]);
     assert!(out.status.success(), "single-mapping build failed");
     let err = stderr(&out);
@@ -448,6 +475,8 @@ fn build_without_subids_falls_back_to_a_single_mapping() {
     assert!(err.contains("usermod --add-subuids"), "{err}");
     // Only root exists in the namespace: fowners could not give the file away.
     let l = tar_listing(&PathBuf::from(stdout(&out).trim()));
+    let u = nix::unistd::User::from_name(&user).unwrap().unwrap();
+    assert_no_host_ids(&l, u.uid.as_raw(), u.gid.as_raw());
     let owned = member(&l, "var/lib/gt-special/owned-file").expect("fowners file");
     assert!(owned.contains(" 0/0 "), "{owned}");
     let suid = member(&l, "usr/bin/gt-suid").expect("setuid file");

@@ -90,6 +90,7 @@ fn readme_nginx_json() {
             "depclean",
             "emerge",
             "env",
+            "key",
             "name",
             "profile",
             "seed",

@@ -11,6 +11,7 @@ mod import_seed;
 mod mount;
 mod namespace;
 mod pack;
+mod repro;
 mod sandbox;
 mod serve;
 mod union;

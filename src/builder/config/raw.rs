@@ -13,6 +13,8 @@ use crate::layers::tar::filter;
 pub enum Ty {
     Str,
     Bool,
+    /// A non-negative integer.
+    Int,
     /// An array of strings, or a string split on whitespace (B14).
     List,
     /// `[env]` / `[crossdev_env]`: arbitrary lower-case keys.
@@ -32,6 +34,7 @@ impl Ty {
         match self {
             Ty::Str => "a string",
             Ty::Bool => "a boolean (true or false)",
+            Ty::Int => "a non-negative integer",
             Ty::List => "an array of strings (or one whitespace-separated string)",
             Ty::Env => "a table of environment variables",
             Ty::Filters { .. } => "a table of filter names to booleans",
@@ -83,6 +86,8 @@ pub const KEYS: &[KeySpec] = &[
     k("output_file", Ty::Str, FILE_ONLY | TOP_ONLY),
     k("refilter", Ty::Bool, TOP_ONLY),
     k("reproducible", Ty::Bool, TOP_ONLY),
+    // The build epoch (gentree-fs only: genTree ignores unknown keys).
+    k("source_date_epoch", Ty::Int, TOP_ONLY),
     k("clean_seed", Ty::Bool, 0),
     k("ephemeral_seed", Ty::Bool, 0),
     k("bind_system_repos", Ty::Bool, 0),
@@ -344,6 +349,7 @@ fn wrong_type(n: &Node, key: &str, expected: &'static str) -> ConfigError {
 fn check_value(n: &Node, ty: Ty, key: &str) -> Result<Node, ConfigError> {
     let ok = match (&n.val, ty) {
         (Val::Str(_), Ty::Str) | (Val::Bool(_), Ty::Bool) | (Val::Str(_), Ty::List) => true,
+        (Val::Int(i), Ty::Int) => *i >= 0,
         (Val::Array(items), Ty::List) => {
             for i in items {
                 if !matches!(i.val, Val::Str(_)) {
@@ -352,7 +358,7 @@ fn check_value(n: &Node, ty: Ty, key: &str) -> Result<Node, ConfigError> {
             }
             true
         }
-        (Val::Table(t), _) if !matches!(ty, Ty::Str | Ty::Bool | Ty::List) => {
+        (Val::Table(t), _) if !matches!(ty, Ty::Str | Ty::Bool | Ty::Int | Ty::List) => {
             return Ok(Node {
                 val: Val::Table(check_subtable(t, ty, key)?),
                 at: n.at.clone(),
@@ -456,7 +462,7 @@ fn check_subtable(t: &Table, ty: Ty, key: &str) -> Result<Table, ConfigError> {
                     return Err(wrong_type(&e.node, &full, Ty::Str.expected()));
                 }
             }
-            Ty::Str | Ty::Bool | Ty::List => {}
+            Ty::Str | Ty::Bool | Ty::Int | Ty::List => {}
         }
         if ty != Ty::Env && (name.is_empty() || name.starts_with('-') || name.contains(['=', ' ']))
         {
@@ -488,6 +494,13 @@ fn valid_env_name(s: &str) -> bool {
 pub fn get_str(t: &Table, key: &str) -> Option<String> {
     match &t.get(key)?.val {
         Val::Str(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+pub fn get_int(t: &Table, key: &str) -> Option<i64> {
+    match t.get(key)?.val {
+        Val::Int(i) => Some(i),
         _ => None,
     }
 }
@@ -579,6 +592,16 @@ mod tests {
                 "did you mean `vardbpkg` in the [tar_filter_options] table?",
             ),
             ("zzzzzzzz = 1", Ctx::Top, "unknown key `zzzzzzzz`"),
+            (
+                "source_date_epoch = \"1700000000\"",
+                Ctx::Top,
+                "`source_date_epoch` must be a non-negative integer, not a string",
+            ),
+            (
+                "source_date_epoch = -1",
+                Ctx::Top,
+                "`source_date_epoch` must be a non-negative integer",
+            ),
             (
                 "depclean = \"false\"",
                 Ctx::Top,

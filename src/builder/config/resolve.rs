@@ -20,7 +20,7 @@ use super::emerge;
 use super::env::{self, EnvInputs};
 use super::file::{self, FileStamp};
 use super::names;
-use super::raw::{self, Ctx, get_bool, get_list, get_str, node_text};
+use super::raw::{self, Ctx, get_bool, get_int, get_list, get_str, node_text};
 use super::value::{self, Node, Table, Val};
 
 /// Values given on the command line (`-c`, `-p`, `-t`); they win over files and
@@ -135,8 +135,10 @@ pub struct ResolvedConfig {
     /// Top-level only: the final output name, relative to the build dir.
     pub output_file: Option<PathBuf>,
     pub refilter: bool,
-    /// Top-level only: clamp image mtimes to `SOURCE_DATE_EPOCH` (0 when unset).
+    /// Top-level only, accepted for compatibility: outputs are always reproducible.
     pub reproducible: bool,
+    /// Top-level only: the build epoch (`SOURCE_DATE_EPOCH` in the environment wins).
+    pub source_date_epoch: Option<i64>,
     pub dirs: Dirs,
     /// Pre-seeded deletions (relative paths).
     pub whiteouts: Vec<String>,
@@ -490,13 +492,20 @@ impl Resolver<'_> {
             bad_value(at, "seed_update_args", why)
         })?;
 
-        let (dirs, refilter, reproducible, output_file) = match parent {
-            Some(p) => (p.dirs.clone(), p.refilter, p.reproducible, None),
+        let (dirs, refilter, reproducible, output_file, source_date_epoch) = match parent {
+            Some(p) => (
+                p.dirs.clone(),
+                p.refilter,
+                p.reproducible,
+                None,
+                p.source_date_epoch,
+            ),
             None => (
                 self.dirs(f)?,
                 b("refilter", None),
                 b("reproducible", None),
                 get_str(f, "output_file").map(PathBuf::from),
+                get_int(f, "source_date_epoch").or_else(|| get_int(d, "source_date_epoch")),
             ),
         };
 
@@ -547,6 +556,7 @@ impl Resolver<'_> {
             output_file,
             refilter,
             reproducible,
+            source_date_epoch,
             dirs,
             whiteouts: rel_paths(f, "whiteouts")?,
             opaques: rel_paths(f, "opaques")?,
@@ -740,6 +750,29 @@ mod tests {
         assert!(c.reproducible && find(&c, "glibc").reproducible);
         assert!(!ok("seed = \"s\"\n", &[]).reproducible);
         assert!(ok("seed = \"s\"\n", &["reproducible = true\n"]).reproducible);
+    }
+
+    #[test]
+    fn source_date_epoch_is_a_top_level_integer_that_bases_share() {
+        let c = ok(
+            "seed = \"s\"\nbases = [\"glibc\"]\nsource_date_epoch = 1700000000\n",
+            &[],
+        );
+        assert_eq!(c.source_date_epoch, Some(1_700_000_000));
+        assert_eq!(find(&c, "glibc").source_date_epoch, Some(1_700_000_000));
+        assert_eq!(ok("seed = \"s\"\n", &[]).source_date_epoch, None);
+        assert_eq!(
+            ok("seed = \"s\"\n", &["source_date_epoch = 5\n"]).source_date_epoch,
+            Some(5)
+        );
+        assert_eq!(
+            ok(
+                "seed = \"s\"\nsource_date_epoch = 7\n",
+                &["source_date_epoch = 5\n"]
+            )
+            .source_date_epoch,
+            Some(7)
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, RenameFlags, renameat, renameat2};
 use nix::sys::stat::Mode;
 
+pub mod identity;
 pub mod interrupt;
 pub mod progress;
 pub mod sink;

@@ -28,7 +28,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::{FilterSet, TarError, Xattr};
-use crate::layers::ownership::{Effective, FileKind, OVERRIDE_XATTR, OverrideStat};
+use crate::layers::ownership::{Effective, FileKind, HostOwner, OVERRIDE_XATTR, OverrideStat};
 use crate::layers::whiteout::{self, Marker, OPAQUE_MARKER, OPAQUE_XATTRS};
 
 /// One file of one layer, as the image presents it.
@@ -118,6 +118,7 @@ pub fn list_dir(
         opaque: opaque_xattr,
         ..Listing::default()
     };
+    let host = HostOwner::read(root).map_err(walk_err(root.to_path_buf()))?;
     for (name, dirent) in names {
         let path = dir.join(OsStr::from_bytes(&name));
         let meta = dirent.metadata().map_err(walk_err(path.clone()))?;
@@ -129,7 +130,8 @@ pub fn list_dir(
                     tracing::debug!("skipping socket {}", path.display());
                     continue;
                 }
-                let node = read_node(&path, &meta, layer).map_err(walk_err(path.clone()))?;
+                let node = read_node(&path, &meta, layer, host.as_ref())
+                    .map_err(walk_err(path.clone()))?;
                 out.entries.push((name, node));
             }
         }
@@ -141,7 +143,12 @@ pub fn list_dir(
 
 /// Builds the node of one non-marker entry: ownership override, kept xattrs,
 /// symlink target.
-fn read_node(path: &Path, meta: &Metadata, layer: u16) -> io::Result<Node> {
+fn read_node(
+    path: &Path,
+    meta: &Metadata,
+    layer: u16,
+    host: Option<&HostOwner>,
+) -> io::Result<Node> {
     let disk = FileKind::of(meta);
     let mut xattrs = Vec::new();
     let mut ov = None;
@@ -166,7 +173,7 @@ fn read_node(path: &Path, meta: &Metadata, layer: u16) -> io::Result<Node> {
         }
         xattrs.sort();
     }
-    let eff = Effective::new(meta, ov.as_ref());
+    let eff = Effective::new(meta, ov.as_ref()).with_host_owner(ov.is_some(), host);
     let target = if disk == FileKind::Symlink {
         Some(fs::read_link(path)?.as_os_str().as_bytes().into())
     } else {
@@ -212,6 +219,7 @@ pub fn kept_xattr(name: &[u8]) -> bool {
     name.starts_with(b"user.")
         && name != OVERRIDE_XATTR.as_bytes()
         && !name.starts_with(b"user.overlay.")
+        && !name.starts_with(b"user.gentree.")
         && !name.starts_with(b"user.fuseoverlayfs.")
 }
 
@@ -379,6 +387,42 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn unrecorded_entries_of_a_marked_layer_belong_to_its_namespace_root() {
+        let (_t, layers) = stack(&["l bin usr/bin\nf usr/bin/x 1", "l sbin usr/bin"]);
+        let (mut uid, mut gid) = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        if uid == 0 {
+            // As root, give the links a host owner that is not 0, or the check is empty.
+            (uid, gid) = (4321, 4322);
+            for (l, p) in [(0, "bin"), (1, "sbin")] {
+                std::os::unix::fs::lchown(layers[l].join(p), Some(uid), Some(gid)).expect("lchown");
+            }
+        }
+        let me = HostOwner { uid, gid };
+        if me.write(&layers[0]).is_err() {
+            eprintln!("SKIPPING unrecorded_entries_of_a_marked_layer...: no user xattrs here");
+            return;
+        }
+        let recorded = OverrideStat {
+            uid: 1234,
+            gid: 2345,
+            mode: 0o644,
+            kind: None,
+        };
+        recorded
+            .write(&layers[0].join("usr/bin/x"))
+            .expect("record");
+        let m = merge(&layers, &FilterSet::none()).expect("merge");
+        let ids = |p: &str| (m[p.as_bytes()].uid, m[p.as_bytes()].gid);
+        assert_eq!(ids("bin"), (0, 0), "the marked layer's symlink");
+        assert_eq!(ids("usr/bin/x"), (1234, 2345), "a record wins");
+        // The unmarked layer's symlink keeps its on-disk owner.
+        assert_eq!(ids("sbin"), (uid, gid));
+    }
+
+    #[test]
     fn whiteout_in_same_layer_does_not_hide_own_entry() {
         let (_t, layers) = stack(&["f a 0", "w a\nf a 1"]);
         let m = merge(&layers, &FilterSet::none()).expect("merge");
@@ -470,6 +514,7 @@ pub(crate) mod tests {
             ("user.containers.override_stat", false),
             ("user.overlay.opaque", false),
             ("user.fuseoverlayfs.opaque", false),
+            ("user.gentree.host_owner", false),
             ("trusted.overlay.opaque", false),
             ("security.selinux", false),
             ("system.posix_acl_access", false),
