@@ -206,8 +206,10 @@ fn seeds_listing(conf_root: &Path) -> Vec<String> {
     v
 }
 
-fn all_xattrs(_: &str) -> bool {
-    true
+/// Every xattr of the archive; gentree-fs's own marker on the seed root
+/// (`user.gentree.host_owner`, the store owner of unrecorded entries) is not one.
+fn all_xattrs(k: &str) -> bool {
+    !k.starts_with("user.gentree.")
 }
 
 #[test]
@@ -257,6 +259,14 @@ fn each_compression_format_as_root() {
         let md = fs::symlink_metadata(conf.join("seeds").join(name).join("dev/sda")).unwrap();
         assert!(md.file_type().is_file(), "a device node on the host");
         assert_ne!(md.uid(), 0, "owned by the build id range, not host root");
+        let seed_root = conf.join("seeds").join(name);
+        let marker = xattr::get(&seed_root, "user.gentree.host_owner").unwrap();
+        let owner = format!("{}:{}", md.uid(), md.gid());
+        assert_eq!(
+            marker.as_deref(),
+            Some(owner.as_bytes()),
+            "the store owner is marked"
+        );
     }
     let mut names: Vec<String> = sources.iter().map(|s| s.1.clone()).collect();
     names.sort();
