@@ -37,6 +37,7 @@ fn mount_refuses_a_live_mountpoint_and_says_how_to_fill_an_empty_one() {
                 .arg("-u")
                 .arg("-z")
                 .arg(&self.1)
+                .stderr(Stdio::null()) // usually unmounted already
                 .status();
             let _ = self.0.kill();
             let _ = self.0.wait();
@@ -242,6 +243,7 @@ fn tail_follows_a_first_build_and_a_users_copies_can_be_repeated() {
                 .arg("-u")
                 .arg("-z")
                 .arg(&self.1)
+                .stderr(Stdio::null()) // usually unmounted already
                 .status();
             let _ = self.0.kill();
             let _ = self.0.wait();

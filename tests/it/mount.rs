@@ -1343,10 +1343,15 @@ fn image_files(conf: &Path) -> Vec<(PathBuf, u64)> {
     let Ok(rd) = fs::read_dir(conf.join("images")) else {
         return Vec::new();
     };
+    // Finished files only: one still being written (`.tmp<pid>`) is renamed away
+    // under our feet.
     let mut v: Vec<_> = rd
-        .map(|e| {
+        .filter_map(|e| {
             let e = e.unwrap();
-            (e.path(), e.metadata().unwrap().len())
+            if e.file_name().to_string_lossy().contains(".tmp") {
+                return None;
+            }
+            Some((e.path(), e.metadata().ok()?.len()))
         })
         .collect();
     v.sort();

@@ -287,12 +287,27 @@ fn await_user_namespace(pid: u32) -> Result<bool, NsError> {
     let theirs = PathBuf::from(format!("/proc/{pid}/ns/user"));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
+        if exited(pid) {
+            return Ok(false);
+        }
         match std::fs::read_link(&theirs) {
             Ok(ns) if Some(&ns) != ours.as_ref() => return Ok(true),
             Err(_) => return Ok(false),
             _ if Instant::now() > deadline => return Err(NsError::UnshareTimeout { pid }),
             _ => std::thread::sleep(Duration::from_millis(1)),
         }
+    }
+}
+
+/// Whether `pid` (our child) has exited: a zombie still shows its user namespace
+/// link, so the link alone cannot tell.
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| matches!(state, "Z" | "X")),
+        Err(_) => true,
     }
 }
 
