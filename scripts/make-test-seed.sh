@@ -21,6 +21,24 @@ extra_pkgs=python3,python-is-python3,pax-utils,bzip2,zstd,xz-utils,patch
 
 die() { echo "make-test-seed: error: $*" >&2; exit 1; }
 log() { echo "make-test-seed: $*" >&2; }
+# progress_while PID LOG WHAT: waits for PID, showing what its log says it does (the
+# last "I: ..." line of debootstrap) with the elapsed time: one redrawn line on a
+# terminal, a plain line every 10 s otherwise. Returns PID's exit status.
+progress_while() {
+  local pid=$1 logf=$2 what=$3 start=$SECONDS last=-10 step
+  while kill -0 "$pid" 2>/dev/null; do
+    step=$(grep '^I: ' "$logf" 2>/dev/null | tail -n 1 | cut -c4-80)
+    if [[ -t 2 ]]; then
+      printf '\rmake-test-seed: %s %3d s: %-70s' "$what" $((SECONDS - start)) "$step" >&2
+    elif ((SECONDS - last >= 10)); then
+      last=$SECONDS
+      log "$what $((SECONDS - start)) s: ${step:-starting}"
+    fi
+    sleep 1
+  done
+  [[ -t 2 ]] && printf '\n' >&2
+  wait "$pid"
+}
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
@@ -100,7 +118,8 @@ if [[ -n $tarball && -f $tarball ]]; then
 else
   log "debootstrap --variant=minbase $suite from $mirror (with $extra_pkgs)"
   debootstrap --variant=minbase --include="$extra_pkgs" "$suite" "$partial" "$mirror" \
-    > "$tmpdir/debootstrap.log" 2>&1 \
+    > "$tmpdir/debootstrap.log" 2>&1 &
+  progress_while $! "$tmpdir/debootstrap.log" "debootstrap" \
     || { tail -n 30 "$tmpdir/debootstrap.log" >&2; die "debootstrap failed (last lines above)"; }
   rm -rf "$partial"/var/cache/apt/archives/*.deb "$partial"/var/lib/apt/lists/*_Packages
   log "debootstrap took $(since "$t") s"

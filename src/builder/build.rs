@@ -760,7 +760,11 @@ pub fn build(
     log: &Path,
 ) -> Result<BuildReport, BuildError> {
     let store = Store::open(&dirs.conf_root)?;
+    // Digesting the seed and the repositories can take a while the first time.
+    tracing::info!("{}: computing layer keys", top.buildname);
+    let keys_started = std::time::Instant::now();
     let mut planner = KeyPlanner::new(top, dirs)?;
+    tracing::debug!("keys planned in {:.1?}", keys_started.elapsed());
     let _seed_lock = lock_seed(dirs, &top.seed)?;
     if top.clean_seed {
         let (upper, work) = dirs.seed_upper(&top.seed);
@@ -833,7 +837,15 @@ fn build_jobs(
             world,
             epoch: planner.epoch().secs,
         };
+        let started = std::time::Instant::now();
         let layer = build_layer(&job, packages, &done, &run)?;
+        tracing::info!(
+            "[{}/{n}] {}: published layer {} in {:.0?}",
+            i + 1,
+            cfg.buildname,
+            job.key.short(),
+            started.elapsed()
+        );
         jobs.push(job);
         done.push((layer, Outcome::Built));
     }
@@ -1104,10 +1116,23 @@ pub fn write_image(
         std::process::id()
     ));
     let mut f = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
-    let n = layout
-        .write_to_file(&mut f)
-        .and_then(|n| f.sync_all().map(|_| n))
-        .map_err(io_err("cannot write", &tmp));
+    tracing::info!(
+        "writing the image {} ({} MiB)",
+        out.display(),
+        layout.size().div_ceil(1 << 20)
+    );
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let n = std::thread::scope(|s| {
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            s.spawn(|| show_write_progress(&tmp, layout.size(), &done));
+        }
+        let n = layout
+            .write_to_file(&mut f)
+            .and_then(|n| f.sync_all().map(|_| n))
+            .map_err(io_err("cannot write", &tmp));
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        n
+    });
     let n = match n {
         Ok(n) => n,
         Err(e) => {
@@ -1117,6 +1142,30 @@ pub fn write_image(
     };
     fs::rename(&tmp, out).map_err(io_err("cannot write", out))?;
     Ok(n)
+}
+
+/// On a terminal: how much of the image file is written, redrawn five times a second
+/// on one line until `done`, then once more.
+fn show_write_progress(tmp: &Path, total: u64, done: &std::sync::atomic::AtomicBool) {
+    use std::io::Write;
+    let draw = |written: u64| {
+        let pct = (written * 100).checked_div(total).unwrap_or(100);
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\rwriting image: {} of {} MiB ({pct}%)   ",
+            written >> 20,
+            total.div_ceil(1 << 20)
+        );
+        let _ = err.flush();
+    };
+    draw(0);
+    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        draw(fs::metadata(tmp).map_or(0, |m| m.len()));
+    }
+    draw(fs::metadata(tmp).map_or(0, |m| m.len()));
+    let _ = writeln!(std::io::stderr());
 }
 
 #[cfg(test)]

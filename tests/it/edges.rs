@@ -297,3 +297,52 @@ fn tail_follows_a_first_build_and_a_users_copies_can_be_repeated() {
         .open(mp.join("builds/small.tar"));
     assert_eq!(w.err().and_then(|e| e.raw_os_error()), Some(libc::EACCES));
 }
+
+#[test]
+fn a_build_shows_its_steps_and_the_image_write_progress_on_a_terminal() {
+    if !util::require_root("a_build_shows_its_steps")
+        || !util::require_tool("a_build_shows_its_steps", "script")
+    {
+        return;
+    }
+    let f = crate::build::Fixture::new(None);
+    let cfg = f.write_cfg(
+        "steps.toml",
+        "seed = \"testseed\"\npackages = [\"app-misc/gt-lib\"]\n",
+    );
+    let build = format!(
+        "HOME={} {} build --no-config --conf-root {} {}",
+        f.dir.path().display(),
+        util::bin().display(),
+        f.conf().display(),
+        cfg.display()
+    );
+    // On a terminal (script(1) gives the build a pty): step lines and a redrawn line.
+    let out = run(Command::new("script").args(["-qefc", &build, "/dev/null"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for step in [
+        "computing layer keys",
+        "building layer",
+        "published layer",
+        "writing the image",
+    ] {
+        assert!(text.contains(step), "no {step:?} line:\n{text}");
+    }
+    assert!(
+        text.contains("\rwriting image: "),
+        "no progress line on a terminal:\n{text}"
+    );
+    // Redirected: the same steps as plain lines, nothing redrawn.
+    let out = f.build(None, &cfg, &["--rebuild"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("published layer") && err.contains("writing the image"),
+        "{err}"
+    );
+    assert!(
+        !err.contains('\r'),
+        "a redrawn line in redirected output: {err:?}"
+    );
+}
