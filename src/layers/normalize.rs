@@ -9,6 +9,7 @@
 //! | `var/db/pkg/*/*/BUILD_TIME` | `min(value, epoch)` | only compared for `--rebuilt-binaries`, against binary packages, which the image does not hold |
 //! | `var/db/pkg/*/*/CONTENTS` `obj`/`sym` lines | mtime field `min(value, epoch)`: the clamped file's mtime | `emerge --unmerge` skips a file whose mtime differs from the record (`!mtime`), so the record must follow the clamp |
 //! | `var/db/pkg/*/*/metadata` | its `BUILD_TIME=` as above; `#dir_mtime=` set to the entry directory's mtime after the clamp | Portage serves this snapshot only while `#dir_mtime` equals the directory's `st_mtime_ns`; otherwise it reads the single files, which say the same |
+//! | `var/db/pkg/*/*/COUNTER` (and `COUNTER=` in `metadata`) | the layer's own entries renumbered from their smallest value, in `category/PF` order | the merge counter orders installs; with parallel merges (`--jobs`) the order within one emerge run is arbitrary, so a name order is as true, and the largest value (`var/cache/edb/counter`) is never exceeded |
 //! | `var/db/pkg/*/*/BINPKGMD5` | removed | the md5 of the binary package in `PKGDIR`, outside the image; gpkg archives carry build times, so it differs per build. Portage treats a missing value as unknown |
 //! | `var/cache/edb/mtimedb` | removed | resume lists and the mtimes of library directories at the last `env-update`; Portage recreates it (at worst `ldconfig` runs once more) |
 //!
@@ -63,12 +64,85 @@ pub fn normalize_layer(root: &Path, epoch: i64) -> Result<Stats, NormalizeError>
     let mut st = Stats::default();
     remove_if_file(&root.join("var/cache/edb/mtimedb"), &mut st)?;
     let vdb = root.join("var/db/pkg");
-    for entry in vdb_entries(&vdb)? {
-        normalize_vdb_entry(&entry, epoch, &mut st)?;
+    let entries = vdb_entries(&vdb)?;
+    renumber_counters(&entries, &mut st)?;
+    for entry in &entries {
+        normalize_vdb_entry(entry, epoch, &mut st)?;
     }
     clamp_tree(root, epoch, &mut st)?;
     st.micros = start.elapsed().as_micros();
     Ok(st)
+}
+
+/// The new merge counters of entries listed in `category/PF` order. The entries this
+/// build merged hold the consecutive run of values ending at the largest (each merge
+/// takes the next one); they get that run's values in name order. Any other entry
+/// (one copied up from a lower layer) keeps its value.
+pub fn renumbered(counters: &[u64]) -> Vec<u64> {
+    let mut sorted = counters.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut low = sorted.last().copied().unwrap_or(0);
+    for w in sorted.windows(2).rev() {
+        if w[1] != w[0] + 1 {
+            break;
+        }
+        low = w[0];
+    }
+    let mut next = low;
+    counters
+        .iter()
+        .map(|&c| {
+            if c >= low {
+                next += 1;
+                next - 1
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// Gives the layer's vdb entries (sorted by `category/PF`) merge counters in that
+/// order, in `COUNTER` and in the `metadata` snapshot's `COUNTER=` line.
+fn renumber_counters(entries: &[PathBuf], st: &mut Stats) -> Result<(), NormalizeError> {
+    let mut found: Vec<(&PathBuf, u64)> = Vec::new();
+    for e in entries {
+        let p = e.join("COUNTER");
+        match fs::read_to_string(&p) {
+            Ok(t) => {
+                if let Ok(n) = t.trim().parse::<u64>() {
+                    found.push((e, n));
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(at("read", &p)(err)),
+        }
+    }
+    let values: Vec<u64> = found.iter().map(|(_, n)| *n).collect();
+    for ((dir, _), new) in found.iter().zip(renumbered(&values)) {
+        rewrite(&dir.join("COUNTER"), st, |t| {
+            let digits = t.trim();
+            t.replacen(digits, &new.to_string(), 1)
+        })?;
+        rewrite(&dir.join("metadata"), st, |t| {
+            let mut out = String::with_capacity(t.len());
+            for line in t.lines() {
+                if line.starts_with("COUNTER=") && t.starts_with("#format=") {
+                    out.push_str(&format!("COUNTER={new}"));
+                } else {
+                    out.push_str(line);
+                }
+                out.push('\n');
+            }
+            if t.ends_with('\n') {
+                out
+            } else {
+                out.trim_end_matches('\n').to_owned()
+            }
+        })?;
+    }
+    Ok(())
 }
 
 fn remove_if_file(p: &Path, st: &mut Stats) -> Result<(), NormalizeError> {
@@ -250,6 +324,37 @@ pub fn clamp_tree(root: &Path, epoch: i64, st: &mut Stats) -> Result<(), Normali
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merge_counters_follow_the_name_order() {
+        assert_eq!(renumbered(&[7, 5, 6]), [5, 6, 7]);
+        assert_eq!(renumbered(&[2, 1]), [1, 2]);
+        assert_eq!(renumbered(&[]), Vec::<u64>::new());
+        // 3 came from a lower layer (copied up): only the run 10..=11 is this build's.
+        assert_eq!(renumbered(&[11, 3, 10]), [10, 3, 11]);
+        // Two runs that merged a and b in either order give the same records.
+        let t = tempfile::tempdir().unwrap();
+        for (a, b) in [(1, 2), (2, 1)] {
+            let vdb = t.path().join(format!("run{a}/var/db/pkg/app-misc"));
+            for (name, c) in [("a-1", a), ("b-1", b)] {
+                let d = vdb.join(name);
+                fs::create_dir_all(&d).unwrap();
+                fs::write(d.join("COUNTER"), c.to_string()).unwrap();
+                fs::write(
+                    d.join("metadata"),
+                    format!("#format=1\nCOUNTER={c}\nEAPI=8\n"),
+                )
+                .unwrap();
+            }
+            normalize_layer(&t.path().join(format!("run{a}")), 1_700_000_000).unwrap();
+            assert_eq!(fs::read_to_string(vdb.join("a-1/COUNTER")).unwrap(), "1");
+            assert_eq!(fs::read_to_string(vdb.join("b-1/COUNTER")).unwrap(), "2");
+            assert_eq!(
+                fs::read_to_string(vdb.join("b-1/metadata")).unwrap(),
+                "#format=1\nCOUNTER=2\nEAPI=8\n"
+            );
+        }
+    }
     use std::time::{Duration, UNIX_EPOCH};
 
     const EPOCH: i64 = 1_700_000_000;
