@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use super::CmdResult;
 use crate::builder::build::{self, BuildOptions, HostDirs, Outcome};
 use crate::builder::config::{CliOverrides, DefaultSources, Defaults, resolve_file};
-use crate::builder::namespace::{self, IdMapping, idmap};
+use crate::builder::namespace::{IdMapping, idmap};
 use crate::cli::BuildArgs;
 
 pub fn run(args: &BuildArgs) -> CmdResult {
@@ -22,9 +22,7 @@ pub fn run(args: &BuildArgs) -> CmdResult {
         None => super::default_conf_root()?,
     };
     let dirs = HostDirs::new(&conf_root, &cfg);
-    let mapping = namespace::current_mapping();
-    warn_single_mapping(&mapping);
-    super::private_conf_root(&dirs.conf_root, &mapping)?;
+    let mapping = super::sandbox_mapping(&dirs.conf_root)?;
     std::fs::create_dir_all(&dirs.builds)
         .map_err(|e| format!("cannot create {}: {e}", dirs.builds.display()))?;
     let log = dirs.builds.join(format!("{}.log", cfg.buildname));

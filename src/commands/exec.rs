@@ -26,9 +26,7 @@ pub fn run(args: &ExecArgs) -> CmdResult {
         )
         .into());
     }
-    let mapping = namespace::current_mapping();
-    super::build::warn_single_mapping(&mapping);
-    super::private_conf_root(&dirs.conf_root, &mapping)?;
+    let mapping = super::sandbox_mapping(&dirs.conf_root)?;
     let scratch = dirs.run.join(format!("exec-{}", std::process::id()));
     let (root, seed_root) = if args.persistent {
         (seed_dir.clone(), SeedRoot::Direct)

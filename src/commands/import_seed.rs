@@ -53,7 +53,7 @@ pub fn run(args: &ImportSeedArgs) -> CmdResult {
         }
         _ => Owners::Record,
     };
-    super::private_conf_root(&conf_root, &mapping)?;
+    crate::builder::namespace::sandbox::private_store_root(&conf_root, &mapping)?;
     let opts = ImportOptions {
         source: args.source.clone(),
         name,

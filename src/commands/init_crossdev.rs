@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use super::CmdResult;
 use crate::builder::build::{self, HostDirs};
 use crate::builder::config::{CliOverrides, resolve_seed};
-use crate::builder::{namespace, seed_ops};
+use crate::builder::seed_ops;
 use crate::cli::InitCrossdevArgs;
 
 pub fn run(args: &InitCrossdevArgs) -> CmdResult {
@@ -43,9 +43,7 @@ pub fn run(args: &InitCrossdevArgs) -> CmdResult {
     {
         tracing::warn!("init-crossdev ignores config_overlay (there is no layer root to overlay)");
     }
-    let mapping = namespace::current_mapping();
-    super::build::warn_single_mapping(&mapping);
-    super::private_conf_root(&dirs.conf_root, &mapping)?;
+    let mapping = super::sandbox_mapping(&dirs.conf_root)?;
     std::fs::create_dir_all(&dirs.builds)
         .map_err(|e| format!("cannot create {}: {e}", dirs.builds.display()))?;
     let log = dirs

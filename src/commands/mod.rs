@@ -100,14 +100,17 @@ pub fn load_defaults(
 /// Root's default data directory.
 pub const ROOT_CONF_ROOT: &str = "/var/lib/gentree";
 
-/// Creates the conf root private to its owner (see
+/// The caller's sandbox id mapping for a command that runs seed code in
+/// `conf_root`: said once when it has no subordinate ids, with the conf root made
+/// private to the mapping's root (see
 /// [`crate::builder::namespace::sandbox::private_store_root`]).
-pub fn private_conf_root(
+pub fn sandbox_mapping(
     conf_root: &std::path::Path,
-    mapping: &crate::builder::namespace::IdMapping,
-) -> Result<(), Box<dyn Error + Send + Sync>> {
-    crate::builder::namespace::sandbox::private_store_root(conf_root, mapping)?;
-    Ok(())
+) -> Result<crate::builder::namespace::IdMapping, Box<dyn Error + Send + Sync>> {
+    let mapping = crate::builder::namespace::current_mapping();
+    build::warn_single_mapping(&mapping);
+    crate::builder::namespace::sandbox::private_store_root(conf_root, &mapping)?;
+    Ok(mapping)
 }
 
 /// `--conf-root`, or the default data directory.

@@ -8,7 +8,6 @@ use std::process::ExitCode;
 
 use super::{CmdResult, daemon};
 use crate::builder::config::{DefaultSources, Defaults};
-use crate::builder::namespace;
 use crate::cli::MountArgs;
 use crate::fs::images::{BuildEnv, Images};
 use crate::fs::mount::{MountError, MountSpec, Mounted, session};
@@ -108,9 +107,7 @@ pub fn run(args: &MountArgs) -> CmdResult {
     } else {
         DefaultSources::from_env()
     };
-    let mapping = namespace::current_mapping();
-    super::build::warn_single_mapping(&mapping);
-    super::private_conf_root(&conf_root, &mapping)?;
+    let mapping = super::sandbox_mapping(&conf_root)?;
     let images = Images::new(BuildEnv {
         conf_root: conf_root.clone(),
         configs: configs.clone(),

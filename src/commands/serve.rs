@@ -18,7 +18,6 @@ use nix::sys::signal::{SigSet, Signal};
 use super::CmdResult;
 use crate::builder::build::HostDirs;
 use crate::builder::config::{CliOverrides, resolve_seed};
-use crate::builder::namespace;
 use crate::cli::ServeArgs;
 use crate::server::http::{Site, handle};
 use crate::server::listen::{self, Handler, ServeLimits};
@@ -52,9 +51,7 @@ pub fn run(args: &ServeArgs) -> CmdResult {
     if args.max_connections == 0 || args.client_timeout == 0 {
         return Err("--max-connections and --client-timeout must be at least 1".into());
     }
-    let mapping = namespace::current_mapping();
-    super::build::warn_single_mapping(&mapping);
-    super::private_conf_root(&dirs.conf_root, &mapping)?;
+    let mapping = super::sandbox_mapping(&dirs.conf_root)?;
 
     // Before any thread exists, so that every thread inherits the mask.
     let mut signals = SigSet::empty();

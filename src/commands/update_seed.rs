@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use super::CmdResult;
 use crate::builder::build::{self, HostDirs};
 use crate::builder::config::{CliOverrides, emerge, resolve_seed};
-use crate::builder::{namespace, seed_ops};
+use crate::builder::seed_ops;
 use crate::cli::UpdateSeedArgs;
 
 pub fn run(args: &UpdateSeedArgs) -> CmdResult {
@@ -24,9 +24,7 @@ pub fn run(args: &UpdateSeedArgs) -> CmdResult {
         }
         None => cfg.seed_update_args.clone(),
     };
-    let mapping = namespace::current_mapping();
-    super::build::warn_single_mapping(&mapping);
-    super::private_conf_root(&dirs.conf_root, &mapping)?;
+    let mapping = super::sandbox_mapping(&dirs.conf_root)?;
     std::fs::create_dir_all(&dirs.builds)
         .map_err(|e| format!("cannot create {}: {e}", dirs.builds.display()))?;
     let log = dirs.builds.join(format!("update-seed-{}.log", cfg.seed));
