@@ -22,6 +22,17 @@ pub struct SubRange {
     pub count: u32,
 }
 
+impl SubRange {
+    /// One past the last id.
+    pub fn end(&self) -> u64 {
+        u64::from(self.start) + u64::from(self.count)
+    }
+
+    fn overlaps(&self, other: &SubRange) -> bool {
+        u64::from(self.start) < other.end() && u64::from(other.start) < self.end()
+    }
+}
+
 /// The range a root caller maps builds to when `/etc/subuid` gives root none: high
 /// above the ranges `useradd` hands out (100000 + 65536 per user), below 2^31 (ids
 /// past it trip signed-id bugs), and not a range of systemd's dynamic or container
@@ -93,10 +104,10 @@ impl IdMapping {
                 "uids 0-{} -> host {}-{}, gids 0-{} -> host {}-{}",
                 uids.count - 1,
                 uids.start,
-                uids.start as u64 + uids.count as u64 - 1,
+                uids.end() - 1,
                 gids.count - 1,
                 gids.start,
-                gids.start as u64 + gids.count as u64 - 1
+                gids.end() - 1
             ),
             IdMapping::Single { uid, gid } => format!("uid 0 -> host {uid}, gid 0 -> host {gid}"),
             IdMapping::Subordinate {
@@ -108,10 +119,10 @@ impl IdMapping {
                 "uid 0 -> host {uid}, 1-{} -> host {}-{}; gid 0 -> host {gid}, 1-{} -> host {}-{}",
                 uids.count,
                 uids.start,
-                uids.start as u64 + uids.count as u64 - 1,
+                uids.end() - 1,
                 gids.count,
                 gids.start,
-                gids.start as u64 + gids.count as u64 - 1
+                gids.end() - 1
             ),
         }
     }
@@ -174,23 +185,31 @@ pub fn find_range(contents: &str, user: &str, id: u32) -> Option<SubRange> {
     })
 }
 
-/// Every range in subuid/subgid text, whoever holds it.
-fn all_ranges(contents: &str) -> impl Iterator<Item = SubRange> + '_ {
-    entries(contents).map(|(_, r)| r)
+/// Every range in subuid and subgid text, whoever holds it.
+fn taken_ranges(subuid: Option<&str>, subgid: Option<&str>) -> Vec<SubRange> {
+    [subuid, subgid]
+        .into_iter()
+        .flatten()
+        .flat_map(|text| entries(text).map(|(_, r)| r))
+        .collect()
 }
 
-/// [`DEFAULT_ROOT_RANGE`], moved up past every range in `taken` that overlaps it.
-pub fn free_default_range(taken: &[SubRange]) -> SubRange {
-    let mut r = DEFAULT_ROOT_RANGE;
-    let overlaps = |r: &SubRange| {
-        taken.iter().any(|t| {
-            let (a0, a1) = (r.start as u64, r.start as u64 + r.count as u64);
-            let (b0, b1) = (t.start as u64, t.start as u64 + t.count as u64);
-            a0 < b1 && b0 < a1
-        })
+/// The first [`WANTED_RANGE`] ids at `base` or above, on a 65536-id boundary counted
+/// from `base` (as `useradd` places ranges), that overlap no range in `taken`; never
+/// past 2^31.
+pub fn first_free(base: u32, taken: &[SubRange]) -> SubRange {
+    let mut r = SubRange {
+        start: base,
+        count: WANTED_RANGE,
     };
-    while overlaps(&r) && r.start < u32::MAX / 2 {
-        r.start += WANTED_RANGE;
+    let step = u64::from(WANTED_RANGE);
+    while let Some(t) = taken.iter().find(|t| r.overlaps(t)) {
+        // Jump past the range in the way (it ends above r.start >= base).
+        let next = u64::from(base) + (t.end() - u64::from(base)).div_ceil(step) * step;
+        match u32::try_from(next) {
+            Ok(n) if n <= u32::MAX / 2 => r.start = n,
+            _ => break,
+        }
     }
     r
 }
@@ -214,12 +233,7 @@ pub fn choose(
             }
         }
         // One default range for both, clear of every user's uid and gid ranges.
-        let taken: Vec<SubRange> = [subuid, subgid]
-            .into_iter()
-            .flatten()
-            .flat_map(all_ranges)
-            .collect();
-        let r = free_default_range(&taken);
+        let r = first_free(DEFAULT_ROOT_RANGE.start, &taken_ranges(subuid, subgid));
         return IdMapping::Privileged { uids: r, gids: r };
     }
     let uids = subuid.and_then(|s| find_range(s, user, euid));
@@ -241,31 +255,13 @@ pub fn choose(
 /// The first 65536 ids from 100000 up (where `useradd` starts) that no range in
 /// `/etc/subuid` or `/etc/subgid` holds: the range to suggest to a user without one.
 pub fn free_range(subuid: Option<&str>, subgid: Option<&str>) -> SubRange {
-    let taken: Vec<SubRange> = [subuid, subgid]
-        .into_iter()
-        .flatten()
-        .flat_map(all_ranges)
-        .collect();
-    let mut r = SubRange {
-        start: 100_000,
-        count: WANTED_RANGE,
-    };
-    while let Some(t) = taken.iter().find(|t| {
-        (r.start as u64) < t.start as u64 + t.count as u64
-            && (t.start as u64) < r.start as u64 + r.count as u64
-    }) {
-        // Past the range in the way, on a 65536 boundary above 100000 (as useradd's).
-        let end = t.start as u64 + t.count as u64;
-        let steps = (end - 100_000).div_ceil(WANTED_RANGE as u64);
-        r.start = (100_000 + steps * WANTED_RANGE as u64).min(u32::MAX as u64 / 2) as u32;
-    }
-    r
+    first_free(100_000, &taken_ranges(subuid, subgid))
 }
 
 /// The once-per-run warning for the single-id fallback, saying how to fix it with a
 /// range (`free`, from [`free_range`]) that no other user holds.
 pub fn single_mapping_warning(user: &str, free: SubRange) -> String {
-    let (a, b) = (free.start, free.start as u64 + free.count as u64 - 1);
+    let (a, b) = (free.start, free.end() - 1);
     format!(
         "no subordinate id range for user {user} in /etc/subuid and /etc/subgid: \
          builds run with only root mapped, so Portage runs as root and files cannot be \
@@ -367,5 +363,11 @@ mod tests {
         assert!(w.contains("--add-subuids 231072-296607"), "{w}");
         // Nothing taken: useradd's first range.
         assert_eq!(free_range(None, None).start, 100_000);
+        // A range reaching past 2^31 leaves the last candidate, not an endless loop.
+        let huge = [SubRange {
+            start: 100_000,
+            count: u32::MAX - 100_000,
+        }];
+        assert!(first_free(100_000, &huge).start <= u32::MAX / 2);
     }
 }
