@@ -223,36 +223,12 @@ fn check_mountpoint(mp: &Path) -> Result<(), String> {
 /// The filesystem type of the topmost mount at `mp` in `/proc/self/mountinfo` text
 /// (mount point is field 5, octal-escaped; the type follows the ` - ` separator).
 fn mounted_type(mountinfo: &str, mp: &Path) -> Option<String> {
-    let want = mp.to_str()?;
+    let want = crate::fs::mountinfo_path(mp)?;
     mountinfo.lines().rev().find_map(|l| {
         let point = l.split(' ').nth(4)?;
         let fs_type = l.split(" - ").nth(1)?.split(' ').next()?;
-        (unescape_mountinfo(point) == want).then(|| fs_type.to_owned())
+        (point == want).then(|| fs_type.to_owned())
     })
-}
-
-/// Undoes mountinfo's `\ooo` escapes (space, tab, newline, backslash).
-fn unescape_mountinfo(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('\\') {
-        out.push_str(&rest[..i]);
-        let code = rest
-            .get(i + 1..i + 4)
-            .and_then(|o| u8::from_str_radix(o, 8).ok());
-        match code {
-            Some(c) => {
-                out.push(char::from(c));
-                rest = &rest[i + 4..];
-            }
-            None => {
-                out.push('\\');
-                rest = &rest[i + 1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 /// Says in the log how to give an empty mount something to build.

@@ -156,6 +156,18 @@ impl PassthroughSwitch {
 }
 
 /// Root of the initial user namespace: the only daemon that may register backing files.
+/// `path` as `/proc/self/mountinfo` spells a mount point: space, tab, newline and
+/// backslash octal-escaped. `None` for a path that is not UTF-8.
+pub fn mountinfo_path(path: &std::path::Path) -> Option<String> {
+    Some(
+        path.to_str()?
+            .replace('\\', "\\134")
+            .replace(' ', "\\040")
+            .replace('\t', "\\011")
+            .replace('\n', "\\012"),
+    )
+}
+
 pub(crate) fn privileged() -> bool {
     nix::unistd::geteuid().is_root() && crate::layers::union::in_initial_userns()
 }

@@ -701,12 +701,7 @@ fn names(opts: &[MountOption]) -> (String, String) {
 /// `/proc/self/mountinfo` (a `stat` would ask ourselves).
 fn mount_dev(mountpoint: &Path, fsname: &str, fstype: &str) -> Option<String> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = mountpoint
-        .to_str()?
-        .replace('\\', "\\134")
-        .replace(' ', "\\040")
-        .replace('\t', "\\011")
-        .replace('\n', "\\012");
+    let want = super::mountinfo_path(mountpoint)?;
     let ours = |l: &&str| {
         let (head, tail) = l.split_once(" - ").unwrap_or((l, ""));
         let mut t = tail.split(' ');
