@@ -2,18 +2,11 @@
 //! mountpoint, and plain (uncoloured) logs when output is not a terminal.
 
 use std::fs;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use crate::util::{self, gentree, run};
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use crate::mount::Daemon;
+use crate::util::{self, gentree, run, wait_until};
 
 #[test]
 fn mount_refuses_a_live_mountpoint_and_says_how_to_fill_an_empty_one() {
@@ -23,37 +16,10 @@ fn mount_refuses_a_live_mountpoint_and_says_how_to_fill_an_empty_one() {
         return;
     }
     let t = util::tempdir();
-    let (conf, mp, err) = (
-        t.path().join("conf"),
-        t.path().join("mnt"),
-        t.path().join("err"),
-    );
-    fs::create_dir_all(&mp).unwrap();
-    /// Unmounts and stops the daemon even when an assertion fails first.
-    struct Guard(std::process::Child, std::path::PathBuf);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg(&self.1)
-                .stderr(Stdio::null()) // usually unmounted already
-                .status();
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let daemon = gentree()
-        .args(["-f", "--no-config", "--conf-root"])
-        .arg(&conf)
-        .arg(&mp)
-        .stdin(Stdio::null())
-        .stderr(fs::File::create(&err).unwrap())
-        .spawn()
-        .unwrap();
-    let mut daemon = Guard(daemon, mp.clone());
-    wait_until("the mount", Duration::from_secs(20), || util::mounted(&mp));
-    let log = || fs::read_to_string(&err).unwrap_or_default();
+    let (conf, mp) = (t.path().join("conf"), t.path().join("mnt"));
+    // Unmounted and stopped on drop, even when an assertion fails first.
+    let daemon = Daemon::start(gentree(), &conf, &conf.join("configs"), &mp, t.path());
+    let log = || daemon.log();
     wait_until("the hints", Duration::from_secs(10), || {
         log().contains("no build config in")
     });
@@ -78,9 +44,7 @@ fn mount_refuses_a_live_mountpoint_and_says_how_to_fill_an_empty_one() {
         e.contains("is already mounted (fuse") && e.contains("fusermount3 -u"),
         "{e}"
     );
-    util::run_ok(Command::new("fusermount3").arg("-u").arg(&mp));
-    let st = daemon.0.wait().unwrap();
-    assert!(st.success(), "{}", log());
+    daemon.stop();
 }
 
 #[test]
@@ -223,34 +187,9 @@ fn tail_follows_a_first_build_and_a_users_copies_can_be_repeated() {
         "seed = \"testseed\"\npackages = [\"app-misc/gt-lib\"]\n",
     );
     let mp = f.dir.path().join("mp");
-    fs::create_dir_all(&mp).unwrap();
-    let err = f.dir.path().join("daemon.err");
-    let daemon = f
-        .cmd(None)
-        .args(["-f", "--no-config", "-o", "allow_other", "--conf-root"])
-        .arg(f.conf())
-        .arg("--configs")
-        .arg(f.cfg_dir())
-        .arg(&mp)
-        .stdin(Stdio::null())
-        .stderr(fs::File::create(&err).unwrap())
-        .spawn()
-        .unwrap();
-    struct Guard(std::process::Child, std::path::PathBuf);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg(&self.1)
-                .stderr(Stdio::null()) // usually unmounted already
-                .status();
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _daemon = Guard(daemon, mp.clone());
-    wait_until("the mount", Duration::from_secs(20), || util::mounted(&mp));
+    let mut cmd = f.cmd(None);
+    cmd.args(["-o", "allow_other"]);
+    let daemon = Daemon::start(cmd, &f.conf(), &f.cfg_dir(), &mp, f.dir.path());
     // The README's example: follow the log of a build that has not started yet.
     let followed = f.dir.path().join("followed");
     let mut tail = Command::new("tail")
@@ -263,11 +202,7 @@ fn tail_follows_a_first_build_and_a_users_copies_can_be_repeated() {
     let cp = run(Command::new("cp")
         .arg(mp.join("builds/small.tar"))
         .arg(f.dir.path().join("a.tar")));
-    assert!(
-        cp.status.success(),
-        "{}",
-        fs::read_to_string(&err).unwrap_or_default()
-    );
+    assert!(cp.status.success(), "{}", daemon.log());
     let log = fs::read_to_string(mp.join("builds/small.log")).unwrap();
     assert!(log.lines().count() > 10, "{log}");
     // tail polls once a second on FUSE.

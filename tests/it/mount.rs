@@ -9,18 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::build::{BASE, Fixture};
-use crate::util::{self, mounted, run, run_ok};
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use crate::util::{self, mounted, run, run_ok, wait_until};
 
 /// A foreground daemon serving `mp`, its stderr kept in a file; unmounted on drop.
-struct Daemon {
+pub struct Daemon {
     child: Child,
     mp: PathBuf,
     stderr: PathBuf,
@@ -28,7 +20,13 @@ struct Daemon {
 
 impl Daemon {
     /// With `--no-config` unless `cmd` sets XDG_CONFIG_HOME (then its defaults count).
-    fn start(mut cmd: Command, conf: &Path, configs: &Path, mp: &Path, scratch: &Path) -> Daemon {
+    pub fn start(
+        mut cmd: Command,
+        conf: &Path,
+        configs: &Path,
+        mp: &Path,
+        scratch: &Path,
+    ) -> Daemon {
         fs::create_dir_all(mp).unwrap();
         if !cmd.get_envs().any(|(k, _)| k == "XDG_CONFIG_HOME") {
             cmd.arg("--no-config");
@@ -56,7 +54,7 @@ impl Daemon {
         d
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
@@ -65,7 +63,7 @@ impl Daemon {
     }
 
     /// Unmounts with fusermount3 and waits for the daemon to exit.
-    fn stop(mut self) {
+    pub fn stop(mut self) {
         run_ok(Command::new("fusermount3").arg("-u").arg(&self.mp));
         let start = Instant::now();
         loop {
