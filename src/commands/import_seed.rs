@@ -64,14 +64,12 @@ pub fn run(args: &ImportSeedArgs) -> CmdResult {
     let intr = Interrupt::install();
     let mut prog = Progress::new(std::io::stderr().is_terminal());
     let r = seed::import(&opts, &intr, &mut prog).map_err(|e| unreadable_hint(e, &opts))?;
-    if opts.owners != Owners::Real {
-        // Symlinks and FIFOs of the seed are the store owner's on disk (the user's,
-        // or root's build id range) but root's in the seed.
-        let (uid, gid) = mapping.host_root();
-        crate::layers::ownership::HostOwner { uid, gid }
-            .write(&r.dest)
-            .map_err(|e| format!("cannot mark the owner of {}: {e}", r.dest.display()))?;
-    }
+    // Unrecorded entries (symlinks) are the store owner's on disk (the user's, or
+    // root's build id range) but root's in the seed.
+    let (uid, gid) = mapping.host_root();
+    crate::layers::ownership::HostOwner { uid, gid }
+        .write(&r.dest)
+        .map_err(|e| format!("cannot mark the owner of {}: {e}", r.dest.display()))?;
     // The identity of the new content (a replaced seed's layers are rebuilt when it differs).
     seed::identity::refresh(&opts.conf_root, &opts.name, &r.dest)?;
     let s = &r.stats;

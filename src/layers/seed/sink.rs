@@ -16,35 +16,31 @@
 //!   Directories get owner, mode and times after everything else, so a read-only or
 //!   old-mtime directory can still be filled first.
 //!
-//! Ownership: with [`Owners::Real`] the archive's owners are set for real (`fchown`);
-//! otherwise (every import `gentree-fs import-seed` does, as root or not) they are
-//! recorded in `user.containers.override_stat` (`uid:gid:mode`), every entry is owned
-//! on disk by the importing user (or, as root, by the id range builds run as), the on-disk mode
-//! keeps the permission bits minus setuid/setgid/sticky plus owner read/write (and
-//! search for directories) so the importing user can always read and delete the seed.
-//! Device nodes that cannot be created (not root, or `mknod` refused) become empty
-//! regular files whose override records `char-MAJ-MIN`/`block-MAJ-MIN` with the owner
-//! and mode: the union and tar code present them as devices. Likewise fifos in an
-//! unprivileged import (type `pipe`), because Linux allows `user.*` xattrs only on
-//! regular files and directories. Symlinks cannot carry them either, so an
-//! unprivileged import leaves a symlink's (unimportant) owner unrecorded.
+//! Ownership is never set for real: the archive's owners are recorded in
+//! `user.containers.override_stat` (`uid:gid:mode`), every entry is owned on disk by
+//! the importing user (or, as root, by the id range builds run as), and the on-disk
+//! mode keeps the permission bits minus setuid/setgid/sticky plus owner read/write
+//! (and search for directories) so the importing user can always read and delete the
+//! seed. No device node is created, as root or not: devices become empty regular
+//! files whose override records `char-MAJ-MIN`/`block-MAJ-MIN` with the owner and
+//! mode, and the union and tar code present them as devices. Likewise fifos (type
+//! `pipe`), because Linux allows `user.*` xattrs only on regular files and
+//! directories. Symlinks cannot carry them either: a user's import leaves a
+//! symlink's (unimportant) owner unrecorded, root's gives it the archive's owner.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat, openat2};
-use nix::sys::stat::{
-    FchmodatFlags, Mode, SFlag, UtimensatFlags, fchmod, fchmodat, fstatat, futimens, mkdirat,
-    mknodat, utimensat,
-};
+use nix::sys::stat::{Mode, SFlag, UtimensatFlags, fchmod, fstatat, futimens, mkdirat, utimensat};
 use nix::sys::time::TimeSpec;
-use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, mkfifoat, symlinkat};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat};
 use xattr::FileExt;
 
 use super::SeedError;
@@ -89,8 +85,6 @@ pub struct Meta {
 /// How owners are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Owners {
-    /// `chown` for real (root).
-    Real,
     /// Record them in the override xattr (ordinary user).
     Record,
     /// Record them in the override xattr, and own every entry on disk by this host
@@ -318,43 +312,12 @@ impl<'a> Sink<'a> {
                     .map_err(errno_io)
                     .map_err(entry_err("link"))?;
             }
-            Kind::Fifo if self.owners == Owners::Real => {
-                mkfifoat(dir, file_name, Mode::from_bits_truncate(0o600))
-                    .map_err(errno_io)
-                    .map_err(entry_err("mkfifo"))?;
-                self.apply(Target::At(dir, file_name), &meta, Some(&kind), name)?;
-            }
-            Kind::Fifo => {
-                // Only files and directories take user xattrs: record the fifo.
+            Kind::Fifo | Kind::Char { .. } | Kind::Block { .. } => {
+                // Only files and directories take user xattrs: a plain file recording
+                // the fifo or device, never a node on the host.
                 let file = create_file(dir, file_name).map_err(entry_err("create"))?;
                 self.stats.specials_recorded += 1;
                 self.apply(Target::Fd(&file), &meta, Some(&kind), name)?;
-            }
-            Kind::Char { major, minor } | Kind::Block { major, minor } => {
-                let sflag = if matches!(kind, Kind::Char { .. }) {
-                    SFlag::S_IFCHR
-                } else {
-                    SFlag::S_IFBLK
-                };
-                let made = self.owners == Owners::Real
-                    && match mknodat(
-                        dir,
-                        file_name,
-                        sflag,
-                        Mode::from_bits_truncate(0o600),
-                        libc::makedev(major, minor),
-                    ) {
-                        Ok(()) => true,
-                        Err(Errno::EPERM) => false,
-                        Err(e) => return Err(entry_err("mknod")(errno_io(e))),
-                    };
-                if made {
-                    self.apply(Target::At(dir, file_name), &meta, Some(&kind), name)?;
-                } else {
-                    let file = create_file(dir, file_name).map_err(entry_err("create"))?;
-                    self.stats.specials_recorded += 1;
-                    self.apply(Target::Fd(&file), &meta, Some(&kind), name)?;
-                }
             }
         }
         self.created.insert(rel.to_path_buf());
@@ -552,10 +515,10 @@ impl<'a> Sink<'a> {
             _ => None,
         };
         let mode = meta.mode & 0o7777;
-        let disk_mode = match self.owners {
-            Owners::Real if recorded_type.is_none() => mode,
-            _ if is_dir => (mode & 0o777) | 0o700,
-            _ => (mode & 0o777) | 0o600,
+        let disk_mode = if is_dir {
+            (mode & 0o777) | 0o700
+        } else {
+            (mode & 0o777) | 0o600
         };
         let uid = Some(Uid::from_raw(meta.uid));
         let gid = Some(Gid::from_raw(meta.gid));
@@ -564,7 +527,6 @@ impl<'a> Sink<'a> {
         // A symlink cannot carry the record, and its owner grants nothing: root gives
         // it the archive's owner for real.
         let owner = match self.owners {
-            Owners::Real => Some((uid, gid)),
             Owners::RecordAs { .. } if is_symlink => Some((uid, gid)),
             Owners::RecordAs { uid, gid } => {
                 Some((Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))))
@@ -579,27 +541,23 @@ impl<'a> Sink<'a> {
             .map_err(errno_io)
             .map_err(err("chown"))?;
         }
-        if is_symlink {
-            // No xattrs or mode on symlinks; just the time.
-            if let Target::At(d, n) = target {
+        // Symlinks (the only entries made by name) take no xattrs or mode; just the time.
+        let f = match target {
+            Target::At(d, n) => {
                 let t = timespec(meta.mtime);
-                utimensat(d, n, &t, &t, UtimensatFlags::NoFollowSymlink)
+                return utimensat(d, n, &t, &t, UtimensatFlags::NoFollowSymlink)
                     .map_err(errno_io)
-                    .map_err(err("set times"))?;
+                    .map_err(err("set times"));
             }
-            return Ok(());
-        }
+            Target::Fd(f) => f,
+        };
 
         // Extended attributes, then the recorded ownership.
         for (k, v) in &meta.xattrs {
             if k.as_bytes() == OVERRIDE_XATTR.as_bytes() {
                 continue; // the header's owner is authoritative
             }
-            let r = match target {
-                Target::Fd(f) => f.set_xattr(k, v),
-                Target::At(d, n) => xattr::set(proc_path(d, n), k, v),
-            };
-            if let Err(e) = r {
+            if let Err(e) = f.set_xattr(k, v) {
                 self.stats.xattrs_dropped += 1;
                 if self.warned_xattrs.insert(k.clone()) {
                     tracing::warn!(
@@ -609,47 +567,27 @@ impl<'a> Sink<'a> {
                 }
             }
         }
-        if self.owners != Owners::Real || recorded_type.is_some() {
-            let ov = OverrideStat {
-                uid: meta.uid,
-                gid: meta.gid,
-                mode,
-                kind: recorded_type,
-            };
-            let value = ov.encode();
-            match target {
-                Target::Fd(f) => f.set_xattr(OVERRIDE_XATTR, value.as_bytes()),
-                Target::At(d, n) => ov.write(&proc_path(d, n)),
-            }
+        let ov = OverrideStat {
+            uid: meta.uid,
+            gid: meta.gid,
+            mode,
+            kind: recorded_type,
+        };
+        f.set_xattr(OVERRIDE_XATTR, ov.encode().as_bytes())
             .map_err(|e| SeedError::Entry {
                 entry: name.to_string(),
                 op: "record ownership in the user.containers.override_stat xattr \
-                     (the seed filesystem needs user xattrs unless importing as root)",
+                     (the seed filesystem needs user xattrs)",
                 source: e,
             })?;
-        }
 
         // Mode after owner (chown clears setuid/setgid), then times.
         let m = Mode::from_bits_truncate(disk_mode as libc::mode_t);
         let t = timespec(meta.mtime);
-        match target {
-            Target::Fd(f) => {
-                fchmod(f, m).map_err(errno_io).map_err(err("chmod"))?;
-                futimens(f, &t, &t)
-                    .map_err(errno_io)
-                    .map_err(err("set times"))?;
-            }
-            Target::At(d, n) => {
-                // The name was just created by us as a fifo or device, not a symlink.
-                fchmodat(d, n, m, FchmodatFlags::FollowSymlink)
-                    .map_err(errno_io)
-                    .map_err(err("chmod"))?;
-                utimensat(d, n, &t, &t, UtimensatFlags::NoFollowSymlink)
-                    .map_err(errno_io)
-                    .map_err(err("set times"))?;
-            }
-        }
-        Ok(())
+        fchmod(f, m).map_err(errno_io).map_err(err("chmod"))?;
+        futimens(f, &t, &t)
+            .map_err(errno_io)
+            .map_err(err("set times"))
     }
 }
 
@@ -675,14 +613,6 @@ fn default_dir_meta() -> Meta {
 
 fn timespec((s, ns): (i64, u32)) -> TimeSpec {
     TimeSpec::new(s, ns as _)
-}
-
-/// A path naming `name` in the directory open as `dir` without resolving anything
-/// again: `/proc/self/fd/N/name` (the `l*xattr` calls do not follow `name` itself).
-fn proc_path(dir: BorrowedFd<'_>, name: &OsStr) -> PathBuf {
-    let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-    p.push(name);
-    p
 }
 
 /// The file type at `name` in `dir` (not following symlinks), or `None` if absent.
