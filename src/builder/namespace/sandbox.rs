@@ -276,17 +276,17 @@ pub enum SandboxError {
     },
 }
 
-/// Whether `path` (inside the root) is one the sandbox hides or makes read-only.
-pub fn is_protected(path: &Path) -> bool {
-    MASKED_PATHS
-        .iter()
-        .chain(READONLY_PATHS)
-        .any(|p| path.starts_with(p))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether `path` (inside the root) is one the sandbox hides or makes read-only.
+    fn is_protected(path: &Path) -> bool {
+        MASKED_PATHS
+            .iter()
+            .chain(READONLY_PATHS)
+            .any(|p| path.starts_with(p))
+    }
 
     #[test]
     fn no_host_device_but_the_harmless_ones() {
