@@ -18,6 +18,11 @@ pkgs=(
   python3-pip      # make-test-seed.sh downloads the portage wheel with pip
   strace           # debugging aid for namespace and FUSE problems
   diffoscope-minimal # the reproducibility tests compare two images with it
+  # Real consumers of the OCI images and the registry cache (tests and bench):
+  skopeo umoci podman # inspect, copy, unpack and load the OCI image layouts
+  docker-registry  # CNCF distribution: the registry the cache tests start on 127.0.0.1
+  apache2-utils    # htpasswd, for the registry's basic-auth test
+  python3-venv     # a private venv for spdx-tools (below)
 )
 missing=()
 for p in "${pkgs[@]}"; do
@@ -32,3 +37,11 @@ fi
 if [[ -f /etc/fuse.conf ]] && ! grep -q '^user_allow_other' /etc/fuse.conf; then
   echo user_allow_other >> /etc/fuse.conf
 fi
+# spdx-tools (PyPI) validates the SBOMs (`pyspdxtools -i FILE`). Debian has no package
+# for it and its Python is externally managed, so it lives in a venv of its own.
+spdx_venv=/opt/gentree-fs-ci/spdx-tools
+if ! [[ -x $spdx_venv/bin/pyspdxtools ]]; then
+  /usr/bin/python3 -m venv "$spdx_venv"
+  "$spdx_venv/bin/pip" install -q spdx-tools==0.8.5
+fi
+ln -sf "$spdx_venv/bin/pyspdxtools" /usr/local/bin/pyspdxtools
