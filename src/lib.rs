@@ -21,6 +21,7 @@ pub mod cli;
 pub mod commands;
 pub mod fs;
 pub mod layers;
+pub mod oci;
 pub mod server;
 pub mod sys;
 

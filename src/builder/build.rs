@@ -228,6 +228,7 @@ pub fn key_config(cfg: &ResolvedConfig) -> serde_json::Value {
             "tar_filters",
             "dirs",
             "seed_update_args",
+            "oci",
         ] {
             m.remove(k);
         }

@@ -157,7 +157,7 @@ fn is_word(s: &str, extra: &str) -> bool {
 }
 
 /// PMS version syntax: `1.2.3b_rc4_p1-r2`.
-fn is_version(v: &str) -> bool {
+pub fn is_version(v: &str) -> bool {
     let (v, rev) = match v.rsplit_once("-r") {
         Some((v, r)) => (v, Some(r)),
         None => (v, None),
