@@ -96,17 +96,7 @@ fn load(idx: &Path, rec: &Path, root: &Path) -> Option<LayerBlob> {
 }
 
 fn write_record(path: &Path, digest: &str, size: u64) -> io::Result<()> {
-    let tmp = path.with_extension(format!("sha256.tmp{}", std::process::id()));
-    let r = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        writeln!(f, "{digest} {size}")?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if r.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    r
+    super::write_atomic(path, format!("{digest} {size}\n").as_bytes())
 }
 
 /// sha256 of the whole tar, streamed.
