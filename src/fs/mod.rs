@@ -4,6 +4,7 @@
 //! [`crate::layers`], and writes one reply. Inode and handle tables live here.
 pub mod images;
 pub mod mount;
+pub mod oci_images;
 pub mod tree;
 pub mod union;
 

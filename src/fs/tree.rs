@@ -6,7 +6,9 @@
 //! /                      ROOT
 //! ├── seeds/<seed>/      read-only union of the seed (and its persistent upper)
 //! ├── configs/           union whose upper is the configs dir: real files there
-//! ├── builds/            <config>.tar (built on open) and <config>.log, per *.toml
+//! ├── builds/            <config>.tar (built on open) and <config>.log, per *.toml;
+//! │                      <config>.oci/ (OCI image layout) and <config>.spdx.json
+//! │                      (SBOM), made from the image when first read ([`oci`])
 //! ├── layers/            <buildname>.tar: the newest published layer of each
 //! │                      buildname as an OCI layer tar (whiteouts kept)
 //! └── packages/<dir>/    read-only, live view of each binary package dir: `pkgdir*`
@@ -30,6 +32,9 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
 
+mod oci;
+pub use oci::{ExtraOp, OciPart};
+
 use super::images::Images;
 use crate::layers::ownership::FileKind;
 use crate::layers::store::{BuildKey, Store};
@@ -43,6 +48,10 @@ pub const LAYERS: u64 = 4;
 pub const PACKAGES: u64 = 5;
 /// First inode of the layers entries (`FIRST_LAYER + i` is layer i).
 const FIRST_LAYER: u64 = 1 << 40;
+/// First inode of the OCI layouts' and SBOMs' entries ([`oci`]); blobs from
+/// `FIRST_BLOB`, numbered by digest across configs.
+const FIRST_OCI: u64 = 1 << 44;
+const FIRST_BLOB: u64 = 1 << 46;
 /// First inode of the builds entries: `FIRST_BUILD + 2 * i` is config i's tar,
 /// `+ 1` its log; a tar's generation `g` adds `g << TAR_GEN_SHIFT`
 /// ([`GentreeFs::new_tar_generation`]).
@@ -73,6 +82,12 @@ pub enum Node {
     Log(usize),
     /// `layers/<buildname>.tar`, by layers index.
     Layer(usize),
+    /// `builds/<config>.oci/...`, by builds index.
+    Oci(usize, OciPart),
+    /// `builds/<config>.oci/blobs/sha256/<digest>`, by blob number.
+    Blob(usize),
+    /// `builds/<config>.spdx.json`, by builds index.
+    Sbom(usize),
     /// Union `index`, its inode.
     Union(usize, Ino),
 }
@@ -89,6 +104,8 @@ impl Node {
                 (i >> UNION_SHIFT) as usize - 1,
                 Ino(i & ((1 << UNION_SHIFT) - 1)),
             )),
+            i if i >= FIRST_BLOB => Some(Node::Blob((i - FIRST_BLOB) as usize)),
+            i if i >= FIRST_OCI => oci::node_of(i - FIRST_OCI),
             i if i >= FIRST_LAYER => Some(Node::Layer((i - FIRST_LAYER) as usize)),
             i if i >= FIRST_BUILD => {
                 let i = (i - FIRST_BUILD) & ((1 << TAR_GEN_SHIFT) - 1);
@@ -111,6 +128,8 @@ impl Node {
             Node::Layers => LAYERS,
             Node::Packages => PACKAGES,
             Node::Layer(n) => FIRST_LAYER + n as u64,
+            Node::Oci(..) | Node::Sbom(_) => FIRST_OCI + oci::offset(self),
+            Node::Blob(n) => FIRST_BLOB + n as u64,
             Node::Tar(n) => FIRST_BUILD + 2 * n as u64,
             Node::Log(n) => FIRST_BUILD + 2 * n as u64 + 1,
             Node::Union(u, ino) => union_ino(u, ino.0),
@@ -135,6 +154,8 @@ pub enum Handle {
         /// inode's pages, so they must stop once another image is served there.
         cached: bool,
     },
+    /// A small file held in memory (`index.json`, an SBOM, a config blob).
+    Bytes(Arc<[u8]>),
     /// A build log, read by path at each read: a log that does not exist yet when
     /// `tail -f` opens it, or that a new build starts afresh, is still followed.
     Log(PathBuf),
@@ -206,6 +227,8 @@ pub struct GentreeFs {
     layers: RwLock<Vec<BuildKey>>,
     /// OCI layouts of layers, by key (layers are immutable).
     oci: Mutex<HashMap<BuildKey, Arc<TarLayout>>>,
+    /// The configs' OCI image layouts and SBOMs, and the blobs' inode numbers.
+    extras: oci::Extras,
     pub handles: Arc<Handles>,
     started: SystemTime,
 }
@@ -226,6 +249,7 @@ impl GentreeFs {
             work: spec.configs_work.clone(),
             ..UnionOptions::default()
         })?;
+        let extras = oci::Extras::new(&images);
         Ok(GentreeFs {
             spec,
             images,
@@ -234,6 +258,7 @@ impl GentreeFs {
             tar_gens: Mutex::new(HashMap::new()),
             layers: RwLock::new(Vec::new()),
             oci: Mutex::new(HashMap::new()),
+            extras,
             handles: Arc::new(Handles::default()),
             started: SystemTime::now(),
         })
@@ -527,6 +552,9 @@ impl GentreeFs {
             }
             Node::Builds => {
                 let n = n.ok_or_else(|| errno(libc::ENOENT))?;
+                if let Some(a) = self.extra_in_builds(n) {
+                    return a;
+                }
                 let (stem, tar) = match (n.strip_suffix(".tar"), n.strip_suffix(".log")) {
                     (Some(s), _) => (s, true),
                     (_, Some(s)) => (s, false),
@@ -550,7 +578,10 @@ impl GentreeFs {
                 self.getattr(Node::Layer(self.layer_index(&key)).ino())
             }
             Node::Union(u, ino) => Ok(Self::mapped(u, self.union(u)?.lookup(ino, name)?)),
-            Node::Tar(_) | Node::Log(_) | Node::Layer(_) => Err(errno(libc::ENOTDIR)),
+            Node::Oci(i, part) => self.oci_lookup(i, part, name),
+            Node::Tar(_) | Node::Log(_) | Node::Layer(_) | Node::Blob(_) | Node::Sbom(_) => {
+                Err(errno(libc::ENOTDIR))
+            }
         }
     }
 
@@ -596,6 +627,7 @@ impl GentreeFs {
                 Ok(self.attr(ino, FileKind::File, FILE_MODE, size, mtime))
             }
             Node::Union(u, i) => Ok(Self::mapped(u, self.union(u)?.getattr(i, None)?)),
+            node @ (Node::Oci(..) | Node::Blob(_) | Node::Sbom(_)) => self.oci_getattr(node),
         }
     }
 
@@ -669,6 +701,7 @@ impl GentreeFs {
                     if let Some(i) = self.build_index(&name) {
                         v.push((self.tar_ino_at(i), FileKind::File, format!("{name}.tar")));
                         v.push((Node::Log(i).ino(), FileKind::File, format!("{name}.log")));
+                        v.extend(self.extras_in_builds(i, &name));
                     }
                 }
                 Ok(own(v))
@@ -682,7 +715,10 @@ impl GentreeFs {
                 Ok(own(v))
             }
             Node::Union(u, i) => Ok(union_fh_out(u, self.union(u)?.opendir(i)?.0)),
-            Node::Tar(_) | Node::Log(_) | Node::Layer(_) => Err(errno(libc::ENOTDIR)),
+            Node::Oci(i, part) => Ok(own(self.oci_listing(i, part)?)),
+            Node::Tar(_) | Node::Log(_) | Node::Layer(_) | Node::Blob(_) | Node::Sbom(_) => {
+                Err(errno(libc::ENOTDIR))
+            }
         }
     }
 
@@ -733,6 +769,10 @@ impl GentreeFs {
                 })
             }
             Node::Tar(_) | Node::Log(_) | Node::Layer(_) if writing => Err(errno(libc::EACCES)),
+            node @ (Node::Oci(..) | Node::Blob(_) | Node::Sbom(_)) if !writing => {
+                self.oci_open(node)
+            }
+            Node::Oci(..) | Node::Blob(_) | Node::Sbom(_) => Err(errno(libc::EACCES)),
             Node::Layer(i) => Ok(Opened::Cached(
                 self.handles.insert(Handle::Tar(self.oci_layout(i)?)),
             )),
@@ -786,6 +826,7 @@ impl GentreeFs {
                 } if !self.images.is_served(name, image) => Err(errno(libc::ESTALE)),
                 Handle::Image { image, .. } => image.read_at(offset, buf),
                 Handle::Log(path) => read_log(path, offset, buf),
+                Handle::Bytes(b) => Ok(read_bytes(b, offset, buf)),
                 Handle::Dir(_) => Err(errno(libc::EISDIR)),
             };
             match n {
@@ -955,7 +996,8 @@ impl GentreeFs {
     /// once; a log grows), `ttl` for the rest.
     pub fn attr_ttl(ino: u64, ttl: Duration) -> Duration {
         match Node::of(ino) {
-            Some(Node::Tar(_) | Node::Log(_)) => Duration::ZERO,
+            Some(Node::Tar(_) | Node::Log(_) | Node::Sbom(_)) => Duration::ZERO,
+            Some(Node::Oci(_, OciPart::Index)) => Duration::ZERO,
             _ => ttl,
         }
     }
@@ -996,6 +1038,14 @@ fn read_log(path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// Copies what `b` has at `offset` into `buf`.
+fn read_bytes(b: &[u8], offset: u64, buf: &mut [u8]) -> usize {
+    let start = offset.min(b.len() as u64) as usize;
+    let n = buf.len().min(b.len() - start);
+    buf[..n].copy_from_slice(&b[start..start + n]);
+    n
+}
+
 fn read_full(f: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
@@ -1029,6 +1079,13 @@ mod tests {
             Node::Log(7),
             Node::Union(0, Ino(1)),
             Node::Union(3, Ino(12345)),
+            Node::Oci(0, OciPart::Dir),
+            Node::Oci(5, OciPart::Sha256),
+            Node::Oci(1 << 20, OciPart::Index),
+            Node::Sbom(0),
+            Node::Sbom(77),
+            Node::Blob(0),
+            Node::Blob(1 << 30),
         ] {
             assert_eq!(Node::of(n.ino()), Some(n), "{n:?}");
         }

@@ -16,10 +16,9 @@ use oci_spec::image::{
     HistoryBuilder, ImageConfigurationBuilder, ImageIndexBuilder, ImageManifestBuilder, MediaType,
     Os, PlatformBuilder, RootFsBuilder, Sha256Digest,
 };
-use sha2::{Digest, Sha256};
 
 use super::blob::{LayerBlob, layer_blob};
-use super::{OciError, canonical_json, hex, io_err, rfc3339};
+use super::{OciError, canonical_json, io_err, rfc3339, sha256_hex};
 use crate::builder::build;
 use crate::builder::config::ResolvedConfig;
 use crate::builder::config::oci::ImageSettings;
@@ -154,10 +153,6 @@ fn swap_in(tmp: &Path, dir: &Path) -> Result<(), OciError> {
     fs::rename(dir, &old).map_err(io_err("cannot move aside", dir))?;
     fs::rename(tmp, dir).map_err(io_err("cannot rename into place", dir))?;
     crate::layers::store::remove_tree(&old).map_err(io_err("cannot remove", &old))
-}
-
-fn sha256_hex(b: &[u8]) -> String {
-    hex(&Sha256::digest(b))
 }
 
 /// What an image is made of besides its layers' trees.
