@@ -10,7 +10,10 @@
 //!   tar layout and streaming, seed import and identity, tree digests, the
 //!   normalisation that makes a built layer reproducible. Knows nothing of FUSE or
 //!   namespaces.
-//! - [`fs`]: the only code that talks to FUSE (fuser): thin adapters over `layers`.
+//! - [`oci`]: OCI image layouts of built configs (layer blobs and their digests, image
+//!   config, manifest, index) and their SPDX SBOMs. Knows nothing of FUSE.
+//! - [`fs`]: the only code that talks to FUSE (fuser): thin adapters over `layers`,
+//!   and the mount's build manager (`images`, `oci_images`).
 //! - [`server`]: `gentree-fs serve`, the binhost and build queue over its own bounded
 //!   HTTP/1.1 server.
 //! - [`sys`]: the few `unsafe` system calls, each documented.
