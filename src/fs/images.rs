@@ -412,6 +412,12 @@ impl Images {
         Ok(Plan { cfg, dirs, keys })
     }
 
+    /// `name`'s resolved config when its resolution is cached and current (`None`
+    /// otherwise, or when it does not resolve); never reads a config.
+    pub fn resolved(&self, name: &str) -> Option<Arc<ResolvedConfig>> {
+        self.resolutions.cached(&self.config_path(name))?.ok()
+    }
+
     /// `name`'s resolved config, its host dirs and its layers' keys (build order, the
     /// top last): what its image is made of.
     pub fn layer_plan(

@@ -41,17 +41,41 @@ pub type Then = Box<dyn FnOnce(Result<(), i32>) + Send>;
 struct Slot {
     /// The image they were made from.
     image: Option<Arc<TarLayout>>,
+    /// What else they were made from ([`fingerprint`]): `[oci]` is no part of any
+    /// layer key, so an edited `[oci]` table keeps the image and changes this.
+    inputs: String,
     oci: Option<Arc<OciImage>>,
     sbom: Option<Arc<[u8]>>,
 }
 
 /// The OCI layouts and SBOMs of the configs' images.
-#[derive(Debug)]
 pub struct OciImages {
     images: Arc<Images>,
     slots: Mutex<HashMap<String, Slot>>,
     /// Layer blobs by layer directory and options tag, once computed or loaded.
     blobs: Mutex<HashMap<(PathBuf, String), LayerBlob>>,
+    /// Requests waiting for a layout or SBOM being made, by config: one maker each.
+    making: Mutex<HashMap<(String, Want), Vec<Then>>>,
+}
+
+impl std::fmt::Debug for OciImages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OciImages")
+            .field("configs", &self.slots.lock().len())
+            .finish()
+    }
+}
+
+/// What an OCI image or SBOM depends on besides the image's layers: the configs'
+/// `[oci]` tables, the image's filters, its names and target.
+fn fingerprint(cfg: &crate::builder::config::ResolvedConfig) -> String {
+    let order = cfg.build_order();
+    let settings = crate::builder::config::oci::ImageSettings::merged(order.iter().map(|c| &c.oci));
+    let names: Vec<&str> = order.iter().map(|c| c.buildname.as_str()).collect();
+    format!(
+        "{settings:?}\n{:?}\n{names:?}\n{:?}",
+        cfg.tar_filters, cfg.crossdev_target
+    )
 }
 
 impl OciImages {
@@ -60,6 +84,7 @@ impl OciImages {
             images,
             slots: Mutex::new(HashMap::new()),
             blobs: Mutex::new(HashMap::new()),
+            making: Mutex::new(HashMap::new()),
         })
     }
 
@@ -107,11 +132,16 @@ impl OciImages {
         );
     }
 
-    /// `Some` when `want` is made for `image` already.
+    /// True when `want` is made for `image` and the config as it is now.
     fn is_made(&self, name: &str, image: &Arc<TarLayout>, want: Want) -> bool {
+        let Some(cfg) = self.images.resolved(name) else {
+            return false;
+        };
+        let inputs = fingerprint(&cfg);
         let slots = self.slots.lock();
         slots.get(name).is_some_and(|s| {
             s.image.as_ref().is_some_and(|i| Arc::ptr_eq(i, image))
+                && s.inputs == inputs
                 && match want {
                     Want::Oci => s.oci.is_some(),
                     Want::Sbom => s.sbom.is_some(),
@@ -130,6 +160,7 @@ impl OciImages {
                 None => return Err(format!("layer {} is not in the store", k.short())),
             }
         }
+        let inputs = fingerprint(&cfg);
         let roots: Vec<PathBuf> = layers.iter().map(|l| l.root()).collect();
         if roots.as_slice() != image.layers() {
             return Err("the config changed while its image was opened".into());
@@ -165,23 +196,30 @@ impl OciImages {
                 };
                 let oci = Arc::new(image::assemble(&spec, blobs).map_err(|e| chain(&e))?);
                 tracing::info!("{name}: OCI image {}", oci.manifest_digest());
-                self.keep(name, image, |s| s.oci = Some(oci));
+                self.keep(name, image, inputs, |s| s.oci = Some(oci));
             }
             Want::Sbom => {
                 let doc =
                     sbom::document(&cfg.buildname, image.layers(), epoch).map_err(|e| chain(&e))?;
-                self.keep(name, image, |s| s.sbom = Some(doc.into()));
+                self.keep(name, image, inputs, |s| s.sbom = Some(doc.into()));
             }
         }
         Ok(())
     }
 
-    fn keep(&self, name: &str, image: &Arc<TarLayout>, set: impl FnOnce(&mut Slot)) {
+    fn keep(
+        &self,
+        name: &str,
+        image: &Arc<TarLayout>,
+        inputs: String,
+        set: impl FnOnce(&mut Slot),
+    ) {
         let mut slots = self.slots.lock();
         let s = slots.entry(name.to_owned()).or_default();
-        if !s.image.as_ref().is_some_and(|i| Arc::ptr_eq(i, image)) {
+        if !s.image.as_ref().is_some_and(|i| Arc::ptr_eq(i, image)) || s.inputs != inputs {
             *s = Slot {
                 image: Some(image.clone()),
+                inputs,
                 ..Slot::default()
             };
         }
@@ -230,17 +268,38 @@ impl Waiter for ExtraWaiter {
         if self.oci.is_made(&self.name, &image, self.want) {
             return (self.then)(Ok(()));
         }
-        let name = format!("oci-{}", self.name);
-        let spawned = std::thread::Builder::new().name(name).spawn(move || {
-            let r = self.oci.make(&self.name, &image, self.want);
-            if let Err(e) = &r {
-                tracing::error!("{}: {:?}: {e}", self.name, self.want);
+        let key = (self.name.clone(), self.want);
+        {
+            let mut making = self.oci.making.lock();
+            if let Some(waiting) = making.get_mut(&key) {
+                // Another request is making it: answered with that one.
+                waiting.push(self.then);
+                return;
             }
-            (self.then)(r.map_err(|_| libc::EIO));
-        });
+            making.insert(key.clone(), vec![self.then]);
+        }
+        let oci = self.oci.clone();
+        let mine = self.oci;
+        let key2 = key.clone();
+        let name = self.name;
+        let spawned = std::thread::Builder::new()
+            .name(format!("oci-{name}"))
+            .spawn(move || {
+                let r = oci.make(&name, &image, key.1);
+                if let Err(e) = &r {
+                    tracing::error!("{name}: {:?}: {e}", key.1);
+                }
+                let waiting = oci.making.lock().remove(&key).unwrap_or_default();
+                for then in waiting {
+                    then(r.clone().map_err(|_| libc::EIO));
+                }
+            });
         if let Err(e) = spawned {
-            // The reply went down with the closure (answered EIO when dropped).
             tracing::error!("cannot start a thread for an OCI image: {e}");
+            let waiting = mine.making.lock().remove(&key2).unwrap_or_default();
+            for then in waiting {
+                then(Err(libc::EAGAIN));
+            }
         }
     }
 

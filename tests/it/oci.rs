@@ -424,6 +424,20 @@ fn oci_layout_and_sbom_from_build_and_mount_satisfy_real_consumers() {
     assert_eq!(shown["WorkingDir"], c["WorkingDir"]);
     let _ = run(&mut podman(&["rmi", "-a", "-f"]));
 
+    // An edited [oci] table is no part of any key: no build, same layer blobs, a new
+    // image config.
+    let jobs = d.log().matches(": build job ").count();
+    let edited = APP.replace("cmd = [\"--version\"]", "cmd = [\"--help\"]");
+    assert_ne!(edited, APP);
+    fs::write(mp.join("configs/app.toml"), &edited).unwrap();
+    let config2 = json(&run_ok(
+        Command::new("skopeo").args(["inspect", "--config", &oci_ref]),
+    ));
+    assert_eq!(config2["config"]["Cmd"], serde_json::json!(["--help"]));
+    assert_eq!(config2["rootfs"], config["rootfs"]);
+    assert_eq!(d.log().matches(": build job ").count(), jobs, "no rebuild");
+    fs::write(mp.join("configs/app.toml"), APP).unwrap();
+
     // The SBOM validates and lists what is installed, not what was unmerged, though
     // the image has no var/db/pkg.
     let v = run(Command::new("pyspdxtools").arg("-i").arg(&sbom));
