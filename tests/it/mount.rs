@@ -183,7 +183,10 @@ fn mount_tree_without_portage() {
         v.sort();
         v
     };
-    assert_eq!(builds(&mp), ["hello.log", "hello.tar"]);
+    assert_eq!(
+        builds(&mp),
+        ["hello.log", "hello.oci", "hello.spdx.json", "hello.tar"]
+    );
     let src = t.path().join("nginx.toml");
     fs::write(&src, "seed = \"s1\"\npackages = [\"www-servers/nginx\"]\n").unwrap();
     run_ok(Command::new("cp").arg(&src).arg(mp.join("configs/")));
@@ -194,7 +197,16 @@ fn mount_tree_without_portage() {
     );
     assert_eq!(
         builds(&mp),
-        ["hello.log", "hello.tar", "nginx.log", "nginx.tar"]
+        [
+            "hello.log",
+            "hello.oci",
+            "hello.spdx.json",
+            "hello.tar",
+            "nginx.log",
+            "nginx.oci",
+            "nginx.spdx.json",
+            "nginx.tar"
+        ]
     );
     let tar = mp.join("builds/nginx.tar");
     assert_eq!(fs::metadata(&tar).unwrap().len(), 0, "unbuilt image size");
@@ -377,7 +389,11 @@ fn mount_answers_while_a_config_is_slow() {
     let (n, state, size, host, packages) = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("the mount stalled behind the slow config");
-    assert_eq!(n, 2 * (SLOW + 1), "hello and the slow ones, .tar and .log");
+    assert_eq!(
+        n,
+        4 * (SLOW + 1),
+        "hello and the slow ones, .tar, .log, .oci and .spdx.json"
+    );
     assert_eq!((state.as_deref(), size), (Some("absent"), 0));
     assert_eq!((host.as_str(), packages), ("seed-one\n", 0));
     assert!(
