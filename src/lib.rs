@@ -6,10 +6,10 @@
 //!   keys (with the repository state and the build epoch), emerge command lines, the
 //!   namespaced build helper and the sandbox every process that runs seed code is
 //!   confined to, crash leftovers. Never imports [`fs`].
-//! - [`layers`]: layers on disk: whiteouts, ownership metadata, the union view,
-//!   tar layout and streaming, seed import and identity, tree digests, the
-//!   normalisation that makes a built layer reproducible. Knows nothing of FUSE or
-//!   namespaces.
+//! - [`layers`]: layers on disk: the conf root's layout, whiteouts, ownership
+//!   metadata, the union view, tar layout and streaming, seed import and identity, tree
+//!   digests, the normalisation that makes a built layer reproducible. Imports neither
+//!   `fuser` nor [`builder`].
 //! - [`fs`]: the only code that talks to FUSE (fuser): thin adapters over `layers`.
 //! - [`server`]: `gentree-fs serve`, the binhost and build queue over its own bounded
 //!   HTTP/1.1 server.

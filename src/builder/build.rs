@@ -26,13 +26,15 @@ use crate::builder::epoch::{self, Epoch};
 use crate::builder::key::{self, KeyInputs, LAYER_FORMAT_VERSION};
 use crate::builder::namespace::{self, IdMapping, MountSpec, Plan, RunStep, Step, UnionSpec};
 use crate::builder::repos::{PackageInput, Repos};
+use crate::layers::layout::ConfRoot;
 use crate::layers::normalize;
 use crate::layers::ownership::HostOwner;
 use crate::layers::seed::identity::{self, SeedIdentity};
 use crate::layers::store::{self, BuildKey, Layer, LayerMeta, Store, StoreError};
 use crate::layers::tar::{FilterSet, PackOptions, TarLayout};
 
-/// Host directories a build uses (spec 2.1), after `_seed_dir`-style overrides.
+/// Host directories a build uses: the conf root's defaults ([`ConfRoot`]) after a
+/// config's `_seed_dir`-style overrides.
 #[derive(Debug, Clone)]
 pub struct HostDirs {
     pub conf_root: PathBuf,
@@ -64,7 +66,8 @@ impl HostDirs {
             .conf_root
             .clone()
             .unwrap_or_else(|| conf_root.to_path_buf());
-        let under = |o: &Option<PathBuf>, name: &str| {
+        let layout = ConfRoot::new(&root);
+        let under = |o: &Option<PathBuf>, default: PathBuf| {
             o.as_ref()
                 .map(|p| {
                     if p.is_absolute() {
@@ -73,14 +76,14 @@ impl HostDirs {
                         root.join(p)
                     }
                 })
-                .unwrap_or_else(|| root.join(name))
+                .unwrap_or(default)
         };
         HostDirs {
-            seeds: under(&d.seed_dir, "seeds"),
-            builds: under(&d.build_dir, "builds"),
-            distfiles: under(&d.distfile_dir, "distfiles"),
-            repos: under(&d.repo_dir, "repos"),
-            config: under(&d.config_dir, "config"),
+            seeds: under(&d.seed_dir, layout.seeds()),
+            builds: under(&d.build_dir, layout.builds()),
+            distfiles: under(&d.distfile_dir, layout.distfiles()),
+            repos: under(&d.repo_dir, layout.repos()),
+            config: under(&d.config_dir, layout.config_overlays()),
             pkgdir_override: d.pkgdir.as_ref().map(|p| {
                 if p.is_absolute() {
                     p.clone()
@@ -88,9 +91,14 @@ impl HostDirs {
                     root.join(p)
                 }
             }),
-            run: root.join("run"),
+            run: layout.run(),
             conf_root: root,
         }
+    }
+
+    /// The layout of the conf root these dirs are under.
+    pub fn layout(&self) -> ConfRoot {
+        ConfRoot::new(&self.conf_root)
     }
 
     /// The imported seed.

@@ -23,6 +23,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::builder::build::BuildError;
+use crate::layers::layout::{ConfRoot, ImageFileName};
 use crate::layers::store::{self, BuildKey, Store};
 
 /// What was (or, with `dry_run`, would be) removed.
@@ -147,7 +148,7 @@ fn clean_image_files(
     keep: &BTreeSet<BuildKey>,
     dry_run: bool,
 ) -> Result<Vec<(PathBuf, u64)>, BuildError> {
-    let dir = crate::fs::images::images_dir(conf_root);
+    let dir = ConfRoot::new(conf_root).images();
     let rd = match fs::read_dir(&dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -158,13 +159,15 @@ fn clean_image_files(
         let e = e.map_err(io_err("cannot list", &dir))?;
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
-        let key = name.split_once('-').and_then(|(k, _)| BuildKey::parse(k));
-        let finished = name.ends_with(".tar");
-        if finished && key.as_ref().is_some_and(|k| keep.contains(k)) {
+        let file = ImageFileName::parse(name);
+        if file
+            .as_ref()
+            .is_some_and(|f| f.finished && keep.contains(&f.top))
+        {
             continue;
         }
         let m = e.metadata().map_err(io_err("cannot stat", &e.path()))?;
-        if m.is_file() && key.is_some() {
+        if m.is_file() && file.is_some() {
             out.push((e.path(), m.len()));
         }
     }

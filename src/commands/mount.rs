@@ -12,6 +12,7 @@ use crate::cli::MountArgs;
 use crate::fs::images::{BuildEnv, Images};
 use crate::fs::mount::{MountError, MountSpec, Mounted, session};
 use crate::fs::tree::{GentreeFs, TreeSpec};
+use crate::layers::layout::ConfRoot;
 use fuser::MountOption;
 
 /// The `-o` options: who may use the mount, and mount(8)/FUSE options for fuser.
@@ -91,7 +92,7 @@ pub fn run(args: &MountArgs) -> CmdResult {
     let configs = std::path::absolute(
         args.configs
             .clone()
-            .unwrap_or_else(|| conf_root.join("configs")),
+            .unwrap_or_else(|| ConfRoot::new(&conf_root).configs()),
     )?;
     if !args.foreground {
         // Report what we can here, before starting a daemon.
@@ -101,7 +102,7 @@ pub fn run(args: &MountArgs) -> CmdResult {
     let fg = daemon::Foreground::start()?;
     let (seeds, work) = prepare_dirs(&conf_root, &configs)?;
     // Scratch dirs of builds a crashed daemon (or `build`) ran.
-    crate::builder::crash::remove_dead_run_dirs(&conf_root.join("run"));
+    crate::builder::crash::remove_dead_run_dirs(&ConfRoot::new(&conf_root).run());
     let sources = if args.no_config {
         DefaultSources::none()
     } else {
@@ -169,8 +170,8 @@ fn prepare_dirs(
     conf_root: &Path,
     configs: &Path,
 ) -> Result<(PathBuf, Option<PathBuf>), Box<dyn std::error::Error + Send + Sync>> {
-    let seeds = crate::builder::build::HostDirs::plain(conf_root).seeds;
-    let work = conf_root.join("state/configs-work");
+    let layout = ConfRoot::new(conf_root);
+    let (seeds, work) = (layout.seeds(), layout.configs_work());
     for d in [&seeds, configs, &work] {
         std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
     }

@@ -39,6 +39,7 @@ use crate::builder::build::{self, BuildError, BuildOptions, HostDirs};
 use crate::builder::config::cache::ResolveCache;
 use crate::builder::config::{CliOverrides, ConfigError, Defaults, ResolvedConfig};
 use crate::builder::namespace::IdMapping;
+use crate::layers::layout::{ConfRoot, ImageFileName};
 use crate::layers::store::{BuildKey, Store, StoreError};
 use crate::layers::tar::{PackOptions, TarError, TarLayout};
 
@@ -593,7 +594,7 @@ impl Images {
             key: BuildKey::from_digest(&[0; 32]),
         })?;
         let digest = self.image_digest(name, &plan.cfg)?;
-        Ok(images_dir(&self.env.conf_root).join(format!("{top}-{digest}.tar")))
+        Ok(ConfRoot::new(&self.env.conf_root).image_file(top, &digest))
     }
 
     /// Keeps finished images as files from now on (the mount negotiated FUSE
@@ -1063,21 +1064,16 @@ fn store_io(e: StoreError) -> io::Error {
 /// The size of the writes of an image file.
 const WRITE_CHUNK: usize = 4 << 20;
 
-/// Where image files are kept under a conf root.
-pub fn images_dir(conf_root: &Path) -> PathBuf {
-    conf_root.join("images")
-}
-
 /// Removes the image files over top layer `top` (readers that have one open keep it).
 fn remove_image_files(conf_root: &Path, top: &BuildKey) {
-    let Ok(rd) = std::fs::read_dir(images_dir(conf_root)) else {
+    let Ok(rd) = std::fs::read_dir(ConfRoot::new(conf_root).images()) else {
         return;
     };
-    let prefix = format!("{top}-");
     for e in rd.filter_map(Result::ok) {
         if e.file_name()
             .to_str()
-            .is_some_and(|n| n.starts_with(&prefix))
+            .and_then(ImageFileName::parse)
+            .is_some_and(|f| f.top == *top)
         {
             if let Err(err) = std::fs::remove_file(e.path()) {
                 tracing::warn!("cannot remove {}: {err}", e.path().display());
@@ -1108,7 +1104,7 @@ pub fn write_image_file(path: &Path, image: &TarLayout) -> Result<(), ImageFileE
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).map_err(err)?;
     }
-    let tmp = path.with_extension(format!("tar.tmp{}", std::process::id()));
+    let tmp = ImageFileName::temp_path(path);
     let r = (|| {
         let mut f = File::create(&tmp)?;
         // Large buffered writes, not `TarLayout::write_to_file` (sendfile, which
