@@ -1,4 +1,4 @@
-//! `gentree-fs [OPTIONS] MOUNTPOINT`: mount the gentree tree ([`crate::fs::tree`]).
+//! `gentree-fs [OPTIONS] MOUNTPOINT`: mount the gentree tree ([`crate::mount::tree`]).
 //!
 //! Foreground and background (re-exec) handling: [`super::daemon`].
 
@@ -9,10 +9,10 @@ use std::process::ExitCode;
 use super::{CmdResult, daemon};
 use crate::builder::config::{DefaultSources, Defaults};
 use crate::cli::MountArgs;
-use crate::fs::images::{BuildEnv, Images};
 use crate::fs::mount::{MountError, MountSpec, Mounted, session};
-use crate::fs::tree::{GentreeFs, TreeSpec};
 use crate::layers::layout::ConfRoot;
+use crate::mount::images::{BuildEnv, Images};
+use crate::mount::tree::{GentreeFs, TreeSpec};
 use fuser::MountOption;
 
 /// The `-o` options: who may use the mount, and mount(8)/FUSE options for fuser.

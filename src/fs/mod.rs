@@ -1,10 +1,10 @@
 //! FUSE adapters (the only module that imports `fuser`).
 //!
-//! Each `Filesystem` method decodes its request, calls one method of a core type from
-//! [`crate::layers`], and writes one reply. Inode and handle tables live here.
-pub mod images;
+//! Each `Filesystem` method decodes its request, calls one method of a core type
+//! ([`crate::layers::union::Union`], [`crate::mount::tree::GentreeFs`]), and writes one
+//! reply. What only the kernel needs (its inode references, passthrough backing ids)
+//! is kept here.
 pub mod mount;
-pub mod tree;
 pub mod union;
 
 // Conversions and replies both adapters (`union`, `mount`) share.

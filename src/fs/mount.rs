@@ -1,8 +1,8 @@
-//! FUSE adapter for the gentree mount ([`super::tree::GentreeFs`]) and its session.
+//! FUSE adapter for the gentree mount ([`crate::mount::tree::GentreeFs`]) and its session.
 //!
 //! Each method decodes, calls one `GentreeFs` method and replies. The exceptions:
 //! opening `builds/<config>.tar`: the `ReplyOpen` moves into an [`OpenWaiter`] handed
-//! to the build manager ([`super::images::Images`]), which answers it from its own
+//! to the build manager ([`crate::mount::images::Images`]), which answers it from its own
 //! thread when the image is ready, failed, or the opener got a signal; no FUSE worker
 //! thread waits for a build. And any request on `builds/<config>.tar` whose config
 //! resolution is not cached moves, reply and all, to a resolver thread
@@ -38,10 +38,10 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
-use super::images::{INTERRUPT_POLL, Images, Waiter};
-use super::tree::{GentreeFs, Handle, Handles, Opened};
 use crate::layers::tar::TarLayout;
 use crate::layers::union::{Attr, SetAttr};
+use crate::mount::images::{INTERRUPT_POLL, Images, Waiter};
+use crate::mount::tree::{GentreeFs, Handle, Handles, Opened};
 
 impl GentreeFuse {
     /// Answers now, or, for a request that needs a config resolution that is not

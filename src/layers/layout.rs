@@ -1,8 +1,8 @@
 //! The conf root's layout: where seeds, layers, image files, build logs, run and state
 //! dirs live under it, and how an image file is named.
 //!
-//! Every path under a conf root is spelled here once; [`crate::builder::build::HostDirs`]
-//! starts from these defaults and applies a config's overrides.
+//! Every path under a conf root is spelled here once; the build's host dirs start from
+//! these defaults and apply a config's overrides.
 
 use std::path::{Path, PathBuf};
 

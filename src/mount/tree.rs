@@ -1,5 +1,5 @@
 //! The gentree mount's tree, without FUSE: [`GentreeFs`] answers lookups, listings,
-//! opens and reads with `io::Result`s; the fuser adapter ([`super::mount`]) only
+//! opens and reads with `io::Result`s; the fuser adapter ([`crate::fs::mount`]) only
 //! decodes and replies.
 //!
 //! ```text
