@@ -40,7 +40,8 @@ use fuser::{
 
 use crate::layers::tar::TarLayout;
 use crate::layers::union::{Attr, SetAttr};
-use crate::mount::images::{INTERRUPT_POLL, Images, Waiter};
+use crate::mount::images::{INTERRUPT_POLL, Images};
+use crate::mount::slots::Waiter;
 use crate::mount::tree::{GentreeFs, Handle, Handles, Opened};
 
 impl GentreeFuse {

@@ -35,11 +35,14 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
+use super::image_file::{remove_image_files, write_image_file};
+use super::signals::signal_pending;
+use super::slots::{Slot, State, Status, Waiter};
 use crate::builder::build::{self, BuildError, BuildOptions, HostDirs};
 use crate::builder::config::cache::ResolveCache;
 use crate::builder::config::{CliOverrides, ConfigError, Defaults, ResolvedConfig};
 use crate::builder::namespace::IdMapping;
-use crate::layers::layout::{ConfRoot, ImageFileName};
+use crate::layers::layout::ConfRoot;
 use crate::layers::store::{BuildKey, Store, StoreError};
 use crate::layers::tar::{PackOptions, TarError, TarLayout};
 
@@ -51,50 +54,6 @@ pub const PKGDIRS_WAIT: Duration = Duration::from_millis(200);
 
 /// How often waiting openers are checked for pending signals.
 pub const INTERRUPT_POLL: Duration = Duration::from_millis(200);
-
-/// Someone waiting for an image: a FUSE open in the mount, a channel in tests.
-pub trait Waiter: Send + 'static {
-    /// The waiting thread (its pending signals are watched).
-    fn pid(&self) -> u32;
-    /// The image is ready; `built`: by the job this waiter waited for, which has
-    /// invalidated the kernel's view of the image (see [`Images::invalidate`]).
-    fn ready(self: Box<Self>, image: Arc<TarLayout>, built: bool);
-    /// The open fails with this errno (EIO for a failed build, EINTR when interrupted).
-    fn fail(self: Box<Self>, errno: i32);
-}
-
-/// What `getfattr` shows as `user.gentree.state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    Absent,
-    /// Requested, waiting for the seed (another build, here or in another process,
-    /// holds its lock).
-    Queued,
-    Building,
-    Ready,
-    Failed,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Absent => "absent",
-            State::Queued => "queued",
-            State::Building => "building",
-            State::Ready => "ready",
-            State::Failed => "failed",
-        }
-    }
-}
-
-/// The state of one config's image, as seen now.
-#[derive(Debug, Clone)]
-pub struct Status {
-    pub state: State,
-    pub key: Option<BuildKey>,
-    /// The image, when it is ready.
-    pub image: Option<Arc<TarLayout>>,
-}
 
 /// Why an image could not be produced (written to the config's log).
 #[derive(Debug, thiserror::Error)]
@@ -165,20 +124,6 @@ impl Plan {
     fn top(&self) -> Option<&BuildKey> {
         self.keys.last()
     }
-}
-
-#[derive(Default)]
-struct Slot {
-    state: Option<State>,
-    key: Option<BuildKey>,
-    image: Option<Arc<TarLayout>>,
-    waiters: Vec<Box<dyn Waiter>>,
-    /// The image the kernel's view was last invalidated for ([`Images::is_served`]).
-    served: Option<Arc<TarLayout>>,
-    /// With `state == Building`: the job still waits for the seed's lock.
-    queued: bool,
-    /// Where `image` is (or will be) kept as a file ([`Images::image_file`]).
-    file: Option<PathBuf>,
 }
 
 /// Called (off any lock) when a config's image becomes ready: the mount invalidates
@@ -1061,135 +1006,10 @@ fn store_io(e: StoreError) -> io::Error {
     }
 }
 
-/// The size of the writes of an image file.
-const WRITE_CHUNK: usize = 4 << 20;
-
-/// Removes the image files over top layer `top` (readers that have one open keep it).
-fn remove_image_files(conf_root: &Path, top: &BuildKey) {
-    let Ok(rd) = std::fs::read_dir(ConfRoot::new(conf_root).images()) else {
-        return;
-    };
-    for e in rd.filter_map(Result::ok) {
-        if e.file_name()
-            .to_str()
-            .and_then(ImageFileName::parse)
-            .is_some_and(|f| f.top == *top)
-        {
-            if let Err(err) = std::fs::remove_file(e.path()) {
-                tracing::warn!("cannot remove {}: {err}", e.path().display());
-            }
-        }
-    }
-}
-
-/// A write of an image file failed.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot write the image file {path}")]
-pub struct ImageFileError {
-    path: PathBuf,
-    #[source]
-    source: io::Error,
-}
-
-/// Writes `image` to `path`: to a temp name in the same dir, synced, then renamed, so
-/// the file is never seen half-written; a file already there of the right size stays.
-pub fn write_image_file(path: &Path, image: &TarLayout) -> Result<(), ImageFileError> {
-    if std::fs::metadata(path).is_ok_and(|m| m.len() == image.size()) {
-        return Ok(());
-    }
-    let err = |source| ImageFileError {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(err)?;
-    }
-    let tmp = ImageFileName::temp_path(path);
-    let r = (|| {
-        let mut f = File::create(&tmp)?;
-        // Large buffered writes, not `TarLayout::write_to_file` (sendfile, which
-        // writes a pipe's worth at a time): the page cache keeps the file in the
-        // folios its writes made, and a cached read of a 1 GiB image written by
-        // sendfile took 0.16 s against 0.12-0.13 s for one written in 4 MiB writes.
-        let mut buf = vec![0u8; WRITE_CHUNK];
-        let mut n = 0;
-        while n < image.size() {
-            let got = image.read_at(n, &mut buf)?;
-            if got == 0 {
-                break;
-            }
-            f.write_all(&buf[..got])?;
-            n += got as u64;
-        }
-        if n != image.size() {
-            return Err(io::Error::other(format!(
-                "wrote {n} bytes, the image has {}",
-                image.size()
-            )));
-        }
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r.map_err(err)
-}
-
 fn append(path: &Path, text: &str) -> io::Result<()> {
     std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .open(path)?
         .write_all(text.as_bytes())
-}
-
-/// True when thread `pid` has a signal pending that it neither blocks nor ignores
-/// (`/proc/<pid>/status`: SigPnd for the thread, ShdPnd for the process). A gone
-/// process counts as interrupted: nobody waits for the answer.
-pub fn signal_pending(pid: u32) -> bool {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return true;
-    };
-    pending_in_status(&text)
-}
-
-/// The test of [`signal_pending`] on the text of a `/proc/<pid>/status` file.
-pub fn pending_in_status(text: &str) -> bool {
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .unwrap_or(0)
-    };
-    let pending = field("SigPnd:") | field("ShdPnd:");
-    pending & !field("SigBlk:") & !field("SigIgn:") != 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pending_signals_count_unless_blocked_or_ignored() {
-        let status = |pnd: &str, shd: &str, blk: &str, ign: &str| {
-            format!(
-                "Name:\tcp\nSigQ:\t0/1\nSigPnd:\t{pnd}\nShdPnd:\t{shd}\nSigBlk:\t{blk}\nSigIgn:\t{ign}\nSigCgt:\t0\n"
-            )
-        };
-        let z = "0000000000000000";
-        let sigint = "0000000000000002";
-        assert!(!pending_in_status(&status(z, z, z, z)));
-        assert!(pending_in_status(&status(z, sigint, z, z)), "shared SIGINT");
-        assert!(pending_in_status(&status(sigint, z, z, z)), "thread SIGINT");
-        assert!(!pending_in_status(&status(z, sigint, sigint, z)), "blocked");
-        assert!(!pending_in_status(&status(z, sigint, z, sigint)), "ignored");
-        assert!(pending_in_status(&status(z, "0000000000000102", sigint, z)));
-    }
-
-    #[test]
-    fn a_vanished_process_counts_as_interrupted() {
-        assert!(signal_pending(u32::MAX - 1));
-        assert!(!signal_pending(std::process::id()));
-    }
 }
