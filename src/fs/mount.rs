@@ -40,6 +40,7 @@ use fuser::{
 
 use crate::layers::tar::TarLayout;
 use crate::layers::union::{Attr, SetAttr};
+use crate::mount::image_open::{CacheAnswer, ImageOpen, cache_answer, image_open};
 use crate::mount::images::{INTERRUPT_POLL, Images};
 use crate::mount::slots::Waiter;
 use crate::mount::tree::{GentreeFs, Handle, Handles, Opened};
@@ -254,54 +255,45 @@ impl Waiter for OpenWaiter {
             cached,
         };
         let fh = FileHandle(self.handles.insert(handle(!built)));
-        if self.passthrough.switch.negotiated() {
-            // A built image is new: its file is not written yet.
-            let file = match built {
-                true => None,
-                false => self.images.image_file(&self.name, &image),
-            };
-            let reply = &self.reply;
-            let io = match (built, self.passthrough.backed(self.ino)) {
-                (true, false) => None,
-                (true, true) => Some(ImageIo::Stale),
-                (false, _) => Some(
+        let negotiated = self.passthrough.switch.negotiated();
+        let backed = negotiated && self.passthrough.backed(self.ino);
+        let io = match image_open(negotiated, built, backed) {
+            ImageOpen::Cache => None,
+            ImageOpen::Stale => Some(ImageIo::Stale),
+            ImageOpen::Passthrough => {
+                let file = self.images.image_file(&self.name, &image);
+                let reply = &self.reply;
+                Some(
                     self.passthrough
                         .open(self.ino, fh.0, file, |f| reply.open_backing(f)),
-                ),
-            };
-            match io {
-                Some(ImageIo::Backed(id)) => {
-                    return self.reply.opened_passthrough(fh, FopenFlags::empty(), &id);
-                }
-                Some(ImageIo::Stale) => {
-                    tracing::debug!("{}: new image, new inode", self.name);
-                    self.handles.remove(fh.0);
-                    self.fs.new_tar_generation(&self.name);
-                    return self.reply.error(Errno::from_i32(libc::ESTALE));
-                }
-                Some(ImageIo::Cached) | None => {
-                    if !self.passthrough.switch.enabled() {
-                        // Refused: image files would serve nothing.
-                        self.images.disable_files();
-                    }
-                }
+                )
             }
+        };
+        match io {
+            Some(ImageIo::Backed(id)) => {
+                return self.reply.opened_passthrough(fh, FopenFlags::empty(), &id);
+            }
+            Some(ImageIo::Stale) => {
+                tracing::debug!("{}: new image, new inode", self.name);
+                self.handles.remove(fh.0);
+                self.fs.new_tar_generation(&self.name);
+                return self.reply.error(Errno::from_i32(libc::ESTALE));
+            }
+            Some(ImageIo::Cached) | None if negotiated && !self.passthrough.switch.enabled() => {
+                // Refused: image files would serve nothing.
+                self.images.disable_files();
+            }
+            Some(ImageIo::Cached) | None => {}
         }
-        if built {
-            // Opened before the build finished: the kernel's view was invalidated
-            // before this answer, but direct I/O makes the copy whole whatever size
-            // a racing GETATTR left in the inode.
-            return self.reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO);
+        match cache_answer(built, self.images.is_served(&self.name, &image)) {
+            CacheAnswer::DirectIo => return self.reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO),
+            CacheAnswer::KeepCache => return self.reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE),
+            CacheAnswer::InvalidateFirst => {}
         }
-        if self.images.is_served(&self.name, &image) {
-            // The kernel's size and pages are this image's: keep them.
-            return self.reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
-        }
-        // A new image for this inode (first open since mounting, or a config edited
-        // back to an image built before): invalidate the kernel's size and pages off
-        // any handler thread (fuser-notes lesson 7), then answer without KEEP_CACHE
-        // so the open itself drops any page left. Openers racing this one do the
-        // same until it is recorded as served.
+        // Invalidate off any handler thread (a notification from inside a handler for
+        // a related inode can deadlock with the kernel), then answer without KEEP_CACHE
+        // so the open itself drops any page left. Openers racing this one do the same until
+        // it is recorded as served.
         let images = self.images.clone();
         let name = self.name.clone();
         let reply = self.reply;

@@ -37,7 +37,7 @@ use sha2::{Digest, Sha256};
 
 use super::image_file::{remove_image_files, write_image_file};
 use super::signals::signal_pending;
-use super::slots::{Slot, State, Status, Waiter};
+use super::slots::{self, Slot, State, Status, Waiter};
 use crate::builder::build::{self, BuildError, BuildOptions, HostDirs};
 use crate::builder::config::cache::ResolveCache;
 use crate::builder::config::{CliOverrides, ConfigError, Defaults, ResolvedConfig};
@@ -612,15 +612,15 @@ impl Images {
         if let Some(image) = status.image {
             return waiter.ready(image, false);
         }
-        let mut slots = self.slots.lock();
-        let s = slots.entry(name.to_owned()).or_default();
-        s.waiters.push(waiter);
-        if s.state == Some(State::Building) {
+        if !self
+            .slots
+            .lock()
+            .entry(name.to_owned())
+            .or_default()
+            .wait(waiter)
+        {
             return;
         }
-        s.state = Some(State::Building);
-        s.image = None;
-        drop(slots);
         let me = Arc::clone(self);
         let owned = name.to_owned();
         let spawned = std::thread::Builder::new()
@@ -634,13 +634,9 @@ impl Images {
 
     /// Adds `waiter` to a running job; gives it back when none runs.
     fn join_running(&self, name: &str, waiter: Box<dyn Waiter>) -> Option<Box<dyn Waiter>> {
-        let mut slots = self.slots.lock();
-        match slots.get_mut(name) {
-            Some(s) if s.state == Some(State::Building) => {
-                s.waiters.push(waiter);
-                None
-            }
-            _ => Some(waiter),
+        match self.slots.lock().get_mut(name) {
+            Some(s) => s.join(waiter),
+            None => Some(waiter),
         }
     }
 
@@ -787,55 +783,30 @@ impl Images {
 
     /// Ends a job: records the outcome and answers every waiter, off the lock.
     fn finish(&self, name: &str, key: Option<(BuildKey, PathBuf)>, r: Result<Arc<TarLayout>, i32>) {
-        let waiters = {
-            let mut slots = self.slots.lock();
-            let s = slots.entry(name.to_owned()).or_default();
-            s.queued = false;
-            match &r {
-                Ok(img) => {
-                    s.state = Some(State::Ready);
-                    (s.key, s.file) = key.unzip();
-                    s.image = Some(img.clone());
-                }
-                Err(_) => {
-                    s.state = Some(State::Failed);
-                    s.image = None;
-                }
-            }
-            std::mem::take(&mut s.waiters)
-        };
+        let waiters = self
+            .slots
+            .lock()
+            .entry(name.to_owned())
+            .or_default()
+            .finish(key, &r);
         if let Ok(img) = &r {
             // Before any waiter is answered: the kernel may hold size 0 (or an older
             // image's size and pages) for the inode.
             self.invalidate(name);
             self.mark_served(name, img);
         }
-        for w in waiters {
-            match &r {
-                Ok(img) => w.ready(img.clone(), true),
-                Err(errno) => w.fail(*errno),
-            }
-        }
+        slots::answer(waiters, &r);
     }
 
     /// Answers EINTR to every waiter with a signal pending (FUSE_INTERRUPT never
     /// reaches us: fuser 0.18 answers it ENOSYS). The build goes on.
     pub fn check_interrupts(&self) {
-        let interrupted: Vec<Box<dyn Waiter>> = {
-            let mut slots = self.slots.lock();
-            let mut out = Vec::new();
-            for s in slots.values_mut() {
-                if s.waiters.is_empty() {
-                    continue;
-                }
-                let (gone, stay): (Vec<_>, Vec<_>) = std::mem::take(&mut s.waiters)
-                    .into_iter()
-                    .partition(|w| signal_pending(w.pid()));
-                s.waiters = stay;
-                out.extend(gone);
-            }
-            out
-        };
+        let interrupted: Vec<Box<dyn Waiter>> = self
+            .slots
+            .lock()
+            .values_mut()
+            .flat_map(|s| s.take_interrupted(signal_pending))
+            .collect();
         for w in interrupted {
             tracing::debug!("open by {} interrupted", w.pid());
             w.fail(libc::EINTR);

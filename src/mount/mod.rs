@@ -8,9 +8,11 @@
 //!   resolutions on resolver threads, the image's layout and index;
 //! - [`slots`]: each config's image slot and the openers waiting in it;
 //! - [`image_file`]: finished images kept as files for FUSE passthrough;
+//! - [`image_open`]: how an open of a ready image is answered;
 //! - [`signals`]: whether a waiting opener got a signal.
 
 pub mod image_file;
+pub mod image_open;
 pub mod images;
 pub mod inodes;
 pub mod signals;
