@@ -751,7 +751,7 @@ pub struct MountSpec {
     pub allow_root: bool,
     /// `-o` mount options; each replaces our default of its kind (`fsname=`,
     /// `dev` for `nodev`, ...).
-    pub options: Vec<MountOption>,
+    pub options: super::FuseOptions,
     pub threads: Option<usize>,
     /// Keep finished images as files under `<conf_root>/images` and serve them by
     /// FUSE passthrough, when the daemon is privileged.
@@ -762,7 +762,7 @@ pub struct MountSpec {
 #[derive(Debug)]
 pub struct Mounted {
     pub session: fuser::Session<GentreeFuse>,
-    pub unmounter: fuser::SessionUnmounter,
+    pub unmounter: super::Unmounter,
 }
 
 /// Mounts the tree and starts the build manager's interrupt watcher; serve with
@@ -770,7 +770,7 @@ pub struct Mounted {
 pub fn session(fs: GentreeFs, spec: &MountSpec) -> Result<Mounted, MountError> {
     let fs = Arc::new(fs);
     let mut cfg = Config::default();
-    cfg.mount_options = mount_options(&spec.options);
+    cfg.mount_options = mount_options(spec.options.options());
     let (fsname, subtype) = names(&cfg.mount_options);
     cfg.acl = if spec.allow_other {
         SessionACL::All
@@ -849,7 +849,7 @@ pub fn session(fs: GentreeFs, spec: &MountSpec) -> Result<Mounted, MountError> {
             }
         })
         .map_err(mount_err)?;
-    let unmounter = session.unmount_callable();
+    let unmounter = super::Unmounter(session.unmount_callable());
     Ok(Mounted { session, unmounter })
 }
 
