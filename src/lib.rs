@@ -27,6 +27,8 @@ pub mod layers;
 pub mod mount;
 pub mod server;
 pub mod sys;
+#[cfg(test)]
+mod testing;
 
 /// `e` and the errors that caused it, outermost first (what `Error::sources` will be
 /// once stable), for messages that name every cause.

@@ -402,7 +402,10 @@ pub(crate) mod tests {
         }
         let me = HostOwner { uid, gid };
         if me.write(&layers[0]).is_err() {
-            eprintln!("SKIPPING unrecorded_entries_of_a_marked_layer...: no user xattrs here");
+            crate::testing::skip(
+                "unrecorded_entries_of_a_marked_layer_belong_to_its_namespace_root",
+                "no user xattrs here",
+            );
             return;
         }
         let recorded = OverrideStat {
@@ -447,7 +450,7 @@ pub(crate) mod tests {
     fn opaque_by_xattr() {
         let (_t, layers) = stack(&["f d/old 0", "f d/new 1"]);
         if xattr::set(layers[1].join("d"), "user.overlay.opaque", b"y").is_err() {
-            eprintln!("SKIPPING opaque_by_xattr: no user xattrs on the temp dir");
+            crate::testing::skip("opaque_by_xattr", "no user xattrs on the temp dir");
             return;
         }
         let m = merge(&layers, &FilterSet::none()).expect("merge");
@@ -491,7 +494,7 @@ pub(crate) mod tests {
     #[test]
     fn chardev_whiteout_when_root() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPING chardev_whiteout_when_root: needs root for mknod");
+            crate::testing::skip("chardev_whiteout_when_root", "needs root for mknod");
             return;
         }
         let (_t, layers) = stack(&["f a 0\nf b 0", ""]);
