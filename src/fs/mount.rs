@@ -8,7 +8,8 @@
 //! resolution is not cached moves, reply and all, to a resolver thread
 //! (`GentreeFuse::answer`): no FUSE worker thread reads a config.
 //!
-//! Size and cache policy (fuser-notes lesson 1): an image that is ready reports its
+//! Size and cache policy (without direct I/O the kernel's page cache clips reads at the
+//! size it was last told): an image that is ready reports its
 //! exact size; one that is not reports size 0. An open that waited for the build is
 //! answered with `FOPEN_DIRECT_IO` (the kernel may have cached size 0: direct reads
 //! ignore it, so `cp` copies everything). Image bytes are immutable per key, so every

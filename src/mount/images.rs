@@ -135,7 +135,7 @@ pub struct Images {
     env: Arc<BuildEnv>,
     slots: Mutex<HashMap<String, Slot>>,
     on_ready: Mutex<Option<Arc<ReadyHook>>>,
-    /// Build jobs started (for the log and tests).
+    /// Build jobs started (numbers them in the log).
     jobs: std::sync::atomic::AtomicU64,
     /// Set by [`Images::shutdown`]: queued jobs give up.
     stopping: std::sync::atomic::AtomicBool,
@@ -638,11 +638,6 @@ impl Images {
             Some(s) => s.join(waiter),
             None => Some(waiter),
         }
-    }
-
-    /// Build jobs started since mounting.
-    pub fn jobs_started(&self) -> u64 {
-        self.jobs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// One build job: resolve, build what is missing, lay out the image, answer.

@@ -1,4 +1,4 @@
-//! The environment exported around a layer's emerge runs (spec 3.7, with the fixes
+//! The environment exported around a layer's emerge runs (genTree's, with the fixes
 //! B09-B12, B14, B18-B23): flag sets with an ordered `+x`/`-x` rule, inheritance
 //! where a config's own values beat its parent's, which beat the defaults, crossdev
 //! builds starting from the crossdev defaults, and `common_flags` appended to the
@@ -225,7 +225,7 @@ mod tests {
 
     #[test]
     fn flag_set_table() {
-        // spec 3.7's table, with B19/B20 decisions.
+        // genTree's flag-set rules, with the B19/B20 decisions.
         let cases: &[(&str, Option<&str>, &str)] = &[
             ("-dracut ugrd", None, "-dracut ugrd"),
             ("test -test", None, "-test"),
@@ -298,7 +298,7 @@ mod tests {
     fn env_table() {
         let cases = [
             Case {
-                what: "spec 3.7 worked example: common_flags fill the compiler vars",
+                what: "common_flags fill the compiler vars",
                 defaults: "[env]\nfeatures = \"a -b\"\nbinpkg_format = \"gpkg\"\ncommon_flags = \"-march=native -O3 -pipe\"\n",
                 file: "[env]\nuse = \"nginx\"\n",
                 want: &[
