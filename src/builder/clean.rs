@@ -49,14 +49,6 @@ impl CleanReport {
     }
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BuildError + 'a {
-    move |source| BuildError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 /// Bytes of the files (and symlinks) in a tree, each hard-linked inode once.
 pub fn tree_bytes(path: &Path) -> u64 {
     fn walk(p: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
@@ -89,9 +81,11 @@ pub fn clean(
         Ok(rd) => {
             let mut images = Vec::new();
             for e in rd {
-                let e = e.map_err(io_err("cannot list", builds))?;
+                let e = e.map_err(BuildError::io("cannot list", builds))?;
                 let is_tar = e.file_name().to_str().is_some_and(|n| n.ends_with(".tar"));
-                let m = e.metadata().map_err(io_err("cannot stat", &e.path()))?;
+                let m = e
+                    .metadata()
+                    .map_err(BuildError::io("cannot stat", &e.path()))?;
                 if is_tar && m.is_file() {
                     images.push((e.path(), m.len()));
                 }
@@ -99,13 +93,13 @@ pub fn clean(
             images.sort();
             for (p, _) in &images {
                 if !dry_run {
-                    fs::remove_file(p).map_err(io_err("cannot remove", p))?;
+                    fs::remove_file(p).map_err(BuildError::io("cannot remove", p))?;
                 }
             }
             report.images = images;
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err("cannot list", builds)(e)),
+        Err(e) => return Err(BuildError::io("cannot list", builds)(e)),
     }
     report
         .images
@@ -134,7 +128,7 @@ pub fn clean(
         };
         let bytes = tree_bytes(&dir);
         if !dry_run {
-            store::remove_tree(&dir).map_err(io_err("cannot remove", &dir))?;
+            store::remove_tree(&dir).map_err(BuildError::io("cannot remove", &dir))?;
         }
         report.stale.push((dir, bytes));
     }
@@ -152,11 +146,11 @@ fn clean_image_files(
     let rd = match fs::read_dir(&dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err("cannot list", &dir)(e)),
+        Err(e) => return Err(BuildError::io("cannot list", &dir)(e)),
     };
     let mut out = Vec::new();
     for e in rd {
-        let e = e.map_err(io_err("cannot list", &dir))?;
+        let e = e.map_err(BuildError::io("cannot list", &dir))?;
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
         let file = ImageFileName::parse(name);
@@ -166,7 +160,9 @@ fn clean_image_files(
         {
             continue;
         }
-        let m = e.metadata().map_err(io_err("cannot stat", &e.path()))?;
+        let m = e
+            .metadata()
+            .map_err(BuildError::io("cannot stat", &e.path()))?;
         if m.is_file() && file.is_some() {
             out.push((e.path(), m.len()));
         }
@@ -174,7 +170,7 @@ fn clean_image_files(
     out.sort();
     if !dry_run {
         for (p, _) in &out {
-            fs::remove_file(p).map_err(io_err("cannot remove", p))?;
+            fs::remove_file(p).map_err(BuildError::io("cannot remove", p))?;
         }
     }
     Ok(out)
