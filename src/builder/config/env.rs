@@ -16,17 +16,14 @@ use super::value::Table;
 /// The compiler variables `common_flags` is appended to.
 pub const COMPILER_VARS: &[&str] = &["cflags", "cxxflags", "fcflags", "fflags"];
 
-/// Inherited from the parent whatever `inherit_env` says (genTree's ENV_VAR_INHERITED).
-pub const ALWAYS_INHERITED: &[&str] = &[
-    "cflags",
-    "cxxflags",
-    "fcflags",
-    "fflags",
-    "cpu_flags_x86",
-    "cpu_flags_arm",
-    "cpu_flags_ppc",
-    "binpkg_format",
-];
+/// The CPU feature variables.
+pub const CPU_FLAG_VARS: &[&str] = &["cpu_flags_x86", "cpu_flags_arm", "cpu_flags_ppc"];
+
+/// Inherited from the parent whatever `inherit_env` says (genTree's ENV_VAR_INHERITED):
+/// the compiler and CPU flag variables and `binpkg_format`.
+fn always_inherited(k: &str) -> bool {
+    COMPILER_VARS.contains(&k) || CPU_FLAG_VARS.contains(&k) || k == "binpkg_format"
+}
 
 /// Host-specific compiler/CPU keys: for a crossdev target they come only from
 /// `crossdev_env` unless `crossdev_use_env` is set (B18).
@@ -176,7 +173,7 @@ pub fn compute(i: &EnvInputs<'_>) -> BTreeMap<String, String> {
             continue;
         }
         let (own, def) = i.layers(&k);
-        let inherits = ALWAYS_INHERITED.contains(&k.as_str()) || i.inherit_env;
+        let inherits = always_inherited(&k) || i.inherit_env;
         let v = EnvInputs::first(&own, &k)
             .or_else(|| parent(&k).filter(|_| inherits).cloned())
             .or_else(|| EnvInputs::first(&def, &k));
