@@ -26,13 +26,15 @@ use crate::builder::epoch::{self, Epoch};
 use crate::builder::key::{self, KeyInputs, LAYER_FORMAT_VERSION};
 use crate::builder::namespace::{self, IdMapping, MountSpec, Plan, RunStep, Step, UnionSpec};
 use crate::builder::repos::{PackageInput, Repos};
+use crate::layers::layout::ConfRoot;
 use crate::layers::normalize;
 use crate::layers::ownership::HostOwner;
 use crate::layers::seed::identity::{self, SeedIdentity};
 use crate::layers::store::{self, BuildKey, Layer, LayerMeta, Store, StoreError};
 use crate::layers::tar::{FilterSet, PackOptions, TarLayout};
 
-/// Host directories a build uses (spec 2.1), after `_seed_dir`-style overrides.
+/// Host directories a build uses: the conf root's defaults ([`ConfRoot`]) after a
+/// config's `_seed_dir`-style overrides.
 #[derive(Debug, Clone)]
 pub struct HostDirs {
     pub conf_root: PathBuf,
@@ -64,7 +66,8 @@ impl HostDirs {
             .conf_root
             .clone()
             .unwrap_or_else(|| conf_root.to_path_buf());
-        let under = |o: &Option<PathBuf>, name: &str| {
+        let layout = ConfRoot::new(&root);
+        let under = |o: &Option<PathBuf>, default: PathBuf| {
             o.as_ref()
                 .map(|p| {
                     if p.is_absolute() {
@@ -73,14 +76,14 @@ impl HostDirs {
                         root.join(p)
                     }
                 })
-                .unwrap_or_else(|| root.join(name))
+                .unwrap_or(default)
         };
         HostDirs {
-            seeds: under(&d.seed_dir, "seeds"),
-            builds: under(&d.build_dir, "builds"),
-            distfiles: under(&d.distfile_dir, "distfiles"),
-            repos: under(&d.repo_dir, "repos"),
-            config: under(&d.config_dir, "config"),
+            seeds: under(&d.seed_dir, layout.seeds()),
+            builds: under(&d.build_dir, layout.builds()),
+            distfiles: under(&d.distfile_dir, layout.distfiles()),
+            repos: under(&d.repo_dir, layout.repos()),
+            config: under(&d.config_dir, layout.config_overlays()),
             pkgdir_override: d.pkgdir.as_ref().map(|p| {
                 if p.is_absolute() {
                     p.clone()
@@ -88,9 +91,14 @@ impl HostDirs {
                     root.join(p)
                 }
             }),
-            run: root.join("run"),
+            run: layout.run(),
             conf_root: root,
         }
+    }
+
+    /// The layout of the conf root these dirs are under.
+    pub fn layout(&self) -> ConfRoot {
+        ConfRoot::new(&self.conf_root)
     }
 
     /// The imported seed.
@@ -195,11 +203,14 @@ pub enum BuildError {
     },
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BuildError + 'a {
-    move |source| BuildError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
+impl BuildError {
+    /// The error of an I/O `what` ("cannot create", ...) on `path`, for `map_err`.
+    pub fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BuildError + 'a {
+        move |source| BuildError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -285,7 +296,7 @@ impl<'s> KeyPlanner<'s> {
             return Ok(i);
         }
         let mut repos = Repos::scan(&dir, &self.dirs.conf_root)
-            .map_err(io_err("cannot list the repositories in", &dir))?;
+            .map_err(BuildError::io("cannot list the repositories in", &dir))?;
         let shared = repos
             .shared_digests()
             .map_err(|source| BuildError::Digest {
@@ -321,7 +332,10 @@ impl<'s> KeyPlanner<'s> {
                         path: p,
                     });
                 }
-                Some(key::digest_tree(&p).map_err(io_err("cannot read config overlay", &p))?)
+                Some(
+                    key::digest_tree(&p)
+                        .map_err(BuildError::io("cannot read config overlay", &p))?,
+                )
             }
             None => None,
         };
@@ -330,7 +344,7 @@ impl<'s> KeyPlanner<'s> {
         let repos = &mut self.repos[i].1;
         let used = repos
             .closure(cfg.packages.iter().map(String::as_str))
-            .map_err(io_err("cannot read the ebuilds in", &dir))?;
+            .map_err(BuildError::io("cannot read the ebuilds in", &dir))?;
         let packages = repos.inputs(&used).map_err(|source| BuildError::Digest {
             what: "the repositories",
             source,
@@ -566,7 +580,7 @@ impl SeedMounts<'_> {
             dirs.push(work);
         }
         for p in dirs {
-            fs::create_dir_all(p).map_err(io_err("cannot create", p))?;
+            fs::create_dir_all(p).map_err(BuildError::io("cannot create", p))?;
         }
         Ok(())
     }
@@ -770,7 +784,7 @@ pub fn build(
     if top.clean_seed {
         let (upper, work) = dirs.seed_upper(&top.seed);
         for p in [&upper, &work] {
-            store::remove_tree(p).map_err(io_err("cannot clean the seed overlay", p))?;
+            store::remove_tree(p).map_err(BuildError::io("cannot clean the seed overlay", p))?;
         }
     }
     // Portage's work files of a build killed before it could clean up, and after this
@@ -857,7 +871,7 @@ fn build_jobs(
 /// itself) at a time.
 pub fn lock_seed(dirs: &HostDirs, seed: &str) -> Result<nix::fcntl::Flock<fs::File>, BuildError> {
     let path = seed_lock_path(dirs, seed);
-    store::lock_exclusive(&path).map_err(io_err("cannot lock the seed", &path))
+    store::lock_exclusive(&path).map_err(BuildError::io("cannot lock the seed", &path))
 }
 
 /// [`lock_seed`] without waiting: `None` while another build holds the seed.
@@ -866,7 +880,7 @@ pub fn try_lock_seed(
     seed: &str,
 ) -> Result<Option<nix::fcntl::Flock<fs::File>>, BuildError> {
     let path = seed_lock_path(dirs, seed);
-    store::try_lock_exclusive(&path).map_err(io_err("cannot lock the seed", &path))
+    store::try_lock_exclusive(&path).map_err(BuildError::io("cannot lock the seed", &path))
 }
 
 /// The lock file of [`lock_seed`].
@@ -935,7 +949,7 @@ fn build_layer(
         &dirs.repos,
         &dirs.builds,
     ] {
-        fs::create_dir_all(p).map_err(io_err("cannot create", p))?;
+        fs::create_dir_all(p).map_err(BuildError::io("cannot create", p))?;
     }
     let (seed_upper, seed_work) = dirs.seed_upper(&cfg.seed);
     let mut needed = vec![dirs.pkgdir(cfg)];
@@ -943,7 +957,7 @@ fn build_layer(
         needed.extend([seed_upper, seed_work]);
     }
     for p in &needed {
-        fs::create_dir_all(p).map_err(io_err("cannot create", p))?;
+        fs::create_dir_all(p).map_err(BuildError::io("cannot create", p))?;
     }
     let mut plan = layer_plan(cfg, dirs, &paths, &opts.mapping, epoch);
     plan.no_network = opts.no_network;
@@ -978,7 +992,7 @@ fn build_layer(
     let (uid, gid) = opts.mapping.host_root();
     HostOwner { uid, gid }
         .write(&root)
-        .map_err(io_err("cannot mark the owner of", &root))?;
+        .map_err(BuildError::io("cannot mark the owner of", &root))?;
     let stats =
         normalize::normalize_layer(&root, epoch).map_err(|source| BuildError::Normalize {
             layer: cfg.buildname.clone(),
@@ -1116,7 +1130,7 @@ pub fn write_image(
         out.file_name().and_then(|n| n.to_str()).unwrap_or("image"),
         std::process::id()
     ));
-    let mut f = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
+    let mut f = fs::File::create(&tmp).map_err(BuildError::io("cannot create", &tmp))?;
     tracing::info!(
         "writing the image {} ({} MiB)",
         out.display(),
@@ -1130,7 +1144,7 @@ pub fn write_image(
         let n = layout
             .write_to_file(&mut f)
             .and_then(|n| f.sync_all().map(|_| n))
-            .map_err(io_err("cannot write", &tmp));
+            .map_err(BuildError::io("cannot write", &tmp));
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         n
     });
@@ -1141,7 +1155,7 @@ pub fn write_image(
             return Err(e);
         }
     };
-    fs::rename(&tmp, out).map_err(io_err("cannot write", out))?;
+    fs::rename(&tmp, out).map_err(BuildError::io("cannot write", out))?;
     Ok(n)
 }
 

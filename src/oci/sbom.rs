@@ -137,7 +137,7 @@ fn read_field(path: &Path) -> Result<String, OciError> {
 pub fn split_pf(pf: &str) -> Option<(&str, &str)> {
     pf.match_indices('-')
         .map(|(i, _)| i)
-        .find(|&i| crate::server::atom::is_version(&pf[i + 1..]))
+        .find(|&i| crate::builder::config::names::is_version(&pf[i + 1..]))
         .filter(|&i| i > 0)
         .map(|i| (&pf[..i], &pf[i + 1..]))
 }

@@ -1192,7 +1192,7 @@ fn mount_takes_mount_options() {
 /// An unmount that races the daemon's startup (before or during FUSE INIT, or before
 /// it serves) ends the daemon cleanly, exit 0, nothing left mounted. The window is
 /// short: the test unmounts in a tight loop from the moment the daemon starts, over
-/// several starts, so that some land in it.
+/// several starts, and fails unless one landed in it.
 #[test]
 fn mount_unmounted_during_startup_exits_cleanly() {
     if !root_and_fuse("mount_unmounted_during_startup_exits_cleanly") {

@@ -19,7 +19,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::images::{Images, Waiter};
+use super::images::Images;
+use super::slots::Waiter;
 use crate::builder::build::KeyPlanner;
 use crate::layers::store::Store;
 use crate::layers::tar::TarLayout;

@@ -18,53 +18,13 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{FILE_MODE, GentreeFs, Handle, Node, Opened, errno};
-use crate::fs::images::Images;
-use crate::fs::oci_images::{BlobHandle, OciImages, Want};
+use super::{FILE_MODE, GentreeFs, Handle, Opened, errno};
 use crate::layers::ownership::FileKind;
 use crate::layers::union::Attr;
+use crate::mount::images::Images;
+use crate::mount::inodes::{BUILDS, Node, OciPart};
+use crate::mount::oci_images::{BlobHandle, OciImages, Want};
 use crate::oci::image::OCI_LAYOUT;
-
-/// A part of `builds/<config>.oci/`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OciPart {
-    Dir,
-    Blobs,
-    Sha256,
-    Layout,
-    Index,
-}
-
-const PARTS: [OciPart; 5] = [
-    OciPart::Dir,
-    OciPart::Blobs,
-    OciPart::Sha256,
-    OciPart::Layout,
-    OciPart::Index,
-];
-/// Inode slots per config: the parts, then the SBOM in the last.
-const SLOTS: u64 = 8;
-const SBOM_SLOT: u64 = SLOTS - 1;
-
-/// The node at `off` past `FIRST_OCI`.
-pub(super) fn node_of(off: u64) -> Option<Node> {
-    let (i, slot) = ((off / SLOTS) as usize, off % SLOTS);
-    match slot {
-        SBOM_SLOT => Some(Node::Sbom(i)),
-        s => PARTS.get(s as usize).map(|p| Node::Oci(i, *p)),
-    }
-}
-
-/// The offset of an `Oci` or `Sbom` node past `FIRST_OCI`.
-pub(super) fn offset(n: Node) -> u64 {
-    match n {
-        Node::Oci(i, p) => {
-            i as u64 * SLOTS + PARTS.iter().position(|q| *q == p).unwrap_or(0) as u64
-        }
-        Node::Sbom(i) => i as u64 * SLOTS + SBOM_SLOT,
-        _ => 0,
-    }
-}
 
 /// The request that may need an OCI image or SBOM made first.
 #[derive(Debug, Clone, Copy)]
@@ -228,7 +188,7 @@ impl GentreeFs {
         let node = |p| Node::Oci(i, p).ino();
         match part {
             OciPart::Dir => {
-                v.push((super::BUILDS, FileKind::Dir, "..".into()));
+                v.push((BUILDS, FileKind::Dir, "..".into()));
                 v.push((node(OciPart::Layout), FileKind::File, "oci-layout".into()));
                 v.push((node(OciPart::Index), FileKind::File, "index.json".into()));
                 v.push((node(OciPart::Blobs), FileKind::Dir, "blobs".into()));
@@ -280,23 +240,5 @@ impl GentreeFs {
             Node::Oci(..) => Err(errno(libc::EISDIR)),
             _ => Err(errno(libc::ENOENT)),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slots_round_trip_below_the_blobs() {
-        for n in [
-            Node::Oci(3, OciPart::Index),
-            Node::Sbom(3),
-            Node::Oci(0, OciPart::Dir),
-        ] {
-            assert_eq!(node_of(offset(n)), Some(n));
-            assert!(super::super::FIRST_OCI + offset(n) < super::super::FIRST_BLOB);
-        }
-        assert_eq!(node_of(5), None);
     }
 }
