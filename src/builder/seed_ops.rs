@@ -1,5 +1,5 @@
-//! Commands that change a seed itself: `update-seed` (spec 1.4) and
-//! `init-crossdev` (spec 1.5). Both run directly on the imported seed
+//! Commands that change a seed itself: `update-seed` and
+//! `init-crossdev`. Both run directly on the imported seed
 //! ([`SeedRoot::Direct`]) under the seed's lock. Afterwards (B26) the seed's
 //! persistent upper, made against the old seed, is cleared and the seed gets a new
 //! identity, so every layer built on it is rebuilt ([`after_seed_change`]).
@@ -53,7 +53,7 @@ fn direct_plan(
 }
 
 /// `update-seed`: emerge with the update arguments (no `--root`), then
-/// `emerge --depclean`, with the cross wrapper for a crossdev target (spec 1.4/4.2).
+/// `emerge --depclean`, with the cross wrapper for a crossdev target.
 pub fn update_plan(
     cfg: &ResolvedConfig,
     dirs: &HostDirs,
@@ -75,7 +75,7 @@ pub fn update_plan(
     direct_plan(cfg, dirs, mapping, steps, false)
 }
 
-/// Phase 1 of `init-crossdev` (spec 1.5, B27 fixed): with `usersandbox` disabled
+/// Phase 1 of `init-crossdev` (B27 fixed): with `usersandbox` disabled
 /// whether or not FEATURES listed it, install crossdev and eselect-repository,
 /// enable the crossdev repository and create the toolchain for `tuple`. Each
 /// command's output (stderr included) goes to the terminal and the log.

@@ -36,7 +36,7 @@ pub fn emerge_env(cfg: &ResolvedConfig, mapping: &IdMapping) -> Vec<(String, Str
     }
     if !mapping.has_subids() {
         // Only root exists in the namespace: Portage cannot drop privileges
-        // (portage-on-debian.md), and userfetch's setgroups() is denied.
+        // (no other id is mapped to drop to), and userfetch's setgroups() is denied.
         env.push(("PORTAGE_USERNAME".into(), "root".into()));
         env.push(("PORTAGE_GRPNAME".into(), "root".into()));
         let features = env
@@ -71,7 +71,7 @@ pub enum SeedRoot {
     Direct,
 }
 
-/// What the seed's namespace mounts, whatever runs in it (spec 2.4): the seed root,
+/// What the seed's namespace mounts, whatever runs in it: the seed root,
 /// proc, sys, dev, devpts, a private /run, the repositories, resolv.conf, the binary
 /// package dir and the distfiles.
 #[derive(Debug, Clone)]
@@ -290,7 +290,7 @@ pub fn layer_plan(
     }
 }
 
-/// The `make.profile` link of a config (spec 4.3): the cross root's with a crossdev
+/// The `make.profile` link of a config: the cross root's with a crossdev
 /// target; none without a profile.
 pub fn profile_step(cfg: &ResolvedConfig) -> Option<Step> {
     let profile = cfg.effective_profile()?;
@@ -304,9 +304,9 @@ pub fn profile_step(cfg: &ResolvedConfig) -> Option<Step> {
     })
 }
 
-/// A Portage command as every emerge run is made (spec 4.2's wrapper): on failure
+/// A Portage command as every emerge run is made: on failure
 /// the growth of emerge.log and `emerge --info` (the cross wrapper's for a cross
-/// build, B49) go to the log.
+/// build) go to the log.
 pub fn portage_run(argv: Vec<String>, env: &[(String, String)], target: Option<&str>) -> Step {
     Step::Run(RunStep {
         argv,

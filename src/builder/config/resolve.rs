@@ -1,9 +1,8 @@
-//! From a config file to a [`ResolvedConfig`] tree (spec 3.3-3.6 with the section 7
-//! fixes): seed and build tag first (B03), then every key by one precedence rule,
-//! command line > file > parent (inherited keys) > per-seed/tag overrides > global
-//! defaults (B02, B21), where presence, not truthiness, decides (B04). Bases are
-//! resolved recursively with the config as their parent, relative paths against the
-//! including file (B51), with a cycle check.
+//! From a config file to a [`ResolvedConfig`] tree: seed and build tag first (B03),
+//! then every key by one precedence rule, command line > file > parent (inherited
+//! keys) > per-seed/tag overrides > global defaults (B02, B21), where presence, not
+//! truthiness, decides (B04). Bases are resolved recursively with the config as their
+//! parent, relative paths against the including file (B51), with a cycle check.
 //!
 //! Everything resolved is ordered data (vectors, `BTreeMap`), so equal inputs give
 //! equal trees and equal serialisations: later cache keys hash them.
@@ -70,7 +69,7 @@ impl std::fmt::Display for Origin {
     }
 }
 
-/// Host directories a top-level config or the defaults may relocate (spec 2.1);
+/// Host directories a top-level config or the defaults may relocate;
 /// `None` means the builder's default below the conf root.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Dirs {
@@ -252,7 +251,7 @@ fn resolve_text(
 }
 
 /// Resolves the config of a command that works on a seed without a config file
-/// (`update-seed`, `init-crossdev`; spec 3.4 "without a config file"): the config
+/// (`update-seed`, `init-crossdev`): the config
 /// `seed = "SEED"` with `bases` (builtin names), resolved as if read from
 /// `SEED.toml`. So its name is the seed's, and every default (embedded, default
 /// files, `[default.SEED]` and `[default.SEED.TAG]` overrides, `-c`/`-p`/`-t`)
@@ -796,7 +795,7 @@ fn bad_value(at: Option<&Node>, key: &str, message: &str) -> ConfigError {
 }
 
 /// The default table `key` shallow-merged with the file's: default keys first in
-/// their order, file keys replacing in place or appended (spec 3.4 step 4).
+/// their order, file keys replacing in place or appended.
 fn merged_table(d: &Table, f: &Table, key: &str) -> Table {
     let mut t = d.table(key).cloned().unwrap_or_default();
     for e in f.table(key).map(|t| t.entries()).unwrap_or_default() {
