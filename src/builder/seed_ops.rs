@@ -222,7 +222,7 @@ pub fn after_seed_change(dirs: &HostDirs, seed: &str) -> Result<(), BuildError> 
 pub(crate) mod tests {
     use super::*;
     use crate::builder::config::{CliOverrides, Defaults, resolve_seed};
-    use crate::builder::namespace::{MountSpec, RunStep};
+    use crate::builder::namespace::{NsMount, RunStep};
 
     const T: &str = "aarch64-unknown-linux-gnu";
 
@@ -265,7 +265,7 @@ pub(crate) mod tests {
             &IdMapping::root_default(),
         );
         assert_eq!(plan.root, Path::new("/conf/seeds/s3"));
-        assert!(!plan.mounts.iter().any(|m| matches!(m, MountSpec::Union(_))));
+        assert!(!plan.mounts.iter().any(|m| matches!(m, NsMount::Union(_))));
         assert_eq!(
             argvs(&plan),
             [
@@ -290,7 +290,7 @@ pub(crate) mod tests {
             ]
         );
         assert!(plan.mounts.iter().any(|m| matches!(m,
-            MountSpec::Bind { target, .. } if target == Path::new(&format!("/usr/{T}/var/cache/binpkgs")))));
+            NsMount::Bind { target, .. } if target == Path::new(&format!("/usr/{T}/var/cache/binpkgs")))));
     }
 
     #[test]

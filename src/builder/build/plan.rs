@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::{BuildError, HostDirs};
 use crate::builder::config::ResolvedConfig;
-use crate::builder::namespace::{self, IdMapping, MountSpec, Plan, RunStep, Step, UnionSpec};
+use crate::builder::namespace::{self, IdMapping, NsMount, Plan, RunStep, Step, UnionSpec};
 use crate::layers::tar::FilterSet;
 
 /// Where one layer's build mounts things on the host.
@@ -88,8 +88,8 @@ pub struct SeedMounts<'a> {
     pub writable_repos: bool,
 }
 
-fn bind(source: PathBuf, target: &str, recursive: bool, readonly: bool) -> MountSpec {
-    MountSpec::Bind {
+fn bind(source: PathBuf, target: &str, recursive: bool, readonly: bool) -> NsMount {
+    NsMount::Bind {
         source,
         target: target.into(),
         recursive,
@@ -99,10 +99,10 @@ fn bind(source: PathBuf, target: &str, recursive: bool, readonly: bool) -> Mount
 
 impl SeedMounts<'_> {
     /// The mounts, in order.
-    pub fn mounts(&self) -> Vec<MountSpec> {
+    pub fn mounts(&self) -> Vec<NsMount> {
         let mut mounts = Vec::new();
         let seed_union = |upper: PathBuf, work: PathBuf| {
-            MountSpec::Union(UnionSpec {
+            NsMount::Union(UnionSpec {
                 lowers: vec![self.dirs.seed(self.seed)],
                 upper: Some(upper),
                 work: Some(work),
@@ -113,7 +113,7 @@ impl SeedMounts<'_> {
             SeedRoot::Union { upper, work } => mounts.push(seed_union(upper.clone(), work.clone())),
             SeedRoot::Ephemeral { tmpfs } => {
                 let (upper, work) = (tmpfs.join("upper"), tmpfs.join("work"));
-                mounts.push(MountSpec::HostTmpfs {
+                mounts.push(NsMount::HostTmpfs {
                     path: tmpfs.clone(),
                     options: "mode=0755".into(),
                     mkdirs: vec![upper.clone(), work.clone()],
@@ -125,16 +125,16 @@ impl SeedMounts<'_> {
         // The sandbox (`namespace::sandbox`): a minimal /dev before /proc, whose masks
         // bind /dev/null; the repositories read-only unless the run syncs them.
         mounts.extend([
-            MountSpec::Dev {
+            NsMount::Dev {
                 target: "/dev".into(),
             },
-            MountSpec::Proc {
+            NsMount::Proc {
                 target: "/proc".into(),
             },
-            MountSpec::Sys {
+            NsMount::Sys {
                 target: "/sys".into(),
             },
-            MountSpec::Tmpfs {
+            NsMount::Tmpfs {
                 target: "/run".into(),
                 options: "mode=0755".into(),
             },
@@ -224,11 +224,11 @@ pub fn layer_plan(
     let layer_root = cfg.root();
     let mut mounts = layer_seed_mounts(cfg, dirs, paths.seed_tmp.as_deref()).mounts();
     mounts.extend([
-        MountSpec::Tmpfs {
+        NsMount::Tmpfs {
             target: "/builds".into(),
             options: "mode=0755".into(),
         },
-        MountSpec::Union(UnionSpec {
+        NsMount::Union(UnionSpec {
             lowers: if paths.lowers.is_empty() {
                 vec![paths.empty.clone()]
             } else {
@@ -249,7 +249,7 @@ pub fn layer_plan(
             .is_none()
             .then(|| seed_upper.join("etc/portage"));
         mounts.push(bind(dirs.config.clone(), "/config", true, true));
-        mounts.push(MountSpec::Union(UnionSpec {
+        mounts.push(NsMount::Union(UnionSpec {
             lowers: [
                 Some(dirs.config.join(ov)),
                 seed_upper,

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use super::*;
 use crate::builder::config::ResolvedConfig;
 use crate::builder::config::{CliOverrides, Defaults, resolve_str};
-use crate::builder::namespace::{IdMapping, MountSpec, Step};
+use crate::builder::namespace::{IdMapping, NsMount, Step};
 
 fn cfg(text: &str) -> ResolvedConfig {
     let d = Defaults::embedded().unwrap();
@@ -101,10 +101,7 @@ fn ephemeral_seed_upper_lives_in_a_tmpfs_mounted_first() {
     let mapping = IdMapping::root_default();
     let plan = layer_plan(&c, &dirs, &paths(Some("/run/seed")), &mapping, 1234);
     match &plan.mounts[..2] {
-        [
-            MountSpec::HostTmpfs { path, mkdirs, .. },
-            MountSpec::Union(u),
-        ] => {
+        [NsMount::HostTmpfs { path, mkdirs, .. }, NsMount::Union(u)] => {
             assert_eq!(path, Path::new("/run/seed"));
             assert_eq!(
                 mkdirs,
@@ -123,10 +120,10 @@ fn ephemeral_seed_upper_lives_in_a_tmpfs_mounted_first() {
         !plan
             .mounts
             .iter()
-            .any(|m| matches!(m, MountSpec::HostTmpfs { .. }))
+            .any(|m| matches!(m, NsMount::HostTmpfs { .. }))
     );
     match &plan.mounts[0] {
-        MountSpec::Union(u) => {
+        NsMount::Union(u) => {
             assert_eq!(u.upper.as_deref(), Some(Path::new("/conf/seeds/s.upper")))
         }
         other => panic!("{other:?}"),
