@@ -17,9 +17,9 @@
 //! The plan for one layer is computed by [`layer_plan`], a pure function, so the
 //! mounts and commands a build will run are unit-tested without running them.
 //!
-//! Its rooms: [`dirs`] (where a build reads and writes on the host), [`keys`] (each
-//! layer's key), [`plan`] (the pure namespace plan), [`run`] (reuse or build, then
-//! publish), [`world`] (the merged world file) and [`image`] (the final tar).
+//! Its rooms: `dirs` (where a build reads and writes on the host), `keys` (each
+//! layer's key), `plan` (the pure namespace plan), `run` (reuse or build, then
+//! publish), `world` (the merged world file) and `image` (the final tar).
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -31,9 +31,9 @@
 //! it shared, and a rename of a lower directory holds it exclusively while it copies
 //! the tree, so that nothing changes below the old name between snapshot and swap.
 //!
-//! The [`Union`] methods live by concern: [`resolve`] (lookup, attributes),
-//! [`copy_up`], [`create`], [`remove`] (removal and rename), [`attr`] (setattr, statfs,
-//! xattrs) and [`files`] (open files, directory listings).
+//! The [`Union`] methods live by concern: `resolve` (lookup, attributes),
+//! `copy_up`, `create`, `remove` (removal and rename), `attr` (setattr, statfs,
+//! xattrs) and `files` (open files, directory listings).
 
 pub mod hostpath;
 pub mod lower;
