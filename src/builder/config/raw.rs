@@ -49,7 +49,7 @@ impl Ty {
     }
 }
 
-/// Never taken from a default config: identity of a build, set per file (spec 3.3).
+/// Never taken from a default config: identity of a build, set per file.
 pub const FILE_ONLY: u8 = 1;
 /// Only in a top-level build file or defaults, never in a base ("child restricted").
 pub const TOP_ONLY: u8 = 2;
@@ -432,7 +432,7 @@ fn check_subtable(t: &Table, ty: Ty, key: &str) -> Result<Table, ConfigError> {
                     );
                     name = "whiteout".into();
                 }
-                // One list of filter names: the packer's (spec 6.2, 6.3).
+                // One list of filter names: the packer's.
                 let known: Vec<&str> = if tar {
                     filter::known()
                 } else {

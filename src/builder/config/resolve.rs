@@ -1,9 +1,8 @@
-//! From a config file to a [`ResolvedConfig`] tree (spec 3.3-3.6 with the section 7
-//! fixes): seed and build tag first (B03), then every key by one precedence rule,
-//! command line > file > parent (inherited keys) > per-seed/tag overrides > global
-//! defaults (B02, B21), where presence, not truthiness, decides (B04). Bases are
-//! resolved recursively with the config as their parent, relative paths against the
-//! including file (B51), with a cycle check.
+//! From a config file to a [`ResolvedConfig`] tree: seed and build tag first (B03),
+//! then every key by one precedence rule, command line > file > parent (inherited
+//! keys) > per-seed/tag overrides > global defaults (B02, B21), where presence, not
+//! truthiness, decides (B04). Bases are resolved recursively with the config as their
+//! parent, relative paths against the including file (B51), with a cycle check.
 //!
 //! Everything resolved is ordered data (vectors, `BTreeMap`), so equal inputs give
 //! equal trees and equal serialisations: later cache keys hash them.
@@ -70,7 +69,7 @@ impl std::fmt::Display for Origin {
     }
 }
 
-/// Host directories a top-level config or the defaults may relocate (spec 2.1);
+/// Host directories a top-level config or the defaults may relocate;
 /// `None` means the builder's default below the conf root.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Dirs {
@@ -254,7 +253,7 @@ fn resolve_text(
 }
 
 /// Resolves the config of a command that works on a seed without a config file
-/// (`update-seed`, `init-crossdev`; spec 3.4 "without a config file"): the config
+/// (`update-seed`, `init-crossdev`): the config
 /// `seed = "SEED"` with `bases` (builtin names), resolved as if read from
 /// `SEED.toml`. So its name is the seed's, and every default (embedded, default
 /// files, `[default.SEED]` and `[default.SEED.TAG]` overrides, `-c`/`-p`/`-t`)
@@ -349,75 +348,22 @@ impl Resolver<'_> {
         let f = &src.table;
         let d = self.defaults;
         let origin = src.origin.to_string();
-        let is_top = parent.is_none();
-
-        // Precedence: file > parent (inherited keys only) > defaults.
-        let s = |k: &str, inherited: Option<Option<&String>>| {
-            get_str(f, k)
-                .or_else(|| inherited.flatten().cloned())
-                .or_else(|| get_str(d, k))
+        let keys = Keys {
+            file: f,
+            defaults: d,
         };
-        let b = |k: &str, inherited: Option<bool>| {
-            get_bool(f, k)
-                .or(inherited)
-                .or_else(|| get_bool(d, k))
-                .unwrap_or(false)
-        };
+        let s = |k: &str, inherited: Option<Option<&String>>| keys.str(k, inherited);
+        let b = |k: &str, inherited: Option<bool>| keys.bool(k, inherited);
 
         let name = get_str(f, "name").unwrap_or_else(|| src.stem.clone());
         names::validate("name", &name, &origin)?;
         names::validate("seed", &self.seed, &origin)?;
 
-        let crossdev_target = match parent {
-            Some(p) => p.crossdev_target.clone(),
-            None => self
-                .cli
-                .crossdev_target
-                .clone()
-                .or_else(|| s("crossdev_target", None)),
-        };
-        let package_tag = match parent {
-            Some(p) => p.package_tag.clone(),
-            None => s("package_tag", None),
-        };
-        for (what, v) in [
-            ("build_tag", &self.build_tag),
-            ("crossdev_target", &crossdev_target),
-            ("package_tag", &package_tag),
-        ] {
-            if let Some(v) = v {
-                names::validate(what, v, &origin)?;
-            }
-        }
-        let profile = self
-            .cli
-            .profile
-            .clone()
-            .or_else(|| s("profile", Some(parent.and_then(|p| p.profile.as_ref()))));
-        let crossdev_profile = match &crossdev_target {
-            None => None,
-            Some(t) => f
-                .table("crossdev_profile")
-                .and_then(|c| get_str(c, t))
-                .or_else(|| parent.and_then(|p| p.crossdev_profile.clone()))
-                .or_else(|| d.table("crossdev_profile").and_then(|c| get_str(c, t))),
-        };
-        if let (Some(t), None, true) = (&crossdev_target, &crossdev_profile, is_top) {
-            tracing::warn!(
-                "{origin}: no crossdev_profile for {t}: the cross root's profile is left as it is (add `{t} = \"...\"` under [crossdev_profile])"
-            );
-        }
+        let (crossdev_target, package_tag) = self.targets(&keys, parent, &origin)?;
+        let (profile, crossdev_profile) =
+            self.profiles(&keys, parent, crossdev_target.as_deref(), &origin);
         let inherit_config = b("inherit_config", None);
-        let config_overlay = get_str(f, "config_overlay")
-            .or_else(|| {
-                parent
-                    .filter(|_| inherit_config)
-                    .and_then(|p| p.config_overlay.clone())
-            })
-            .or_else(|| get_str(d, "config_overlay"));
-        if let Some(o) = &config_overlay {
-            names::validate("config_overlay", o, &origin)?;
-        }
+        let config_overlay = config_overlay(&keys, parent, inherit_config, &origin)?;
         let crossdev_use_env = b("crossdev_use_env", parent.map(|p| p.crossdev_use_env));
         let inherit_use = b("inherit_use", None);
         let inherit_features = b("inherit_features", None);
@@ -445,71 +391,16 @@ impl Resolver<'_> {
         };
         names::validate("buildname", &buildname, &origin)?;
 
-        let packages = atoms(f, "packages")?;
-        let unmerge = atoms(f, "unmerge")?;
-        let emerge_args: OrderedMap<String> = OrderedMap(
-            merged_table(d, f, "emerge_args")
-                .entries()
-                .iter()
-                .map(|e| (e.key.clone(), node_text(&e.node)))
-                .collect(),
-        );
-        let bools = |k: &str| -> OrderedMap<bool> {
-            OrderedMap(
-                merged_table(d, f, k)
-                    .entries()
-                    .iter()
-                    .map(|e| (e.key.clone(), matches!(e.node.val, Val::Bool(true))))
-                    .collect(),
-            )
-        };
-        let emerge_bools = bools("emerge_bools");
-        let clean_filters = bools("clean_filter_options");
-        let tar_filters = bools("tar_filter_options");
-        let emerge_plain_bools = get_list(f, "emerge_plain_bools")
-            .or_else(|| get_list(d, "emerge_plain_bools"))
-            .unwrap_or_default();
-
         let depclean = b("depclean", None);
-        let root = format!("/builds/{buildname}");
-        let cmds = emerge::LayerCommands {
-            target: crossdev_target.as_deref(),
-            root: &root,
-            config_overlay: config_overlay.is_some(),
-            args: &emerge_args.0,
-            bools: &emerge_bools.0,
-            plain: &emerge_plain_bools,
-            packages: &packages,
-            unmerge: &unmerge,
+        let cmds = Commands::of(
+            &keys,
+            crossdev_target.as_deref(),
+            &buildname,
+            config_overlay.is_some(),
             depclean,
-        };
-        let (emerge_argv, unmerge_argv, depclean_argv) =
-            (cmds.emerge(), cmds.unmerge(), cmds.depclean());
-
-        let seed_update_text = s("seed_update_args", None).unwrap_or_default();
-        let seed_update_args = emerge::shell_split(&seed_update_text).map_err(|why| {
-            let at = f
-                .get("seed_update_args")
-                .or_else(|| d.get("seed_update_args"));
-            bad_value(at, "seed_update_args", why)
-        })?;
-
-        let (dirs, refilter, reproducible, output_file, source_date_epoch) = match parent {
-            Some(p) => (
-                p.dirs.clone(),
-                p.refilter,
-                p.reproducible,
-                None,
-                p.source_date_epoch,
-            ),
-            None => (
-                self.dirs(f)?,
-                b("refilter", None),
-                b("reproducible", None),
-                get_str(f, "output_file").map(PathBuf::from),
-                get_int(f, "source_date_epoch").or_else(|| get_int(d, "source_date_epoch")),
-            ),
-        };
+        )?;
+        let seed_update_args = seed_update_args(&keys)?;
+        let top = self.top_only(&keys, parent)?;
 
         Ok(ResolvedConfig {
             name,
@@ -529,8 +420,8 @@ impl Resolver<'_> {
             profile_repo: s("profile_repo", Some(parent.map(|p| &p.profile_repo)))
                 .unwrap_or_else(|| "gentoo".into()),
             config_overlay,
-            packages,
-            unmerge,
+            packages: cmds.packages,
+            unmerge: cmds.unmerge,
             depclean,
             rebuild: b("rebuild", parent.map(|p| p.rebuild)),
             clean_build: b("clean_build", parent.map(|p| p.clean_build)),
@@ -540,14 +431,14 @@ impl Resolver<'_> {
             inherit_config,
             crossdev_use_env,
             env,
-            emerge_args,
-            emerge_bools,
-            emerge_plain_bools,
-            emerge: emerge_argv,
-            unmerge_argv,
-            depclean_argv,
-            clean_filters,
-            tar_filters,
+            emerge_args: cmds.emerge_args,
+            emerge_bools: cmds.emerge_bools,
+            emerge_plain_bools: cmds.emerge_plain_bools,
+            emerge: cmds.emerge_argv,
+            unmerge_argv: cmds.unmerge_argv,
+            depclean_argv: cmds.depclean_argv,
+            clean_filters: cmds.clean_filters,
+            tar_filters: cmds.tar_filters,
             clean_seed: b("clean_seed", None),
             ephemeral_seed: b("ephemeral_seed", None),
             bind_system_repos: b("bind_system_repos", None),
@@ -555,15 +446,115 @@ impl Resolver<'_> {
                 s("system_repos", None).unwrap_or_else(|| "/var/db/repos".into()),
             ),
             seed_update_args,
-            output_file,
-            refilter,
-            reproducible,
-            source_date_epoch,
-            dirs,
+            output_file: top.output_file,
+            refilter: top.refilter,
+            reproducible: top.reproducible,
+            source_date_epoch: top.source_date_epoch,
+            dirs: top.dirs,
             whiteouts: rel_paths(f, "whiteouts")?,
             opaques: rel_paths(f, "opaques")?,
             oci: super::oci::settings(f),
             bases: Vec::new(),
+        })
+    }
+
+    /// The crossdev target and package tag (a base takes its parent's), each
+    /// validated with the build tag as a name.
+    fn targets(
+        &self,
+        keys: &Keys<'_>,
+        parent: Option<&ResolvedConfig>,
+        origin: &str,
+    ) -> Result<(Option<String>, Option<String>), ConfigError> {
+        let s = |k: &str, inherited: Option<Option<&String>>| keys.str(k, inherited);
+        let crossdev_target = match parent {
+            Some(p) => p.crossdev_target.clone(),
+            None => self
+                .cli
+                .crossdev_target
+                .clone()
+                .or_else(|| s("crossdev_target", None)),
+        };
+        let package_tag = match parent {
+            Some(p) => p.package_tag.clone(),
+            None => s("package_tag", None),
+        };
+        for (what, v) in [
+            ("build_tag", &self.build_tag),
+            ("crossdev_target", &crossdev_target),
+            ("package_tag", &package_tag),
+        ] {
+            if let Some(v) = v {
+                names::validate(what, v, origin)?;
+            }
+        }
+        Ok((crossdev_target, package_tag))
+    }
+
+    /// The profile and, with a crossdev target, the cross root's profile (warned
+    /// about on the top config when there is none).
+    fn profiles(
+        &self,
+        keys: &Keys<'_>,
+        parent: Option<&ResolvedConfig>,
+        crossdev_target: Option<&str>,
+        origin: &str,
+    ) -> (Option<String>, Option<String>) {
+        let (f, d) = (keys.file, keys.defaults);
+        let s = |k: &str, inherited: Option<Option<&String>>| keys.str(k, inherited);
+        let is_top = parent.is_none();
+        let profile = self
+            .cli
+            .profile
+            .clone()
+            .or_else(|| s("profile", Some(parent.and_then(|p| p.profile.as_ref()))));
+        let crossdev_profile = match crossdev_target {
+            None => None,
+            Some(t) => f
+                .table("crossdev_profile")
+                .and_then(|c| get_str(c, t))
+                .or_else(|| parent.and_then(|p| p.crossdev_profile.clone()))
+                .or_else(|| d.table("crossdev_profile").and_then(|c| get_str(c, t))),
+        };
+        if let (Some(t), None, true) = (crossdev_target, &crossdev_profile, is_top) {
+            tracing::warn!(
+                "{origin}: no crossdev_profile for {t}: the cross root's profile is left as it is (add `{t} = \"...\"` under [crossdev_profile])"
+            );
+        }
+        (profile, crossdev_profile)
+    }
+
+    /// What only the top config sets; a base takes its parent's (and writes no
+    /// output file).
+    fn top_only(
+        &self,
+        keys: &Keys<'_>,
+        parent: Option<&ResolvedConfig>,
+    ) -> Result<TopOnly, ConfigError> {
+        let (f, d) = (keys.file, keys.defaults);
+        let b = |k: &str, inherited: Option<bool>| keys.bool(k, inherited);
+        let (dirs, refilter, reproducible, output_file, source_date_epoch) = match parent {
+            Some(p) => (
+                p.dirs.clone(),
+                p.refilter,
+                p.reproducible,
+                None,
+                p.source_date_epoch,
+            ),
+            None => (
+                self.dirs(f)?,
+                b("refilter", None),
+                b("reproducible", None),
+                get_str(f, "output_file").map(PathBuf::from),
+                get_int(f, "source_date_epoch").or_else(|| get_int(d, "source_date_epoch")),
+            ),
+        };
+        Ok(TopOnly {
+            dirs,
+            refilter,
+            reproducible,
+            output_file,
+            source_date_epoch,
         })
     }
 
@@ -645,6 +636,151 @@ impl Resolver<'_> {
     }
 }
 
+/// A config file's keys over the defaults: file > parent (inherited keys only) >
+/// defaults.
+struct Keys<'t> {
+    file: &'t Table,
+    defaults: &'t Table,
+}
+
+impl Keys<'_> {
+    /// A string key; `inherited` is the parent's value for keys a base inherits.
+    fn str(&self, k: &str, inherited: Option<Option<&String>>) -> Option<String> {
+        get_str(self.file, k)
+            .or_else(|| inherited.flatten().cloned())
+            .or_else(|| get_str(self.defaults, k))
+    }
+
+    /// A boolean key, false when set nowhere.
+    fn bool(&self, k: &str, inherited: Option<bool>) -> bool {
+        get_bool(self.file, k)
+            .or(inherited)
+            .or_else(|| get_bool(self.defaults, k))
+            .unwrap_or(false)
+    }
+}
+
+/// The config overlay: the file's, the parent's with `inherit_config`, or the
+/// defaults'.
+fn config_overlay(
+    keys: &Keys<'_>,
+    parent: Option<&ResolvedConfig>,
+    inherit_config: bool,
+    origin: &str,
+) -> Result<Option<String>, ConfigError> {
+    let (f, d) = (keys.file, keys.defaults);
+    let config_overlay = get_str(f, "config_overlay")
+        .or_else(|| {
+            parent
+                .filter(|_| inherit_config)
+                .and_then(|p| p.config_overlay.clone())
+        })
+        .or_else(|| get_str(d, "config_overlay"));
+    if let Some(o) = &config_overlay {
+        names::validate("config_overlay", o, origin)?;
+    }
+    Ok(config_overlay)
+}
+
+/// A layer's package atoms, emerge options and filter switches, and the Portage
+/// command lines made of them.
+struct Commands {
+    packages: Vec<String>,
+    unmerge: Vec<String>,
+    emerge_args: OrderedMap<String>,
+    emerge_bools: OrderedMap<bool>,
+    clean_filters: OrderedMap<bool>,
+    tar_filters: OrderedMap<bool>,
+    emerge_plain_bools: Vec<String>,
+    emerge_argv: Option<Vec<String>>,
+    unmerge_argv: Option<Vec<String>>,
+    depclean_argv: Option<Vec<String>>,
+}
+
+impl Commands {
+    fn of(
+        keys: &Keys<'_>,
+        crossdev_target: Option<&str>,
+        buildname: &str,
+        config_overlay: bool,
+        depclean: bool,
+    ) -> Result<Commands, ConfigError> {
+        let (f, d) = (keys.file, keys.defaults);
+        let packages = atoms(f, "packages")?;
+        let unmerge = atoms(f, "unmerge")?;
+        let emerge_args: OrderedMap<String> = OrderedMap(
+            merged_table(d, f, "emerge_args")
+                .entries()
+                .iter()
+                .map(|e| (e.key.clone(), node_text(&e.node)))
+                .collect(),
+        );
+        let bools = |k: &str| -> OrderedMap<bool> {
+            OrderedMap(
+                merged_table(d, f, k)
+                    .entries()
+                    .iter()
+                    .map(|e| (e.key.clone(), matches!(e.node.val, Val::Bool(true))))
+                    .collect(),
+            )
+        };
+        let emerge_bools = bools("emerge_bools");
+        let clean_filters = bools("clean_filter_options");
+        let tar_filters = bools("tar_filter_options");
+        let emerge_plain_bools = get_list(f, "emerge_plain_bools")
+            .or_else(|| get_list(d, "emerge_plain_bools"))
+            .unwrap_or_default();
+
+        let root = format!("/builds/{buildname}");
+        let cmds = emerge::LayerCommands {
+            target: crossdev_target,
+            root: &root,
+            config_overlay,
+            args: &emerge_args.0,
+            bools: &emerge_bools.0,
+            plain: &emerge_plain_bools,
+            packages: &packages,
+            unmerge: &unmerge,
+            depclean,
+        };
+        let (emerge_argv, unmerge_argv, depclean_argv) =
+            (cmds.emerge(), cmds.unmerge(), cmds.depclean());
+        Ok(Commands {
+            packages,
+            unmerge,
+            emerge_args,
+            emerge_bools,
+            clean_filters,
+            tar_filters,
+            emerge_plain_bools,
+            emerge_argv,
+            unmerge_argv,
+            depclean_argv,
+        })
+    }
+}
+
+/// `seed_update_args`, split shell-style; a quoting error names the key.
+fn seed_update_args(keys: &Keys<'_>) -> Result<Vec<String>, ConfigError> {
+    let (f, d) = (keys.file, keys.defaults);
+    let seed_update_text = keys.str("seed_update_args", None).unwrap_or_default();
+    emerge::shell_split(&seed_update_text).map_err(|why| {
+        let at = f
+            .get("seed_update_args")
+            .or_else(|| d.get("seed_update_args"));
+        bad_value(at, "seed_update_args", why)
+    })
+}
+
+/// The keys only a top config sets ([`Resolver::top_only`]).
+struct TopOnly {
+    dirs: Dirs,
+    refilter: bool,
+    reproducible: bool,
+    output_file: Option<PathBuf>,
+    source_date_epoch: Option<i64>,
+}
+
 /// A path naming a config in messages: the file, or `builtin:<name>`.
 fn origin_path(o: &Origin) -> PathBuf {
     match o {
@@ -662,7 +798,7 @@ fn bad_value(at: Option<&Node>, key: &str, message: &str) -> ConfigError {
 }
 
 /// The default table `key` shallow-merged with the file's: default keys first in
-/// their order, file keys replacing in place or appended (spec 3.4 step 4).
+/// their order, file keys replacing in place or appended.
 fn merged_table(d: &Table, f: &Table, key: &str) -> Table {
     let mut t = d.table(key).cloned().unwrap_or_default();
     for e in f.table(key).map(|t| t.entries()).unwrap_or_default() {

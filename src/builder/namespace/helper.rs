@@ -23,7 +23,7 @@ use nix::sys::statvfs::{FsFlags, statvfs};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, chdir, chroot, execve, pipe};
 
-use super::{IdMapping, MountSpec, PLAN_ENV, Plan, RunStep, Step, UnionSpec, in_root};
+use super::{IdMapping, NsMount, PLAN_ENV, Plan, RunStep, Step, UnionSpec, in_root};
 
 /// Mounts a union inside the helper's mount namespace and serves it from the
 /// helper's threads; the returned guard unmounts it when dropped. Provided by the
@@ -229,7 +229,7 @@ fn pid1_main(plan: &Plan) -> ! {
         std::process::exit(126)
     };
     for m in &plan.mounts {
-        if let MountSpec::Proc { target } = m {
+        if let NsMount::Proc { target } = m {
             let p = in_root(&plan.root, target);
             let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
             if let Err(e) = mount(Some("proc"), &p, Some("proc"), flags, None::<&str>) {
@@ -440,19 +440,19 @@ fn wait_exit_code(pid: Pid) -> Result<i32, HelperError> {
 /// Unmounts in reverse plan order, so that each union is unmounted (by dropping its
 /// guard) only after everything mounted inside it. The mount namespace dies with the
 /// helper anyway; this lets the FUSE sessions end cleanly instead of failing busy.
-fn unmount_all(plan: &Plan, mounted: &[MountSpec], mut guards: Vec<Box<dyn Send>>) {
+fn unmount_all(plan: &Plan, mounted: &[NsMount], mut guards: Vec<Box<dyn Send>>) {
     use nix::mount::{MntFlags, umount2};
     for m in mounted.iter().rev() {
         match m {
-            MountSpec::Union(_) => drop(guards.pop()),
-            MountSpec::Dev { target }
-            | MountSpec::Sys { target }
-            | MountSpec::Bind { target, .. }
-            | MountSpec::Tmpfs { target, .. }
-            | MountSpec::Proc { target } => {
+            NsMount::Union(_) => drop(guards.pop()),
+            NsMount::Dev { target }
+            | NsMount::Sys { target }
+            | NsMount::Bind { target, .. }
+            | NsMount::Tmpfs { target, .. }
+            | NsMount::Proc { target } => {
                 let _ = umount2(&in_root(&plan.root, target), MntFlags::MNT_DETACH);
             }
-            MountSpec::HostTmpfs { path, .. } => {
+            NsMount::HostTmpfs { path, .. } => {
                 let _ = umount2(path, MntFlags::MNT_DETACH);
             }
         }
@@ -474,13 +474,13 @@ fn do_mounts(
 
 fn do_mount(
     plan: &Plan,
-    m: &MountSpec,
+    m: &NsMount,
     mounter: Option<&dyn UnionMounter>,
     guards: &mut Vec<Box<dyn Send>>,
 ) -> Result<(), HelperError> {
     {
         match m {
-            MountSpec::Union(spec) => {
+            NsMount::Union(spec) => {
                 let target = if spec.target.components().count() <= 1 {
                     plan.root.clone() // the root itself: it exists
                 } else {
@@ -492,17 +492,17 @@ fn do_mount(
                 })?;
                 guards.push(g);
             }
-            MountSpec::Bind {
+            NsMount::Bind {
                 source,
                 target,
                 recursive,
                 readonly,
             } => bind(&plan.root, source, target, *recursive, *readonly)?,
-            MountSpec::Tmpfs { target, options } => {
+            NsMount::Tmpfs { target, options } => {
                 let t = prepare_target(&plan.root, target, true)?;
                 tmpfs(&t, options)?;
             }
-            MountSpec::HostTmpfs {
+            NsMount::HostTmpfs {
                 path,
                 options,
                 mkdirs,
@@ -517,8 +517,8 @@ fn do_mount(
                     })?;
                 }
             }
-            MountSpec::Dev { target } => dev(&plan.root, target)?,
-            MountSpec::Sys { target } => {
+            NsMount::Dev { target } => dev(&plan.root, target)?,
+            NsMount::Sys { target } => {
                 let t = prepare_target(&plan.root, target, true)?;
                 sys(
                     mount(
@@ -533,7 +533,7 @@ fn do_mount(
                 )?;
                 make_readonly(&t)?;
             }
-            MountSpec::Proc { target } => {
+            NsMount::Proc { target } => {
                 prepare_target(&plan.root, target, true)?;
             }
         }

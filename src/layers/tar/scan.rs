@@ -33,7 +33,7 @@ use crate::layers::whiteout::{self, Marker, OPAQUE_MARKER, OPAQUE_XATTRS};
 
 /// One file of one layer, as the image presents it.
 #[derive(Debug, Clone)]
-pub struct Node {
+pub struct LayerFile {
     pub layer: u16,
     /// Effective type (override applied where it makes sense, see [`effective_kind`]).
     pub kind: FileKind,
@@ -52,7 +52,7 @@ pub struct Node {
     pub opaque_xattr: bool,
 }
 
-impl Node {
+impl LayerFile {
     /// True for a directory on disk (the walk descends into it).
     pub fn is_dir(&self) -> bool {
         self.kind == FileKind::Dir
@@ -67,7 +67,7 @@ pub struct Listing {
     /// Names whited out in this directory, sorted bytewise, without duplicates.
     pub whiteouts: Vec<Box<[u8]>>,
     /// Ordinary entries sorted bytewise by name.
-    pub entries: Vec<(Box<[u8]>, Node)>,
+    pub entries: Vec<(Box<[u8]>, LayerFile)>,
 }
 
 /// `root` joined with a relative byte path.
@@ -148,7 +148,7 @@ fn read_node(
     meta: &Metadata,
     layer: u16,
     host: Option<&HostOwner>,
-) -> io::Result<Node> {
+) -> io::Result<LayerFile> {
     let disk = FileKind::of(meta);
     let mut xattrs = Vec::new();
     let mut ov = None;
@@ -179,7 +179,7 @@ fn read_node(
     } else {
         None
     };
-    Ok(Node {
+    Ok(LayerFile {
         layer,
         kind: effective_kind(disk, eff.kind),
         perm: eff.perm,
@@ -224,7 +224,7 @@ pub fn kept_xattr(name: &[u8]) -> bool {
 }
 
 /// The merged tree: relative path -> node, bytewise ordered.
-pub type Merged = BTreeMap<Vec<u8>, Node>;
+pub type Merged = BTreeMap<Vec<u8>, LayerFile>;
 
 /// Merges `layers` (lowest first). Subtrees rejected by a path filter are not
 /// walked (everything below them is rejected too).
@@ -269,7 +269,7 @@ fn merge_dir(
         if filters.rejects_path(&p).is_some() {
             continue;
         }
-        let merge_into_dir = node.is_dir() && map.get(&p).is_some_and(Node::is_dir);
+        let merge_into_dir = node.is_dir() && map.get(&p).is_some_and(LayerFile::is_dir);
         if !merge_into_dir {
             remove_below(map, &p);
         }
@@ -316,7 +316,7 @@ pub fn merge_subtree(layers: &[PathBuf], dir: &[u8]) -> Result<Merged, TarError>
             if hides || node.as_ref().is_some_and(|n| !n.is_dir()) {
                 map.clear();
             }
-            let Some(node) = node.filter(Node::is_dir) else {
+            let Some(node) = node.filter(LayerFile::is_dir) else {
                 continue 'layers;
             };
             opaque = node.opaque_xattr;

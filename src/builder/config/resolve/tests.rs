@@ -563,7 +563,7 @@ fn a_seed_without_a_file_gets_every_default() {
     assert_eq!(c.profile.as_deref(), Some("default/linux/amd64/23.0"));
     assert_eq!(c.seed_update_args, ["--update", "a b"]);
     assert!(c.bases.is_empty() && c.emerge.is_none());
-    // The embedded default update arguments (spec 1.4).
+    // The embedded default update arguments.
     let plain = resolve_seed("other", &[], &CliOverrides::default(), &d).unwrap();
     assert_eq!(
         plain.seed_update_args,
