@@ -33,6 +33,7 @@
 
 pub mod hostpath;
 pub mod lower;
+mod node_files;
 pub mod options;
 pub mod records;
 pub mod rename_dir;
@@ -204,7 +205,9 @@ pub struct Union {
     handles: RwLock<HashMap<Fh, Arc<Handle>>>,
     /// The open file handles of each node: an unlinked file stays usable through
     /// them (stat, reopen via /proc/self/fd, chmod, utimens), as on any filesystem.
-    open_files: parking_lot::Mutex<HashMap<Ino, Vec<Fh>>>,
+    open_files: parking_lot::Mutex<OpenFiles>,
+    /// Files of nodes read and written without opens ([`node_files`]).
+    node_files: node_files::NodeFiles,
     next_fh: AtomicU64,
     next_tmp: AtomicU64,
     /// Upper files hard-linked to lower files by directory renames.
@@ -214,6 +217,13 @@ pub struct Union {
     moving: RwLock<()>,
     /// Serialises [`Union::unshare`].
     unsharing: parking_lot::Mutex<()>,
+}
+
+/// The open file handles of each node, and the node of each handle.
+#[derive(Debug, Default)]
+struct OpenFiles {
+    by_ino: HashMap<Ino, Vec<Fh>>,
+    by_fh: HashMap<Fh, Ino>,
 }
 
 fn errno(e: i32) -> io::Error {
@@ -331,7 +341,8 @@ impl Union {
             },
             records: records::UpperRecords::new(!opts.volatile_lowers),
             handles: RwLock::new(HashMap::new()),
-            open_files: parking_lot::Mutex::new(HashMap::new()),
+            open_files: parking_lot::Mutex::new(OpenFiles::default()),
+            node_files: node_files::NodeFiles::default(),
             next_fh: AtomicU64::new(1),
             next_tmp: AtomicU64::new(0),
             shared: shared::SharedInodes::load(shared_file)?,
@@ -790,6 +801,7 @@ impl Union {
     /// Drops `n` kernel references to `ino`.
     pub fn forget(&self, ino: Ino, n: u64) {
         self.tree.forget(ino, n);
+        self.node_file_forgotten(ino);
     }
 
     /// Attributes of `ino`. The path wins over an open handle (a read-only handle may
@@ -855,6 +867,7 @@ impl Union {
         if !self.shared.is_empty() {
             self.unshare(ino, &info, data)?;
         }
+        self.node_file_copied_up(ino);
         Ok(info)
     }
 
@@ -1346,6 +1359,14 @@ impl Union {
             Ok((FileKind::File, Some(f)))
         })?;
         let f = match file {
+            // Without opens the kernel releases no handle: the file, open for
+            // reading and writing (the kernel checks the access mode itself), becomes
+            // the node's own and the kernel gets handle 0.
+            Some(f) if self.no_open() => {
+                let fh = self.put_file(attr.node, f, true);
+                self.adopt_node_file(attr.node, fh);
+                return Ok((attr, Fh(0)));
+            }
             Some(f) if flags & libc::O_ACCMODE != libc::O_RDONLY => f,
             // Read-only create: reopen read-only so a later write fails with EBADF.
             _ => {
@@ -1407,6 +1428,9 @@ impl Union {
         } else {
             pinfo
         };
+        if !dir {
+            self.pin_node_file(parent, name)?;
+        }
         if self.is_upper(loc.top()) {
             let p_host = self.abs(0, &path);
             let p = p_host.as_path();
@@ -1506,6 +1530,9 @@ impl Union {
             if !src_dir && tmeta.ino() == smeta.ino() && tmeta.dev() == smeta.dev() {
                 // Two names of one file: POSIX says do nothing.
                 return Ok(());
+            }
+            if !tmeta.is_dir() {
+                self.pin_node_file(newparent, newname)?;
             }
         }
         if lower_dir {
@@ -1846,13 +1873,15 @@ impl Union {
     /// Registers an open file of `ino`.
     fn put_file(&self, ino: Ino, f: File, upper: bool) -> Fh {
         let fh = self.put_handle(Handle::File(Arc::new(f), upper));
-        self.open_files.lock().entry(ino).or_default().push(fh);
+        let mut open = self.open_files.lock();
+        open.by_ino.entry(ino).or_default().push(fh);
+        open.by_fh.insert(fh, ino);
         fh
     }
 
     /// Any open file handle of `ino`.
     fn any_open_file(&self, ino: Ino) -> Option<Arc<Handle>> {
-        let fh = self.open_files.lock().get(&ino)?.first().copied()?;
+        let fh = self.open_files.lock().by_ino.get(&ino)?.first().copied()?;
         self.open_file(Some(fh))
     }
 
@@ -1931,10 +1960,14 @@ impl Union {
     pub fn release(&self, fh: Fh) {
         {
             let mut open = self.open_files.lock();
-            open.retain(|_, fhs| {
-                fhs.retain(|f| *f != fh);
-                !fhs.is_empty()
-            });
+            if let Some(ino) = open.by_fh.remove(&fh) {
+                if let Some(fhs) = open.by_ino.get_mut(&ino) {
+                    fhs.retain(|f| *f != fh);
+                    if fhs.is_empty() {
+                        open.by_ino.remove(&ino);
+                    }
+                }
+            }
         }
         let handle = self.handles.write().remove(&fh);
         // Closed here, after the table lock is gone (close may flush).
