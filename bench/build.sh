@@ -252,7 +252,7 @@ run_gentree() { # case [before]
   "$bin" build --no-config --conf-root "$dir/$conf" --rebuild -o "$dir/image-$name.tar" \
     "$dir/cfg/bench.toml" > "$dir/$name.log" 2>&1 \
     || { tail -n 30 "$dir/$name.log" >&2; die "$1: $name build failed"; }
-  tar -tf "$dir/image-$name.tar" | grep -qx "$(installed "$1")" \
+  tar -tf "$dir/image-$name.tar" | grep -cx "$(installed "$1")" >/dev/null \
     || die "$1 $name: $(installed "$1") not in the image"
 }
 run_before() { run_gentree "$1" before; }

@@ -47,6 +47,8 @@ pub struct UnionFs {
     union: Union,
     ttl: Ttl,
     passthrough: Passthrough,
+    /// The kernel lists directories without OPENDIR (`init`).
+    no_opendir: bool,
 }
 
 /// FUSE passthrough: the kernel reads and writes an open file's disk file itself, with
@@ -245,6 +247,7 @@ impl UnionFs {
             union,
             ttl,
             passthrough: Passthrough::default(),
+            no_opendir: false,
         }
     }
 
@@ -328,6 +331,10 @@ impl Filesystem for UnionFs {
             // READ and WRITE by node ([`crate::layers::union`]'s `node_files`). Not with
             // FUSE_ATOMIC_O_TRUNC: the kernel would then drop an O_TRUNC it never sends.
             self.union.set_no_open();
+            // Directories likewise: no OPENDIR and RELEASEDIR per listing.
+            self.no_opendir = config
+                .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+                .is_ok();
         }
         Ok(())
     }
@@ -632,6 +639,10 @@ impl Filesystem for UnionFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_opendir {
+            // From now on the kernel opens directories without asking (see `init`).
+            return reply.error(Errno::from_i32(libc::ENOSYS));
+        }
         match self.union.opendir(Ino(ino.0)) {
             Ok(fh) => reply.opened(FileHandle(fh.0), CACHE_DIR),
             Err(e) => reply.error(Errno::from(e)),
@@ -641,11 +652,26 @@ impl Filesystem for UnionFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        if fh.0 == 0 {
+            // Opened by the kernel alone: the union's snapshot named by the offset.
+            match self.union.readdir_node(Ino(ino.0), offset) {
+                Ok(entries) => {
+                    for (next, e) in &entries {
+                        if reply.add(INodeNo(e.ino), *next, file_type(e.kind), &e.name) {
+                            break;
+                        }
+                    }
+                    reply.ok();
+                }
+                Err(e) => reply.error(Errno::from(e)),
+            }
+            return;
+        }
         let entries = match self.union.readdir(Fh(fh.0)) {
             Ok(e) => e,
             Err(e) => return reply.error(Errno::from(e)),
@@ -667,20 +693,22 @@ impl Filesystem for UnionFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         let ttl = self.ttl;
-        let r = self
-            .union
-            .readdirplus(Ino(ino.0), Fh(fh.0), offset, |next, e, a| {
-                // One TTL serves entry and attributes here: none for a lower group.
-                let ttl = ttl.entry(a);
-                reply.add(
-                    INodeNo(a.node.0),
-                    next,
-                    &e.name,
-                    &ttl,
-                    &file_attr(a),
-                    Generation(0),
-                )
-            });
+        let emit = |next, e: &crate::layers::union::DirEntry, a: &Attr| {
+            // One TTL serves entry and attributes here: none for a lower group.
+            let ttl = ttl.entry(a);
+            reply.add(
+                INodeNo(a.node.0),
+                next,
+                &e.name,
+                &ttl,
+                &file_attr(a),
+                Generation(0),
+            )
+        };
+        let r = match fh.0 {
+            0 => self.union.readdirplus_node(Ino(ino.0), offset, emit),
+            n => self.union.readdirplus(Ino(ino.0), Fh(n), offset, emit),
+        };
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(Errno::from(e)),

@@ -31,6 +31,7 @@
 //! it shared, and a rename of a lower directory holds it exclusively while it copies
 //! the tree, so that nothing changes below the old name between snapshot and swap.
 
+mod dir_snapshots;
 pub mod hostpath;
 pub mod lower;
 mod node_files;
@@ -208,6 +209,8 @@ pub struct Union {
     open_files: parking_lot::Mutex<OpenFiles>,
     /// Files of nodes read and written without opens ([`node_files`]).
     node_files: node_files::NodeFiles,
+    /// Listings of directories read without opens ([`dir_snapshots`]).
+    dir_snapshots: dir_snapshots::DirSnapshots,
     next_fh: AtomicU64,
     next_tmp: AtomicU64,
     /// Upper files hard-linked to lower files by directory renames.
@@ -343,6 +346,7 @@ impl Union {
             handles: RwLock::new(HashMap::new()),
             open_files: parking_lot::Mutex::new(OpenFiles::default()),
             node_files: node_files::NodeFiles::default(),
+            dir_snapshots: dir_snapshots::DirSnapshots::default(),
             next_fh: AtomicU64::new(1),
             next_tmp: AtomicU64::new(0),
             shared: shared::SharedInodes::load(shared_file)?,
@@ -766,14 +770,27 @@ impl Union {
         dir: Ino,
         fh: Fh,
         offset: u64,
-        mut emit: impl FnMut(u64, &DirEntry, &Attr) -> bool,
+        emit: impl FnMut(u64, &DirEntry, &Attr) -> bool,
     ) -> io::Result<()> {
         let entries = self.readdir(fh)?;
+        self.readdirplus_of(dir, &entries, offset as usize, |i| i as u64 + 1, emit)
+    }
+
+    /// [`Union::readdirplus`] of `entries` from index `start`; `cookie(i)` is the
+    /// offset of the entry after entry `i`.
+    fn readdirplus_of(
+        &self,
+        dir: Ino,
+        entries: &[DirEntry],
+        start: usize,
+        cookie: impl Fn(usize) -> u64,
+        mut emit: impl FnMut(u64, &DirEntry, &Attr) -> bool,
+    ) -> io::Result<()> {
         let pinfo = self.node(dir)?;
         let dir_attr = self.getattr(dir, None)?;
         // One fetch of the layers' listings serves every entry of this reply.
         let listings = self.listings(&pinfo.path, &pinfo.loc.layers)?;
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+        for (i, e) in entries.iter().enumerate().skip(start) {
             let dots = e.name == "." || e.name == "..";
             let attr = if dots {
                 // The kernel takes neither attributes nor a reference from these.
@@ -788,7 +805,7 @@ impl Union {
                     Err(_) => continue,
                 }
             };
-            if emit(i as u64 + 1, e, &attr) {
+            if emit(cookie(i), e, &attr) {
                 if !dots {
                     self.forget(attr.node, 1);
                 }
@@ -1977,6 +1994,11 @@ impl Union {
     /// Snapshots the merged listing of directory `ino` (with `.` and `..`); readdir
     /// offsets index into this snapshot, so they stay stable while it is open.
     pub fn opendir(&self, ino: Ino) -> io::Result<Fh> {
+        Ok(self.put_handle(Handle::Dir(self.listing(ino)?)))
+    }
+
+    /// The merged listing of directory `ino`, with `.` and `..`.
+    fn listing(&self, ino: Ino) -> io::Result<Arc<Vec<DirEntry>>> {
         let info = self.node(ino)?;
         let parent_ino = self.tree.get(info.parent).map_or(info.st_ino, |p| p.st_ino);
         let mut entries = vec![
@@ -2024,7 +2046,7 @@ impl Union {
                 kind,
             });
         }
-        Ok(self.put_handle(Handle::Dir(Arc::new(entries))))
+        Ok(Arc::new(entries))
     }
 
     /// The snapshot entries from `offset` on.
