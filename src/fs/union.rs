@@ -4,7 +4,9 @@
 //! unmounter for a signal thread: `gentree-fs union -f`).
 //!
 //! Each `Filesystem` method decodes the request, calls one `Union` method and replies;
-//! errors keep the OS errno of the `io::Error`.
+//! errors keep the OS errno of the `io::Error`. Without passthrough the kernel opens
+//! files and directories itself (`init`), and requests with file handle 0 go to the
+//! union's by-node methods.
 
 use super::{caller, file_attr, file_type, reply_empty, reply_xattr, set_time};
 use std::ffi::OsStr;

@@ -24,6 +24,10 @@
 //!   disk readable and removable by the daemon's user. Recorded values are presented
 //!   everywhere, for lower files too. The private xattrs are hidden from users.
 //!
+//! - **Without opens** (the kernel's no-open mode, chosen by the adapter when there is
+//!   no passthrough): reads and writes by node through one file of each node
+//!   ([`node_files`]), listings by offset-named snapshots ([`dir_snapshots`]).
+//!
 //! Every method takes node ids and returns `io::Result` carrying the OS errno; the
 //! FUSE adapter (`crate::fs::union`) only decodes and replies. No lock is held across
 //! disk I/O: the node arena ([`tree`]) and the handle table are locked only to look up
