@@ -88,6 +88,28 @@
 # The report sets gentree-fs against the floor and the floor against kernel overlayfs:
 # when the floor itself is above 1.3x of overlayfs on a workload, no FUSE union can
 # meet issue 3's 1.3x target for it on this machine, and the report says so.
+#
+# Figures, FIXTURE=rootfs (20.5k entries, 700 MB; 2 cores shared with other builds,
+# load 6-8, so spreads are wide), issue 18, one run of 3 interleaved rounds:
+#   FIXTURE=rootfs ROUNDS=3 GENTREE_FS_B=$GENTREE_FS GENTREE_FS_B_OPTS=nopassthrough \
+#     IMPLS="native overlayfs fuse-overlayfs gentree-fs gentree-fs-b fuse-floor" bench/union.sh
+#   median ratio    gentree-fs (root, passthrough)   gentree-fs-b (no-open mode)   floor
+#                   /fuse-ovl  /overlayfs  /floor    /fuse-ovl  /overlayfs /floor  /overlayfs
+#   walk            1.08       11.8        4.81      1.34       14.7       5.97    2.46
+#   walk2           0.82        1.75       1.39      0.42        0.90      0.71    1.26
+#   stat            0.69        0.57       1.13      0.56        0.46      0.92    0.50
+#   stat2           1.47        1.50       1.70      1.23        1.25      1.42    0.88
+#   read            0.61        1.78       1.20      1.22        3.60      2.41    1.49
+#   read2           1.52        2.09       0.90      0.68        0.94      0.40    2.33
+#   create          1.03        2.14                 1.42        2.93
+#   append          0.46        0.57                 0.81        1.00
+#   untar           1.33        5.15                 1.03        4.00
+#   rmhalf          0.23        2.67                 0.19        2.15
+# (walk/stat/read: fresh mount; walk2/stat2/read2: the same again on that mount.) The
+# no-open mode (what a build's user namespace gets) reads a second time from the page
+# cache, below the passthrough floor; passthrough pays an OPEN, a backing-file
+# registration and a RELEASE per open. Not met: 2x fuse-overlayfs on every row.
+
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
@@ -505,6 +527,25 @@ teardown() {
 # --- workloads (each runs with the mount as working directory) ------------------------
 w_walk() { find . -printf '%y %s %m %U %G %T@\n' >/dev/null; }
 w_read() { find . -type f -print0 | xargs -0 -n 1000 cat >/dev/null; }
+w_create() {
+  python3 - <<'EOF'
+import os
+for d in range(100):
+    os.mkdir(f"new{d:02d}")
+    for f in range(100):
+        with open(f"new{d:02d}/f{f:03d}", "wb") as h:
+            h.write(b"x" * 100)
+EOF
+}
+w_append() {
+  python3 - <<'EOF'
+for i in range(0, 30000, 15):  # 2,000 bottom-layer files
+    with open(f"d{i // 3000:02d}/s{(i // 100) % 30:02d}/f{i:05d}", "ab") as h:
+        h.write(b"appended\n")
+EOF
+}
+w_untar() { tar -xf "$FIX/tree.tar"; }
+w_rmhalf() { rm -rf tree/dir0* tree/dir1* tree/dir20 tree/dir21 tree/dir22 tree/dir23 tree/dir24; }
 if [[ $FIXTURE == rootfs ]]; then
   # The issue-18 rows: walk = find (names and types only), stat = lstat of every
   # entry, read = all data through tar -c (into a pipe: GNU tar skips reading files
@@ -526,25 +567,6 @@ EOF
   w_untar() { tar -xf "$FIX/tree.tar" -C usr/share; }
   w_rmhalf() { (cd usr/share && rm -rf tree/dir0* tree/dir1* tree/dir20 tree/dir21 tree/dir22 tree/dir23 tree/dir24); }
 fi
-w_create() {
-  python3 - <<'EOF'
-import os
-for d in range(100):
-    os.mkdir(f"new{d:02d}")
-    for f in range(100):
-        with open(f"new{d:02d}/f{f:03d}", "wb") as h:
-            h.write(b"x" * 100)
-EOF
-}
-w_append() {
-  python3 - <<'EOF'
-for i in range(0, 30000, 15):  # 2,000 bottom-layer files
-    with open(f"d{i // 3000:02d}/s{(i // 100) % 30:02d}/f{i:05d}", "ab") as h:
-        h.write(b"appended\n")
-EOF
-}
-w_untar() { tar -xf "$FIX/tree.tar"; }
-w_rmhalf() { rm -rf tree/dir0* tree/dir1* tree/dir20 tree/dir21 tree/dir22 tree/dir23 tree/dir24; }
 
 rm -rf "$TRASH" "$RUN"
 mkdir -p "$TRASH" "$RUN"
