@@ -53,6 +53,9 @@
 #   case     plain    before   gentree-fs   gentree-fs/plain  before/plain  per round
 #   small    24.9 s   26.0 s   24.6 s       0.98x             1.04x         0.76-1.25x
 #   compile  25.0 s   30.8 s   30.7 s       1.23x             1.23x         0.92-1.81x
+# After the merge with main, `CASES=small ROUNDS=3`, load 1.3 rising to 5.3: plain
+# 15.0 s, before 14.7 s, gentree-fs 13.7 s: 0.91x plain (per round 0.80-1.15x), 0.93x
+# before.
 # At that load the build overhead drowns in CPU contention; the same case on a quiet
 # machine (last measured before the no-open mode) was plain 5.05 s, gentree-fs 7.01 s.
 # What the change removes is counted exactly by bench/fuse_requests.sh: a small build's
