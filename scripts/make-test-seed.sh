@@ -3,8 +3,10 @@
 # for the project's ebuild repository tests/repo/gentree-test and for rootless user namespaces.
 # The facts behind each step are in docs/test-seed.md and ../shared/portage-on-debian.md.
 #
-# Usage: scripts/make-test-seed.sh DEST [--cache DIR]
+# Usage: scripts/make-test-seed.sh DEST [--cache DIR] [--bench]
 #   DEST         the seed directory to create (must not exist, or be empty)
+#   --bench      the bench seed: also a C toolchain (gcc, make, libc6-dev), for the compile-heavy
+#                case of bench/build.sh; cached apart from the test seed's debootstrap
 #   --cache DIR  keep the debootstrap result (as a tarball keyed by this script's content hash) and
 #                the portage wheel in DIR, and reuse them on the next run
 # Environment:
@@ -18,6 +20,8 @@ suite=bookworm
 portage_version=${GENTREE_PORTAGE_VERSION:-3.0.83}
 # Debian packages the seed needs besides minbase (why: docs/test-seed.md).
 extra_pkgs=python3,python-is-python3,pax-utils,bzip2,zstd,xz-utils,patch
+# With --bench: the compiler and make of bench/build.sh's compile case.
+bench_pkgs=gcc,make,libc6-dev
 
 die() { echo "make-test-seed: error: $*" >&2; exit 1; }
 log() { echo "make-test-seed: $*" >&2; }
@@ -42,12 +46,13 @@ progress_while() {
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
-dest='' cache=''
+dest='' cache='' variant=''
 while (($#)); do
   case $1 in
     --cache) (($# >= 2)) || die "--cache needs a directory"; cache=$2; shift 2 ;;
     --cache=*) cache=${1#--cache=}; shift ;;
-    -h|--help) sed -n '2,15p' "$script_path"; exit 0 ;;
+    --bench) variant=bench-; extra_pkgs=$extra_pkgs,$bench_pkgs; shift ;;
+    -h|--help) sed -n '2,17p' "$script_path"; exit 0 ;;
     -*) die "unknown option: $1" ;;
     *) [[ -z $dest ]] || die "only one DEST allowed (got '$dest' and '$1')"; dest=$1; shift ;;
   esac
@@ -108,7 +113,7 @@ mkdir -p "$partial"
 
 # --- 1. Debian minbase (debootstrap, or the cached tarball of an identical earlier run) ---
 key=$(sha256sum "$script_path" | cut -c1-16)
-tarball=${cache:+$cache/debootstrap-$suite-$key.tar.zst}
+tarball=${cache:+$cache/debootstrap-$variant$suite-$key.tar.zst}
 t=$(now)
 if [[ -n $tarball && -f $tarball ]]; then
   log "reusing cached debootstrap $tarball"
@@ -125,7 +130,7 @@ else
   log "debootstrap took $(since "$t") s"
   if [[ -n $tarball ]]; then
     t=$(now)
-    for old in "$cache"/debootstrap-"$suite"-*.tar.zst; do
+    for old in "$cache"/debootstrap-"$variant$suite"-*.tar.zst; do
       [[ -e $old ]] && rm -f "$old"
     done
     tar --numeric-owner --xattrs --xattrs-include='*' -C "$partial" -cf - . \

@@ -4,7 +4,9 @@
 //! unmounter for a signal thread: `gentree-fs union -f`).
 //!
 //! Each `Filesystem` method decodes the request, calls one `Union` method and replies;
-//! errors keep the OS errno of the `io::Error`.
+//! errors keep the OS errno of the `io::Error`. Without passthrough the kernel opens
+//! files and directories itself (`init`), and requests with file handle 0 go to the
+//! union's by-node methods.
 
 use super::{caller, file_attr, file_type, reply_empty, reply_xattr, set_time};
 use std::ffi::OsStr;
@@ -47,6 +49,8 @@ pub struct UnionFs {
     union: Union,
     ttl: Ttl,
     passthrough: Passthrough,
+    /// The kernel lists directories without OPENDIR (`init`).
+    no_opendir: bool,
 }
 
 /// FUSE passthrough: the kernel reads and writes an open file's disk file itself, with
@@ -245,6 +249,7 @@ impl UnionFs {
             union,
             ttl,
             passthrough: Passthrough::default(),
+            no_opendir: false,
         }
     }
 
@@ -252,6 +257,15 @@ impl UnionFs {
     /// disk files (root of the initial user namespace).
     fn want_passthrough(&self) -> bool {
         !self.union.no_passthrough() && super::privileged()
+    }
+
+    /// The union handle a READ (`write` false), WRITE or fallocate of `ino` goes to:
+    /// the node's own file for handle 0 (the no-open mode).
+    fn file_handle(&self, ino: INodeNo, fh: FileHandle, write: bool) -> io::Result<Fh> {
+        match fh.0 {
+            0 => self.union.node_file(Ino(ino.0), write),
+            n => Ok(Fh(n)),
+        }
     }
 
     /// Answers an open of `ino` whose file is `fh` (opened for writing when `write`).
@@ -276,6 +290,12 @@ impl UnionFs {
     }
 }
 
+/// The union's handle of a request's file handle: none for 0, which the kernel sends
+/// for files it opened without the daemon (the no-open mode).
+fn handle(fh: Option<FileHandle>) -> Option<Fh> {
+    fh.filter(|f| f.0 != 0).map(|f| Fh(f.0))
+}
+
 fn reply_entry(reply: ReplyEntry, ttl: Ttl, r: io::Result<Attr>) {
     match r {
         Ok(a) => {
@@ -291,16 +311,32 @@ impl Filesystem for UnionFs {
         // Cached pages and listings are dropped when a refreshed mtime differs, so
         // changes made behind the union's back show once the attributes expire.
         let _ = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);
-        // O_TRUNC arrives with the open instead of as a later SETATTR: the union then
-        // copies up and empties the file before choosing the disk file behind the open.
-        // Without it, a passthrough O_RDONLY|O_TRUNC open of a lower file would hold the
-        // lower file and its own truncate would wait for it (ETXTBSY).
-        let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
         if self.want_passthrough() {
             // Depth 1 unless a layer stacks already: it leaves the union usable as a
             // layer of a kernel overlay.
             let stacked = self.union.layers_on_stacked_fs();
             self.passthrough.switch.negotiate(config, stacked);
+        }
+        if self.passthrough.switch.negotiated() {
+            // O_TRUNC arrives with the open instead of as a later SETATTR: the union
+            // then copies up and empties the file before choosing the disk file behind
+            // the open. Without it, a passthrough O_RDONLY|O_TRUNC open of a lower file
+            // would hold the lower file and its own truncate would wait for it
+            // (ETXTBSY).
+            let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
+        } else if config
+            .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
+            .is_ok()
+        {
+            // Without passthrough every open is a round trip, and so is its release:
+            // the kernel opens files itself once OPEN says ENOSYS, and the union serves
+            // READ and WRITE by node ([`crate::layers::union`]'s `node_files`). Not with
+            // FUSE_ATOMIC_O_TRUNC: the kernel would then drop an O_TRUNC it never sends.
+            self.union.set_no_open();
+            // Directories likewise: no OPENDIR and RELEASEDIR per listing.
+            self.no_opendir = config
+                .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+                .is_ok();
         }
         Ok(())
     }
@@ -340,7 +376,7 @@ impl Filesystem for UnionFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.union.getattr(Ino(ino.0), fh.map(|f| Fh(f.0))) {
+        match self.union.getattr(Ino(ino.0), handle(fh)) {
             Ok(a) => reply.attr(&self.ttl.attr(&a), &file_attr(&a)),
             Err(e) => reply.error(Errno::from(e)),
         }
@@ -377,7 +413,7 @@ impl Filesystem for UnionFs {
                 return reply.error(Errno::from(e));
             }
         }
-        match self.union.setattr(Ino(ino.0), set, fh.map(|f| Fh(f.0))) {
+        match self.union.setattr(Ino(ino.0), set, handle(fh)) {
             Ok(a) => reply.attr(&self.ttl.attr(&a), &file_attr(&a)),
             Err(e) => reply.error(Errno::from(e)),
         }
@@ -477,6 +513,10 @@ impl Filesystem for UnionFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.union.no_open() {
+            // From now on the kernel opens files without asking (see `init`).
+            return reply.error(Errno::from_i32(libc::ENOSYS));
+        }
         let acc = flags.0 & libc::O_ACCMODE;
         let write = acc != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         // A write-open that must fail for a lasting lower reader fails before it copies
@@ -495,7 +535,7 @@ impl Filesystem for UnionFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -503,7 +543,11 @@ impl Filesystem for UnionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.union.read(Fh(fh.0), offset, size) {
+        let fh = match self.file_handle(ino, fh, false) {
+            Ok(fh) => fh,
+            Err(e) => return reply.error(Errno::from(e)),
+        };
+        match self.union.read(fh, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(Errno::from(e)),
         }
@@ -512,7 +556,7 @@ impl Filesystem for UnionFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -521,7 +565,11 @@ impl Filesystem for UnionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.union.write(Fh(fh.0), offset, data) {
+        let fh = match self.file_handle(ino, fh, true) {
+            Ok(fh) => fh,
+            Err(e) => return reply.error(Errno::from(e)),
+        };
+        match self.union.write(fh, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(Errno::from(e)),
         }
@@ -560,28 +608,43 @@ impl Filesystem for UnionFs {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.union.fsync(Fh(fh.0), datasync));
+        let fh = match fh.0 {
+            // No node file: nothing was written without an open.
+            0 => match self.union.open_node_file(Ino(ino.0)) {
+                Some(fh) => fh,
+                None => return reply.ok(),
+            },
+            n => Fh(n),
+        };
+        reply_empty(reply, self.union.fsync(fh, datasync));
     }
 
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.union.fallocate(Fh(fh.0), offset, length, mode));
+        let r = self
+            .file_handle(ino, fh, true)
+            .and_then(|fh| self.union.fallocate(fh, offset, length, mode));
+        reply_empty(reply, r);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_opendir {
+            // From now on the kernel opens directories without asking (see `init`).
+            return reply.error(Errno::from_i32(libc::ENOSYS));
+        }
         match self.union.opendir(Ino(ino.0)) {
             Ok(fh) => reply.opened(FileHandle(fh.0), CACHE_DIR),
             Err(e) => reply.error(Errno::from(e)),
@@ -591,11 +654,26 @@ impl Filesystem for UnionFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        if fh.0 == 0 {
+            // Opened by the kernel alone: the union's snapshot named by the offset.
+            match self.union.readdir_node(Ino(ino.0), offset) {
+                Ok(entries) => {
+                    for (next, e) in &entries {
+                        if reply.add(INodeNo(e.ino), *next, file_type(e.kind), &e.name) {
+                            break;
+                        }
+                    }
+                    reply.ok();
+                }
+                Err(e) => reply.error(Errno::from(e)),
+            }
+            return;
+        }
         let entries = match self.union.readdir(Fh(fh.0)) {
             Ok(e) => e,
             Err(e) => return reply.error(Errno::from(e)),
@@ -617,20 +695,22 @@ impl Filesystem for UnionFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         let ttl = self.ttl;
-        let r = self
-            .union
-            .readdirplus(Ino(ino.0), Fh(fh.0), offset, |next, e, a| {
-                // One TTL serves entry and attributes here: none for a lower group.
-                let ttl = ttl.entry(a);
-                reply.add(
-                    INodeNo(a.node.0),
-                    next,
-                    &e.name,
-                    &ttl,
-                    &file_attr(a),
-                    Generation(0),
-                )
-            });
+        let emit = |next, e: &crate::layers::union::DirEntry, a: &Attr| {
+            // One TTL serves entry and attributes here: none for a lower group.
+            let ttl = ttl.entry(a);
+            reply.add(
+                INodeNo(a.node.0),
+                next,
+                &e.name,
+                &ttl,
+                &file_attr(a),
+                Generation(0),
+            )
+        };
+        let r = match fh.0 {
+            0 => self.union.readdirplus_node(Ino(ino.0), offset, emit),
+            n => self.union.readdirplus(Ino(ino.0), Fh(n), offset, emit),
+        };
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(Errno::from(e)),

@@ -166,7 +166,20 @@ fn union_mount_merges_layers_and_hides_markers() {
 
 #[test]
 fn union_mount_every_operation_as_root() {
-    let t = "union_mount_every_operation_as_root";
+    every_operation_as_root("union_mount_every_operation_as_root", "");
+}
+
+/// The same without passthrough: the kernel opens files without the daemon (the
+/// no-open mode) and the union serves reads and writes by node.
+#[test]
+fn union_mount_every_operation_as_root_without_opens() {
+    every_operation_as_root(
+        "union_mount_every_operation_as_root_without_opens",
+        ",nopassthrough",
+    );
+}
+
+fn every_operation_as_root(t: &str, extra: &str) {
     if !util::require_root(t) || !util::require_fuse(t) || !util::require_tool(t, "fusermount3") {
         return;
     }
@@ -176,7 +189,7 @@ fn union_mount_every_operation_as_root() {
         "cd {} && find . -printf '%p %m %s\\n' | sort && cat l1/top l2/app",
         l.root.display()
     )));
-    let m = l.mount(&l.rw_opts());
+    let m = l.mount(&format!("{}{extra}", l.rw_opts()));
 
     // Copy-up on append keeps mode, xattrs and the inode number; lower untouched.
     let ino = fs::metadata(l.mp("app")).expect("stat").ino();
@@ -849,7 +862,18 @@ fn bash_in_mount(l: &Layers, script: &str) -> String {
 /// does both, so a build on the union depends on it.
 #[test]
 fn union_unlinked_open_files_stay_usable() {
-    let t = "union_unlinked_open_files_stay_usable";
+    unlinked_open_files_stay_usable("union_unlinked_open_files_stay_usable", "");
+}
+
+#[test]
+fn union_unlinked_open_files_stay_usable_without_opens() {
+    unlinked_open_files_stay_usable(
+        "union_unlinked_open_files_stay_usable_without_opens",
+        ",nopassthrough",
+    );
+}
+
+fn unlinked_open_files_stay_usable(t: &str, extra: &str) {
     if !util::require_fuse(t)
         || !util::require_tool(t, "fusermount3")
         || !util::require_tool(t, "bash")
@@ -858,7 +882,7 @@ fn union_unlinked_open_files_stay_usable() {
     }
     let l = Layers::new();
     fill_lowers(&l);
-    let _m = l.mount(&l.rw_opts());
+    let _m = l.mount(&format!("{}{extra}", l.rw_opts()));
     let big = "x".repeat(70_000);
     let script = format!(
         "cat - > heredoc.out <<'EOF'\n{big}\nEOF\n\
@@ -1174,4 +1198,104 @@ fn union_mounts_through_mount_fuse3_and_fstab() {
         "fuse.gentree-fs union\ndata\nfuse.gentree-fs rw,nosuid,nodev\nnew\n1\n"
     );
     assert_eq!(fs::read_to_string(l.p("u/a/new")).unwrap(), "new\n");
+}
+
+/// Without passthrough the kernel opens files itself and the union reads a node
+/// through one file of its own, the lower copy until the node is copied up. Every
+/// route to a copy-up (a write, a truncate by path or by O_TRUNC, a chmod, a hard
+/// link) must make later reads, also through descriptors opened before, see the upper
+/// copy; files unlinked or renamed over while open stay readable, also when the
+/// union closed their node file meanwhile (more files read than it keeps open).
+#[test]
+fn union_without_opens_never_reads_a_stale_lower_copy() {
+    let t = "union_without_opens_never_reads_a_stale_lower_copy";
+    if !util::require_root(t) || !util::require_fuse(t) || !util::require_tool(t, "fusermount3") {
+        return;
+    }
+    let l = Layers::new();
+    for name in ["w", "t", "o", "m", "h", "gone", "over"] {
+        l.put(&format!("l2/{name}"), &format!("lower {name}\n"));
+    }
+    for i in 0..5000 {
+        l.put(&format!("l2/many/f{i}"), &format!("{i}\n"));
+    }
+    let _m = l.mount(&format!("{},nopassthrough", l.rw_opts()));
+    let read_at = |f: &fs::File| {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; 4096];
+        let n = f.read_at(&mut buf, 0).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // Reads after each change must reach the union, not the kernel's page cache:
+    // the file's cached pages are dropped first.
+    let uncache = |f: &fs::File| {
+        use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+        posix_fadvise(f, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED).unwrap();
+    };
+    let read_at = |f: &fs::File| {
+        uncache(f);
+        read_at(f)
+    };
+    let cat = |name: &str| read_at(&fs::File::open(l.mp(name)).unwrap());
+
+    // A write through another descriptor: the reader opened before sees it.
+    let reader = fs::File::open(l.mp("w")).unwrap();
+    assert_eq!(read_at(&reader), "lower w\n");
+    let mut w = fs::OpenOptions::new().append(true).open(l.mp("w")).unwrap();
+    w.write_all(b"appended\n").unwrap();
+    drop(w);
+    assert_eq!(read_at(&reader), "lower w\nappended\n");
+    assert_eq!(cat("w"), "lower w\nappended\n");
+    // A truncate by path, and one by O_TRUNC (a size change without the open).
+    assert_eq!(cat("t"), "lower t\n");
+    nix_truncate(&l.mp("t"), 0).unwrap();
+    nix_truncate(&l.mp("t"), 3).unwrap();
+    assert_eq!(cat("t"), "\0\0\0");
+    assert_eq!(cat("o"), "lower o\n");
+    fs::write(l.mp("o"), "new o\n").unwrap();
+    assert_eq!(cat("o"), "new o\n");
+    assert_eq!(fs::read_to_string(l.p("u/o")).unwrap(), "new o\n");
+    // A chmod copies up; a write at offset 0 afterwards.
+    let reader = fs::File::open(l.mp("m")).unwrap();
+    assert_eq!(read_at(&reader), "lower m\n");
+    fs::set_permissions(l.mp("m"), fs::Permissions::from_mode(0o600)).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().write(true).open(l.mp("m")).unwrap();
+        f.write_all_at(b"UPPER", 0).unwrap();
+    }
+    assert_eq!(read_at(&reader), "UPPER m\n");
+    // A hard link copies up; a write through the new name shows through the old.
+    assert_eq!(cat("h"), "lower h\n");
+    fs::hard_link(l.mp("h"), l.mp("h2")).unwrap();
+    let mut w = fs::OpenOptions::new()
+        .append(true)
+        .open(l.mp("h2"))
+        .unwrap();
+    w.write_all(b"linked\n").unwrap();
+    drop(w);
+    assert_eq!(cat("h"), "lower h\nlinked\n");
+    // Open, read, then more files read than the union keeps open, then unlinked.
+    let gone = fs::File::open(l.mp("gone")).unwrap();
+    assert_eq!(read_at(&gone), "lower gone\n");
+    for i in 0..5000 {
+        assert_eq!(cat(&format!("many/f{i}")), format!("{i}\n"));
+    }
+    fs::remove_file(l.mp("gone")).unwrap();
+    assert_eq!(errno(fs::metadata(l.mp("gone"))), libc::ENOENT);
+    assert_eq!(read_at(&gone), "lower gone\n");
+    assert_eq!(gone.metadata().unwrap().len(), 11);
+    // Renamed over while open, never read before: still the old data.
+    let over = fs::File::open(l.mp("over")).unwrap();
+    fs::write(l.mp("new"), "replacement\n").unwrap();
+    fs::rename(l.mp("new"), l.mp("over")).unwrap();
+    assert_eq!(read_at(&over), "lower over\n");
+    assert_eq!(cat("over"), "replacement\n");
+    // The lower layer never changed.
+    for name in ["w", "t", "o", "m", "h", "gone", "over"] {
+        assert_eq!(
+            fs::read_to_string(l.p(&format!("l2/{name}"))).unwrap(),
+            format!("lower {name}\n")
+        );
+    }
 }

@@ -1083,6 +1083,7 @@ impl Mount {
     fn new(
         imp: Impl,
         kernel_opts: &str,
+        gentree_opts: &str,
         lowers: &[PathBuf],
         upper: &Path,
         work: &Path,
@@ -1113,7 +1114,7 @@ impl Mount {
             }
             Impl::Gentree => {
                 let mut c = util::gentree();
-                c.args(["union", "-o"]).arg(&opts);
+                c.args(["union", "-o"]).arg(format!("{opts}{gentree_opts}"));
                 c
             }
         };
@@ -1208,7 +1209,8 @@ const REDIRECT_SCRIPT: Script = Script {
 /// Builds fresh lowers under `dir`, mounts `imp` over them, applies the script's
 /// operations, unmounts, checks the lowers are untouched, and returns what the
 /// comparison needs.
-fn run_side(imp: Impl, script: &Script, dir: &Path) -> Run {
+/// `extra`: more `-o` options for gentree-fs.
+fn run_side(imp: Impl, script: &Script, dir: &Path, extra: &str) -> Run {
     let lowers = [dir.join("lower-top"), dir.join("lower-bottom")];
     build_layer(&lowers[0], LOWER_TOP);
     build_layer(&lowers[1], LOWER_BOTTOM);
@@ -1218,7 +1220,7 @@ fn run_side(imp: Impl, script: &Script, dir: &Path) -> Run {
     }
     let lowers_before: Vec<_> = lowers.iter().map(|l| snapshot_raw(l)).collect();
 
-    let mount = Mount::new(imp, script.kernel, &lowers, &upper, &work, &mnt);
+    let mount = Mount::new(imp, script.kernel, extra, &lowers, &upper, &work, &mnt);
     let merged_before = snapshot_merged(&mnt);
     let mut slots = Slots::new();
     let outcomes = script
@@ -1229,7 +1231,7 @@ fn run_side(imp: Impl, script: &Script, dir: &Path) -> Run {
     assert!(slots.is_empty(), "the script leaves files open: {slots:?}");
     let merged_after = snapshot_merged(&mnt);
     mount.unmount();
-    let mount = Mount::new(imp, script.kernel, &lowers, &upper, &work, &mnt);
+    let mount = Mount::new(imp, script.kernel, extra, &lowers, &upper, &work, &mnt);
     let merged_remounted = snapshot_merged(&mnt);
     mount.unmount();
 
@@ -1437,16 +1439,25 @@ fn diff_against_kernel(t: &str, script: &Script, check: fn(&Run)) {
     }
     let tmp = util::tempdir();
     let _tmpfs = layer_fs(tmp.path());
-    let kernel = run_side(Impl::Kernel, script, &tmp.path().join("kernel"));
+    let kernel = run_side(Impl::Kernel, script, &tmp.path().join("kernel"), "");
     check(&kernel);
-    let other = run_side(imp, script, &tmp.path().join("other"));
-    let report = compare(script, &kernel, &other);
-    assert!(
-        report.is_empty(),
-        "{imp:?} differs from kernel overlayfs ({}):\n{}",
-        script.kernel,
-        report.join("\n")
-    );
+    // gentree-fs as root with passthrough, and without it, where the kernel opens
+    // files and directories without the daemon (the no-open mode).
+    let modes: &[&str] = if imp == Impl::Gentree {
+        &["", ",nopassthrough"]
+    } else {
+        &[""]
+    };
+    for (i, extra) in modes.iter().enumerate() {
+        let other = run_side(imp, script, &tmp.path().join(format!("other{i}")), extra);
+        let report = compare(script, &kernel, &other);
+        assert!(
+            report.is_empty(),
+            "{imp:?}{extra} differs from kernel overlayfs ({}):\n{}",
+            script.kernel,
+            report.join("\n")
+        );
+    }
 }
 
 #[test]

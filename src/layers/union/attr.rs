@@ -23,7 +23,9 @@ impl Union {
                 return self.getattr(ino, fh);
             }
         }
-        let info = self.copy_up(ino)?;
+        // Emptied anyway (an O_TRUNC open without FUSE_ATOMIC_O_TRUNC arrives so): the
+        // lower data need not be copied.
+        let info = self.copy_up_data(ino, set.size != Some(0))?;
         let path_host = self.abs(0, &info.path);
         let path = path_host.as_path();
         if let (Some(size), None) = (set.size, &open) {

@@ -30,6 +30,7 @@ impl Union {
         if !self.shared.is_empty() {
             self.unshare(ino, &info, data)?;
         }
+        self.node_file_copied_up(ino);
         Ok(info)
     }
 

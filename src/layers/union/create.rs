@@ -268,6 +268,14 @@ impl Union {
             Ok((FileKind::File, Some(f)))
         })?;
         let f = match file {
+            // Without opens the kernel releases no handle: the file, open for
+            // reading and writing (the kernel checks the access mode itself), becomes
+            // the node's own and the kernel gets handle 0.
+            Some(f) if self.no_open() => {
+                let fh = self.put_file(attr.node, f, true);
+                self.adopt_node_file(attr.node, fh);
+                return Ok((attr, Fh(0)));
+            }
             Some(f) if flags & libc::O_ACCMODE != libc::O_RDONLY => f,
             // Read-only create: reopen read-only so a later write fails with EBADF.
             _ => {

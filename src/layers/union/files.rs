@@ -109,13 +109,15 @@ impl Union {
     /// Registers an open file of `ino`.
     pub(super) fn put_file(&self, ino: Ino, f: File, upper: bool) -> Fh {
         let fh = self.put_handle(Handle::File(Arc::new(f), upper));
-        self.open_files.lock().entry(ino).or_default().push(fh);
+        let mut open = self.open_files.lock();
+        open.by_ino.entry(ino).or_default().push(fh);
+        open.by_fh.insert(fh, ino);
         fh
     }
 
     /// Any open file handle of `ino`.
     pub(super) fn any_open_file(&self, ino: Ino) -> Option<Arc<Handle>> {
-        let fh = self.open_files.lock().get(&ino)?.first().copied()?;
+        let fh = self.open_files.lock().by_ino.get(&ino)?.first().copied()?;
         self.open_file(Some(fh))
     }
 
@@ -194,10 +196,14 @@ impl Union {
     pub fn release(&self, fh: Fh) {
         {
             let mut open = self.open_files.lock();
-            open.retain(|_, fhs| {
-                fhs.retain(|f| *f != fh);
-                !fhs.is_empty()
-            });
+            if let Some(ino) = open.by_fh.remove(&fh) {
+                if let Some(fhs) = open.by_ino.get_mut(&ino) {
+                    fhs.retain(|f| *f != fh);
+                    if fhs.is_empty() {
+                        open.by_ino.remove(&ino);
+                    }
+                }
+            }
         }
         let handle = self.handles.write().remove(&fh);
         // Closed here, after the table lock is gone (close may flush).
@@ -207,6 +213,11 @@ impl Union {
     /// Snapshots the merged listing of directory `ino` (with `.` and `..`); readdir
     /// offsets index into this snapshot, so they stay stable while it is open.
     pub fn opendir(&self, ino: Ino) -> io::Result<Fh> {
+        Ok(self.put_handle(Handle::Dir(self.listing(ino)?)))
+    }
+
+    /// The merged listing of directory `ino`, with `.` and `..`.
+    pub(super) fn listing(&self, ino: Ino) -> io::Result<Arc<Vec<DirEntry>>> {
         let info = self.node(ino)?;
         let parent_ino = self.tree.get(info.parent).map_or(info.st_ino, |p| p.st_ino);
         let mut entries = vec![
@@ -254,7 +265,7 @@ impl Union {
                 kind,
             });
         }
-        Ok(self.put_handle(Handle::Dir(Arc::new(entries))))
+        Ok(Arc::new(entries))
     }
 
     /// The snapshot entries from `offset` on.

@@ -24,6 +24,10 @@
 //!   disk readable and removable by the daemon's user. Recorded values are presented
 //!   everywhere, for lower files too. The private xattrs are hidden from users.
 //!
+//! - **Without opens** (the kernel's no-open mode, chosen by the adapter when there is
+//!   no passthrough): reads and writes by node through one file of each node
+//!   (`node_files`), listings by offset-named snapshots (`dir_snapshots`).
+//!
 //! Every method takes node ids and returns `io::Result` carrying the OS errno; the
 //! FUSE adapter (`crate::fs::union`) only decodes and replies. No lock is held across
 //! disk I/O: the node arena ([`tree`]) and the handle table are locked only to look up
@@ -33,7 +37,8 @@
 //!
 //! The [`Union`] methods live by concern: `resolve` (lookup, attributes),
 //! `copy_up`, `create`, `remove` (removal and rename), `attr` (setattr, statfs,
-//! xattrs) and `files` (open files, directory listings).
+//! xattrs), `files` (open files, directory listings), `node_files` and
+//! `dir_snapshots` (files and listings without opens).
 
 pub mod hostpath;
 pub mod lower;
@@ -46,7 +51,9 @@ pub mod tree;
 mod attr;
 mod copy_up;
 mod create;
+mod dir_snapshots;
 mod files;
+mod node_files;
 mod remove;
 mod resolve;
 
@@ -215,7 +222,11 @@ pub struct Union {
     handles: RwLock<HashMap<Fh, Arc<Handle>>>,
     /// The open file handles of each node: an unlinked file stays usable through
     /// them (stat, reopen via /proc/self/fd, chmod, utimens), as on any filesystem.
-    open_files: parking_lot::Mutex<HashMap<Ino, Vec<Fh>>>,
+    open_files: parking_lot::Mutex<OpenFiles>,
+    /// Files of nodes read and written without opens ([`node_files`]).
+    node_files: node_files::NodeFiles,
+    /// Listings of directories read without opens ([`dir_snapshots`]).
+    dir_snapshots: dir_snapshots::DirSnapshots,
     next_fh: AtomicU64,
     next_tmp: AtomicU64,
     /// Upper files hard-linked to lower files by directory renames.
@@ -225,6 +236,13 @@ pub struct Union {
     moving: RwLock<()>,
     /// Serialises [`Union::unshare`].
     unsharing: parking_lot::Mutex<()>,
+}
+
+/// The open file handles of each node, and the node of each handle.
+#[derive(Debug, Default)]
+struct OpenFiles {
+    by_ino: HashMap<Ino, Vec<Fh>>,
+    by_fh: HashMap<Fh, Ino>,
 }
 
 fn errno(e: i32) -> io::Error {
@@ -342,7 +360,9 @@ impl Union {
             },
             records: records::UpperRecords::new(!opts.volatile_lowers),
             handles: RwLock::new(HashMap::new()),
-            open_files: parking_lot::Mutex::new(HashMap::new()),
+            open_files: parking_lot::Mutex::new(OpenFiles::default()),
+            node_files: node_files::NodeFiles::default(),
+            dir_snapshots: dir_snapshots::DirSnapshots::default(),
             next_fh: AtomicU64::new(1),
             next_tmp: AtomicU64::new(0),
             shared: shared::SharedInodes::load(shared_file)?,

@@ -36,6 +36,9 @@ impl Union {
         } else {
             pinfo
         };
+        if !dir {
+            self.pin_node_file(parent, name)?;
+        }
         if self.is_upper(loc.top()) {
             let p_host = self.abs(0, &path);
             let p = p_host.as_path();
@@ -135,6 +138,9 @@ impl Union {
             if !src_dir && tmeta.ino() == smeta.ino() && tmeta.dev() == smeta.dev() {
                 // Two names of one file: POSIX says do nothing.
                 return Ok(());
+            }
+            if !tmeta.is_dir() {
+                self.pin_node_file(newparent, newname)?;
             }
         }
         if lower_dir {

@@ -343,14 +343,27 @@ impl Union {
         dir: Ino,
         fh: Fh,
         offset: u64,
-        mut emit: impl FnMut(u64, &DirEntry, &Attr) -> bool,
+        emit: impl FnMut(u64, &DirEntry, &Attr) -> bool,
     ) -> io::Result<()> {
         let entries = self.readdir(fh)?;
+        self.readdirplus_of(dir, &entries, offset as usize, |i| i as u64 + 1, emit)
+    }
+
+    /// [`Union::readdirplus`] of `entries` from index `start`; `cookie(i)` is the
+    /// offset of the entry after entry `i`.
+    pub(super) fn readdirplus_of(
+        &self,
+        dir: Ino,
+        entries: &[DirEntry],
+        start: usize,
+        cookie: impl Fn(usize) -> u64,
+        mut emit: impl FnMut(u64, &DirEntry, &Attr) -> bool,
+    ) -> io::Result<()> {
         let pinfo = self.node(dir)?;
         let dir_attr = self.getattr(dir, None)?;
         // One fetch of the layers' listings serves every entry of this reply.
         let listings = self.listings(&pinfo.path, &pinfo.loc.layers)?;
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+        for (i, e) in entries.iter().enumerate().skip(start) {
             let dots = e.name == "." || e.name == "..";
             let attr = if dots {
                 // The kernel takes neither attributes nor a reference from these.
@@ -365,7 +378,7 @@ impl Union {
                     Err(_) => continue,
                 }
             };
-            if emit(i as u64 + 1, e, &attr) {
+            if emit(cookie(i), e, &attr) {
                 if !dots {
                     self.forget(attr.node, 1);
                 }
@@ -378,6 +391,7 @@ impl Union {
     /// Drops `n` kernel references to `ino`.
     pub fn forget(&self, ino: Ino, n: u64) {
         self.tree.forget(ino, n);
+        self.node_file_forgotten(ino);
     }
 
     /// Attributes of `ino`. The path wins over an open handle (a read-only handle may

@@ -241,6 +241,11 @@ impl Tree {
         })
     }
 
+    /// The kernel's lookup count of a node; `None` for an unknown id.
+    pub fn lookups(&self, ino: Ino) -> Option<u64> {
+        self.maps.read().nodes.get(&ino).map(|n| n.lookups)
+    }
+
     /// The attached child `name` of `parent`, if the tree knows it.
     pub fn child(&self, parent: Ino, name: &OsStr) -> Option<Ino> {
         self.maps
