@@ -10,6 +10,9 @@
 //!   tar layout and streaming, seed import and identity, tree digests, the
 //!   normalisation that makes a built layer reproducible. Knows nothing of FUSE or
 //!   namespaces.
+//! - [`cache`]: the layer cache in an OCI registry: pull a missing layer another
+//!   machine built (verified, published as if built here), push a built one; its
+//!   registry client and podman-style auth.
 //! - [`fs`]: the only code that talks to FUSE (fuser): thin adapters over `layers`.
 //! - [`server`]: `gentree-fs serve`, the binhost and build queue over its own bounded
 //!   HTTP/1.1 server.
@@ -17,6 +20,7 @@
 //! - [`cli`] and [`commands`]: argument parsing and one function per subcommand.
 
 pub mod builder;
+pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod fs;

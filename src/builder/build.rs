@@ -228,6 +228,7 @@ pub fn key_config(cfg: &ResolvedConfig) -> serde_json::Value {
             "tar_filters",
             "dirs",
             "seed_update_args",
+            "cache",
         ] {
             m.remove(k);
         }
@@ -722,7 +723,20 @@ pub fn clean_paths(cfg: &ResolvedConfig, layer_root: &str) -> Vec<PathBuf> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Reused,
+    /// Pulled from the layer cache (no emerge ran).
+    Pulled,
     Built,
+}
+
+impl Outcome {
+    /// How build summaries name it.
+    pub fn word(self) -> &'static str {
+        match self {
+            Outcome::Reused => "reused",
+            Outcome::Pulled => "pulled",
+            Outcome::Built => "built",
+        }
+    }
 }
 
 /// The result of a build: every layer (build order) and what happened to it.
@@ -749,6 +763,8 @@ pub struct BuildOptions {
     /// Each layer's build in a network namespace of its own (`build --no-network`).
     pub no_network: bool,
     pub mapping: IdMapping,
+    /// The layer cache: missing layers are looked up there, built ones pushed.
+    pub cache: Option<std::sync::Arc<crate::cache::Cache>>,
 }
 
 /// Builds (or reuses) every layer of `top`. `log` receives the output of every
@@ -821,6 +837,18 @@ fn build_jobs(
                 continue;
             }
         }
+        let meta = layer_meta(&job, packages);
+        if let Some(layer) = (!forced).then(|| fetch_cached(opts, store, &meta)).flatten() {
+            tracing::info!(
+                "[{}/{n}] {}: pulled layer {} from the cache",
+                i + 1,
+                cfg.buildname,
+                job.key.short()
+            );
+            jobs.push(job);
+            done.push((layer, Outcome::Pulled));
+            continue;
+        }
         tracing::info!(
             "[{}/{n}] {}: building layer {}",
             i + 1,
@@ -838,7 +866,7 @@ fn build_jobs(
             epoch: planner.epoch().secs,
         };
         let started = std::time::Instant::now();
-        let layer = build_layer(&job, packages, &done, &run)?;
+        let layer = build_layer(&job, meta, &done, &run)?;
         tracing::info!(
             "[{}/{n}] {}: published layer {} in {:.0?}",
             i + 1,
@@ -846,6 +874,7 @@ fn build_jobs(
             job.key.short(),
             started.elapsed()
         );
+        push_cached(opts, &layer, planner.epoch().secs);
         jobs.push(job);
         done.push((layer, Outcome::Built));
     }
@@ -887,9 +916,79 @@ struct LayerRun<'a> {
     epoch: i64,
 }
 
+/// The metadata a layer of `job` is published with, built here or pulled.
+fn layer_meta(job: &LayerJob<'_>, packages: Vec<PackageInput>) -> LayerMeta {
+    LayerMeta {
+        key: job.key.clone(),
+        name: job.config.name.clone(),
+        buildname: job.config.buildname.clone(),
+        base_keys: job.lower_keys.clone(),
+        created: store::now_secs(),
+        format: LAYER_FORMAT_VERSION,
+        packages,
+    }
+}
+
+/// The layer of `meta.key` from the cache, if one is configured and has it. A
+/// failure is a warning: the layer is then built here.
+fn fetch_cached(opts: &BuildOptions, store: &Store, meta: &LayerMeta) -> Option<Layer> {
+    let cache = opts.cache.as_deref()?;
+    let started = std::time::Instant::now();
+    match cache.fetch(store, meta, &opts.mapping) {
+        Ok(Some(layer)) => {
+            tracing::debug!("pulled {} in {:.1?}", meta.key.short(), started.elapsed());
+            Some(layer)
+        }
+        Ok(None) => {
+            tracing::info!(
+                "{}: layer {} is not in the cache {}",
+                meta.buildname,
+                meta.key.short(),
+                cache.reference()
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cache {}: cannot use the cached layer {} of {} ({}); building it here",
+                cache.reference(),
+                meta.key.short(),
+                meta.buildname,
+                crate::cache::error_text(&e)
+            );
+            None
+        }
+    }
+}
+
+/// Pushes a layer built here to the cache, if one is configured; a failure is a
+/// warning.
+fn push_cached(opts: &BuildOptions, layer: &Layer, epoch: i64) {
+    let Some(cache) = opts.cache.as_deref() else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    match cache.push(layer, epoch) {
+        Ok(true) => tracing::info!(
+            "{}: pushed layer {} to the cache in {:.1?}",
+            layer.meta.buildname,
+            layer.meta.key.short(),
+            started.elapsed()
+        ),
+        Ok(false) => tracing::debug!("the cache has {} already", layer.meta.key.short()),
+        Err(e) => tracing::warn!(
+            "cache {}: cannot push the layer {} of {} ({})",
+            cache.reference(),
+            layer.meta.key.short(),
+            layer.meta.buildname,
+            crate::cache::error_text(&e)
+        ),
+    }
+}
+
 fn build_layer(
     job: &LayerJob<'_>,
-    packages: Vec<PackageInput>,
+    meta: LayerMeta,
     done: &[(Layer, Outcome)],
     run: &LayerRun<'_>,
 ) -> Result<Layer, BuildError> {
@@ -984,15 +1083,6 @@ fn build_layer(
             source,
         })?;
     tracing::debug!("{}: {stats:?}", cfg.buildname);
-    let meta = LayerMeta {
-        key: job.key.clone(),
-        name: cfg.name.clone(),
-        buildname: cfg.buildname.clone(),
-        base_keys: job.lower_keys.clone(),
-        created: store::now_secs(),
-        format: LAYER_FORMAT_VERSION,
-        packages,
-    };
     Ok(store.publish(pending, meta)?)
 }
 

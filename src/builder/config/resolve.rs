@@ -139,6 +139,8 @@ pub struct ResolvedConfig {
     pub reproducible: bool,
     /// Top-level only: the build epoch (`SOURCE_DATE_EPOCH` in the environment wins).
     pub source_date_epoch: Option<i64>,
+    /// Top-level only: the layer cache's reference (validated).
+    pub cache: Option<String>,
     pub dirs: Dirs,
     /// Pre-seeded deletions (relative paths).
     pub whiteouts: Vec<String>,
@@ -508,6 +510,17 @@ impl Resolver<'_> {
                 get_int(f, "source_date_epoch").or_else(|| get_int(d, "source_date_epoch")),
             ),
         };
+        let cache = match parent {
+            Some(p) => p.cache.clone(),
+            None => {
+                let at = f.get("cache").or_else(|| d.get("cache"));
+                let r = get_str(f, "cache").or_else(|| get_str(d, "cache"));
+                if let Some(r) = &r {
+                    crate::cache::CacheRef::parse(r).map_err(|why| bad_value(at, "cache", &why))?;
+                }
+                r
+            }
+        };
 
         Ok(ResolvedConfig {
             name,
@@ -557,6 +570,7 @@ impl Resolver<'_> {
             refilter,
             reproducible,
             source_date_epoch,
+            cache,
             dirs,
             whiteouts: rel_paths(f, "whiteouts")?,
             opaques: rel_paths(f, "opaques")?,
