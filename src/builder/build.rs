@@ -838,7 +838,10 @@ fn build_jobs(
             }
         }
         let meta = layer_meta(&job, packages);
-        if let Some(layer) = (!forced).then(|| fetch_cached(opts, store, &meta)).flatten() {
+        if let Some(layer) = (!forced)
+            .then(|| fetch_cached(opts, store, &meta))
+            .flatten()
+        {
             tracing::info!(
                 "[{}/{n}] {}: pulled layer {} from the cache",
                 i + 1,

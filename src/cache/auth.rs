@@ -54,7 +54,11 @@ impl Credentials {
 
 /// The auth files to read, in order, from this process's environment.
 pub fn auth_files_from_env() -> Vec<PathBuf> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     let home = var("HOME");
     let mut out = Vec::new();
     out.extend(var("REGISTRY_AUTH_FILE"));
@@ -63,7 +67,10 @@ pub fn auth_files_from_env() -> Vec<PathBuf> {
     }
     match var("XDG_CONFIG_HOME") {
         Some(x) => out.push(x.join("containers/auth.json")),
-        None => out.extend(home.as_ref().map(|h| h.join(".config/containers/auth.json"))),
+        None => out.extend(
+            home.as_ref()
+                .map(|h| h.join(".config/containers/auth.json")),
+        ),
     }
     out.extend(home.map(|h| h.join(".docker/config.json")));
     out
@@ -270,13 +277,22 @@ mod tests {
         let user = |host, repo| lookup(&text, host, repo).unwrap().map(|c| c.user);
         assert_eq!(user("reg:5000", "x"), Some("a".into()));
         assert_eq!(user("reg:5000", "team/other"), Some("b".into()));
-        assert_eq!(user("reg:5000", "teamx"), Some("a".into()), "not a path prefix");
+        assert_eq!(
+            user("reg:5000", "teamx"),
+            Some("a".into()),
+            "not a path prefix"
+        );
         assert_eq!(user("reg:5000", "team/cache"), Some("c".into()));
         assert_eq!(user("reg", "x"), None, "another port is another registry");
         assert_eq!(user("index.docker.io", "lib/x"), Some("e".into()));
-        let c = lookup(&text, "reg:5000", "team/cache/sub").unwrap().unwrap();
+        let c = lookup(&text, "reg:5000", "team/cache/sub")
+            .unwrap()
+            .unwrap();
         assert_eq!(c.password, "3:with:colons");
-        assert_eq!(c.basic_header(), format!("Basic {}", STANDARD.encode("c:3:with:colons")));
+        assert_eq!(
+            c.basic_header(),
+            format!("Basic {}", STANDARD.encode("c:3:with:colons"))
+        );
     }
 
     #[test]
@@ -305,7 +321,10 @@ mod tests {
 
     #[test]
     fn challenges() {
-        assert_eq!(Challenge::parse("Basic realm=\"x\""), Some(Challenge::Basic));
+        assert_eq!(
+            Challenge::parse("Basic realm=\"x\""),
+            Some(Challenge::Basic)
+        );
         assert_eq!(
             Challenge::parse(
                 "Bearer realm=\"https://auth.io/token\",service=\"reg.io\",scope=\"repository:a/b:pull,push\""

@@ -73,7 +73,9 @@ impl CacheRef {
     /// Parses a reference; the error says what is wrong with it.
     pub fn parse(s: &str) -> Result<CacheRef, String> {
         let bad = |why: &str| {
-            format!("invalid cache reference {s:?}: {why} (want [http://|https://]HOST[:PORT]/REPO)")
+            format!(
+                "invalid cache reference {s:?}: {why} (want [http://|https://]HOST[:PORT]/REPO)"
+            )
         };
         let (https, rest) = if let Some(r) = s.strip_prefix("https://") {
             (true, r)
@@ -87,11 +89,13 @@ impl CacheRef {
         let (host, repo) = rest.split_once('/').ok_or_else(|| bad("no repository"))?;
         let repo = repo.trim_end_matches('/');
         let host_ok = !host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+            && host.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+            });
         if !host_ok {
-            return Err(bad("the host is empty or has characters a host name cannot"));
+            return Err(bad(
+                "the host is empty or has characters a host name cannot",
+            ));
         }
         // The distribution spec's repository name grammar.
         let component_ok = |c: &str| {
@@ -116,7 +120,11 @@ impl CacheRef {
 
     /// `https://host:port` (no path).
     pub fn base_url(&self) -> String {
-        format!("{}://{}", if self.https { "https" } else { "http" }, self.host)
+        format!(
+            "{}://{}",
+            if self.https { "https" } else { "http" },
+            self.host
+        )
     }
 }
 
@@ -192,7 +200,12 @@ pub struct Cache {
 impl Cache {
     /// The cache at `r`, with the credentials the auth files hold for it.
     pub fn open(r: CacheRef) -> Cache {
-        let creds = auth::find_credentials(&auth::auth_files_from_env(), &r.host, &r.repo);
+        Cache::with_auth_files(r, &auth::auth_files_from_env())
+    }
+
+    /// The cache at `r`, with the credentials the first of `files` holds for it.
+    pub fn with_auth_files(r: CacheRef, files: &[std::path::PathBuf]) -> Cache {
+        let creds = auth::find_credentials(files, &r.host, &r.repo);
         tracing::debug!(
             "layer cache {r}: {}",
             if creds.is_some() {
@@ -228,8 +241,8 @@ impl Cache {
             key: key.to_owned(),
             why,
         };
-        let manifest = ImageManifest::from_reader(&bytes[..])
-            .map_err(|e| entry(format!("manifest: {e}")))?;
+        let manifest =
+            ImageManifest::from_reader(&bytes[..]).map_err(|e| entry(format!("manifest: {e}")))?;
         let (config, layer) = entry_descriptors(&manifest).map_err(entry)?;
         let meta_bytes = self
             .registry
@@ -244,6 +257,21 @@ impl Cache {
         }
         let pending = store.begin(&want.key, &lock)?;
         let tar = pending.work().join("layer.tar");
+        // The tar and its unpacked copy must fit: a declared size beyond the free
+        // space is refused before the first byte (a full disk would fail builds).
+        let free = nix::sys::statvfs::statvfs(&pending.work())
+            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+            .unwrap_or(u64::MAX);
+        if layer.size().saturating_mul(2) > free {
+            return Err(CacheError::Unfaithful {
+                key: key.to_owned(),
+                why: format!(
+                    "its tar of {} MiB does not fit twice in the {} MiB free",
+                    layer.size() >> 20,
+                    free >> 20
+                ),
+            });
+        }
         {
             let mut f = File::create(&tar).map_err(io_at("cannot create", &tar))?;
             self.registry

@@ -205,9 +205,7 @@ impl Registry {
                         what: format!("token realm {realm} is not https"),
                     });
                 }
-                let mut b = ureq::http::Request::builder()
-                    .method("GET")
-                    .uri(&token_url);
+                let mut b = ureq::http::Request::builder().method("GET").uri(&token_url);
                 if let Some(c) = &self.creds {
                     b = b.header("authorization", c.basic_header());
                 }
@@ -215,14 +213,11 @@ impl Registry {
                     url: token_url.clone(),
                     what: format!("cannot make the request: {e}"),
                 })?;
-                let mut resp = self
-                    .agent
-                    .run(req)
-                    .map_err(|source| RegistryError::Http {
-                        method: "GET",
-                        url: token_url.clone(),
-                        source,
-                    })?;
+                let mut resp = self.agent.run(req).map_err(|source| RegistryError::Http {
+                    method: "GET",
+                    url: token_url.clone(),
+                    source,
+                })?;
                 if resp.status() != 200 {
                     return Err(status_err("GET", &token_url, resp));
                 }
@@ -335,10 +330,11 @@ impl Registry {
                 });
             }
             hasher.update(&buf[..k]);
-            out.write_all(&buf[..k]).map_err(|source| RegistryError::Io {
-                what: format!("saving {url}"),
-                source,
-            })?;
+            out.write_all(&buf[..k])
+                .map_err(|source| RegistryError::Io {
+                    what: format!("saving {url}"),
+                    source,
+                })?;
         }
         let got = format!("sha256:{}", hex(&hasher.finalize()));
         if n != size || got != digest {
@@ -561,7 +557,11 @@ mod tests {
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         assert!(valid_digest(&sha256_digest(b"x")));
-        for bad in ["sha256:abc", "md5:00", &format!("sha256:{}", "A".repeat(64))] {
+        for bad in [
+            "sha256:abc",
+            "md5:00",
+            &format!("sha256:{}", "A".repeat(64)),
+        ] {
             assert!(!valid_digest(bad), "{bad}");
         }
         assert_eq!(

@@ -46,9 +46,22 @@ fn make_layer(root: &Path) {
     w("ro/f", "r");
     fs::set_permissions(root.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
     for p in [
-        "usr/bin/tool", "home/u/notes", "usr/bin/t", "etc/.wh.gone", "var/cache/new",
-        "dev/null", "ro/f", "usr/bin", "usr", "home/u", "home", "etc", "var/cache", "var",
-        "dev", "ro",
+        "usr/bin/tool",
+        "home/u/notes",
+        "usr/bin/t",
+        "etc/.wh.gone",
+        "var/cache/new",
+        "dev/null",
+        "ro/f",
+        "usr/bin",
+        "usr",
+        "home/u",
+        "home",
+        "etc",
+        "var/cache",
+        "var",
+        "dev",
+        "ro",
     ] {
         set_mtime(&root.join(p), 1_600_000_000);
     }
@@ -105,7 +118,11 @@ fn a_pulled_layer_gives_the_same_layer_tar_and_image() {
     // Nothing privileged on the host: the setuid file and the device are plain.
     let m = fs::metadata(pulled.join("usr/bin/tool")).unwrap();
     assert_eq!(m.permissions().mode() & 0o7000, 0);
-    assert!(fs::symlink_metadata(pulled.join("dev/null")).unwrap().is_file());
+    assert!(
+        fs::symlink_metadata(pulled.join("dev/null"))
+            .unwrap()
+            .is_file()
+    );
 }
 
 #[test]
@@ -155,7 +172,11 @@ fn foreign_or_mismatched_entries_are_refused() {
     assert_eq!(check_meta(&want, &want), Ok(()));
     let mut other = want.clone();
     other.key = BuildKey::parse(&"c".repeat(64)).unwrap();
-    assert!(check_meta(&other, &want).unwrap_err().contains("names the key"));
+    assert!(
+        check_meta(&other, &want)
+            .unwrap_err()
+            .contains("names the key")
+    );
     let mut other = want.clone();
     other.base_keys.clear();
     assert!(check_meta(&other, &want).is_err());
@@ -185,14 +206,20 @@ fn foreign_or_mismatched_entries_are_refused() {
     assert!(entry_descriptors(&good).is_ok());
     for (m, why) in [
         (
-            manifest(MediaType::ImageConfig, vec![(MediaType::ImageLayer, d('2'))]),
+            manifest(
+                MediaType::ImageConfig,
+                vec![(MediaType::ImageLayer, d('2'))],
+            ),
             "config media type",
         ),
         (manifest(meta_mt(), vec![]), "0 layers"),
         (
             manifest(
                 meta_mt(),
-                vec![(MediaType::ImageLayer, d('2')), (MediaType::ImageLayer, d('3'))],
+                vec![
+                    (MediaType::ImageLayer, d('2')),
+                    (MediaType::ImageLayer, d('3')),
+                ],
             ),
             "2 layers",
         ),
