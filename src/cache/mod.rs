@@ -260,7 +260,7 @@ impl Cache {
         // The tar and its unpacked copy must fit: a declared size beyond the free
         // space is refused before the first byte (a full disk would fail builds).
         let free = nix::sys::statvfs::statvfs(&pending.work())
-            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+            .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
             .unwrap_or(u64::MAX);
         if layer.size().saturating_mul(2) > free {
             return Err(CacheError::Unfaithful {

@@ -169,8 +169,7 @@ fn outcomes(err: &str, what: &str) -> usize {
 /// The top layer's key from the summary of a build that built every layer.
 fn top_key(err: &str) -> String {
     err.lines()
-        .filter(|l| l.trim_start().starts_with("built ") && l.ends_with(')'))
-        .last()
+        .rfind(|l| l.trim_start().starts_with("built ") && l.ends_with(')'))
         .and_then(|l| {
             l.rsplit_once('(')
                 .map(|(_, k)| k.trim_end_matches(')').to_owned())
