@@ -12,12 +12,18 @@
 #    twice for skopeo: the download alone (`skopeo copy docker:// oci:`), and the
 #    download plus `tar -x` of the layer, which is what gentree-fs's pull does
 #    (download, digest check, unpack into the store, publish). Each round uses
-#    fresh repositories, so no blob is skipped as already present.
+#    fresh repositories, so no blob is skipped as already present. Every timed step
+#    starts with a cold page cache (drop_caches): gentree-fs reads the layer tree
+#    (30k files), skopeo one tar file.
 # 2. fleet: four conf roots (fresh copies of one import of the test seed, as four CI
 #    machines) building overlapping configs one after another — app, special, app,
 #    both (all over the layers base and lib) — with one shared registry cache and
 #    without a cache. Reports the layers built (each an emerge run) and the fleet's
 #    total wall time.
+# skopeo runs with --preserve-digests, so it pushes and pulls the same uncompressed
+# tar (by default it would gzip it), and in a mount namespace with an empty tmpfs over
+# /var/lib/containers/cache, so its blob-info cache cannot turn a later round's push
+# into a cross-repository mount of the first round's blob.
 # Rounds are interleaved (the order alternates), medians with min-max spread.
 #
 # Environment: ROUNDS (5 for layer, 2 for fleet), FILES (30000), GENTREE_FS
@@ -46,13 +52,18 @@ log: {level: error}
 storage: {filesystem: {rootdirectory: $work/storage}}
 http: {addr: "127.0.0.1:$port", secret: bench}
 YML
-docker-registry serve "$work/registry.yml" 2>"$work/registry.log" &
+docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
 reg_pid=$!
 trap 'kill $reg_pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 reg=127.0.0.1:$port
 
 now() { date +%s.%N; }
+cold() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }  # every op starts cold
+mkdir -p /var/lib/containers/cache
+skopeo_fresh() {  # skopeo ARGS...: without the blob-info cache of earlier runs
+  unshare -m sh -c 'mount -t tmpfs none /var/lib/containers/cache && exec skopeo "$@"' skopeo "$@"
+}
 since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$(now)"; }
 summary() {  # summary FILE: per "impl op" the median, min-max, and ratios to skopeo
   python3 - "$1" <<'PY'
@@ -125,19 +136,22 @@ PY
     for impl in $order; do
       case $impl in
       gentree)
+        cold
         echo "gentree push $("$bench" push "$conf" "$key" "$g" $epoch)" >> "$res"
         pc=$work/pull-$r; mkdir -p "$pc"; echo "$meta" > "$pc/want.json"
-        sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+        cold
         echo "gentree pull+unpack $("$bench" pull "$pc" "$key" "$g")" >> "$res"
         rm -rf "$pc" ;;
       skopeo)
-        t=$(now); skopeo copy -q --dest-tls-verify=false "oci:$work/oci:latest" "docker://$reg/bench/s$r:latest"
+        cold
+        t=$(now); skopeo_fresh copy -q --preserve-digests --dest-tls-verify=false "oci:$work/oci:latest" "docker://$reg/bench/s$r:latest"
         echo "skopeo push $(since "$t")" >> "$res"
-        sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-        t=$(now); skopeo copy -q --src-tls-verify=false "docker://$reg/bench/s$r:latest" "oci:$work/spull-$r:latest"
+        cold
+        t=$(now); skopeo_fresh copy -q --preserve-digests --src-tls-verify=false "docker://$reg/bench/s$r:latest" "oci:$work/spull-$r:latest"
         echo "skopeo pull $(since "$t")" >> "$res"
         rm -rf "$work/spull-$r"
-        t=$(now); skopeo copy -q --src-tls-verify=false "docker://$reg/bench/s$r:latest" "oci:$work/spull-$r:latest"
+        cold
+        t=$(now); skopeo_fresh copy -q --preserve-digests --src-tls-verify=false "docker://$reg/bench/s$r:latest" "oci:$work/spull-$r:latest"
         mkdir "$work/x-$r"
         python3 -c 'import json,sys; m=json.load(open(sys.argv[1]+"/index.json"))["manifests"][0]["digest"].split(":")[1]; print(json.load(open(sys.argv[1]+"/blobs/sha256/"+m))["layers"][0]["digest"].split(":")[1])' "$work/spull-$r" \
           | { read -r l; tar --numeric-owner -xpf "$work/spull-$r/blobs/sha256/$l" -C "$work/x-$r"; }

@@ -292,10 +292,15 @@ impl Cache {
             key: key.to_owned(),
             source,
         })?;
-        let (tar_digest, tar_size) = self.registry.push_stream(&mut LayoutReader {
-            layout: &layout,
-            pos: 0,
-        })?;
+        // Large reads of the layout: each crosses many small files.
+        let mut reader = io::BufReader::with_capacity(
+            1 << 20,
+            LayoutReader {
+                layout: &layout,
+                pos: 0,
+            },
+        );
+        let (tar_digest, tar_size) = self.registry.push_stream(&mut reader, layout.size())?;
         let meta = serde_json::to_vec(&layer.meta).map_err(|e| CacheError::Entry {
             key: key.to_owned(),
             why: format!("cannot encode its metadata: {e}"),

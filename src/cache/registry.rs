@@ -22,6 +22,9 @@ use super::auth::{Challenge, Credentials, token_of};
 pub const MAX_MANIFEST: u64 = 4 << 20;
 /// The largest blob read into memory (the layer metadata).
 pub const MAX_SMALL_BLOB: u64 = 4 << 20;
+/// The slowest transfer of a layer blob accepted: a blob of N MiB may take
+/// N seconds beyond the base timeout (ureq's body timeouts are totals, not idle).
+const MIN_RATE: u64 = 1 << 20;
 
 /// Errors of one request, naming the URL.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +86,7 @@ pub struct Registry {
     agent: ureq::Agent,
     r: CacheRef,
     creds: Option<Credentials>,
+    timeout: Duration,
     /// The `Authorization` value that last worked.
     authorization: Mutex<Option<String>>,
 }
@@ -108,6 +112,7 @@ impl Registry {
             agent,
             r,
             creds,
+            timeout,
             authorization: Mutex::new(None),
         }
     }
@@ -128,7 +133,19 @@ impl Registry {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Resp, RegistryError> {
-        let resp = self.send_once(method, url, headers, body)?;
+        self.send_sized(method, url, headers, body, 0)
+    }
+
+    /// [`Self::send`] of a request whose answer is a body of `size` bytes.
+    fn send_sized(
+        &self,
+        method: &'static str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        size: u64,
+    ) -> Result<Resp, RegistryError> {
+        let resp = self.send_once(method, url, headers, body, size)?;
         if resp.status() != 401 {
             return Ok(resp);
         }
@@ -142,7 +159,7 @@ impl Registry {
         };
         let value = self.answer(&challenge, url)?;
         *self.authorization.lock() = Some(value);
-        self.send_once(method, url, headers, body)
+        self.send_once(method, url, headers, body, size)
     }
 
     fn send_once(
@@ -151,6 +168,7 @@ impl Registry {
         url: &str,
         headers: &[(&str, &str)],
         body: &[u8],
+        size: u64,
     ) -> Result<Resp, RegistryError> {
         let mut b = ureq::http::Request::builder().method(method).uri(url);
         for (k, v) in headers {
@@ -163,11 +181,21 @@ impl Registry {
             url: url.to_owned(),
             what: format!("cannot make the request: {e}"),
         })?;
+        let req = self
+            .agent
+            .configure_request(req)
+            .timeout_recv_body(Some(self.budget(size)))
+            .build();
         self.agent.run(req).map_err(|source| RegistryError::Http {
             method,
             url: url.to_owned(),
             source,
         })
+    }
+
+    /// How long a body of `size` bytes may take.
+    fn budget(&self, size: u64) -> Duration {
+        self.timeout * 4 + Duration::from_secs(size / MIN_RATE)
     }
 
     /// The `Authorization` value that answers `challenge`.
@@ -297,7 +325,7 @@ impl Registry {
         out: &mut dyn Write,
     ) -> Result<(), RegistryError> {
         let url = self.url(&format!("blobs/{digest}"));
-        let resp = self.send("GET", &url, &[], b"")?;
+        let resp = self.send_sized("GET", &url, &[], b"", size)?;
         if resp.status() != 200 {
             return Err(status_err("GET", &url, resp));
         }
@@ -408,9 +436,13 @@ impl Registry {
         Ok(digest)
     }
 
-    /// Uploads the bytes of `data` in one streamed PATCH, hashing them on the way,
-    /// then completes the upload under their digest. Returns digest and size.
-    pub fn push_stream(&self, data: &mut dyn Read) -> Result<(String, u64), RegistryError> {
+    /// Uploads the `size` bytes of `data` in one streamed PATCH, hashing them on the
+    /// way, then completes the upload under their digest. Returns digest and size.
+    pub fn push_stream(
+        &self,
+        data: &mut dyn Read,
+        size: u64,
+    ) -> Result<(String, u64), RegistryError> {
         let loc = self.start_upload()?;
         let mut hashing = HashingReader {
             inner: data,
@@ -430,6 +462,11 @@ impl Registry {
                 url: loc.clone(),
                 what: format!("cannot make the request: {e}"),
             })?;
+        let req = self
+            .agent
+            .configure_request(req)
+            .timeout_send_body(Some(self.budget(size)))
+            .build();
         let resp = self.agent.run(req).map_err(|source| RegistryError::Http {
             method: "PATCH",
             url: loc.clone(),
