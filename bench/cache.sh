@@ -103,7 +103,7 @@ PY
   meta="{\"key\":\"$key\",\"name\":\"bench\",\"buildname\":\"bench-bench\",\"base_keys\":[],\"created\":0,\"format\":1,\"packages\":[]}"
   echo "$meta" > "$conf/layers/$key/meta.json"
   # The same layer tar as an OCI image for skopeo.
-  SOURCE_DATE_EPOCH=$epoch "$GENTREE_FS" pack --oci-layer --layer "$root" -o "$work/layer.tar"
+  "$GENTREE_FS" pack --oci-layer --layer "$root" -o "$work/layer.tar"
   python3 - "$work/layer.tar" "$work/oci" <<'PY'
 import hashlib, json, os, shutil, sys
 tar, out = sys.argv[1], sys.argv[2]
@@ -137,7 +137,7 @@ PY
       case $impl in
       gentree)
         cold
-        echo "gentree push $("$bench" push "$conf" "$key" "$g" $epoch)" >> "$res"
+        echo "gentree push $("$bench" push "$conf" "$key" "$g")" >> "$res"
         pc=$work/pull-$r; mkdir -p "$pc"; echo "$meta" > "$pc/want.json"
         cold
         echo "gentree pull+unpack $("$bench" pull "$pc" "$key" "$g")" >> "$res"

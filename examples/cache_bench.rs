@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo build --release --example cache_bench
-//! target/release/examples/cache_bench push CONF_ROOT KEY REF EPOCH   # prints seconds
+//! target/release/examples/cache_bench push CONF_ROOT KEY REF         # prints seconds
 //! target/release/examples/cache_bench pull CONF_ROOT KEY REF          # prints seconds
 //! ```
 //!
@@ -35,7 +35,7 @@ fn main() -> ExitCode {
 fn run(args: &[String]) -> Result<f64, String> {
     let (op, conf, key, r) = match args {
         [_, op, conf, key, r, ..] => (op.as_str(), Path::new(conf), key, r),
-        _ => return Err("usage: cache_bench push|pull CONF_ROOT KEY REF [EPOCH]".into()),
+        _ => return Err("usage: cache_bench push|pull CONF_ROOT KEY REF".into()),
     };
     let key = BuildKey::parse(key).ok_or("KEY is not a layer key")?;
     let cache = Cache::open(CacheRef::parse(r)?);
@@ -43,15 +43,11 @@ fn run(args: &[String]) -> Result<f64, String> {
     let started = Instant::now();
     match op {
         "push" => {
-            let epoch: i64 = args
-                .get(5)
-                .and_then(|e| e.parse().ok())
-                .ok_or("push needs EPOCH")?;
             let layer = store
                 .lookup(&key)
                 .map_err(|e| e.to_string())?
                 .ok_or("no such layer")?;
-            cache.push(&layer, epoch).map_err(|e| e.to_string())?;
+            cache.push(&layer).map_err(|e| e.to_string())?;
         }
         "pull" => {
             let meta_path = conf.join("want.json");

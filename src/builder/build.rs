@@ -879,7 +879,7 @@ fn build_jobs(
             job.key.short(),
             started.elapsed()
         );
-        push_cached(opts, &layer, planner.epoch().secs);
+        push_cached(opts, &layer);
         jobs.push(job);
         done.push((layer, Outcome::Built));
     }
@@ -968,12 +968,12 @@ fn fetch_cached(opts: &BuildOptions, store: &Store, meta: &LayerMeta) -> Option<
 
 /// Pushes a layer built here to the cache, if one is configured; a failure is a
 /// warning.
-fn push_cached(opts: &BuildOptions, layer: &Layer, epoch: i64) {
+fn push_cached(opts: &BuildOptions, layer: &Layer) {
     let Some(cache) = opts.cache.as_deref() else {
         return;
     };
     let started = std::time::Instant::now();
-    match cache.push(layer, epoch) {
+    match cache.push(layer) {
         Ok(true) => tracing::info!(
             "{}: pushed layer {} to the cache in {:.1?}",
             layer.meta.buildname,

@@ -10,16 +10,16 @@
 //!   layers[0]  the layer's OCI layer tar       (application/vnd.oci.image.layer.v1.tar)
 //! ```
 //!
-//! The layer tar is exactly `layers/<bn>.tar` ([`TarLayout::oci_layer`], no
-//! filters, markers at the build epoch): in-image owners and modes in the headers,
-//! `security.capability` and `user.*` xattrs as PAX `SCHILY.xattr` records, hard
-//! links as links, whiteouts and opaque directories as `.wh.` entries. Pulling
-//! unpacks it with the seed import's [`Sink`] (no write outside the layer, no device
-//! node, owners recorded in `user.containers.override_stat`, the tree marked with
-//! the build ids' [`HostOwner`]), so the pulled layer presents the same entries as
-//! the one built elsewhere, and the images and layers built over it are
-//! byte-identical (tested end to end). Sub-second mtimes are not carried (tar holds
-//! seconds); images hold seconds too.
+//! The layer tar is the mount's `layers/<bn>.tar` ([`TarLayout::oci_layer`], no
+//! filters): in-image owners and modes in the headers, `security.capability` and
+//! `user.*` xattrs as PAX `SCHILY.xattr` records, hard links as links, whiteouts and
+//! opaque directories as `.wh.` entries. Pulling unpacks it with the seed import's
+//! sink ([`crate::layers::seed::sink`]: no write outside the layer, no device node,
+//! owners recorded in `user.containers.override_stat`), and marks the tree with the
+//! build ids' [`HostOwner`], so the pulled layer presents the same entries as the one
+//! built elsewhere, and the images and layers built over it are byte-identical
+//! (tested end to end). Sub-second mtimes are not carried (tar holds seconds);
+//! images hold seconds too.
 //!
 //! Invariants:
 //! - the cache never breaks a build: every failure (registry down, refused login,
@@ -281,14 +281,13 @@ impl Cache {
         Ok(Some(store.publish(pending, want.clone())?))
     }
 
-    /// Pushes `layer` unless the cache has its key. `epoch` is the build's (the
-    /// markers' mtime in the layer tar). Returns whether it pushed.
-    pub fn push(&self, layer: &Layer, epoch: i64) -> Result<bool, CacheError> {
+    /// Pushes `layer` unless the cache has its key. Returns whether it pushed.
+    pub fn push(&self, layer: &Layer) -> Result<bool, CacheError> {
         let key = layer.meta.key.as_str();
         if self.registry.manifest(key, MANIFEST_MEDIA_TYPE)?.is_some() {
             return Ok(false);
         }
-        let layout = layer_tar(&layer.root(), epoch).map_err(|source| CacheError::Layout {
+        let layout = layer_tar(&layer.root()).map_err(|source| CacheError::Layout {
             key: key.to_owned(),
             source,
         })?;
@@ -331,13 +330,14 @@ impl Cache {
     }
 }
 
-/// The OCI layer tar a cache entry holds for the layer tree at `root`.
-pub fn layer_tar(root: &Path, epoch: i64) -> Result<TarLayout, TarError> {
+/// The OCI layer tar a cache entry holds for the layer tree at `root`: the mount's
+/// `layers/<bn>.tar`.
+pub fn layer_tar(root: &Path) -> Result<TarLayout, TarError> {
     TarLayout::oci_layer(
         &[root.to_path_buf()],
         &PackOptions {
             filters: FilterSet::none(),
-            source_date_epoch: Some(epoch),
+            source_date_epoch: None,
         },
     )
 }
