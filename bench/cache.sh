@@ -14,7 +14,8 @@
 #    (download, digest check, unpack into the store, publish). Each round uses
 #    fresh repositories, so no blob is skipped as already present. Every timed step
 #    starts with a cold page cache (drop_caches): gentree-fs reads the layer tree
-#    (30k files), skopeo one tar file.
+#    (30k files), skopeo one tar file; "pack-only" is `gentree-fs pack --oci-layer`
+#    of the tree to a file, the share of a push that reading the tree costs.
 # 2. fleet: four conf roots (fresh copies of one import of the test seed, as four CI
 #    machines) building overlapping configs one after another — app, special, app,
 #    both (all over the layers base and lib) — with one shared registry cache and
@@ -136,6 +137,10 @@ PY
     for impl in $order; do
       case $impl in
       gentree)
+        cold
+        t=$(now); "$GENTREE_FS" pack --oci-layer --layer "$root" -o "$work/pack.tar"
+        echo "gentree pack-only $(since "$t")" >> "$res"
+        rm -f "$work/pack.tar"
         cold
         echo "gentree push $("$bench" push "$conf" "$key" "$g")" >> "$res"
         pc=$work/pull-$r; mkdir -p "$pc"; echo "$meta" > "$pc/want.json"
