@@ -55,8 +55,10 @@ fn run(args: &[String]) -> Result<f64, String> {
                 std::fs::read(&meta_path).map_err(|e| format!("{}: {e}", meta_path.display()))?;
             let want = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
             let mapping = gentree_fs::builder::namespace::current_mapping();
+            let (uid, gid) = mapping.host_root();
+            let host = gentree_fs::layers::ownership::HostOwner { uid, gid };
             cache
-                .fetch(&store, &want, &mapping)
+                .fetch(&store, &want, mapping.store_owners(), host)
                 .map_err(|e| gentree_fs::cache::error_text(&e))?
                 .ok_or("not in the cache")?;
         }

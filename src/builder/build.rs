@@ -939,7 +939,9 @@ fn layer_meta(job: &LayerJob<'_>, packages: Vec<PackageInput>) -> LayerMeta {
 fn fetch_cached(opts: &BuildOptions, store: &Store, meta: &LayerMeta) -> Option<Layer> {
     let cache = opts.cache.as_deref()?;
     let started = std::time::Instant::now();
-    match cache.fetch(store, meta, &opts.mapping) {
+    let (uid, gid) = opts.mapping.host_root();
+    let host = crate::layers::ownership::HostOwner { uid, gid };
+    match cache.fetch(store, meta, opts.mapping.store_owners(), host) {
         Ok(Some(layer)) => {
             tracing::debug!("pulled {} in {:.1?}", meta.key.short(), started.elapsed());
             Some(layer)

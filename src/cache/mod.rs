@@ -45,9 +45,8 @@ use std::time::Duration;
 
 use oci_spec::image::{Descriptor, ImageManifest, ImageManifestBuilder, MediaType};
 
-use crate::builder::namespace::IdMapping;
 use crate::layers::ownership::HostOwner;
-use crate::layers::seed::{self, Interrupt, Progress, SeedError};
+use crate::layers::seed::{self, Interrupt, Owners, Progress, SeedError};
 use crate::layers::store::{Layer, LayerMeta, Pending, Store, StoreError};
 use crate::layers::tar::{FilterSet, PackOptions, TarError, TarLayout};
 pub use registry::{Registry, RegistryError};
@@ -224,14 +223,17 @@ impl Cache {
     }
 
     /// Looks up the layer of `want.key` and, when the registry has it, pulls,
-    /// verifies and publishes it as `want`. `Ok(None)`: not in the cache. The caller
-    /// holds nothing; the key's lock is taken here, and a layer another builder
-    /// published meanwhile is returned as it is.
+    /// verifies and publishes it as `want`, its entries kept as `owners` says and
+    /// the tree marked with `host` (the build ids' root, as a build marks it).
+    /// `Ok(None)`: not in the cache. The caller holds nothing; the key's lock is
+    /// taken here, and a layer another builder published meanwhile is returned as
+    /// it is.
     pub fn fetch(
         &self,
         store: &Store,
         want: &LayerMeta,
-        mapping: &IdMapping,
+        owners: Owners,
+        host: HostOwner,
     ) -> Result<Option<Layer>, CacheError> {
         let key = want.key.as_str();
         let Some((bytes, _)) = self.registry.manifest(key, MANIFEST_MEDIA_TYPE)? else {
@@ -277,7 +279,7 @@ impl Cache {
             self.registry
                 .blob_to(layer.digest().as_ref(), layer.size(), &mut f)?;
         }
-        unpack(&pending, &tar, mapping, key)?;
+        unpack(&pending, &tar, owners, host, key)?;
         Ok(Some(store.publish(pending, want.clone())?))
     }
 
@@ -389,7 +391,13 @@ fn check_meta(theirs: &LayerMeta, want: &LayerMeta) -> Result<(), String> {
 
 /// Unpacks the verified layer tar `tar` into `pending`'s root as a build would have
 /// left it, then deletes the tar.
-fn unpack(pending: &Pending, tar: &Path, mapping: &IdMapping, key: &str) -> Result<(), CacheError> {
+fn unpack(
+    pending: &Pending,
+    tar: &Path,
+    owners: Owners,
+    host: HostOwner,
+    key: &str,
+) -> Result<(), CacheError> {
     let root = pending.root();
     let intr = Interrupt::none();
     let mut progress = Progress::new(false);
@@ -397,8 +405,8 @@ fn unpack(pending: &Pending, tar: &Path, mapping: &IdMapping, key: &str) -> Resu
         key: key.to_owned(),
         source,
     };
-    let mut sink = seed::sink::Sink::new(&root, mapping.store_owners(), &intr, &mut progress)
-        .map_err(unpack_err)?;
+    let mut sink =
+        seed::sink::Sink::new(&root, owners, &intr, &mut progress).map_err(unpack_err)?;
     let mut f = File::open(tar).map_err(io_at("cannot open", tar))?;
     seed::source::read_tar(&mut f as &mut dyn Read, &mut sink).map_err(unpack_err)?;
     sink.finish().map_err(unpack_err)?;
@@ -413,9 +421,7 @@ fn unpack(pending: &Pending, tar: &Path, mapping: &IdMapping, key: &str) -> Resu
             ),
         });
     }
-    let (uid, gid) = mapping.host_root();
-    HostOwner { uid, gid }
-        .write(&root)
+    host.write(&root)
         .map_err(io_at("cannot mark the owner of", &root))?;
     fs::remove_file(tar).map_err(io_at("cannot remove", tar))?;
     Ok(())

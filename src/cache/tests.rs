@@ -97,11 +97,11 @@ fn a_pulled_layer_gives_the_same_layer_tar_and_image() {
     let pending = store.begin(&key, &lock).unwrap();
     let tar = pending.work().join("layer.tar");
     fs::write(&tar, &tar1).unwrap();
-    let mapping = IdMapping::Single {
+    let host = HostOwner {
         uid: nix::unistd::geteuid().as_raw(),
         gid: nix::unistd::getegid().as_raw(),
     };
-    unpack(&pending, &tar, &mapping, key.as_str()).unwrap();
+    unpack(&pending, &tar, Owners::Record, host, key.as_str()).unwrap();
     assert!(!tar.exists(), "the downloaded tar is removed");
     let pulled = pending.root();
 

@@ -367,6 +367,9 @@ fn a_registry_with_logins_is_used_only_with_the_auth_files_credentials() {
     let a = Store::open(&t.path().join("a")).unwrap();
     let layer = small_layer(&a, &key);
     let mapping = gentree_fs::builder::namespace::current_mapping();
+    let (uid, gid) = mapping.host_root();
+    let host = gentree_fs::layers::ownership::HostOwner { uid, gid };
+    let owners = mapping.store_owners();
 
     let auth = |name: &str, user_pass: &str| {
         use base64::Engine as _;
@@ -404,14 +407,15 @@ fn a_registry_with_logins_is_used_only_with_the_auth_files_credentials() {
         anon.fetch(
             &Store::open(&t.path().join("x")).unwrap(),
             &meta(&key),
-            &mapping
+            owners,
+            host
         )
         .is_err()
     );
 
     let b = Store::open(&t.path().join("b")).unwrap();
     let pulled = good
-        .fetch(&b, &meta(&key), &mapping)
+        .fetch(&b, &meta(&key), owners, host)
         .unwrap()
         .expect("a hit");
     assert_eq!(tar_bytes(&pulled.root()), tar_bytes(&layer.root()));
@@ -419,7 +423,7 @@ fn a_registry_with_logins_is_used_only_with_the_auth_files_credentials() {
     // A key nobody pushed is a miss, not an error.
     let other_key = BuildKey::parse(&"6".repeat(64)).unwrap();
     assert!(
-        good.fetch(&b, &meta(&other_key), &mapping)
+        good.fetch(&b, &meta(&other_key), owners, host)
             .unwrap()
             .is_none()
     );
@@ -427,7 +431,7 @@ fn a_registry_with_logins_is_used_only_with_the_auth_files_credentials() {
     let mut want = meta(&key);
     want.base_keys = vec![other_key];
     let c = Store::open(&t.path().join("c")).unwrap();
-    let e = good.fetch(&c, &want, &mapping).unwrap_err().to_string();
+    let e = good.fetch(&c, &want, owners, host).unwrap_err().to_string();
     assert!(e.contains("other base layers"), "{e}");
     assert!(c.lookup(&key).unwrap().is_none());
 }
@@ -508,16 +512,27 @@ fn a_bearer_token_is_fetched_from_the_realm_with_the_login() {
     .unwrap();
     let store = Store::open(&t.path().join("s")).unwrap();
     let mapping = gentree_fs::builder::namespace::current_mapping();
+    let (uid, gid) = mapping.host_root();
+    let host = gentree_fs::layers::ownership::HostOwner { uid, gid };
+    let owners = mapping.store_owners();
     let key = BuildKey::parse(&"7".repeat(64)).unwrap();
     // With the login: manifest → 401 → token → manifest with the token → a miss.
     let good = Cache::with_auth_files(r.clone(), &[auth]);
-    assert!(good.fetch(&store, &meta(&key), &mapping).unwrap().is_none());
+    assert!(
+        good.fetch(&store, &meta(&key), owners, host)
+            .unwrap()
+            .is_none()
+    );
     // The token is kept for the next request.
-    assert!(good.fetch(&store, &meta(&key), &mapping).unwrap().is_none());
+    assert!(
+        good.fetch(&store, &meta(&key), owners, host)
+            .unwrap()
+            .is_none()
+    );
     // Without: the token server refuses, and that is an error, not a miss.
     let anon = Cache::with_auth_files(r, &[]);
     let e = anon
-        .fetch(&store, &meta(&key), &mapping)
+        .fetch(&store, &meta(&key), owners, host)
         .unwrap_err()
         .to_string();
     assert!(e.contains("401"), "{e}");
