@@ -170,6 +170,19 @@ impl Registry {
         body: &[u8],
         size: u64,
     ) -> Result<Resp, RegistryError> {
+        self.run(method, url, headers, body, size)
+    }
+
+    /// One request with the last `Authorization` that worked; its body (either
+    /// way) may take [`Self::budget`] of `size`.
+    fn run(
+        &self,
+        method: &'static str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl ureq::AsSendBody,
+        size: u64,
+    ) -> Result<Resp, RegistryError> {
         let mut b = ureq::http::Request::builder().method(method).uri(url);
         for (k, v) in headers {
             b = b.header(*k, *v);
@@ -185,6 +198,7 @@ impl Registry {
             .agent
             .configure_request(req)
             .timeout_recv_body(Some(self.budget(size)))
+            .timeout_send_body(Some(self.budget(size)))
             .build();
         self.agent.run(req).map_err(|source| RegistryError::Http {
             method,
@@ -449,29 +463,13 @@ impl Registry {
             hasher: Sha256::new(),
             n: 0,
         };
-        let mut b = ureq::http::Request::builder()
-            .method("PATCH")
-            .uri(&loc)
-            .header("content-type", "application/octet-stream");
-        if let Some(a) = self.authorization.lock().clone() {
-            b = b.header("authorization", a);
-        }
-        let req = b
-            .body(ureq::SendBody::from_reader(&mut hashing))
-            .map_err(|e| RegistryError::Protocol {
-                url: loc.clone(),
-                what: format!("cannot make the request: {e}"),
-            })?;
-        let req = self
-            .agent
-            .configure_request(req)
-            .timeout_send_body(Some(self.budget(size)))
-            .build();
-        let resp = self.agent.run(req).map_err(|source| RegistryError::Http {
-            method: "PATCH",
-            url: loc.clone(),
-            source,
-        })?;
+        let resp = self.run(
+            "PATCH",
+            &loc,
+            &[("content-type", "application/octet-stream")],
+            ureq::SendBody::from_reader(&mut hashing),
+            size,
+        )?;
         if resp.status() != 202 {
             return Err(status_err("PATCH", &loc, resp));
         }
