@@ -145,7 +145,7 @@ impl Registry {
         body: &[u8],
         size: u64,
     ) -> Result<Resp, RegistryError> {
-        let resp = self.send_once(method, url, headers, body, size)?;
+        let resp = self.run(method, url, headers, body, size)?;
         if resp.status() != 401 {
             return Ok(resp);
         }
@@ -159,17 +159,6 @@ impl Registry {
         };
         let value = self.answer(&challenge, url)?;
         *self.authorization.lock() = Some(value);
-        self.send_once(method, url, headers, body, size)
-    }
-
-    fn send_once(
-        &self,
-        method: &'static str,
-        url: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-        size: u64,
-    ) -> Result<Resp, RegistryError> {
         self.run(method, url, headers, body, size)
     }
 
