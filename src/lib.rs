@@ -1,23 +1,26 @@
 //! gentree-fs: builds minimal Gentoo-style root filesystem images with Portage and
 //! presents them as a filesystem.
 //!
-//! Crate map (see `README.md` and `docs/` for the user's view):
+//! Crate map (see `README.md` and `docs/` for the user's view), top down: a module
+//! imports only modules below it.
+//! - [`cli`] and [`commands`]: argument parsing and one function per subcommand.
+//! - [`server`]: `gentree-fs serve`, the binhost and build queue over its own bounded
+//!   HTTP/1.1 server.
+//! - [`fs`]: the FUSE adapters, the only code that imports `fuser`: each decodes a
+//!   request, calls one method of [`mount`] or of the union in [`layers`], and replies.
+//! - [`mount`]: the gentree mount without FUSE: its tree, and the images built on
+//!   first open and shared by concurrent openers.
 //! - [`builder`]: config resolution (genTree-compatible TOML) and its cache, cache
 //!   keys (with the repository state and the build epoch), emerge command lines, the
 //!   namespaced build helper and the sandbox every process that runs seed code is
-//!   confined to, crash leftovers. Never imports [`fs`].
-//! - [`layers`]: layers on disk: whiteouts, ownership metadata, the union view,
-//!   tar layout and streaming, seed import and identity, tree digests, the
-//!   normalisation that makes a built layer reproducible. Knows nothing of FUSE or
-//!   namespaces.
+//!   confined to, crash leftovers.
 //! - [`cache`]: the layer cache in an OCI registry: pull a missing layer another
 //!   machine built (verified, published as if built here), push a built one; its
 //!   registry client and podman-style auth.
-//! - [`fs`]: the only code that talks to FUSE (fuser): thin adapters over `layers`.
-//! - [`server`]: `gentree-fs serve`, the binhost and build queue over its own bounded
-//!   HTTP/1.1 server.
+//! - [`layers`]: layers on disk: the conf root's layout, whiteouts, ownership
+//!   metadata, the union view, tar layout and streaming, seed import and identity, tree
+//!   digests, the normalisation that makes a built layer reproducible.
 //! - [`sys`]: the few `unsafe` system calls, each documented.
-//! - [`cli`] and [`commands`]: argument parsing and one function per subcommand.
 
 pub mod builder;
 pub mod cache;
@@ -25,8 +28,11 @@ pub mod cli;
 pub mod commands;
 pub mod fs;
 pub mod layers;
+pub mod mount;
 pub mod server;
 pub mod sys;
+#[cfg(test)]
+mod testing;
 
 /// `e` and the errors that caused it, outermost first (what `Error::sources` will be
 /// once stable), for messages that name every cause.

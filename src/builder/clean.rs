@@ -23,6 +23,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::builder::build::BuildError;
+use crate::layers::layout::{ConfRoot, ImageFileName};
 use crate::layers::store::{self, BuildKey, Store};
 
 /// What was (or, with `dry_run`, would be) removed.
@@ -45,14 +46,6 @@ impl CleanReport {
     pub fn bytes(&self) -> u64 {
         let sum = |v: &[(PathBuf, u64)]| v.iter().map(|(_, n)| n).sum::<u64>();
         sum(&self.images) + sum(&self.stale) + self.layers.iter().map(|(_, _, n)| n).sum::<u64>()
-    }
-}
-
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BuildError + 'a {
-    move |source| BuildError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
     }
 }
 
@@ -88,9 +81,11 @@ pub fn clean(
         Ok(rd) => {
             let mut images = Vec::new();
             for e in rd {
-                let e = e.map_err(io_err("cannot list", builds))?;
+                let e = e.map_err(BuildError::io("cannot list", builds))?;
                 let is_tar = e.file_name().to_str().is_some_and(|n| n.ends_with(".tar"));
-                let m = e.metadata().map_err(io_err("cannot stat", &e.path()))?;
+                let m = e
+                    .metadata()
+                    .map_err(BuildError::io("cannot stat", &e.path()))?;
                 if is_tar && m.is_file() {
                     images.push((e.path(), m.len()));
                 }
@@ -98,13 +93,13 @@ pub fn clean(
             images.sort();
             for (p, _) in &images {
                 if !dry_run {
-                    fs::remove_file(p).map_err(io_err("cannot remove", p))?;
+                    fs::remove_file(p).map_err(BuildError::io("cannot remove", p))?;
                 }
             }
             report.images = images;
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err("cannot list", builds)(e)),
+        Err(e) => return Err(BuildError::io("cannot list", builds)(e)),
     }
     report
         .images
@@ -133,7 +128,7 @@ pub fn clean(
         };
         let bytes = tree_bytes(&dir);
         if !dry_run {
-            store::remove_tree(&dir).map_err(io_err("cannot remove", &dir))?;
+            store::remove_tree(&dir).map_err(BuildError::io("cannot remove", &dir))?;
         }
         report.stale.push((dir, bytes));
     }
@@ -147,31 +142,35 @@ fn clean_image_files(
     keep: &BTreeSet<BuildKey>,
     dry_run: bool,
 ) -> Result<Vec<(PathBuf, u64)>, BuildError> {
-    let dir = crate::fs::images::images_dir(conf_root);
+    let dir = ConfRoot::new(conf_root).images();
     let rd = match fs::read_dir(&dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err("cannot list", &dir)(e)),
+        Err(e) => return Err(BuildError::io("cannot list", &dir)(e)),
     };
     let mut out = Vec::new();
     for e in rd {
-        let e = e.map_err(io_err("cannot list", &dir))?;
+        let e = e.map_err(BuildError::io("cannot list", &dir))?;
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
-        let key = name.split_once('-').and_then(|(k, _)| BuildKey::parse(k));
-        let finished = name.ends_with(".tar");
-        if finished && key.as_ref().is_some_and(|k| keep.contains(k)) {
+        let file = ImageFileName::parse(name);
+        if file
+            .as_ref()
+            .is_some_and(|f| f.finished && keep.contains(&f.top))
+        {
             continue;
         }
-        let m = e.metadata().map_err(io_err("cannot stat", &e.path()))?;
-        if m.is_file() && key.is_some() {
+        let m = e
+            .metadata()
+            .map_err(BuildError::io("cannot stat", &e.path()))?;
+        if m.is_file() && file.is_some() {
             out.push((e.path(), m.len()));
         }
     }
     out.sort();
     if !dry_run {
         for (p, _) in &out {
-            fs::remove_file(p).map_err(io_err("cannot remove", p))?;
+            fs::remove_file(p).map_err(BuildError::io("cannot remove", p))?;
         }
     }
     Ok(out)

@@ -1,6 +1,7 @@
 //! Turning configs into layers: config resolution, cache keys, emerge command lines,
 //! the namespaced build helper with its sandbox (`namespace::sandbox`), and what
-//! crashed or failed builds leave behind ([`crash`]). Never imports [`crate::fs`].
+//! crashed or failed builds leave behind ([`crash`]). Imports only [`crate::layers`]
+//! and [`crate::sys`].
 
 pub mod build;
 pub mod clean;

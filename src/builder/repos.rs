@@ -31,6 +31,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::layers::digest::{self, DigestCache, DigestError, TreeOptions};
+use crate::layers::layout::ConfRoot;
 
 pub use crate::layers::store::PackageInput;
 
@@ -99,7 +100,7 @@ impl Repos {
         Ok(Repos {
             by_name,
             cats,
-            cache: DigestCache::load(&conf_root.join("state/digest-cache/repos")),
+            cache: DigestCache::load(&ConfRoot::new(conf_root).digest_cache("repos")),
             refs: BTreeMap::new(),
             eclasses: BTreeMap::new(),
         })

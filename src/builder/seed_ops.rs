@@ -1,5 +1,5 @@
-//! Commands that change a seed itself: `update-seed` (spec 1.4) and
-//! `init-crossdev` (spec 1.5). Both run directly on the imported seed
+//! Commands that change a seed itself: `update-seed` and
+//! `init-crossdev`. Both run directly on the imported seed
 //! ([`SeedRoot::Direct`]) under the seed's lock. Afterwards (B26) the seed's
 //! persistent upper, made against the old seed, is cleared and the seed gets a new
 //! identity, so every layer built on it is rebuilt ([`after_seed_change`]).
@@ -53,7 +53,7 @@ fn direct_plan(
 }
 
 /// `update-seed`: emerge with the update arguments (no `--root`), then
-/// `emerge --depclean`, with the cross wrapper for a crossdev target (spec 1.4/4.2).
+/// `emerge --depclean`, with the cross wrapper for a crossdev target.
 pub fn update_plan(
     cfg: &ResolvedConfig,
     dirs: &HostDirs,
@@ -75,7 +75,7 @@ pub fn update_plan(
     direct_plan(cfg, dirs, mapping, steps, false)
 }
 
-/// Phase 1 of `init-crossdev` (spec 1.5, B27 fixed): with `usersandbox` disabled
+/// Phase 1 of `init-crossdev` (B27 fixed): with `usersandbox` disabled
 /// whether or not FEATURES listed it, install crossdev and eselect-repository,
 /// enable the crossdev repository and create the toolchain for `tuple`. Each
 /// command's output (stderr included) goes to the terminal and the log.
@@ -222,7 +222,7 @@ pub fn after_seed_change(dirs: &HostDirs, seed: &str) -> Result<(), BuildError> 
 pub(crate) mod tests {
     use super::*;
     use crate::builder::config::{CliOverrides, Defaults, resolve_seed};
-    use crate::builder::namespace::{MountSpec, RunStep};
+    use crate::builder::namespace::{NsMount, RunStep};
 
     const T: &str = "aarch64-unknown-linux-gnu";
 
@@ -265,7 +265,7 @@ pub(crate) mod tests {
             &IdMapping::root_default(),
         );
         assert_eq!(plan.root, Path::new("/conf/seeds/s3"));
-        assert!(!plan.mounts.iter().any(|m| matches!(m, MountSpec::Union(_))));
+        assert!(!plan.mounts.iter().any(|m| matches!(m, NsMount::Union(_))));
         assert_eq!(
             argvs(&plan),
             [
@@ -290,7 +290,7 @@ pub(crate) mod tests {
             ]
         );
         assert!(plan.mounts.iter().any(|m| matches!(m,
-            MountSpec::Bind { target, .. } if target == Path::new(&format!("/usr/{T}/var/cache/binpkgs")))));
+            NsMount::Bind { target, .. } if target == Path::new(&format!("/usr/{T}/var/cache/binpkgs")))));
     }
 
     #[test]

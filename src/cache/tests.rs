@@ -79,11 +79,10 @@ fn a_pulled_layer_gives_the_same_layer_tar_and_image() {
     let built = t.path().join("built");
     fs::create_dir(&built).unwrap();
     if xattr::set(&built, "user.probe", b"1").is_err() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "no user xattrs on /var/tmp in CI"
+        crate::testing::skip(
+            "a_pulled_layer_gives_the_same_layer_tar_and_image",
+            "no user xattrs on /var/tmp",
         );
-        eprintln!("SKIPPING a_pulled_layer_gives_the_same_layer_tar_and_image: no user xattrs");
         return;
     }
     xattr::remove(&built, "user.probe").unwrap();

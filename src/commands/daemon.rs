@@ -61,7 +61,7 @@ impl Foreground {
     pub fn unmount_on_signal(
         self,
         mountpoint: PathBuf,
-        mut unmounter: fuser::SessionUnmounter,
+        mut unmounter: crate::fs::Unmounter,
     ) -> std::io::Result<()> {
         let signals = self.signals;
         std::thread::Builder::new()

@@ -1,4 +1,4 @@
-//! `gentree-fs [OPTIONS] MOUNTPOINT`: mount the gentree tree ([`crate::fs::tree`]).
+//! `gentree-fs [OPTIONS] MOUNTPOINT`: mount the gentree tree ([`crate::mount::tree`]).
 //!
 //! Foreground and background (re-exec) handling: [`super::daemon`].
 
@@ -9,17 +9,18 @@ use std::process::ExitCode;
 use super::{CmdResult, daemon};
 use crate::builder::config::{DefaultSources, Defaults};
 use crate::cli::MountArgs;
-use crate::fs::images::{BuildEnv, Images};
+use crate::fs::FuseOptions;
 use crate::fs::mount::{MountError, MountSpec, Mounted, session};
-use crate::fs::tree::{GentreeFs, TreeSpec};
-use fuser::MountOption;
+use crate::layers::layout::ConfRoot;
+use crate::mount::images::{BuildEnv, Images};
+use crate::mount::tree::{GentreeFs, TreeSpec};
 
 /// The `-o` options: who may use the mount, and mount(8)/FUSE options for fuser.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Options {
     allow_other: bool,
     allow_root: bool,
-    mount: Vec<MountOption>,
+    mount: FuseOptions,
 }
 
 /// The options `-o` takes besides allow_other/allow_root (named in the error).
@@ -34,39 +35,14 @@ fn parse_options(groups: &[String]) -> Result<Options, String> {
         .flat_map(|g| g.split(','))
         .filter(|s| !s.is_empty())
     {
-        let m = match opt {
-            "allow_other" => {
-                o.allow_other = true;
-                continue;
-            }
-            "allow_root" => {
-                o.allow_root = true;
-                continue;
-            }
-            "ro" => MountOption::RO,
-            "rw" => MountOption::RW,
-            "dev" => MountOption::Dev,
-            "nodev" => MountOption::NoDev,
-            "suid" => MountOption::Suid,
-            "nosuid" => MountOption::NoSuid,
-            "exec" => MountOption::Exec,
-            "noexec" => MountOption::NoExec,
-            "atime" => MountOption::Atime,
-            "noatime" => MountOption::NoAtime,
-            "sync" => MountOption::Sync,
-            "async" => MountOption::Async,
-            "dirsync" => MountOption::DirSync,
-            "auto_unmount" => MountOption::AutoUnmount,
-            "default_permissions" => MountOption::DefaultPermissions,
-            other => match other.split_once('=') {
-                Some(("fsname", v)) if !v.is_empty() => MountOption::FSName(v.to_owned()),
-                Some(("subtype", v)) if !v.is_empty() => MountOption::Subtype(v.to_owned()),
-                _ => return Err(format!("unknown mount option {other:?} (known: {KNOWN})")),
-            },
-        };
-        o.mount.push(m);
+        match opt {
+            "allow_other" => o.allow_other = true,
+            "allow_root" => o.allow_root = true,
+            other if o.mount.add(other) => {}
+            other => return Err(format!("unknown mount option {other:?} (known: {KNOWN})")),
+        }
     }
-    if o.mount.contains(&MountOption::AutoUnmount) && !o.allow_other && !o.allow_root {
+    if o.mount.auto_unmount() && !o.allow_other && !o.allow_root {
         return Err("mount option auto_unmount needs allow_other or allow_root \
                     (fusermount3 cannot watch an owner-only mount)"
             .into());
@@ -91,7 +67,7 @@ pub fn run(args: &MountArgs) -> CmdResult {
     let configs = std::path::absolute(
         args.configs
             .clone()
-            .unwrap_or_else(|| conf_root.join("configs")),
+            .unwrap_or_else(|| ConfRoot::new(&conf_root).configs()),
     )?;
     if !args.foreground {
         // Report what we can here, before starting a daemon.
@@ -101,7 +77,7 @@ pub fn run(args: &MountArgs) -> CmdResult {
     let fg = daemon::Foreground::start()?;
     let (seeds, work) = prepare_dirs(&conf_root, &configs)?;
     // Scratch dirs of builds a crashed daemon (or `build`) ran.
-    crate::builder::crash::remove_dead_run_dirs(&conf_root.join("run"));
+    crate::builder::crash::remove_dead_run_dirs(&ConfRoot::new(&conf_root).run());
     let sources = if args.no_config {
         DefaultSources::none()
     } else {
@@ -170,8 +146,8 @@ fn prepare_dirs(
     conf_root: &Path,
     configs: &Path,
 ) -> Result<(PathBuf, Option<PathBuf>), Box<dyn std::error::Error + Send + Sync>> {
-    let seeds = crate::builder::build::HostDirs::plain(conf_root).seeds;
-    let work = conf_root.join("state/configs-work");
+    let layout = ConfRoot::new(conf_root);
+    let (seeds, work) = (layout.seeds(), layout.configs_work());
     for d in [&seeds, configs, &work] {
         std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
     }
@@ -295,19 +271,13 @@ mod tests {
             "fsname=mine,subtype=tree,default_permissions".into(),
         ])
         .unwrap_or_default();
-        assert_eq!(
-            o.mount,
-            [
-                MountOption::RO,
-                MountOption::NoDev,
-                MountOption::NoSuid,
-                MountOption::NoExec,
-                MountOption::NoAtime,
-                MountOption::FSName("mine".into()),
-                MountOption::Subtype("tree".into()),
-                MountOption::DefaultPermissions,
-            ]
-        );
+        let mut want = FuseOptions::default();
+        for w in
+            "ro nodev nosuid noexec noatime fsname=mine subtype=tree default_permissions".split(' ')
+        {
+            assert!(want.add(w), "{w}");
+        }
+        assert_eq!(o.mount, want);
         for bad in ["rw,bogus", "fsname=", "subtype", "kernel_cache"] {
             let e = parse_options(&[bad.into()]).err().unwrap_or_default();
             let name = bad.rsplit(',').next().unwrap_or(bad);

@@ -19,6 +19,7 @@ use super::CmdResult;
 use crate::builder::build::HostDirs;
 use crate::builder::config::{CliOverrides, resolve_seed};
 use crate::cli::ServeArgs;
+use crate::layers::layout::ConfRoot;
 use crate::server::http::{Site, handle};
 use crate::server::listen::{self, Handler, ServeLimits};
 use crate::server::queue::{Queue, SharedQueue};
@@ -41,7 +42,7 @@ pub fn run(args: &ServeArgs) -> CmdResult {
     let dirs = HostDirs::new(&super::conf_root(&args.data.conf_root)?, &cfg);
     dirs.require_seed(&cfg.seed)?;
     let pkgdir = dirs.pkgdir(&cfg);
-    let log_dir = dirs.conf_root.join("logs/serve");
+    let log_dir = ConfRoot::new(&dirs.conf_root).serve_logs();
     for d in [&pkgdir, &log_dir] {
         std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
     }

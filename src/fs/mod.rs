@@ -1,10 +1,10 @@
 //! FUSE adapters (the only module that imports `fuser`).
 //!
-//! Each `Filesystem` method decodes its request, calls one method of a core type from
-//! [`crate::layers`], and writes one reply. Inode and handle tables live here.
-pub mod images;
+//! Each `Filesystem` method decodes its request, calls one method of a core type
+//! ([`crate::layers::union::Union`], [`crate::mount::tree::GentreeFs`]), and writes one
+//! reply. What only the kernel needs (its inode references, passthrough backing ids)
+//! is kept here.
 pub mod mount;
-pub mod tree;
 pub mod union;
 
 // Conversions and replies both adapters (`union`, `mount`) share.
@@ -76,6 +76,64 @@ pub(crate) fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
         TimeOrNow::Now => SetTime::Now,
         TimeOrNow::SpecificTime(t) => SetTime::At(t),
     })
+}
+
+/// Unmounts a mounted session from another thread, which ends its loop.
+#[derive(Debug)]
+pub struct Unmounter(fuser::SessionUnmounter);
+
+impl Unmounter {
+    pub fn unmount(&mut self) -> io::Result<()> {
+        self.0.unmount()
+    }
+}
+
+/// The mount(8)/FUSE options given with `-o`, in the order given.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FuseOptions(Vec<fuser::MountOption>);
+
+impl FuseOptions {
+    /// Adds the option `word` names (`nodev`, `fsname=NAME`, ...); false when it names
+    /// none.
+    pub fn add(&mut self, word: &str) -> bool {
+        use fuser::MountOption as O;
+        let o = match word {
+            "ro" => O::RO,
+            "rw" => O::RW,
+            "dev" => O::Dev,
+            "nodev" => O::NoDev,
+            "suid" => O::Suid,
+            "nosuid" => O::NoSuid,
+            "exec" => O::Exec,
+            "noexec" => O::NoExec,
+            "atime" => O::Atime,
+            "noatime" => O::NoAtime,
+            "sync" => O::Sync,
+            "async" => O::Async,
+            "dirsync" => O::DirSync,
+            "auto_unmount" => O::AutoUnmount,
+            "default_permissions" => O::DefaultPermissions,
+            other => match other.split_once('=') {
+                Some(("fsname", v)) if !v.is_empty() => O::FSName(v.to_owned()),
+                Some(("subtype", v)) if !v.is_empty() => O::Subtype(v.to_owned()),
+                _ => return false,
+            },
+        };
+        self.0.push(o);
+        true
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn auto_unmount(&self) -> bool {
+        self.0.contains(&fuser::MountOption::AutoUnmount)
+    }
+
+    pub(crate) fn options(&self) -> &[fuser::MountOption] {
+        &self.0
+    }
 }
 
 /// Asks the kernel at INIT for each of `flags` that it offers, and for 1 MiB writes
@@ -218,5 +276,34 @@ mod tests {
                 .is_none()
         );
         assert_eq!((calls.get(), off.negotiated()), (2, false));
+    }
+
+    #[test]
+    fn option_words_name_their_fuse_options() {
+        use fuser::MountOption::*;
+        let mut o = FuseOptions::default();
+        for w in
+            "ro nodev nosuid noexec noatime fsname=mine subtype=tree default_permissions".split(' ')
+        {
+            assert!(o.add(w), "{w}");
+        }
+        assert_eq!(
+            o.options(),
+            [
+                RO,
+                NoDev,
+                NoSuid,
+                NoExec,
+                NoAtime,
+                FSName("mine".into()),
+                Subtype("tree".into()),
+                DefaultPermissions,
+            ]
+        );
+        assert!(!o.auto_unmount());
+        for bad in ["bogus", "fsname=", "subtype", "kernel_cache", "allow_other"] {
+            assert!(!o.add(bad), "{bad}");
+        }
+        assert!(o.add("auto_unmount") && o.auto_unmount());
     }
 }

@@ -1,14 +1,15 @@
-//! FUSE adapter for the gentree mount ([`super::tree::GentreeFs`]) and its session.
+//! FUSE adapter for the gentree mount ([`crate::mount::tree::GentreeFs`]) and its session.
 //!
 //! Each method decodes, calls one `GentreeFs` method and replies. The exceptions:
 //! opening `builds/<config>.tar`: the `ReplyOpen` moves into an [`OpenWaiter`] handed
-//! to the build manager ([`super::images::Images`]), which answers it from its own
+//! to the build manager ([`crate::mount::images::Images`]), which answers it from its own
 //! thread when the image is ready, failed, or the opener got a signal; no FUSE worker
 //! thread waits for a build. And any request on `builds/<config>.tar` whose config
 //! resolution is not cached moves, reply and all, to a resolver thread
 //! (`GentreeFuse::answer`): no FUSE worker thread reads a config.
 //!
-//! Size and cache policy (fuser-notes lesson 1): an image that is ready reports its
+//! Size and cache policy (without direct I/O the kernel's page cache clips reads at the
+//! size it was last told): an image that is ready reports its
 //! exact size; one that is not reports size 0. An open that waited for the build is
 //! answered with `FOPEN_DIRECT_IO` (the kernel may have cached size 0: direct reads
 //! ignore it, so `cp` copies everything). Image bytes are immutable per key, so every
@@ -38,10 +39,12 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
-use super::images::{INTERRUPT_POLL, Images, Waiter};
-use super::tree::{GentreeFs, Handle, Handles, Opened};
 use crate::layers::tar::TarLayout;
 use crate::layers::union::{Attr, SetAttr};
+use crate::mount::image_open::{CacheAnswer, ImageOpen, cache_answer, image_open};
+use crate::mount::images::{INTERRUPT_POLL, Images};
+use crate::mount::slots::Waiter;
+use crate::mount::tree::{GentreeFs, Handle, Handles, Opened};
 
 impl GentreeFuse {
     /// Answers now, or, for a request that needs a config resolution that is not
@@ -253,54 +256,45 @@ impl Waiter for OpenWaiter {
             cached,
         };
         let fh = FileHandle(self.handles.insert(handle(!built)));
-        if self.passthrough.switch.negotiated() {
-            // A built image is new: its file is not written yet.
-            let file = match built {
-                true => None,
-                false => self.images.image_file(&self.name, &image),
-            };
-            let reply = &self.reply;
-            let io = match (built, self.passthrough.backed(self.ino)) {
-                (true, false) => None,
-                (true, true) => Some(ImageIo::Stale),
-                (false, _) => Some(
+        let negotiated = self.passthrough.switch.negotiated();
+        let backed = negotiated && self.passthrough.backed(self.ino);
+        let io = match image_open(negotiated, built, backed) {
+            ImageOpen::Cache => None,
+            ImageOpen::Stale => Some(ImageIo::Stale),
+            ImageOpen::Passthrough => {
+                let file = self.images.image_file(&self.name, &image);
+                let reply = &self.reply;
+                Some(
                     self.passthrough
                         .open(self.ino, fh.0, file, |f| reply.open_backing(f)),
-                ),
-            };
-            match io {
-                Some(ImageIo::Backed(id)) => {
-                    return self.reply.opened_passthrough(fh, FopenFlags::empty(), &id);
-                }
-                Some(ImageIo::Stale) => {
-                    tracing::debug!("{}: new image, new inode", self.name);
-                    self.handles.remove(fh.0);
-                    self.fs.new_tar_generation(&self.name);
-                    return self.reply.error(Errno::from_i32(libc::ESTALE));
-                }
-                Some(ImageIo::Cached) | None => {
-                    if !self.passthrough.switch.enabled() {
-                        // Refused: image files would serve nothing.
-                        self.images.disable_files();
-                    }
-                }
+                )
             }
+        };
+        match io {
+            Some(ImageIo::Backed(id)) => {
+                return self.reply.opened_passthrough(fh, FopenFlags::empty(), &id);
+            }
+            Some(ImageIo::Stale) => {
+                tracing::debug!("{}: new image, new inode", self.name);
+                self.handles.remove(fh.0);
+                self.fs.new_tar_generation(&self.name);
+                return self.reply.error(Errno::from_i32(libc::ESTALE));
+            }
+            Some(ImageIo::Cached) | None if negotiated && !self.passthrough.switch.enabled() => {
+                // Refused: image files would serve nothing.
+                self.images.disable_files();
+            }
+            Some(ImageIo::Cached) | None => {}
         }
-        if built {
-            // Opened before the build finished: the kernel's view was invalidated
-            // before this answer, but direct I/O makes the copy whole whatever size
-            // a racing GETATTR left in the inode.
-            return self.reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO);
+        match cache_answer(built, self.images.is_served(&self.name, &image)) {
+            CacheAnswer::DirectIo => return self.reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO),
+            CacheAnswer::KeepCache => return self.reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE),
+            CacheAnswer::InvalidateFirst => {}
         }
-        if self.images.is_served(&self.name, &image) {
-            // The kernel's size and pages are this image's: keep them.
-            return self.reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
-        }
-        // A new image for this inode (first open since mounting, or a config edited
-        // back to an image built before): invalidate the kernel's size and pages off
-        // any handler thread (fuser-notes lesson 7), then answer without KEEP_CACHE
-        // so the open itself drops any page left. Openers racing this one do the
-        // same until it is recorded as served.
+        // Invalidate off any handler thread (a notification from inside a handler for
+        // a related inode can deadlock with the kernel), then answer without KEEP_CACHE
+        // so the open itself drops any page left. Openers racing this one do the same until
+        // it is recorded as served.
         let images = self.images.clone();
         let name = self.name.clone();
         let reply = self.reply;
@@ -758,7 +752,7 @@ pub struct MountSpec {
     pub allow_root: bool,
     /// `-o` mount options; each replaces our default of its kind (`fsname=`,
     /// `dev` for `nodev`, ...).
-    pub options: Vec<MountOption>,
+    pub options: super::FuseOptions,
     pub threads: Option<usize>,
     /// Keep finished images as files under `<conf_root>/images` and serve them by
     /// FUSE passthrough, when the daemon is privileged.
@@ -769,7 +763,7 @@ pub struct MountSpec {
 #[derive(Debug)]
 pub struct Mounted {
     pub session: fuser::Session<GentreeFuse>,
-    pub unmounter: fuser::SessionUnmounter,
+    pub unmounter: super::Unmounter,
 }
 
 /// Mounts the tree and starts the build manager's interrupt watcher; serve with
@@ -777,7 +771,7 @@ pub struct Mounted {
 pub fn session(fs: GentreeFs, spec: &MountSpec) -> Result<Mounted, MountError> {
     let fs = Arc::new(fs);
     let mut cfg = Config::default();
-    cfg.mount_options = mount_options(&spec.options);
+    cfg.mount_options = mount_options(spec.options.options());
     let (fsname, subtype) = names(&cfg.mount_options);
     cfg.acl = if spec.allow_other {
         SessionACL::All
@@ -856,7 +850,7 @@ pub fn session(fs: GentreeFs, spec: &MountSpec) -> Result<Mounted, MountError> {
             }
         })
         .map_err(mount_err)?;
-    let unmounter = session.unmount_callable();
+    let unmounter = super::Unmounter(session.unmount_callable());
     Ok(Mounted { session, unmounter })
 }
 

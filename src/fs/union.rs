@@ -837,7 +837,7 @@ pub fn fuse_config(spec: &MountSpec) -> Config {
 #[derive(Debug)]
 pub struct Mounted {
     pub session: fuser::Session<UnionFs>,
-    pub unmounter: fuser::SessionUnmounter,
+    pub unmounter: super::Unmounter,
 }
 
 /// Validates, opens and mounts a union; the returned session is mounted (the INIT
@@ -860,7 +860,7 @@ pub fn session(spec: &MountSpec) -> Result<Mounted, MountError> {
         &cfg,
     )
     .map_err(|source| mount_error(&spec.mountpoint, source))?;
-    let unmounter = session.unmount_callable();
+    let unmounter = super::Unmounter(session.unmount_callable());
     Ok(Mounted { session, unmounter })
 }
 

@@ -422,7 +422,10 @@ mod tests {
             gid: 1005,
         };
         if h.write(t.path()).is_err() {
-            eprintln!("SKIPPING host_owner_maps_unrecorded_entries_only: no user xattrs here");
+            crate::testing::skip(
+                "host_owner_maps_unrecorded_entries_only",
+                "no user xattrs here",
+            );
             return Ok(());
         }
         assert_eq!(HostOwner::read(t.path())?, Some(h));
@@ -465,7 +468,7 @@ mod tests {
             kind: Some(FileKind::Char { major: 1, minor: 3 }),
         };
         if o.write(&p).is_err() {
-            eprintln!("SKIPPING effective_applies_override: user xattrs unsupported here");
+            crate::testing::skip("effective_applies_override", "user xattrs unsupported here");
             return Ok(());
         }
         let (_, eff) = Effective::of_path(&p)?;

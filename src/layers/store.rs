@@ -193,7 +193,7 @@ impl Store {
     }
 
     fn layers_dir(&self) -> PathBuf {
-        self.conf_root.join("layers")
+        crate::layers::layout::ConfRoot::new(&self.conf_root).layers()
     }
 
     /// Where the layer of `key` lives once published.

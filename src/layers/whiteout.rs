@@ -198,8 +198,9 @@ mod tests {
         let d = t.path().join("d");
         fs::create_dir(&d)?;
         if xattr::set(&d, "user.overlay.opaque", b"y").is_err() {
-            eprintln!(
-                "SKIPPING opaque_by_user_xattr: user xattrs unsupported on the temp dir's filesystem"
+            crate::testing::skip(
+                "opaque_by_user_xattr",
+                "user xattrs unsupported on the temp dir's filesystem",
             );
             return Ok(());
         }

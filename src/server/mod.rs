@@ -171,7 +171,7 @@ pub fn build_plan(
 mod tests {
     use super::*;
     use crate::builder::config::{CliOverrides, Defaults, resolve_seed};
-    use crate::builder::namespace::MountSpec;
+    use crate::builder::namespace::NsMount;
 
     #[test]
     fn routes_by_path_and_decodes_the_pkg_parameter() {
@@ -259,7 +259,7 @@ mod tests {
         assert_eq!(plan.root, Path::new("/conf/run/r"));
         // The seed's persistent upper is the chroot root's upper; no /builds layer.
         match &plan.mounts[0] {
-            MountSpec::Union(u) => {
+            NsMount::Union(u) => {
                 assert_eq!(u.target, Path::new("/"));
                 assert_eq!(u.lowers, [PathBuf::from("/conf/seeds/s")]);
                 assert_eq!(u.upper.as_deref(), Some(Path::new("/conf/seeds/s.upper")));
@@ -270,10 +270,10 @@ mod tests {
             !plan
                 .mounts
                 .iter()
-                .any(|m| matches!(m, MountSpec::Union(u) if u.target.starts_with("/builds")))
+                .any(|m| matches!(m, NsMount::Union(u) if u.target.starts_with("/builds")))
         );
         assert!(plan.mounts.iter().any(|m| matches!(m,
-            MountSpec::Bind { source, target, .. }
+            NsMount::Bind { source, target, .. }
                 if source == &dirs.pkgdir(&cfg) && target == Path::new("/var/cache/binpkgs"))));
         // An ephemeral seed: a tmpfs upper first.
         let plan = build_plan(
@@ -285,7 +285,7 @@ mod tests {
             &IdMapping::root_default(),
         );
         assert!(
-            matches!(&plan.mounts[0], MountSpec::HostTmpfs { path, .. } if path == Path::new("/conf/run/t"))
+            matches!(&plan.mounts[0], NsMount::HostTmpfs { path, .. } if path == Path::new("/conf/run/t"))
         );
         // A crossdev target: the cross emerge, and the cross root's package dir.
         let t = "aarch64-unknown-linux-gnu";
@@ -309,7 +309,7 @@ mod tests {
                 .starts_with(&format!("emerge-{t} --oneshot"))
         );
         assert!(plan.mounts.iter().any(|m| matches!(m,
-            MountSpec::Bind { source, target, .. }
+            NsMount::Bind { source, target, .. }
                 if source == &dirs.pkgdir(&cross) && target == Path::new(&format!("/usr/{t}/var/cache/binpkgs")))));
         assert_ne!(dirs.pkgdir(&cross), dirs.pkgdir(&cfg));
         // A non-numeric jobs value is not passed through.

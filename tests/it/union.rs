@@ -504,7 +504,7 @@ fn union_daemon_exits_after_fusermount_u() {
 }
 
 /// An unmount racing the daemon's startup ends `union -f` cleanly (exit 0), as for the
-/// gentree mount.
+/// gentree mount (and the test fails unless one unmount landed before it was ready).
 #[test]
 fn union_unmounted_during_startup_exits_cleanly() {
     let t = "union_unmounted_during_startup_exits_cleanly";

@@ -161,42 +161,66 @@ pub fn mounted(mp: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }
 
-/// Starts the foreground daemon `daemon()` ten times and unmounts `mp` in a tight loop
-/// from the moment it starts, so that some unmounts land before or during FUSE INIT.
-/// Every run must end with exit 0 and nothing mounted. Returns how many daemons said
-/// they were unmounted before they were ready (the race is timing-dependent).
+/// Starts the foreground daemon `daemon()` and, from the moment it starts, stops it
+/// (SIGSTOP, waited for), tries to unmount `mp` and lets it go on, over and over: a
+/// daemon stopped on its way out of mount(2) has not answered FUSE INIT yet, so the
+/// unmount lands in the window between the two, which is a few microseconds wide in a
+/// running daemon (a plain unmount loop hit it in none of 40 starts; this hits it in
+/// about one start of ten). Ten starts, and then more (up to 200) until one daemon said
+/// it was unmounted before it was ready;
+/// a test that never hit the window would prove nothing, so that fails. Every run must
+/// end with exit 0 and nothing mounted. Returns how many daemons were unmounted before
+/// they were ready.
 pub fn unmount_during_startup(
     mp: &Path,
     scratch: &Path,
     mut daemon: impl FnMut() -> Command,
 ) -> usize {
+    use nix::sys::signal::{Signal, kill};
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    use nix::unistd::Pid;
     use std::process::Stdio;
     use std::time::{Duration, Instant};
     let mut early = 0;
-    for round in 0..10 {
+    let mut rounds = 0;
+    for round in 0..200 {
+        if round >= 10 && early > 0 {
+            break;
+        }
+        rounds += 1;
         let err = scratch.join(format!("startup-err{round}"));
-        let mut child = daemon()
+        // Reaped by the waitpid below, which also sees it stop.
+        let pid = daemon()
             .stdin(Stdio::null())
             .stderr(std::fs::File::create(&err).expect("stderr file"))
             .spawn()
-            .expect("spawn daemon");
+            .expect("spawn daemon")
+            .id();
         let start = Instant::now();
+        let pid = Pid::from_raw(pid as i32);
         let status = loop {
-            let _ = nix::mount::umount(mp);
-            if let Some(st) = child.try_wait().expect("try_wait") {
-                break st;
+            let _ = kill(pid, Signal::SIGSTOP);
+            match waitpid(pid, Some(WaitPidFlag::WUNTRACED)).expect("waitpid") {
+                WaitStatus::Stopped(..) => {}
+                WaitStatus::Exited(_, code) => break code,
+                other => panic!("round {round}: daemon ended as {other:?}"),
             }
+            let _ = nix::mount::umount(mp);
+            let _ = kill(pid, Signal::SIGCONT);
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "daemon still running"
             );
-            std::thread::yield_now();
         };
         let log = std::fs::read_to_string(&err).unwrap_or_default();
-        assert!(status.success(), "round {round}: {status}\n{log}");
+        assert!(status == 0, "round {round}: exit {status}\n{log}");
         assert!(!mounted(mp), "round {round}: mount left");
         early += usize::from(log.contains("was unmounted before the mount was ready"));
     }
-    eprintln!("{early} of 10 unmounts landed before the mount was ready");
+    eprintln!("{early} of {rounds} unmounts landed before the mount was ready");
+    assert!(
+        early > 0,
+        "none of {rounds} unmounts landed before the mount was ready: the window was never hit"
+    );
     early
 }

@@ -1,5 +1,5 @@
 //! Default configuration: the embedded defaults (genTree's `default.toml` plus its
-//! code defaults), the default files merged over them (spec 3.1, one level deep, B06),
+//! code defaults), the default files merged over them (one level deep, B06),
 //! the per-seed and per-build-tag overrides (deep-merged, B05), and the builtin bases.
 //!
 //! Which files are read is a [`DefaultSources`] value, so tests never touch the real
@@ -14,7 +14,7 @@ use super::value::{self, Table};
 /// The embedded defaults (`src/builder/config/default.toml`).
 pub const EMBEDDED_DEFAULTS: &str = include_str!("default.toml");
 
-/// The builtin bases, referenced by bare name (spec 3.5), with genTree's contents.
+/// The builtin bases, referenced by bare name, with genTree's contents.
 pub const BUILTINS: &[(&str, &str)] = &[
     ("base", include_str!("../builtin/base.toml")),
     (

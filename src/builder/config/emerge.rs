@@ -1,5 +1,5 @@
-//! Emerge command lines (spec 4.1/4.2, with B47 and B58): always argv vectors, never
-//! shell strings (B61). Option names from `emerge_args`/`emerge_bools` have `_`
+//! Emerge command lines (with B47 and B58): always argv vectors, never
+//! shell strings. Option names from `emerge_args`/`emerge_bools` have `_`
 //! turned into `-`; bools listed as *plain* become a bare `--opt` (or nothing), the
 //! others `--opt=y|n`.
 
@@ -69,7 +69,7 @@ impl LayerCommands<'_> {
         v
     }
 
-    /// Program, root, options, packages (spec 4.1); `None` without packages.
+    /// Program, root, options, packages; `None` without packages.
     pub fn emerge(&self) -> Option<Vec<String>> {
         (!self.packages.is_empty()).then(|| {
             let mut v = self.base();
@@ -89,7 +89,7 @@ impl LayerCommands<'_> {
         })
     }
 
-    /// `--depclean --with-bdeps=n`, only with `depclean` and packages (spec 5.2 step 7).
+    /// `--depclean --with-bdeps=n`, only with `depclean` and packages.
     pub fn depclean(&self) -> Option<Vec<String>> {
         (self.depclean && !self.packages.is_empty()).then(|| {
             let mut v = self.base();
@@ -100,7 +100,7 @@ impl LayerCommands<'_> {
 }
 
 /// Splits a string shell-style (quotes and backslashes honoured, no expansion), as
-/// genTree does for `seed_update_args` (spec 1.4).
+/// genTree does for `seed_update_args`.
 pub fn shell_split(s: &str) -> Result<Vec<String>, &'static str> {
     let mut out = Vec::new();
     let mut cur = String::new();
@@ -180,7 +180,7 @@ mod tests {
             &'a [&'a str],
         );
         let cases: &[Case<'_>] = &[
-            // spec 4.1's glibc example order: defaults then the base's bools.
+            // genTree's glibc example order: defaults then the base's bools.
             (
                 &[("jobs", "8")],
                 &[

@@ -1,4 +1,4 @@
-//! The environment exported around a layer's emerge runs (spec 3.7, with the fixes
+//! The environment exported around a layer's emerge runs (genTree's, with the fixes
 //! B09-B12, B14, B18-B23): flag sets with an ordered `+x`/`-x` rule, inheritance
 //! where a config's own values beat its parent's, which beat the defaults, crossdev
 //! builds starting from the crossdev defaults, and `common_flags` appended to the
@@ -16,17 +16,14 @@ use super::value::Table;
 /// The compiler variables `common_flags` is appended to.
 pub const COMPILER_VARS: &[&str] = &["cflags", "cxxflags", "fcflags", "fflags"];
 
-/// Inherited from the parent whatever `inherit_env` says (genTree's ENV_VAR_INHERITED).
-pub const ALWAYS_INHERITED: &[&str] = &[
-    "cflags",
-    "cxxflags",
-    "fcflags",
-    "fflags",
-    "cpu_flags_x86",
-    "cpu_flags_arm",
-    "cpu_flags_ppc",
-    "binpkg_format",
-];
+/// The CPU feature variables.
+pub const CPU_FLAG_VARS: &[&str] = &["cpu_flags_x86", "cpu_flags_arm", "cpu_flags_ppc"];
+
+/// Inherited from the parent whatever `inherit_env` says (genTree's ENV_VAR_INHERITED):
+/// the compiler and CPU flag variables and `binpkg_format`.
+fn always_inherited(k: &str) -> bool {
+    COMPILER_VARS.contains(&k) || CPU_FLAG_VARS.contains(&k) || k == "binpkg_format"
+}
 
 /// Host-specific compiler/CPU keys: for a crossdev target they come only from
 /// `crossdev_env` unless `crossdev_use_env` is set (B18).
@@ -176,7 +173,7 @@ pub fn compute(i: &EnvInputs<'_>) -> BTreeMap<String, String> {
             continue;
         }
         let (own, def) = i.layers(&k);
-        let inherits = ALWAYS_INHERITED.contains(&k.as_str()) || i.inherit_env;
+        let inherits = always_inherited(&k) || i.inherit_env;
         let v = EnvInputs::first(&own, &k)
             .or_else(|| parent(&k).filter(|_| inherits).cloned())
             .or_else(|| EnvInputs::first(&def, &k));
@@ -225,7 +222,7 @@ mod tests {
 
     #[test]
     fn flag_set_table() {
-        // spec 3.7's table, with B19/B20 decisions.
+        // genTree's flag-set rules, with the B19/B20 decisions.
         let cases: &[(&str, Option<&str>, &str)] = &[
             ("-dracut ugrd", None, "-dracut ugrd"),
             ("test -test", None, "-test"),
@@ -298,7 +295,7 @@ mod tests {
     fn env_table() {
         let cases = [
             Case {
-                what: "spec 3.7 worked example: common_flags fill the compiler vars",
+                what: "common_flags fill the compiler vars",
                 defaults: "[env]\nfeatures = \"a -b\"\nbinpkg_format = \"gpkg\"\ncommon_flags = \"-march=native -O3 -pipe\"\n",
                 file: "[env]\nuse = \"nginx\"\n",
                 want: &[

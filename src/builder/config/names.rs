@@ -1,5 +1,5 @@
 //! Names that become path components on the host and inside the build namespace
-//! (spec 2.3): the buildname and the binary-package directory. Every component is
+//! the buildname and the binary-package directory. Every component is
 //! validated (B58), since `/`, `..`, `,` or `:` would escape directories or break
 //! overlay mount options.
 
@@ -33,7 +33,7 @@ pub fn validate(what: &'static str, value: &str, origin: &str) -> Result<(), Con
     }
 }
 
-/// `seed[-build_tag][-crossdev_target]-name` (spec 2.3).
+/// `seed[-build_tag][-crossdev_target]-name`.
 pub fn buildname(seed: &str, build_tag: Option<&str>, target: Option<&str>, name: &str) -> String {
     let mut parts = vec![seed];
     parts.extend(build_tag);
@@ -43,7 +43,7 @@ pub fn buildname(seed: &str, build_tag: Option<&str>, target: Option<&str>, name
 }
 
 /// The binary-package directory name below the conf root: `pkgdir`, then
-/// `_<package_tag>` (else `_<build_tag>`), then `_<crossdev_target>` (spec 2.3).
+/// `_<package_tag>` (else `_<build_tag>`), then `_<crossdev_target>`.
 pub fn pkgdir_name(
     package_tag: Option<&str>,
     build_tag: Option<&str>,

@@ -5,6 +5,7 @@
 //! checked values.
 
 use super::ConfigError;
+use super::env::{COMPILER_VARS, CPU_FLAG_VARS};
 use super::value::{Entry, Loc, Node, Table, Val};
 use crate::layers::tar::filter;
 
@@ -45,7 +46,7 @@ impl Ty {
     }
 }
 
-/// Never taken from a default config: identity of a build, set per file (spec 3.3).
+/// Never taken from a default config: identity of a build, set per file.
 pub const FILE_ONLY: u8 = 1;
 /// Only in a top-level build file or defaults, never in a base ("child restricted").
 pub const TOP_ONLY: u8 = 2;
@@ -127,23 +128,25 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("config_dir", "_config_dir"),
 ];
 
-/// Env keys with a meaning of their own (spec 3.7); any other lower-case key is
-/// exported as-is.
-pub const KNOWN_ENV: &[&str] = &[
+/// Env keys with a meaning of their own besides the compiler and CPU flag variables.
+const OWN_ENV: &[&str] = &[
     "use",
     "features",
     "accept_keywords",
     "accept_license",
     "binpkg_format",
     "common_flags",
-    "cflags",
-    "cxxflags",
-    "fcflags",
-    "fflags",
-    "cpu_flags_x86",
-    "cpu_flags_arm",
-    "cpu_flags_ppc",
 ];
+
+/// Every env key with a meaning of its own (flag sets, `common_flags`, the compiler
+/// and CPU flag variables); any other lower-case key is exported as-is.
+pub fn known_env() -> impl Iterator<Item = &'static str> {
+    OWN_ENV
+        .iter()
+        .chain(COMPILER_VARS)
+        .chain(CPU_FLAG_VARS)
+        .copied()
+}
 
 /// Where a table being checked sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,7 +289,7 @@ fn unknown_top_key(e: &Entry) -> ConfigError {
     let key = e.key.as_str();
     let hint = if key == "default" {
         Some("[default.<seed>] tables belong in a default config file (~/.config/gentree/config.toml)".to_string())
-    } else if KNOWN_ENV.contains(&key) {
+    } else if known_env().any(|k| k == key) {
         Some(format!("did you mean `{key}` in the [env] table?"))
     } else if let Some(f) = key.strip_prefix("tar_filter_") {
         Some(format!(
@@ -390,9 +393,9 @@ fn check_subtable(t: &Table, ty: Ty, key: &str) -> Result<Table, ConfigError> {
                         message: "environment variable names are letters, digits and `_`, not starting with a digit".into(),
                     });
                 }
-                if !KNOWN_ENV.contains(&name.as_str())
+                if !known_env().any(|k| k == name)
                     && !name.starts_with("cpu_flags_")
-                    && let Some(h) = did_you_mean(&name, KNOWN_ENV.iter().copied())
+                    && let Some(h) = did_you_mean(&name, known_env())
                 {
                     tracing::warn!(
                         "{}: `{full}` is exported as {}; {h}",
@@ -423,7 +426,7 @@ fn check_subtable(t: &Table, ty: Ty, key: &str) -> Result<Table, ConfigError> {
                     );
                     name = "whiteout".into();
                 }
-                // One list of filter names: the packer's (spec 6.2, 6.3).
+                // One list of filter names: the packer's.
                 let known: Vec<&str> = if tar {
                     filter::known()
                 } else {

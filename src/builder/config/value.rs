@@ -218,7 +218,7 @@ impl Table {
         }
     }
 
-    /// genTree's default-file merge (spec 3.1, kept per B06): per top-level key,
+    /// genTree's default-file merge (kept per B06): per top-level key,
     /// two tables merge one level deep (newer keys replace), an existing array is
     /// extended, anything else is replaced.
     pub fn merge_default_file(&mut self, over: &Table) {

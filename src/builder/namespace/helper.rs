@@ -23,7 +23,7 @@ use nix::sys::statvfs::{FsFlags, statvfs};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, chdir, chroot, execve, pipe};
 
-use super::{IdMapping, MountSpec, PLAN_ENV, Plan, RunStep, Step, UnionSpec, in_root};
+use super::{IdMapping, NsMount, PLAN_ENV, Plan, RunStep, Step, UnionSpec, in_root};
 
 /// Mounts a union inside the helper's mount namespace and serves it from the
 /// helper's threads; the returned guard unmounts it when dropped. Provided by the
@@ -65,10 +65,6 @@ fn sys<T, E: Into<io::Error>>(
     })
 }
 
-fn errno(e: nix::Error) -> io::Error {
-    io::Error::from_raw_os_error(e as i32)
-}
-
 /// Runs the plan from the environment; returns the exit code the helper should exit
 /// with (the command's, or 128 + signal).
 pub fn helper_main(mounter: Option<&dyn UnionMounter>) -> Result<i32, HelperError> {
@@ -83,11 +79,11 @@ pub fn helper_main(mounter: Option<&dyn UnionMounter>) -> Result<i32, HelperErro
     }
     // Die with the caller: a killed build leaves nothing running.
     sys(
-        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(errno),
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from),
         || "prctl(PR_SET_PDEATHSIG)".into(),
     )?;
     enter_namespaces(&plan.mapping, plan.no_network)?;
-    let (go_r, go_w) = sys(pipe().map_err(errno), || "pipe".into())?;
+    let (go_r, go_w) = sys(pipe().map_err(io::Error::from), || "pipe".into())?;
     let forked = sys(crate::sys::fork_single_threaded(), || "fork".into())?;
     match forked {
         ForkResult::Child => {
@@ -121,7 +117,7 @@ fn enter_namespaces(mapping: &IdMapping, no_network: bool) -> Result<(), HelperE
     if no_network {
         flags |= CloneFlags::CLONE_NEWNET;
     }
-    sys(unshare(flags).map_err(errno), || {
+    sys(unshare(flags).map_err(io::Error::from), || {
         "unshare(user, mount, IPC and network namespaces)".into()
     })?;
     match mapping {
@@ -146,9 +142,10 @@ fn enter_namespaces(mapping: &IdMapping, no_network: bool) -> Result<(), HelperE
                 std::thread::sleep(Duration::from_millis(1));
             }
             let root = nix::unistd::Gid::from_raw(0);
-            sys(nix::unistd::setgroups(&[root]).map_err(errno), || {
-                "setgroups".into()
-            })?;
+            sys(
+                nix::unistd::setgroups(&[root]).map_err(io::Error::from),
+                || "setgroups".into(),
+            )?;
             if matches!(mapping, IdMapping::Privileged { .. }) {
                 become_namespace_root()?;
             }
@@ -163,7 +160,7 @@ fn enter_namespaces(mapping: &IdMapping, no_network: bool) -> Result<(), HelperE
             MsFlags::MS_REC | MsFlags::MS_PRIVATE,
             None::<&str>,
         )
-        .map_err(errno),
+        .map_err(io::Error::from),
         || "making / private".into(),
     )?;
     Ok(())
@@ -177,15 +174,20 @@ fn enter_namespaces(mapping: &IdMapping, no_network: bool) -> Result<(), HelperE
 fn become_namespace_root() -> Result<(), HelperError> {
     use nix::unistd::{Gid, Uid, setresgid, setresuid};
     let (u, g) = (Uid::from_raw(0), Gid::from_raw(0));
-    sys(setresgid(g, g, g).map_err(errno), || "setresgid(0)".into())?;
-    sys(setresuid(u, u, u).map_err(errno), || "setresuid(0)".into())?;
+    sys(setresgid(g, g, g).map_err(io::Error::from), || {
+        "setresgid(0)".into()
+    })?;
+    sys(setresuid(u, u, u).map_err(io::Error::from), || {
+        "setresuid(0)".into()
+    })?;
     sys(
-        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(errno),
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from),
         || "prctl(PR_SET_PDEATHSIG)".into(),
     )?;
-    sys(nix::sys::prctl::set_dumpable(true).map_err(errno), || {
-        "prctl(PR_SET_DUMPABLE)".into()
-    })
+    sys(
+        nix::sys::prctl::set_dumpable(true).map_err(io::Error::from),
+        || "prctl(PR_SET_DUMPABLE)".into(),
+    )
 }
 
 fn write_proc(path: &str, value: &str) -> Result<(), HelperError> {
@@ -227,7 +229,7 @@ fn pid1_main(plan: &Plan) -> ! {
         std::process::exit(126)
     };
     for m in &plan.mounts {
-        if let MountSpec::Proc { target } = m {
+        if let NsMount::Proc { target } = m {
             let p = in_root(&plan.root, target);
             let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
             if let Err(e) = mount(Some("proc"), &p, Some("proc"), flags, None::<&str>) {
@@ -430,7 +432,7 @@ fn wait_exit_code(pid: Pid) -> Result<i32, HelperError> {
             Ok(WaitStatus::Exited(_, code)) => return Ok(code),
             Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
             Ok(_) | Err(nix::Error::EINTR) => {}
-            Err(e) => return sys(Err(errno(e)), || "waiting for pid 1".into()),
+            Err(e) => return sys(Err(io::Error::from(e)), || "waiting for pid 1".into()),
         }
     }
 }
@@ -438,19 +440,19 @@ fn wait_exit_code(pid: Pid) -> Result<i32, HelperError> {
 /// Unmounts in reverse plan order, so that each union is unmounted (by dropping its
 /// guard) only after everything mounted inside it. The mount namespace dies with the
 /// helper anyway; this lets the FUSE sessions end cleanly instead of failing busy.
-fn unmount_all(plan: &Plan, mounted: &[MountSpec], mut guards: Vec<Box<dyn Send>>) {
+fn unmount_all(plan: &Plan, mounted: &[NsMount], mut guards: Vec<Box<dyn Send>>) {
     use nix::mount::{MntFlags, umount2};
     for m in mounted.iter().rev() {
         match m {
-            MountSpec::Union(_) => drop(guards.pop()),
-            MountSpec::Dev { target }
-            | MountSpec::Sys { target }
-            | MountSpec::Bind { target, .. }
-            | MountSpec::Tmpfs { target, .. }
-            | MountSpec::Proc { target } => {
+            NsMount::Union(_) => drop(guards.pop()),
+            NsMount::Dev { target }
+            | NsMount::Sys { target }
+            | NsMount::Bind { target, .. }
+            | NsMount::Tmpfs { target, .. }
+            | NsMount::Proc { target } => {
                 let _ = umount2(&in_root(&plan.root, target), MntFlags::MNT_DETACH);
             }
-            MountSpec::HostTmpfs { path, .. } => {
+            NsMount::HostTmpfs { path, .. } => {
                 let _ = umount2(path, MntFlags::MNT_DETACH);
             }
         }
@@ -472,13 +474,13 @@ fn do_mounts(
 
 fn do_mount(
     plan: &Plan,
-    m: &MountSpec,
+    m: &NsMount,
     mounter: Option<&dyn UnionMounter>,
     guards: &mut Vec<Box<dyn Send>>,
 ) -> Result<(), HelperError> {
     {
         match m {
-            MountSpec::Union(spec) => {
+            NsMount::Union(spec) => {
                 let target = if spec.target.components().count() <= 1 {
                     plan.root.clone() // the root itself: it exists
                 } else {
@@ -490,17 +492,17 @@ fn do_mount(
                 })?;
                 guards.push(g);
             }
-            MountSpec::Bind {
+            NsMount::Bind {
                 source,
                 target,
                 recursive,
                 readonly,
             } => bind(&plan.root, source, target, *recursive, *readonly)?,
-            MountSpec::Tmpfs { target, options } => {
+            NsMount::Tmpfs { target, options } => {
                 let t = prepare_target(&plan.root, target, true)?;
                 tmpfs(&t, options)?;
             }
-            MountSpec::HostTmpfs {
+            NsMount::HostTmpfs {
                 path,
                 options,
                 mkdirs,
@@ -515,8 +517,8 @@ fn do_mount(
                     })?;
                 }
             }
-            MountSpec::Dev { target } => dev(&plan.root, target)?,
-            MountSpec::Sys { target } => {
+            NsMount::Dev { target } => dev(&plan.root, target)?,
+            NsMount::Sys { target } => {
                 let t = prepare_target(&plan.root, target, true)?;
                 sys(
                     mount(
@@ -526,12 +528,12 @@ fn do_mount(
                         MsFlags::MS_BIND | MsFlags::MS_REC,
                         None::<&str>,
                     )
-                    .map_err(errno),
+                    .map_err(io::Error::from),
                     || format!("bind-mounting /sys at {}", t.display()),
                 )?;
                 make_readonly(&t)?;
             }
-            MountSpec::Proc { target } => {
+            NsMount::Proc { target } => {
                 prepare_target(&plan.root, target, true)?;
             }
         }
@@ -595,7 +597,7 @@ fn bind(
         flags |= MsFlags::MS_REC;
     }
     sys(
-        mount(Some(source), &t, None::<&str>, flags, None::<&str>).map_err(errno),
+        mount(Some(source), &t, None::<&str>, flags, None::<&str>).map_err(io::Error::from),
         || format!("bind-mounting {} at {}", source.display(), t.display()),
     )?;
     if readonly {
@@ -620,7 +622,7 @@ fn make_readonly(t: &Path) -> Result<(), HelperError> {
     {
         // In a user namespace the source's nosuid/nodev/noexec are locked: a remount
         // must repeat them or the kernel refuses it.
-        let st = sys(statvfs(t).map_err(errno), || {
+        let st = sys(statvfs(t).map_err(io::Error::from), || {
             format!("statvfs {}", t.display())
         })?;
         let mut ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
@@ -637,7 +639,7 @@ fn make_readonly(t: &Path) -> Result<(), HelperError> {
             }
         }
         sys(
-            mount(None::<&str>, t, None::<&str>, ro, None::<&str>).map_err(errno),
+            mount(None::<&str>, t, None::<&str>, ro, None::<&str>).map_err(io::Error::from),
             || format!("making {} read-only", t.display()),
         )?;
     }
@@ -677,7 +679,7 @@ fn dev(root: &Path, target: &Path) -> Result<(), HelperError> {
                 MsFlags::MS_BIND,
                 None::<&str>,
             )
-            .map_err(errno),
+            .map_err(io::Error::from),
             || format!("binding {} at {}", host.display(), dst.display()),
         )?;
     }
@@ -710,7 +712,7 @@ fn fresh_fs(
     data: Option<&str>,
 ) -> Result<(), HelperError> {
     sys(
-        mount(Some(source), t, Some(fs_type), flags, data).map_err(errno),
+        mount(Some(source), t, Some(fs_type), flags, data).map_err(io::Error::from),
         || format!("mounting {fs_type} at {}", t.display()),
     )
 }

@@ -48,7 +48,7 @@ pub struct Plan {
     /// mounted first, in plan order).
     pub root: PathBuf,
     /// Mounts, in order. Targets are paths inside `root`.
-    pub mounts: Vec<MountSpec>,
+    pub mounts: Vec<NsMount>,
     /// What pid 1 does, in order, once chrooted; the first failing step ends the plan.
     pub steps: Vec<Step>,
     /// Working directory inside the root.
@@ -104,7 +104,7 @@ impl RunStep {
 
 /// One mount performed inside the namespace.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum MountSpec {
+pub enum NsMount {
     /// A bind mount of a host path (file or directory).
     Bind {
         source: PathBuf,
@@ -252,7 +252,7 @@ pub fn run(plan: &Plan, log: Option<&Path>) -> Result<ExitStatus, NsError> {
 /// a layer at `/builds/LAYER`, else `gentree-fs: helper in ROOT`.
 pub fn helper_title(plan: &Plan) -> String {
     let layer = plan.mounts.iter().find_map(|m| match m {
-        MountSpec::Union(u) => u
+        NsMount::Union(u) => u
             .target
             .strip_prefix("/builds")
             .ok()
@@ -411,7 +411,7 @@ mod tests {
         let mut plan = Plan {
             mapping: IdMapping::root_default(),
             root: "/conf/run/exec-1/root".into(),
-            mounts: vec![MountSpec::Tmpfs {
+            mounts: vec![NsMount::Tmpfs {
                 target: "/builds".into(),
                 options: String::new(),
             }],
@@ -423,7 +423,7 @@ mod tests {
             helper_title(&plan),
             "gentree-fs: helper in /conf/run/exec-1/root"
         );
-        plan.mounts.push(MountSpec::Union(UnionSpec {
+        plan.mounts.push(NsMount::Union(UnionSpec {
             lowers: vec![],
             upper: None,
             work: None,
@@ -441,10 +441,10 @@ mod tests {
             },
             root: "/r".into(),
             mounts: vec![
-                MountSpec::Proc {
+                NsMount::Proc {
                     target: "/proc".into(),
                 },
-                MountSpec::Bind {
+                NsMount::Bind {
                     source: "/etc/resolv.conf".into(),
                     target: "/etc/resolv.conf".into(),
                     recursive: false,

@@ -17,7 +17,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::{IdMapping, MountSpec, Plan};
+use super::{IdMapping, NsMount, Plan};
 
 /// The host device nodes bound into the sandbox's `/dev` (each `0666` on the host).
 pub const DEV_NODES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
@@ -59,12 +59,12 @@ pub const READONLY_PATHS: &[&str] = &[
 
 /// One line saying what the sandbox of a plan is: its ids, and which mounts are
 /// read-only or writable. Logged once per run at debug level.
-pub fn describe(mapping: &IdMapping, mounts: &[MountSpec]) -> String {
+pub fn describe(mapping: &IdMapping, mounts: &[NsMount]) -> String {
     let mut ro = Vec::new();
     let mut rw = Vec::new();
     for m in mounts {
         match m {
-            MountSpec::Bind {
+            NsMount::Bind {
                 target, readonly, ..
             } => {
                 if *readonly {
@@ -73,7 +73,7 @@ pub fn describe(mapping: &IdMapping, mounts: &[MountSpec]) -> String {
                     rw.push(target.display().to_string())
                 }
             }
-            MountSpec::Union(u) => {
+            NsMount::Union(u) => {
                 let t = u.target.display().to_string();
                 if u.upper.is_some() {
                     rw.push(format!("{t} (union upper)"));
@@ -81,7 +81,7 @@ pub fn describe(mapping: &IdMapping, mounts: &[MountSpec]) -> String {
                     ro.push(format!("{t} (union)"));
                 }
             }
-            MountSpec::Sys { target } => ro.push(target.display().to_string()),
+            NsMount::Sys { target } => ro.push(target.display().to_string()),
             _ => {}
         }
     }
@@ -112,9 +112,9 @@ pub fn writable_host_paths(plan: &Plan) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for m in &plan.mounts {
         match m {
-            MountSpec::Union(u) => out.extend(u.upper.iter().chain(&u.work).cloned()),
-            MountSpec::HostTmpfs { path, .. } => out.push(path.clone()),
-            MountSpec::Bind {
+            NsMount::Union(u) => out.extend(u.upper.iter().chain(&u.work).cloned()),
+            NsMount::HostTmpfs { path, .. } => out.push(path.clone()),
+            NsMount::Bind {
                 source, readonly, ..
             } if !*readonly && source.is_dir() => out.push(source.clone()),
             _ => {}
@@ -129,7 +129,7 @@ pub fn writable_host_paths(plan: &Plan) -> Vec<PathBuf> {
 pub fn store_content_paths(plan: &Plan) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = Vec::new();
     for m in &plan.mounts {
-        if let MountSpec::Union(u) = m {
+        if let NsMount::Union(u) = m {
             if u.upper.is_some() {
                 out.extend(u.lowers.iter().cloned());
             }
@@ -138,7 +138,7 @@ pub fn store_content_paths(plan: &Plan) -> Vec<PathBuf> {
     let root_is_union = plan
         .mounts
         .iter()
-        .any(|m| matches!(m, MountSpec::Union(u) if u.target.components().count() <= 1));
+        .any(|m| matches!(m, NsMount::Union(u) if u.target.components().count() <= 1));
     if !root_is_union {
         out.push(plan.root.clone());
     }
@@ -311,19 +311,19 @@ mod tests {
     #[test]
     fn describe_names_ids_and_read_only_mounts() {
         let mounts = [
-            MountSpec::Bind {
+            NsMount::Bind {
                 source: "/conf/repos".into(),
                 target: "/var/db/repos".into(),
                 recursive: true,
                 readonly: true,
             },
-            MountSpec::Bind {
+            NsMount::Bind {
                 source: "/conf/pkgdir".into(),
                 target: "/var/cache/binpkgs".into(),
                 recursive: false,
                 readonly: false,
             },
-            MountSpec::Sys {
+            NsMount::Sys {
                 target: "/sys".into(),
             },
         ];

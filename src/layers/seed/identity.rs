@@ -21,6 +21,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::layers::digest::{self, DigestCache, DigestError, TreeOptions};
+use crate::layers::layout::ConfRoot;
 
 /// The identity of an imported seed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,13 +51,11 @@ pub enum IdentityError {
 }
 
 fn id_path(conf_root: &Path, seed: &str) -> PathBuf {
-    conf_root.join("state/seed-ids").join(seed)
+    ConfRoot::new(conf_root).seed_id(seed)
 }
 
 fn cache_path(conf_root: &Path, seed: &str) -> PathBuf {
-    conf_root
-        .join("state/digest-cache")
-        .join(format!("seed-{seed}"))
+    ConfRoot::new(conf_root).digest_cache(&format!("seed-{seed}"))
 }
 
 fn parse(text: &str) -> Option<SeedIdentity> {

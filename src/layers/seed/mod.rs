@@ -182,7 +182,7 @@ pub fn import(
 ) -> Result<Report, SeedError> {
     validate_name(&opts.name)?;
     let start = Instant::now();
-    let seeds = opts.conf_root.join("seeds");
+    let seeds = crate::layers::layout::ConfRoot::new(&opts.conf_root).seeds();
     let dest = seeds.join(&opts.name);
     let install_err = |path: &Path| {
         let path = path.to_path_buf();

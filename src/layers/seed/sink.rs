@@ -160,10 +160,6 @@ enum Target<'a> {
     At(BorrowedFd<'a>, &'a OsStr),
 }
 
-fn errno_io(e: Errno) -> io::Error {
-    io::Error::from(e)
-}
-
 impl<'a> Sink<'a> {
     /// A sink writing below the existing, empty directory `root`. It stops with
     /// [`SeedError::Interrupted`] once `intr` fires, and reports to `progress`.
@@ -180,7 +176,7 @@ impl<'a> Sink<'a> {
         )
         .map_err(|e| SeedError::Install {
             path: root.to_path_buf(),
-            source: errno_io(e),
+            source: io::Error::from(e),
         })?;
         let mut sink = Sink {
             root: fd,
@@ -266,7 +262,7 @@ impl<'a> Sink<'a> {
             Kind::Dir => {
                 if !matches!(stat_kind(dir, file_name), Some(SFlag::S_IFDIR)) {
                     mkdirat(dir, file_name, Mode::from_bits_truncate(0o700))
-                        .map_err(errno_io)
+                        .map_err(io::Error::from)
                         .map_err(entry_err("mkdir"))?;
                 }
                 self.pend_dir(rel.to_path_buf(), meta);
@@ -292,7 +288,7 @@ impl<'a> Sink<'a> {
             }
             Kind::Symlink(ref target) => {
                 symlinkat(target.as_path(), dir, file_name)
-                    .map_err(errno_io)
+                    .map_err(io::Error::from)
                     .map_err(entry_err("symlink"))?;
                 self.apply(Target::At(dir, file_name), &meta, Some(&kind), name)?;
             }
@@ -309,7 +305,7 @@ impl<'a> Sink<'a> {
                 let tparent = self.open_dir(target.parent().unwrap_or(Path::new("")), name)?;
                 let tname = target.file_name().unwrap_or_default();
                 linkat(tparent.as_fd(), tname, dir, file_name, AtFlags::empty())
-                    .map_err(errno_io)
+                    .map_err(io::Error::from)
                     .map_err(entry_err("link"))?;
             }
             Kind::Fifo | Kind::Char { .. } | Kind::Block { .. } => {
@@ -372,7 +368,7 @@ impl<'a> Sink<'a> {
             } else {
                 "replace the earlier entry"
             },
-            source: errno_io(e),
+            source: io::Error::from(e),
         })?;
         if is_dir {
             if let Some(i) = self.dir_index.remove(rel) {
@@ -419,14 +415,14 @@ impl<'a> Sink<'a> {
                         SeedError::Entry {
                             entry: name.to_string(),
                             op: "create parent directory",
-                            source: errno_io(e),
+                            source: io::Error::from(e),
                         }
                     })?;
                     made.push(sofar.clone());
                     openat(base, c, flags, Mode::empty()).map_err(|e| SeedError::Entry {
                         entry: name.to_string(),
                         op: "open parent directory",
-                        source: errno_io(e),
+                        source: io::Error::from(e),
                     })?
                 }
                 Err(e @ (Errno::ELOOP | Errno::ENOTDIR)) => {
@@ -447,7 +443,7 @@ impl<'a> Sink<'a> {
                     return Err(SeedError::Entry {
                         entry: name.to_string(),
                         op: "open parent directory",
-                        source: errno_io(e),
+                        source: io::Error::from(e),
                     });
                 }
             };
@@ -538,7 +534,7 @@ impl<'a> Sink<'a> {
                 Target::Fd(f) => fchown(f, uid, gid),
                 Target::At(d, n) => fchownat(d, n, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW),
             }
-            .map_err(errno_io)
+            .map_err(io::Error::from)
             .map_err(err("chown"))?;
         }
         // Symlinks (the only entries made by name) take no xattrs or mode; just the time.
@@ -546,7 +542,7 @@ impl<'a> Sink<'a> {
             Target::At(d, n) => {
                 let t = timespec(meta.mtime);
                 return utimensat(d, n, &t, &t, UtimensatFlags::NoFollowSymlink)
-                    .map_err(errno_io)
+                    .map_err(io::Error::from)
                     .map_err(err("set times"));
             }
             Target::Fd(f) => f,
@@ -584,9 +580,11 @@ impl<'a> Sink<'a> {
         // Mode after owner (chown clears setuid/setgid), then times.
         let m = Mode::from_bits_truncate(disk_mode as libc::mode_t);
         let t = timespec(meta.mtime);
-        fchmod(f, m).map_err(errno_io).map_err(err("chmod"))?;
+        fchmod(f, m)
+            .map_err(io::Error::from)
+            .map_err(err("chmod"))?;
         futimens(f, &t, &t)
-            .map_err(errno_io)
+            .map_err(io::Error::from)
             .map_err(err("set times"))
     }
 }
@@ -629,7 +627,7 @@ fn create_file(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::from_bits_truncate(0o600),
     )
-    .map_err(errno_io)?;
+    .map_err(io::Error::from)?;
     Ok(File::from(fd))
 }
 

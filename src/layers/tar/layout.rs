@@ -13,7 +13,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::header::{self, BLOCK, padded};
-use super::scan::{self, Node};
+use super::scan::{self, LayerFile};
 use super::{EntryKind, PackOptions, TarEntry, TarError, filter};
 use crate::layers::ownership::FileKind;
 
@@ -409,7 +409,7 @@ pub(super) struct LinkGroups(HashMap<(u16, u64, u64), Box<[u8]>>);
 /// The archive entry of a merged node; `None` for what tar cannot hold (sockets).
 pub(super) fn to_entry(
     path: Vec<u8>,
-    node: Node,
+    node: LayerFile,
     epoch: Option<i64>,
     links: &mut LinkGroups,
 ) -> Option<TarEntry> {

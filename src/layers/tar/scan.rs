@@ -9,9 +9,9 @@
 //!    (the upper metadata wins, B42 fix); anything else replaces the lower entry and
 //!    its subtree, which is the OCI "replace" rule (a directory over a symlink
 //!    replaces the symlink). The reference instead kept the first entry of a path
-//!    (B42, protecting merged-usr `lib -> usr/lib`); issue 4 asks for OCI
-//!    semantics, and a layer built over merged-usr writes through the symlink, so
-//!    its upper dir has no `lib/` directory to replace it with.
+//!    (B42, protecting merged-usr `lib -> usr/lib`); images follow the OCI layer
+//!    semantics instead, and a layer built over merged-usr writes through the symlink,
+//!    so its upper dir has no `lib/` directory to replace it with.
 //!
 //! Because 1 and 2 run before the layer's own entries are inserted, a whiteout in
 //! layer N affects only layers below N (B36 fix) and an opaque directory keeps the
@@ -33,7 +33,7 @@ use crate::layers::whiteout::{self, Marker, OPAQUE_MARKER, OPAQUE_XATTRS};
 
 /// One file of one layer, as the image presents it.
 #[derive(Debug, Clone)]
-pub struct Node {
+pub struct LayerFile {
     pub layer: u16,
     /// Effective type (override applied where it makes sense, see [`effective_kind`]).
     pub kind: FileKind,
@@ -52,7 +52,7 @@ pub struct Node {
     pub opaque_xattr: bool,
 }
 
-impl Node {
+impl LayerFile {
     /// True for a directory on disk (the walk descends into it).
     pub fn is_dir(&self) -> bool {
         self.kind == FileKind::Dir
@@ -67,7 +67,7 @@ pub struct Listing {
     /// Names whited out in this directory, sorted bytewise, without duplicates.
     pub whiteouts: Vec<Box<[u8]>>,
     /// Ordinary entries sorted bytewise by name.
-    pub entries: Vec<(Box<[u8]>, Node)>,
+    pub entries: Vec<(Box<[u8]>, LayerFile)>,
 }
 
 /// `root` joined with a relative byte path.
@@ -148,7 +148,7 @@ fn read_node(
     meta: &Metadata,
     layer: u16,
     host: Option<&HostOwner>,
-) -> io::Result<Node> {
+) -> io::Result<LayerFile> {
     let disk = FileKind::of(meta);
     let mut xattrs = Vec::new();
     let mut ov = None;
@@ -179,7 +179,7 @@ fn read_node(
     } else {
         None
     };
-    Ok(Node {
+    Ok(LayerFile {
         layer,
         kind: effective_kind(disk, eff.kind),
         perm: eff.perm,
@@ -224,7 +224,7 @@ pub fn kept_xattr(name: &[u8]) -> bool {
 }
 
 /// The merged tree: relative path -> node, bytewise ordered.
-pub type Merged = BTreeMap<Vec<u8>, Node>;
+pub type Merged = BTreeMap<Vec<u8>, LayerFile>;
 
 /// Merges `layers` (lowest first). Subtrees rejected by a path filter are not
 /// walked (everything below them is rejected too).
@@ -269,7 +269,7 @@ fn merge_dir(
         if filters.rejects_path(&p).is_some() {
             continue;
         }
-        let merge_into_dir = node.is_dir() && map.get(&p).is_some_and(Node::is_dir);
+        let merge_into_dir = node.is_dir() && map.get(&p).is_some_and(LayerFile::is_dir);
         if !merge_into_dir {
             remove_below(map, &p);
         }
@@ -402,7 +402,10 @@ pub(crate) mod tests {
         }
         let me = HostOwner { uid, gid };
         if me.write(&layers[0]).is_err() {
-            eprintln!("SKIPPING unrecorded_entries_of_a_marked_layer...: no user xattrs here");
+            crate::testing::skip(
+                "unrecorded_entries_of_a_marked_layer_belong_to_its_namespace_root",
+                "no user xattrs here",
+            );
             return;
         }
         let recorded = OverrideStat {
@@ -447,7 +450,7 @@ pub(crate) mod tests {
     fn opaque_by_xattr() {
         let (_t, layers) = stack(&["f d/old 0", "f d/new 1"]);
         if xattr::set(layers[1].join("d"), "user.overlay.opaque", b"y").is_err() {
-            eprintln!("SKIPPING opaque_by_xattr: no user xattrs on the temp dir");
+            crate::testing::skip("opaque_by_xattr", "no user xattrs on the temp dir");
             return;
         }
         let m = merge(&layers, &FilterSet::none()).expect("merge");
@@ -491,7 +494,7 @@ pub(crate) mod tests {
     #[test]
     fn chardev_whiteout_when_root() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPING chardev_whiteout_when_root: needs root for mknod");
+            crate::testing::skip("chardev_whiteout_when_root", "needs root for mknod");
             return;
         }
         let (_t, layers) = stack(&["f a 0\nf b 0", ""]);

@@ -35,10 +35,14 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
+use super::image_file::{remove_image_files, write_image_file};
+use super::signals::signal_pending;
+use super::slots::{self, Slot, State, Status, Waiter};
 use crate::builder::build::{self, BuildError, BuildOptions, HostDirs};
 use crate::builder::config::cache::ResolveCache;
 use crate::builder::config::{CliOverrides, ConfigError, Defaults, ResolvedConfig};
 use crate::builder::namespace::IdMapping;
+use crate::layers::layout::ConfRoot;
 use crate::layers::store::{BuildKey, Store, StoreError};
 use crate::layers::tar::{PackOptions, TarError, TarLayout};
 
@@ -50,50 +54,6 @@ pub const PKGDIRS_WAIT: Duration = Duration::from_millis(200);
 
 /// How often waiting openers are checked for pending signals.
 pub const INTERRUPT_POLL: Duration = Duration::from_millis(200);
-
-/// Someone waiting for an image: a FUSE open in the mount, a channel in tests.
-pub trait Waiter: Send + 'static {
-    /// The waiting thread (its pending signals are watched).
-    fn pid(&self) -> u32;
-    /// The image is ready; `built`: by the job this waiter waited for, which has
-    /// invalidated the kernel's view of the image (see [`Images::invalidate`]).
-    fn ready(self: Box<Self>, image: Arc<TarLayout>, built: bool);
-    /// The open fails with this errno (EIO for a failed build, EINTR when interrupted).
-    fn fail(self: Box<Self>, errno: i32);
-}
-
-/// What `getfattr` shows as `user.gentree.state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    Absent,
-    /// Requested, waiting for the seed (another build, here or in another process,
-    /// holds its lock).
-    Queued,
-    Building,
-    Ready,
-    Failed,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Absent => "absent",
-            State::Queued => "queued",
-            State::Building => "building",
-            State::Ready => "ready",
-            State::Failed => "failed",
-        }
-    }
-}
-
-/// The state of one config's image, as seen now.
-#[derive(Debug, Clone)]
-pub struct Status {
-    pub state: State,
-    pub key: Option<BuildKey>,
-    /// The image, when it is ready.
-    pub image: Option<Arc<TarLayout>>,
-}
 
 /// Why an image could not be produced (written to the config's log).
 #[derive(Debug, thiserror::Error)]
@@ -168,20 +128,6 @@ impl Plan {
     }
 }
 
-#[derive(Default)]
-struct Slot {
-    state: Option<State>,
-    key: Option<BuildKey>,
-    image: Option<Arc<TarLayout>>,
-    waiters: Vec<Box<dyn Waiter>>,
-    /// The image the kernel's view was last invalidated for ([`Images::is_served`]).
-    served: Option<Arc<TarLayout>>,
-    /// With `state == Building`: the job still waits for the seed's lock.
-    queued: bool,
-    /// Where `image` is (or will be) kept as a file ([`Images::image_file`]).
-    file: Option<PathBuf>,
-}
-
 /// Called (off any lock) when a config's image becomes ready: the mount invalidates
 /// the kernel's cached size.
 pub type ReadyHook = Box<dyn Fn(&str) + Send + Sync>;
@@ -191,7 +137,7 @@ pub struct Images {
     env: Arc<BuildEnv>,
     slots: Mutex<HashMap<String, Slot>>,
     on_ready: Mutex<Option<Arc<ReadyHook>>>,
-    /// Build jobs started (for the log and tests).
+    /// Build jobs started (numbers them in the log).
     jobs: std::sync::atomic::AtomicU64,
     /// Set by [`Images::shutdown`]: queued jobs give up.
     stopping: std::sync::atomic::AtomicBool,
@@ -595,7 +541,7 @@ impl Images {
             key: BuildKey::from_digest(&[0; 32]),
         })?;
         let digest = self.image_digest(name, &plan.cfg)?;
-        Ok(images_dir(&self.env.conf_root).join(format!("{top}-{digest}.tar")))
+        Ok(ConfRoot::new(&self.env.conf_root).image_file(top, &digest))
     }
 
     /// Keeps finished images as files from now on (the mount negotiated FUSE
@@ -668,15 +614,15 @@ impl Images {
         if let Some(image) = status.image {
             return waiter.ready(image, false);
         }
-        let mut slots = self.slots.lock();
-        let s = slots.entry(name.to_owned()).or_default();
-        s.waiters.push(waiter);
-        if s.state == Some(State::Building) {
+        if !self
+            .slots
+            .lock()
+            .entry(name.to_owned())
+            .or_default()
+            .wait(waiter)
+        {
             return;
         }
-        s.state = Some(State::Building);
-        s.image = None;
-        drop(slots);
         let me = Arc::clone(self);
         let owned = name.to_owned();
         let spawned = std::thread::Builder::new()
@@ -690,19 +636,10 @@ impl Images {
 
     /// Adds `waiter` to a running job; gives it back when none runs.
     fn join_running(&self, name: &str, waiter: Box<dyn Waiter>) -> Option<Box<dyn Waiter>> {
-        let mut slots = self.slots.lock();
-        match slots.get_mut(name) {
-            Some(s) if s.state == Some(State::Building) => {
-                s.waiters.push(waiter);
-                None
-            }
-            _ => Some(waiter),
+        match self.slots.lock().get_mut(name) {
+            Some(s) => s.join(waiter),
+            None => Some(waiter),
         }
-    }
-
-    /// Build jobs started since mounting.
-    pub fn jobs_started(&self) -> u64 {
-        self.jobs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// One build job: resolve, build what is missing, lay out the image, answer.
@@ -844,55 +781,30 @@ impl Images {
 
     /// Ends a job: records the outcome and answers every waiter, off the lock.
     fn finish(&self, name: &str, key: Option<(BuildKey, PathBuf)>, r: Result<Arc<TarLayout>, i32>) {
-        let waiters = {
-            let mut slots = self.slots.lock();
-            let s = slots.entry(name.to_owned()).or_default();
-            s.queued = false;
-            match &r {
-                Ok(img) => {
-                    s.state = Some(State::Ready);
-                    (s.key, s.file) = key.unzip();
-                    s.image = Some(img.clone());
-                }
-                Err(_) => {
-                    s.state = Some(State::Failed);
-                    s.image = None;
-                }
-            }
-            std::mem::take(&mut s.waiters)
-        };
+        let waiters = self
+            .slots
+            .lock()
+            .entry(name.to_owned())
+            .or_default()
+            .finish(key, &r);
         if let Ok(img) = &r {
             // Before any waiter is answered: the kernel may hold size 0 (or an older
             // image's size and pages) for the inode.
             self.invalidate(name);
             self.mark_served(name, img);
         }
-        for w in waiters {
-            match &r {
-                Ok(img) => w.ready(img.clone(), true),
-                Err(errno) => w.fail(*errno),
-            }
-        }
+        slots::answer(waiters, &r);
     }
 
     /// Answers EINTR to every waiter with a signal pending (FUSE_INTERRUPT never
     /// reaches us: fuser 0.18 answers it ENOSYS). The build goes on.
     pub fn check_interrupts(&self) {
-        let interrupted: Vec<Box<dyn Waiter>> = {
-            let mut slots = self.slots.lock();
-            let mut out = Vec::new();
-            for s in slots.values_mut() {
-                if s.waiters.is_empty() {
-                    continue;
-                }
-                let (gone, stay): (Vec<_>, Vec<_>) = std::mem::take(&mut s.waiters)
-                    .into_iter()
-                    .partition(|w| signal_pending(w.pid()));
-                s.waiters = stay;
-                out.extend(gone);
-            }
-            out
-        };
+        let interrupted: Vec<Box<dyn Waiter>> = self
+            .slots
+            .lock()
+            .values_mut()
+            .flat_map(|s| s.take_interrupted(signal_pending))
+            .collect();
         for w in interrupted {
             tracing::debug!("open by {} interrupted", w.pid());
             w.fail(libc::EINTR);
@@ -1063,140 +975,10 @@ fn store_io(e: StoreError) -> io::Error {
     }
 }
 
-/// The size of the writes of an image file.
-const WRITE_CHUNK: usize = 4 << 20;
-
-/// Where image files are kept under a conf root.
-pub fn images_dir(conf_root: &Path) -> PathBuf {
-    conf_root.join("images")
-}
-
-/// Removes the image files over top layer `top` (readers that have one open keep it).
-fn remove_image_files(conf_root: &Path, top: &BuildKey) {
-    let Ok(rd) = std::fs::read_dir(images_dir(conf_root)) else {
-        return;
-    };
-    let prefix = format!("{top}-");
-    for e in rd.filter_map(Result::ok) {
-        if e.file_name()
-            .to_str()
-            .is_some_and(|n| n.starts_with(&prefix))
-        {
-            if let Err(err) = std::fs::remove_file(e.path()) {
-                tracing::warn!("cannot remove {}: {err}", e.path().display());
-            }
-        }
-    }
-}
-
-/// A write of an image file failed.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot write the image file {path}")]
-pub struct ImageFileError {
-    path: PathBuf,
-    #[source]
-    source: io::Error,
-}
-
-/// Writes `image` to `path`: to a temp name in the same dir, synced, then renamed, so
-/// the file is never seen half-written; a file already there of the right size stays.
-pub fn write_image_file(path: &Path, image: &TarLayout) -> Result<(), ImageFileError> {
-    if std::fs::metadata(path).is_ok_and(|m| m.len() == image.size()) {
-        return Ok(());
-    }
-    let err = |source| ImageFileError {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(err)?;
-    }
-    let tmp = path.with_extension(format!("tar.tmp{}", std::process::id()));
-    let r = (|| {
-        let mut f = File::create(&tmp)?;
-        // Large buffered writes, not `TarLayout::write_to_file` (sendfile, which
-        // writes a pipe's worth at a time): the page cache keeps the file in the
-        // folios its writes made, and a cached read of a 1 GiB image written by
-        // sendfile took 0.16 s against 0.12-0.13 s for one written in 4 MiB writes.
-        let mut buf = vec![0u8; WRITE_CHUNK];
-        let mut n = 0;
-        while n < image.size() {
-            let got = image.read_at(n, &mut buf)?;
-            if got == 0 {
-                break;
-            }
-            f.write_all(&buf[..got])?;
-            n += got as u64;
-        }
-        if n != image.size() {
-            return Err(io::Error::other(format!(
-                "wrote {n} bytes, the image has {}",
-                image.size()
-            )));
-        }
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r.map_err(err)
-}
-
 fn append(path: &Path, text: &str) -> io::Result<()> {
     std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .open(path)?
         .write_all(text.as_bytes())
-}
-
-/// True when thread `pid` has a signal pending that it neither blocks nor ignores
-/// (`/proc/<pid>/status`: SigPnd for the thread, ShdPnd for the process). A gone
-/// process counts as interrupted: nobody waits for the answer.
-pub fn signal_pending(pid: u32) -> bool {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return true;
-    };
-    pending_in_status(&text)
-}
-
-/// The test of [`signal_pending`] on the text of a `/proc/<pid>/status` file.
-pub fn pending_in_status(text: &str) -> bool {
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .unwrap_or(0)
-    };
-    let pending = field("SigPnd:") | field("ShdPnd:");
-    pending & !field("SigBlk:") & !field("SigIgn:") != 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pending_signals_count_unless_blocked_or_ignored() {
-        let status = |pnd: &str, shd: &str, blk: &str, ign: &str| {
-            format!(
-                "Name:\tcp\nSigQ:\t0/1\nSigPnd:\t{pnd}\nShdPnd:\t{shd}\nSigBlk:\t{blk}\nSigIgn:\t{ign}\nSigCgt:\t0\n"
-            )
-        };
-        let z = "0000000000000000";
-        let sigint = "0000000000000002";
-        assert!(!pending_in_status(&status(z, z, z, z)));
-        assert!(pending_in_status(&status(z, sigint, z, z)), "shared SIGINT");
-        assert!(pending_in_status(&status(sigint, z, z, z)), "thread SIGINT");
-        assert!(!pending_in_status(&status(z, sigint, sigint, z)), "blocked");
-        assert!(!pending_in_status(&status(z, sigint, z, sigint)), "ignored");
-        assert!(pending_in_status(&status(z, "0000000000000102", sigint, z)));
-    }
-
-    #[test]
-    fn a_vanished_process_counts_as_interrupted() {
-        assert!(signal_pending(u32::MAX - 1));
-        assert!(!signal_pending(std::process::id()));
-    }
 }

@@ -1,5 +1,5 @@
 //! The gentree mount's tree, without FUSE: [`GentreeFs`] answers lookups, listings,
-//! opens and reads with `io::Result`s; the fuser adapter ([`super::mount`]) only
+//! opens and reads with `io::Result`s; the fuser adapter ([`crate::fs::mount`]) only
 //! decodes and replies.
 //!
 //! ```text
@@ -13,10 +13,7 @@
 //!                        under the conf root and the configs' `_pkgdir` overrides
 //! ```
 //!
-//! Inode ranges route requests: the fixed directories and the builds entries use small
-//! numbers; each union gets its own range, `(index + 1) << 48 | union inode`
-//! (index 0 is configs/, then seeds and package dirs in the order first seen). File handles are split
-//! the same way: below `1 << 48` they are ours, above it they belong to a union.
+//! Inode and file handle numbers route requests to a node ([`super::inodes`]).
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -31,27 +28,14 @@ use std::time::{Duration, SystemTime};
 use parking_lot::{Mutex, RwLock};
 
 use super::images::Images;
+use super::inodes::{
+    BUILDS, CONFIGS_UNION, LAYERS, Node, PACKAGES, ROOT, SEEDS, TAR_GEN_SHIFT, TAR_GENS, split_fh,
+    union_fh, union_fh_out, union_ino,
+};
 use crate::layers::ownership::FileKind;
 use crate::layers::store::{BuildKey, Store};
 use crate::layers::tar::{FilterSet, PackOptions, TarLayout};
-use crate::layers::union::{Attr, Caller, DirEntry, Fh, Ino, SetAttr, StatFs, Union, UnionOptions};
-
-pub const ROOT: u64 = 1;
-pub const SEEDS: u64 = 2;
-pub const BUILDS: u64 = 3;
-pub const LAYERS: u64 = 4;
-pub const PACKAGES: u64 = 5;
-/// First inode of the layers entries (`FIRST_LAYER + i` is layer i).
-const FIRST_LAYER: u64 = 1 << 40;
-/// First inode of the builds entries: `FIRST_BUILD + 2 * i` is config i's tar,
-/// `+ 1` its log; a tar's generation `g` adds `g << TAR_GEN_SHIFT`
-/// ([`GentreeFs::new_tar_generation`]).
-const FIRST_BUILD: u64 = 16;
-const TAR_GEN_SHIFT: u32 = 32;
-/// Tar generations wrap around below this (their inodes stay below `FIRST_LAYER`).
-const TAR_GENS: u64 = (FIRST_LAYER >> TAR_GEN_SHIFT) - 1;
-const UNION_SHIFT: u32 = 48;
-const CONFIGS_UNION: usize = 0;
+use crate::layers::union::{Attr, Caller, DirEntry, Ino, SetAttr, StatFs, Union, UnionOptions};
 
 /// The xattrs of `builds/<config>.tar`.
 pub const XATTR_STATE: &str = "user.gentree.state";
@@ -59,67 +43,6 @@ pub const XATTR_KEY: &str = "user.gentree.key";
 
 fn errno(e: i32) -> io::Error {
     io::Error::from_raw_os_error(e)
-}
-
-/// What an inode is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Node {
-    Root,
-    Seeds,
-    Builds,
-    Layers,
-    Packages,
-    Tar(usize),
-    Log(usize),
-    /// `layers/<buildname>.tar`, by layers index.
-    Layer(usize),
-    /// Union `index`, its inode.
-    Union(usize, Ino),
-}
-
-impl Node {
-    pub fn of(ino: u64) -> Option<Node> {
-        match ino {
-            ROOT => Some(Node::Root),
-            SEEDS => Some(Node::Seeds),
-            BUILDS => Some(Node::Builds),
-            LAYERS => Some(Node::Layers),
-            PACKAGES => Some(Node::Packages),
-            i if i >> UNION_SHIFT > 0 => Some(Node::Union(
-                (i >> UNION_SHIFT) as usize - 1,
-                Ino(i & ((1 << UNION_SHIFT) - 1)),
-            )),
-            i if i >= FIRST_LAYER => Some(Node::Layer((i - FIRST_LAYER) as usize)),
-            i if i >= FIRST_BUILD => {
-                let i = (i - FIRST_BUILD) & ((1 << TAR_GEN_SHIFT) - 1);
-                let n = (i / 2) as usize;
-                Some(if i.is_multiple_of(2) {
-                    Node::Tar(n)
-                } else {
-                    Node::Log(n)
-                })
-            }
-            _ => None,
-        }
-    }
-
-    pub fn ino(self) -> u64 {
-        match self {
-            Node::Root => ROOT,
-            Node::Seeds => SEEDS,
-            Node::Builds => BUILDS,
-            Node::Layers => LAYERS,
-            Node::Packages => PACKAGES,
-            Node::Layer(n) => FIRST_LAYER + n as u64,
-            Node::Tar(n) => FIRST_BUILD + 2 * n as u64,
-            Node::Log(n) => FIRST_BUILD + 2 * n as u64 + 1,
-            Node::Union(u, ino) => union_ino(u, ino.0),
-        }
-    }
-}
-
-fn union_ino(u: usize, ino: u64) -> u64 {
-    ((u as u64 + 1) << UNION_SHIFT) | ino
 }
 
 /// An open file of ours.
@@ -964,23 +887,6 @@ impl GentreeFs {
 /// The mode of the mount's own files (see [`GentreeFs::getattr`]).
 const FILE_MODE: u32 = 0o644;
 
-fn union_fh_out(u: usize, fh: u64) -> u64 {
-    ((u as u64 + 1) << UNION_SHIFT) | fh
-}
-
-fn split_fh(fh: u64) -> Option<(usize, Fh)> {
-    (fh >> UNION_SHIFT > 0).then(|| {
-        (
-            (fh >> UNION_SHIFT) as usize - 1,
-            Fh(fh & ((1 << UNION_SHIFT) - 1)),
-        )
-    })
-}
-
-fn union_fh(u: usize, fh: u64) -> Option<Fh> {
-    split_fh(fh).filter(|(v, _)| *v == u).map(|(_, f)| f)
-}
-
 thread_local! {
     /// The READ buffer of each FUSE worker thread (grows to the largest request).
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -1007,46 +913,4 @@ fn read_full(f: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(n)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn inode_ranges_round_trip() {
-        for n in [
-            Node::Root,
-            Node::Seeds,
-            Node::Builds,
-            Node::Layers,
-            Node::Packages,
-            Node::Layer(0),
-            Node::Layer(99),
-            Node::Tar(0),
-            Node::Log(0),
-            Node::Tar(7),
-            Node::Log(7),
-            Node::Union(0, Ino(1)),
-            Node::Union(3, Ino(12345)),
-        ] {
-            assert_eq!(Node::of(n.ino()), Some(n), "{n:?}");
-        }
-        // Later generations of a tar are the same node, below the layers.
-        let g = Node::Tar(7).ino() + (5 << TAR_GEN_SHIFT);
-        assert_eq!(Node::of(g), Some(Node::Tar(7)));
-        let last = Node::Tar(1 << 30).ino() + ((TAR_GENS - 1) << TAR_GEN_SHIFT);
-        assert!(last < FIRST_LAYER, "{last:#x}");
-        assert_eq!(Node::of(last), Some(Node::Tar(1 << 30)));
-        assert_eq!(Node::of(0), None);
-        assert_eq!(Node::of(6), None);
-    }
-
-    #[test]
-    fn handles_split_between_ours_and_unions() {
-        assert_eq!(split_fh(7), None);
-        assert_eq!(split_fh(union_fh_out(2, 9)), Some((2, Fh(9))));
-        assert_eq!(union_fh(2, union_fh_out(2, 9)), Some(Fh(9)));
-        assert_eq!(union_fh(1, union_fh_out(2, 9)), None);
-    }
 }
