@@ -393,6 +393,14 @@ pub struct BuildArgs {
     /// $XDG_RUNTIME_DIR/containers/auth.json, ~/.docker/config.json).
     #[arg(long, value_name = "REF", value_parser = crate::cache::CacheRef::parse)]
     pub cache: Option<crate::cache::CacheRef>,
+    /// Also write the image as an OCI image layout to DIR (tagged `latest`): one
+    /// uncompressed layer per layer, the image config from the [oci] tables.
+    #[arg(long, value_name = "DIR")]
+    pub oci: Option<PathBuf>,
+    /// Also write the image's SBOM (SPDX 2.3 JSON, one package per installed Portage
+    /// package) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub sbom: Option<PathBuf>,
     /// Data directory (default: $XDG_DATA_HOME/gentree, else /var/lib/gentree for root,
     /// ~/.local/share/gentree for a user).
     #[arg(long, value_name = "DIR", env = "GENTREE_CONF_ROOT")]

@@ -9,7 +9,9 @@
 //! - [`fs`]: the FUSE adapters, the only code that imports `fuser`: each decodes a
 //!   request, calls one method of [`mount`] or of the union in [`layers`], and replies.
 //! - [`mount`]: the gentree mount without FUSE: its tree, and the images built on
-//!   first open and shared by concurrent openers.
+//!   first open and shared by concurrent openers, with their OCI layouts and SBOMs.
+//! - [`oci`]: OCI image layouts of built configs (layer blobs and their digests, image
+//!   config, manifest, index) and their SPDX SBOMs.
 //! - [`builder`]: config resolution (genTree-compatible TOML) and its cache, cache
 //!   keys (with the repository state and the build epoch), emerge command lines, the
 //!   namespaced build helper and the sandbox every process that runs seed code is
@@ -29,6 +31,7 @@ pub mod commands;
 pub mod fs;
 pub mod layers;
 pub mod mount;
+pub mod oci;
 pub mod server;
 pub mod sys;
 #[cfg(test)]

@@ -59,8 +59,50 @@ pub fn run(args: &BuildArgs) -> CmdResult {
     if !to_stdout {
         println!("{}", absolute(out).display());
     }
+    write_extras(args, &cfg, &dirs, &report)?;
     eprintln!("image: {size} bytes, {} layers", report.layers.len());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--oci DIR` and `--sbom FILE`.
+fn write_extras(
+    args: &BuildArgs,
+    cfg: &crate::builder::config::ResolvedConfig,
+    dirs: &HostDirs,
+    report: &build::BuildReport,
+) -> Result<(), String> {
+    if let Some(dir) = &args.oci {
+        let layers: Vec<_> = report.layers.iter().map(|(l, _)| l.clone()).collect();
+        let seed_dir = dirs.require_seed(&cfg.seed).map_err(|e| e.to_string())?;
+        let spec = crate::oci::image::ImageSpec {
+            top: cfg,
+            layers: &layers,
+            seed_dir: &seed_dir,
+            epoch: report.epoch,
+        };
+        let image = crate::oci::image::build_image(&spec).map_err(|e| chain(&e))?;
+        image.write_dir(dir).map_err(|e| chain(&e))?;
+        eprintln!(
+            "OCI image layout: {} ({})",
+            absolute(dir.clone()).display(),
+            image.manifest_digest()
+        );
+    }
+    if let Some(file) = &args.sbom {
+        let doc = crate::oci::sbom::document(&cfg.buildname, &report.image_layers(), report.epoch)
+            .map_err(|e| chain(&e))?;
+        crate::oci::write_atomic(file, &doc)
+            .map_err(|e| format!("cannot write the SBOM {}: {e}", file.display()))?;
+        eprintln!("SBOM: {}", absolute(file.clone()).display());
+    }
+    Ok(())
+}
+
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    crate::error_chain(e)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// `-o -`: the image on standard output (as `pack -o -`).

@@ -44,7 +44,7 @@ use crate::layers::union::{Attr, SetAttr};
 use crate::mount::image_open::{CacheAnswer, ImageOpen, cache_answer, image_open};
 use crate::mount::images::{INTERRUPT_POLL, Images};
 use crate::mount::slots::Waiter;
-use crate::mount::tree::{GentreeFs, Handle, Handles, Opened};
+use crate::mount::tree::{ExtraOp, GentreeFs, Handle, Handles, Opened};
 
 impl GentreeFuse {
     /// Answers now, or, for a request that needs a config resolution that is not
@@ -57,6 +57,26 @@ impl GentreeFuse {
                 let fs = self.fs.clone();
                 let images = fs.images().clone();
                 images.when_resolved(&name, Box::new(move || answer(&fs)));
+            }
+        }
+    }
+
+    /// Answers `op` on `ino` now, or, when it needs a config's OCI image or SBOM made
+    /// for the current image first ([`GentreeFs::needs_extra`]), once that is done
+    /// (a build, then hashing, on other threads): `answer` gets the outcome.
+    fn with_extra(
+        &self,
+        pid: u32,
+        op: ExtraOp<'_>,
+        ino: u64,
+        answer: impl FnOnce(&GentreeFs, Result<(), i32>) + Send + 'static,
+    ) {
+        match self.fs.needs_extra(op, ino) {
+            None => answer(&self.fs, Ok(())),
+            Some((name, want)) => {
+                let fs = self.fs.clone();
+                let extras = fs.extras().clone();
+                extras.request(&name, want, pid, Box::new(move |r| answer(&fs, r)));
             }
         }
     }
@@ -340,8 +360,23 @@ impl Filesystem for GentreeFuse {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let owned = name.to_owned();
+        if self
+            .fs
+            .needs_extra(ExtraOp::Lookup(name), parent.0)
+            .is_some()
+        {
+            return self.with_extra(
+                req.pid(),
+                ExtraOp::Lookup(name),
+                parent.0,
+                move |fs, r| match r {
+                    Ok(()) => reply_entry(reply, fs.ttl(), fs.lookup(parent.0, &owned)),
+                    Err(e) => reply.error(Errno::from_i32(e)),
+                },
+            );
+        }
         self.answer(self.fs.unresolved_entry(parent.0, name), move |fs| {
             reply_entry(reply, fs.ttl(), fs.lookup(parent.0, &owned));
         });
@@ -456,6 +491,23 @@ impl Filesystem for GentreeFuse {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.fs.needs_extra(ExtraOp::Open, ino.0).is_some() {
+            return self.with_extra(req.pid(), ExtraOp::Open, ino.0, move |fs, r| {
+                match r
+                    .map_err(io::Error::from_raw_os_error)
+                    .and_then(|()| fs.open(ino.0, flags.0))
+                {
+                    Ok(Opened::Direct(fh)) => {
+                        reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+                    }
+                    Ok(Opened::Cached(fh) | Opened::Reread(fh)) => {
+                        reply.opened(FileHandle(fh), FopenFlags::empty())
+                    }
+                    Ok(Opened::Image(_)) => reply.error(Errno::from_i32(libc::EIO)),
+                    Err(e) => reply.error(Errno::from(e)),
+                }
+            });
+        }
         match self.fs.open(ino.0, flags.0) {
             Ok(Opened::Cached(fh)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Ok(Opened::Direct(fh)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
@@ -555,11 +607,16 @@ impl Filesystem for GentreeFuse {
         reply_empty(reply, self.fs.fsync(fh.0, datasync));
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(Errno::from(e)),
-        }
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.with_extra(req.pid(), ExtraOp::Opendir, ino.0, move |fs, r| {
+            match r
+                .map_err(io::Error::from_raw_os_error)
+                .and_then(|()| fs.opendir(ino.0))
+            {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(Errno::from(e)),
+            }
+        });
     }
 
     fn readdir(

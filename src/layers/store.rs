@@ -4,6 +4,8 @@
 //! layers/<key>/root/        the layer tree (union upper format: OCI whiteouts,
 //!                           ownership in user.containers.override_stat)
 //! layers/<key>/meta.json    LayerMeta
+//! layers/<key>/oci-<tag>.idx, .sha256   the layer's OCI blob under one set of image
+//!                           filters: tar index, digest and size (crate::oci::blob)
 //! layers/<key>.lock         flock: held while a layer of that key is being built
 //! layers/.tmp-<key>-<pid>-<n>/   a layer being built (never visible as finished)
 //! ```

@@ -360,6 +360,22 @@ impl Images {
         Ok(Plan { cfg, dirs, keys })
     }
 
+    /// `name`'s resolved config when its resolution is cached and current (`None`
+    /// otherwise, or when it does not resolve); never reads a config.
+    pub fn resolved(&self, name: &str) -> Option<Arc<ResolvedConfig>> {
+        self.resolutions.cached(&self.config_path(name))?.ok()
+    }
+
+    /// `name`'s resolved config, its host dirs and its layers' keys (build order, the
+    /// top last): what its image is made of.
+    pub fn layer_plan(
+        &self,
+        name: &str,
+    ) -> Result<(Arc<ResolvedConfig>, HostDirs, Vec<BuildKey>), ImageError> {
+        let p = self.plan(name)?;
+        Ok((p.cfg, p.dirs, p.keys))
+    }
+
     fn store(&self, name: &str, dirs: &HostDirs) -> Result<Store, ImageError> {
         Store::open(&dirs.conf_root).map_err(|source| ImageError::Store {
             name: name.to_owned(),

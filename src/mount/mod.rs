@@ -9,12 +9,16 @@
 //! - [`slots`]: each config's image slot and the openers waiting in it;
 //! - [`image_file`]: finished images kept as files for FUSE passthrough;
 //! - [`image_open`]: how an open of a ready image is answered;
-//! - [`signals`]: whether a waiting opener got a signal.
+//! - [`signals`]: whether a waiting opener got a signal;
+//! - [`oci_images`]: the OCI image layouts and SBOMs made from ready images
+//!   (`builds/<config>.oci/`, `builds/<config>.spdx.json`; their nodes are in
+//!   `tree/oci.rs`).
 
 pub mod image_file;
 pub mod image_open;
 pub mod images;
 pub mod inodes;
+pub mod oci_images;
 pub mod signals;
 pub mod slots;
 pub mod tree;

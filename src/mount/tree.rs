@@ -6,7 +6,9 @@
 //! /                      ROOT
 //! ├── seeds/<seed>/      read-only union of the seed (and its persistent upper)
 //! ├── configs/           union whose upper is the configs dir: real files there
-//! ├── builds/            <config>.tar (built on open) and <config>.log, per *.toml
+//! ├── builds/            <config>.tar (built on open) and <config>.log, per *.toml;
+//! │                      <config>.oci/ (OCI image layout) and <config>.spdx.json
+//! │                      (SBOM), made from the image when first read ([`oci`])
 //! ├── layers/            <buildname>.tar: the newest published layer of each
 //! │                      buildname as an OCI layer tar (whiteouts kept)
 //! └── packages/<dir>/    read-only, live view of each binary package dir: `pkgdir*`
@@ -26,6 +28,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
+
+mod oci;
+pub use oci::ExtraOp;
 
 use super::images::Images;
 use super::inodes::{
@@ -58,6 +63,8 @@ pub enum Handle {
         /// inode's pages, so they must stop once another image is served there.
         cached: bool,
     },
+    /// A small file held in memory (`index.json`, an SBOM, a config blob).
+    Bytes(Arc<[u8]>),
     /// A build log, read by path at each read: a log that does not exist yet when
     /// `tail -f` opens it, or that a new build starts afresh, is still followed.
     Log(PathBuf),
@@ -129,6 +136,8 @@ pub struct GentreeFs {
     layers: RwLock<Vec<BuildKey>>,
     /// OCI layouts of layers, by key (layers are immutable).
     oci: Mutex<HashMap<BuildKey, Arc<TarLayout>>>,
+    /// The configs' OCI image layouts and SBOMs, and the blobs' inode numbers.
+    extras: oci::Extras,
     pub handles: Arc<Handles>,
     started: SystemTime,
 }
@@ -149,6 +158,7 @@ impl GentreeFs {
             work: spec.configs_work.clone(),
             ..UnionOptions::default()
         })?;
+        let extras = oci::Extras::new(&images);
         Ok(GentreeFs {
             spec,
             images,
@@ -157,6 +167,7 @@ impl GentreeFs {
             tar_gens: Mutex::new(HashMap::new()),
             layers: RwLock::new(Vec::new()),
             oci: Mutex::new(HashMap::new()),
+            extras,
             handles: Arc::new(Handles::default()),
             started: SystemTime::now(),
         })
@@ -450,6 +461,9 @@ impl GentreeFs {
             }
             Node::Builds => {
                 let n = n.ok_or_else(|| errno(libc::ENOENT))?;
+                if let Some(a) = self.extra_in_builds(n) {
+                    return a;
+                }
                 let (stem, tar) = match (n.strip_suffix(".tar"), n.strip_suffix(".log")) {
                     (Some(s), _) => (s, true),
                     (_, Some(s)) => (s, false),
@@ -473,7 +487,10 @@ impl GentreeFs {
                 self.getattr(Node::Layer(self.layer_index(&key)).ino())
             }
             Node::Union(u, ino) => Ok(Self::mapped(u, self.union(u)?.lookup(ino, name)?)),
-            Node::Tar(_) | Node::Log(_) | Node::Layer(_) => Err(errno(libc::ENOTDIR)),
+            Node::Oci(i, part) => self.oci_lookup(i, part, name),
+            Node::Tar(_) | Node::Log(_) | Node::Layer(_) | Node::Blob(_) | Node::Sbom(_) => {
+                Err(errno(libc::ENOTDIR))
+            }
         }
     }
 
@@ -519,6 +536,7 @@ impl GentreeFs {
                 Ok(self.attr(ino, FileKind::File, FILE_MODE, size, mtime))
             }
             Node::Union(u, i) => Ok(Self::mapped(u, self.union(u)?.getattr(i, None)?)),
+            node @ (Node::Oci(..) | Node::Blob(_) | Node::Sbom(_)) => self.oci_getattr(node),
         }
     }
 
@@ -592,6 +610,7 @@ impl GentreeFs {
                     if let Some(i) = self.build_index(&name) {
                         v.push((self.tar_ino_at(i), FileKind::File, format!("{name}.tar")));
                         v.push((Node::Log(i).ino(), FileKind::File, format!("{name}.log")));
+                        v.extend(self.extras_in_builds(i, &name));
                     }
                 }
                 Ok(own(v))
@@ -605,7 +624,10 @@ impl GentreeFs {
                 Ok(own(v))
             }
             Node::Union(u, i) => Ok(union_fh_out(u, self.union(u)?.opendir(i)?.0)),
-            Node::Tar(_) | Node::Log(_) | Node::Layer(_) => Err(errno(libc::ENOTDIR)),
+            Node::Oci(i, part) => Ok(own(self.oci_listing(i, part)?)),
+            Node::Tar(_) | Node::Log(_) | Node::Layer(_) | Node::Blob(_) | Node::Sbom(_) => {
+                Err(errno(libc::ENOTDIR))
+            }
         }
     }
 
@@ -656,6 +678,10 @@ impl GentreeFs {
                 })
             }
             Node::Tar(_) | Node::Log(_) | Node::Layer(_) if writing => Err(errno(libc::EACCES)),
+            node @ (Node::Oci(..) | Node::Blob(_) | Node::Sbom(_)) if !writing => {
+                self.oci_open(node)
+            }
+            Node::Oci(..) | Node::Blob(_) | Node::Sbom(_) => Err(errno(libc::EACCES)),
             Node::Layer(i) => Ok(Opened::Cached(
                 self.handles.insert(Handle::Tar(self.oci_layout(i)?)),
             )),
@@ -709,6 +735,7 @@ impl GentreeFs {
                 } if !self.images.is_served(name, image) => Err(errno(libc::ESTALE)),
                 Handle::Image { image, .. } => image.read_at(offset, buf),
                 Handle::Log(path) => read_log(path, offset, buf),
+                Handle::Bytes(b) => Ok(read_bytes(b, offset, buf)),
                 Handle::Dir(_) => Err(errno(libc::EISDIR)),
             };
             match n {
@@ -878,7 +905,8 @@ impl GentreeFs {
     /// once; a log grows), `ttl` for the rest.
     pub fn attr_ttl(ino: u64, ttl: Duration) -> Duration {
         match Node::of(ino) {
-            Some(Node::Tar(_) | Node::Log(_)) => Duration::ZERO,
+            Some(Node::Tar(_) | Node::Log(_) | Node::Sbom(_)) => Duration::ZERO,
+            Some(Node::Oci(_, super::inodes::OciPart::Index)) => Duration::ZERO,
             _ => ttl,
         }
     }
@@ -900,6 +928,14 @@ fn read_log(path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
         Err(e) => Err(e),
     }
+}
+
+/// Copies what `b` has at `offset` into `buf`.
+fn read_bytes(b: &[u8], offset: u64, buf: &mut [u8]) -> usize {
+    let start = offset.min(b.len() as u64) as usize;
+    let n = buf.len().min(b.len() - start);
+    buf[..n].copy_from_slice(&b[start..start + n]);
+    n
 }
 
 fn read_full(f: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {

@@ -135,7 +135,7 @@ fn split_version(pv: &str) -> (&str, Option<&str>) {
     // `-r1` belongs to the version: look at the last two hyphens.
     let mut cut = None;
     for (i, _) in pv.match_indices('-') {
-        if is_version(&pv[i + 1..]) {
+        if crate::builder::config::names::is_version(&pv[i + 1..]) {
             cut = Some(i);
             break;
         }
@@ -154,37 +154,6 @@ fn is_word(s: &str, extra: &str) -> bool {
         _ => return false,
     }
     chars.all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
-}
-
-/// PMS version syntax: `1.2.3b_rc4_p1-r2`.
-fn is_version(v: &str) -> bool {
-    let (v, rev) = match v.rsplit_once("-r") {
-        Some((v, r)) => (v, Some(r)),
-        None => (v, None),
-    };
-    if let Some(r) = rev {
-        if r.is_empty() || !r.bytes().all(|b| b.is_ascii_digit()) {
-            return false;
-        }
-    }
-    let mut parts = v.split('_');
-    let Some(main) = parts.next() else {
-        return false;
-    };
-    let main = main
-        .strip_suffix(|c: char| c.is_ascii_lowercase())
-        .unwrap_or(main);
-    let numbers_ok = main
-        .split('.')
-        .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-    numbers_ok
-        && parts.all(|suffix| {
-            ["alpha", "beta", "pre", "rc", "p"].iter().any(|s| {
-                suffix
-                    .strip_prefix(s)
-                    .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-            })
-        })
 }
 
 #[cfg(test)]
@@ -301,12 +270,12 @@ mod tests {
             "1.0_alpha2_p3-r10",
             "2023.01.01",
         ] {
-            assert!(is_version(v), "{v}");
+            assert!(crate::builder::config::names::is_version(v), "{v}");
         }
         for v in [
             "", "a", "1.", ".1", "1..2", "1bb", "1_foo", "1-r", "1-rx", "1_rc-1",
         ] {
-            assert!(!is_version(v), "{v}");
+            assert!(!crate::builder::config::names::is_version(v), "{v}");
         }
         assert_eq!(split_version("foo-bar-1.0-r1"), ("foo-bar", Some("1.0-r1")));
         assert_eq!(split_version("foo-1a-b"), ("foo-1a-b", None));

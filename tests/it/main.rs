@@ -11,6 +11,7 @@ mod edges;
 mod import_seed;
 mod mount;
 mod namespace;
+mod oci;
 mod pack;
 mod repro;
 mod sandbox;

@@ -37,6 +37,7 @@ pub fn key_config(cfg: &ResolvedConfig) -> serde_json::Value {
             "dirs",
             "seed_update_args",
             "cache",
+            "oci",
         ] {
             m.remove(k);
         }

@@ -20,7 +20,8 @@
 //! [`file`] (reading files: the size limit, file identities for caches),
 //! [`defaults`] (embedded defaults, default files, overrides, builtin bases),
 //! [`env`] (flag sets and the environment), [`emerge`] (argv), [`names`]
-//! (buildname, pkgdir, name validation), [`resolve`] (the tree).
+//! (buildname, pkgdir, name validation), [`oci`] (the `[oci]` table), [`resolve`]
+//! (the tree).
 
 pub mod cache;
 pub mod defaults;
@@ -29,6 +30,7 @@ pub mod env;
 mod error;
 pub mod file;
 pub mod names;
+pub mod oci;
 pub mod raw;
 pub mod resolve;
 pub mod value;

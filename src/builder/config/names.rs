@@ -1,7 +1,8 @@
 //! Names that become path components on the host and inside the build namespace
 //! the buildname and the binary-package directory. Every component is
 //! validated (B58), since `/`, `..`, `,` or `:` would escape directories or break
-//! overlay mount options.
+//! overlay mount options. Also the PMS version syntax ([`is_version`]), which the
+//! server's atom check and the SBOM's `PF` split share.
 
 use super::ConfigError;
 
@@ -55,6 +56,37 @@ pub fn pkgdir_name(
         s.push_str(part);
     }
     s
+}
+
+/// PMS version syntax: `1.2.3b_rc4_p1-r2`.
+pub fn is_version(v: &str) -> bool {
+    let (v, rev) = match v.rsplit_once("-r") {
+        Some((v, r)) => (v, Some(r)),
+        None => (v, None),
+    };
+    if let Some(r) = rev {
+        if r.is_empty() || !r.bytes().all(|b| b.is_ascii_digit()) {
+            return false;
+        }
+    }
+    let mut parts = v.split('_');
+    let Some(main) = parts.next() else {
+        return false;
+    };
+    let main = main
+        .strip_suffix(|c: char| c.is_ascii_lowercase())
+        .unwrap_or(main);
+    let numbers_ok = main
+        .split('.')
+        .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    numbers_ok
+        && parts.all(|suffix| {
+            ["alpha", "beta", "pre", "rc", "p"].iter().any(|s| {
+                suffix
+                    .strip_prefix(s)
+                    .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
 }
 
 #[cfg(test)]

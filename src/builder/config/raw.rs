@@ -28,6 +28,8 @@ pub enum Ty {
     EmergeBools,
     /// `[crossdev_profile]`: target tuple -> profile.
     StrTable,
+    /// `[oci]`: the image's run settings ([`super::oci`]).
+    Oci,
 }
 
 impl Ty {
@@ -42,6 +44,7 @@ impl Ty {
             Ty::EmergeArgs => "a table of emerge option names to values",
             Ty::EmergeBools => "a table of emerge option names to booleans",
             Ty::StrTable => "a table of target tuples to profile names",
+            Ty::Oci => "a table of image settings (entrypoint, cmd, env, ...)",
         }
     }
 }
@@ -105,6 +108,8 @@ pub const KEYS: &[KeySpec] = &[
     k("tar_filter_options", Ty::Filters { tar: true }, 0),
     k("whiteouts", Ty::List, FILE_ONLY),
     k("opaques", Ty::List, FILE_ONLY),
+    // The image's run settings (gentree-fs only).
+    k("oci", Ty::Oci, FILE_ONLY),
     k("_buildname", Ty::Str, FILE_ONLY | TOP_ONLY),
     k("conf_root", Ty::Str, TOP_ONLY),
     k("_seed_dir", Ty::Str, TOP_ONLY),
@@ -342,7 +347,7 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-fn wrong_type(n: &Node, key: &str, expected: &'static str) -> ConfigError {
+pub(super) fn wrong_type(n: &Node, key: &str, expected: &'static str) -> ConfigError {
     ConfigError::WrongType {
         at: n.at.clone(),
         key: key.to_string(),
@@ -379,6 +384,9 @@ fn check_value(n: &Node, ty: Ty, key: &str) -> Result<Node, ConfigError> {
 }
 
 fn check_subtable(t: &Table, ty: Ty, key: &str) -> Result<Table, ConfigError> {
+    if ty == Ty::Oci {
+        return super::oci::check(t, key);
+    }
     let mut out = Table::default();
     for e in t.entries() {
         let full = format!("{key}.{}", e.key);
@@ -467,7 +475,7 @@ fn check_subtable(t: &Table, ty: Ty, key: &str) -> Result<Table, ConfigError> {
                     return Err(wrong_type(&e.node, &full, Ty::Str.expected()));
                 }
             }
-            Ty::Str | Ty::Bool | Ty::Int | Ty::List => {}
+            Ty::Str | Ty::Bool | Ty::Int | Ty::List | Ty::Oci => {}
         }
         if ty != Ty::Env && (name.is_empty() || name.starts_with('-') || name.contains(['=', ' ']))
         {

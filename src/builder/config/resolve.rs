@@ -144,6 +144,8 @@ pub struct ResolvedConfig {
     /// Pre-seeded deletions (relative paths).
     pub whiteouts: Vec<String>,
     pub opaques: Vec<String>,
+    /// This config's own `[oci]` table (the image merges them: [`super::oci`]).
+    pub oci: super::oci::ImageSettings,
     pub bases: Vec<ResolvedConfig>,
 }
 
@@ -454,6 +456,7 @@ impl Resolver<'_> {
             dirs: top.dirs,
             whiteouts: rel_paths(f, "whiteouts")?,
             opaques: rel_paths(f, "opaques")?,
+            oci: super::oci::settings(f),
             bases: Vec::new(),
         })
     }

@@ -282,6 +282,51 @@ fn merge_dir(
     Ok(())
 }
 
+/// [`merge`] of only the subtree at `dir` (a relative path of directories, such as
+/// `var/db/pkg`), without walking the rest: each layer's ancestors of `dir` are
+/// listed one level each, and an ancestor that a layer whites out, makes opaque or
+/// replaces by a non-directory hides what the lower layers had there.
+pub fn merge_subtree(layers: &[PathBuf], dir: &[u8]) -> Result<Merged, TarError> {
+    if layers.is_empty() {
+        return Err(TarError::NoLayers);
+    }
+    if layers.len() > usize::from(u16::MAX) {
+        return Err(TarError::TooManyLayers(layers.len()));
+    }
+    let parts: Vec<&[u8]> = dir
+        .split(|&b| b == b'/')
+        .filter(|p| !p.is_empty())
+        .collect();
+    let mut map = Merged::new();
+    'layers: for (i, root) in layers.iter().enumerate() {
+        let mut opaque = whiteout::is_opaque_dir(root).map_err(|source| TarError::Walk {
+            layer: root.clone(),
+            path: root.join(OPAQUE_MARKER),
+            source,
+        })?;
+        let mut rel: Vec<u8> = Vec::new();
+        for part in &parts {
+            let listing = list_dir(root, i as u16, &rel, opaque)?;
+            let hides = listing.opaque || listing.whiteouts.iter().any(|w| &w[..] == *part);
+            let node = listing
+                .entries
+                .into_iter()
+                .find(|(n, _)| &n[..] == *part)
+                .map(|(_, n)| n);
+            if hides || node.as_ref().is_some_and(|n| !n.is_dir()) {
+                map.clear();
+            }
+            let Some(node) = node.filter(LayerFile::is_dir) else {
+                continue 'layers;
+            };
+            opaque = node.opaque_xattr;
+            rel = child(&rel, part);
+        }
+        merge_dir(root, i as u16, &rel, opaque, &mut map, &FilterSet::none())?;
+    }
+    Ok(map)
+}
+
 /// Removes every key strictly below `dir` (`dir/...`; all keys when `dir` is empty).
 fn remove_below(map: &mut Merged, dir: &[u8]) {
     if dir.is_empty() {
@@ -524,5 +569,58 @@ pub(crate) mod tests {
         ] {
             assert_eq!(kept_xattr(n.as_bytes()), want, "{n}");
         }
+    }
+
+    #[test]
+    fn subtree_merge_follows_whiteouts_opaques_and_replaced_ancestors() {
+        let t = tempfile::tempdir().expect("tmp");
+        let l = |n: &str, spec: &str| {
+            let p = t.path().join(n);
+            build(&p, spec);
+            p
+        };
+        let l0 = l(
+            "l0",
+            "f var/db/pkg/a/x-1/SLOT 0\nf var/db/pkg/b/y-1/SLOT 0\nf etc/z 1",
+        );
+        let l1 = l(
+            "l1",
+            "w var/db/pkg/b\nf var/db/pkg/c/w-2/SLOT 1\nf usr/big 1",
+        );
+        let names = |layers: &[PathBuf]| -> Vec<String> {
+            merge_subtree(layers, b"var/db/pkg")
+                .expect("merge")
+                .keys()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect()
+        };
+        let both = names(&[l0.clone(), l1.clone()]);
+        assert_eq!(
+            both,
+            [
+                "var/db/pkg/a",
+                "var/db/pkg/a/x-1",
+                "var/db/pkg/a/x-1/SLOT",
+                "var/db/pkg/c",
+                "var/db/pkg/c/w-2",
+                "var/db/pkg/c/w-2/SLOT"
+            ]
+        );
+        let want: Vec<String> = merge(&[l0.clone(), l1.clone()], &FilterSet::none())
+            .expect("merge")
+            .keys()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .filter(|k| k.starts_with("var/db/pkg/"))
+            .collect();
+        assert_eq!(both, want, "the same as the whole merge's subtree");
+        let opaque_var = l("l2", "o var\nf var/db/pkg/d/v-1/SLOT 0");
+        assert_eq!(
+            names(&[l0.clone(), opaque_var]),
+            ["var/db/pkg/d", "var/db/pkg/d/v-1", "var/db/pkg/d/v-1/SLOT"]
+        );
+        let replaced = l("l3", "f var/db 1");
+        assert!(names(&[l0.clone(), replaced]).is_empty());
+        let gone = l("l4", "w var");
+        assert!(names(&[l0, gone]).is_empty());
     }
 }

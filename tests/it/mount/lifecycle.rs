@@ -114,7 +114,11 @@ fn mount_answers_while_a_config_is_slow() {
     let (n, state, size, host, packages) = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("the mount stalled behind the slow config");
-    assert_eq!(n, 2 * (SLOW + 1), "hello and the slow ones, .tar and .log");
+    assert_eq!(
+        n,
+        4 * (SLOW + 1),
+        "hello and the slow ones, .tar, .log, .oci and .spdx.json"
+    );
     assert_eq!((state.as_deref(), size), (Some("absent"), 0));
     assert_eq!((host.as_str(), packages), ("seed-one\n", 0));
     assert!(

@@ -64,7 +64,10 @@ fn mount_tree_without_portage() {
         v.sort();
         v
     };
-    assert_eq!(builds(&mp), ["hello.log", "hello.tar"]);
+    assert_eq!(
+        builds(&mp),
+        ["hello.log", "hello.oci", "hello.spdx.json", "hello.tar"]
+    );
     let src = t.path().join("nginx.toml");
     fs::write(&src, "seed = \"s1\"\npackages = [\"www-servers/nginx\"]\n").unwrap();
     run_ok(Command::new("cp").arg(&src).arg(mp.join("configs/")));
@@ -75,7 +78,16 @@ fn mount_tree_without_portage() {
     );
     assert_eq!(
         builds(&mp),
-        ["hello.log", "hello.tar", "nginx.log", "nginx.tar"]
+        [
+            "hello.log",
+            "hello.oci",
+            "hello.spdx.json",
+            "hello.tar",
+            "nginx.log",
+            "nginx.oci",
+            "nginx.spdx.json",
+            "nginx.tar"
+        ]
     );
     let tar = mp.join("builds/nginx.tar");
     assert_eq!(fs::metadata(&tar).unwrap().len(), 0, "unbuilt image size");
