@@ -71,6 +71,13 @@ pub struct MountArgs {
     /// without them, or rootless, images are assembled from the layers on each read.
     #[arg(long)]
     pub no_image_files: bool,
+    /// The layer cache, an OCI registry repository `[http://|https://]HOST[:PORT]/REPO`
+    /// (https unless http:// is given): a missing layer is pulled from it when another
+    /// machine built it, a layer built here is pushed. Default: `cache = "REF"` in the
+    /// default config. Credentials as podman's (REGISTRY_AUTH_FILE,
+    /// $XDG_RUNTIME_DIR/containers/auth.json, ~/.docker/config.json).
+    #[arg(long, value_name = "REF", value_parser = crate::cache::CacheRef::parse)]
+    pub cache: Option<crate::cache::CacheRef>,
     /// Where to mount.
     #[arg(required = true)]
     pub mountpoint: Option<PathBuf>,
@@ -379,6 +386,13 @@ pub struct BuildArgs {
     /// the config's output_file relative to the build dir); `-` for standard output.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// The layer cache, an OCI registry repository `[http://|https://]HOST[:PORT]/REPO`
+    /// (https unless http:// is given): a missing layer is pulled from it when another
+    /// machine built it, a layer built here is pushed. Default: `cache = "REF"` in the
+    /// default config. Credentials as podman's (REGISTRY_AUTH_FILE,
+    /// $XDG_RUNTIME_DIR/containers/auth.json, ~/.docker/config.json).
+    #[arg(long, value_name = "REF", value_parser = crate::cache::CacheRef::parse)]
+    pub cache: Option<crate::cache::CacheRef>,
     /// Also write the image as an OCI image layout to DIR (tagged `latest`): one
     /// uncompressed layer per layer, the image config from the [oci] tables.
     #[arg(long, value_name = "DIR")]

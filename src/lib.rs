@@ -16,12 +16,16 @@
 //!   keys (with the repository state and the build epoch), emerge command lines, the
 //!   namespaced build helper and the sandbox every process that runs seed code is
 //!   confined to, crash leftovers.
+//! - [`cache`]: the layer cache in an OCI registry: pull a missing layer another
+//!   machine built (verified, published as if built here), push a built one; its
+//!   registry client and podman-style auth.
 //! - [`layers`]: layers on disk: the conf root's layout, whiteouts, ownership
 //!   metadata, the union view, tar layout and streaming, seed import and identity, tree
 //!   digests, the normalisation that makes a built layer reproducible.
 //! - [`sys`]: the few `unsafe` system calls, each documented.
 
 pub mod builder;
+pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod fs;

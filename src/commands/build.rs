@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::CmdResult;
-use crate::builder::build::{self, BuildOptions, HostDirs, Outcome};
+use crate::builder::build::{self, BuildOptions, HostDirs};
 use crate::builder::config::{CliOverrides, DefaultSources, Defaults, resolve_file};
 use crate::builder::namespace::{IdMapping, idmap};
 use crate::cli::BuildArgs;
@@ -32,6 +32,7 @@ pub fn run(args: &BuildArgs) -> CmdResult {
         rebuild: args.rebuild,
         no_network: args.no_network,
         mapping,
+        cache: crate::cache::configured(args.cache.as_ref(), cfg.cache.as_deref()),
     };
     // Every failure's cause goes to the log too, also one before emerge starts.
     let report = build::build(&cfg, &dirs, &opts, &log).inspect_err(|e| {
@@ -52,10 +53,7 @@ pub fn run(args: &BuildArgs) -> CmdResult {
         build::write_image(&cfg, &report, &out, sde)?
     };
     for (layer, outcome) in &report.layers {
-        let what = match outcome {
-            Outcome::Reused => "reused",
-            Outcome::Built => "built",
-        };
+        let what = outcome.word();
         eprintln!("  {what:6} {} ({})", layer.meta.buildname, layer.meta.key);
     }
     if !to_stdout {

@@ -5,9 +5,8 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use super::CmdResult;
-use crate::builder::namespace::IdMapping;
 use crate::cli::ImportSeedArgs;
-use crate::layers::seed::{self, ImportOptions, Interrupt, Owners, Progress, progress};
+use crate::layers::seed::{self, ImportOptions, Interrupt, Progress, progress};
 
 /// An ordinary user cannot read a root filesystem that root made (`/etc/shadow`,
 /// `.pwd.lock`, ...): say how to import it anyway instead of only naming the file.
@@ -46,13 +45,7 @@ pub fn run(args: &ImportSeedArgs) -> CmdResult {
     // Never real owners, device nodes or setuid bits on the host: recorded, and as
     // root owned on disk by the id range builds run as (the sandbox's root).
     let mapping = crate::builder::namespace::current_mapping();
-    let owners = match mapping {
-        IdMapping::Privileged { .. } => {
-            let (uid, gid) = mapping.host_root();
-            Owners::RecordAs { uid, gid }
-        }
-        _ => Owners::Record,
-    };
+    let owners = mapping.store_owners();
     crate::builder::namespace::sandbox::private_store_root(&conf_root, &mapping)?;
     let opts = ImportOptions {
         source: args.source.clone(),

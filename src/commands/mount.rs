@@ -89,6 +89,7 @@ pub fn run(args: &MountArgs) -> CmdResult {
         configs: configs.clone(),
         defaults: Defaults::load(&sources)?,
         mapping,
+        cache: args.cache.clone(),
         source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
             .ok()
             .and_then(|s| s.trim().parse().ok()),

@@ -108,6 +108,8 @@ pub struct BuildEnv {
     pub configs: PathBuf,
     pub defaults: Defaults,
     pub mapping: IdMapping,
+    /// `--cache`: the layer cache (else the config's `cache`).
+    pub cache: Option<crate::cache::CacheRef>,
     pub source_date_epoch: Option<i64>,
 }
 
@@ -710,6 +712,10 @@ impl Images {
                     rebuild: false,
                     no_network: false,
                     mapping: self.env.mapping.clone(),
+                    cache: crate::cache::configured(
+                        self.env.cache.as_ref(),
+                        plan.cfg.cache.as_deref(),
+                    ),
                 };
                 let report = build::build(&plan.cfg, &plan.dirs, &opts, log).map_err(|source| {
                     ImageError::Build {
@@ -718,10 +724,7 @@ impl Images {
                     }
                 })?;
                 for (layer, outcome) in &report.layers {
-                    let what = match outcome {
-                        build::Outcome::Reused => "reused",
-                        build::Outcome::Built => "built",
-                    };
+                    let what = outcome.word();
                     let line = format!(
                         "{what} layer {} ({})\n",
                         layer.meta.buildname,

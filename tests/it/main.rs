@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
 mod build;
+mod cache;
 mod commands;
 mod config;
 mod edges;

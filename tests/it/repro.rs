@@ -26,7 +26,7 @@ fn write_cfgs(f: &Fixture) -> PathBuf {
     f.write_cfg("app.toml", APP)
 }
 
-fn sha256(p: &Path) -> String {
+pub fn sha256(p: &Path) -> String {
     run_ok(Command::new("sha256sum").arg(p))
         .split_whitespace()
         .next()

@@ -36,6 +36,7 @@ pub fn key_config(cfg: &ResolvedConfig) -> serde_json::Value {
             "tar_filters",
             "dirs",
             "seed_update_args",
+            "cache",
             "oci",
         ] {
             m.remove(k);

@@ -5,21 +5,24 @@
 //! 1. its key hashes its resolved config, the seed's identity, the epoch, the keys of
 //!    the layers below it, the config overlay's content, the repositories' shared files
 //!    and the package directories it may use ([`crate::builder::key`], [`KeyPlanner`]);
-//! 2. a published layer with that key is reused as it is (no emerge runs);
+//! 2. a published layer with that key is reused as it is (no emerge runs); else, with
+//!    a layer cache configured, the key is looked up there and a hit is pulled and
+//!    published as if built here ([`crate::cache`]; a failure is a warning);
 //! 3. otherwise, under the key's lock, a fresh upper dir is stacked over the layers
 //!    below it in a gentree-fs union at `/builds/<buildname>`, inside a chroot whose
 //!    root is a union of the seed's persistent upper over the seed; the profile is
 //!    linked, emerge / depclean / unmerge run with `SOURCE_DATE_EPOCH`, the clean
 //!    filters delete through the union; the upper is normalised and clamped to the
-//!    epoch ([`crate::layers::normalize`]) and published as the layer. A failure
-//!    publishes nothing.
+//!    epoch ([`crate::layers::normalize`]) and published as the layer, then pushed
+//!    to the cache if there is one. A failure publishes nothing.
 //!
 //! The plan for one layer is computed by [`layer_plan`], a pure function, so the
 //! mounts and commands a build will run are unit-tested without running them.
 //!
 //! Its rooms: `dirs` (where a build reads and writes on the host), `keys` (each
 //! layer's key), `plan` (the pure namespace plan), `run` (reuse or build, then
-//! publish), `world` (the merged world file) and `image` (the final tar).
+//! publish), `cached` (the layer cache's pull and push in a build), `world` (the
+//! merged world file) and `image` (the final tar).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -28,6 +31,7 @@ use crate::builder::namespace;
 use crate::layers::normalize;
 use crate::layers::store::StoreError;
 
+mod cached;
 mod dirs;
 mod image;
 mod keys;

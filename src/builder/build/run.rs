@@ -3,6 +3,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::cached::{fetch_cached, push_cached};
 use super::{
     BuildError, HostDirs, KeyPlanner, LayerJob, LayerPaths, WORLD, layer_plan, lock_seed,
     lower_keys, merged_world,
@@ -19,7 +20,20 @@ use crate::layers::store::{self, Layer, LayerMeta, Store};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Reused,
+    /// Pulled from the layer cache (no emerge ran).
+    Pulled,
     Built,
+}
+
+impl Outcome {
+    /// How build summaries name it.
+    pub fn word(self) -> &'static str {
+        match self {
+            Outcome::Reused => "reused",
+            Outcome::Pulled => "pulled",
+            Outcome::Built => "built",
+        }
+    }
 }
 
 /// The result of a build: every layer (build order) and what happened to it.
@@ -46,6 +60,8 @@ pub struct BuildOptions {
     /// Each layer's build in a network namespace of its own (`build --no-network`).
     pub no_network: bool,
     pub mapping: IdMapping,
+    /// The layer cache: missing layers are looked up there, built ones pushed.
+    pub cache: Option<std::sync::Arc<crate::cache::Cache>>,
 }
 
 /// Builds (or reuses) every layer of `top`. `log` receives the output of every
@@ -118,6 +134,21 @@ fn build_jobs(
                 continue;
             }
         }
+        let meta = layer_meta(&job, packages);
+        if let Some(layer) = (!forced)
+            .then(|| fetch_cached(opts, store, &meta))
+            .flatten()
+        {
+            tracing::info!(
+                "[{}/{n}] {}: pulled layer {} from the cache",
+                i + 1,
+                cfg.buildname,
+                job.key.short()
+            );
+            jobs.push(job);
+            done.push((layer, Outcome::Pulled));
+            continue;
+        }
         tracing::info!(
             "[{}/{n}] {}: building layer {}",
             i + 1,
@@ -135,7 +166,7 @@ fn build_jobs(
             epoch: planner.epoch().secs,
         };
         let started = std::time::Instant::now();
-        let layer = build_layer(&job, packages, &done, &run)?;
+        let layer = build_layer(&job, meta, &done, &run)?;
         tracing::info!(
             "[{}/{n}] {}: published layer {} in {:.0?}",
             i + 1,
@@ -143,6 +174,7 @@ fn build_jobs(
             job.key.short(),
             started.elapsed()
         );
+        push_cached(opts, &layer);
         jobs.push(job);
         done.push((layer, Outcome::Built));
     }
@@ -163,9 +195,22 @@ struct LayerRun<'a> {
     epoch: i64,
 }
 
+/// The metadata a layer of `job` is published with, built here or pulled.
+fn layer_meta(job: &LayerJob<'_>, packages: Vec<PackageInput>) -> LayerMeta {
+    LayerMeta {
+        key: job.key.clone(),
+        name: job.config.name.clone(),
+        buildname: job.config.buildname.clone(),
+        base_keys: job.lower_keys.clone(),
+        created: store::now_secs(),
+        format: LAYER_FORMAT_VERSION,
+        packages,
+    }
+}
+
 fn build_layer(
     job: &LayerJob<'_>,
-    packages: Vec<PackageInput>,
+    meta: LayerMeta,
     done: &[(Layer, Outcome)],
     run: &LayerRun<'_>,
 ) -> Result<Layer, BuildError> {
@@ -260,15 +305,6 @@ fn build_layer(
             source,
         })?;
     tracing::debug!("{}: {stats:?}", cfg.buildname);
-    let meta = LayerMeta {
-        key: job.key.clone(),
-        name: cfg.name.clone(),
-        buildname: cfg.buildname.clone(),
-        base_keys: job.lower_keys.clone(),
-        created: store::now_secs(),
-        format: LAYER_FORMAT_VERSION,
-        packages,
-    };
     Ok(store.publish(pending, meta)?)
 }
 

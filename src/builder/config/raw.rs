@@ -92,6 +92,8 @@ pub const KEYS: &[KeySpec] = &[
     k("reproducible", Ty::Bool, TOP_ONLY),
     // The build epoch (gentree-fs only: genTree ignores unknown keys).
     k("source_date_epoch", Ty::Int, TOP_ONLY),
+    // The layer cache, `[http://|https://]HOST[:PORT]/REPO` (gentree-fs only).
+    k("cache", Ty::Str, TOP_ONLY),
     k("clean_seed", Ty::Bool, 0),
     k("ephemeral_seed", Ty::Bool, 0),
     k("bind_system_repos", Ty::Bool, 0),

@@ -138,6 +138,8 @@ pub struct ResolvedConfig {
     pub reproducible: bool,
     /// Top-level only: the build epoch (`SOURCE_DATE_EPOCH` in the environment wins).
     pub source_date_epoch: Option<i64>,
+    /// Top-level only: the layer cache's reference (validated).
+    pub cache: Option<String>,
     pub dirs: Dirs,
     /// Pre-seeded deletions (relative paths).
     pub whiteouts: Vec<String>,
@@ -450,6 +452,7 @@ impl Resolver<'_> {
             refilter: top.refilter,
             reproducible: top.reproducible,
             source_date_epoch: top.source_date_epoch,
+            cache: top.cache,
             dirs: top.dirs,
             whiteouts: rel_paths(f, "whiteouts")?,
             opaques: rel_paths(f, "opaques")?,
@@ -549,12 +552,24 @@ impl Resolver<'_> {
                 get_int(f, "source_date_epoch").or_else(|| get_int(d, "source_date_epoch")),
             ),
         };
+        let cache = match parent {
+            Some(p) => p.cache.clone(),
+            None => {
+                let at = f.get("cache").or_else(|| d.get("cache"));
+                let r = get_str(f, "cache").or_else(|| get_str(d, "cache"));
+                if let Some(r) = &r {
+                    crate::cache::CacheRef::parse(r).map_err(|why| bad_value(at, "cache", &why))?;
+                }
+                r
+            }
+        };
         Ok(TopOnly {
             dirs,
             refilter,
             reproducible,
             output_file,
             source_date_epoch,
+            cache,
         })
     }
 
@@ -779,6 +794,7 @@ struct TopOnly {
     reproducible: bool,
     output_file: Option<PathBuf>,
     source_date_epoch: Option<i64>,
+    cache: Option<String>,
 }
 
 /// A path naming a config in messages: the file, or `builtin:<name>`.

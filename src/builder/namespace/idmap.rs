@@ -86,6 +86,19 @@ impl IdMapping {
         }
     }
 
+    /// How a tree unpacked into the store keeps its owners (a seed import, a layer
+    /// pulled from the cache): recorded, and owned on disk by the build range's
+    /// first ids when the caller is root.
+    pub fn store_owners(&self) -> crate::layers::seed::Owners {
+        match self {
+            IdMapping::Privileged { .. } => {
+                let (uid, gid) = self.host_root();
+                crate::layers::seed::Owners::RecordAs { uid, gid }
+            }
+            _ => crate::layers::seed::Owners::Record,
+        }
+    }
+
     /// The `uid_map` and `gid_map` lines a root caller writes itself.
     pub fn privileged_maps(&self) -> Option<(String, String)> {
         match self {

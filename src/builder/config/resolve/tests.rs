@@ -45,6 +45,34 @@ fn reproducible_is_a_top_level_switch_that_bases_share() {
 }
 
 #[test]
+fn cache_is_a_checked_top_level_reference_outside_the_key() {
+    let d = "cache = \"http://127.0.0.1:5000/team/cache\"\n";
+    let c = ok("seed = \"s\"\nbases = [\"glibc\"]\n", &[d]);
+    assert_eq!(c.cache.as_deref(), Some("http://127.0.0.1:5000/team/cache"));
+    assert_eq!(find(&c, "glibc").cache, c.cache);
+    let own = ok("seed = \"s\"\ncache = \"reg.io/other\"\n", &[d]);
+    assert_eq!(own.cache.as_deref(), Some("reg.io/other"));
+    assert_eq!(ok("seed = \"s\"\n", &[]).cache, None);
+    let plain = ok("seed = \"s\"\n", &[]);
+    assert_eq!(
+        crate::builder::build::key_config(&c),
+        crate::builder::build::key_config(&plain),
+        "where layers are cached is no input of a layer"
+    );
+    let e = res(
+        "seed = \"s\"\ncache = \"ftp://x/y\"\n",
+        &[],
+        &CliOverrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("cache") && e.contains("invalid cache reference"),
+        "{e}"
+    );
+}
+
+#[test]
 fn source_date_epoch_is_a_top_level_integer_that_bases_share() {
     let c = ok(
         "seed = \"s\"\nbases = [\"glibc\"]\nsource_date_epoch = 1700000000\n",
