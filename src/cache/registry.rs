@@ -17,6 +17,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::CacheRef;
 use super::auth::{Challenge, Credentials, token_of};
+use crate::layers::digest::hex;
 
 /// The largest manifest accepted.
 pub const MAX_MANIFEST: u64 = 4 << 20;
@@ -68,10 +69,6 @@ pub enum RegistryError {
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex(&Sha256::digest(bytes)))
-}
-
-pub fn hex(d: &[u8]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// True for `sha256:` and 64 lowercase hex digits, the only digests used.

@@ -42,7 +42,7 @@ impl BuildKey {
 
     /// Builds a key from a sha256 digest.
     pub fn from_digest(digest: &[u8; 32]) -> BuildKey {
-        BuildKey(digest.iter().map(|b| format!("{b:02x}")).collect())
+        BuildKey(crate::layers::digest::hex(digest))
     }
 
     pub fn as_str(&self) -> &str {

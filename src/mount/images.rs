@@ -542,10 +542,7 @@ impl Images {
         let opts = self.pack_options(name, cfg)?;
         let mut h = Sha256::new();
         h.update(format!("{:?}\n{:?}", cfg.tar_filters, opts.source_date_epoch).as_bytes());
-        Ok(h.finalize()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect())
+        Ok(crate::layers::digest::hex(&h.finalize()[..8]))
     }
 
     /// Where the image of `plan` is kept as a file: `<conf_root>/images/<top key>-<image

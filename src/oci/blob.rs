@@ -22,7 +22,8 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::{OciError, hex, io_err};
+use super::{OciError, io_err};
+use crate::layers::digest::hex;
 use crate::layers::tar::{PackOptions, TarLayout};
 
 /// Bumped when the layer blob's bytes change for the same layer and options.

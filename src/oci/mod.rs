@@ -129,12 +129,7 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
 /// Lowercase hex sha256 of `b`.
 pub fn sha256_hex(b: &[u8]) -> String {
     use sha2::Digest;
-    hex(&sha2::Sha256::digest(b))
-}
-
-/// Lowercase hex.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::layers::digest::hex(&sha2::Sha256::digest(b))
 }
 
 #[cfg(test)]

@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{OciError, canonical_json, hex, io_err, rfc3339};
+use super::{OciError, canonical_json, io_err, rfc3339};
+use crate::layers::digest::hex;
 use crate::layers::ownership::FileKind;
 use crate::layers::tar::scan;
 
