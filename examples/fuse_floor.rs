@@ -25,17 +25,20 @@
 //! filesystem to use.
 
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::{File, Metadata};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod floor_tree;
+
+use floor_tree::at;
 use gentree_fs::layers::union::{in_initial_userns, on_stacking_fs};
 
 use fuser::{
@@ -49,18 +52,7 @@ use fuser::{
 /// (fuse-overlayfs uses the same for its immutable lower layers).
 const TTL: Duration = Duration::from_secs(1_000_000_000);
 
-/// One entry of the preloaded tree; its inode number is its index + 1 (root: 1).
-#[derive(Debug)]
-struct Node {
-    parent: u64,
-    host: PathBuf,
-    attr: FileAttr,
-    /// Directories: entries in listing order, and the same by name.
-    children: Vec<(OsString, u64)>,
-    by_name: HashMap<OsString, u64>,
-    /// Symlinks: the target.
-    target: Option<PathBuf>,
-}
+type Node = floor_tree::Node<FileAttr>;
 
 #[derive(Debug)]
 struct Floor {
@@ -108,64 +100,6 @@ fn attr(ino: u64, m: &Metadata) -> FileAttr {
         blksize: m.blksize() as u32,
         flags: 0,
     }
-}
-
-/// An error that names the host path it happened on, keeping the OS error.
-fn at(path: &Path) -> impl FnOnce(io::Error) -> io::Error + '_ {
-    move |e| io::Error::new(e.kind(), format!("{}: {e}", path.display()))
-}
-
-/// Loads the whole tree under `root` (names, lstat attributes, symlink targets).
-fn preload(root: &Path) -> io::Result<Vec<Node>> {
-    let meta = std::fs::symlink_metadata(root).map_err(at(root))?;
-    if !meta.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotADirectory,
-            format!("{}: not a directory", root.display()),
-        ));
-    }
-    let mut nodes = vec![Node {
-        parent: 1,
-        host: root.to_path_buf(),
-        attr: attr(1, &meta),
-        children: Vec::new(),
-        by_name: HashMap::new(),
-        target: None,
-    }];
-    let mut dirs = vec![0usize];
-    while let Some(d) = dirs.pop() {
-        let dir = nodes[d].host.clone();
-        let mut names: Vec<OsString> = std::fs::read_dir(&dir)
-            .map_err(at(&dir))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<io::Result<_>>()
-            .map_err(at(&dir))?;
-        names.sort();
-        for name in names {
-            let host = dir.join(&name);
-            let m = std::fs::symlink_metadata(&host).map_err(at(&host))?;
-            let ino = nodes.len() as u64 + 1;
-            let target = if m.file_type().is_symlink() {
-                Some(std::fs::read_link(&host).map_err(at(&host))?)
-            } else {
-                None
-            };
-            if m.is_dir() {
-                dirs.push(nodes.len());
-            }
-            nodes.push(Node {
-                parent: d as u64 + 1,
-                host,
-                attr: attr(ino, &m),
-                children: Vec::new(),
-                by_name: HashMap::new(),
-                target,
-            });
-            nodes[d].children.push((name.clone(), ino));
-            nodes[d].by_name.insert(name, ino);
-        }
-    }
-    Ok(nodes)
 }
 
 impl Floor {
@@ -322,17 +256,11 @@ impl Filesystem for Floor {
         let Some(file) = file else {
             return reply.error(Errno::EBADF);
         };
-        // The full length but at end of file: a short read would read as zeroes.
         let mut buf = vec![0; size as usize];
-        let mut got = 0;
-        while got < buf.len() {
-            match file.read_at(&mut buf[got..], offset + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return reply.error(Errno::from(e)),
-            }
-        }
+        let got = match floor_tree::read_full(&file, &mut buf, offset) {
+            Ok(got) => got,
+            Err(e) => return reply.error(Errno::from(e)),
+        };
         reply.data(&buf[..got]);
     }
 
@@ -512,7 +440,7 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn run(args: Args) -> io::Result<()> {
-    let nodes = preload(&args.source)?;
+    let nodes = floor_tree::preload(&args.source, attr)?;
     let floor = Floor {
         nodes,
         // Registering backing files needs CAP_SYS_ADMIN in the initial user namespace.
@@ -545,18 +473,5 @@ fn run(args: Args) -> io::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(usage) => {
-            eprintln!("{usage}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("fuse_floor: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    floor_tree::main("fuse_floor", parse_args, run)
 }
