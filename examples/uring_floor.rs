@@ -48,13 +48,17 @@ use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex, PoisonError};
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
+
+mod floor_tree;
+
+use floor_tree::at;
 
 /// The tree never changes while mounted (as `fuse_floor`).
 const TTL_SECS: u64 = 1_000_000_000;
@@ -189,75 +193,7 @@ enum Done {
     None,
 }
 
-/// One entry of the preloaded tree; its node id is its index + 1 (root: 1).
-#[derive(Debug)]
-struct Node {
-    parent: u64,
-    host: PathBuf,
-    meta: Metadata,
-    children: Vec<(OsString, u64)>,
-    by_name: HashMap<OsString, u64>,
-    target: Option<PathBuf>,
-}
-
-/// An error that names the host path it happened on, keeping the OS error.
-fn at(path: &Path) -> impl FnOnce(io::Error) -> io::Error + '_ {
-    move |e| io::Error::new(e.kind(), format!("{}: {e}", path.display()))
-}
-
-/// Loads the whole tree under `root` (names, lstat attributes, symlink targets), in
-/// the order `fuse_floor` does, so both number the nodes alike.
-fn preload(root: &Path) -> io::Result<Vec<Node>> {
-    let meta = std::fs::symlink_metadata(root).map_err(at(root))?;
-    if !meta.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotADirectory,
-            format!("{}: not a directory", root.display()),
-        ));
-    }
-    let mut nodes = vec![Node {
-        parent: 1,
-        host: root.to_path_buf(),
-        meta,
-        children: Vec::new(),
-        by_name: HashMap::new(),
-        target: None,
-    }];
-    let mut dirs = vec![0usize];
-    while let Some(d) = dirs.pop() {
-        let dir = nodes[d].host.clone();
-        let mut names: Vec<OsString> = std::fs::read_dir(&dir)
-            .map_err(at(&dir))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<io::Result<_>>()
-            .map_err(at(&dir))?;
-        names.sort();
-        for name in names {
-            let host = dir.join(&name);
-            let meta = std::fs::symlink_metadata(&host).map_err(at(&host))?;
-            let ino = nodes.len() as u64 + 1;
-            let target = if meta.file_type().is_symlink() {
-                Some(std::fs::read_link(&host).map_err(at(&host))?)
-            } else {
-                None
-            };
-            if meta.is_dir() {
-                dirs.push(nodes.len());
-            }
-            nodes.push(Node {
-                parent: d as u64 + 1,
-                host,
-                meta,
-                children: Vec::new(),
-                by_name: HashMap::new(),
-                target,
-            });
-            nodes[d].children.push((name.clone(), ino));
-            nodes[d].by_name.insert(name, ino);
-        }
-    }
-    Ok(nodes)
-}
+type Node = floor_tree::Node<Metadata>;
 
 /// The filesystem, shared by every serving thread of either transport.
 #[derive(Debug)]
@@ -317,9 +253,9 @@ impl Floor {
         let Some(n) = self.node(ino) else {
             return true;
         };
-        let kind = (n.meta.mode() & libc::S_IFMT) >> 12;
+        let kind = (n.attr.mode() & libc::S_IFMT) >> 12;
         let pad = (8 - name.len() % 8) % 8;
-        let ok = (!plus || self.put_entry(p, ino, &n.meta))
+        let ok = (!plus || self.put_entry(p, ino, &n.attr))
             && p.u64(ino)
             && p.u64(off)
             && p.u32(name.len() as u32)
@@ -348,10 +284,10 @@ impl Floor {
                 let name = payload.split(|&b| b == 0).next().unwrap_or_default();
                 match dir.by_name.get(OsStr::from_bytes(name)) {
                     Some(&ino) => match self.node(ino) {
-                        Some(n) => self.put_entry(&mut p, ino, &n.meta),
+                        Some(n) => self.put_entry(&mut p, ino, &n.attr),
                         None => return Done::Error(libc::ENOENT),
                     },
-                    None => self.put_entry(&mut p, 0, &dir.meta),
+                    None => self.put_entry(&mut p, 0, &dir.attr),
                 };
             }
             GETATTR => {
@@ -361,7 +297,7 @@ impl Floor {
                 let _ = p.u64(self.attr_ttl)
                     && p.u32(0)
                     && p.u32(0)
-                    && Self::put_attr(&mut p, h.nodeid, &n.meta);
+                    && Self::put_attr(&mut p, h.nodeid, &n.attr);
             }
             READLINK => match self.node(h.nodeid).and_then(|n| n.target.as_ref()) {
                 Some(t) => {
@@ -399,17 +335,10 @@ impl Floor {
                     return Done::Error(libc::EBADF);
                 };
                 let buf = &mut p.buf[..size.min(MAX_WRITE)];
-                // The full length but at end of file: a short read would read as zeroes.
-                let mut got = 0;
-                while got < buf.len() {
-                    match file.read_at(&mut buf[got..], offset + got as u64) {
-                        Ok(0) => break,
-                        Ok(n) => got += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Done::Error(e.raw_os_error().unwrap_or(libc::EIO)),
-                    }
-                }
-                return Done::Reply(got);
+                return match floor_tree::read_full(&file, buf, offset) {
+                    Ok(got) => Done::Reply(got),
+                    Err(e) => Done::Error(e.raw_os_error().unwrap_or(libc::EIO)),
+                };
             }
             RELEASE => {
                 self.files
@@ -418,7 +347,7 @@ impl Floor {
                     .remove(&u64_at(op, 0));
             }
             OPENDIR => match self.node(h.nodeid) {
-                Some(n) if n.meta.is_dir() => {
+                Some(n) if n.attr.is_dir() => {
                     let _ = p.u64(0) && p.u32(FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR) && p.u32(0);
                 }
                 Some(_) => return Done::Error(libc::ENOTDIR),
@@ -866,7 +795,7 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn run(args: Args) -> io::Result<()> {
-    let nodes = preload(&args.source)?;
+    let nodes = floor_tree::preload(&args.source, |_, m| m.clone())?;
     let entries = nodes.len();
     let floor = Arc::new(Floor {
         nodes,
@@ -941,18 +870,5 @@ fn run(args: Args) -> io::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(usage) => {
-            eprintln!("{usage}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("uring_floor: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    floor_tree::main("uring_floor", parse_args, run)
 }
