@@ -552,11 +552,21 @@ fn arm(
     fd: RawFd,
     qid: u16,
     ents: &[RingEnt],
+    defer_taskrun: bool,
 ) -> io::Result<IoUring<squeue::Entry128, cqueue::Entry>> {
-    let mut ring: IoUring<squeue::Entry128, cqueue::Entry> = IoUring::builder()
-        .setup_single_issuer()
-        .setup_coop_taskrun()
-        .build((2 * ents.len()) as u32)?;
+    let mut builder = IoUring::builder();
+    // Only this thread submits and waits: the kernel may skip the locking and the
+    // interrupts that a ring shared between threads needs.
+    builder.setup_single_issuer();
+    if defer_taskrun {
+        // Kernel work for the ring (handing a request to an entry) runs only when
+        // this thread waits for completions.
+        builder.setup_defer_taskrun();
+    } else {
+        builder.setup_coop_taskrun();
+    }
+    let mut ring: IoUring<squeue::Entry128, cqueue::Entry> =
+        builder.build((2 * ents.len()) as u32)?;
     for (i, ent) in ents.iter().enumerate() {
         let sqe = register_cmd(fd, qid, i as u64, ent);
         // SAFETY: the iovecs and the buffers they name live in `ents`, which the
@@ -574,18 +584,18 @@ fn serve_queue(
     floor: &Floor,
     fd: &File,
     qid: u16,
-    depth: usize,
+    opts: QueueOpts,
     armed: &Barrier,
 ) -> io::Result<()> {
     let mut cpus = nix::sched::CpuSet::new();
-    if cpus.set(qid as usize).is_ok() {
+    if opts.pin && cpus.set(qid as usize).is_ok() {
         // The kernel picks the queue of the CPU the caller runs on; its thread waits
         // there (libfuse pins the same way). Failure only costs locality.
         let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus);
     }
     // Declared before the ring, so dropped after it: the kernel holds them until the
     // ring is gone.
-    let mut ents: Vec<RingEnt> = (0..depth)
+    let mut ents: Vec<RingEnt> = (0..opts.depth)
         .map(|_| {
             let header = KernelBuf::new(RING_HEADER);
             let payload = KernelBuf::new(MAX_WRITE);
@@ -607,11 +617,11 @@ fn serve_queue(
         })
         .collect();
     let raw = fd.as_raw_fd();
-    let ring = arm(raw, qid, &ents);
+    let ring = arm(raw, qid, &ents, opts.defer_taskrun);
     armed.wait();
     let mut ring = ring?;
     let mut scratch = Vec::with_capacity(4096);
-    let mut ready = Vec::with_capacity(depth);
+    let mut ready = Vec::with_capacity(opts.depth);
     loop {
         match ring.submit_and_wait(1) {
             Ok(_) => {}
@@ -749,24 +759,39 @@ fn init(fd: &mut File, uring: bool) -> io::Result<()> {
     dev_reply(fd, &mut out, h.unique, Done::Reply(64))
 }
 
+/// How each io_uring queue is run.
+#[derive(Debug, Clone, Copy)]
+struct QueueOpts {
+    /// Ring entries (requests in flight) per queue.
+    depth: usize,
+    /// Pin the queue's thread to the queue's CPU.
+    pin: bool,
+    /// IORING_SETUP_DEFER_TASKRUN rather than IORING_SETUP_COOP_TASKRUN.
+    defer_taskrun: bool,
+}
+
 struct Args {
     source: PathBuf,
     mountpoint: PathBuf,
     uring: bool,
     threads: Option<usize>,
-    depth: usize,
+    queue: QueueOpts,
     attr_ttl: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
     let usage = "usage: uring_floor [--transport dev|uring] [--threads N] [--depth D] \
-                 [--attr-ttl SECS] SOURCE MOUNTPOINT";
+                 [--no-pin] [--defer-taskrun] [--attr-ttl SECS] SOURCE MOUNTPOINT";
     let mut a = Args {
         source: PathBuf::new(),
         mountpoint: PathBuf::new(),
         uring: false,
         threads: None,
-        depth: 4,
+        queue: QueueOpts {
+            depth: 4,
+            pin: true,
+            defer_taskrun: false,
+        },
         attr_ttl: TTL_SECS,
     };
     let mut paths = Vec::new();
@@ -784,7 +809,9 @@ fn parse_args() -> Result<Args, String> {
                 _ => return Err(usage.into()),
             },
             Some("--threads") => a.threads = Some(number(&mut args)?.max(1) as usize),
-            Some("--depth") => a.depth = number(&mut args)?.clamp(1, 256) as usize,
+            Some("--depth") => a.queue.depth = number(&mut args)?.clamp(1, 256) as usize,
+            Some("--no-pin") => a.queue.pin = false,
+            Some("--defer-taskrun") => a.queue.defer_taskrun = true,
             Some("--attr-ttl") => a.attr_ttl = number(&mut args)?,
             Some("-h" | "--help") => return Err(usage.into()),
             _ => paths.push(PathBuf::from(arg)),
@@ -832,7 +859,7 @@ fn run(args: Args) -> io::Result<()> {
         for qid in 0..queues {
             let (floor, fd, armed) = (floor.clone(), fd.clone(), armed.clone());
             workers.push(std::thread::spawn(move || {
-                let r = serve_queue(&floor, &fd, qid as u16, args.depth, &armed);
+                let r = serve_queue(&floor, &fd, qid as u16, args.queue, &armed);
                 if let Err(e) = &r {
                     // A refused REGISTER makes the kernel fall back to /dev/fuse for
                     // the connection: exit (ending the mount) rather than measure that.
@@ -846,7 +873,17 @@ fn run(args: Args) -> io::Result<()> {
         let (f, dev) = (floor.clone(), clone_dev(&fd)?);
         workers.push(std::thread::spawn(move || serve_dev(&f, dev)));
         armed.wait();
-        format!("io_uring, {queues} queues x {} entries", args.depth)
+        let q = args.queue;
+        format!(
+            "io_uring, {queues} queues x {} entries{}{}",
+            q.depth,
+            if q.pin { ", pinned" } else { "" },
+            if q.defer_taskrun {
+                ", defer-taskrun"
+            } else {
+                ""
+            }
+        )
     } else {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = args.threads.unwrap_or(cpus);

@@ -1,0 +1,332 @@
+#!/usr/bin/env bash
+# FUSE over io_uring against plain /dev/fuse (issue 18, item 5): the same read-only
+# FUSE floor (examples/uring_floor.rs: a host tree preloaded into memory, long TTLs,
+# file data by READ, no passthrough) served over either transport, timed in one run,
+# interleaved, every workload on a fresh mount.
+#
+#   cargo build --release --example uring_floor --example fuse_floor && sudo bench/uring.sh
+#   sudo ROUNDS=9 SOURCE=/var/tmp/gentree-union-bench/fixture-rootfs/bottom bench/uring.sh
+#   bench/uring.sh --report RESULTS.tsv          # re-print a run's tables
+#
+# Implementations (IMPLS, default "dev uring fuser"):
+#   dev     uring_floor --transport dev: one thread per CPU, each on its own clone of
+#           the /dev/fuse fd (read a request, write its reply), as fuser does.
+#   uring   uring_floor --transport uring: one io_uring per CPU, its thread pinned to
+#           that CPU, DEPTH ring entries each (default 4).
+#   uring-b the same with URING_B_OPTS (to compare two ways of running the rings in
+#           one run, e.g. URING_B_OPTS="--no-pin" or "--defer-taskrun"); not default.
+#   fuser   fuse_floor --no-passthrough: the same floor written on fuser, for scale
+#           (not in the getattr rows: it has no --attr-ttl).
+# The uring runs need /sys/module/fuse/parameters/enable_uring = Y at INIT: the script
+# sets it for the few seconds from the daemon's start until it says it is serving
+# (after which the connection keeps io_uring whatever the parameter says) and restores
+# the value it found, also on Ctrl-C.
+#
+# Workloads (each from a fresh mount, as the kernel caches every answer of the floor
+# for good; threads = CPUs, and N = CPUs client processes for the "xN" rows):
+#   stat1 / statN    lstat of every entry of the tree by path, no listing: one LOOKUP
+#                    per entry (python os.lstat from a list; N: the list in N shards)
+#   getattr1 / getattrN  mounted with --attr-ttl 0: 20,000 lstat of one file per
+#                    client, one GETATTR each: the purest per-request round trip
+#   read1 / readN    open + read + close of every regular file of at most 64 KiB
+#                    (LOOKUP, OPEN, READ, RELEASE each; no passthrough)
+#   walk             find over the whole tree (OPENDIR, READDIRPLUS, RELEASEDIR)
+# The daemon counts the requests it answered (and how many came over io_uring: all of
+# them, or the run is rejected); the report gives the median seconds, the spread, the
+# requests of a run, the wall time per request (rows with one client: the latency a
+# caller sees per round trip, client and VFS included; rows with N: the inverse of
+# throughput) and the ratio io_uring / /dev/fuse (and fuser / /dev/fuse).
+#
+# Environment:
+#   ROUNDS     rounds (default 5); each runs every workload on every implementation,
+#              the implementation order rotating per round.
+#   SOURCE     the tree to serve (default: a generated fixture in BENCH_DIR: 20,000
+#              files of 0..8 KiB in 25 x 20 directories, 500 symlinks).
+#   BENCH_DIR  work dir (default /var/tmp/gentree-uring-bench): fixture, results-*.tsv.
+#   WORKLOADS  default "stat1 statN getattr1 getattrN read1 readN walk".
+#   IMPLS      default "dev uring fuser".
+#   DEPTH      ring entries per queue (default 4).
+#   URING_OPTS, URING_B_OPTS  more options of uring and uring-b (see uring_floor's
+#              header: --no-pin, --defer-taskrun).
+#   URING_FLOOR, FUSE_FLOOR  the binaries (default target/release/examples/...).
+#
+# Figures, kernel 6.18, 2 CPUs shared with 3-4 other sessions (load 5-7):
+#   (filled in below from one run)
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-5}
+BENCH_DIR=${BENCH_DIR:-/var/tmp/gentree-uring-bench}
+read -r -a WORKLOADS <<<"${WORKLOADS:-stat1 statN getattr1 getattrN read1 readN walk}"
+read -r -a IMPLS <<<"${IMPLS:-dev uring fuser}"
+DEPTH=${DEPTH:-4}
+read -r -a URING_OPTS <<<"${URING_OPTS:-}"
+read -r -a URING_B_OPTS <<<"${URING_B_OPTS:-}"
+URING_FLOOR=${URING_FLOOR:-target/release/examples/uring_floor}
+FUSE_FLOOR=${FUSE_FLOOR:-target/release/examples/fuse_floor}
+CPUS=$(nproc)
+GETATTR_STATS=20000
+FIXTURE_VERSION="v1 files=20000 links=500"
+PARAM=/sys/module/fuse/parameters/enable_uring
+
+die() { echo "uring.sh: $*" >&2; exit 1; }
+
+# Prints medians, spread, requests, time per request and ratios from a results file.
+report() {
+  python3 - "$1" <<'EOF'
+import csv, statistics, sys
+runs, reqs = {}, {}
+for row in csv.DictReader(open(sys.argv[1]), delimiter="\t"):
+    k = (row["impl"], row["workload"])
+    runs.setdefault(k, []).append(float(row["seconds"]))
+    reqs.setdefault(k, []).append(int(row["requests"]))
+order = ["stat1", "statN", "getattr1", "getattrN", "read1", "readN", "walk"]
+workloads = [w for w in order if any(k[1] == w for k in runs)]
+impls = [i for i in ["dev", "uring", "uring-b", "fuser"] if any(k[0] == i for k in runs)]
+med = {k: statistics.median(v) for k, v in runs.items()}
+mreq = {k: statistics.median(v) for k, v in reqs.items()}
+# fuse_floor counts no requests: the same workload on the same kernel makes the
+# same requests, so its rows use /dev/fuse's count.
+for (i, w) in list(mreq):
+    if i == "fuser" and ("dev", w) in mreq:
+        mreq[(i, w)] = mreq[("dev", w)]
+def cell(k, f):
+    return f(k) if k in med else "-"
+def table(title, f, width=14):
+    print(f"\n== {title}")
+    print(f"{'workload':<10}" + "".join(f"{i:>{width}}" for i in impls))
+    for w in workloads:
+        print(f"{w:<10}" + "".join(f"{cell((i, w), f):>{width}}" for i in impls))
+table("median seconds", lambda k: f"{med[k]:.3f}")
+table("spread: min..max seconds", lambda k: f"{min(runs[k]):.3f}..{max(runs[k]):.3f}", 16)
+table("requests per run (median)", lambda k: f"{mreq[k]:.0f}")
+table("wall time per request, us (one client: latency; N clients: 1/throughput)",
+      lambda k: f"{med[k] / mreq[k] * 1e6:.1f}" if mreq[k] else "-")
+print("\n== ratio of median time to /dev/fuse (lower is faster)")
+others = [i for i in impls if i != "dev"]
+print(f"{'workload':<10}" + "".join(f"{i + '/dev':>14}" for i in others))
+for w in workloads:
+    r = []
+    for i in others:
+        r.append(f"{med[(i, w)] / med[('dev', w)]:.2f}x" if (i, w) in med and ("dev", w) in med else "-")
+    print(f"{w:<10}" + "".join(f"{c:>14}" for c in r))
+EOF
+}
+
+if [[ ${1:-} == --report ]]; then
+  [[ -f ${2:-} ]] || die "usage: $0 --report RESULTS.tsv"
+  report "$2"
+  exit 0
+fi
+
+[[ $(id -u) == 0 ]] || die "run as root (mount(2), enable_uring): sudo $0"
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, not '$ROUNDS'"
+for t in python3 find mountpoint; do
+  command -v "$t" >/dev/null || die "$t is not installed"
+done
+for i in "${IMPLS[@]}"; do
+  case $i in
+    dev | uring | uring-b) [[ -x $URING_FLOOR ]] || die "no $URING_FLOOR (cargo build --release --example uring_floor)" ;;
+    fuser) [[ -x $FUSE_FLOOR ]] || die "no $FUSE_FLOOR (cargo build --release --example fuse_floor)" ;;
+    *) die "unknown implementation '$i' (dev, uring, uring-b, fuser)" ;;
+  esac
+done
+[[ -f $PARAM ]] || die "$PARAM missing: this kernel has no FUSE over io_uring (CONFIG_FUSE_IO_URING, 6.14+)"
+
+mkdir -p "$BENCH_DIR"
+BENCH_DIR=$(cd "$BENCH_DIR" && pwd)
+if [[ -z ${SOURCE:-} ]]; then
+  SOURCE=$BENCH_DIR/fixture
+  if [[ $(cat "$SOURCE.stamp" 2>/dev/null) != "$FIXTURE_VERSION" ]]; then
+    echo "== generating fixture in $SOURCE"
+    rm -rf "$SOURCE"
+    python3 - "$SOURCE" <<'EOF'
+import os, sys
+root = sys.argv[1]
+for i in range(20000):
+    d = f"{root}/d{i // 800:02d}/s{(i // 40) % 20:02d}"
+    os.makedirs(d, exist_ok=True)
+    line = b"gentree uring bench %08d\n" % i
+    n = (i * 7919) % 8192
+    with open(f"{d}/f{i:05d}", "wb") as f:
+        f.write((line * (n // len(line) + 1))[:n])
+for i in range(500):
+    os.symlink(f"../s{i % 20:02d}/f{i * 40:05d}", f"{root}/d{i % 25:02d}/l{i:03d}")
+EOF
+    echo "$FIXTURE_VERSION" > "$SOURCE.stamp"
+  fi
+fi
+[[ -d $SOURCE ]] || die "SOURCE $SOURCE is not a directory"
+SOURCE=$(cd "$SOURCE" && pwd)
+
+WORK=$(mktemp -d "$BENCH_DIR/run.XXXXXX")
+MNT=$WORK/mnt
+mkdir -p "$MNT"
+RESULTS=$BENCH_DIR/results-$(date -u +%Y%m%dT%H%M%SZ).tsv
+PARAM_WAS=$(cat "$PARAM")
+DAEMON=
+cleanup() {
+  echo "$PARAM_WAS" > "$PARAM" || true
+  # Also a dead connection (mountpoint(1) cannot stat it).
+  grep -q " $MNT " /proc/mounts && { umount "$MNT" 2>/dev/null || umount -l "$MNT" || true; }
+  [[ -n $DAEMON ]] && kill "$DAEMON" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# The path lists (relative to the tree), made once from SOURCE; the host files are
+# read once so the floor's preads come from the page cache in every round.
+python3 - "$SOURCE" "$WORK" <<'EOF'
+import os, sys
+src, work = sys.argv[1], sys.argv[2]
+entries, files = [], []
+for d, dirs, names in os.walk(src):
+    dirs.sort()
+    for n in sorted(dirs + names):
+        p = os.path.join(d, n)
+        rel = os.path.relpath(p, src)
+        entries.append(rel)
+        st = os.lstat(p)
+        if os.path.isfile(p) and not os.path.islink(p) and st.st_size <= 65536:
+            files.append(rel)
+            with open(p, "rb") as f:
+                f.read()
+open(f"{work}/entries", "w").write("".join(e + "\n" for e in entries))
+open(f"{work}/files", "w").write("".join(e + "\n" for e in files))
+open(f"{work}/one", "w").write(files[0] + "\n")
+EOF
+echo "== tree: $SOURCE: $(wc -l <"$WORK/entries") entries, $(wc -l <"$WORK/files") regular files of <= 64 KiB"
+
+# The client: KIND (stat, read or getattr) over the list LIST under the mount, in
+# NPROC forked processes (the list in NPROC shards; getattr: each process stats the
+# one file GETATTR_STATS times); prints the seconds from the start signal to the last
+# child's exit.
+cat > "$WORK/client.py" <<'EOF'
+import os, sys, time
+kind, mnt, lst, nproc, reps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+paths = [os.path.join(mnt, l.rstrip("\n")) for l in open(lst)]
+def work(part):
+    if kind == "stat":
+        for p in part:
+            os.lstat(p)
+    elif kind == "getattr":
+        p = part[0]
+        for _ in range(reps):
+            os.lstat(p)
+    else:
+        for p in part:
+            fd = os.open(p, os.O_RDONLY)
+            while os.read(fd, 1 << 20):
+                pass
+            os.close(fd)
+go_r, go_w = os.pipe()
+kids = []
+for k in range(nproc):
+    part = paths if kind == "getattr" else paths[k::nproc]
+    pid = os.fork()
+    if pid == 0:
+        os.close(go_w)
+        os.read(go_r, 1)
+        work(part)
+        os._exit(0)
+    kids.append(pid)
+os.close(go_r)
+time.sleep(0.05)
+t0 = time.perf_counter()
+os.write(go_w, b"x" * nproc)
+bad = 0
+for pid in kids:
+    _, status = os.waitpid(pid, 0)
+    bad += status != 0
+t1 = time.perf_counter()
+if bad:
+    sys.exit(f"{bad} client processes failed")
+print(f"{t1 - t0:.6f}")
+EOF
+
+# Starts IMPL ($1) on a fresh mount (getattr rows: $2 = attr TTL 0) and waits until
+# it serves; the daemon's stderr goes to $WORK/log.
+mount_impl() {
+  local impl=$1 ttl=${2:-} i
+  local -a cmd
+  case $impl in
+    dev) cmd=("$URING_FLOOR" --transport dev) ;;
+    uring) cmd=("$URING_FLOOR" --transport uring --depth "$DEPTH" "${URING_OPTS[@]}") ;;
+    uring-b) cmd=("$URING_FLOOR" --transport uring --depth "$DEPTH" "${URING_B_OPTS[@]}") ;;
+    fuser) cmd=("$FUSE_FLOOR" --no-passthrough) ;;
+  esac
+  [[ -n $ttl ]] && cmd+=(--attr-ttl 0)
+  [[ $impl == uring* ]] && echo Y > "$PARAM"
+  # Emptied first: the wait below must not see the previous daemon's lines.
+  : > "$WORK/log"
+  "${cmd[@]}" "$SOURCE" "$MNT" 2>>"$WORK/log" &
+  DAEMON=$!
+  for ((i = 0; i < 600; i++)); do
+    if [[ $impl == fuser ]]; then
+      mountpoint -q "$MNT" && grep -q "entries preloaded" "$WORK/log" && break
+    else
+      grep -q "serving by" "$WORK/log" && break
+    fi
+    kill -0 "$DAEMON" 2>/dev/null || { cat "$WORK/log" >&2; die "$impl failed to mount"; }
+    sleep 0.05
+  done
+  echo "$PARAM_WAS" > "$PARAM"
+  ((i < 600)) || { cat "$WORK/log" >&2; die "$impl did not start serving in 30 s"; }
+}
+
+# Unmounts, waits for the daemon and sets REQS to the requests it answered
+# (uring_floor's count; fuser's floor counts none: 0).
+umount_impl() {
+  local impl=$1 line total ring
+  umount "$MNT"
+  wait "$DAEMON" || { cat "$WORK/log" >&2; die "$impl exited with an error"; }
+  DAEMON=
+  REQS=0
+  [[ $impl == fuser ]] && return
+  line=$(grep "requests" "$WORK/log") || die "$impl printed no request count"
+  total=$(sed -E 's/.*requests ([0-9]+).*/\1/' <<<"$line")
+  ring=$(sed -E 's/.*over io_uring ([0-9]+),.*/\1/' <<<"$line")
+  if [[ $impl == uring* && $ring != "$total" ]]; then
+    die "uring: only $ring of $total requests came over io_uring: $line"
+  fi
+  REQS=$total
+}
+
+run_workload() {
+  local w=$1
+  case $w in
+    stat1) python3 "$WORK/client.py" stat "$MNT" "$WORK/entries" 1 0 ;;
+    statN) python3 "$WORK/client.py" stat "$MNT" "$WORK/entries" "$CPUS" 0 ;;
+    getattr1) python3 "$WORK/client.py" getattr "$MNT" "$WORK/one" 1 "$GETATTR_STATS" ;;
+    getattrN) python3 "$WORK/client.py" getattr "$MNT" "$WORK/one" "$CPUS" "$GETATTR_STATS" ;;
+    read1) python3 "$WORK/client.py" read "$MNT" "$WORK/files" 1 0 ;;
+    readN) python3 "$WORK/client.py" read "$MNT" "$WORK/files" "$CPUS" 0 ;;
+    walk)
+      local t0 t1
+      t0=$(date +%s.%N)
+      find "$MNT" >/dev/null
+      t1=$(date +%s.%N)
+      python3 -c "print(f'{$t1 - $t0:.6f}')" ;;
+    *) die "unknown workload '$w'" ;;
+  esac
+}
+
+printf 'round\timpl\tworkload\tseconds\trequests\n' > "$RESULTS"
+echo "== $ROUNDS rounds, $CPUS CPUs, workloads: ${WORKLOADS[*]}; implementations: ${IMPLS[*]}"
+for ((r = 1; r <= ROUNDS; r++)); do
+  n=${#IMPLS[@]}
+  for w in "${WORKLOADS[@]}"; do
+    for ((k = 0; k < n; k++)); do
+      impl=${IMPLS[$(((k + r) % n))]}
+      ttl=
+      case $w in getattr*) [[ $impl == fuser ]] && continue; ttl=0 ;; esac
+      mount_impl "$impl" $ttl
+      secs=$(run_workload "$w")
+      umount_impl "$impl"
+      printf '%s\t%s\t%s\t%s\t%s\n' "$r" "$impl" "$w" "$secs" "$REQS" >> "$RESULTS"
+      printf 'round %d %-6s %-9s %8.3f s %8s requests\n' "$r" "$impl" "$w" "$secs" "$REQS"
+    done
+  done
+done
+echo "== results: $RESULTS (machine load: $(cut -d' ' -f1-3 /proc/loadavg))"
+report "$RESULTS"
