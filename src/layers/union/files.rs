@@ -15,14 +15,14 @@ impl Union {
             .read()
             .get(&fh)
             .cloned()
-            .ok_or_else(|| errno(libc::EBADF))
+            .ok_or_else(|| io::Error::from(Errno::EBADF))
     }
 
     fn file(&self, fh: Fh) -> io::Result<Arc<Handle>> {
         let h = self.handle(fh)?;
         match *h {
             Handle::File(..) => Ok(h),
-            Handle::Dir(_) => Err(errno(libc::EISDIR)),
+            Handle::Dir(_) => Err(Errno::EISDIR.into()),
         }
     }
 
@@ -33,7 +33,7 @@ impl Union {
                 file: f.clone(),
                 upper: *upper,
             }),
-            Handle::Dir(_) => Err(errno(libc::EISDIR)),
+            Handle::Dir(_) => Err(Errno::EISDIR.into()),
         }
     }
 
@@ -46,7 +46,10 @@ impl Union {
         let acc = flags & libc::O_ACCMODE;
         let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let _moving = write.then(|| self.moving.read());
-        let info = self.tree.get(ino).ok_or_else(|| errno(libc::ESTALE))?;
+        let info = self
+            .tree
+            .get(ino)
+            .ok_or_else(|| io::Error::from(Errno::ESTALE))?;
         if !info.attached {
             let (f, upper) = self.reopen_unlinked(ino, &info, flags, write)?;
             return Ok(self.put_file(ino, f, upper));
@@ -89,13 +92,13 @@ impl Union {
     ) -> io::Result<(File, bool)> {
         let (acc, trunc) = (flags & libc::O_ACCMODE, flags & libc::O_TRUNC);
         let Some(h) = self.any_open_file(ino) else {
-            return Err(errno(libc::ENOENT));
+            return Err(Errno::ENOENT.into());
         };
         if write && !self.is_upper(info.loc.top()) {
-            return Err(errno(libc::ENOENT));
+            return Err(Errno::ENOENT.into());
         }
         let Handle::File(f, upper) = &*h else {
-            return Err(errno(libc::ENOENT));
+            return Err(Errno::ENOENT.into());
         };
         use std::os::fd::AsRawFd;
         let f = OpenOptions::new()
@@ -125,7 +128,7 @@ impl Union {
     pub fn read(&self, fh: Fh, offset: u64, size: u32) -> io::Result<Vec<u8>> {
         let h = self.file(fh)?;
         let Handle::File(f, _) = &*h else {
-            return Err(errno(libc::EISDIR));
+            return Err(Errno::EISDIR.into());
         };
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
@@ -151,7 +154,7 @@ impl Union {
     pub fn write(&self, fh: Fh, offset: u64, data: &[u8]) -> io::Result<usize> {
         let h = self.file(fh)?;
         let Handle::File(f, _) = &*h else {
-            return Err(errno(libc::EISDIR));
+            return Err(Errno::EISDIR.into());
         };
         f.write_all_at(data, offset)?;
         Ok(data.len())
@@ -161,7 +164,7 @@ impl Union {
     pub fn fsync(&self, fh: Fh, datasync: bool) -> io::Result<()> {
         let h = self.file(fh)?;
         let Handle::File(f, _) = &*h else {
-            return Err(errno(libc::EISDIR));
+            return Err(Errno::EISDIR.into());
         };
         if datasync {
             f.sync_data()
@@ -183,13 +186,13 @@ impl Union {
     pub fn fallocate(&self, fh: Fh, offset: u64, len: u64, mode: i32) -> io::Result<()> {
         let h = self.file(fh)?;
         let Handle::File(f, _) = &*h else {
-            return Err(errno(libc::EISDIR));
+            return Err(Errno::EISDIR.into());
         };
         let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-            return Err(errno(libc::EINVAL));
+            return Err(Errno::EINVAL.into());
         };
         let flags = nix::fcntl::FallocateFlags::from_bits_retain(mode);
-        nix::fcntl::fallocate(f, flags, offset, len).map_err(nix_err)
+        nix::fcntl::fallocate(f, flags, offset, len).map_err(io::Error::from)
     }
 
     /// Closes a file or directory handle.
@@ -272,7 +275,7 @@ impl Union {
     pub fn readdir(&self, fh: Fh) -> io::Result<Arc<Vec<DirEntry>>> {
         match &*self.handle(fh)? {
             Handle::Dir(d) => Ok(d.clone()),
-            Handle::File(..) => Err(errno(libc::ENOTDIR)),
+            Handle::File(..) => Err(Errno::ENOTDIR.into()),
         }
     }
 

@@ -68,6 +68,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use nix::errno::Errno;
 use nix::fcntl::{AT_FDCWD, AtFlags, RenameFlags};
 use nix::sys::stat::{Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
@@ -245,14 +246,6 @@ struct OpenFiles {
     by_fh: HashMap<Fh, Ino>,
 }
 
-fn errno(e: i32) -> io::Error {
-    io::Error::from_raw_os_error(e)
-}
-
-fn nix_err(e: nix::Error) -> io::Error {
-    io::Error::from_raw_os_error(e as i32)
-}
-
 /// True when the OCI whiteout of `name` exists in the layer dir `dir` (absolute). A
 /// name too long to carry the `.wh.` prefix (over 251 bytes) cannot have one.
 fn has_whiteout_file(dir: &Path, name: &OsStr) -> io::Result<bool> {
@@ -423,7 +416,7 @@ impl Union {
 
     fn writable(&self) -> io::Result<()> {
         if self.read_only {
-            Err(errno(libc::EROFS))
+            Err(Errno::EROFS.into())
         } else {
             Ok(())
         }
@@ -434,8 +427,8 @@ impl Union {
     fn node(&self, ino: Ino) -> io::Result<tree::NodeInfo> {
         match self.tree.get(ino) {
             Some(info) if info.attached => Ok(info),
-            Some(_) => Err(errno(libc::ENOENT)),
-            None => Err(errno(libc::ESTALE)),
+            Some(_) => Err(Errno::ENOENT.into()),
+            None => Err(Errno::ESTALE.into()),
         }
     }
 
@@ -520,7 +513,7 @@ fn set_times(path: &Path, atime: Option<SetTime>, mtime: Option<SetTime>) -> io:
         &timespec(mtime),
         UtimensatFlags::NoFollowSymlink,
     )
-    .map_err(nix_err)
+    .map_err(io::Error::from)
 }
 
 /// Removes the whiteouts and opaque marker left in an upper directory whose merged view
@@ -530,7 +523,7 @@ fn clear_markers(dir: &Path) -> io::Result<()> {
         let entry = entry?;
         if entry.file_type()?.is_dir() {
             // A visible subdirectory would have made the merged view non-empty.
-            return Err(errno(libc::ENOTEMPTY));
+            return Err(Errno::ENOTEMPTY.into());
         }
         fs::remove_file(entry.path())?;
     }

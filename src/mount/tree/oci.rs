@@ -16,9 +16,10 @@ use std::ffi::OsStr;
 use std::io;
 use std::sync::Arc;
 
+use nix::errno::Errno;
 use parking_lot::Mutex;
 
-use super::{FILE_MODE, GentreeFs, Handle, Opened, errno};
+use super::{FILE_MODE, GentreeFs, Handle, Opened};
 use crate::layers::ownership::FileKind;
 use crate::layers::union::Attr;
 use crate::mount::images::Images;
@@ -106,7 +107,9 @@ impl GentreeFs {
     }
 
     pub(super) fn oci_lookup(&self, i: usize, part: OciPart, name: &OsStr) -> io::Result<Attr> {
-        let n = name.to_str().ok_or_else(|| errno(libc::ENOENT))?;
+        let n = name
+            .to_str()
+            .ok_or_else(|| io::Error::from(Errno::ENOENT))?;
         let node = match (part, n) {
             (OciPart::Dir, "oci-layout") => Node::Oci(i, OciPart::Layout),
             (OciPart::Dir, "index.json") => Node::Oci(i, OciPart::Index),
@@ -114,12 +117,12 @@ impl GentreeFs {
             (OciPart::Blobs, "sha256") => Node::Oci(i, OciPart::Sha256),
             (OciPart::Sha256, digest) => {
                 if self.extras.made.blob(digest).is_none() {
-                    return Err(errno(libc::ENOENT));
+                    return Err(Errno::ENOENT.into());
                 }
                 Node::Blob(self.blob_number(digest))
             }
-            (OciPart::Layout | OciPart::Index, _) => return Err(errno(libc::ENOTDIR)),
-            _ => return Err(errno(libc::ENOENT)),
+            (OciPart::Layout | OciPart::Index, _) => return Err(Errno::ENOTDIR.into()),
+            _ => return Err(Errno::ENOENT.into()),
         };
         self.getattr(node.ino())
     }
@@ -142,11 +145,11 @@ impl GentreeFs {
             .lock()
             .get(n)
             .cloned()
-            .ok_or_else(|| errno(libc::ESTALE))?;
+            .ok_or_else(|| io::Error::from(Errno::ESTALE))?;
         self.extras
             .made
             .blob(&digest)
-            .ok_or_else(|| errno(libc::ESTALE))
+            .ok_or_else(|| io::Error::from(Errno::ESTALE))
     }
 
     /// Attributes: the sizes of `index.json` and the SBOM are those last made (0
@@ -174,7 +177,7 @@ impl GentreeFs {
                 Ok(file(size as u64))
             }
             Node::Blob(n) => Ok(file(self.blob_of(n)?.size())),
-            _ => Err(errno(libc::ENOENT)),
+            _ => Err(Errno::ENOENT.into()),
         }
     }
 
@@ -204,13 +207,13 @@ impl GentreeFs {
                     .extras
                     .made
                     .cached_oci(&name)
-                    .ok_or_else(|| errno(libc::EIO))?;
+                    .ok_or_else(|| io::Error::from(Errno::EIO))?;
                 for (digest, _) in oci.blobs() {
                     let n = self.blob_number(&digest);
                     v.push((Node::Blob(n).ino(), FileKind::File, digest));
                 }
             }
-            OciPart::Layout | OciPart::Index => return Err(errno(libc::ENOTDIR)),
+            OciPart::Layout | OciPart::Index => return Err(Errno::ENOTDIR.into()),
         }
         Ok(v)
     }
@@ -224,12 +227,12 @@ impl GentreeFs {
             )),
             Node::Oci(i, OciPart::Index) => {
                 let oci = self.extras.made.cached_oci(&self.build_name(i)?);
-                let oci = oci.ok_or_else(|| errno(libc::EIO))?;
+                let oci = oci.ok_or_else(|| io::Error::from(Errno::EIO))?;
                 Ok(Opened::Direct(h.insert(Handle::Bytes(oci.index.clone()))))
             }
             Node::Sbom(i) => {
                 let doc = self.extras.made.cached_sbom(&self.build_name(i)?);
-                let doc = doc.ok_or_else(|| errno(libc::EIO))?;
+                let doc = doc.ok_or_else(|| io::Error::from(Errno::EIO))?;
                 Ok(Opened::Direct(h.insert(Handle::Bytes(doc))))
             }
             // Blob bytes are immutable: the page cache may keep them.
@@ -237,8 +240,8 @@ impl GentreeFs {
                 BlobHandle::Bytes(b) => h.insert(Handle::Bytes(b)),
                 BlobHandle::Layer(l) => h.insert(Handle::Tar(l)),
             })),
-            Node::Oci(..) => Err(errno(libc::EISDIR)),
-            _ => Err(errno(libc::ENOENT)),
+            Node::Oci(..) => Err(Errno::EISDIR.into()),
+            _ => Err(Errno::ENOENT.into()),
         }
     }
 }
