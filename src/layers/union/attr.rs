@@ -14,7 +14,7 @@ impl Union {
         if detached {
             return self.setattr_unlinked(ino, set, open.as_deref());
         }
-        if let (Some(size), Some(Handle::File(f, _))) = (set.size, open.as_deref()) {
+        if let (Some(size), Some(Open::File(f, _))) = (set.size, open.as_deref()) {
             // Through the handle: works for open, unlinked files too.
             self.writable()?;
             f.set_len(size)?;
@@ -59,13 +59,13 @@ impl Union {
 
     /// setattr of an unlinked file, through an open file of it; only files of the
     /// upper layer may change.
-    fn setattr_unlinked(&self, ino: Ino, set: SetAttr, open: Option<&Handle>) -> io::Result<Attr> {
+    fn setattr_unlinked(&self, ino: Ino, set: SetAttr, open: Option<&Open>) -> io::Result<Attr> {
         self.writable()?;
         let info = self
             .tree
             .get(ino)
             .ok_or_else(|| io::Error::from(Errno::ESTALE))?;
-        let Some(Handle::File(f, _)) = open else {
+        let Some(Open::File(f, _)) = open else {
             return Err(Errno::ENOENT.into());
         };
         if !self.is_upper(info.loc.top()) {

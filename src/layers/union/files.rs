@@ -4,13 +4,13 @@
 use super::*;
 
 impl Union {
-    fn put_handle(&self, h: Handle) -> Fh {
+    fn put_handle(&self, h: Open) -> Fh {
         let fh = Fh(self.next_fh.fetch_add(1, Ordering::Relaxed));
         self.handles.write().insert(fh, Arc::new(h));
         fh
     }
 
-    pub(super) fn handle(&self, fh: Fh) -> io::Result<Arc<Handle>> {
+    pub(super) fn handle(&self, fh: Fh) -> io::Result<Arc<Open>> {
         self.handles
             .read()
             .get(&fh)
@@ -18,22 +18,22 @@ impl Union {
             .ok_or_else(|| io::Error::from(Errno::EBADF))
     }
 
-    fn file(&self, fh: Fh) -> io::Result<Arc<Handle>> {
+    fn file(&self, fh: Fh) -> io::Result<Arc<Open>> {
         let h = self.handle(fh)?;
         match *h {
-            Handle::File(..) => Ok(h),
-            Handle::Dir(_) => Err(Errno::EISDIR.into()),
+            Open::File(..) => Ok(h),
+            Open::Dir(_) => Err(Errno::EISDIR.into()),
         }
     }
 
     /// The disk file behind the open file `fh` (for FUSE passthrough).
     pub fn backing_file(&self, fh: Fh) -> io::Result<BackingFile> {
         match &*self.handle(fh)? {
-            Handle::File(f, upper) => Ok(BackingFile {
+            Open::File(f, upper) => Ok(BackingFile {
                 file: f.clone(),
                 upper: *upper,
             }),
-            Handle::Dir(_) => Err(Errno::EISDIR.into()),
+            Open::Dir(_) => Err(Errno::EISDIR.into()),
         }
     }
 
@@ -97,7 +97,7 @@ impl Union {
         if write && !self.is_upper(info.loc.top()) {
             return Err(Errno::ENOENT.into());
         }
-        let Handle::File(f, upper) = &*h else {
+        let Open::File(f, upper) = &*h else {
             return Err(Errno::ENOENT.into());
         };
         use std::os::fd::AsRawFd;
@@ -111,7 +111,7 @@ impl Union {
 
     /// Registers an open file of `ino`.
     pub(super) fn put_file(&self, ino: Ino, f: File, upper: bool) -> Fh {
-        let fh = self.put_handle(Handle::File(Arc::new(f), upper));
+        let fh = self.put_handle(Open::File(Arc::new(f), upper));
         let mut open = self.open_files.lock();
         open.by_ino.entry(ino).or_default().push(fh);
         open.by_fh.insert(fh, ino);
@@ -119,7 +119,7 @@ impl Union {
     }
 
     /// Any open file handle of `ino`.
-    pub(super) fn any_open_file(&self, ino: Ino) -> Option<Arc<Handle>> {
+    pub(super) fn any_open_file(&self, ino: Ino) -> Option<Arc<Open>> {
         let fh = self.open_files.lock().by_ino.get(&ino)?.first().copied()?;
         self.open_file(Some(fh))
     }
@@ -127,7 +127,7 @@ impl Union {
     /// Reads up to `size` bytes at `offset`; short only at end of file.
     pub fn read(&self, fh: Fh, offset: u64, size: u32) -> io::Result<Vec<u8>> {
         let h = self.file(fh)?;
-        let Handle::File(f, _) = &*h else {
+        let Open::File(f, _) = &*h else {
             return Err(Errno::EISDIR.into());
         };
         let mut buf = vec![0u8; size as usize];
@@ -153,7 +153,7 @@ impl Union {
     /// Writes `data` at `offset`; returns the bytes written.
     pub fn write(&self, fh: Fh, offset: u64, data: &[u8]) -> io::Result<usize> {
         let h = self.file(fh)?;
-        let Handle::File(f, _) = &*h else {
+        let Open::File(f, _) = &*h else {
             return Err(Errno::EISDIR.into());
         };
         f.write_all_at(data, offset)?;
@@ -163,7 +163,7 @@ impl Union {
     /// Flushes a file to disk.
     pub fn fsync(&self, fh: Fh, datasync: bool) -> io::Result<()> {
         let h = self.file(fh)?;
-        let Handle::File(f, _) = &*h else {
+        let Open::File(f, _) = &*h else {
             return Err(Errno::EISDIR.into());
         };
         if datasync {
@@ -185,7 +185,7 @@ impl Union {
     /// Allocates or punches space in an open file (`fallocate(2)` mode bits).
     pub fn fallocate(&self, fh: Fh, offset: u64, len: u64, mode: i32) -> io::Result<()> {
         let h = self.file(fh)?;
-        let Handle::File(f, _) = &*h else {
+        let Open::File(f, _) = &*h else {
             return Err(Errno::EISDIR.into());
         };
         let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
@@ -216,7 +216,7 @@ impl Union {
     /// Snapshots the merged listing of directory `ino` (with `.` and `..`); readdir
     /// offsets index into this snapshot, so they stay stable while it is open.
     pub fn opendir(&self, ino: Ino) -> io::Result<Fh> {
-        Ok(self.put_handle(Handle::Dir(self.listing(ino)?)))
+        Ok(self.put_handle(Open::Dir(self.listing(ino)?)))
     }
 
     /// The merged listing of directory `ino`, with `.` and `..`.
@@ -274,8 +274,8 @@ impl Union {
     /// The snapshot entries from `offset` on.
     pub fn readdir(&self, fh: Fh) -> io::Result<Arc<Vec<DirEntry>>> {
         match &*self.handle(fh)? {
-            Handle::Dir(d) => Ok(d.clone()),
-            Handle::File(..) => Err(Errno::ENOTDIR.into()),
+            Open::Dir(d) => Ok(d.clone()),
+            Open::File(..) => Err(Errno::ENOTDIR.into()),
         }
     }
 

@@ -182,10 +182,12 @@ pub struct StatFs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fh(pub u64);
 
+/// What an [`Fh`] stands for in the handle table.
 #[derive(Debug)]
-enum Handle {
+enum Open {
     /// An open file and whether it is the upper layer's copy.
     File(Arc<File>, bool),
+    /// An open directory: its merged listing, read when it was opened.
     Dir(Arc<Vec<DirEntry>>),
 }
 
@@ -220,7 +222,7 @@ pub struct Union {
     lower: lower::LowerCache,
     /// The ownership records of upper files, by node (only this union changes them).
     records: records::UpperRecords,
-    handles: RwLock<HashMap<Fh, Arc<Handle>>>,
+    handles: RwLock<HashMap<Fh, Arc<Open>>>,
     /// The open file handles of each node: an unlinked file stays usable through
     /// them (stat, reopen via /proc/self/fd, chmod, utimens), as on any filesystem.
     open_files: parking_lot::Mutex<OpenFiles>,
@@ -433,9 +435,9 @@ impl Union {
     }
 
     /// The open file behind `fh`, if it is one.
-    fn open_file(&self, fh: Option<Fh>) -> Option<Arc<Handle>> {
+    fn open_file(&self, fh: Option<Fh>) -> Option<Arc<Open>> {
         fh.and_then(|fh| self.handle(fh).ok())
-            .filter(|h| matches!(**h, Handle::File(..)))
+            .filter(|h| matches!(**h, Open::File(..)))
     }
 }
 

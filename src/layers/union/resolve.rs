@@ -415,7 +415,7 @@ impl Union {
             .open_file(fh)
             .or_else(|| self.any_open_file(ino))
             .ok_or_else(|| io::Error::from(Errno::ENOENT))?;
-        let Handle::File(f, _) = &*h else {
+        let Open::File(f, _) = &*h else {
             return Err(Errno::ENOENT.into());
         };
         let meta = f.metadata()?;
