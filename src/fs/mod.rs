@@ -3,7 +3,7 @@
 //! Each `Filesystem` method decodes its request, calls one method of a core type
 //! ([`crate::layers::union::Union`], [`crate::mount::tree::GentreeFs`]), and writes one
 //! reply. What only the kernel needs (its inode references, passthrough backing ids)
-//! is kept here.
+//! is kept here; the passthrough bookkeeping both adapters share is in `passthrough`.
 pub mod mount;
 mod passthrough;
 pub mod union;
@@ -16,7 +16,6 @@ use fuser::{Errno, FileAttr, FileType, INodeNo, ReplyEmpty, ReplyXattr, Request,
 
 use crate::layers::ownership::FileKind;
 use crate::layers::union::{Attr, Caller, SetTime};
-pub(crate) use passthrough::PassthroughSwitch;
 
 pub(crate) fn file_type(k: FileKind) -> FileType {
     match k {

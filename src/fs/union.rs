@@ -12,16 +12,18 @@ use super::{caller, file_attr, file_type, reply_empty, reply_xattr, set_time};
 use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow,
-    WriteFlags,
+    AccessFlags, BackingId, BsdFileFlags, Config, Errno, FileAttr, FileHandle, FileType,
+    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL,
+    TimeOrNow, WriteFlags,
 };
 
+use super::passthrough::{Join, OpenIo};
 use crate::layers::union::{Attr, BackingFile, Fh, Ino, SetAttr, Union, UnionOptions};
 
 /// Page cache policy. Every change to the union passes through the kernel (writes
@@ -57,154 +59,14 @@ pub struct UnionFs {
 /// no request to the daemon. Registering a disk file (`FUSE_DEV_IOC_BACKING_OPEN`) needs
 /// `CAP_SYS_ADMIN` in the initial user namespace, so only a privileged union asks for
 /// it; anywhere else, or once the kernel refuses, files are served through the daemon.
-///
-/// The kernel ties one disk file to an inode while any passthrough open of it lasts,
-/// and refuses (EIO to the user) an open that does not use that same file, or a
-/// passthrough open while a cached one lasts. So every open of a node follows the
-/// node's current mode here: the first open picks it, later ones reuse it until the
-/// last one is released.
-#[derive(Debug, Default)]
-struct Passthrough {
-    /// Negotiated at INIT (then opens are tracked per node) and not refused since.
-    switch: super::PassthroughSwitch,
-    state: parking_lot::Mutex<PassthroughState>,
-    /// Signalled whenever a node's last open goes.
-    released: parking_lot::Condvar,
-}
-
-#[derive(Debug, Default)]
-struct PassthroughState {
-    nodes: std::collections::HashMap<u64, NodeIo>,
-    /// The node of each open file handle.
-    handles: std::collections::HashMap<u64, u64>,
-}
-
-/// How the open files of one node are served.
-#[derive(Debug)]
-enum NodeIo {
-    /// Through the daemon (page cache kept).
-    Cached { opens: usize },
-    /// By the kernel from a registered disk file.
-    Backed {
-        id: std::sync::Arc<fuser::BackingId>,
-        upper: bool,
-        opens: usize,
-    },
-}
-
-/// How to answer one open.
-enum OpenIo {
-    Cached,
-    Backed(std::sync::Arc<fuser::BackingId>),
-}
+/// A node's backing file is named by whether it is the node's upper copy (else a
+/// lower file, read-only); the union's rule for an open that needs another one is
+/// [`UnionFs::backing`]'s.
+type Passthrough = super::passthrough::Passthrough<bool>;
 
 /// How long a write-open waits for the kernel's release of a read-only lower file
 /// (the kernel sends RELEASE asynchronously after close(2)).
 const BACKING_RELEASE_WAIT: Duration = Duration::from_secs(2);
-
-impl Passthrough {
-    /// Decides how open file `fh` of `node` (disk file `file`, opened for writing when
-    /// `write`) is served, registering the disk file through `register` when the node
-    /// gets a backing file.
-    fn open(
-        &self,
-        node: u64,
-        fh: u64,
-        file: &BackingFile,
-        write: bool,
-        register: impl FnOnce(&BackingFile) -> io::Result<fuser::BackingId>,
-    ) -> io::Result<OpenIo> {
-        let mut st = self.state.lock();
-        let deadline = std::time::Instant::now() + BACKING_RELEASE_WAIT;
-        let io = loop {
-            match st.nodes.get_mut(&node) {
-                None => {
-                    let io = self.register(file, register);
-                    let entry = match &io {
-                        OpenIo::Cached => NodeIo::Cached { opens: 1 },
-                        OpenIo::Backed(id) => NodeIo::Backed {
-                            id: id.clone(),
-                            upper: file.upper,
-                            opens: 1,
-                        },
-                    };
-                    st.nodes.insert(node, entry);
-                    break io;
-                }
-                Some(NodeIo::Cached { opens }) => {
-                    *opens += 1;
-                    break OpenIo::Cached;
-                }
-                // A read-only open after a copy-up by chmod or chown may keep reading
-                // the lower file the node's other opens read: the same data (a truncate
-                // first waits for those readers, see `wait_lower_readers`).
-                Some(NodeIo::Backed { id, upper, opens }) if *upper == file.upper || !write => {
-                    *opens += 1;
-                    break OpenIo::Backed(id.clone());
-                }
-                // A write-open of a file copied up while its lower copy is open for
-                // reading: the kernel keeps the lower file until the last reader goes.
-                // Usually that reader is closed already and its RELEASE on its way.
-                Some(NodeIo::Backed { .. }) => {
-                    if self.released.wait_until(&mut st, deadline).timed_out() {
-                        return Err(io::Error::from_raw_os_error(libc::ETXTBSY));
-                    }
-                }
-            }
-        };
-        st.handles.insert(fh, node);
-        Ok(io)
-    }
-
-    /// Waits until no open of `node` reads its lower file through the kernel, so that
-    /// a change of the file's data (a truncate or a write-open, which copy up) is seen
-    /// by every later open: those reuse the node's backing file. ETXTBSY if the readers
-    /// stay, before anything was copied up or truncated.
-    fn wait_lower_readers(&self, node: u64) -> io::Result<()> {
-        let mut st = self.state.lock();
-        let deadline = std::time::Instant::now() + BACKING_RELEASE_WAIT;
-        while matches!(
-            st.nodes.get(&node),
-            Some(NodeIo::Backed { upper: false, .. })
-        ) {
-            if self.released.wait_until(&mut st, deadline).timed_out() {
-                return Err(io::Error::from_raw_os_error(libc::ETXTBSY));
-            }
-        }
-        Ok(())
-    }
-
-    fn register(
-        &self,
-        file: &BackingFile,
-        register: impl FnOnce(&BackingFile) -> io::Result<fuser::BackingId>,
-    ) -> OpenIo {
-        match self.switch.register(file, register, "union file data") {
-            Some(id) => OpenIo::Backed(std::sync::Arc::new(id)),
-            None => OpenIo::Cached,
-        }
-    }
-
-    /// Forgets open file `fh`; the node's backing file goes with its last open.
-    fn release(&self, fh: u64) {
-        let mut st = self.state.lock();
-        let Some(node) = st.handles.remove(&fh) else {
-            return;
-        };
-        let last = match st.nodes.get_mut(&node) {
-            Some(NodeIo::Cached { opens } | NodeIo::Backed { opens, .. }) => {
-                *opens -= 1;
-                *opens == 0
-            }
-            None => false,
-        };
-        if last {
-            // Dropping the last reference closes the backing id (an ioctl, no disk I/O).
-            st.nodes.remove(&node);
-            self.released.notify_all();
-        }
-    }
-}
 
 /// Entry and attribute cache times.
 #[derive(Debug, Clone, Copy)]
@@ -248,7 +110,7 @@ impl UnionFs {
         UnionFs {
             union,
             ttl,
-            passthrough: Passthrough::default(),
+            passthrough: Passthrough::new("union file data"),
             no_opendir: false,
         }
     }
@@ -270,22 +132,69 @@ impl UnionFs {
 
     /// Answers an open of `ino` whose file is `fh` (opened for writing when `write`).
     fn reply_open(&self, ino: INodeNo, fh: Fh, write: bool, reply: ReplyOpen) {
-        if !self.passthrough.switch.negotiated() {
-            return reply.opened(FileHandle(fh.0), CACHE_FILE);
-        }
-        let io = self.union.backing_file(fh).and_then(|file| {
-            self.passthrough
-                .open(ino.0, fh.0, &file, write, |f| reply.open_backing(f))
-        });
-        match io {
-            Ok(OpenIo::Cached) => reply.opened(FileHandle(fh.0), CACHE_FILE),
-            Ok(OpenIo::Backed(id)) => {
-                reply.opened_passthrough(FileHandle(fh.0), FopenFlags::empty(), &id)
-            }
+        match self.backing(ino.0, fh, write, |f| reply.open_backing(f)) {
+            Ok(None) => reply.opened(FileHandle(fh.0), CACHE_FILE),
+            Ok(Some(id)) => reply.opened_passthrough(FileHandle(fh.0), FopenFlags::empty(), &id),
             Err(e) => {
                 self.union.release(fh);
                 reply.error(Errno::from(e));
             }
+        }
+    }
+
+    /// The backing file open file `fh` of `node` is served by (`None`: by the daemon),
+    /// registered through `register` when the node gets one.
+    fn backing(
+        &self,
+        node: u64,
+        fh: Fh,
+        write: bool,
+        register: impl FnOnce(&BackingFile) -> io::Result<BackingId>,
+    ) -> io::Result<Option<Arc<BackingId>>> {
+        if !self.passthrough.switch.negotiated() {
+            return Ok(None);
+        }
+        let file = self.union.backing_file(fh)?;
+        let deadline = Instant::now() + BACKING_RELEASE_WAIT;
+        let join = |upper: &bool| {
+            if *upper == file.upper || !write {
+                // A read-only open after a copy-up by chmod or chown may keep reading
+                // the lower file the node's other opens read: the same data (a
+                // truncate first waits for those readers, see `wait_lower_readers`).
+                Join::Share
+            } else {
+                // A write-open of a file copied up while its lower copy is open for
+                // reading: the kernel keeps the lower file until the last reader goes.
+                // Usually that reader is closed already and its RELEASE on its way.
+                Join::Wait(deadline)
+            }
+        };
+        match self
+            .passthrough
+            .open(node, fh.0, Some((file.upper, &file)), join, register)
+        {
+            OpenIo::Cached => Ok(None),
+            OpenIo::Backed(id) => Ok(Some(id)),
+            OpenIo::Conflict => Err(io::Error::from_raw_os_error(libc::ETXTBSY)),
+        }
+    }
+
+    /// Waits until no open of `node` reads its lower file through the kernel, so that
+    /// a change of the file's data (a truncate or a write-open, which copy up) is seen
+    /// by every later open: those reuse the node's backing file. ETXTBSY if the readers
+    /// stay, before anything was copied up or truncated.
+    fn wait_lower_readers(&self, node: u64) -> io::Result<()> {
+        if !self.passthrough.switch.negotiated() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + BACKING_RELEASE_WAIT;
+        if self
+            .passthrough
+            .wait_unbacked(node, |upper| !upper, deadline)
+        {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(libc::ETXTBSY))
         }
     }
 }
@@ -408,8 +317,8 @@ impl Filesystem for UnionFs {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
-        if size.is_some() && self.passthrough.switch.negotiated() {
-            if let Err(e) = self.passthrough.wait_lower_readers(ino.0) {
+        if size.is_some() {
+            if let Err(e) = self.wait_lower_readers(ino.0) {
                 return reply.error(Errno::from(e));
             }
         }
@@ -521,8 +430,8 @@ impl Filesystem for UnionFs {
         let write = acc != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         // A write-open that must fail for a lasting lower reader fails before it copies
         // up or truncates anything.
-        if write && self.passthrough.switch.negotiated() {
-            if let Err(e) = self.passthrough.wait_lower_readers(ino.0) {
+        if write {
+            if let Err(e) = self.wait_lower_readers(ino.0) {
                 return reply.error(Errno::from(e));
             }
         }
@@ -797,19 +706,9 @@ impl Filesystem for UnionFs {
             Err(e) => return reply.error(Errno::from(e)),
         };
         let (ttl, attr) = (self.ttl.attr(&a), file_attr(&a));
-        let io = if self.passthrough.switch.negotiated() {
-            self.union.backing_file(fh).and_then(|file| {
-                self.passthrough
-                    .open(a.node.0, fh.0, &file, true, |f| reply.open_backing(f))
-            })
-        } else {
-            Ok(OpenIo::Cached)
-        };
-        match io {
-            Ok(OpenIo::Cached) => {
-                reply.created(&ttl, &attr, Generation(0), FileHandle(fh.0), CACHE_FILE)
-            }
-            Ok(OpenIo::Backed(id)) => reply.created_passthrough(
+        match self.backing(a.node.0, fh, true, |f| reply.open_backing(f)) {
+            Ok(None) => reply.created(&ttl, &attr, Generation(0), FileHandle(fh.0), CACHE_FILE),
+            Ok(Some(id)) => reply.created_passthrough(
                 &ttl,
                 &attr,
                 Generation(0),
