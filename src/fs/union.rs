@@ -68,6 +68,58 @@ type Passthrough = super::passthrough::Passthrough<bool>;
 /// (the kernel sends RELEASE asynchronously after close(2)).
 const BACKING_RELEASE_WAIT: Duration = Duration::from_secs(2);
 
+/// The reply that hands an open file to the kernel: OPEN's, or CREATE's with the new
+/// entry.
+trait OpenReply {
+    /// Registers `file` as a backing file (`FUSE_DEV_IOC_BACKING_OPEN`).
+    fn open_backing(&self, file: &BackingFile) -> io::Result<BackingId>;
+    /// Answers with `fh`, served by the kernel from `backing` when given.
+    fn opened(self, fh: Fh, backing: Option<&BackingId>);
+    fn error(self, e: Errno);
+}
+
+impl OpenReply for ReplyOpen {
+    fn open_backing(&self, file: &BackingFile) -> io::Result<BackingId> {
+        ReplyOpen::open_backing(self, file)
+    }
+    fn opened(self, fh: Fh, backing: Option<&BackingId>) {
+        match backing {
+            None => ReplyOpen::opened(self, FileHandle(fh.0), CACHE_FILE),
+            Some(id) => self.opened_passthrough(FileHandle(fh.0), FopenFlags::empty(), id),
+        }
+    }
+    fn error(self, e: Errno) {
+        ReplyOpen::error(self, e);
+    }
+}
+
+/// CREATE's reply and the entry it carries.
+struct Created {
+    reply: ReplyCreate,
+    ttl: Duration,
+    attr: FileAttr,
+}
+
+impl OpenReply for Created {
+    fn open_backing(&self, file: &BackingFile) -> io::Result<BackingId> {
+        self.reply.open_backing(file)
+    }
+    fn opened(self, fh: Fh, backing: Option<&BackingId>) {
+        let (ttl, attr, fh) = (&self.ttl, &self.attr, FileHandle(fh.0));
+        match backing {
+            None => self.reply.created(ttl, attr, Generation(0), fh, CACHE_FILE),
+            Some(id) => {
+                let flags = FopenFlags::empty();
+                self.reply
+                    .created_passthrough(ttl, attr, Generation(0), fh, flags, id)
+            }
+        }
+    }
+    fn error(self, e: Errno) {
+        self.reply.error(e);
+    }
+}
+
 /// Entry and attribute cache times.
 #[derive(Debug, Clone, Copy)]
 pub struct Ttl {
@@ -130,11 +182,11 @@ impl UnionFs {
         }
     }
 
-    /// Answers an open of `ino` whose file is `fh` (opened for writing when `write`).
-    fn reply_open(&self, ino: INodeNo, fh: Fh, write: bool, reply: ReplyOpen) {
+    /// Answers an open (OPEN or CREATE) of `ino` whose file is `fh`, opened for writing
+    /// when `write`.
+    fn reply_open(&self, ino: INodeNo, fh: Fh, write: bool, reply: impl OpenReply) {
         match self.backing(ino.0, fh, write, |f| reply.open_backing(f)) {
-            Ok(None) => reply.opened(FileHandle(fh.0), CACHE_FILE),
-            Ok(Some(id)) => reply.opened_passthrough(FileHandle(fh.0), FopenFlags::empty(), &id),
+            Ok(id) => reply.opened(fh, id.as_deref()),
             Err(e) => {
                 self.union.release(fh);
                 reply.error(Errno::from(e));
@@ -705,22 +757,12 @@ impl Filesystem for UnionFs {
             Ok(r) => r,
             Err(e) => return reply.error(Errno::from(e)),
         };
-        let (ttl, attr) = (self.ttl.attr(&a), file_attr(&a));
-        match self.backing(a.node.0, fh, true, |f| reply.open_backing(f)) {
-            Ok(None) => reply.created(&ttl, &attr, Generation(0), FileHandle(fh.0), CACHE_FILE),
-            Ok(Some(id)) => reply.created_passthrough(
-                &ttl,
-                &attr,
-                Generation(0),
-                FileHandle(fh.0),
-                FopenFlags::empty(),
-                &id,
-            ),
-            Err(e) => {
-                self.union.release(fh);
-                reply.error(Errno::from(e));
-            }
-        }
+        let reply = Created {
+            reply,
+            ttl: self.ttl.attr(&a),
+            attr: file_attr(&a),
+        };
+        self.reply_open(INodeNo(a.node.0), fh, true, reply);
     }
 }
 
