@@ -148,7 +148,6 @@ pub fn request_capabilities(config: &mut fuser::KernelConfig, flags: &[fuser::In
     let _ = config.set_max_readahead(1 << 20);
 }
 
-/// Root of the initial user namespace: the only daemon that may register backing files.
 /// `path` as `/proc/self/mountinfo` spells a mount point: space, tab, newline and
 /// backslash octal-escaped. `None` for a path that is not UTF-8.
 pub fn mountinfo_path(path: &std::path::Path) -> Option<String> {
@@ -161,6 +160,7 @@ pub fn mountinfo_path(path: &std::path::Path) -> Option<String> {
     )
 }
 
+/// Root of the initial user namespace: the only daemon that may register backing files.
 pub(crate) fn privileged() -> bool {
     nix::unistd::geteuid().is_root() && crate::layers::union::in_initial_userns()
 }
