@@ -79,6 +79,20 @@ pub(crate) fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
+/// A mounted session (not yet serving) and its unmounter.
+#[derive(Debug)]
+pub struct Mounted<FS: fuser::Filesystem> {
+    pub session: fuser::Session<FS>,
+    pub unmounter: Unmounter,
+}
+
+impl<FS: fuser::Filesystem> Mounted<FS> {
+    fn new(mut session: fuser::Session<FS>) -> Self {
+        let unmounter = Unmounter(session.unmount_callable());
+        Mounted { session, unmounter }
+    }
+}
+
 /// Unmounts a mounted session from another thread, which ends its loop.
 #[derive(Debug)]
 pub struct Unmounter(fuser::SessionUnmounter);

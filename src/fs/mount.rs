@@ -24,6 +24,7 @@
 //! finished image as a file and answers opens of it with FUSE passthrough (see
 //! [`Passthrough`]): the kernel reads the file itself, as fast as an ordinary file.
 
+use super::Mounted;
 use super::passthrough::{Join, OpenIo};
 use super::{caller, file_attr, file_type, reply_empty, reply_xattr, set_time};
 use std::ffi::OsStr;
@@ -710,9 +711,9 @@ fn raise_readahead(dev: &str) {
     }
 }
 
-/// Why the mount could not be set up.
+/// Why the gentree mount (its tree, [`session`]) could not be set up.
 #[derive(Debug, thiserror::Error)]
-pub enum MountError {
+pub enum TreeMountError {
     #[error("cannot open the configs dir {configs} as a union")]
     Configs {
         configs: PathBuf,
@@ -727,9 +728,9 @@ pub enum MountError {
     },
 }
 
-/// How to mount.
+/// How to mount the gentree tree.
 #[derive(Debug, Clone)]
-pub struct MountSpec {
+pub struct TreeMountSpec {
     pub mountpoint: PathBuf,
     pub allow_other: bool,
     pub allow_root: bool,
@@ -742,16 +743,12 @@ pub struct MountSpec {
     pub image_files: bool,
 }
 
-/// The mounted session (not yet serving) and its unmounter.
-#[derive(Debug)]
-pub struct Mounted {
-    pub session: fuser::Session<GentreeFuse>,
-    pub unmounter: super::Unmounter,
-}
-
 /// Mounts the tree and starts the build manager's interrupt watcher; serve with
 /// `session.run()`.
-pub fn session(fs: GentreeFs, spec: &MountSpec) -> Result<Mounted, MountError> {
+pub fn session(
+    fs: GentreeFs,
+    spec: &TreeMountSpec,
+) -> Result<Mounted<GentreeFuse>, TreeMountError> {
     let fs = Arc::new(fs);
     let mut cfg = Config::default();
     cfg.mount_options = mount_options(spec.options.options());
@@ -766,11 +763,11 @@ pub fn session(fs: GentreeFs, spec: &MountSpec) -> Result<Mounted, MountError> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     cfg.n_threads = Some(spec.threads.unwrap_or(cpus).max(1));
     cfg.clone_fd = true;
-    let mount_err = |source| MountError::Mount {
+    let mount_err = |source| TreeMountError::Mount {
         mountpoint: spec.mountpoint.clone(),
         source,
     };
-    let mut session = fuser::Session::new(
+    let session = fuser::Session::new(
         GentreeFuse {
             fs: fs.clone(),
             image_files: spec.image_files,
@@ -833,8 +830,7 @@ pub fn session(fs: GentreeFs, spec: &MountSpec) -> Result<Mounted, MountError> {
             }
         })
         .map_err(mount_err)?;
-    let unmounter = super::Unmounter(session.unmount_callable());
-    Ok(Mounted { session, unmounter })
+    Ok(Mounted::new(session))
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use fuser::{
     TimeOrNow, WriteFlags,
 };
 
+use super::Mounted;
 use super::passthrough::{Join, OpenIo};
 use crate::layers::union::{Attr, BackingFile, Fh, Ino, SetAttr, Union, UnionOptions};
 
@@ -768,7 +769,7 @@ impl Filesystem for UnionFs {
 
 /// Why a union could not be mounted.
 #[derive(Debug, thiserror::Error)]
-pub enum MountError {
+pub enum UnionMountError {
     #[error(transparent)]
     Options(#[from] crate::layers::union::OptionsError),
     #[error("cannot prepare the union's work dir under {work}")]
@@ -796,7 +797,7 @@ pub enum MountError {
 
 /// Everything needed to mount a union (the CLI's `-o` options, parsed).
 #[derive(Debug, Clone)]
-pub struct MountSpec {
+pub struct UnionMountSpec {
     pub options: UnionOptions,
     pub mountpoint: PathBuf,
     /// What the mount table shows as the mount's source (`fsname`); `None` for
@@ -814,7 +815,7 @@ pub const SUBTYPE: &str = "gentree-fs";
 /// presented, possibly recorded, ownership), `allow_other` when asked or when run as
 /// root ([`UnionOptions::allows_other`]; needed inside the build's user namespace so
 /// Portage's users are not locked out), one event loop per CPU with its own cloned fd.
-pub fn fuse_config(spec: &MountSpec) -> Config {
+pub fn fuse_config(spec: &UnionMountSpec) -> Config {
     let o = &spec.options;
     let mut cfg = Config::default();
     let fsname = spec.source.as_deref().unwrap_or("gentree-union");
@@ -854,35 +855,27 @@ pub fn fuse_config(spec: &MountSpec) -> Config {
     cfg
 }
 
-/// A mounted union session and the means to unmount it from another thread.
-#[derive(Debug)]
-pub struct Mounted {
-    pub session: fuser::Session<UnionFs>,
-    pub unmounter: super::Unmounter,
-}
-
 /// Validates, opens and mounts a union; the returned session is mounted (the INIT
 /// handshake is done) but not yet serving.
-pub fn session(spec: &MountSpec) -> Result<Mounted, MountError> {
+pub fn session(spec: &UnionMountSpec) -> Result<Mounted<UnionFs>, UnionMountError> {
     let options = spec.options.validate(&spec.mountpoint)?;
-    let union = Union::new(&options).map_err(|source| MountError::Work {
+    let union = Union::new(&options).map_err(|source| UnionMountError::Work {
         work: options.work.clone().unwrap_or_default(),
         source,
     })?;
-    let spec = MountSpec {
+    let spec = UnionMountSpec {
         options,
         ..spec.clone()
     };
     raise_fd_limit();
     let cfg = fuse_config(&spec);
-    let mut session = fuser::Session::new(
+    let session = fuser::Session::new(
         UnionFs::new(union, Ttl::new(&spec.options)),
         &spec.mountpoint,
         &cfg,
     )
     .map_err(|source| mount_error(&spec.mountpoint, source))?;
-    let unmounter = super::Unmounter(session.unmount_callable());
-    Ok(Mounted { session, unmounter })
+    Ok(Mounted::new(session))
 }
 
 /// Every open file of the union holds a real fd: allow as many as the hard limit does
@@ -899,19 +892,19 @@ fn raise_fd_limit() {
 /// fuser falls back to fusermount3 only when mount(2) says EPERM; when `/dev/fuse` is
 /// closed to the user (mode 0600, as in some containers) even fusermount3 cannot help,
 /// since it opens the device with the caller's rights.
-fn mount_error(mountpoint: &Path, source: io::Error) -> MountError {
+fn mount_error(mountpoint: &Path, source: io::Error) -> UnionMountError {
     let closed = !nix::unistd::geteuid().is_root()
         && matches!(
             std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse"),
             Err(e) if e.raw_os_error() == Some(libc::EACCES)
         );
     if closed {
-        return MountError::DevFuseClosed {
+        return UnionMountError::DevFuseClosed {
             mountpoint: mountpoint.to_owned(),
             source,
         };
     }
-    MountError::Mount {
+    UnionMountError::Mount {
         mountpoint: mountpoint.to_owned(),
         source,
     }
@@ -939,7 +932,7 @@ impl UnionMount {
 
 /// Mounts a union and serves it from background threads (for in-process use, e.g. the
 /// namespaced build helper). Returns once the mount is usable.
-pub fn mount(spec: &MountSpec) -> Result<UnionMount, MountError> {
+pub fn mount(spec: &UnionMountSpec) -> Result<UnionMount, UnionMountError> {
     let Mounted { session, .. } = session(spec)?;
     let bg = session
         .spawn()
