@@ -17,9 +17,10 @@ use std::time::Instant;
 /// Whether FUSE passthrough is in use.
 ///
 /// Registering a disk file (`FUSE_DEV_IOC_BACKING_OPEN`) needs `CAP_SYS_ADMIN` in the
-/// initial user namespace, so only a [`privileged`](super::privileged) daemon negotiates it at INIT. A
-/// refused registration turns it off for good (the daemon serves file data instead),
-/// except EBUSY: that file's filesystem stacks too deep, other files may do.
+/// initial user namespace, so only a [`privileged`](super::privileged) daemon
+/// negotiates it at INIT. A refused registration turns it off for good (the daemon
+/// serves file data instead), except EBUSY: that file's filesystem stacks too deep,
+/// other files may do.
 #[derive(Debug, Default)]
 pub(crate) struct PassthroughSwitch {
     negotiated: bool,
@@ -117,16 +118,16 @@ pub(crate) enum OpenIo<Id> {
     Cached,
     /// By passthrough with this backing file.
     Backed(Arc<Id>),
-    /// The inode's passthrough opens use another disk file, and the adapter's [`Join`]
-    /// rule refused the open or waited for them in vain: nothing was recorded.
+    /// The adapter's [`Join`] rule refused the open, or waited in vain for the inode's
+    /// passthrough opens to go: nothing was recorded.
     Conflict,
 }
 
-/// What an open that would be backed by another disk file does on an inode whose
-/// passthrough opens last (the adapter's rule, given the inode's file).
+/// What an open does on an inode whose passthrough opens last: the adapter's rule,
+/// given the name of the disk file those opens use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Join {
-    /// Reuse the inode's backing file (it serves the same data).
+    /// Reuse the inode's backing file: it serves the data this open wants.
     Share,
     /// Answer [`OpenIo::Conflict`] now.
     Refuse,
