@@ -35,8 +35,8 @@ pub use oci::ExtraOp;
 
 use super::images::Images;
 use super::inodes::{
-    BUILDS, CONFIGS_UNION, LAYERS, Node, PACKAGES, ROOT, SEEDS, TAR_GEN_SHIFT, TAR_GENS, split_fh,
-    union_fh, union_fh_out, union_ino,
+    BUILDS, CONFIGS_UNION, LAYERS, PACKAGES, ROOT, SEEDS, TAR_GEN_SHIFT, TAR_GENS, TreeNode,
+    split_fh, union_fh, union_fh_out, union_ino,
 };
 use crate::layers::ownership::FileKind;
 use crate::layers::store::{BuildKey, Store};
@@ -299,7 +299,7 @@ impl GentreeFs {
     /// (`builds/<config>.tar`): the adapter then answers the request from a resolver
     /// thread ([`Images::when_resolved`]) instead of reading the config on its own.
     pub fn unresolved(&self, ino: u64) -> Option<String> {
-        let Some(Node::Tar(i)) = Node::of(ino) else {
+        let Some(TreeNode::Tar(i)) = TreeNode::of(ino) else {
             return None;
         };
         let name = self.build_name(i).ok()?;
@@ -440,8 +440,8 @@ impl GentreeFs {
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<Attr> {
         let n = name.to_str();
-        match Node::of(parent).ok_or_else(|| io::Error::from(Errno::ENOENT))? {
-            Node::Root => match n {
+        match TreeNode::of(parent).ok_or_else(|| io::Error::from(Errno::ENOENT))? {
+            TreeNode::Root => match n {
                 Some("seeds") => self.getattr(SEEDS),
                 Some("builds") => self.getattr(BUILDS),
                 Some("configs") => self.getattr(union_ino(CONFIGS_UNION, 1)),
@@ -449,15 +449,15 @@ impl GentreeFs {
                 Some("packages") => self.getattr(PACKAGES),
                 _ => Err(Errno::ENOENT.into()),
             },
-            Node::Packages => {
+            TreeNode::Packages => {
                 let u = self.package_union(n.ok_or_else(|| io::Error::from(Errno::ENOENT))?)?;
                 self.getattr(union_ino(u, 1))
             }
-            Node::Seeds => {
+            TreeNode::Seeds => {
                 let u = self.seed_union(n.ok_or_else(|| io::Error::from(Errno::ENOENT))?)?;
                 self.getattr(union_ino(u, 1))
             }
-            Node::Builds => {
+            TreeNode::Builds => {
                 let n = n.ok_or_else(|| io::Error::from(Errno::ENOENT))?;
                 if let Some(a) = self.extra_in_builds(n) {
                     return a;
@@ -473,10 +473,10 @@ impl GentreeFs {
                 self.getattr(if tar {
                     self.tar_ino_at(i)
                 } else {
-                    Node::Log(i).ino()
+                    TreeNode::Log(i).ino()
                 })
             }
-            Node::Layers => {
+            TreeNode::Layers => {
                 let n = n.and_then(|n| n.strip_suffix(".tar"));
                 let n = n.ok_or_else(|| io::Error::from(Errno::ENOENT))?;
                 let (_, key) = self
@@ -484,18 +484,20 @@ impl GentreeFs {
                     .into_iter()
                     .find(|(b, _)| b == n)
                     .ok_or_else(|| io::Error::from(Errno::ENOENT))?;
-                self.getattr(Node::Layer(self.layer_index(&key)).ino())
+                self.getattr(TreeNode::Layer(self.layer_index(&key)).ino())
             }
-            Node::Union(u, ino) => Ok(Self::mapped(u, self.union(u)?.lookup(ino, name)?)),
-            Node::Oci(i, part) => self.oci_lookup(i, part, name),
-            Node::Tar(_) | Node::Log(_) | Node::Layer(_) | Node::Blob(_) | Node::Sbom(_) => {
-                Err(Errno::ENOTDIR.into())
-            }
+            TreeNode::Union(u, ino) => Ok(Self::mapped(u, self.union(u)?.lookup(ino, name)?)),
+            TreeNode::Oci(i, part) => self.oci_lookup(i, part, name),
+            TreeNode::Tar(_)
+            | TreeNode::Log(_)
+            | TreeNode::Layer(_)
+            | TreeNode::Blob(_)
+            | TreeNode::Sbom(_) => Err(Errno::ENOTDIR.into()),
         }
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
-        if let Some(Node::Union(u, i)) = Node::of(ino) {
+        if let Some(TreeNode::Union(u, i)) = TreeNode::of(ino) {
             if let Ok(un) = self.union(u) {
                 un.forget(i, n);
             }
@@ -508,17 +510,17 @@ impl GentreeFs {
     /// An image reports its exact size once ready and 0 before (it is then
     /// opened with direct I/O, so readers still get every byte: see [`Opened`]).
     pub fn getattr(&self, ino: u64) -> io::Result<Attr> {
-        match Node::of(ino).ok_or_else(|| io::Error::from(Errno::ENOENT))? {
-            Node::Root => Ok(self.dir_attr(ROOT, 0o755)),
-            Node::Seeds => Ok(self.dir_attr(SEEDS, 0o555)),
-            Node::Builds => Ok(self.dir_attr(BUILDS, 0o755)),
-            Node::Layers => Ok(self.dir_attr(LAYERS, 0o555)),
-            Node::Packages => Ok(self.dir_attr(PACKAGES, 0o555)),
-            Node::Layer(i) => {
+        match TreeNode::of(ino).ok_or_else(|| io::Error::from(Errno::ENOENT))? {
+            TreeNode::Root => Ok(self.dir_attr(ROOT, 0o755)),
+            TreeNode::Seeds => Ok(self.dir_attr(SEEDS, 0o555)),
+            TreeNode::Builds => Ok(self.dir_attr(BUILDS, 0o755)),
+            TreeNode::Layers => Ok(self.dir_attr(LAYERS, 0o555)),
+            TreeNode::Packages => Ok(self.dir_attr(PACKAGES, 0o555)),
+            TreeNode::Layer(i) => {
                 let size = self.oci_layout(i)?.size();
                 Ok(self.attr(ino, FileKind::File, FILE_MODE, size, self.started))
             }
-            Node::Tar(i) => {
+            TreeNode::Tar(i) => {
                 let name = self.build_name(i)?;
                 let status = self.images.status(&name);
                 let size = status.image.as_ref().map_or(0, |l| l.size());
@@ -527,7 +529,7 @@ impl GentreeFs {
                     .unwrap_or(self.started);
                 Ok(self.attr(ino, FileKind::File, FILE_MODE, size, mtime))
             }
-            Node::Log(i) => {
+            TreeNode::Log(i) => {
                 let name = self.build_name(i)?;
                 let (size, mtime) = match std::fs::metadata(self.images.log_path(&name)) {
                     Ok(m) => (m.len(), m.modified().unwrap_or(self.started)),
@@ -535,14 +537,16 @@ impl GentreeFs {
                 };
                 Ok(self.attr(ino, FileKind::File, FILE_MODE, size, mtime))
             }
-            Node::Union(u, i) => Ok(Self::mapped(u, self.union(u)?.getattr(i, None)?)),
-            node @ (Node::Oci(..) | Node::Blob(_) | Node::Sbom(_)) => self.oci_getattr(node),
+            TreeNode::Union(u, i) => Ok(Self::mapped(u, self.union(u)?.getattr(i, None)?)),
+            node @ (TreeNode::Oci(..) | TreeNode::Blob(_) | TreeNode::Sbom(_)) => {
+                self.oci_getattr(node)
+            }
         }
     }
 
     pub fn setattr(&self, ino: u64, set: SetAttr, fh: Option<u64>) -> io::Result<Attr> {
-        match Node::of(ino).ok_or_else(|| io::Error::from(Errno::ENOENT))? {
-            Node::Union(u, i) => {
+        match TreeNode::of(ino).ok_or_else(|| io::Error::from(Errno::ENOENT))? {
+            TreeNode::Union(u, i) => {
                 let fh = fh.and_then(|f| union_fh(u, f));
                 Ok(Self::mapped(u, self.union(u)?.setattr(i, set, fh)?))
             }
@@ -551,8 +555,8 @@ impl GentreeFs {
     }
 
     pub fn readlink(&self, ino: u64) -> io::Result<PathBuf> {
-        match Node::of(ino) {
-            Some(Node::Union(u, i)) => self.union(u)?.readlink(i),
+        match TreeNode::of(ino) {
+            Some(TreeNode::Union(u, i)) => self.union(u)?.readlink(i),
             _ => Err(Errno::EINVAL.into()),
         }
     }
@@ -576,8 +580,8 @@ impl GentreeFs {
                 (parent, FileKind::Dir, "..".to_owned()),
             ]
         };
-        match Node::of(ino).ok_or_else(|| io::Error::from(Errno::ENOENT))? {
-            Node::Root => {
+        match TreeNode::of(ino).ok_or_else(|| io::Error::from(Errno::ENOENT))? {
+            TreeNode::Root => {
                 let mut v = dot(ROOT, ROOT);
                 v.push((SEEDS, FileKind::Dir, "seeds".into()));
                 v.push((union_ino(CONFIGS_UNION, 1), FileKind::Dir, "configs".into()));
@@ -586,7 +590,7 @@ impl GentreeFs {
                 v.push((PACKAGES, FileKind::Dir, "packages".into()));
                 Ok(own(v))
             }
-            Node::Packages => {
+            TreeNode::Packages => {
                 let mut v = dot(PACKAGES, ROOT);
                 for (name, _) in self.package_dirs() {
                     if let Ok(u) = self.package_union(&name) {
@@ -595,7 +599,7 @@ impl GentreeFs {
                 }
                 Ok(own(v))
             }
-            Node::Seeds => {
+            TreeNode::Seeds => {
                 let mut v = dot(SEEDS, ROOT);
                 for name in self.seed_names() {
                     if let Ok(u) = self.seed_union(&name) {
@@ -604,30 +608,40 @@ impl GentreeFs {
                 }
                 Ok(own(v))
             }
-            Node::Builds => {
+            TreeNode::Builds => {
                 let mut v = dot(BUILDS, ROOT);
                 for name in self.images.names()? {
                     if let Some(i) = self.build_index(&name) {
                         v.push((self.tar_ino_at(i), FileKind::File, format!("{name}.tar")));
-                        v.push((Node::Log(i).ino(), FileKind::File, format!("{name}.log")));
+                        v.push((
+                            TreeNode::Log(i).ino(),
+                            FileKind::File,
+                            format!("{name}.log"),
+                        ));
                         v.extend(self.extras_in_builds(i, &name));
                     }
                 }
                 Ok(own(v))
             }
-            Node::Layers => {
+            TreeNode::Layers => {
                 let mut v = dot(LAYERS, ROOT);
                 for (name, key) in self.layer_names() {
                     let i = self.layer_index(&key);
-                    v.push((Node::Layer(i).ino(), FileKind::File, format!("{name}.tar")));
+                    v.push((
+                        TreeNode::Layer(i).ino(),
+                        FileKind::File,
+                        format!("{name}.tar"),
+                    ));
                 }
                 Ok(own(v))
             }
-            Node::Union(u, i) => Ok(union_fh_out(u, self.union(u)?.opendir(i)?.0)),
-            Node::Oci(i, part) => Ok(own(self.oci_listing(i, part)?)),
-            Node::Tar(_) | Node::Log(_) | Node::Layer(_) | Node::Blob(_) | Node::Sbom(_) => {
-                Err(Errno::ENOTDIR.into())
-            }
+            TreeNode::Union(u, i) => Ok(union_fh_out(u, self.union(u)?.opendir(i)?.0)),
+            TreeNode::Oci(i, part) => Ok(own(self.oci_listing(i, part)?)),
+            TreeNode::Tar(_)
+            | TreeNode::Log(_)
+            | TreeNode::Layer(_)
+            | TreeNode::Blob(_)
+            | TreeNode::Sbom(_) => Err(Errno::ENOTDIR.into()),
         }
     }
 
@@ -666,8 +680,8 @@ impl GentreeFs {
 
     pub fn open(&self, ino: u64, flags: i32) -> io::Result<Opened> {
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-        match Node::of(ino).ok_or_else(|| io::Error::from(Errno::ENOENT))? {
-            Node::Union(u, i) => {
+        match TreeNode::of(ino).ok_or_else(|| io::Error::from(Errno::ENOENT))? {
+            TreeNode::Union(u, i) => {
                 let fh = union_fh_out(u, self.union(u)?.open(i, flags)?.0);
                 // configs/ changes under us (editors, cp): no stale pages. Builds
                 // write the seeds' uppers: their pages are dropped on each open.
@@ -677,26 +691,30 @@ impl GentreeFs {
                     Opened::Reread(fh)
                 })
             }
-            Node::Tar(_) | Node::Log(_) | Node::Layer(_) if writing => Err(Errno::EACCES.into()),
-            node @ (Node::Oci(..) | Node::Blob(_) | Node::Sbom(_)) if !writing => {
+            TreeNode::Tar(_) | TreeNode::Log(_) | TreeNode::Layer(_) if writing => {
+                Err(Errno::EACCES.into())
+            }
+            node @ (TreeNode::Oci(..) | TreeNode::Blob(_) | TreeNode::Sbom(_)) if !writing => {
                 self.oci_open(node)
             }
-            Node::Oci(..) | Node::Blob(_) | Node::Sbom(_) => Err(Errno::EACCES.into()),
-            Node::Layer(i) => Ok(Opened::Cached(
+            TreeNode::Oci(..) | TreeNode::Blob(_) | TreeNode::Sbom(_) => Err(Errno::EACCES.into()),
+            TreeNode::Layer(i) => Ok(Opened::Cached(
                 self.handles.insert(Handle::Tar(self.oci_layout(i)?)),
             )),
             // An older generation of the tar (see `new_tar_generation`): the kernel
             // retries the open after a fresh lookup, which gives the current one.
-            Node::Tar(i) if ino != self.tar_ino_at(i) => Err(Errno::ESTALE.into()),
-            Node::Tar(i) => Ok(Opened::Image(self.build_name(i)?)),
-            Node::Log(i) => {
+            TreeNode::Tar(i) if ino != self.tar_ino_at(i) => Err(Errno::ESTALE.into()),
+            TreeNode::Tar(i) => Ok(Opened::Image(self.build_name(i)?)),
+            TreeNode::Log(i) => {
                 let name = self.build_name(i)?;
                 let path = self.images.log_path(&name);
                 Ok(Opened::Direct(self.handles.insert(Handle::Log(path))))
             }
-            Node::Root | Node::Seeds | Node::Builds | Node::Layers | Node::Packages => {
-                Err(Errno::EISDIR.into())
-            }
+            TreeNode::Root
+            | TreeNode::Seeds
+            | TreeNode::Builds
+            | TreeNode::Layers
+            | TreeNode::Packages => Err(Errno::EISDIR.into()),
         }
     }
 
@@ -761,9 +779,9 @@ impl GentreeFs {
 
     /// Only configs/ (and, read-only, seeds/) take new names.
     fn union_dir(&self, parent: u64) -> io::Result<(usize, Ino, Arc<Union>)> {
-        match Node::of(parent).ok_or_else(|| io::Error::from(Errno::ENOENT))? {
-            Node::Union(u, i) => Ok((u, i, self.union(u)?)),
-            Node::Seeds | Node::Packages => Err(Errno::EROFS.into()),
+        match TreeNode::of(parent).ok_or_else(|| io::Error::from(Errno::ENOENT))? {
+            TreeNode::Union(u, i) => Ok((u, i, self.union(u)?)),
+            TreeNode::Seeds | TreeNode::Packages => Err(Errno::EROFS.into()),
             _ => Err(Errno::EPERM.into()),
         }
     }
@@ -824,16 +842,16 @@ impl GentreeFs {
         flags: u32,
     ) -> io::Result<()> {
         let (u, i, un) = self.union_dir(parent)?;
-        match Node::of(newparent) {
-            Some(Node::Union(v, j)) if v == u => un.rename(i, name, j, newname, flags),
+        match TreeNode::of(newparent) {
+            Some(TreeNode::Union(v, j)) if v == u => un.rename(i, name, j, newname, flags),
             _ => Err(Errno::EXDEV.into()),
         }
     }
 
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> io::Result<Vec<u8>> {
-        match Node::of(ino).ok_or_else(|| io::Error::from(Errno::ENOENT))? {
-            Node::Union(u, i) => self.union(u)?.getxattr(i, name),
-            Node::Tar(b) => {
+        match TreeNode::of(ino).ok_or_else(|| io::Error::from(Errno::ENOENT))? {
+            TreeNode::Union(u, i) => self.union(u)?.getxattr(i, name),
+            TreeNode::Tar(b) => {
                 let status = self.images.status(&self.build_name(b)?);
                 match name.to_str() {
                     Some(XATTR_STATE) => Ok(status.state.as_str().as_bytes().to_vec()),
@@ -850,9 +868,9 @@ impl GentreeFs {
 
     /// The xattr names, NUL-terminated each.
     pub fn listxattr(&self, ino: u64) -> io::Result<Vec<u8>> {
-        match Node::of(ino).ok_or_else(|| io::Error::from(Errno::ENOENT))? {
-            Node::Union(u, i) => self.union(u)?.listxattr(i),
-            Node::Tar(b) => {
+        match TreeNode::of(ino).ok_or_else(|| io::Error::from(Errno::ENOENT))? {
+            TreeNode::Union(u, i) => self.union(u)?.listxattr(i),
+            TreeNode::Tar(b) => {
                 let status = self.images.status(&self.build_name(b)?);
                 let mut v = format!("{XATTR_STATE}\0").into_bytes();
                 if status.key.is_some() {
@@ -880,7 +898,7 @@ impl GentreeFs {
     /// The current inode of the tar of builds index `i`.
     fn tar_ino_at(&self, i: usize) -> u64 {
         let g = self.tar_gens.lock().get(&i).copied().unwrap_or(0);
-        Node::Tar(i).ino() + (g << TAR_GEN_SHIFT)
+        TreeNode::Tar(i).ino() + (g << TAR_GEN_SHIFT)
     }
 
     /// Gives `builds/<name>.tar` a new inode number: lookups from now on return it, and
@@ -904,9 +922,9 @@ impl GentreeFs {
     /// and logs (an edited config or a finished build changes an image's size at
     /// once; a log grows), `ttl` for the rest.
     pub fn attr_ttl(ino: u64, ttl: Duration) -> Duration {
-        match Node::of(ino) {
-            Some(Node::Tar(_) | Node::Log(_) | Node::Sbom(_)) => Duration::ZERO,
-            Some(Node::Oci(_, super::inodes::OciPart::Index)) => Duration::ZERO,
+        match TreeNode::of(ino) {
+            Some(TreeNode::Tar(_) | TreeNode::Log(_) | TreeNode::Sbom(_)) => Duration::ZERO,
+            Some(TreeNode::Oci(_, super::inodes::OciPart::Index)) => Duration::ZERO,
             _ => ttl,
         }
     }
