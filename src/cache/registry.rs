@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::CacheRef;
 use super::auth::{Challenge, Credentials, token_of};
-use crate::layers::digest::hex;
+use crate::layers::digest::{hex, sha256_hex};
 
 /// The largest manifest accepted.
 pub const MAX_MANIFEST: u64 = 4 << 20;
@@ -68,7 +68,7 @@ pub enum RegistryError {
 
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex(&Sha256::digest(bytes)))
+    format!("sha256:{}", sha256_hex(bytes))
 }
 
 /// True for `sha256:` and 64 lowercase hex digits, the only digests used.

@@ -10,7 +10,8 @@ use super::{CmdResult, daemon};
 use crate::builder::config::{DefaultSources, Defaults};
 use crate::cli::MountArgs;
 use crate::fs::FuseOptions;
-use crate::fs::mount::{MountError, MountSpec, Mounted, session};
+use crate::fs::Mounted;
+use crate::fs::mount::{TreeMountError, TreeMountSpec, session};
 use crate::layers::layout::ConfRoot;
 use crate::mount::images::{BuildEnv, Images};
 use crate::mount::tree::{GentreeFs, TreeSpec};
@@ -104,11 +105,11 @@ pub fn run(args: &MountArgs) -> CmdResult {
         },
         images.clone(),
     )
-    .map_err(|source| MountError::Configs {
+    .map_err(|source| TreeMountError::Configs {
         configs: configs.clone(),
         source,
     })?;
-    let spec = MountSpec {
+    let spec = TreeMountSpec {
         mountpoint: mountpoint.clone(),
         allow_other: opts.allow_other,
         allow_root: opts.allow_root,
@@ -118,7 +119,7 @@ pub fn run(args: &MountArgs) -> CmdResult {
     };
     let Mounted { session, unmounter } = match session(tree, &spec) {
         Ok(m) => m,
-        Err(MountError::Mount { source, .. }) if daemon::unmounted_early(&source) => {
+        Err(TreeMountError::Mount { source, .. }) if daemon::unmounted_early(&source) => {
             return daemon::gone_before_ready(&mountpoint);
         }
         Err(e) => return Err(e.into()),

@@ -23,7 +23,7 @@ impl helper::UnionMounter for FuseUnions {
             allow_other: true,
             ..UnionOptions::default()
         };
-        let mount = union::mount(&union::MountSpec {
+        let mount = union::mount(&union::UnionMountSpec {
             options,
             mountpoint: target.to_path_buf(),
             source: None,

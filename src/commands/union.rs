@@ -6,11 +6,12 @@ use std::process::ExitCode;
 
 use super::{CmdResult, daemon};
 use crate::cli::UnionArgs;
-use crate::fs::union::{MountError, MountSpec, Mounted, session};
+use crate::fs::Mounted;
+use crate::fs::union::{UnionMountError, UnionMountSpec, session};
 use crate::layers::union::UnionOptions;
 
 pub fn run(args: &UnionArgs) -> CmdResult {
-    let spec = MountSpec {
+    let spec = UnionMountSpec {
         options: UnionOptions::parse(&args.options)?,
         mountpoint: args.mountpoint().to_owned(),
         // `union` by default: the source an fstab line gives (the word mount.fuse3
@@ -29,11 +30,11 @@ pub fn run(args: &UnionArgs) -> CmdResult {
 
 /// Mounts and serves until unmounted. An unmount that lands before the kernel's INIT
 /// handshake is a clean end too, as for the gentree mount.
-fn serve(spec: &MountSpec) -> CmdResult {
+fn serve(spec: &UnionMountSpec) -> CmdResult {
     let fg = daemon::Foreground::start()?;
     let Mounted { session, unmounter } = match session(spec) {
         Ok(m) => m,
-        Err(MountError::Mount { source, .. }) if daemon::unmounted_early(&source) => {
+        Err(UnionMountError::Mount { source, .. }) if daemon::unmounted_early(&source) => {
             return daemon::gone_before_ready(&spec.mountpoint);
         }
         Err(e) => return Err(e.into()),

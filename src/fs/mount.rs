@@ -24,8 +24,9 @@
 //! finished image as a file and answers opens of it with FUSE passthrough (see
 //! [`Passthrough`]): the kernel reads the file itself, as fast as an ordinary file.
 
+use super::Mounted;
+use super::passthrough::{Join, OpenIo};
 use super::{caller, file_attr, file_type, reply_empty, reply_xattr, set_time};
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -97,36 +98,14 @@ pub struct GentreeFuse {
 /// Registering a file needs `CAP_SYS_ADMIN` in the initial user namespace, so only a
 /// privileged daemon asks for it; a rootless one serves every image from its layout.
 ///
-/// The kernel ties one backing file to an inode while any passthrough open of it
-/// lasts, and fails (EIO) an open of that inode with another backing file, or a
-/// passthrough open while a page-cached one lasts (and the reverse). Direct I/O opens
-/// mix with page-cached ones, but not with passthrough ones. So per inode: while
-/// passthrough opens of one image file last, an open of another image (the config was
-/// edited) gets a new inode number for the tar ([`GentreeFs::new_tar_generation`])
-/// and ESTALE, on which the kernel looks the name up again and opens the new inode;
-/// while page-cached opens last, opens stay page-cached.
-#[derive(Debug, Default)]
-struct Passthrough {
-    /// Negotiated at INIT and not refused since.
-    switch: super::PassthroughSwitch,
-    state: parking_lot::Mutex<PassthroughState>,
-}
-
-#[derive(Debug, Default)]
-struct PassthroughState {
-    inodes: HashMap<u64, InodeIo>,
-    /// The inode of each tracked open file handle, and whether it is a backed one.
-    handles: HashMap<u64, (u64, bool)>,
-}
-
-#[derive(Debug, Default)]
-struct InodeIo {
-    /// Page-cached opens.
-    cached: usize,
-    /// Passthrough opens and their image file (its device and inode: a file
-    /// written again under the same name, after a rebuild, is another file).
-    backed: Option<(FileId, Arc<fuser::BackingId>, usize)>,
-}
+/// An image file is named by its device and inode: a file written again under the
+/// same name, after a rebuild, is another file. While passthrough opens of one image
+/// file last, an open of another image (the config was edited) gets a new inode
+/// number for the tar ([`GentreeFs::new_tar_generation`]) and ESTALE, on which the
+/// kernel looks the name up again and opens the new inode; while page-cached opens
+/// last, opens stay page-cached. Direct I/O opens mix with page-cached ones, but not
+/// with passthrough ones.
+type Passthrough = super::passthrough::Passthrough<FileId>;
 
 /// A file's device and inode.
 type FileId = (u64, u64);
@@ -145,7 +124,7 @@ enum ImageIo {
 impl Passthrough {
     /// Decides how open `fh` of inode `ino` is served; `file` is the image's file
     /// when it is complete, `register` registers it.
-    fn open(
+    fn open_image(
         &self,
         ino: u64,
         fh: u64,
@@ -157,78 +136,26 @@ impl Passthrough {
             let m = f.metadata().ok()?;
             Some(((m.dev(), m.ino()), f))
         });
-        let mut st = self.state.lock();
-        let node = st.inodes.entry(ino).or_default();
-        let io = match (&mut node.backed, file) {
-            (Some((p, id, n)), Some((path, _))) if *p == path => {
-                *n += 1;
-                ImageIo::Backed(id.clone())
-            }
-            (Some(_), _) => ImageIo::Stale,
-            (None, Some((path, f))) if node.cached == 0 && self.switch.enabled() => {
-                match self.switch.register(&f, register, "image data") {
-                    Some(id) => {
-                        let id = Arc::new(id);
-                        node.backed = Some((path, id.clone(), 1));
-                        ImageIo::Backed(id)
-                    }
-                    None => {
-                        node.cached += 1;
-                        ImageIo::Cached
-                    }
-                }
-            }
-            (None, _) => {
-                node.cached += 1;
-                ImageIo::Cached
+        let id = file.as_ref().map(|(id, _)| *id);
+        let join = |backing: &FileId| {
+            if Some(*backing) == id {
+                Join::Share
+            } else {
+                Join::Refuse
             }
         };
-        match io {
-            ImageIo::Backed(_) => drop(st.handles.insert(fh, (ino, true))),
-            ImageIo::Cached => drop(st.handles.insert(fh, (ino, false))),
-            ImageIo::Stale => {}
-        }
-        io
-    }
-
-    /// True while inode `ino` has passthrough opens (its backing file is fixed, and
-    /// the kernel fails every other open of it).
-    fn backed(&self, ino: u64) -> bool {
-        self.state
-            .lock()
-            .inodes
-            .get(&ino)
-            .is_some_and(|n| n.backed.is_some())
-    }
-
-    /// Forgets open file `fh`; an inode's backing file goes with its last open.
-    fn release(&self, fh: u64) {
-        let mut st = self.state.lock();
-        let Some((ino, backed)) = st.handles.remove(&fh) else {
-            return;
-        };
-        let Some(node) = st.inodes.get_mut(&ino) else {
-            return;
-        };
-        if backed {
-            if let Some((_, _, n)) = &mut node.backed {
-                *n -= 1;
-                if *n == 0 {
-                    // Dropping the last reference closes the backing id.
-                    node.backed = None;
-                }
-            }
-        } else {
-            node.cached = node.cached.saturating_sub(1);
-        }
-        if node_is_idle(Some(node)) {
-            st.inodes.remove(&ino);
+        match self.open(
+            ino,
+            fh,
+            file.as_ref().map(|(id, f)| (*id, f)),
+            join,
+            register,
+        ) {
+            OpenIo::Backed(id) => ImageIo::Backed(id),
+            OpenIo::Cached => ImageIo::Cached,
+            OpenIo::Conflict => ImageIo::Stale,
         }
     }
-}
-
-fn node_is_idle(node: Option<&InodeIo>) -> bool {
-    node.is_none_or(|n| n.cached == 0 && n.backed.is_none())
 }
 
 fn reply_entry(reply: ReplyEntry, ttl: Duration, r: io::Result<Attr>) {
@@ -286,7 +213,7 @@ impl Waiter for OpenWaiter {
                 let reply = &self.reply;
                 Some(
                     self.passthrough
-                        .open(self.ino, fh.0, file, |f| reply.open_backing(f)),
+                        .open_image(self.ino, fh.0, file, |f| reply.open_backing(f)),
                 )
             }
         };
@@ -784,9 +711,9 @@ fn raise_readahead(dev: &str) {
     }
 }
 
-/// Why the mount could not be set up.
+/// Why the gentree mount (its tree, [`session`]) could not be set up.
 #[derive(Debug, thiserror::Error)]
-pub enum MountError {
+pub enum TreeMountError {
     #[error("cannot open the configs dir {configs} as a union")]
     Configs {
         configs: PathBuf,
@@ -801,9 +728,9 @@ pub enum MountError {
     },
 }
 
-/// How to mount.
+/// How to mount the gentree tree.
 #[derive(Debug, Clone)]
-pub struct MountSpec {
+pub struct TreeMountSpec {
     pub mountpoint: PathBuf,
     pub allow_other: bool,
     pub allow_root: bool,
@@ -816,16 +743,12 @@ pub struct MountSpec {
     pub image_files: bool,
 }
 
-/// The mounted session (not yet serving) and its unmounter.
-#[derive(Debug)]
-pub struct Mounted {
-    pub session: fuser::Session<GentreeFuse>,
-    pub unmounter: super::Unmounter,
-}
-
 /// Mounts the tree and starts the build manager's interrupt watcher; serve with
 /// `session.run()`.
-pub fn session(fs: GentreeFs, spec: &MountSpec) -> Result<Mounted, MountError> {
+pub fn session(
+    fs: GentreeFs,
+    spec: &TreeMountSpec,
+) -> Result<Mounted<GentreeFuse>, TreeMountError> {
     let fs = Arc::new(fs);
     let mut cfg = Config::default();
     cfg.mount_options = mount_options(spec.options.options());
@@ -840,15 +763,15 @@ pub fn session(fs: GentreeFs, spec: &MountSpec) -> Result<Mounted, MountError> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     cfg.n_threads = Some(spec.threads.unwrap_or(cpus).max(1));
     cfg.clone_fd = true;
-    let mount_err = |source| MountError::Mount {
+    let mount_err = |source| TreeMountError::Mount {
         mountpoint: spec.mountpoint.clone(),
         source,
     };
-    let mut session = fuser::Session::new(
+    let session = fuser::Session::new(
         GentreeFuse {
             fs: fs.clone(),
             image_files: spec.image_files,
-            passthrough: Arc::new(Passthrough::default()),
+            passthrough: Arc::new(Passthrough::new("image data")),
         },
         &spec.mountpoint,
         &cfg,
@@ -907,8 +830,7 @@ pub fn session(fs: GentreeFs, spec: &MountSpec) -> Result<Mounted, MountError> {
             }
         })
         .map_err(mount_err)?;
-    let unmounter = super::Unmounter(session.unmount_callable());
-    Ok(Mounted { session, unmounter })
+    Ok(Mounted::new(session))
 }
 
 #[cfg(test)]

@@ -12,16 +12,19 @@ use super::{caller, file_attr, file_type, reply_empty, reply_xattr, set_time};
 use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow,
-    WriteFlags,
+    AccessFlags, BackingId, BsdFileFlags, Config, Errno, FileAttr, FileHandle, FileType,
+    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL,
+    TimeOrNow, WriteFlags,
 };
 
+use super::Mounted;
+use super::passthrough::{Join, OpenIo};
 use crate::layers::union::{Attr, BackingFile, Fh, Ino, SetAttr, Union, UnionOptions};
 
 /// Page cache policy. Every change to the union passes through the kernel (writes
@@ -57,152 +60,64 @@ pub struct UnionFs {
 /// no request to the daemon. Registering a disk file (`FUSE_DEV_IOC_BACKING_OPEN`) needs
 /// `CAP_SYS_ADMIN` in the initial user namespace, so only a privileged union asks for
 /// it; anywhere else, or once the kernel refuses, files are served through the daemon.
-///
-/// The kernel ties one disk file to an inode while any passthrough open of it lasts,
-/// and refuses (EIO to the user) an open that does not use that same file, or a
-/// passthrough open while a cached one lasts. So every open of a node follows the
-/// node's current mode here: the first open picks it, later ones reuse it until the
-/// last one is released.
-#[derive(Debug, Default)]
-struct Passthrough {
-    /// Negotiated at INIT (then opens are tracked per node) and not refused since.
-    switch: super::PassthroughSwitch,
-    state: parking_lot::Mutex<PassthroughState>,
-    /// Signalled whenever a node's last open goes.
-    released: parking_lot::Condvar,
-}
-
-#[derive(Debug, Default)]
-struct PassthroughState {
-    nodes: std::collections::HashMap<u64, NodeIo>,
-    /// The node of each open file handle.
-    handles: std::collections::HashMap<u64, u64>,
-}
-
-/// How the open files of one node are served.
-#[derive(Debug)]
-enum NodeIo {
-    /// Through the daemon (page cache kept).
-    Cached { opens: usize },
-    /// By the kernel from a registered disk file.
-    Backed {
-        id: std::sync::Arc<fuser::BackingId>,
-        upper: bool,
-        opens: usize,
-    },
-}
-
-/// How to answer one open.
-enum OpenIo {
-    Cached,
-    Backed(std::sync::Arc<fuser::BackingId>),
-}
+/// A node's backing file is named by whether it is the node's upper copy (else a
+/// lower file, read-only); the union's rule for an open that needs another one is
+/// [`UnionFs::backing`]'s.
+type Passthrough = super::passthrough::Passthrough<bool>;
 
 /// How long a write-open waits for the kernel's release of a read-only lower file
 /// (the kernel sends RELEASE asynchronously after close(2)).
 const BACKING_RELEASE_WAIT: Duration = Duration::from_secs(2);
 
-impl Passthrough {
-    /// Decides how open file `fh` of `node` (disk file `file`, opened for writing when
-    /// `write`) is served, registering the disk file through `register` when the node
-    /// gets a backing file.
-    fn open(
-        &self,
-        node: u64,
-        fh: u64,
-        file: &BackingFile,
-        write: bool,
-        register: impl FnOnce(&BackingFile) -> io::Result<fuser::BackingId>,
-    ) -> io::Result<OpenIo> {
-        let mut st = self.state.lock();
-        let deadline = std::time::Instant::now() + BACKING_RELEASE_WAIT;
-        let io = loop {
-            match st.nodes.get_mut(&node) {
-                None => {
-                    let io = self.register(file, register);
-                    let entry = match &io {
-                        OpenIo::Cached => NodeIo::Cached { opens: 1 },
-                        OpenIo::Backed(id) => NodeIo::Backed {
-                            id: id.clone(),
-                            upper: file.upper,
-                            opens: 1,
-                        },
-                    };
-                    st.nodes.insert(node, entry);
-                    break io;
-                }
-                Some(NodeIo::Cached { opens }) => {
-                    *opens += 1;
-                    break OpenIo::Cached;
-                }
-                // A read-only open after a copy-up by chmod or chown may keep reading
-                // the lower file the node's other opens read: the same data (a truncate
-                // first waits for those readers, see `wait_lower_readers`).
-                Some(NodeIo::Backed { id, upper, opens }) if *upper == file.upper || !write => {
-                    *opens += 1;
-                    break OpenIo::Backed(id.clone());
-                }
-                // A write-open of a file copied up while its lower copy is open for
-                // reading: the kernel keeps the lower file until the last reader goes.
-                // Usually that reader is closed already and its RELEASE on its way.
-                Some(NodeIo::Backed { .. }) => {
-                    if self.released.wait_until(&mut st, deadline).timed_out() {
-                        return Err(io::Error::from_raw_os_error(libc::ETXTBSY));
-                    }
-                }
-            }
-        };
-        st.handles.insert(fh, node);
-        Ok(io)
-    }
+/// The reply that hands an open file to the kernel: OPEN's, or CREATE's with the new
+/// entry.
+trait OpenReply {
+    /// Registers `file` as a backing file (`FUSE_DEV_IOC_BACKING_OPEN`).
+    fn open_backing(&self, file: &BackingFile) -> io::Result<BackingId>;
+    /// Answers with `fh`, served by the kernel from `backing` when given.
+    fn opened(self, fh: Fh, backing: Option<&BackingId>);
+    fn error(self, e: Errno);
+}
 
-    /// Waits until no open of `node` reads its lower file through the kernel, so that
-    /// a change of the file's data (a truncate or a write-open, which copy up) is seen
-    /// by every later open: those reuse the node's backing file. ETXTBSY if the readers
-    /// stay, before anything was copied up or truncated.
-    fn wait_lower_readers(&self, node: u64) -> io::Result<()> {
-        let mut st = self.state.lock();
-        let deadline = std::time::Instant::now() + BACKING_RELEASE_WAIT;
-        while matches!(
-            st.nodes.get(&node),
-            Some(NodeIo::Backed { upper: false, .. })
-        ) {
-            if self.released.wait_until(&mut st, deadline).timed_out() {
-                return Err(io::Error::from_raw_os_error(libc::ETXTBSY));
-            }
-        }
-        Ok(())
+impl OpenReply for ReplyOpen {
+    fn open_backing(&self, file: &BackingFile) -> io::Result<BackingId> {
+        ReplyOpen::open_backing(self, file)
     }
-
-    fn register(
-        &self,
-        file: &BackingFile,
-        register: impl FnOnce(&BackingFile) -> io::Result<fuser::BackingId>,
-    ) -> OpenIo {
-        match self.switch.register(file, register, "union file data") {
-            Some(id) => OpenIo::Backed(std::sync::Arc::new(id)),
-            None => OpenIo::Cached,
+    fn opened(self, fh: Fh, backing: Option<&BackingId>) {
+        match backing {
+            None => ReplyOpen::opened(self, FileHandle(fh.0), CACHE_FILE),
+            Some(id) => self.opened_passthrough(FileHandle(fh.0), FopenFlags::empty(), id),
         }
     }
+    fn error(self, e: Errno) {
+        ReplyOpen::error(self, e);
+    }
+}
 
-    /// Forgets open file `fh`; the node's backing file goes with its last open.
-    fn release(&self, fh: u64) {
-        let mut st = self.state.lock();
-        let Some(node) = st.handles.remove(&fh) else {
-            return;
-        };
-        let last = match st.nodes.get_mut(&node) {
-            Some(NodeIo::Cached { opens } | NodeIo::Backed { opens, .. }) => {
-                *opens -= 1;
-                *opens == 0
+/// CREATE's reply and the entry it carries.
+struct Created {
+    reply: ReplyCreate,
+    ttl: Duration,
+    attr: FileAttr,
+}
+
+impl OpenReply for Created {
+    fn open_backing(&self, file: &BackingFile) -> io::Result<BackingId> {
+        self.reply.open_backing(file)
+    }
+    fn opened(self, fh: Fh, backing: Option<&BackingId>) {
+        let (ttl, attr, fh) = (&self.ttl, &self.attr, FileHandle(fh.0));
+        match backing {
+            None => self.reply.created(ttl, attr, Generation(0), fh, CACHE_FILE),
+            Some(id) => {
+                let flags = FopenFlags::empty();
+                self.reply
+                    .created_passthrough(ttl, attr, Generation(0), fh, flags, id)
             }
-            None => false,
-        };
-        if last {
-            // Dropping the last reference closes the backing id (an ioctl, no disk I/O).
-            st.nodes.remove(&node);
-            self.released.notify_all();
         }
+    }
+    fn error(self, e: Errno) {
+        self.reply.error(e);
     }
 }
 
@@ -248,7 +163,7 @@ impl UnionFs {
         UnionFs {
             union,
             ttl,
-            passthrough: Passthrough::default(),
+            passthrough: Passthrough::new("union file data"),
             no_opendir: false,
         }
     }
@@ -268,24 +183,71 @@ impl UnionFs {
         }
     }
 
-    /// Answers an open of `ino` whose file is `fh` (opened for writing when `write`).
-    fn reply_open(&self, ino: INodeNo, fh: Fh, write: bool, reply: ReplyOpen) {
-        if !self.passthrough.switch.negotiated() {
-            return reply.opened(FileHandle(fh.0), CACHE_FILE);
-        }
-        let io = self.union.backing_file(fh).and_then(|file| {
-            self.passthrough
-                .open(ino.0, fh.0, &file, write, |f| reply.open_backing(f))
-        });
-        match io {
-            Ok(OpenIo::Cached) => reply.opened(FileHandle(fh.0), CACHE_FILE),
-            Ok(OpenIo::Backed(id)) => {
-                reply.opened_passthrough(FileHandle(fh.0), FopenFlags::empty(), &id)
-            }
+    /// Answers an open (OPEN or CREATE) of `ino` whose file is `fh`, opened for writing
+    /// when `write`.
+    fn reply_open(&self, ino: INodeNo, fh: Fh, write: bool, reply: impl OpenReply) {
+        match self.backing(ino.0, fh, write, |f| reply.open_backing(f)) {
+            Ok(id) => reply.opened(fh, id.as_deref()),
             Err(e) => {
                 self.union.release(fh);
                 reply.error(Errno::from(e));
             }
+        }
+    }
+
+    /// The backing file open file `fh` of `node` is served by (`None`: by the daemon),
+    /// registered through `register` when the node gets one.
+    fn backing(
+        &self,
+        node: u64,
+        fh: Fh,
+        write: bool,
+        register: impl FnOnce(&BackingFile) -> io::Result<BackingId>,
+    ) -> io::Result<Option<Arc<BackingId>>> {
+        if !self.passthrough.switch.negotiated() {
+            return Ok(None);
+        }
+        let file = self.union.backing_file(fh)?;
+        let deadline = Instant::now() + BACKING_RELEASE_WAIT;
+        let join = |upper: &bool| {
+            if *upper == file.upper || !write {
+                // A read-only open after a copy-up by chmod or chown may keep reading
+                // the lower file the node's other opens read: the same data (a
+                // truncate first waits for those readers, see `wait_lower_readers`).
+                Join::Share
+            } else {
+                // A write-open of a file copied up while its lower copy is open for
+                // reading: the kernel keeps the lower file until the last reader goes.
+                // Usually that reader is closed already and its RELEASE on its way.
+                Join::Wait(deadline)
+            }
+        };
+        match self
+            .passthrough
+            .open(node, fh.0, Some((file.upper, &file)), join, register)
+        {
+            OpenIo::Cached => Ok(None),
+            OpenIo::Backed(id) => Ok(Some(id)),
+            OpenIo::Conflict => Err(io::Error::from_raw_os_error(libc::ETXTBSY)),
+        }
+    }
+
+    /// Waits until no open of `node` reads its lower file through the kernel, so that
+    /// a change of the file's data (a truncate or a write-open, which copy up) is seen
+    /// by every later open: those reuse the node's backing file. ETXTBSY if the readers
+    /// stay, before anything was copied up or truncated.
+    fn wait_lower_readers(&self, node: u64) -> io::Result<()> {
+        if !self.passthrough.switch.negotiated() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + BACKING_RELEASE_WAIT;
+        if self
+            .passthrough
+            .wait_unbacked(node, |upper| !upper, deadline)
+        {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(libc::ETXTBSY))
         }
     }
 }
@@ -408,8 +370,8 @@ impl Filesystem for UnionFs {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
-        if size.is_some() && self.passthrough.switch.negotiated() {
-            if let Err(e) = self.passthrough.wait_lower_readers(ino.0) {
+        if size.is_some() {
+            if let Err(e) = self.wait_lower_readers(ino.0) {
                 return reply.error(Errno::from(e));
             }
         }
@@ -521,8 +483,8 @@ impl Filesystem for UnionFs {
         let write = acc != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         // A write-open that must fail for a lasting lower reader fails before it copies
         // up or truncates anything.
-        if write && self.passthrough.switch.negotiated() {
-            if let Err(e) = self.passthrough.wait_lower_readers(ino.0) {
+        if write {
+            if let Err(e) = self.wait_lower_readers(ino.0) {
                 return reply.error(Errno::from(e));
             }
         }
@@ -796,38 +758,18 @@ impl Filesystem for UnionFs {
             Ok(r) => r,
             Err(e) => return reply.error(Errno::from(e)),
         };
-        let (ttl, attr) = (self.ttl.attr(&a), file_attr(&a));
-        let io = if self.passthrough.switch.negotiated() {
-            self.union.backing_file(fh).and_then(|file| {
-                self.passthrough
-                    .open(a.node.0, fh.0, &file, true, |f| reply.open_backing(f))
-            })
-        } else {
-            Ok(OpenIo::Cached)
+        let reply = Created {
+            reply,
+            ttl: self.ttl.attr(&a),
+            attr: file_attr(&a),
         };
-        match io {
-            Ok(OpenIo::Cached) => {
-                reply.created(&ttl, &attr, Generation(0), FileHandle(fh.0), CACHE_FILE)
-            }
-            Ok(OpenIo::Backed(id)) => reply.created_passthrough(
-                &ttl,
-                &attr,
-                Generation(0),
-                FileHandle(fh.0),
-                FopenFlags::empty(),
-                &id,
-            ),
-            Err(e) => {
-                self.union.release(fh);
-                reply.error(Errno::from(e));
-            }
-        }
+        self.reply_open(INodeNo(a.node.0), fh, true, reply);
     }
 }
 
 /// Why a union could not be mounted.
 #[derive(Debug, thiserror::Error)]
-pub enum MountError {
+pub enum UnionMountError {
     #[error(transparent)]
     Options(#[from] crate::layers::union::OptionsError),
     #[error("cannot prepare the union's work dir under {work}")]
@@ -855,7 +797,7 @@ pub enum MountError {
 
 /// Everything needed to mount a union (the CLI's `-o` options, parsed).
 #[derive(Debug, Clone)]
-pub struct MountSpec {
+pub struct UnionMountSpec {
     pub options: UnionOptions,
     pub mountpoint: PathBuf,
     /// What the mount table shows as the mount's source (`fsname`); `None` for
@@ -873,7 +815,7 @@ pub const SUBTYPE: &str = "gentree-fs";
 /// presented, possibly recorded, ownership), `allow_other` when asked or when run as
 /// root ([`UnionOptions::allows_other`]; needed inside the build's user namespace so
 /// Portage's users are not locked out), one event loop per CPU with its own cloned fd.
-pub fn fuse_config(spec: &MountSpec) -> Config {
+pub fn fuse_config(spec: &UnionMountSpec) -> Config {
     let o = &spec.options;
     let mut cfg = Config::default();
     let fsname = spec.source.as_deref().unwrap_or("gentree-union");
@@ -913,35 +855,27 @@ pub fn fuse_config(spec: &MountSpec) -> Config {
     cfg
 }
 
-/// A mounted union session and the means to unmount it from another thread.
-#[derive(Debug)]
-pub struct Mounted {
-    pub session: fuser::Session<UnionFs>,
-    pub unmounter: super::Unmounter,
-}
-
 /// Validates, opens and mounts a union; the returned session is mounted (the INIT
 /// handshake is done) but not yet serving.
-pub fn session(spec: &MountSpec) -> Result<Mounted, MountError> {
+pub fn session(spec: &UnionMountSpec) -> Result<Mounted<UnionFs>, UnionMountError> {
     let options = spec.options.validate(&spec.mountpoint)?;
-    let union = Union::new(&options).map_err(|source| MountError::Work {
+    let union = Union::new(&options).map_err(|source| UnionMountError::Work {
         work: options.work.clone().unwrap_or_default(),
         source,
     })?;
-    let spec = MountSpec {
+    let spec = UnionMountSpec {
         options,
         ..spec.clone()
     };
     raise_fd_limit();
     let cfg = fuse_config(&spec);
-    let mut session = fuser::Session::new(
+    let session = fuser::Session::new(
         UnionFs::new(union, Ttl::new(&spec.options)),
         &spec.mountpoint,
         &cfg,
     )
     .map_err(|source| mount_error(&spec.mountpoint, source))?;
-    let unmounter = super::Unmounter(session.unmount_callable());
-    Ok(Mounted { session, unmounter })
+    Ok(Mounted::new(session))
 }
 
 /// Every open file of the union holds a real fd: allow as many as the hard limit does
@@ -958,19 +892,19 @@ fn raise_fd_limit() {
 /// fuser falls back to fusermount3 only when mount(2) says EPERM; when `/dev/fuse` is
 /// closed to the user (mode 0600, as in some containers) even fusermount3 cannot help,
 /// since it opens the device with the caller's rights.
-fn mount_error(mountpoint: &Path, source: io::Error) -> MountError {
+fn mount_error(mountpoint: &Path, source: io::Error) -> UnionMountError {
     let closed = !nix::unistd::geteuid().is_root()
         && matches!(
             std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse"),
             Err(e) if e.raw_os_error() == Some(libc::EACCES)
         );
     if closed {
-        return MountError::DevFuseClosed {
+        return UnionMountError::DevFuseClosed {
             mountpoint: mountpoint.to_owned(),
             source,
         };
     }
-    MountError::Mount {
+    UnionMountError::Mount {
         mountpoint: mountpoint.to_owned(),
         source,
     }
@@ -998,7 +932,7 @@ impl UnionMount {
 
 /// Mounts a union and serves it from background threads (for in-process use, e.g. the
 /// namespaced build helper). Returns once the mount is usable.
-pub fn mount(spec: &MountSpec) -> Result<UnionMount, MountError> {
+pub fn mount(spec: &UnionMountSpec) -> Result<UnionMount, UnionMountError> {
     let Mounted { session, .. } = session(spec)?;
     let bg = session
         .spawn()

@@ -244,6 +244,11 @@ pub fn hex(d: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Lowercase hex sha256 of `b`.
+pub fn sha256_hex(b: &[u8]) -> String {
+    hex(&Sha256::digest(b))
+}
+
 /// The digest of the tree at `root` (see the module doc).
 pub fn digest_tree(
     root: &Path,

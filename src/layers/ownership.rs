@@ -25,7 +25,13 @@ use std::path::Path;
 /// The xattr holding the recorded ownership.
 pub const OVERRIDE_XATTR: &str = "user.containers.override_stat";
 
-/// File types as the override xattr names them.
+/// File types as the override xattr names them: what an inode is (the `S_IFMT` of
+/// `lstat`), on disk or as recorded.
+///
+/// Archives have their own kinds: [`crate::layers::tar::EntryKind`] (tar headers,
+/// which have hard links, a name rather than a file type, and no sockets; it
+/// converts from this one with `try_from`) and the seed import's `sink::Kind` (the
+/// same cases with the link targets inside).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FileKind {
     File,

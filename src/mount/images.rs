@@ -978,14 +978,14 @@ fn child_pids() -> Vec<i32> {
     v
 }
 
+/// The errno of the I/O error under `e`, or EIO when there is none (logged: the
+/// kernel sees only the errno).
 fn store_io(e: StoreError) -> io::Error {
     tracing::warn!("{e}");
-    match std::error::Error::source(&e).and_then(|s| s.downcast_ref::<io::Error>()) {
-        Some(io) if io.raw_os_error().is_some() => {
-            io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(libc::EIO))
-        }
-        _ => io::Error::from_raw_os_error(libc::EIO),
-    }
+    let os = std::error::Error::source(&e)
+        .and_then(|s| s.downcast_ref::<io::Error>())
+        .and_then(io::Error::raw_os_error);
+    io::Error::from_raw_os_error(os.unwrap_or(libc::EIO))
 }
 
 fn append(path: &Path, text: &str) -> io::Result<()> {

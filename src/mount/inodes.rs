@@ -1,4 +1,5 @@
-//! Inode and file handle numbering of the gentree mount: which node a number names.
+//! Inode and file handle numbering of the gentree mount: which [`TreeNode`] a number
+//! names.
 //!
 //! The fixed directories and the builds entries use small numbers; the OCI layouts'
 //! entries and SBOMs eight per config from `1 << 44`, their blobs from `1 << 46`
@@ -51,9 +52,9 @@ const OCI_PARTS: [OciPart; 5] = [
     OciPart::Index,
 ];
 
-/// What an inode is.
+/// What an inode number of the gentree mount names: a node of its tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Node {
+pub enum TreeNode {
     Root,
     Seeds,
     Builds,
@@ -73,37 +74,37 @@ pub enum Node {
     Union(usize, Ino),
 }
 
-impl Node {
-    pub fn of(ino: u64) -> Option<Node> {
+impl TreeNode {
+    pub fn of(ino: u64) -> Option<TreeNode> {
         match ino {
-            ROOT => Some(Node::Root),
-            SEEDS => Some(Node::Seeds),
-            BUILDS => Some(Node::Builds),
-            LAYERS => Some(Node::Layers),
-            PACKAGES => Some(Node::Packages),
-            i if i >> UNION_SHIFT > 0 => Some(Node::Union(
+            ROOT => Some(TreeNode::Root),
+            SEEDS => Some(TreeNode::Seeds),
+            BUILDS => Some(TreeNode::Builds),
+            LAYERS => Some(TreeNode::Layers),
+            PACKAGES => Some(TreeNode::Packages),
+            i if i >> UNION_SHIFT > 0 => Some(TreeNode::Union(
                 (i >> UNION_SHIFT) as usize - 1,
                 Ino(i & ((1 << UNION_SHIFT) - 1)),
             )),
-            i if i >= FIRST_BLOB => Some(Node::Blob((i - FIRST_BLOB) as usize)),
+            i if i >= FIRST_BLOB => Some(TreeNode::Blob((i - FIRST_BLOB) as usize)),
             i if i >= FIRST_OCI => {
                 let (n, slot) = (
                     ((i - FIRST_OCI) / OCI_SLOTS) as usize,
                     (i - FIRST_OCI) % OCI_SLOTS,
                 );
                 match slot {
-                    SBOM_SLOT => Some(Node::Sbom(n)),
-                    s => OCI_PARTS.get(s as usize).map(|p| Node::Oci(n, *p)),
+                    SBOM_SLOT => Some(TreeNode::Sbom(n)),
+                    s => OCI_PARTS.get(s as usize).map(|p| TreeNode::Oci(n, *p)),
                 }
             }
-            i if i >= FIRST_LAYER => Some(Node::Layer((i - FIRST_LAYER) as usize)),
+            i if i >= FIRST_LAYER => Some(TreeNode::Layer((i - FIRST_LAYER) as usize)),
             i if i >= FIRST_BUILD => {
                 let i = (i - FIRST_BUILD) & ((1 << TAR_GEN_SHIFT) - 1);
                 let n = (i / 2) as usize;
                 Some(if i.is_multiple_of(2) {
-                    Node::Tar(n)
+                    TreeNode::Tar(n)
                 } else {
-                    Node::Log(n)
+                    TreeNode::Log(n)
                 })
             }
             _ => None,
@@ -112,21 +113,21 @@ impl Node {
 
     pub fn ino(self) -> u64 {
         match self {
-            Node::Root => ROOT,
-            Node::Seeds => SEEDS,
-            Node::Builds => BUILDS,
-            Node::Layers => LAYERS,
-            Node::Packages => PACKAGES,
-            Node::Layer(n) => FIRST_LAYER + n as u64,
-            Node::Oci(n, p) => {
+            TreeNode::Root => ROOT,
+            TreeNode::Seeds => SEEDS,
+            TreeNode::Builds => BUILDS,
+            TreeNode::Layers => LAYERS,
+            TreeNode::Packages => PACKAGES,
+            TreeNode::Layer(n) => FIRST_LAYER + n as u64,
+            TreeNode::Oci(n, p) => {
                 let slot = OCI_PARTS.iter().position(|q| *q == p).unwrap_or(0) as u64;
                 FIRST_OCI + n as u64 * OCI_SLOTS + slot
             }
-            Node::Sbom(n) => FIRST_OCI + n as u64 * OCI_SLOTS + SBOM_SLOT,
-            Node::Blob(n) => FIRST_BLOB + n as u64,
-            Node::Tar(n) => FIRST_BUILD + 2 * n as u64,
-            Node::Log(n) => FIRST_BUILD + 2 * n as u64 + 1,
-            Node::Union(u, ino) => union_ino(u, ino.0),
+            TreeNode::Sbom(n) => FIRST_OCI + n as u64 * OCI_SLOTS + SBOM_SLOT,
+            TreeNode::Blob(n) => FIRST_BLOB + n as u64,
+            TreeNode::Tar(n) => FIRST_BUILD + 2 * n as u64,
+            TreeNode::Log(n) => FIRST_BUILD + 2 * n as u64 + 1,
+            TreeNode::Union(u, ino) => union_ino(u, ino.0),
         }
     }
 }
@@ -159,41 +160,41 @@ mod tests {
     #[test]
     fn inode_ranges_round_trip() {
         for n in [
-            Node::Root,
-            Node::Seeds,
-            Node::Builds,
-            Node::Layers,
-            Node::Packages,
-            Node::Layer(0),
-            Node::Layer(99),
-            Node::Tar(0),
-            Node::Log(0),
-            Node::Tar(7),
-            Node::Log(7),
-            Node::Union(0, Ino(1)),
-            Node::Union(3, Ino(12345)),
-            Node::Oci(0, OciPart::Dir),
-            Node::Oci(5, OciPart::Sha256),
-            Node::Oci(1 << 20, OciPart::Index),
-            Node::Sbom(0),
-            Node::Sbom(77),
-            Node::Blob(0),
-            Node::Blob(1 << 30),
+            TreeNode::Root,
+            TreeNode::Seeds,
+            TreeNode::Builds,
+            TreeNode::Layers,
+            TreeNode::Packages,
+            TreeNode::Layer(0),
+            TreeNode::Layer(99),
+            TreeNode::Tar(0),
+            TreeNode::Log(0),
+            TreeNode::Tar(7),
+            TreeNode::Log(7),
+            TreeNode::Union(0, Ino(1)),
+            TreeNode::Union(3, Ino(12345)),
+            TreeNode::Oci(0, OciPart::Dir),
+            TreeNode::Oci(5, OciPart::Sha256),
+            TreeNode::Oci(1 << 20, OciPart::Index),
+            TreeNode::Sbom(0),
+            TreeNode::Sbom(77),
+            TreeNode::Blob(0),
+            TreeNode::Blob(1 << 30),
         ] {
-            assert_eq!(Node::of(n.ino()), Some(n), "{n:?}");
+            assert_eq!(TreeNode::of(n.ino()), Some(n), "{n:?}");
         }
         // The OCI slots stay below the blobs, and the blobs below the unions.
-        assert!(Node::Sbom(1 << 20).ino() < FIRST_BLOB);
-        assert!(Node::Blob(1 << 30).ino() >> UNION_SHIFT == 0);
-        assert_eq!(Node::of(FIRST_OCI + 5), None, "an unused slot");
+        assert!(TreeNode::Sbom(1 << 20).ino() < FIRST_BLOB);
+        assert!(TreeNode::Blob(1 << 30).ino() >> UNION_SHIFT == 0);
+        assert_eq!(TreeNode::of(FIRST_OCI + 5), None, "an unused slot");
         // Later generations of a tar are the same node, below the layers.
-        let g = Node::Tar(7).ino() + (5 << TAR_GEN_SHIFT);
-        assert_eq!(Node::of(g), Some(Node::Tar(7)));
-        let last = Node::Tar(1 << 30).ino() + ((TAR_GENS - 1) << TAR_GEN_SHIFT);
+        let g = TreeNode::Tar(7).ino() + (5 << TAR_GEN_SHIFT);
+        assert_eq!(TreeNode::of(g), Some(TreeNode::Tar(7)));
+        let last = TreeNode::Tar(1 << 30).ino() + ((TAR_GENS - 1) << TAR_GEN_SHIFT);
         assert!(last < FIRST_LAYER, "{last:#x}");
-        assert_eq!(Node::of(last), Some(Node::Tar(1 << 30)));
-        assert_eq!(Node::of(0), None);
-        assert_eq!(Node::of(6), None);
+        assert_eq!(TreeNode::of(last), Some(TreeNode::Tar(1 << 30)));
+        assert_eq!(TreeNode::of(0), None);
+        assert_eq!(TreeNode::of(6), None);
     }
 
     #[test]

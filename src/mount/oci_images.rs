@@ -107,7 +107,7 @@ impl OciImages {
                 return Some(BlobHandle::Layer(l.layout.clone()));
             }
             for b in [&oci.config, &oci.manifest] {
-                if crate::oci::sha256_hex(b) == digest {
+                if crate::layers::digest::sha256_hex(b) == digest {
                     return Some(BlobHandle::Bytes(b.clone()));
                 }
             }

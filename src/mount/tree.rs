@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use nix::errno::Errno;
 use parking_lot::{Mutex, RwLock};
 
 mod oci;
@@ -34,8 +35,8 @@ pub use oci::ExtraOp;
 
 use super::images::Images;
 use super::inodes::{
-    BUILDS, CONFIGS_UNION, LAYERS, Node, PACKAGES, ROOT, SEEDS, TAR_GEN_SHIFT, TAR_GENS, split_fh,
-    union_fh, union_fh_out, union_ino,
+    BUILDS, CONFIGS_UNION, LAYERS, PACKAGES, ROOT, SEEDS, TAR_GEN_SHIFT, TAR_GENS, TreeNode,
+    split_fh, union_fh, union_fh_out, union_ino,
 };
 use crate::layers::ownership::FileKind;
 use crate::layers::store::{BuildKey, Store};
@@ -45,10 +46,6 @@ use crate::layers::union::{Attr, Caller, DirEntry, Ino, SetAttr, StatFs, Union, 
 /// The xattrs of `builds/<config>.tar`.
 pub const XATTR_STATE: &str = "user.gentree.state";
 pub const XATTR_KEY: &str = "user.gentree.key";
-
-fn errno(e: i32) -> io::Error {
-    io::Error::from_raw_os_error(e)
-}
 
 /// An open file of ours.
 #[derive(Debug)]
@@ -104,7 +101,7 @@ impl Handles {
             .lock()
             .get(&fh)
             .cloned()
-            .ok_or_else(|| errno(libc::EBADF))
+            .ok_or_else(|| io::Error::from(Errno::EBADF))
     }
     pub fn remove(&self, fh: u64) {
         self.map.lock().remove(&fh);
@@ -182,7 +179,7 @@ impl GentreeFs {
             .read()
             .get(u)
             .map(|(_, un)| un.clone())
-            .ok_or_else(|| errno(libc::ESTALE))
+            .ok_or_else(|| io::Error::from(Errno::ESTALE))
     }
 
     /// The seed names: directories in the seeds dir other than uppers and work dirs.
@@ -210,7 +207,7 @@ impl GentreeFs {
             }
         }
         if !self.seed_names().iter().any(|n| n == name) {
-            return Err(errno(libc::ENOENT));
+            return Err(Errno::ENOENT.into());
         }
         let seed = self.spec.seeds.join(name);
         let upper = self.spec.seeds.join(format!("{name}.upper"));
@@ -278,7 +275,7 @@ impl GentreeFs {
             .package_dirs()
             .into_iter()
             .find(|(n, _)| n == name)
-            .ok_or_else(|| errno(libc::ENOENT))?;
+            .ok_or_else(|| io::Error::from(Errno::ENOENT))?;
         self.read_only_union(&key, vec![dir])
     }
 
@@ -302,7 +299,7 @@ impl GentreeFs {
     /// (`builds/<config>.tar`): the adapter then answers the request from a resolver
     /// thread ([`Images::when_resolved`]) instead of reading the config on its own.
     pub fn unresolved(&self, ino: u64) -> Option<String> {
-        let Some(Node::Tar(i)) = Node::of(ino) else {
+        let Some(TreeNode::Tar(i)) = TreeNode::of(ino) else {
             return None;
         };
         let name = self.build_name(i).ok()?;
@@ -329,7 +326,7 @@ impl GentreeFs {
             .read()
             .get(i)
             .cloned()
-            .ok_or_else(|| errno(libc::ESTALE))
+            .ok_or_else(|| io::Error::from(Errno::ESTALE))
     }
 
     /// The newest published layer of each buildname.
@@ -371,15 +368,16 @@ impl GentreeFs {
             .read()
             .get(i)
             .cloned()
-            .ok_or_else(|| errno(libc::ESTALE))?;
+            .ok_or_else(|| io::Error::from(Errno::ESTALE))?;
         if let Some(l) = self.oci.lock().get(&key) {
             return Ok(l.clone());
         }
-        let store = Store::open(&self.images.env().conf_root).map_err(|_| errno(libc::EIO))?;
+        let store =
+            Store::open(&self.images.env().conf_root).map_err(|_| io::Error::from(Errno::EIO))?;
         let layer = store
             .lookup(&key)
-            .map_err(|_| errno(libc::EIO))?
-            .ok_or_else(|| errno(libc::ENOENT))?;
+            .map_err(|_| io::Error::from(Errno::EIO))?
+            .ok_or_else(|| io::Error::from(Errno::ENOENT))?;
         let idx = layer.dir.join("oci.idx");
         let root = layer.root();
         let loaded = TarLayout::load(&idx).ok().and_then(|mut l| {
@@ -394,7 +392,7 @@ impl GentreeFs {
                 };
                 let l = TarLayout::oci_layer(&[root], &opts).map_err(|e| {
                     tracing::warn!("layer {key}: {e}");
-                    errno(libc::EIO)
+                    io::Error::from(Errno::EIO)
                 })?;
                 if let Err(e) = l.save(&idx) {
                     tracing::warn!("layer {key}: cannot save its index: {e}");
@@ -442,60 +440,64 @@ impl GentreeFs {
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> io::Result<Attr> {
         let n = name.to_str();
-        match Node::of(parent).ok_or_else(|| errno(libc::ENOENT))? {
-            Node::Root => match n {
+        match TreeNode::of(parent).ok_or_else(|| io::Error::from(Errno::ENOENT))? {
+            TreeNode::Root => match n {
                 Some("seeds") => self.getattr(SEEDS),
                 Some("builds") => self.getattr(BUILDS),
                 Some("configs") => self.getattr(union_ino(CONFIGS_UNION, 1)),
                 Some("layers") => self.getattr(LAYERS),
                 Some("packages") => self.getattr(PACKAGES),
-                _ => Err(errno(libc::ENOENT)),
+                _ => Err(Errno::ENOENT.into()),
             },
-            Node::Packages => {
-                let u = self.package_union(n.ok_or_else(|| errno(libc::ENOENT))?)?;
+            TreeNode::Packages => {
+                let u = self.package_union(n.ok_or_else(|| io::Error::from(Errno::ENOENT))?)?;
                 self.getattr(union_ino(u, 1))
             }
-            Node::Seeds => {
-                let u = self.seed_union(n.ok_or_else(|| errno(libc::ENOENT))?)?;
+            TreeNode::Seeds => {
+                let u = self.seed_union(n.ok_or_else(|| io::Error::from(Errno::ENOENT))?)?;
                 self.getattr(union_ino(u, 1))
             }
-            Node::Builds => {
-                let n = n.ok_or_else(|| errno(libc::ENOENT))?;
+            TreeNode::Builds => {
+                let n = n.ok_or_else(|| io::Error::from(Errno::ENOENT))?;
                 if let Some(a) = self.extra_in_builds(n) {
                     return a;
                 }
                 let (stem, tar) = match (n.strip_suffix(".tar"), n.strip_suffix(".log")) {
                     (Some(s), _) => (s, true),
                     (_, Some(s)) => (s, false),
-                    _ => return Err(errno(libc::ENOENT)),
+                    _ => return Err(Errno::ENOENT.into()),
                 };
-                let i = self.build_index(stem).ok_or_else(|| errno(libc::ENOENT))?;
+                let i = self
+                    .build_index(stem)
+                    .ok_or_else(|| io::Error::from(Errno::ENOENT))?;
                 self.getattr(if tar {
                     self.tar_ino_at(i)
                 } else {
-                    Node::Log(i).ino()
+                    TreeNode::Log(i).ino()
                 })
             }
-            Node::Layers => {
+            TreeNode::Layers => {
                 let n = n.and_then(|n| n.strip_suffix(".tar"));
-                let n = n.ok_or_else(|| errno(libc::ENOENT))?;
+                let n = n.ok_or_else(|| io::Error::from(Errno::ENOENT))?;
                 let (_, key) = self
                     .layer_names()
                     .into_iter()
                     .find(|(b, _)| b == n)
-                    .ok_or_else(|| errno(libc::ENOENT))?;
-                self.getattr(Node::Layer(self.layer_index(&key)).ino())
+                    .ok_or_else(|| io::Error::from(Errno::ENOENT))?;
+                self.getattr(TreeNode::Layer(self.layer_index(&key)).ino())
             }
-            Node::Union(u, ino) => Ok(Self::mapped(u, self.union(u)?.lookup(ino, name)?)),
-            Node::Oci(i, part) => self.oci_lookup(i, part, name),
-            Node::Tar(_) | Node::Log(_) | Node::Layer(_) | Node::Blob(_) | Node::Sbom(_) => {
-                Err(errno(libc::ENOTDIR))
-            }
+            TreeNode::Union(u, ino) => Ok(Self::mapped(u, self.union(u)?.lookup(ino, name)?)),
+            TreeNode::Oci(i, part) => self.oci_lookup(i, part, name),
+            TreeNode::Tar(_)
+            | TreeNode::Log(_)
+            | TreeNode::Layer(_)
+            | TreeNode::Blob(_)
+            | TreeNode::Sbom(_) => Err(Errno::ENOTDIR.into()),
         }
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
-        if let Some(Node::Union(u, i)) = Node::of(ino) {
+        if let Some(TreeNode::Union(u, i)) = TreeNode::of(ino) {
             if let Ok(un) = self.union(u) {
                 un.forget(i, n);
             }
@@ -508,17 +510,17 @@ impl GentreeFs {
     /// An image reports its exact size once ready and 0 before (it is then
     /// opened with direct I/O, so readers still get every byte: see [`Opened`]).
     pub fn getattr(&self, ino: u64) -> io::Result<Attr> {
-        match Node::of(ino).ok_or_else(|| errno(libc::ENOENT))? {
-            Node::Root => Ok(self.dir_attr(ROOT, 0o755)),
-            Node::Seeds => Ok(self.dir_attr(SEEDS, 0o555)),
-            Node::Builds => Ok(self.dir_attr(BUILDS, 0o755)),
-            Node::Layers => Ok(self.dir_attr(LAYERS, 0o555)),
-            Node::Packages => Ok(self.dir_attr(PACKAGES, 0o555)),
-            Node::Layer(i) => {
+        match TreeNode::of(ino).ok_or_else(|| io::Error::from(Errno::ENOENT))? {
+            TreeNode::Root => Ok(self.dir_attr(ROOT, 0o755)),
+            TreeNode::Seeds => Ok(self.dir_attr(SEEDS, 0o555)),
+            TreeNode::Builds => Ok(self.dir_attr(BUILDS, 0o755)),
+            TreeNode::Layers => Ok(self.dir_attr(LAYERS, 0o555)),
+            TreeNode::Packages => Ok(self.dir_attr(PACKAGES, 0o555)),
+            TreeNode::Layer(i) => {
                 let size = self.oci_layout(i)?.size();
                 Ok(self.attr(ino, FileKind::File, FILE_MODE, size, self.started))
             }
-            Node::Tar(i) => {
+            TreeNode::Tar(i) => {
                 let name = self.build_name(i)?;
                 let status = self.images.status(&name);
                 let size = status.image.as_ref().map_or(0, |l| l.size());
@@ -527,7 +529,7 @@ impl GentreeFs {
                     .unwrap_or(self.started);
                 Ok(self.attr(ino, FileKind::File, FILE_MODE, size, mtime))
             }
-            Node::Log(i) => {
+            TreeNode::Log(i) => {
                 let name = self.build_name(i)?;
                 let (size, mtime) = match std::fs::metadata(self.images.log_path(&name)) {
                     Ok(m) => (m.len(), m.modified().unwrap_or(self.started)),
@@ -535,25 +537,27 @@ impl GentreeFs {
                 };
                 Ok(self.attr(ino, FileKind::File, FILE_MODE, size, mtime))
             }
-            Node::Union(u, i) => Ok(Self::mapped(u, self.union(u)?.getattr(i, None)?)),
-            node @ (Node::Oci(..) | Node::Blob(_) | Node::Sbom(_)) => self.oci_getattr(node),
+            TreeNode::Union(u, i) => Ok(Self::mapped(u, self.union(u)?.getattr(i, None)?)),
+            node @ (TreeNode::Oci(..) | TreeNode::Blob(_) | TreeNode::Sbom(_)) => {
+                self.oci_getattr(node)
+            }
         }
     }
 
     pub fn setattr(&self, ino: u64, set: SetAttr, fh: Option<u64>) -> io::Result<Attr> {
-        match Node::of(ino).ok_or_else(|| errno(libc::ENOENT))? {
-            Node::Union(u, i) => {
+        match TreeNode::of(ino).ok_or_else(|| io::Error::from(Errno::ENOENT))? {
+            TreeNode::Union(u, i) => {
                 let fh = fh.and_then(|f| union_fh(u, f));
                 Ok(Self::mapped(u, self.union(u)?.setattr(i, set, fh)?))
             }
-            _ => Err(errno(libc::EPERM)),
+            _ => Err(Errno::EPERM.into()),
         }
     }
 
     pub fn readlink(&self, ino: u64) -> io::Result<PathBuf> {
-        match Node::of(ino) {
-            Some(Node::Union(u, i)) => self.union(u)?.readlink(i),
-            _ => Err(errno(libc::EINVAL)),
+        match TreeNode::of(ino) {
+            Some(TreeNode::Union(u, i)) => self.union(u)?.readlink(i),
+            _ => Err(Errno::EINVAL.into()),
         }
     }
 
@@ -576,8 +580,8 @@ impl GentreeFs {
                 (parent, FileKind::Dir, "..".to_owned()),
             ]
         };
-        match Node::of(ino).ok_or_else(|| errno(libc::ENOENT))? {
-            Node::Root => {
+        match TreeNode::of(ino).ok_or_else(|| io::Error::from(Errno::ENOENT))? {
+            TreeNode::Root => {
                 let mut v = dot(ROOT, ROOT);
                 v.push((SEEDS, FileKind::Dir, "seeds".into()));
                 v.push((union_ino(CONFIGS_UNION, 1), FileKind::Dir, "configs".into()));
@@ -586,7 +590,7 @@ impl GentreeFs {
                 v.push((PACKAGES, FileKind::Dir, "packages".into()));
                 Ok(own(v))
             }
-            Node::Packages => {
+            TreeNode::Packages => {
                 let mut v = dot(PACKAGES, ROOT);
                 for (name, _) in self.package_dirs() {
                     if let Ok(u) = self.package_union(&name) {
@@ -595,7 +599,7 @@ impl GentreeFs {
                 }
                 Ok(own(v))
             }
-            Node::Seeds => {
+            TreeNode::Seeds => {
                 let mut v = dot(SEEDS, ROOT);
                 for name in self.seed_names() {
                     if let Ok(u) = self.seed_union(&name) {
@@ -604,30 +608,40 @@ impl GentreeFs {
                 }
                 Ok(own(v))
             }
-            Node::Builds => {
+            TreeNode::Builds => {
                 let mut v = dot(BUILDS, ROOT);
                 for name in self.images.names()? {
                     if let Some(i) = self.build_index(&name) {
                         v.push((self.tar_ino_at(i), FileKind::File, format!("{name}.tar")));
-                        v.push((Node::Log(i).ino(), FileKind::File, format!("{name}.log")));
+                        v.push((
+                            TreeNode::Log(i).ino(),
+                            FileKind::File,
+                            format!("{name}.log"),
+                        ));
                         v.extend(self.extras_in_builds(i, &name));
                     }
                 }
                 Ok(own(v))
             }
-            Node::Layers => {
+            TreeNode::Layers => {
                 let mut v = dot(LAYERS, ROOT);
                 for (name, key) in self.layer_names() {
                     let i = self.layer_index(&key);
-                    v.push((Node::Layer(i).ino(), FileKind::File, format!("{name}.tar")));
+                    v.push((
+                        TreeNode::Layer(i).ino(),
+                        FileKind::File,
+                        format!("{name}.tar"),
+                    ));
                 }
                 Ok(own(v))
             }
-            Node::Union(u, i) => Ok(union_fh_out(u, self.union(u)?.opendir(i)?.0)),
-            Node::Oci(i, part) => Ok(own(self.oci_listing(i, part)?)),
-            Node::Tar(_) | Node::Log(_) | Node::Layer(_) | Node::Blob(_) | Node::Sbom(_) => {
-                Err(errno(libc::ENOTDIR))
-            }
+            TreeNode::Union(u, i) => Ok(union_fh_out(u, self.union(u)?.opendir(i)?.0)),
+            TreeNode::Oci(i, part) => Ok(own(self.oci_listing(i, part)?)),
+            TreeNode::Tar(_)
+            | TreeNode::Log(_)
+            | TreeNode::Layer(_)
+            | TreeNode::Blob(_)
+            | TreeNode::Sbom(_) => Err(Errno::ENOTDIR.into()),
         }
     }
 
@@ -648,7 +662,7 @@ impl GentreeFs {
             }
             None => match &*self.handles.get(fh)? {
                 Handle::Dir(d) => Ok(d.clone()),
-                _ => Err(errno(libc::ENOTDIR)),
+                _ => Err(Errno::ENOTDIR.into()),
             },
         }
     }
@@ -666,8 +680,8 @@ impl GentreeFs {
 
     pub fn open(&self, ino: u64, flags: i32) -> io::Result<Opened> {
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-        match Node::of(ino).ok_or_else(|| errno(libc::ENOENT))? {
-            Node::Union(u, i) => {
+        match TreeNode::of(ino).ok_or_else(|| io::Error::from(Errno::ENOENT))? {
+            TreeNode::Union(u, i) => {
                 let fh = union_fh_out(u, self.union(u)?.open(i, flags)?.0);
                 // configs/ changes under us (editors, cp): no stale pages. Builds
                 // write the seeds' uppers: their pages are dropped on each open.
@@ -677,26 +691,30 @@ impl GentreeFs {
                     Opened::Reread(fh)
                 })
             }
-            Node::Tar(_) | Node::Log(_) | Node::Layer(_) if writing => Err(errno(libc::EACCES)),
-            node @ (Node::Oci(..) | Node::Blob(_) | Node::Sbom(_)) if !writing => {
+            TreeNode::Tar(_) | TreeNode::Log(_) | TreeNode::Layer(_) if writing => {
+                Err(Errno::EACCES.into())
+            }
+            node @ (TreeNode::Oci(..) | TreeNode::Blob(_) | TreeNode::Sbom(_)) if !writing => {
                 self.oci_open(node)
             }
-            Node::Oci(..) | Node::Blob(_) | Node::Sbom(_) => Err(errno(libc::EACCES)),
-            Node::Layer(i) => Ok(Opened::Cached(
+            TreeNode::Oci(..) | TreeNode::Blob(_) | TreeNode::Sbom(_) => Err(Errno::EACCES.into()),
+            TreeNode::Layer(i) => Ok(Opened::Cached(
                 self.handles.insert(Handle::Tar(self.oci_layout(i)?)),
             )),
             // An older generation of the tar (see `new_tar_generation`): the kernel
             // retries the open after a fresh lookup, which gives the current one.
-            Node::Tar(i) if ino != self.tar_ino_at(i) => Err(errno(libc::ESTALE)),
-            Node::Tar(i) => Ok(Opened::Image(self.build_name(i)?)),
-            Node::Log(i) => {
+            TreeNode::Tar(i) if ino != self.tar_ino_at(i) => Err(Errno::ESTALE.into()),
+            TreeNode::Tar(i) => Ok(Opened::Image(self.build_name(i)?)),
+            TreeNode::Log(i) => {
                 let name = self.build_name(i)?;
                 let path = self.images.log_path(&name);
                 Ok(Opened::Direct(self.handles.insert(Handle::Log(path))))
             }
-            Node::Root | Node::Seeds | Node::Builds | Node::Layers | Node::Packages => {
-                Err(errno(libc::EISDIR))
-            }
+            TreeNode::Root
+            | TreeNode::Seeds
+            | TreeNode::Builds
+            | TreeNode::Layers
+            | TreeNode::Packages => Err(Errno::EISDIR.into()),
         }
     }
 
@@ -732,11 +750,11 @@ impl GentreeFs {
                     name,
                     image,
                     cached: true,
-                } if !self.images.is_served(name, image) => Err(errno(libc::ESTALE)),
+                } if !self.images.is_served(name, image) => Err(Errno::ESTALE.into()),
                 Handle::Image { image, .. } => image.read_at(offset, buf),
                 Handle::Log(path) => read_log(path, offset, buf),
                 Handle::Bytes(b) => Ok(read_bytes(b, offset, buf)),
-                Handle::Dir(_) => Err(errno(libc::EISDIR)),
+                Handle::Dir(_) => Err(Errno::EISDIR.into()),
             };
             match n {
                 Ok(n) => reply(Ok(&buf[..n])),
@@ -748,7 +766,7 @@ impl GentreeFs {
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> io::Result<usize> {
         match split_fh(fh) {
             Some((u, f)) => self.union(u)?.write(f, offset, data),
-            None => Err(errno(libc::EBADF)),
+            None => Err(Errno::EBADF.into()),
         }
     }
 
@@ -761,10 +779,10 @@ impl GentreeFs {
 
     /// Only configs/ (and, read-only, seeds/) take new names.
     fn union_dir(&self, parent: u64) -> io::Result<(usize, Ino, Arc<Union>)> {
-        match Node::of(parent).ok_or_else(|| errno(libc::ENOENT))? {
-            Node::Union(u, i) => Ok((u, i, self.union(u)?)),
-            Node::Seeds | Node::Packages => Err(errno(libc::EROFS)),
-            _ => Err(errno(libc::EPERM)),
+        match TreeNode::of(parent).ok_or_else(|| io::Error::from(Errno::ENOENT))? {
+            TreeNode::Union(u, i) => Ok((u, i, self.union(u)?)),
+            TreeNode::Seeds | TreeNode::Packages => Err(Errno::EROFS.into()),
+            _ => Err(Errno::EPERM.into()),
         }
     }
 
@@ -803,7 +821,7 @@ impl GentreeFs {
             let stem = name
                 .to_str()
                 .and_then(|n| n.strip_suffix(".tar"))
-                .ok_or_else(|| errno(libc::EPERM))?;
+                .ok_or_else(|| io::Error::from(Errno::EPERM))?;
             return self.images.remove(stem);
         }
         let (_, i, un) = self.union_dir(parent)?;
@@ -824,35 +842,35 @@ impl GentreeFs {
         flags: u32,
     ) -> io::Result<()> {
         let (u, i, un) = self.union_dir(parent)?;
-        match Node::of(newparent) {
-            Some(Node::Union(v, j)) if v == u => un.rename(i, name, j, newname, flags),
-            _ => Err(errno(libc::EXDEV)),
+        match TreeNode::of(newparent) {
+            Some(TreeNode::Union(v, j)) if v == u => un.rename(i, name, j, newname, flags),
+            _ => Err(Errno::EXDEV.into()),
         }
     }
 
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> io::Result<Vec<u8>> {
-        match Node::of(ino).ok_or_else(|| errno(libc::ENOENT))? {
-            Node::Union(u, i) => self.union(u)?.getxattr(i, name),
-            Node::Tar(b) => {
+        match TreeNode::of(ino).ok_or_else(|| io::Error::from(Errno::ENOENT))? {
+            TreeNode::Union(u, i) => self.union(u)?.getxattr(i, name),
+            TreeNode::Tar(b) => {
                 let status = self.images.status(&self.build_name(b)?);
                 match name.to_str() {
                     Some(XATTR_STATE) => Ok(status.state.as_str().as_bytes().to_vec()),
                     Some(XATTR_KEY) => status
                         .key
                         .map(|k| k.as_str().as_bytes().to_vec())
-                        .ok_or_else(|| errno(libc::ENODATA)),
-                    _ => Err(errno(libc::ENODATA)),
+                        .ok_or_else(|| io::Error::from(Errno::ENODATA)),
+                    _ => Err(Errno::ENODATA.into()),
                 }
             }
-            _ => Err(errno(libc::ENODATA)),
+            _ => Err(Errno::ENODATA.into()),
         }
     }
 
     /// The xattr names, NUL-terminated each.
     pub fn listxattr(&self, ino: u64) -> io::Result<Vec<u8>> {
-        match Node::of(ino).ok_or_else(|| errno(libc::ENOENT))? {
-            Node::Union(u, i) => self.union(u)?.listxattr(i),
-            Node::Tar(b) => {
+        match TreeNode::of(ino).ok_or_else(|| io::Error::from(Errno::ENOENT))? {
+            TreeNode::Union(u, i) => self.union(u)?.listxattr(i),
+            TreeNode::Tar(b) => {
                 let status = self.images.status(&self.build_name(b)?);
                 let mut v = format!("{XATTR_STATE}\0").into_bytes();
                 if status.key.is_some() {
@@ -880,7 +898,7 @@ impl GentreeFs {
     /// The current inode of the tar of builds index `i`.
     fn tar_ino_at(&self, i: usize) -> u64 {
         let g = self.tar_gens.lock().get(&i).copied().unwrap_or(0);
-        Node::Tar(i).ino() + (g << TAR_GEN_SHIFT)
+        TreeNode::Tar(i).ino() + (g << TAR_GEN_SHIFT)
     }
 
     /// Gives `builds/<name>.tar` a new inode number: lookups from now on return it, and
@@ -904,9 +922,9 @@ impl GentreeFs {
     /// and logs (an edited config or a finished build changes an image's size at
     /// once; a log grows), `ttl` for the rest.
     pub fn attr_ttl(ino: u64, ttl: Duration) -> Duration {
-        match Node::of(ino) {
-            Some(Node::Tar(_) | Node::Log(_) | Node::Sbom(_)) => Duration::ZERO,
-            Some(Node::Oci(_, super::inodes::OciPart::Index)) => Duration::ZERO,
+        match TreeNode::of(ino) {
+            Some(TreeNode::Tar(_) | TreeNode::Log(_) | TreeNode::Sbom(_)) => Duration::ZERO,
+            Some(TreeNode::Oci(_, super::inodes::OciPart::Index)) => Duration::ZERO,
             _ => ttl,
         }
     }

@@ -18,10 +18,11 @@ use oci_spec::image::{
 };
 
 use super::blob::{LayerBlob, layer_blob};
-use super::{OciError, canonical_json, io_err, rfc3339, sha256_hex};
+use super::{OciError, canonical_json, io_err, rfc3339};
 use crate::builder::build;
 use crate::builder::config::ResolvedConfig;
 use crate::builder::config::oci::ImageSettings;
+use crate::layers::digest::sha256_hex;
 use crate::layers::store::Layer;
 use crate::layers::tar::{PackOptions, TarLayout};
 

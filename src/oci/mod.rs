@@ -126,12 +126,6 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
     r
 }
 
-/// Lowercase hex sha256 of `b`.
-pub fn sha256_hex(b: &[u8]) -> String {
-    use sha2::Digest;
-    crate::layers::digest::hex(&sha2::Sha256::digest(b))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

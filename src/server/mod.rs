@@ -1,5 +1,5 @@
 //! `gentree-fs serve`: a Portage binhost over a seed's binary package dir, plus a
-//! queue of package builds run in the seed (genTree-server, spec 1.7, B30 fixed).
+//! queue of package builds run in the seed (genTree-server's, with B30 fixed).
 //!
 //! The domain logic lives in plain modules tested without a socket: [`atom`] (what a
 //! build request may name), [`static_files`] (request paths, ranges, opening below
@@ -116,7 +116,7 @@ pub fn first_free_id(dir: &Path) -> u64 {
     used.max().map_or(1, |n| n.saturating_add(1))
 }
 
-/// The emerge command of a build request (spec 4.2, "server build", plus
+/// The emerge command of a build request (genTree-server's, plus
 /// `--buildpkg` so the package lands in the served dir whatever FEATURES say). `--jobs`
 /// comes from the config's `emerge_args` when it is a number, else 8.
 pub fn emerge_argv(cfg: &ResolvedConfig, atom: &str) -> Vec<String> {

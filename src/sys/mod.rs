@@ -22,7 +22,7 @@ pub fn fork_single_threaded() -> std::io::Result<nix::unistd::ForkResult> {
     }
     // SAFETY: the process has a single thread (checked above), so the child cannot
     // inherit a lock held by another thread; fork itself has no memory preconditions.
-    unsafe { nix::unistd::fork() }.map_err(|e| std::io::Error::from_raw_os_error(e as i32))
+    unsafe { nix::unistd::fork() }.map_err(io::Error::from)
 }
 
 use std::io;

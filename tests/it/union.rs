@@ -785,7 +785,7 @@ fn union_in_user_namespace_records_owners_and_stays_removable() {
 
 #[test]
 fn union_mounts_in_process_through_the_library() {
-    use gentree_fs::fs::union::{MountSpec, mount};
+    use gentree_fs::fs::union::{UnionMountSpec, mount};
     use gentree_fs::layers::union::UnionOptions;
     let t = "union_mounts_in_process_through_the_library";
     if !util::require_fuse(t) || !util::require_tool(t, "fusermount3") {
@@ -793,7 +793,7 @@ fn union_mounts_in_process_through_the_library() {
     }
     let l = Layers::new();
     fill_lowers(&l);
-    let spec = MountSpec {
+    let spec = UnionMountSpec {
         options: UnionOptions::parse(&[l.rw_opts()]).expect("options"),
         mountpoint: l.p("mp"),
         source: None,

@@ -184,7 +184,7 @@ impl Defaults {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builder::config::raw::{get_bool, get_str, node_text};
+    use crate::builder::config::raw::{get_bool, get_str, value_text};
 
     fn with(texts: &[&str]) -> Defaults {
         let mut d = Defaults::embedded().unwrap();
@@ -195,7 +195,7 @@ mod tests {
     }
 
     fn env(t: &Table, k: &str) -> Option<String> {
-        t.table("env").and_then(|e| e.get(k)).map(node_text)
+        t.table("env").and_then(|e| e.get(k)).map(value_text)
     }
 
     #[test]

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use super::raw::node_text;
+use super::raw::value_text;
 use super::value::Table;
 
 /// The compiler variables `common_flags` is appended to.
@@ -140,7 +140,7 @@ impl EnvInputs<'_> {
     }
 
     fn first(tables: &[&Table], k: &str) -> Option<String> {
-        tables.iter().find_map(|t| t.get(k)).map(node_text)
+        tables.iter().find_map(|t| t.get(k)).map(value_text)
     }
 
     fn all_keys(&self) -> Vec<String> {

@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use super::ConfigError;
 use super::raw::{did_you_mean, wrong_type};
-use super::value::{Entry, Node, Table, Val};
+use super::value::{Entry, LocatedVal, Table, Val};
 
 /// The keys of `[oci]`.
 pub const KEYS: &[&str] = &[
@@ -100,10 +100,10 @@ pub fn check(t: &Table, key: &str) -> Result<Table, ConfigError> {
     for e in t.entries() {
         let full = format!("{key}.{}", e.key);
         match e.key.as_str() {
-            "entrypoint" | "cmd" => strings(&e.node, &full)?,
+            "entrypoint" | "cmd" => strings(&e.value, &full)?,
             "exposed_ports" => {
-                strings(&e.node, &full)?;
-                if let Val::Array(items) = &e.node.val {
+                strings(&e.value, &full)?;
+                if let Val::Array(items) = &e.value.val {
                     for i in items {
                         if let Val::Str(s) = &i.val {
                             port(s).map_err(|message| ConfigError::BadValue {
@@ -115,22 +115,22 @@ pub fn check(t: &Table, key: &str) -> Result<Table, ConfigError> {
                     }
                 }
             }
-            "working_dir" | "user" => match &e.node.val {
+            "working_dir" | "user" => match &e.value.val {
                 Val::Str(s) if e.key == "working_dir" && !s.starts_with('/') => {
                     return Err(bad(e, &full, "must be an absolute path"));
                 }
                 Val::Str(s) if s.is_empty() => return Err(bad(e, &full, "must not be empty")),
                 Val::Str(_) => {}
-                _ => return Err(wrong_type(&e.node, &full, "a string")),
+                _ => return Err(wrong_type(&e.value, &full, "a string")),
             },
             "env" | "labels" => {
-                let Val::Table(sub) = &e.node.val else {
-                    return Err(wrong_type(&e.node, &full, "a table of names to strings"));
+                let Val::Table(sub) = &e.value.val else {
+                    return Err(wrong_type(&e.value, &full, "a table of names to strings"));
                 };
                 for s in sub.entries() {
                     let name = format!("{full}.{}", s.key);
-                    if !matches!(s.node.val, Val::Str(_)) {
-                        return Err(wrong_type(&s.node, &name, "a string"));
+                    if !matches!(s.value.val, Val::Str(_)) {
+                        return Err(wrong_type(&s.value, &name, "a string"));
                     }
                     let ok = if e.key == "env" {
                         env_name(&s.key)
@@ -164,13 +164,13 @@ pub fn check(t: &Table, key: &str) -> Result<Table, ConfigError> {
 
 fn bad(e: &Entry, key: &str, message: &str) -> ConfigError {
     ConfigError::BadValue {
-        at: e.node.at.clone(),
+        at: e.value.at.clone(),
         key: key.to_owned(),
         message: message.to_owned(),
     }
 }
 
-fn strings(n: &Node, key: &str) -> Result<(), ConfigError> {
+fn strings(n: &LocatedVal, key: &str) -> Result<(), ConfigError> {
     let Val::Array(items) = &n.val else {
         return Err(wrong_type(n, key, "an array of strings"));
     };
@@ -226,7 +226,7 @@ pub fn settings(f: &Table) -> ImageSettings {
         Some(Val::Table(m)) => m
             .entries()
             .iter()
-            .filter_map(|e| match &e.node.val {
+            .filter_map(|e| match &e.value.val {
                 Val::Str(s) => Some((e.key.clone(), s.clone())),
                 _ => None,
             })

@@ -6,7 +6,7 @@
 
 use super::ConfigError;
 use super::env::{COMPILER_VARS, CPU_FLAG_VARS};
-use super::value::{Entry, Loc, Node, Table, Val};
+use super::value::{Entry, Loc, LocatedVal, Table, Val};
 use crate::layers::tar::filter;
 
 /// The type a key's value must have.
@@ -177,7 +177,7 @@ pub fn check(t: &Table, ctx: Ctx) -> Result<Table, ConfigError> {
     for e in t.entries() {
         if e.key == "default" && ctx == Ctx::Defaults {
             out.insert(Entry {
-                node: check_seed_overrides(e)?,
+                value: check_seed_overrides(e)?,
                 ..e.clone()
             });
             continue;
@@ -216,11 +216,11 @@ pub fn check(t: &Table, ctx: Ctx) -> Result<Table, ConfigError> {
             }
             _ => {}
         }
-        let node = check_value(&e.node, s.ty, name)?;
+        let value = check_value(&e.value, s.ty, name)?;
         out.insert(Entry {
             key: name.to_string(),
             key_at: e.key_at.clone(),
-            node,
+            value,
         });
     }
     Ok(out)
@@ -228,23 +228,23 @@ pub fn check(t: &Table, ctx: Ctx) -> Result<Table, ConfigError> {
 
 /// `[default]`: each sub-table is a seed's overrides, whose own sub-tables that are
 /// not table-valued keys are build-tag overrides.
-fn check_seed_overrides(e: &Entry) -> Result<Node, ConfigError> {
-    let seeds = table_of(&e.node, "default", "a table of per-seed tables")?;
+fn check_seed_overrides(e: &Entry) -> Result<LocatedVal, ConfigError> {
+    let seeds = table_of(&e.value, "default", "a table of per-seed tables")?;
     let mut out = Table::default();
     for se in seeds.entries() {
         let key = format!("default.{}", se.key);
-        let st = table_of(&se.node, &key, "a table of overrides for that seed")?;
+        let st = table_of(&se.value, &key, "a table of overrides for that seed")?;
         out.insert(Entry {
-            node: Node {
+            value: LocatedVal {
                 val: Val::Table(check_override(st, true, &key)?),
-                at: se.node.at.clone(),
+                at: se.value.at.clone(),
             },
             ..se.clone()
         });
     }
-    Ok(Node {
+    Ok(LocatedVal {
         val: Val::Table(out),
-        at: e.node.at.clone(),
+        at: e.value.at.clone(),
     })
 }
 
@@ -254,7 +254,7 @@ fn check_override(t: &Table, allow_tags: bool, prefix: &str) -> Result<Table, Co
     let mut tags = Vec::new();
     for e in t.entries() {
         let is_key = spec(&e.key).is_some() || ALIASES.iter().any(|(alias, _)| *alias == e.key);
-        if !is_key && allow_tags && e.node.as_table().is_some() {
+        if !is_key && allow_tags && e.value.as_table().is_some() {
             tags.push(e);
         } else {
             keys.insert(e.clone());
@@ -263,11 +263,11 @@ fn check_override(t: &Table, allow_tags: bool, prefix: &str) -> Result<Table, Co
     let mut out = check(&keys, Ctx::Override).map_err(|err| err.in_table(prefix))?;
     for e in tags {
         let key = format!("{prefix}.{}", e.key);
-        let tt = table_of(&e.node, &key, "a table of overrides for that build tag")?;
+        let tt = table_of(&e.value, &key, "a table of overrides for that build tag")?;
         out.insert(Entry {
-            node: Node {
+            value: LocatedVal {
                 val: Val::Table(check_override(tt, false, &key)?),
-                at: e.node.at.clone(),
+                at: e.value.at.clone(),
             },
             ..e.clone()
         });
@@ -275,7 +275,11 @@ fn check_override(t: &Table, allow_tags: bool, prefix: &str) -> Result<Table, Co
     Ok(out)
 }
 
-fn table_of<'a>(n: &'a Node, key: &str, expected: &'static str) -> Result<&'a Table, ConfigError> {
+fn table_of<'a>(
+    n: &'a LocatedVal,
+    key: &str,
+    expected: &'static str,
+) -> Result<&'a Table, ConfigError> {
     n.as_table().ok_or_else(|| wrong_type(n, key, expected))
 }
 
@@ -347,7 +351,7 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-pub(super) fn wrong_type(n: &Node, key: &str, expected: &'static str) -> ConfigError {
+pub(super) fn wrong_type(n: &LocatedVal, key: &str, expected: &'static str) -> ConfigError {
     ConfigError::WrongType {
         at: n.at.clone(),
         key: key.to_string(),
@@ -356,7 +360,7 @@ pub(super) fn wrong_type(n: &Node, key: &str, expected: &'static str) -> ConfigE
     }
 }
 
-fn check_value(n: &Node, ty: Ty, key: &str) -> Result<Node, ConfigError> {
+fn check_value(n: &LocatedVal, ty: Ty, key: &str) -> Result<LocatedVal, ConfigError> {
     let ok = match (&n.val, ty) {
         (Val::Str(_), Ty::Str) | (Val::Bool(_), Ty::Bool) | (Val::Str(_), Ty::List) => true,
         (Val::Int(i), Ty::Int) => *i >= 0,
@@ -369,7 +373,7 @@ fn check_value(n: &Node, ty: Ty, key: &str) -> Result<Node, ConfigError> {
             true
         }
         (Val::Table(t), _) if !matches!(ty, Ty::Str | Ty::Bool | Ty::Int | Ty::List) => {
-            return Ok(Node {
+            return Ok(LocatedVal {
                 val: Val::Table(check_subtable(t, ty, key)?),
                 at: n.at.clone(),
             });
@@ -411,7 +415,7 @@ fn check_subtable(t: &Table, ty: Ty, key: &str) -> Result<Table, ConfigError> {
                         name.to_ascii_uppercase()
                     );
                 }
-                let ok = match &e.node.val {
+                let ok = match &e.value.val {
                     Val::Str(_) | Val::Int(_) | Val::Float(_) => true,
                     Val::Array(items) => items
                         .iter()
@@ -420,7 +424,7 @@ fn check_subtable(t: &Table, ty: Ty, key: &str) -> Result<Table, ConfigError> {
                 };
                 if !ok {
                     return Err(wrong_type(
-                        &e.node,
+                        &e.value,
                         &full,
                         "a string, number or array of strings",
                     ));
@@ -450,29 +454,29 @@ fn check_subtable(t: &Table, ty: Ty, key: &str) -> Result<Table, ConfigError> {
                         ),
                     });
                 }
-                if !matches!(e.node.val, Val::Bool(_)) {
-                    return Err(wrong_type(&e.node, &full, Ty::Bool.expected()));
+                if !matches!(e.value.val, Val::Bool(_)) {
+                    return Err(wrong_type(&e.value, &full, Ty::Bool.expected()));
                 }
             }
-            Ty::EmergeArgs => match e.node.val {
+            Ty::EmergeArgs => match e.value.val {
                 Val::Str(_) | Val::Int(_) | Val::Float(_) => {}
                 Val::Bool(_) => {
                     return Err(wrong_type(
-                        &e.node,
+                        &e.value,
                         &full,
                         "a string or number (booleans go in [emerge_bools])",
                     ));
                 }
-                _ => return Err(wrong_type(&e.node, &full, "a string or number")),
+                _ => return Err(wrong_type(&e.value, &full, "a string or number")),
             },
             Ty::EmergeBools => {
-                if !matches!(e.node.val, Val::Bool(_)) {
-                    return Err(wrong_type(&e.node, &full, Ty::Bool.expected()));
+                if !matches!(e.value.val, Val::Bool(_)) {
+                    return Err(wrong_type(&e.value, &full, Ty::Bool.expected()));
                 }
             }
             Ty::StrTable => {
-                if !matches!(e.node.val, Val::Str(_)) {
-                    return Err(wrong_type(&e.node, &full, Ty::Str.expected()));
+                if !matches!(e.value.val, Val::Str(_)) {
+                    return Err(wrong_type(&e.value, &full, Ty::Str.expected()));
                 }
             }
             Ty::Str | Ty::Bool | Ty::Int | Ty::List | Ty::Oci => {}
@@ -527,22 +531,22 @@ pub fn get_bool(t: &Table, key: &str) -> Option<bool> {
 
 /// A list key: array items, or a string split on whitespace (B14).
 pub fn get_list(t: &Table, key: &str) -> Option<Vec<String>> {
-    t.get(key).map(node_words)
+    t.get(key).map(value_words)
 }
 
 /// A value as words: strings split on whitespace, array items each split likewise.
-pub fn node_words(n: &Node) -> Vec<String> {
+pub fn value_words(n: &LocatedVal) -> Vec<String> {
     match &n.val {
         Val::Str(s) => s.split_whitespace().map(str::to_string).collect(),
-        Val::Array(items) => items.iter().flat_map(node_words).collect(),
+        Val::Array(items) => items.iter().flat_map(value_words).collect(),
         other => scalar_text(other).into_iter().collect(),
     }
 }
 
 /// A value as one string: arrays joined with spaces (B14), numbers as written.
-pub fn node_text(n: &Node) -> String {
+pub fn value_text(n: &LocatedVal) -> String {
     match &n.val {
-        Val::Array(items) => items.iter().map(node_text).collect::<Vec<_>>().join(" "),
+        Val::Array(items) => items.iter().map(value_text).collect::<Vec<_>>().join(" "),
         other => scalar_text(other).unwrap_or_default(),
     }
 }

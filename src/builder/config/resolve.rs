@@ -19,8 +19,8 @@ use super::emerge;
 use super::env::{self, EnvInputs};
 use super::file::{self, FileStamp};
 use super::names;
-use super::raw::{self, Ctx, get_bool, get_int, get_list, get_str, node_text};
-use super::value::{self, Node, Table, Val};
+use super::raw::{self, Ctx, get_bool, get_int, get_list, get_str, value_text};
+use super::value::{self, LocatedVal, Table, Val};
 
 /// Values given on the command line (`-c`, `-p`, `-t`); they win over files and
 /// defaults (B02).
@@ -727,7 +727,7 @@ impl Commands {
             merged_table(d, f, "emerge_args")
                 .entries()
                 .iter()
-                .map(|e| (e.key.clone(), node_text(&e.node)))
+                .map(|e| (e.key.clone(), value_text(&e.value)))
                 .collect(),
         );
         let bools = |k: &str| -> OrderedMap<bool> {
@@ -735,7 +735,7 @@ impl Commands {
                 merged_table(d, f, k)
                     .entries()
                     .iter()
-                    .map(|e| (e.key.clone(), matches!(e.node.val, Val::Bool(true))))
+                    .map(|e| (e.key.clone(), matches!(e.value.val, Val::Bool(true))))
                     .collect(),
             )
         };
@@ -805,7 +805,7 @@ fn origin_path(o: &Origin) -> PathBuf {
     }
 }
 
-fn bad_value(at: Option<&Node>, key: &str, message: &str) -> ConfigError {
+fn bad_value(at: Option<&LocatedVal>, key: &str, message: &str) -> ConfigError {
     ConfigError::BadValue {
         at: at.map_or_else(|| value::code_loc("<unknown>"), |n| n.at.clone()),
         key: key.to_string(),

@@ -91,18 +91,18 @@ pub enum Val {
     Float(f64),
     Bool(bool),
     Datetime(String),
-    Array(Vec<Node>),
+    Array(Vec<LocatedVal>),
     Table(Table),
 }
 
 /// A value and where it was written.
 #[derive(Debug, Clone)]
-pub struct Node {
+pub struct LocatedVal {
     pub val: Val,
     pub at: Loc,
 }
 
-impl Node {
+impl LocatedVal {
     /// TOML's name for the value's type, for error messages.
     pub fn type_name(&self) -> &'static str {
         match self.val {
@@ -129,7 +129,7 @@ impl Node {
 pub struct Entry {
     pub key: String,
     pub key_at: Loc,
-    pub node: Node,
+    pub value: LocatedVal,
 }
 
 /// An ordered table. Keys are unique (the TOML parser rejects duplicates; merges
@@ -159,8 +159,8 @@ impl Table {
         &self.entries
     }
 
-    pub fn get(&self, key: &str) -> Option<&Node> {
-        self.entry(key).map(|e| &e.node)
+    pub fn get(&self, key: &str) -> Option<&LocatedVal> {
+        self.entry(key).map(|e| &e.value)
     }
 
     pub fn entry(&self, key: &str) -> Option<&Entry> {
@@ -195,15 +195,15 @@ impl Table {
     }
 
     pub fn table(&self, key: &str) -> Option<&Table> {
-        self.get(key).and_then(Node::as_table)
+        self.get(key).and_then(LocatedVal::as_table)
     }
 
     /// `over` merged into `self` recursively: tables merge key by key, anything
     /// else (arrays included) is replaced. Used for per-seed/tag overrides (B05).
     pub fn deep_merge(&mut self, over: &Table) {
         for e in &over.entries {
-            let merged = match (self.entry_mut(&e.key), &e.node.val) {
-                (Some(old), Val::Table(t)) => match &mut old.node.val {
+            let merged = match (self.entry_mut(&e.key), &e.value.val) {
+                (Some(old), Val::Table(t)) => match &mut old.value.val {
                     Val::Table(ot) => {
                         ot.deep_merge(t);
                         true
@@ -227,7 +227,7 @@ impl Table {
                 self.insert(e.clone());
                 continue;
             };
-            match (&mut old.node.val, &e.node.val) {
+            match (&mut old.value.val, &e.value.val) {
                 (Val::Table(ot), Val::Table(nt)) => {
                     for ne in &nt.entries {
                         ot.insert(ne.clone());
@@ -280,13 +280,17 @@ impl Conv {
             out.insert(Entry {
                 key: k.get_ref().to_string(),
                 key_at: self.loc(k.span()),
-                node: self.node(v.get_ref(), v.span())?,
+                value: self.value(v.get_ref(), v.span())?,
             });
         }
         Ok(out)
     }
 
-    fn node(&self, v: &DeValue<'_>, span: std::ops::Range<usize>) -> Result<Node, ConfigError> {
+    fn value(
+        &self,
+        v: &DeValue<'_>,
+        span: std::ops::Range<usize>,
+    ) -> Result<LocatedVal, ConfigError> {
         let at = self.loc(span);
         let bad_number = |at: &Loc, raw: &str| ConfigError::Parse {
             path: at.file.to_path_buf(),
@@ -309,12 +313,12 @@ impl Conv {
             DeValue::Datetime(d) => Val::Datetime(d.to_string()),
             DeValue::Array(a) => Val::Array(
                 a.iter()
-                    .map(|x| self.node(x.get_ref(), x.span()))
+                    .map(|x| self.value(x.get_ref(), x.span()))
                     .collect::<Result<_, _>>()?,
             ),
             DeValue::Table(t) => Val::Table(self.table(t)?),
         };
-        Ok(Node { val, at })
+        Ok(LocatedVal { val, at })
     }
 }
 
@@ -384,7 +388,7 @@ mod tests {
         assert_eq!(keys, ["verbose", "nodeps"]);
         let e = b.entry("nodeps").unwrap();
         assert_eq!((e.key_at.line, e.key_at.col), (5, 1));
-        assert_eq!((e.node.at.line, e.node.at.col), (5, 10));
+        assert_eq!((e.value.at.line, e.value.at.col), (5, 10));
     }
 
     #[test]

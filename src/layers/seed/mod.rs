@@ -9,7 +9,7 @@
 //! - Nothing is written outside the temporary directory, whatever the archive says:
 //!   see [`sink`] for the rules (no absolute names, no `..`, no hard link to anything
 //!   but an earlier member, never through a symlink).
-//! - Full metadata, unlike the reference tool (spec B28): owners (real as root, else
+//! - Full metadata, unlike the reference tool (B28): owners (real as root, else
 //!   the `user.containers.override_stat` xattr), setuid/setgid/sticky, directory
 //!   modes, mtimes, fifos, device nodes (recorded as typed plain files when they
 //!   cannot be created), `security.capability` and `user.*` xattrs; symlinks stay

@@ -48,7 +48,14 @@ use super::interrupt::Interrupt;
 use super::progress::Progress;
 use crate::layers::ownership::{FileKind, OVERRIDE_XATTR, OverrideStat};
 
-/// What an entry is.
+/// What an entry to create is.
+///
+/// The cases of a tar entry ([`crate::layers::tar::EntryKind`]: hard links, no
+/// sockets), but with the link targets inside, as owned paths: the tar layout's kind
+/// describes entries it writes and keeps targets beside it, while every entry made
+/// here needs its target to be created at all. Not a [`FileKind`] either: a hard
+/// link is no file type, and a fifo or device becomes a plain file recording its
+/// [`Kind::recorded_type`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
     File,
@@ -67,6 +74,19 @@ pub enum Kind {
         major: u32,
         minor: u32,
     },
+}
+
+impl Kind {
+    /// The file type that the plain file standing in for a fifo or device records in
+    /// the override xattr; `None` for entries created as what they are.
+    pub fn recorded_type(&self) -> Option<FileKind> {
+        match *self {
+            Kind::Fifo => Some(FileKind::Pipe),
+            Kind::Char { major, minor } => Some(FileKind::Char { major, minor }),
+            Kind::Block { major, minor } => Some(FileKind::Block { major, minor }),
+            Kind::File | Kind::Dir | Kind::Symlink(_) | Kind::HardLink(_) => None,
+        }
+    }
 }
 
 /// Owner, permissions, time and extended attributes of an entry.
@@ -498,17 +518,9 @@ impl<'a> Sink<'a> {
         let is_symlink = matches!(kind, Some(Kind::Symlink(_)));
         let is_dir = matches!(kind, Some(Kind::Dir));
         // A device or fifo recorded as a plain file carries its type in the override.
-        let recorded_type = match (kind, &target) {
-            (Some(Kind::Fifo), Target::Fd(_)) => Some(FileKind::Pipe),
-            (Some(Kind::Char { major, minor }), Target::Fd(_)) => Some(FileKind::Char {
-                major: *major,
-                minor: *minor,
-            }),
-            (Some(Kind::Block { major, minor }), Target::Fd(_)) => Some(FileKind::Block {
-                major: *major,
-                minor: *minor,
-            }),
-            _ => None,
+        let recorded_type = match target {
+            Target::Fd(_) => kind.and_then(Kind::recorded_type),
+            Target::At(..) => None,
         };
         let mode = meta.mode & 0o7777;
         let disk_mode = if is_dir {

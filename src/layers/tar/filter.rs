@@ -46,7 +46,8 @@ const PATH_FILTERS: &[(&str, &[&str])] = &[
     ("locale_archive", &["usr/lib/locale/locale-archive/"]),
 ];
 
-/// Filters only a tar filter has (spec 6.3); `whiteout` is accepted and always on.
+/// Filters only `tar_filter_options` takes (the clean filter has the path filters
+/// alone); `whiteout` is accepted and always on.
 pub const TAR_ONLY: &[&str] = &["whiteout", "dev"];
 
 /// The path filter names, in the order they run.
@@ -210,8 +211,8 @@ pub fn normalise(path: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(parts.join(&b'/'))
 }
 
-/// Rewrites an absolute symlink target relative to the entry's directory (spec 6.3,
-/// kept as is, B54): one `..` per component of the entry's parent path, joined with
+/// Rewrites an absolute symlink target relative to the entry's directory (always,
+/// before any filter runs, as genTree does: B54): one `..` per component of the entry's parent path, joined with
 /// the target minus its leading `/`. `None` for relative targets. A result that
 /// would be empty (`bin -> /`) becomes `.`.
 pub fn rewrite_absolute_symlink(entry: &[u8], target: &[u8]) -> Option<Vec<u8>> {

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use super::header::{self, BLOCK, padded};
 use super::scan::{self, LayerFile};
 use super::{EntryKind, PackOptions, TarEntry, TarError, filter};
-use crate::layers::ownership::FileKind;
 
 const TRAILER: u64 = 2 * BLOCK;
 /// Files up to this size are copied through the output buffer; larger ones are
@@ -429,14 +428,9 @@ pub(super) fn to_entry(
         xattrs: node.xattrs,
         source: None,
     };
-    e.kind = match node.kind {
-        FileKind::File => EntryKind::File,
-        FileKind::Dir => EntryKind::Dir,
-        FileKind::Symlink => EntryKind::Symlink,
-        FileKind::Pipe => EntryKind::Fifo,
-        FileKind::Char { major, minor } => EntryKind::Char { major, minor },
-        FileKind::Block { major, minor } => EntryKind::Block { major, minor },
-        FileKind::Socket => {
+    e.kind = match EntryKind::try_from(node.kind) {
+        Ok(k) => k,
+        Err(_) => {
             tracing::debug!(
                 "tar cannot hold socket {}",
                 String::from_utf8_lossy(&e.path)

@@ -34,6 +34,8 @@ use std::path::PathBuf;
 pub use filter::{FilterError, FilterSet};
 pub use layout::TarLayout;
 
+use crate::layers::ownership::FileKind;
+
 /// Options shared by both products.
 #[derive(Debug, Clone, Default)]
 pub struct PackOptions {
@@ -71,7 +73,14 @@ pub enum TarError {
 /// One extended attribute: `(name, value)`.
 pub type Xattr = (Box<[u8]>, Box<[u8]>);
 
-/// What one archive entry is.
+/// What one archive entry is: a tar header's type.
+///
+/// Its own type, not [`FileKind`]: a tar entry can be a hard link to an earlier
+/// entry (a name, not a file type) and cannot be a socket. The link target of
+/// symlinks and hard links is [`TarEntry::link`], so the kind stays `Copy` and the
+/// saved index flat. `EntryKind::try_from(FileKind)` maps a file on disk (`Pipe` is
+/// `Fifo`; a socket has no entry); the seed import's `sink::Kind` has the same cases
+/// with the link targets inside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
     File,
@@ -88,6 +97,23 @@ pub enum EntryKind {
         major: u32,
         minor: u32,
     },
+}
+
+impl TryFrom<FileKind> for EntryKind {
+    /// A socket: tar has no entry type for it.
+    type Error = FileKind;
+
+    fn try_from(k: FileKind) -> Result<EntryKind, FileKind> {
+        Ok(match k {
+            FileKind::File => EntryKind::File,
+            FileKind::Dir => EntryKind::Dir,
+            FileKind::Symlink => EntryKind::Symlink,
+            FileKind::Pipe => EntryKind::Fifo,
+            FileKind::Char { major, minor } => EntryKind::Char { major, minor },
+            FileKind::Block { major, minor } => EntryKind::Block { major, minor },
+            FileKind::Socket => return Err(k),
+        })
+    }
 }
 
 /// One archive entry: everything its header needs, and where its data lives.
@@ -110,4 +136,32 @@ pub struct TarEntry {
     pub xattrs: Vec<Xattr>,
     /// Index of the layer whose file `path` holds the data (when `size > 0`).
     pub source: Option<u16>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_kind_of_each_file_kind() {
+        let (major, minor) = (4, 1);
+        let cases = [
+            (FileKind::File, Ok(EntryKind::File)),
+            (FileKind::Dir, Ok(EntryKind::Dir)),
+            (FileKind::Symlink, Ok(EntryKind::Symlink)),
+            (FileKind::Pipe, Ok(EntryKind::Fifo)),
+            (
+                FileKind::Char { major, minor },
+                Ok(EntryKind::Char { major, minor }),
+            ),
+            (
+                FileKind::Block { major, minor },
+                Ok(EntryKind::Block { major, minor }),
+            ),
+            (FileKind::Socket, Err(FileKind::Socket)),
+        ];
+        for (k, want) in cases {
+            assert_eq!(EntryKind::try_from(k), want, "{k:?}");
+        }
+    }
 }

@@ -6,12 +6,13 @@
 //! 1. an opaque directory hides the content lower layers have below it;
 //! 2. each whiteout hides the named entry (and its subtree) of lower layers;
 //! 3. then each entry of layer N is inserted: a directory over a directory merges
-//!    (the upper metadata wins, B42 fix); anything else replaces the lower entry and
-//!    its subtree, which is the OCI "replace" rule (a directory over a symlink
-//!    replaces the symlink). The reference instead kept the first entry of a path
-//!    (B42, protecting merged-usr `lib -> usr/lib`); images follow the OCI layer
-//!    semantics instead, and a layer built over merged-usr writes through the symlink,
-//!    so its upper dir has no `lib/` directory to replace it with.
+//!    (the upper metadata wins); anything else replaces the lower entry and its
+//!    subtree, which is the OCI "replace" rule (a directory over a symlink replaces
+//!    the symlink). The reference instead kept the first entry of a path, dropping
+//!    the metadata of later directory entries (which protected merged-usr
+//!    `lib -> usr/lib`); images follow the OCI layer semantics instead, and a layer
+//!    built over merged-usr writes through the symlink, so its upper dir has no
+//!    `lib/` directory to replace it with.
 //!
 //! Because 1 and 2 run before the layer's own entries are inserted, a whiteout in
 //! layer N affects only layers below N (B36 fix) and an opaque directory keeps the

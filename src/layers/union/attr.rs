@@ -14,7 +14,7 @@ impl Union {
         if detached {
             return self.setattr_unlinked(ino, set, open.as_deref());
         }
-        if let (Some(size), Some(Handle::File(f, _))) = (set.size, open.as_deref()) {
+        if let (Some(size), Some(Open::File(f, _))) = (set.size, open.as_deref()) {
             // Through the handle: works for open, unlinked files too.
             self.writable()?;
             f.set_len(size)?;
@@ -59,14 +59,17 @@ impl Union {
 
     /// setattr of an unlinked file, through an open file of it; only files of the
     /// upper layer may change.
-    fn setattr_unlinked(&self, ino: Ino, set: SetAttr, open: Option<&Handle>) -> io::Result<Attr> {
+    fn setattr_unlinked(&self, ino: Ino, set: SetAttr, open: Option<&Open>) -> io::Result<Attr> {
         self.writable()?;
-        let info = self.tree.get(ino).ok_or_else(|| errno(libc::ESTALE))?;
-        let Some(Handle::File(f, _)) = open else {
-            return Err(errno(libc::ENOENT));
+        let info = self
+            .tree
+            .get(ino)
+            .ok_or_else(|| io::Error::from(Errno::ESTALE))?;
+        let Some(Open::File(f, _)) = open else {
+            return Err(Errno::ENOENT.into());
         };
         if !self.is_upper(info.loc.top()) {
-            return Err(errno(libc::ENOENT));
+            return Err(Errno::ENOENT.into());
         }
         if let Some(size) = set.size {
             f.set_len(size)?;
@@ -80,8 +83,7 @@ impl Union {
                 f,
                 set.uid.map(nix::unistd::Uid::from_raw),
                 set.gid.map(nix::unistd::Gid::from_raw),
-            )
-            .map_err(nix_err)?;
+            )?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
             let ts = |t: Option<SetTime>| match t {
@@ -92,14 +94,14 @@ impl Union {
                     nix::sys::time::TimeSpec::new(d.as_secs() as i64, d.subsec_nanos() as i64)
                 }
             };
-            nix::sys::stat::futimens(f, &ts(set.atime), &ts(set.mtime)).map_err(nix_err)?;
+            nix::sys::stat::futimens(f, &ts(set.atime), &ts(set.mtime))?;
         }
         self.getattr(ino, None)
     }
 
     /// Filesystem statistics of the upper (or topmost) layer.
     pub fn statfs(&self) -> io::Result<StatFs> {
-        let s = nix::sys::statvfs::statvfs(&self.layers[0]).map_err(nix_err)?;
+        let s = nix::sys::statvfs::statvfs(&self.layers[0])?;
         Ok(StatFs {
             blocks: s.blocks(),
             bfree: s.blocks_free(),
@@ -120,12 +122,12 @@ impl Union {
     /// The value of a user-visible xattr (ENODATA when absent or private).
     pub fn getxattr(&self, ino: Ino, name: &OsStr) -> io::Result<Vec<u8>> {
         if is_acl_xattr(name) {
-            return Err(errno(libc::EOPNOTSUPP));
+            return Err(Errno::EOPNOTSUPP.into());
         }
         if is_private_xattr(name) {
-            return Err(errno(libc::ENODATA));
+            return Err(Errno::ENODATA.into());
         }
-        xattr::get(self.top_path(ino)?, name)?.ok_or_else(|| errno(libc::ENODATA))
+        xattr::get(self.top_path(ino)?, name)?.ok_or_else(|| io::Error::from(Errno::ENODATA))
     }
 
     /// The user-visible xattr names, each NUL-terminated (the `listxattr` format).
@@ -147,10 +149,10 @@ impl Union {
     pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
         let _moving = self.moving.read();
         if is_acl_xattr(name) {
-            return Err(errno(libc::EOPNOTSUPP));
+            return Err(Errno::EOPNOTSUPP.into());
         }
         if is_private_xattr(name) {
-            return Err(errno(libc::EPERM));
+            return Err(Errno::EPERM.into());
         }
         let info = self.copy_up(ino)?;
         let path_host = self.abs(0, &info.path);
@@ -158,10 +160,10 @@ impl Union {
         if flags & (libc::XATTR_CREATE | libc::XATTR_REPLACE) != 0 {
             let exists = xattr::get(path, name)?.is_some();
             if flags & libc::XATTR_CREATE != 0 && exists {
-                return Err(errno(libc::EEXIST));
+                return Err(Errno::EEXIST.into());
             }
             if flags & libc::XATTR_REPLACE != 0 && !exists {
-                return Err(errno(libc::ENODATA));
+                return Err(Errno::ENODATA.into());
             }
         }
         xattr::set(path, name, value)
@@ -171,11 +173,11 @@ impl Union {
     pub fn removexattr(&self, ino: Ino, name: &OsStr) -> io::Result<()> {
         let _moving = self.moving.read();
         if is_private_xattr(name) {
-            return Err(errno(libc::EPERM));
+            return Err(Errno::EPERM.into());
         }
         let info = self.node(ino)?;
         if xattr::get(self.abs(info.loc.top(), &info.path), name)?.is_none() {
-            return Err(errno(libc::ENODATA));
+            return Err(Errno::ENODATA.into());
         }
         let info = self.copy_up(ino)?;
         xattr::remove(self.abs(0, &info.path), name)

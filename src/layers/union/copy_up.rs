@@ -5,7 +5,10 @@ use super::*;
 
 impl Union {
     pub(super) fn tmp_path(&self) -> io::Result<PathBuf> {
-        let work = self.work.as_ref().ok_or_else(|| errno(libc::EROFS))?;
+        let work = self
+            .work
+            .as_ref()
+            .ok_or_else(|| io::Error::from(Errno::EROFS))?;
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         Ok(work.join(format!("tmp-{}-{n}", std::process::id())))
     }
@@ -93,7 +96,7 @@ impl Union {
             Err(nix::Error::EEXIST) | Err(nix::Error::ENOTEMPTY) => remove_any(&tmp)?,
             Err(e) => {
                 let _ = remove_any(&tmp);
-                return Err(nix_err(e));
+                return Err(e.into());
             }
         }
         if let Some((p, n)) = &chosen {
@@ -177,7 +180,7 @@ impl Union {
             FileKind::Socket => SFlag::S_IFSOCK,
             FileKind::Block { .. } => SFlag::S_IFBLK,
             FileKind::Char { .. } => SFlag::S_IFCHR,
-            _ => return Err(errno(libc::EINVAL)),
+            _ => return Err(Errno::EINVAL.into()),
         };
         let mode = Mode::from_bits_truncate(perm & 0o777);
         let device = matches!(kind, FileKind::Block { .. } | FileKind::Char { .. });
@@ -196,7 +199,7 @@ impl Union {
         match nix::sys::stat::mknod(path, sflag, mode, kind.rdev()) {
             Ok(()) => Ok(kind),
             Err(nix::Error::EPERM) if device => as_file(),
-            Err(e) => Err(nix_err(e)),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -230,7 +233,7 @@ impl Union {
             ) {
                 Ok(()) => chowned = true,
                 Err(nix::Error::EPERM) | Err(nix::Error::EINVAL) => record = true,
-                Err(e) => return Err(nix_err(e)),
+                Err(e) => return Err(e.into()),
             }
         }
         if is_symlink {

@@ -14,7 +14,7 @@ impl Union {
     ) -> io::Result<(tree::NodeInfo, HostPath, bool)> {
         self.writable()?;
         if whiteout::classify_name(name) != Marker::Entry {
-            return Err(errno(libc::EINVAL));
+            return Err(Errno::EINVAL.into());
         }
         let pinfo = self.node(parent)?;
         let in_upper = self.is_upper(pinfo.loc.top());
@@ -35,7 +35,7 @@ impl Union {
                 }
             }
             if !kernel_whiteout {
-                return Err(errno(libc::EEXIST));
+                return Err(Errno::EEXIST.into());
             }
             had_whiteout = true;
         }
@@ -208,7 +208,7 @@ impl Union {
             libc::S_IFIFO => FileKind::Pipe,
             libc::S_IFSOCK => FileKind::Socket,
             // Device 0/0 is a whiteout: kernel overlayfs refuses to create one too.
-            libc::S_IFCHR if rdev == 0 => return Err(errno(libc::EPERM)),
+            libc::S_IFCHR if rdev == 0 => return Err(Errno::EPERM.into()),
             libc::S_IFCHR => FileKind::Char {
                 major: libc::major(rdev),
                 minor: libc::minor(rdev),
@@ -217,7 +217,7 @@ impl Union {
                 major: libc::major(rdev),
                 minor: libc::minor(rdev),
             },
-            _ => return Err(errno(libc::EINVAL)),
+            _ => return Err(Errno::EINVAL.into()),
         };
         self.create_entry(parent, name, kind, mode, caller, |p| {
             if kind == FileKind::File {

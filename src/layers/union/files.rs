@@ -4,36 +4,36 @@
 use super::*;
 
 impl Union {
-    fn put_handle(&self, h: Handle) -> Fh {
+    fn put_handle(&self, h: Open) -> Fh {
         let fh = Fh(self.next_fh.fetch_add(1, Ordering::Relaxed));
         self.handles.write().insert(fh, Arc::new(h));
         fh
     }
 
-    pub(super) fn handle(&self, fh: Fh) -> io::Result<Arc<Handle>> {
+    pub(super) fn handle(&self, fh: Fh) -> io::Result<Arc<Open>> {
         self.handles
             .read()
             .get(&fh)
             .cloned()
-            .ok_or_else(|| errno(libc::EBADF))
+            .ok_or_else(|| io::Error::from(Errno::EBADF))
     }
 
-    fn file(&self, fh: Fh) -> io::Result<Arc<Handle>> {
+    fn file(&self, fh: Fh) -> io::Result<Arc<Open>> {
         let h = self.handle(fh)?;
         match *h {
-            Handle::File(..) => Ok(h),
-            Handle::Dir(_) => Err(errno(libc::EISDIR)),
+            Open::File(..) => Ok(h),
+            Open::Dir(_) => Err(Errno::EISDIR.into()),
         }
     }
 
     /// The disk file behind the open file `fh` (for FUSE passthrough).
     pub fn backing_file(&self, fh: Fh) -> io::Result<BackingFile> {
         match &*self.handle(fh)? {
-            Handle::File(f, upper) => Ok(BackingFile {
+            Open::File(f, upper) => Ok(BackingFile {
                 file: f.clone(),
                 upper: *upper,
             }),
-            Handle::Dir(_) => Err(errno(libc::EISDIR)),
+            Open::Dir(_) => Err(Errno::EISDIR.into()),
         }
     }
 
@@ -46,7 +46,10 @@ impl Union {
         let acc = flags & libc::O_ACCMODE;
         let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let _moving = write.then(|| self.moving.read());
-        let info = self.tree.get(ino).ok_or_else(|| errno(libc::ESTALE))?;
+        let info = self
+            .tree
+            .get(ino)
+            .ok_or_else(|| io::Error::from(Errno::ESTALE))?;
         if !info.attached {
             let (f, upper) = self.reopen_unlinked(ino, &info, flags, write)?;
             return Ok(self.put_file(ino, f, upper));
@@ -89,13 +92,13 @@ impl Union {
     ) -> io::Result<(File, bool)> {
         let (acc, trunc) = (flags & libc::O_ACCMODE, flags & libc::O_TRUNC);
         let Some(h) = self.any_open_file(ino) else {
-            return Err(errno(libc::ENOENT));
+            return Err(Errno::ENOENT.into());
         };
         if write && !self.is_upper(info.loc.top()) {
-            return Err(errno(libc::ENOENT));
+            return Err(Errno::ENOENT.into());
         }
-        let Handle::File(f, upper) = &*h else {
-            return Err(errno(libc::ENOENT));
+        let Open::File(f, upper) = &*h else {
+            return Err(Errno::ENOENT.into());
         };
         use std::os::fd::AsRawFd;
         let f = OpenOptions::new()
@@ -108,7 +111,7 @@ impl Union {
 
     /// Registers an open file of `ino`.
     pub(super) fn put_file(&self, ino: Ino, f: File, upper: bool) -> Fh {
-        let fh = self.put_handle(Handle::File(Arc::new(f), upper));
+        let fh = self.put_handle(Open::File(Arc::new(f), upper));
         let mut open = self.open_files.lock();
         open.by_ino.entry(ino).or_default().push(fh);
         open.by_fh.insert(fh, ino);
@@ -116,7 +119,7 @@ impl Union {
     }
 
     /// Any open file handle of `ino`.
-    pub(super) fn any_open_file(&self, ino: Ino) -> Option<Arc<Handle>> {
+    pub(super) fn any_open_file(&self, ino: Ino) -> Option<Arc<Open>> {
         let fh = self.open_files.lock().by_ino.get(&ino)?.first().copied()?;
         self.open_file(Some(fh))
     }
@@ -124,8 +127,8 @@ impl Union {
     /// Reads up to `size` bytes at `offset`; short only at end of file.
     pub fn read(&self, fh: Fh, offset: u64, size: u32) -> io::Result<Vec<u8>> {
         let h = self.file(fh)?;
-        let Handle::File(f, _) = &*h else {
-            return Err(errno(libc::EISDIR));
+        let Open::File(f, _) = &*h else {
+            return Err(Errno::EISDIR.into());
         };
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
@@ -150,8 +153,8 @@ impl Union {
     /// Writes `data` at `offset`; returns the bytes written.
     pub fn write(&self, fh: Fh, offset: u64, data: &[u8]) -> io::Result<usize> {
         let h = self.file(fh)?;
-        let Handle::File(f, _) = &*h else {
-            return Err(errno(libc::EISDIR));
+        let Open::File(f, _) = &*h else {
+            return Err(Errno::EISDIR.into());
         };
         f.write_all_at(data, offset)?;
         Ok(data.len())
@@ -160,8 +163,8 @@ impl Union {
     /// Flushes a file to disk.
     pub fn fsync(&self, fh: Fh, datasync: bool) -> io::Result<()> {
         let h = self.file(fh)?;
-        let Handle::File(f, _) = &*h else {
-            return Err(errno(libc::EISDIR));
+        let Open::File(f, _) = &*h else {
+            return Err(Errno::EISDIR.into());
         };
         if datasync {
             f.sync_data()
@@ -182,14 +185,14 @@ impl Union {
     /// Allocates or punches space in an open file (`fallocate(2)` mode bits).
     pub fn fallocate(&self, fh: Fh, offset: u64, len: u64, mode: i32) -> io::Result<()> {
         let h = self.file(fh)?;
-        let Handle::File(f, _) = &*h else {
-            return Err(errno(libc::EISDIR));
+        let Open::File(f, _) = &*h else {
+            return Err(Errno::EISDIR.into());
         };
         let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-            return Err(errno(libc::EINVAL));
+            return Err(Errno::EINVAL.into());
         };
         let flags = nix::fcntl::FallocateFlags::from_bits_retain(mode);
-        nix::fcntl::fallocate(f, flags, offset, len).map_err(nix_err)
+        nix::fcntl::fallocate(f, flags, offset, len).map_err(io::Error::from)
     }
 
     /// Closes a file or directory handle.
@@ -213,7 +216,7 @@ impl Union {
     /// Snapshots the merged listing of directory `ino` (with `.` and `..`); readdir
     /// offsets index into this snapshot, so they stay stable while it is open.
     pub fn opendir(&self, ino: Ino) -> io::Result<Fh> {
-        Ok(self.put_handle(Handle::Dir(self.listing(ino)?)))
+        Ok(self.put_handle(Open::Dir(self.listing(ino)?)))
     }
 
     /// The merged listing of directory `ino`, with `.` and `..`.
@@ -271,8 +274,8 @@ impl Union {
     /// The snapshot entries from `offset` on.
     pub fn readdir(&self, fh: Fh) -> io::Result<Arc<Vec<DirEntry>>> {
         match &*self.handle(fh)? {
-            Handle::Dir(d) => Ok(d.clone()),
-            Handle::File(..) => Err(errno(libc::ENOTDIR)),
+            Open::Dir(d) => Ok(d.clone()),
+            Open::File(..) => Err(Errno::ENOTDIR.into()),
         }
     }
 

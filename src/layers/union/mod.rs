@@ -68,6 +68,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use nix::errno::Errno;
 use nix::fcntl::{AT_FDCWD, AtFlags, RenameFlags};
 use nix::sys::stat::{Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
@@ -181,10 +182,12 @@ pub struct StatFs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fh(pub u64);
 
+/// What an [`Fh`] stands for in the handle table.
 #[derive(Debug)]
-enum Handle {
+enum Open {
     /// An open file and whether it is the upper layer's copy.
     File(Arc<File>, bool),
+    /// An open directory: its merged listing, read when it was opened.
     Dir(Arc<Vec<DirEntry>>),
 }
 
@@ -219,7 +222,7 @@ pub struct Union {
     lower: lower::LowerCache,
     /// The ownership records of upper files, by node (only this union changes them).
     records: records::UpperRecords,
-    handles: RwLock<HashMap<Fh, Arc<Handle>>>,
+    handles: RwLock<HashMap<Fh, Arc<Open>>>,
     /// The open file handles of each node: an unlinked file stays usable through
     /// them (stat, reopen via /proc/self/fd, chmod, utimens), as on any filesystem.
     open_files: parking_lot::Mutex<OpenFiles>,
@@ -243,14 +246,6 @@ pub struct Union {
 struct OpenFiles {
     by_ino: HashMap<Ino, Vec<Fh>>,
     by_fh: HashMap<Fh, Ino>,
-}
-
-fn errno(e: i32) -> io::Error {
-    io::Error::from_raw_os_error(e)
-}
-
-fn nix_err(e: nix::Error) -> io::Error {
-    io::Error::from_raw_os_error(e as i32)
 }
 
 /// True when the OCI whiteout of `name` exists in the layer dir `dir` (absolute). A
@@ -423,7 +418,7 @@ impl Union {
 
     fn writable(&self) -> io::Result<()> {
         if self.read_only {
-            Err(errno(libc::EROFS))
+            Err(Errno::EROFS.into())
         } else {
             Ok(())
         }
@@ -434,15 +429,15 @@ impl Union {
     fn node(&self, ino: Ino) -> io::Result<tree::NodeInfo> {
         match self.tree.get(ino) {
             Some(info) if info.attached => Ok(info),
-            Some(_) => Err(errno(libc::ENOENT)),
-            None => Err(errno(libc::ESTALE)),
+            Some(_) => Err(Errno::ENOENT.into()),
+            None => Err(Errno::ESTALE.into()),
         }
     }
 
     /// The open file behind `fh`, if it is one.
-    fn open_file(&self, fh: Option<Fh>) -> Option<Arc<Handle>> {
+    fn open_file(&self, fh: Option<Fh>) -> Option<Arc<Open>> {
         fh.and_then(|fh| self.handle(fh).ok())
-            .filter(|h| matches!(**h, Handle::File(..)))
+            .filter(|h| matches!(**h, Open::File(..)))
     }
 }
 
@@ -520,7 +515,7 @@ fn set_times(path: &Path, atime: Option<SetTime>, mtime: Option<SetTime>) -> io:
         &timespec(mtime),
         UtimensatFlags::NoFollowSymlink,
     )
-    .map_err(nix_err)
+    .map_err(io::Error::from)
 }
 
 /// Removes the whiteouts and opaque marker left in an upper directory whose merged view
@@ -530,7 +525,7 @@ fn clear_markers(dir: &Path) -> io::Result<()> {
         let entry = entry?;
         if entry.file_type()?.is_dir() {
             // A visible subdirectory would have made the merged view non-empty.
-            return Err(errno(libc::ENOTEMPTY));
+            return Err(Errno::ENOTEMPTY.into());
         }
         fs::remove_file(entry.path())?;
     }

@@ -20,15 +20,15 @@ impl Union {
         let pinfo = self.node(parent)?;
         let (loc, meta) = self
             .resolve_child(&pinfo, name)?
-            .ok_or_else(|| errno(libc::ENOENT))?;
+            .ok_or_else(|| io::Error::from(Errno::ENOENT))?;
         match (dir, meta.is_dir()) {
-            (true, false) => return Err(errno(libc::ENOTDIR)),
-            (false, true) => return Err(errno(libc::EISDIR)),
+            (true, false) => return Err(Errno::ENOTDIR.into()),
+            (false, true) => return Err(Errno::EISDIR.into()),
             _ => {}
         }
         let path = pinfo.path.join(name);
         if dir && !self.list_merged(&path, &loc.layers)?.is_empty() {
-            return Err(errno(libc::ENOTEMPTY));
+            return Err(Errno::ENOTEMPTY.into());
         }
         let needs_whiteout = self.lower_has(&pinfo, name)?;
         let pinfo = if needs_whiteout {
@@ -68,11 +68,11 @@ impl Union {
         flags: u32,
     ) -> io::Result<()> {
         if flags & !RENAME_NOREPLACE != 0 {
-            return Err(errno(libc::EINVAL));
+            return Err(Errno::EINVAL.into());
         }
         self.writable()?;
         if whiteout::classify_name(newname) != Marker::Entry {
-            return Err(errno(libc::EINVAL));
+            return Err(Errno::EINVAL.into());
         }
         // Most renames move one name and share the lock; a lower directory's takes it
         // alone. Whether the source is one is known only after resolving it, and may
@@ -108,30 +108,30 @@ impl Union {
         let pinfo = self.node(parent)?;
         let (sloc, smeta) = self
             .resolve_child(&pinfo, name)?
-            .ok_or_else(|| errno(libc::ENOENT))?;
+            .ok_or_else(|| io::Error::from(Errno::ENOENT))?;
         let src_dir = smeta.is_dir();
         let lower_dir = src_dir && sloc.layers.iter().any(|&l| !self.is_upper(l));
         if lower_dir && !alone {
-            return Err(errno(RETRY_ALONE));
+            return Err(io::Error::from_raw_os_error(RETRY_ALONE));
         }
         let npinfo = self.node(newparent)?;
         let target = self.resolve_child(&npinfo, newname)?;
         if let Some((tloc, tmeta)) = &target {
             if flags & RENAME_NOREPLACE != 0 {
-                return Err(errno(libc::EEXIST));
+                return Err(Errno::EEXIST.into());
             }
             if parent == newparent && name == newname {
                 return Ok(());
             }
             match (src_dir, tmeta.is_dir()) {
-                (true, false) => return Err(errno(libc::ENOTDIR)),
-                (false, true) => return Err(errno(libc::EISDIR)),
+                (true, false) => return Err(Errno::ENOTDIR.into()),
+                (false, true) => return Err(Errno::EISDIR.into()),
                 (true, true)
                     if !self
                         .list_merged(&npinfo.path.join(newname), &tloc.layers)?
                         .is_empty() =>
                 {
-                    return Err(errno(libc::ENOTEMPTY));
+                    return Err(Errno::ENOTEMPTY.into());
                 }
                 _ => {}
             }
@@ -181,7 +181,7 @@ impl Union {
         } else {
             RenameFlags::empty()
         };
-        nix::fcntl::renameat2(AT_FDCWD, from, AT_FDCWD, to, rflags).map_err(nix_err)?;
+        nix::fcntl::renameat2(AT_FDCWD, from, AT_FDCWD, to, rflags)?;
         if src_dir && (target_in_lower || had_wh) {
             whiteout::write_opaque(to)?;
         }

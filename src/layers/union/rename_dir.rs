@@ -30,9 +30,10 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use nix::errno::Errno;
 use nix::fcntl::{AT_FDCWD, RenameFlags};
 
-use super::{Loc, SetTime, Union, errno, nix_err, remove_any, set_times, tree};
+use super::{Loc, SetTime, Union, remove_any, set_times, tree};
 use crate::layers::whiteout;
 
 /// What one tree copy links and copies.
@@ -93,7 +94,7 @@ impl Union {
         };
         if let Err(e) = nix::fcntl::renameat2(AT_FDCWD, &tmp, AT_FDCWD, to, rflags) {
             let _ = remove_any(&tmp);
-            return Err(nix_err(e));
+            return Err(e.into());
         }
         if had_wh {
             let wh = self.abs(0, &npinfo.path.join(whiteout::whiteout_name(newname)));
@@ -146,7 +147,7 @@ impl Union {
             if m.ft.is_dir() {
                 let (loc, _) = self
                     .resolve_listed(path, layers, &listings, &m.name)?
-                    .ok_or_else(|| errno(libc::ENOENT))?;
+                    .ok_or_else(|| io::Error::from(Errno::ENOENT))?;
                 self.copy_tree(&rel, &loc.layers, &to, false, st)?;
                 continue;
             }

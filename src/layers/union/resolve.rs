@@ -306,7 +306,7 @@ impl Union {
     ) -> io::Result<Attr> {
         let Resolved { loc, meta, ov } = self
             .resolve_entry(&pinfo.path, &pinfo.loc.layers, listings, name)?
-            .ok_or_else(|| errno(libc::ENOENT))?;
+            .ok_or_else(|| io::Error::from(Errno::ENOENT))?;
         let key = self.link_key(&loc, &meta);
         // Attributes first: a failure must not leave a kernel reference behind. The
         // node is not known yet (a known one's cached record serves an upper file).
@@ -398,7 +398,10 @@ impl Union {
     /// still point at the lower copy after a copy-up); the handle answers only when the
     /// name is gone (an open, unlinked file).
     pub fn getattr(&self, ino: Ino, fh: Option<Fh>) -> io::Result<Attr> {
-        let info = self.tree.get(ino).ok_or_else(|| errno(libc::ESTALE))?;
+        let info = self
+            .tree
+            .get(ino)
+            .ok_or_else(|| io::Error::from(Errno::ESTALE))?;
         if info.attached {
             let p_host = self.abs(info.loc.top(), &info.path);
             let p = p_host.as_path();
@@ -411,9 +414,9 @@ impl Union {
         let h = self
             .open_file(fh)
             .or_else(|| self.any_open_file(ino))
-            .ok_or_else(|| errno(libc::ENOENT))?;
-        let Handle::File(f, _) = &*h else {
-            return Err(errno(libc::ENOENT));
+            .ok_or_else(|| io::Error::from(Errno::ENOENT))?;
+        let Open::File(f, _) = &*h else {
+            return Err(Errno::ENOENT.into());
         };
         let meta = f.metadata()?;
         let ov = match xattr::FileExt::get_xattr(&**f, OVERRIDE_XATTR) {

@@ -125,8 +125,7 @@ fn every_whiteout_encoding_hides_and_never_shows() -> io::Result<()> {
         }
         write(&l[0].join(".wh.oci"), "")?;
         if root {
-            nix::sys::stat::mknod(&l[0].join("chr"), SFlag::S_IFCHR, Mode::empty(), 0)
-                .map_err(nix_err)?;
+            nix::sys::stat::mknod(&l[0].join("chr"), SFlag::S_IFCHR, Mode::empty(), 0)?;
         }
         write(&l[0].join("xw"), "")?;
         xattr::set(l[0].join("xw"), "user.overlay.whiteout", b"")
@@ -245,8 +244,7 @@ fn creates_replace_upper_whiteouts_of_every_kind_and_refuse_taken_names() -> io:
     if root {
         // "stale" hides nothing: no lower layer has that name.
         for n in ["chr", "stale"] {
-            nix::sys::stat::mknod(&f.upper.join(n), SFlag::S_IFCHR, Mode::empty(), 0)
-                .map_err(nix_err)?;
+            nix::sys::stat::mknod(&f.upper.join(n), SFlag::S_IFCHR, Mode::empty(), 0)?;
         }
     }
     write(&f.upper.join(".wh.oci"), "")?;

@@ -108,8 +108,10 @@ pub enum LinkKey {
     Lower(usize, u64, u64),
 }
 
+/// The arena's record of one node: a file of the merged tree, its names, where it
+/// lives and how many lookups the kernel holds.
 #[derive(Debug, Clone)]
-struct Node {
+struct MergedFile {
     parent: Ino,
     /// Shared with the `children` key of the primary name.
     name: Arc<OsStr>,
@@ -124,7 +126,7 @@ struct Node {
     lookups: u64,
 }
 
-impl Node {
+impl MergedFile {
     fn names(&self) -> impl Iterator<Item = (Ino, &OsStr)> {
         std::iter::once((self.parent, &*self.name))
             .chain(self.aliases.iter().map(|(p, n)| (*p, n.as_os_str())))
@@ -139,7 +141,7 @@ impl Node {
 struct Maps {
     /// Boxed: the map moves only pointers when it grows (tens of thousands of nodes
     /// after a tree walk; moving the nodes themselves showed in profiles).
-    nodes: FastMap<Ino, Box<Node>>,
+    nodes: FastMap<Ino, Box<MergedFile>>,
     /// parent → name → child. Two levels, so a lookup borrows the name instead of
     /// allocating a key.
     children: FastMap<Ino, FastMap<Arc<OsStr>, Ino>>,
@@ -197,7 +199,7 @@ impl Tree {
         };
         maps.nodes.insert(
             ROOT,
-            Box::new(Node {
+            Box::new(MergedFile {
                 parent: ROOT,
                 name: Arc::from(OsStr::new("")),
                 aliases: Vec::new(),
@@ -360,7 +362,7 @@ impl Tree {
         let name: Arc<OsStr> = Arc::from(name);
         maps.nodes.insert(
             id,
-            Box::new(Node {
+            Box::new(MergedFile {
                 parent,
                 name: name.clone(),
                 aliases: Vec::new(),
@@ -375,7 +377,7 @@ impl Tree {
         id
     }
 
-    fn note_lookup(node: &mut Node, parent: Ino, name: &OsStr, counted: bool) {
+    fn note_lookup(node: &mut MergedFile, parent: Ino, name: &OsStr, counted: bool) {
         if counted && matches!(node.link, Some(LinkKey::Lower(..))) {
             match &mut node.last {
                 Some((p, n)) if *p == parent && n == name => {}
@@ -441,7 +443,7 @@ impl Tree {
         maps.next += 1;
         maps.nodes.insert(
             id,
-            Box::new(Node {
+            Box::new(MergedFile {
                 parent: *first_parent,
                 name: Arc::from(first_name.as_os_str()),
                 aliases: rest.to_vec(),

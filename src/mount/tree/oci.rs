@@ -16,13 +16,14 @@ use std::ffi::OsStr;
 use std::io;
 use std::sync::Arc;
 
+use nix::errno::Errno;
 use parking_lot::Mutex;
 
-use super::{FILE_MODE, GentreeFs, Handle, Opened, errno};
+use super::{FILE_MODE, GentreeFs, Handle, Opened};
 use crate::layers::ownership::FileKind;
 use crate::layers::union::Attr;
 use crate::mount::images::Images;
-use crate::mount::inodes::{BUILDS, Node, OciPart};
+use crate::mount::inodes::{BUILDS, OciPart, TreeNode};
 use crate::mount::oci_images::{BlobHandle, OciImages, Want};
 use crate::oci::image::OCI_LAYOUT;
 
@@ -60,11 +61,11 @@ impl GentreeFs {
     /// The config whose OCI image (or SBOM) must be made for its current image before
     /// `op` on `ino` is answered; `None` when it can be answered now.
     pub fn needs_extra(&self, op: ExtraOp<'_>, ino: u64) -> Option<(String, Want)> {
-        let (i, want) = match (Node::of(ino)?, op) {
-            (Node::Oci(i, OciPart::Index), ExtraOp::Open) => (i, Want::Oci),
-            (Node::Sbom(i), ExtraOp::Open) => (i, Want::Sbom),
-            (Node::Oci(i, OciPart::Sha256), ExtraOp::Opendir) => (i, Want::Oci),
-            (Node::Oci(i, OciPart::Sha256), ExtraOp::Lookup(name)) => {
+        let (i, want) = match (TreeNode::of(ino)?, op) {
+            (TreeNode::Oci(i, OciPart::Index), ExtraOp::Open) => (i, Want::Oci),
+            (TreeNode::Sbom(i), ExtraOp::Open) => (i, Want::Sbom),
+            (TreeNode::Oci(i, OciPart::Sha256), ExtraOp::Opendir) => (i, Want::Oci),
+            (TreeNode::Oci(i, OciPart::Sha256), ExtraOp::Lookup(name)) => {
                 let known = name.to_str().and_then(|d| self.extras.made.blob(d));
                 if known.is_some() {
                     return None;
@@ -78,10 +79,10 @@ impl GentreeFs {
 
     /// `<config>.oci` and `<config>.spdx.json` in builds/ (`None`: not one of those).
     pub(super) fn extra_in_builds(&self, n: &str) -> Option<io::Result<Attr>> {
-        let (stem, node): (&str, fn(usize) -> Node) = if let Some(s) = n.strip_suffix(".oci") {
-            (s, |i| Node::Oci(i, OciPart::Dir))
+        let (stem, node): (&str, fn(usize) -> TreeNode) = if let Some(s) = n.strip_suffix(".oci") {
+            (s, |i| TreeNode::Oci(i, OciPart::Dir))
         } else if let Some(s) = n.strip_suffix(".spdx.json") {
-            (s, Node::Sbom)
+            (s, TreeNode::Sbom)
         } else {
             return None;
         };
@@ -93,12 +94,12 @@ impl GentreeFs {
     pub(super) fn extras_in_builds(&self, i: usize, name: &str) -> [(u64, FileKind, String); 2] {
         [
             (
-                Node::Oci(i, OciPart::Dir).ino(),
+                TreeNode::Oci(i, OciPart::Dir).ino(),
                 FileKind::Dir,
                 format!("{name}.oci"),
             ),
             (
-                Node::Sbom(i).ino(),
+                TreeNode::Sbom(i).ino(),
                 FileKind::File,
                 format!("{name}.spdx.json"),
             ),
@@ -106,20 +107,22 @@ impl GentreeFs {
     }
 
     pub(super) fn oci_lookup(&self, i: usize, part: OciPart, name: &OsStr) -> io::Result<Attr> {
-        let n = name.to_str().ok_or_else(|| errno(libc::ENOENT))?;
+        let n = name
+            .to_str()
+            .ok_or_else(|| io::Error::from(Errno::ENOENT))?;
         let node = match (part, n) {
-            (OciPart::Dir, "oci-layout") => Node::Oci(i, OciPart::Layout),
-            (OciPart::Dir, "index.json") => Node::Oci(i, OciPart::Index),
-            (OciPart::Dir, "blobs") => Node::Oci(i, OciPart::Blobs),
-            (OciPart::Blobs, "sha256") => Node::Oci(i, OciPart::Sha256),
+            (OciPart::Dir, "oci-layout") => TreeNode::Oci(i, OciPart::Layout),
+            (OciPart::Dir, "index.json") => TreeNode::Oci(i, OciPart::Index),
+            (OciPart::Dir, "blobs") => TreeNode::Oci(i, OciPart::Blobs),
+            (OciPart::Blobs, "sha256") => TreeNode::Oci(i, OciPart::Sha256),
             (OciPart::Sha256, digest) => {
                 if self.extras.made.blob(digest).is_none() {
-                    return Err(errno(libc::ENOENT));
+                    return Err(Errno::ENOENT.into());
                 }
-                Node::Blob(self.blob_number(digest))
+                TreeNode::Blob(self.blob_number(digest))
             }
-            (OciPart::Layout | OciPart::Index, _) => return Err(errno(libc::ENOTDIR)),
-            _ => return Err(errno(libc::ENOENT)),
+            (OciPart::Layout | OciPart::Index, _) => return Err(Errno::ENOTDIR.into()),
+            _ => return Err(Errno::ENOENT.into()),
         };
         self.getattr(node.ino())
     }
@@ -142,24 +145,24 @@ impl GentreeFs {
             .lock()
             .get(n)
             .cloned()
-            .ok_or_else(|| errno(libc::ESTALE))?;
+            .ok_or_else(|| io::Error::from(Errno::ESTALE))?;
         self.extras
             .made
             .blob(&digest)
-            .ok_or_else(|| errno(libc::ESTALE))
+            .ok_or_else(|| io::Error::from(Errno::ESTALE))
     }
 
     /// Attributes: the sizes of `index.json` and the SBOM are those last made (0
     /// before; their opens use direct I/O, so readers get every byte).
-    pub(super) fn oci_getattr(&self, node: Node) -> io::Result<Attr> {
+    pub(super) fn oci_getattr(&self, node: TreeNode) -> io::Result<Attr> {
         let ino = node.ino();
         let file = |size: u64| self.attr(ino, FileKind::File, FILE_MODE, size, self.started);
         match node {
-            Node::Oci(_, OciPart::Dir | OciPart::Blobs | OciPart::Sha256) => {
+            TreeNode::Oci(_, OciPart::Dir | OciPart::Blobs | OciPart::Sha256) => {
                 Ok(self.dir_attr(ino, 0o555))
             }
-            Node::Oci(_, OciPart::Layout) => Ok(file(OCI_LAYOUT.len() as u64)),
-            Node::Oci(i, OciPart::Index) => {
+            TreeNode::Oci(_, OciPart::Layout) => Ok(file(OCI_LAYOUT.len() as u64)),
+            TreeNode::Oci(i, OciPart::Index) => {
                 let name = self.build_name(i)?;
                 let size = self
                     .extras
@@ -168,13 +171,13 @@ impl GentreeFs {
                     .map_or(0, |o| o.index.len());
                 Ok(file(size as u64))
             }
-            Node::Sbom(i) => {
+            TreeNode::Sbom(i) => {
                 let name = self.build_name(i)?;
                 let size = self.extras.made.cached_sbom(&name).map_or(0, |s| s.len());
                 Ok(file(size as u64))
             }
-            Node::Blob(n) => Ok(file(self.blob_of(n)?.size())),
-            _ => Err(errno(libc::ENOENT)),
+            TreeNode::Blob(n) => Ok(file(self.blob_of(n)?.size())),
+            _ => Err(Errno::ENOENT.into()),
         }
     }
 
@@ -183,9 +186,9 @@ impl GentreeFs {
         i: usize,
         part: OciPart,
     ) -> io::Result<Vec<(u64, FileKind, String)>> {
-        let me = Node::Oci(i, part).ino();
+        let me = TreeNode::Oci(i, part).ino();
         let mut v = vec![(me, FileKind::Dir, ".".to_owned())];
-        let node = |p| Node::Oci(i, p).ino();
+        let node = |p| TreeNode::Oci(i, p).ino();
         match part {
             OciPart::Dir => {
                 v.push((BUILDS, FileKind::Dir, "..".into()));
@@ -204,41 +207,41 @@ impl GentreeFs {
                     .extras
                     .made
                     .cached_oci(&name)
-                    .ok_or_else(|| errno(libc::EIO))?;
+                    .ok_or_else(|| io::Error::from(Errno::EIO))?;
                 for (digest, _) in oci.blobs() {
                     let n = self.blob_number(&digest);
-                    v.push((Node::Blob(n).ino(), FileKind::File, digest));
+                    v.push((TreeNode::Blob(n).ino(), FileKind::File, digest));
                 }
             }
-            OciPart::Layout | OciPart::Index => return Err(errno(libc::ENOTDIR)),
+            OciPart::Layout | OciPart::Index => return Err(Errno::ENOTDIR.into()),
         }
         Ok(v)
     }
 
     /// Opens a file (reading only; the adapter made what it needs first).
-    pub(super) fn oci_open(&self, node: Node) -> io::Result<Opened> {
+    pub(super) fn oci_open(&self, node: TreeNode) -> io::Result<Opened> {
         let h = &self.handles;
         match node {
-            Node::Oci(_, OciPart::Layout) => Ok(Opened::Cached(
+            TreeNode::Oci(_, OciPart::Layout) => Ok(Opened::Cached(
                 h.insert(Handle::Bytes(Arc::from(OCI_LAYOUT))),
             )),
-            Node::Oci(i, OciPart::Index) => {
+            TreeNode::Oci(i, OciPart::Index) => {
                 let oci = self.extras.made.cached_oci(&self.build_name(i)?);
-                let oci = oci.ok_or_else(|| errno(libc::EIO))?;
+                let oci = oci.ok_or_else(|| io::Error::from(Errno::EIO))?;
                 Ok(Opened::Direct(h.insert(Handle::Bytes(oci.index.clone()))))
             }
-            Node::Sbom(i) => {
+            TreeNode::Sbom(i) => {
                 let doc = self.extras.made.cached_sbom(&self.build_name(i)?);
-                let doc = doc.ok_or_else(|| errno(libc::EIO))?;
+                let doc = doc.ok_or_else(|| io::Error::from(Errno::EIO))?;
                 Ok(Opened::Direct(h.insert(Handle::Bytes(doc))))
             }
             // Blob bytes are immutable: the page cache may keep them.
-            Node::Blob(n) => Ok(Opened::Cached(match self.blob_of(n)? {
+            TreeNode::Blob(n) => Ok(Opened::Cached(match self.blob_of(n)? {
                 BlobHandle::Bytes(b) => h.insert(Handle::Bytes(b)),
                 BlobHandle::Layer(l) => h.insert(Handle::Tar(l)),
             })),
-            Node::Oci(..) => Err(errno(libc::EISDIR)),
-            _ => Err(errno(libc::ENOENT)),
+            TreeNode::Oci(..) => Err(Errno::EISDIR.into()),
+            _ => Err(Errno::ENOENT.into()),
         }
     }
 }
