@@ -14,13 +14,13 @@
 #   uring   uring_floor --transport uring: one io_uring per CPU, its thread pinned to
 #           that CPU, DEPTH ring entries each (default 4).
 #   uring-b the same with URING_B_OPTS (to compare two ways of running the rings in
-#           one run, e.g. URING_B_OPTS="--no-pin" or "--defer-taskrun"); not default.
+#           one run, e.g. URING_B_OPTS="--no-pin" or "--ring coop"); not default.
 #   fuser   fuse_floor --no-passthrough: the same floor written on fuser, for scale
 #           (not in the getattr rows: it has no --attr-ttl).
 # The uring runs need /sys/module/fuse/parameters/enable_uring = Y at INIT: the script
 # sets it for the few seconds from the daemon's start until it says it is serving
-# (after which the connection keeps io_uring whatever the parameter says) and restores
-# the value it found, also on Ctrl-C.
+# (after which the connection keeps io_uring whatever the parameter says) and sets it
+# back to N (the kernel's default) after, and on any exit, Ctrl-C included.
 #
 # Workloads (each from a fresh mount, as the kernel caches every answer of the floor
 # for good; threads = CPUs, and N = CPUs client processes for the "xN" rows):
@@ -28,6 +28,8 @@
 #                    per entry (python os.lstat from a list; N: the list in N shards)
 #   getattr1 / getattrN  mounted with --attr-ttl 0: 20,000 lstat of one file per
 #                    client, one GETATTR each: the purest per-request round trip
+#   direct1 / directN  20,000 preads of the first 4 KiB of one file per client, opened
+#                    O_DIRECT: the page cache is bypassed, one READ each
 #   read1 / readN    open + read + close of every regular file of at most 64 KiB
 #                    (LOOKUP, OPEN, READ, RELEASE each; no passthrough)
 #   walk             find over the whole tree (OPENDIR, READDIRPLUS, RELEASEDIR)
@@ -43,11 +45,11 @@
 #   SOURCE     the tree to serve (default: a generated fixture in BENCH_DIR: 20,000
 #              files of 0..8 KiB in 25 x 20 directories, 500 symlinks).
 #   BENCH_DIR  work dir (default /var/tmp/gentree-uring-bench): fixture, results-*.tsv.
-#   WORKLOADS  default "stat1 statN getattr1 getattrN read1 readN walk".
+#   WORKLOADS  default "stat1 statN getattr1 getattrN direct1 directN read1 readN walk".
 #   IMPLS      default "dev uring fuser".
 #   DEPTH      ring entries per queue (default 4).
 #   URING_OPTS, URING_B_OPTS  more options of uring and uring-b (see uring_floor's
-#              header: --no-pin, --defer-taskrun).
+#              header: --no-pin, --ring plain|coop|defer).
 #   URING_FLOOR, FUSE_FLOOR  the binaries (default target/release/examples/...).
 #
 # Figures, kernel 6.18, 2 CPUs shared with 3-4 other sessions (load 5-7):
@@ -56,7 +58,7 @@ set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/gentree-uring-bench}
-read -r -a WORKLOADS <<<"${WORKLOADS:-stat1 statN getattr1 getattrN read1 readN walk}"
+read -r -a WORKLOADS <<<"${WORKLOADS:-stat1 statN getattr1 getattrN direct1 directN read1 readN walk}"
 read -r -a IMPLS <<<"${IMPLS:-dev uring fuser}"
 DEPTH=${DEPTH:-4}
 read -r -a URING_OPTS <<<"${URING_OPTS:-}"
@@ -64,7 +66,8 @@ read -r -a URING_B_OPTS <<<"${URING_B_OPTS:-}"
 URING_FLOOR=${URING_FLOOR:-target/release/examples/uring_floor}
 FUSE_FLOOR=${FUSE_FLOOR:-target/release/examples/fuse_floor}
 CPUS=$(nproc)
-GETATTR_STATS=20000
+# Round trips of each client in the getattr and direct rows.
+REPS=20000
 FIXTURE_VERSION="v1 files=20000 links=500"
 PARAM=/sys/module/fuse/parameters/enable_uring
 
@@ -79,7 +82,7 @@ for row in csv.DictReader(open(sys.argv[1]), delimiter="\t"):
     k = (row["impl"], row["workload"])
     runs.setdefault(k, []).append(float(row["seconds"]))
     reqs.setdefault(k, []).append(int(row["requests"]))
-order = ["stat1", "statN", "getattr1", "getattrN", "read1", "readN", "walk"]
+order = ["stat1", "statN", "getattr1", "getattrN", "direct1", "directN", "read1", "readN", "walk"]
 workloads = [w for w in order if any(k[1] == w for k in runs)]
 impls = [i for i in ["dev", "uring", "uring-b", "fuser"] if any(k[0] == i for k in runs)]
 med = {k: statistics.median(v) for k, v in runs.items()}
@@ -162,10 +165,9 @@ WORK=$(mktemp -d "$BENCH_DIR/run.XXXXXX")
 MNT=$WORK/mnt
 mkdir -p "$MNT"
 RESULTS=$BENCH_DIR/results-$(date -u +%Y%m%dT%H%M%SZ).tsv
-PARAM_WAS=$(cat "$PARAM")
 DAEMON=
 cleanup() {
-  echo "$PARAM_WAS" > "$PARAM" || true
+  echo N > "$PARAM" || true
   # Also a dead connection (mountpoint(1) cannot stat it).
   grep -q " $MNT " /proc/mounts && { umount "$MNT" 2>/dev/null || umount -l "$MNT" || true; }
   [[ -n $DAEMON ]] && kill "$DAEMON" 2>/dev/null || true
@@ -179,7 +181,7 @@ trap 'exit 130' INT TERM
 python3 - "$SOURCE" "$WORK" <<'EOF'
 import os, sys
 src, work = sys.argv[1], sys.argv[2]
-entries, files = [], []
+entries, files, direct = [], [], []
 for d, dirs, names in os.walk(src):
     dirs.sort()
     for n in sorted(dirs + names):
@@ -189,20 +191,25 @@ for d, dirs, names in os.walk(src):
         st = os.lstat(p)
         if os.path.isfile(p) and not os.path.islink(p) and st.st_size <= 65536:
             files.append(rel)
+            if st.st_size >= 4096:
+                direct.append(rel)
             with open(p, "rb") as f:
                 f.read()
 open(f"{work}/entries", "w").write("".join(e + "\n" for e in entries))
 open(f"{work}/files", "w").write("".join(e + "\n" for e in files))
 open(f"{work}/one", "w").write(files[0] + "\n")
+if not direct:
+    sys.exit(f"no regular file of 4..64 KiB in {src} for the direct rows")
+open(f"{work}/direct", "w").write(direct[0] + "\n")
 EOF
 echo "== tree: $SOURCE: $(wc -l <"$WORK/entries") entries, $(wc -l <"$WORK/files") regular files of <= 64 KiB"
 
-# The client: KIND (stat, read or getattr) over the list LIST under the mount, in
-# NPROC forked processes (the list in NPROC shards; getattr: each process stats the
-# one file GETATTR_STATS times); prints the seconds from the start signal to the last
+# The client: KIND (stat, read, getattr or direct) over the list LIST under the mount,
+# in NPROC forked processes (the list in NPROC shards; getattr and direct: each process
+# stats, or reads 4 KiB of, the one file REPS times); prints the seconds from the start signal to the last
 # child's exit.
 cat > "$WORK/client.py" <<'EOF'
-import os, sys, time
+import mmap, os, sys, time
 kind, mnt, lst, nproc, reps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 paths = [os.path.join(mnt, l.rstrip("\n")) for l in open(lst)]
 def work(part):
@@ -213,6 +220,13 @@ def work(part):
         p = part[0]
         for _ in range(reps):
             os.lstat(p)
+    elif kind == "direct":
+        # O_DIRECT wants an aligned buffer: an anonymous mapping is page-aligned.
+        fd, buf = os.open(part[0], os.O_RDONLY | os.O_DIRECT), mmap.mmap(-1, 4096)
+        for _ in range(reps):
+            if os.preadv(fd, [buf], 0) != 4096:
+                sys.exit(f"short O_DIRECT read of {part[0]}")
+        os.close(fd)
     else:
         for p in part:
             fd = os.open(p, os.O_RDONLY)
@@ -222,7 +236,7 @@ def work(part):
 go_r, go_w = os.pipe()
 kids = []
 for k in range(nproc):
-    part = paths if kind == "getattr" else paths[k::nproc]
+    part = paths if kind in ("getattr", "direct") else paths[k::nproc]
     pid = os.fork()
     if pid == 0:
         os.close(go_w)
@@ -270,7 +284,7 @@ mount_impl() {
     kill -0 "$DAEMON" 2>/dev/null || { cat "$WORK/log" >&2; die "$impl failed to mount"; }
     sleep 0.05
   done
-  echo "$PARAM_WAS" > "$PARAM"
+  echo N > "$PARAM"
   ((i < 600)) || { cat "$WORK/log" >&2; die "$impl did not start serving in 30 s"; }
 }
 
@@ -297,8 +311,10 @@ run_workload() {
   case $w in
     stat1) python3 "$WORK/client.py" stat "$MNT" "$WORK/entries" 1 0 ;;
     statN) python3 "$WORK/client.py" stat "$MNT" "$WORK/entries" "$CPUS" 0 ;;
-    getattr1) python3 "$WORK/client.py" getattr "$MNT" "$WORK/one" 1 "$GETATTR_STATS" ;;
-    getattrN) python3 "$WORK/client.py" getattr "$MNT" "$WORK/one" "$CPUS" "$GETATTR_STATS" ;;
+    getattr1) python3 "$WORK/client.py" getattr "$MNT" "$WORK/one" 1 "$REPS" ;;
+    getattrN) python3 "$WORK/client.py" getattr "$MNT" "$WORK/one" "$CPUS" "$REPS" ;;
+    direct1) python3 "$WORK/client.py" direct "$MNT" "$WORK/direct" 1 "$REPS" ;;
+    directN) python3 "$WORK/client.py" direct "$MNT" "$WORK/direct" "$CPUS" "$REPS" ;;
     read1) python3 "$WORK/client.py" read "$MNT" "$WORK/files" 1 0 ;;
     readN) python3 "$WORK/client.py" read "$MNT" "$WORK/files" "$CPUS" 0 ;;
     walk)

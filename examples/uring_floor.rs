@@ -27,9 +27,13 @@
 //! ```text
 //! cargo build --release --example uring_floor
 //! target/release/examples/uring_floor [--transport dev|uring] [--threads N] [--depth D] \
-//!     [--attr-ttl SECS] SOURCE MOUNTPOINT
+//!     [--no-pin] [--ring plain|coop|defer] [--attr-ttl SECS] SOURCE MOUNTPOINT
 //! umount MOUNTPOINT     # the daemon serves in the foreground until then
 //! ```
+//!
+//! `--no-pin` leaves the queue threads to the scheduler; `--ring` picks the io_uring
+//! setup flags: none (`plain`, the default, as libfuse), `coop` (SINGLE_ISSUER |
+//! COOP_TASKRUN) or `defer` (SINGLE_ISSUER | DEFER_TASKRUN).
 //!
 //! `--attr-ttl 0` makes every stat a GETATTR round trip (entries keep the long TTL):
 //! the bench's per-request latency row. On stderr the daemon prints `serving` once
@@ -552,18 +556,21 @@ fn arm(
     fd: RawFd,
     qid: u16,
     ents: &[RingEnt],
-    defer_taskrun: bool,
+    setup: RingSetup,
 ) -> io::Result<IoUring<squeue::Entry128, cqueue::Entry>> {
     let mut builder = IoUring::builder();
-    // Only this thread submits and waits: the kernel may skip the locking and the
-    // interrupts that a ring shared between threads needs.
-    builder.setup_single_issuer();
-    if defer_taskrun {
+    match setup {
+        RingSetup::Plain => {}
+        // Only this thread submits and waits: the kernel may skip the locking and
+        // the interrupts that a ring shared between threads needs.
+        RingSetup::Coop => {
+            builder.setup_single_issuer().setup_coop_taskrun();
+        }
         // Kernel work for the ring (handing a request to an entry) runs only when
         // this thread waits for completions.
-        builder.setup_defer_taskrun();
-    } else {
-        builder.setup_coop_taskrun();
+        RingSetup::Defer => {
+            builder.setup_single_issuer().setup_defer_taskrun();
+        }
     }
     let mut ring: IoUring<squeue::Entry128, cqueue::Entry> =
         builder.build((2 * ents.len()) as u32)?;
@@ -617,7 +624,7 @@ fn serve_queue(
         })
         .collect();
     let raw = fd.as_raw_fd();
-    let ring = arm(raw, qid, &ents, opts.defer_taskrun);
+    let ring = arm(raw, qid, &ents, opts.setup);
     armed.wait();
     let mut ring = ring?;
     let mut scratch = Vec::with_capacity(4096);
@@ -766,8 +773,20 @@ struct QueueOpts {
     depth: usize,
     /// Pin the queue's thread to the queue's CPU.
     pin: bool,
-    /// IORING_SETUP_DEFER_TASKRUN rather than IORING_SETUP_COOP_TASKRUN.
-    defer_taskrun: bool,
+    /// The io_uring setup flags.
+    setup: RingSetup,
+}
+
+/// How each queue's io_uring is set up (`--ring`).
+#[derive(Debug, Clone, Copy)]
+enum RingSetup {
+    /// No flags, as libfuse (whose comment finds SINGLE_ISSUER and COOP_TASKRUN
+    /// slower).
+    Plain,
+    /// IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN.
+    Coop,
+    /// IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN.
+    Defer,
 }
 
 struct Args {
@@ -781,7 +800,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let usage = "usage: uring_floor [--transport dev|uring] [--threads N] [--depth D] \
-                 [--no-pin] [--defer-taskrun] [--attr-ttl SECS] SOURCE MOUNTPOINT";
+                 [--no-pin] [--ring plain|coop|defer] [--attr-ttl SECS] SOURCE MOUNTPOINT";
     let mut a = Args {
         source: PathBuf::new(),
         mountpoint: PathBuf::new(),
@@ -790,7 +809,7 @@ fn parse_args() -> Result<Args, String> {
         queue: QueueOpts {
             depth: 4,
             pin: true,
-            defer_taskrun: false,
+            setup: RingSetup::Plain,
         },
         attr_ttl: TTL_SECS,
     };
@@ -811,7 +830,14 @@ fn parse_args() -> Result<Args, String> {
             Some("--threads") => a.threads = Some(number(&mut args)?.max(1) as usize),
             Some("--depth") => a.queue.depth = number(&mut args)?.clamp(1, 256) as usize,
             Some("--no-pin") => a.queue.pin = false,
-            Some("--defer-taskrun") => a.queue.defer_taskrun = true,
+            Some("--ring") => {
+                a.queue.setup = match args.next().as_deref().and_then(OsStr::to_str) {
+                    Some("plain") => RingSetup::Plain,
+                    Some("coop") => RingSetup::Coop,
+                    Some("defer") => RingSetup::Defer,
+                    _ => return Err(usage.into()),
+                }
+            }
             Some("--attr-ttl") => a.attr_ttl = number(&mut args)?,
             Some("-h" | "--help") => return Err(usage.into()),
             _ => paths.push(PathBuf::from(arg)),
@@ -875,14 +901,10 @@ fn run(args: Args) -> io::Result<()> {
         armed.wait();
         let q = args.queue;
         format!(
-            "io_uring, {queues} queues x {} entries{}{}",
+            "io_uring, {queues} queues x {} entries{}, {:?} rings",
             q.depth,
             if q.pin { ", pinned" } else { "" },
-            if q.defer_taskrun {
-                ", defer-taskrun"
-            } else {
-                ""
-            }
+            q.setup,
         )
     } else {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
