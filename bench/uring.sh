@@ -27,12 +27,22 @@
 #   stat1 / statN    lstat of every entry of the tree by path, no listing: one LOOKUP
 #                    per entry (python os.lstat from a list; N: the list in N shards)
 #   getattr1 / getattrN  mounted with --attr-ttl 0: 20,000 lstat of one file per
-#                    client, one GETATTR each: the purest per-request round trip
+#                    client by its path (d00/s00/f00000 in the fixture): a GETATTR
+#                    of each directory on the path, the root included (default_
+#                    permissions checks them), and of the file: 4 per lstat
 #   direct1 / directN  20,000 preads of the first 4 KiB of one file per client, opened
 #                    O_DIRECT: the page cache is bypassed, one READ each
 #   read1 / readN    open + read + close of every regular file of at most 64 KiB
 #                    (LOOKUP, OPEN, READ, RELEASE each; no passthrough)
 #   walk             find over the whole tree (OPENDIR, READDIRPLUS, RELEASEDIR)
+# Then the paired latency (LAT_BATCHES > 0): every implementation mounted at once,
+# one client alternating batches of LAT_SIZE requests between them (the order
+# rotating per batch, so load that comes and goes falls on all alike), each request
+# timed alone: getattr = fstat of an open file with --attr-ttl 0 (one GETATTR), direct
+# = a 4 KiB O_DIRECT pread (one READ). Reported: medians over batches of the mean,
+# p50, p10, p90 in microseconds, the spread of the batch means, and the ratio to
+# /dev/fuse of the same batch (median, min..max).
+#
 # The daemon counts the requests it answered (and how many came over io_uring: all of
 # them, or the run is rejected); the report gives the median seconds, the spread, the
 # requests of a run, the wall time per request (rows with one client: the latency a
@@ -47,6 +57,8 @@
 #   BENCH_DIR  work dir (default /var/tmp/gentree-uring-bench): fixture, results-*.tsv.
 #   WORKLOADS  default "stat1 statN getattr1 getattrN direct1 directN read1 readN walk".
 #   IMPLS      default "dev uring fuser".
+#   LAT_BATCHES, LAT_SIZE  the paired latency's batches (default 30; 0: none) and
+#              requests per batch (default 1000).
 #   DEPTH      ring entries per queue (default 4).
 #   URING_OPTS, URING_B_OPTS  more options of uring and uring-b (see uring_floor's
 #              header: --no-pin, --ring plain|coop|defer).
@@ -68,6 +80,8 @@ FUSE_FLOOR=${FUSE_FLOOR:-target/release/examples/fuse_floor}
 CPUS=$(nproc)
 # Round trips of each client in the getattr and direct rows.
 REPS=20000
+LAT_BATCHES=${LAT_BATCHES:-30}
+LAT_SIZE=${LAT_SIZE:-1000}
 FIXTURE_VERSION="v1 files=20000 links=500"
 PARAM=/sys/module/fuse/parameters/enable_uring
 
@@ -115,9 +129,46 @@ for w in workloads:
 EOF
 }
 
+# Prints the paired latency tables from a latency file: per kind and implementation,
+# the medians over batches of the mean, p50, p10 and p90 of single requests, the
+# spread of the batch means, and the ratio to /dev/fuse within each batch.
+report_latency() {
+  python3 - "$1" <<'EOF'
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+impls = [i for i in ["dev", "uring", "uring-b", "fuser"] if any(r["impl"] == i for r in rows)]
+for kind in ["getattr", "direct"]:
+    by = {}
+    for r in rows:
+        if r["kind"] == kind:
+            by.setdefault(r["impl"], {})[int(r["batch"])] = r
+    if not by:
+        continue
+    print(f"\n== {kind}: one request timed alone, us (medians over batches)")
+    print(f"{'impl':<9}{'mean':>8}{'p50':>8}{'p10':>8}{'p90':>8}{'batch means':>16}"
+          f"{'mean / dev, same batch':>26}")
+    for i in impls:
+        if i not in by:
+            continue
+        b = by[i]
+        med = lambda col: statistics.median(float(r[col]) for r in b.values())
+        means = [float(r["mean_us"]) for r in b.values()]
+        ratio = "-"
+        if i != "dev" and "dev" in by:
+            rs = [float(b[k]["mean_us"]) / float(by["dev"][k]["mean_us"]) for k in b if k in by["dev"]]
+            ratio = f"{statistics.median(rs):.2f}x ({min(rs):.2f}..{max(rs):.2f})"
+        spread = f"{min(means):.1f}..{max(means):.1f}"
+        print(f"{i:<9}{med('mean_us'):>8.1f}{med('p50_us'):>8.1f}{med('p10_us'):>8.1f}"
+              f"{med('p90_us'):>8.1f}{spread:>16}{ratio:>26}")
+EOF
+}
+
 if [[ ${1:-} == --report ]]; then
-  [[ -f ${2:-} ]] || die "usage: $0 --report RESULTS.tsv"
-  report "$2"
+  [[ -f ${2:-} ]] || die "usage: $0 --report RESULTS.tsv|LATENCY.tsv"
+  case $2 in
+    *latency-*) report_latency "$2" ;;
+    *) report "$2" ;;
+  esac
   exit 0
 fi
 
@@ -165,12 +216,20 @@ WORK=$(mktemp -d "$BENCH_DIR/run.XXXXXX")
 MNT=$WORK/mnt
 mkdir -p "$MNT"
 RESULTS=$BENCH_DIR/results-$(date -u +%Y%m%dT%H%M%SZ).tsv
+LATENCY_RESULTS=${RESULTS/results-/latency-}
 DAEMON=
+# Every daemon started, and every mountpoint used, for the cleanup.
+DAEMONS=()
 cleanup() {
   echo N > "$PARAM" || true
-  # Also a dead connection (mountpoint(1) cannot stat it).
-  grep -q " $MNT " /proc/mounts && { umount "$MNT" 2>/dev/null || umount -l "$MNT" || true; }
-  [[ -n $DAEMON ]] && kill "$DAEMON" 2>/dev/null || true
+  local m d
+  for m in "$WORK"/mnt*; do
+    # Also a dead connection (mountpoint(1) cannot stat it).
+    grep -q " $m " /proc/mounts && { umount "$m" 2>/dev/null || umount -l "$m" || true; }
+  done
+  for d in "${DAEMONS[@]}"; do
+    kill "$d" 2>/dev/null || true
+  done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -258,10 +317,11 @@ if bad:
 print(f"{t1 - t0:.6f}")
 EOF
 
-# Starts IMPL ($1) on a fresh mount (getattr rows: $2 = attr TTL 0) and waits until
-# it serves; the daemon's stderr goes to $WORK/log.
+# Starts IMPL ($1) on a fresh mount at $3 (default $MNT; getattr rows: $2 = attr TTL
+# 0) and waits until it serves; the daemon's stderr goes to $4 (default $WORK/log), its
+# pid to DAEMON.
 mount_impl() {
-  local impl=$1 ttl=${2:-} i
+  local impl=$1 ttl=${2:-} mnt=${3:-$MNT} log=${4:-$WORK/log} i
   local -a cmd
   case $impl in
     dev) cmd=("$URING_FLOOR" --transport dev) ;;
@@ -272,32 +332,36 @@ mount_impl() {
   [[ -n $ttl ]] && cmd+=(--attr-ttl 0)
   [[ $impl == uring* ]] && echo Y > "$PARAM"
   # Emptied first: the wait below must not see the previous daemon's lines.
-  : > "$WORK/log"
-  "${cmd[@]}" "$SOURCE" "$MNT" 2>>"$WORK/log" &
+  : > "$log"
+  "${cmd[@]}" "$SOURCE" "$mnt" 2>>"$log" &
   DAEMON=$!
+  DAEMONS+=("$DAEMON")
   for ((i = 0; i < 600; i++)); do
     if [[ $impl == fuser ]]; then
-      mountpoint -q "$MNT" && grep -q "entries preloaded" "$WORK/log" && break
+      mountpoint -q "$mnt" && grep -q "entries preloaded" "$log" && break
     else
-      grep -q "serving by" "$WORK/log" && break
+      grep -q "serving by" "$log" && break
     fi
-    kill -0 "$DAEMON" 2>/dev/null || { cat "$WORK/log" >&2; die "$impl failed to mount"; }
+    kill -0 "$DAEMON" 2>/dev/null || { cat "$log" >&2; die "$impl failed to mount"; }
     sleep 0.05
   done
   echo N > "$PARAM"
-  ((i < 600)) || { cat "$WORK/log" >&2; die "$impl did not start serving in 30 s"; }
+  ((i < 600)) || { cat "$log" >&2; die "$impl did not start serving in 30 s"; }
 }
 
-# Unmounts, waits for the daemon and sets REQS to the requests it answered
-# (uring_floor's count; fuser's floor counts none: 0).
+# Unmounts $3 (default $MNT), waits for the daemon DAEMON (or $2) and sets REQS to the
+# requests it answered (uring_floor's count in its log $4; fuser's floor counts none: 0).
 umount_impl() {
-  local impl=$1 line total ring
-  umount "$MNT"
-  wait "$DAEMON" || { cat "$WORK/log" >&2; die "$impl exited with an error"; }
-  DAEMON=
+  local impl=$1 daemon=${2:-$DAEMON} mnt=${3:-$MNT} log=${4:-$WORK/log} line total ring
+  umount "$mnt"
+  wait "$daemon" || { cat "$log" >&2; die "$impl exited with an error"; }
+  local -a left=()
+  local d
+  for d in "${DAEMONS[@]}"; do [[ $d == "$daemon" ]] || left+=("$d"); done
+  DAEMONS=("${left[@]}")
   REQS=0
   [[ $impl == fuser ]] && return
-  line=$(grep "requests" "$WORK/log") || die "$impl printed no request count"
+  line=$(grep "requests" "$log") || die "$impl printed no request count"
   total=$(sed -E 's/.*requests ([0-9]+).*/\1/' <<<"$line")
   ring=$(sed -E 's/.*over io_uring ([0-9]+),.*/\1/' <<<"$line")
   if [[ $impl == uring* && $ring != "$total" ]]; then
@@ -346,3 +410,68 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 echo "== results: $RESULTS (machine load: $(cut -d' ' -f1-3 /proc/loadavg))"
 report "$RESULTS"
+
+((LAT_BATCHES > 0)) || exit 0
+# Paired latency: every implementation mounted at once (uring_floor with --attr-ttl
+# 0), one client alternating batches of LAT_SIZE requests between them, the order
+# rotating per batch, so a change of the machine's load falls on all of them alike.
+# getattr is fstat of an open file (one GETATTR each), direct a 4 KiB O_DIRECT pread
+# (one READ each); each request is timed alone.
+cat > "$WORK/latency.py" <<'EOF'
+import mmap, os, sys, time
+kind, batches, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+targets = [a.split("=", 1) for a in sys.argv[4:]]
+ops = {}
+for impl, path in targets:
+    flags = os.O_RDONLY | (os.O_DIRECT if kind == "direct" else 0)
+    fd, buf = os.open(path, flags), mmap.mmap(-1, 4096)
+    if kind == "getattr":
+        ops[impl] = lambda fd=fd: os.fstat(fd)
+    else:
+        def op(fd=fd, buf=buf, path=path):
+            if os.preadv(fd, [buf], 0) != 4096:
+                sys.exit(f"short O_DIRECT read of {path}")
+        ops[impl] = op
+clock = time.perf_counter_ns
+for b in range(-1, batches):  # batch -1: a warm-up, not printed
+    k = b % len(targets)
+    for impl, _ in targets[k:] + targets[:k]:
+        op, samples = ops[impl], []
+        for _ in range(size):
+            t = clock()
+            op()
+            samples.append(clock() - t)
+        if b < 0:
+            continue
+        samples.sort()
+        us = lambda q: samples[min(size - 1, int(size * q))] / 1000
+        print(f"{b}\t{impl}\t{kind}\t{sum(samples) / size / 1000:.3f}\t{us(0.5):.3f}"
+              f"\t{us(0.1):.3f}\t{us(0.9):.3f}", flush=True)
+EOF
+declare -A LAT_DAEMON
+printf 'batch\timpl\tkind\tmean_us\tp50_us\tp10_us\tp90_us\n' > "$LATENCY_RESULTS"
+for impl in "${IMPLS[@]}"; do
+  mkdir -p "$WORK/mnt-$impl"
+  ttl=0
+  [[ $impl == fuser ]] && ttl=
+  mount_impl "$impl" "$ttl" "$WORK/mnt-$impl" "$WORK/log-$impl"
+  LAT_DAEMON[$impl]=$DAEMON
+done
+echo "== paired latency: ${IMPLS[*]} mounted at once, $LAT_BATCHES batches of $LAT_SIZE" \
+  "requests per kind (machine load: $(cut -d' ' -f1-3 /proc/loadavg))"
+for kind in getattr direct; do
+  file=$WORK/direct
+  [[ $kind == getattr ]] && file=$WORK/one
+  targets=()
+  for impl in "${IMPLS[@]}"; do
+    [[ $kind == getattr && $impl == fuser ]] && continue
+    targets+=("$impl=$WORK/mnt-$impl/$(cat "$file")")
+  done
+  python3 "$WORK/latency.py" "$kind" "$LAT_BATCHES" "$LAT_SIZE" "${targets[@]}" >> "$LATENCY_RESULTS"
+done
+for impl in "${IMPLS[@]}"; do
+  umount_impl "$impl" "${LAT_DAEMON[$impl]}" "$WORK/mnt-$impl" "$WORK/log-$impl"
+  [[ $impl == fuser ]] || echo "$impl: $(grep requests "$WORK/log-$impl")"
+done
+echo "== latency results: $LATENCY_RESULTS (machine load: $(cut -d' ' -f1-3 /proc/loadavg))"
+report_latency "$LATENCY_RESULTS"
