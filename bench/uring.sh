@@ -64,8 +64,49 @@
 #              header: --no-pin, --ring plain|coop|defer).
 #   URING_FLOOR, FUSE_FLOOR  the binaries (default target/release/examples/...).
 #
-# Figures, kernel 6.18, 2 CPUs shared with 3-4 other sessions (load 5-7):
-#   (filled in below from one run)
+# Figures, kernel 6.18, 2 CPUs shared with other sessions' builds (load 6-7 all
+# along), the default fixture (21,025 entries):
+#   sudo ROUNDS=7 LAT_BATCHES=40 bench/uring.sh
+#   time per request, us (median of 7; one client: latency, N = 2 clients: 1/throughput)
+#   and uring / dev:
+#     workload   dev    uring  fuser   uring/dev   (spread of dev | uring, s)
+#     stat1      43.4   35.2   50.7    0.81x       0.58..1.57 | 0.45..0.89
+#     getattr1   23.3   16.8   -       0.72x       1.32..2.30 | 1.15..2.18
+#     direct1    30.7   22.6   31.4    0.74x       0.33..1.78 | 0.37..0.76
+#     read1      45.9   28.4   39.3    0.62x       2.62..4.15 | 1.62..4.39
+#     walk       85.3   79.7   128.3   0.93x       0.13..0.29 | 0.15..0.19
+#     statN      47.7   22.4   34.7    0.47x
+#     getattrN   17.2   10.2   -       0.59x
+#     directN    20.6   11.6   21.6    0.56x
+#     readN      25.0   16.3   27.0    0.65x
+#   paired latency, one request timed alone, us (medians of 40 batches of 1000):
+#     getattr (fstat)   mean  p50   p10   p90   mean/dev in the same batch
+#       dev             85.2  40.5  34.6  64.8  -
+#       uring           19.9  18.9  16.9  20.9  0.23x (0.18..1.21)
+#     direct (4 KiB)
+#       dev             21.7  21.2  17.6  24.4  -
+#       uring           21.4  19.7  19.1  22.0  0.96x (0.71..1.33)
+#       fuser           23.0  21.3  18.6  25.9  1.05x (0.71..1.50)
+#   (dev's fstat ran at 40 us for 38 batches and at 18.5 us, uring's figure, for the
+#   last 2: the /dev/fuse reader that wakes is often on the other, busy CPU.)
+#   sudo ROUNDS=1 WORKLOADS=" " LAT_BATCHES=60 IMPLS="dev uring uring-b" \
+#     URING_B_OPTS=--no-pin bench/uring.sh       (load 5.4-6.0)
+#     getattr   dev 29.5 mean, 21.5 p50, 15.2 p10, 42.8 p90; uring 18.9/17.6/16.0/19.7
+#               (0.64x); uring --no-pin 27.6/20.1/16.9/30.9 (0.97x)
+#     direct    dev 34.9/25.4/17.9/50.3; uring 23.4/21.2/19.4/24.0 (0.67x);
+#               uring --no-pin 24.2/21.9/19.5/25.7 (0.74x)
+#   and ROUNDS=7 IMPLS="dev uring uring-b fuser" URING_B_OPTS=--no-pin (load 7-9):
+#   uring --no-pin / dev 1.03x stat1, 1.12x getattr1, 1.13x direct1, 1.26x read1.
+# So: the io_uring transport itself is no cheaper per request (p10 16.0 against 15.2
+# us for a GETATTR, 19.4 against 17.9 for a 4 KiB READ; unpinned rings gain nothing
+# for one caller). What it gains is locality: the kernel queues a request on the
+# ring of the caller's CPU, whose pinned thread answers it there, while a /dev/fuse
+# request wakes whichever reader waits first, often on the other CPU. On this loaded
+# machine one caller's mean latency is 0.62-0.81x of /dev/fuse in the per-mount rows
+# (walk 0.93x), 0.64-0.67x in the second paired run and 0.23x/0.96x in the first; its
+# p90 about half, its p50 0.47-0.93x; N callers take 0.47-0.65x the time. On a quiet
+# machine the one-caller gain should shrink toward the p10 figures (none): not
+# checked, the machine was never quiet during this work.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
