@@ -45,7 +45,7 @@ use crate::layers::union::{Attr, SetAttr};
 use crate::mount::image_open::{CacheAnswer, ImageOpen, cache_answer, image_open};
 use crate::mount::images::{INTERRUPT_POLL, Images};
 use crate::mount::slots::Waiter;
-use crate::mount::tree::{ExtraOp, GentreeFs, Handle, Handles, Opened};
+use crate::mount::tree::{ExtraOp, FhTable, GentreeFs, OpenData, Opened};
 
 impl GentreeFuse {
     /// Answers now, or, for a request that needs a config resolution that is not
@@ -188,7 +188,7 @@ struct OpenWaiter {
     ino: u64,
     name: String,
     images: Arc<Images>,
-    handles: Arc<Handles>,
+    handles: Arc<FhTable>,
     passthrough: Arc<Passthrough>,
 }
 
@@ -197,7 +197,7 @@ impl Waiter for OpenWaiter {
         self.pid
     }
     fn ready(self: Box<Self>, image: Arc<TarLayout>, built: bool) {
-        let handle = |cached| Handle::Image {
+        let handle = |cached| OpenData::Image {
             name: self.name.clone(),
             image: image.clone(),
             cached,

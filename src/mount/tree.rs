@@ -47,9 +47,9 @@ use crate::layers::union::{Attr, Caller, DirEntry, Ino, SetAttr, StatFs, Union, 
 pub const XATTR_STATE: &str = "user.gentree.state";
 pub const XATTR_KEY: &str = "user.gentree.key";
 
-/// An open file of ours.
+/// What an open file handle of the mount reads from: the data behind one `fh`.
 #[derive(Debug)]
-pub enum Handle {
+pub enum OpenData {
     /// `layers/<buildname>.tar` (immutable).
     Tar(Arc<TarLayout>),
     /// `builds/<name>.tar`.
@@ -83,20 +83,20 @@ pub enum Opened {
     Image(String),
 }
 
-/// Open handles of ours.
+/// The mount's open file handles: each `fh` number and the [`OpenData`] it reads.
 #[derive(Debug, Default)]
-pub struct Handles {
-    map: Mutex<HashMap<u64, Arc<Handle>>>,
+pub struct FhTable {
+    map: Mutex<HashMap<u64, Arc<OpenData>>>,
     next: AtomicU64,
 }
 
-impl Handles {
-    pub fn insert(&self, h: Handle) -> u64 {
+impl FhTable {
+    pub fn insert(&self, h: OpenData) -> u64 {
         let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         self.map.lock().insert(fh, Arc::new(h));
         fh
     }
-    fn get(&self, fh: u64) -> io::Result<Arc<Handle>> {
+    fn get(&self, fh: u64) -> io::Result<Arc<OpenData>> {
         self.map
             .lock()
             .get(&fh)
@@ -135,7 +135,7 @@ pub struct GentreeFs {
     oci: Mutex<HashMap<BuildKey, Arc<TarLayout>>>,
     /// The configs' OCI image layouts and SBOMs, and the blobs' inode numbers.
     extras: oci::Extras,
-    pub handles: Arc<Handles>,
+    pub handles: Arc<FhTable>,
     started: SystemTime,
 }
 
@@ -165,7 +165,7 @@ impl GentreeFs {
             layers: RwLock::new(Vec::new()),
             oci: Mutex::new(HashMap::new()),
             extras,
-            handles: Arc::new(Handles::default()),
+            handles: Arc::new(FhTable::default()),
             started: SystemTime::now(),
         })
     }
@@ -572,7 +572,7 @@ impl GentreeFs {
                     kind,
                 })
                 .collect();
-            self.handles.insert(Handle::Dir(Arc::new(entries)))
+            self.handles.insert(OpenData::Dir(Arc::new(entries)))
         };
         let dot = |ino: u64, parent: u64| {
             vec![
@@ -661,7 +661,7 @@ impl GentreeFs {
                 ))
             }
             None => match &*self.handles.get(fh)? {
-                Handle::Dir(d) => Ok(d.clone()),
+                OpenData::Dir(d) => Ok(d.clone()),
                 _ => Err(Errno::ENOTDIR.into()),
             },
         }
@@ -699,7 +699,7 @@ impl GentreeFs {
             }
             TreeNode::Oci(..) | TreeNode::Blob(_) | TreeNode::Sbom(_) => Err(Errno::EACCES.into()),
             TreeNode::Layer(i) => Ok(Opened::Cached(
-                self.handles.insert(Handle::Tar(self.oci_layout(i)?)),
+                self.handles.insert(OpenData::Tar(self.oci_layout(i)?)),
             )),
             // An older generation of the tar (see `new_tar_generation`): the kernel
             // retries the open after a fresh lookup, which gives the current one.
@@ -708,7 +708,7 @@ impl GentreeFs {
             TreeNode::Log(i) => {
                 let name = self.build_name(i)?;
                 let path = self.images.log_path(&name);
-                Ok(Opened::Direct(self.handles.insert(Handle::Log(path))))
+                Ok(Opened::Direct(self.handles.insert(OpenData::Log(path))))
             }
             TreeNode::Root
             | TreeNode::Seeds
@@ -743,18 +743,18 @@ impl GentreeFs {
             }
             let buf = &mut buf[..size as usize];
             let n = match &*h {
-                Handle::Tar(l) => l.read_at(offset, buf),
+                OpenData::Tar(l) => l.read_at(offset, buf),
                 // The config now has another image, whose pages the kernel keeps for
                 // this inode: this reader's misses would fill them with old bytes.
-                Handle::Image {
+                OpenData::Image {
                     name,
                     image,
                     cached: true,
                 } if !self.images.is_served(name, image) => Err(Errno::ESTALE.into()),
-                Handle::Image { image, .. } => image.read_at(offset, buf),
-                Handle::Log(path) => read_log(path, offset, buf),
-                Handle::Bytes(b) => Ok(read_bytes(b, offset, buf)),
-                Handle::Dir(_) => Err(Errno::EISDIR.into()),
+                OpenData::Image { image, .. } => image.read_at(offset, buf),
+                OpenData::Log(path) => read_log(path, offset, buf),
+                OpenData::Bytes(b) => Ok(read_bytes(b, offset, buf)),
+                OpenData::Dir(_) => Err(Errno::EISDIR.into()),
             };
             match n {
                 Ok(n) => reply(Ok(&buf[..n])),

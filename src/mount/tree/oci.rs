@@ -19,7 +19,7 @@ use std::sync::Arc;
 use nix::errno::Errno;
 use parking_lot::Mutex;
 
-use super::{FILE_MODE, GentreeFs, Handle, Opened};
+use super::{FILE_MODE, GentreeFs, OpenData, Opened};
 use crate::layers::ownership::FileKind;
 use crate::layers::union::Attr;
 use crate::mount::images::Images;
@@ -223,22 +223,22 @@ impl GentreeFs {
         let h = &self.handles;
         match node {
             TreeNode::Oci(_, OciPart::Layout) => Ok(Opened::Cached(
-                h.insert(Handle::Bytes(Arc::from(OCI_LAYOUT))),
+                h.insert(OpenData::Bytes(Arc::from(OCI_LAYOUT))),
             )),
             TreeNode::Oci(i, OciPart::Index) => {
                 let oci = self.extras.made.cached_oci(&self.build_name(i)?);
                 let oci = oci.ok_or_else(|| io::Error::from(Errno::EIO))?;
-                Ok(Opened::Direct(h.insert(Handle::Bytes(oci.index.clone()))))
+                Ok(Opened::Direct(h.insert(OpenData::Bytes(oci.index.clone()))))
             }
             TreeNode::Sbom(i) => {
                 let doc = self.extras.made.cached_sbom(&self.build_name(i)?);
                 let doc = doc.ok_or_else(|| io::Error::from(Errno::EIO))?;
-                Ok(Opened::Direct(h.insert(Handle::Bytes(doc))))
+                Ok(Opened::Direct(h.insert(OpenData::Bytes(doc))))
             }
             // Blob bytes are immutable: the page cache may keep them.
             TreeNode::Blob(n) => Ok(Opened::Cached(match self.blob_of(n)? {
-                BlobHandle::Bytes(b) => h.insert(Handle::Bytes(b)),
-                BlobHandle::Layer(l) => h.insert(Handle::Tar(l)),
+                BlobHandle::Bytes(b) => h.insert(OpenData::Bytes(b)),
+                BlobHandle::Layer(l) => h.insert(OpenData::Tar(l)),
             })),
             TreeNode::Oci(..) => Err(Errno::EISDIR.into()),
             _ => Err(Errno::ENOENT.into()),
