@@ -39,6 +39,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 mod floor_tree;
 
 use floor_tree::at;
+use gentree_fs::layers::read_full_at;
 use gentree_fs::layers::union::{in_initial_userns, on_stacking_fs};
 
 use fuser::{
@@ -257,7 +258,7 @@ impl Filesystem for Floor {
             return reply.error(Errno::EBADF);
         };
         let mut buf = vec![0; size as usize];
-        let got = match floor_tree::read_full(&file, &mut buf, offset) {
+        let got = match read_full_at(&file, offset, &mut buf) {
             Ok(got) => got,
             Err(e) => return reply.error(Errno::from(e)),
         };

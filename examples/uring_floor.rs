@@ -63,6 +63,7 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 mod floor_tree;
 
 use floor_tree::at;
+use gentree_fs::layers::read_full_at;
 
 /// The tree never changes while mounted (as `fuse_floor`).
 const TTL_SECS: u64 = 1_000_000_000;
@@ -339,7 +340,7 @@ impl Floor {
                     return Done::Error(libc::EBADF);
                 };
                 let buf = &mut p.buf[..size.min(MAX_WRITE)];
-                return match floor_tree::read_full(&file, buf, offset) {
+                return match read_full_at(&file, offset, buf) {
                     Ok(got) => Done::Reply(got),
                     Err(e) => Done::Error(e.raw_os_error().unwrap_or(libc::EIO)),
                 };

@@ -4,9 +4,8 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::fs::{File, Metadata};
+use std::fs::Metadata;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -104,19 +103,4 @@ pub fn main<A>(
             ExitCode::FAILURE
         }
     }
-}
-
-/// Reads `buf.len()` bytes of `file` at `offset`, fewer only at end of file (a READ
-/// reply shorter than asked reads as zeroes up to the length asked, unless at EOF).
-pub fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read_at(&mut buf[got..], offset + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }

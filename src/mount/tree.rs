@@ -21,7 +21,6 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +38,7 @@ use super::inodes::{
     split_fh, union_fh, union_fh_out, union_ino,
 };
 use crate::layers::ownership::FileKind;
+use crate::layers::read_full_at;
 use crate::layers::store::{BuildKey, Store};
 use crate::layers::tar::{FilterSet, PackOptions, TarLayout};
 use crate::layers::union::{Attr, Caller, DirEntry, Ino, SetAttr, StatFs, Union, UnionOptions};
@@ -942,7 +942,7 @@ thread_local! {
 /// Reads the log at `path` as it is now; no log yet reads as an empty one.
 fn read_log(path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
     match File::open(path) {
-        Ok(f) => read_full(&f, offset, buf),
+        Ok(f) => read_full_at(&f, offset, buf),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
         Err(e) => Err(e),
     }
@@ -954,17 +954,4 @@ fn read_bytes(b: &[u8], offset: u64, buf: &mut [u8]) -> usize {
     let n = buf.len().min(b.len() - start);
     buf[..n].copy_from_slice(&b[start..start + n]);
     n
-}
-
-fn read_full(f: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read_at(&mut buf[n..], offset + n as u64) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }

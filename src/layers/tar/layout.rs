@@ -9,12 +9,13 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::header::{self, BLOCK, padded};
 use super::scan::{self, LayerFile};
 use super::{EntryKind, PackOptions, TarEntry, TarError, filter};
+use crate::layers::read_full_at;
 
 const TRAILER: u64 = 2 * BLOCK;
 /// Files up to this size are copied through the output buffer; larger ones are
@@ -174,15 +175,7 @@ impl TarLayout {
     /// longer has (it shrank) and warns.
     fn read_data(&self, e: &TarEntry, off: u64, buf: &mut [u8]) -> io::Result<()> {
         let (path, f) = self.open_data(e)?;
-        let mut got = 0;
-        while got < buf.len() {
-            match f.read_at(&mut buf[got..], off + got as u64) {
-                Ok(0) => break,
-                Ok(k) => got += k,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return Err(data_err(&path)(err)),
-            }
-        }
+        let got = read_full_at(&f, off, buf).map_err(data_err(&path))?;
         if got < buf.len() {
             warn_size_changed(&path, e.size);
             buf[got..].fill(0);
