@@ -91,7 +91,6 @@ const READDIRPLUS: u32 = 44;
 const FUSE_ASYNC_READ: u64 = 1 << 0;
 const FUSE_BIG_WRITES: u64 = 1 << 5;
 const FUSE_DO_READDIRPLUS: u64 = 1 << 13;
-const FUSE_READDIRPLUS_AUTO: u64 = 1 << 14;
 const FUSE_PARALLEL_DIROPS: u64 = 1 << 18;
 const FUSE_MAX_PAGES: u64 = 1 << 22;
 const FUSE_CACHE_SYMLINKS: u64 = 1 << 23;
@@ -732,7 +731,6 @@ fn init(fd: &mut File, uring: bool) -> io::Result<()> {
     let mut want = FUSE_ASYNC_READ
         | FUSE_BIG_WRITES
         | FUSE_DO_READDIRPLUS
-        | FUSE_READDIRPLUS_AUTO
         | FUSE_PARALLEL_DIROPS
         | FUSE_MAX_PAGES
         | FUSE_CACHE_SYMLINKS
