@@ -81,32 +81,33 @@ impl LowerDir {
 pub struct LowerEntry {
     pub name: OsString,
     pub ft: fs::FileType,
-    /// `lstat` of regular files and character devices (whiteout candidates), also
-    /// presented by lookups: a lower file never changes while mounted, only its atime
+    /// `lstat` of the entry (`None` only where it vanished or could not be read),
+    /// presented by lookups: a lower entry never changes while mounted, only its atime
     /// may move on reads, which the kernel's long attribute cache would hide anyway.
+    /// Regular files and character devices are also whiteout candidates.
     pub meta: Option<fs::Metadata>,
     /// The ownership recorded on a lower file or directory, read with the listing
     /// (`Some(None)`: none); `None` when not known here (ask [`LowerCache::override_stat`]).
     pub ov: Option<Option<OverrideStat>>,
 }
 
-/// Lists a directory: every entry with its type, and the `lstat` of regular files and
-/// character devices. Entries that vanish while listed are left out.
+/// Lists a directory: every entry with its type and `lstat`. Entries that vanish
+/// while listed are left out.
+///
+/// Directories and symlinks are stat'ed too, relative to the open directory
+/// (`fstatat`): a lookup of one would otherwise `lstat` its full path, a walk of
+/// every component from the layer root, for each of the thousands of directories a
+/// fresh tree walk meets.
 pub fn list_dir(rd: fs::ReadDir) -> io::Result<Vec<LowerEntry>> {
-    use std::os::unix::fs::FileTypeExt;
     let mut out = Vec::new();
     for entry in rd {
         let entry = entry?;
         let ft = entry.file_type()?;
-        let mut meta = None;
-        if ft.is_file() || ft.is_char_device() {
-            // Relative to the open directory (fstatat), not a walk of the full path.
-            match entry.metadata() {
-                Ok(m) => meta = Some(m),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            }
-        }
+        let meta = match entry.metadata() {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         out.push(LowerEntry {
             name: entry.file_name(),
             ft,
@@ -716,7 +717,7 @@ mod tests {
         listed.sort();
         let want = [
             (".wh.gone", false, true),
-            ("b", true, false),
+            ("b", true, true),
             ("f", false, true),
         ];
         let want: Vec<_> = want
