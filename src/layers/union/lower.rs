@@ -220,6 +220,25 @@ impl LowerCache {
         Ok(listed)
     }
 
+    /// The `lstat` of entry `rel` of lower layer `layer` as its directory's cached
+    /// listing holds it; `None` when that listing is not cached (nothing is read) or
+    /// the cache is disabled. Serves the attribute requests the kernel sends after
+    /// every read (a read invalidates a FUSE inode's atime) without a disk call.
+    pub fn listed_meta(&self, layer: usize, rel: &Path) -> Option<fs::Metadata> {
+        if !self.enabled {
+            return None;
+        }
+        let (parent, name) = (rel.parent()?, rel.file_name()?);
+        let dir = self
+            .shared
+            .dirs
+            .lock()
+            .listed
+            .get(&(layer, parent.to_path_buf()))?
+            .clone()?;
+        dir.entry(name)?.meta.clone()
+    }
+
     /// Asks for the listing of directory `rel` of lower layer `layer` (root `root`) to
     /// be read in the background, so that a later [`LowerCache::dir`] finds it cached,
     /// and then the listings of its subdirectories in that layer too: the union queues
@@ -536,6 +555,31 @@ mod tests {
             root: Arc::from(Path::new("/")),
             subdirs: false,
         }
+    }
+
+    /// Attributes come from a cached listing only: nothing before the directory was
+    /// listed, the entry's own `lstat` (a directory's too) after, nothing when the
+    /// cache is disabled (lower layers that may change).
+    #[test]
+    fn listed_meta_answers_from_cached_listings_only() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let root = t.path();
+        fs::create_dir_all(root.join("d/sub")).expect("mkdir");
+        fs::write(root.join("d/f"), b"four").expect("write");
+        let (f, sub) = (Path::new("d/f"), Path::new("d/sub"));
+
+        let c = LowerCache::new();
+        assert!(c.listed_meta(0, f).is_none(), "not listed yet");
+        c.dir(0, root, Path::new("d")).expect("list");
+        let m = c.listed_meta(0, f).expect("listed file");
+        assert_eq!((m.len(), m.is_file()), (4, true));
+        assert!(c.listed_meta(0, sub).expect("listed dir").is_dir());
+        assert!(c.listed_meta(0, Path::new("d/none")).is_none());
+        assert!(c.listed_meta(1, f).is_none(), "another layer");
+
+        let off = LowerCache::disabled();
+        off.dir(0, root, Path::new("d")).expect("list");
+        assert!(off.listed_meta(0, f).is_none());
     }
 
     #[test]

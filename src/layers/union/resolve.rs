@@ -403,8 +403,14 @@ impl Union {
             .get(ino)
             .ok_or_else(|| io::Error::from(Errno::ESTALE))?;
         if info.attached {
-            let p_host = self.abs(info.loc.top(), &info.path);
+            let top = info.loc.top();
+            let p_host = self.abs(top, &info.path);
             let p = p_host.as_path();
+            if !self.is_upper(top) {
+                if let Some(meta) = self.lower.listed_meta(top, &info.path) {
+                    return self.attr(ino, info.st_ino, &info.loc, &meta, p);
+                }
+            }
             match fs::symlink_metadata(p) {
                 Ok(meta) => return self.attr(ino, info.st_ino, &info.loc, &meta, p),
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
