@@ -13,6 +13,9 @@ use crate::layers::union::UnionOptions;
 /// Mounts plan unions with gentree-fs's own FUSE union, served by the helper's threads.
 struct FuseUnions;
 
+/// The entry and attribute cache time of a namespace's unions (see `mount_union`).
+const PRIVATE_UPPER_TTL: std::time::Duration = std::time::Duration::from_secs(1_000_000_000);
+
 impl helper::UnionMounter for FuseUnions {
     fn mount_union(&self, spec: &UnionSpec, target: &Path) -> io::Result<Box<dyn Send>> {
         let options = UnionOptions {
@@ -21,6 +24,13 @@ impl helper::UnionMounter for FuseUnions {
             work: spec.work.clone(),
             // Portage's own users (portage, acct-user ids) must reach the build root.
             allow_other: true,
+            // Nothing but this union writes its upper while the namespace lives (the
+            // seed's lock keeps other builds out), so the kernel may keep entries,
+            // attributes and misses for good, as it does for lower-only ones: the
+            // default second for upper entries exists for changes behind a user's
+            // union's back. A build's work files (Portage's dir in /var/tmp, the new
+            // layer) and the misses of include and PATH searches then stay cached.
+            timeout: Some(PRIVATE_UPPER_TTL),
             ..UnionOptions::default()
         };
         let mount = union::mount(&union::UnionMountSpec {
