@@ -89,26 +89,42 @@
 # when the floor itself is above 1.3x of overlayfs on a workload, no FUSE union can
 # meet issue 3's 1.3x target for it on this machine, and the report says so.
 #
-# Figures, FIXTURE=rootfs (20.5k entries, 700 MB; 2 cores shared with other builds,
-# load 6-8, so spreads are wide), issue 18, one run of 3 interleaved rounds:
+# Figures, FIXTURE=rootfs (20.5k entries, 700 MB; 2 cores, kernel 6.18, the bench alone on
+# the machine), issue 18, one run of 3 interleaved rounds, medians:
 #   FIXTURE=rootfs ROUNDS=3 GENTREE_FS_B=$GENTREE_FS GENTREE_FS_B_OPTS=nopassthrough \
 #     IMPLS="native overlayfs fuse-overlayfs gentree-fs gentree-fs-b fuse-floor" bench/union.sh
-#   median ratio    gentree-fs (root, passthrough)   gentree-fs-b (no-open mode)   floor
-#                   /fuse-ovl  /overlayfs  /floor    /fuse-ovl  /overlayfs /floor  /overlayfs
-#   walk            1.08       11.8        4.81      1.34       14.7       5.97    2.46
-#   walk2           0.82        1.75       1.39      0.42        0.90      0.71    1.26
-#   stat            0.69        0.57       1.13      0.56        0.46      0.92    0.50
-#   stat2           1.47        1.50       1.70      1.23        1.25      1.42    0.88
-#   read            0.61        1.78       1.20      1.22        3.60      2.41    1.49
-#   read2           1.52        2.09       0.90      0.68        0.94      0.40    2.33
-#   create          1.03        2.14                 1.42        2.93
-#   append          0.46        0.57                 0.81        1.00
-#   untar           1.33        5.15                 1.03        4.00
-#   rmhalf          0.23        2.67                 0.19        2.15
-# (walk/stat/read: fresh mount; walk2/stat2/read2: the same again on that mount.) The
-# no-open mode (what a build's user namespace gets) reads a second time from the page
-# cache, below the passthrough floor; passthrough pays an OPEN, a backing-file
-# registration and a RELEASE per open. Not met: 2x fuse-overlayfs on every row.
+#   ratio to fuse-overlayfs  native  overlayfs  gentree-fs  gentree-fs-b  floor   gentree-fs/floor
+#                                               (passthru)  (no-open)
+#   walk                     0.08    0.10       0.50        0.46          0.36    1.40
+#   walk2                    0.44    0.80       0.67        0.70          0.81    0.83
+#   stat                     0.48    0.86       0.34        0.32          0.51    0.66
+#   stat2                    0.84    1.02       0.65        0.66          0.94    0.69
+#   read                     0.35    0.34       0.89        1.04          0.71    1.24
+#   read2                    0.41    0.54       1.10        0.46          1.19    0.92
+#   create                   0.28    0.33       0.99        1.06
+#   append                   0.43    1.09       0.88        0.95
+#   untar                    0.16    0.23       1.03        1.22
+#   rmhalf                   0.17    0.23       0.68        0.66
+# (walk/stat/read: fresh mount; walk2/stat2/read2: the same again on that mount.) Against
+# kernel overlayfs gentree-fs is 0.39x on stat, 0.63x on stat2, 0.84x on walk2, 0.81x on
+# append; 4.8x on a fresh walk, 2.6x/2.0x on read/read2, 3.0x on create, 4.5x on untar.
+# Before (the binary of 24585f6 as gentree-fs-b in an earlier run of the same command the
+# same evening, results-20261204T213505Z.tsv) walk2 was 1.51x, stat 0.77x and stat2 1.13x
+# of fuse-overlayfs: every listing then paid OPENDIR and RELEASEDIR, and a `find -printf`
+# after a `find` cost 3,510 LOOKUPs for the names past a listing's first reply.
+# What bounds the rest (bench/fuse_requests.sh on each workload):
+# - 2x fuse-overlayfs on every row cannot be had: on walk2, stat2, read2 and append even
+#   kernel overlayfs is not 2x faster (0.80, 1.02, 0.54, 1.09), nor is native ext4 on
+#   stat2 (0.84).
+# - read/read2 with passthrough: an OPEN, a RELEASE and a GETATTR per file (a
+#   passthrough read invalidates the FUSE inode's atime, so tar's fstat asks again),
+#   57k requests for 18.7k files; the floor pays the same and is 0.71x/1.19x. In the
+#   no-open mode a second read comes from the page cache (0.46x), the first passes the
+#   data through the daemon (1.04x).
+# - create/untar: six requests per new file, each a round trip at this machine's
+#   /dev/fuse floor (21-35 us): LOOKUP of the new name, CREATE, IOCTL (Python's isatty),
+#   GETATTR, GETXATTR (the kernel's security.capability check before the first write of
+#   each inode; FUSE_HANDLE_KILLPRIV_V2 does not spare it for new files, tried), RELEASE.
 
 set -euo pipefail
 
