@@ -71,6 +71,20 @@
 # OPENDIR and RELEASEDIR) and 27,247 after (no OPEN, RELEASE, OPENDIR, RELEASEDIR); what
 # remains: 5.6k LOOKUP, 5.3k IOCTL (Python's isatty on every open), 5.7k GETXATTR (the
 # kernel's security.capability check before each WRITE), 5.6k WRITE.
+# Session of 2026-12-04, the bench alone on the machine (load 1.7-2.0 from the builds
+# themselves), `GENTREE_FS_BEFORE=<binary of 24585f6> ROUNDS=5 bench/build.sh`:
+#   small    plain 8.49 s (12%)  before 10.10 s (25%)  gentree-fs 9.63 s (34%)
+#            gentree-fs/plain 1.13x (per round 1.05-1.39x), before/plain 1.19x
+#   compile  plain 6.88 s (60%)  before 8.36 s (77%)   gentree-fs 8.31 s (77%)
+#            gentree-fs/plain 1.21x (per round 0.87-1.61x), before/plain 1.21x
+# The change between (namespace unions cache entries and misses for good, listings
+# always with attributes) cut a small build's seed-union requests from 25.8k to 24.2k
+# (LOOKUP 4,212 -> 2,555) with wall time within the noise. What is left: the FUSE
+# waits (1.4-1.6 s in all over a 12 s build, bench/fuse_requests.sh; mostly IOCTL,
+# GETXATTR and WRITE round trips the kernel sends for every open and first write, at
+# 30-60 us each while the build keeps both CPUs busy) and publishing the layer (about
+# 0.5 s: the normalising walk, the fsync that makes the layer durable before it is
+# visible, replacing the old layer of the same key).
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
