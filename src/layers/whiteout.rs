@@ -100,9 +100,22 @@ pub fn is_opaque_dir(dir: &Path) -> io::Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    Ok(OPAQUE_XATTRS
-        .iter()
-        .any(|x| matches!(xattr::get(dir, x), Ok(Some(v)) if v == b"y")))
+    Ok(has_opaque_xattr(dir))
+}
+
+/// True when the directory at `dir` is marked opaque by an xattr in any encoding (the
+/// OCI marker file is [`is_opaque_dir`]'s, or the caller's listing's, to check).
+/// One `llistxattr` answers for the usual directory, which has no xattrs at all;
+/// only a directory with one of the names listed reads its value. Errors count as
+/// "not set", as for [`is_opaque_dir`].
+pub fn has_opaque_xattr(dir: &Path) -> bool {
+    let Ok(mut names) = xattr::list(dir) else {
+        return false;
+    };
+    names.any(|n| OPAQUE_XATTRS.iter().any(|x| n == *x))
+        && OPAQUE_XATTRS
+            .iter()
+            .any(|x| matches!(xattr::get(dir, x), Ok(Some(v)) if v == b"y"))
 }
 
 /// The on-disk name of the OCI whiteout for `name`.
@@ -205,8 +218,20 @@ mod tests {
             return Ok(());
         }
         assert!(is_opaque_dir(&d)?);
+        assert!(has_opaque_xattr(&d));
         xattr::set(&d, "user.overlay.opaque", b"n")?;
         assert!(!is_opaque_dir(&d)?);
+        assert!(!has_opaque_xattr(&d));
+        // Other xattrs only, or none: not opaque. The marker file is not an xattr.
+        let e = t.path().join("e");
+        fs::create_dir(&e)?;
+        assert!(!has_opaque_xattr(&e));
+        xattr::set(&e, "user.other", b"y")?;
+        assert!(!has_opaque_xattr(&e));
+        write_opaque(&e)?;
+        assert!(is_opaque_dir(&e)? && !has_opaque_xattr(&e));
+        xattr::set(&e, "user.fuseoverlayfs.opaque", b"y")?;
+        assert!(has_opaque_xattr(&e));
         Ok(())
     }
 

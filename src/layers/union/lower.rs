@@ -220,11 +220,16 @@ impl LowerCache {
         Ok(listed)
     }
 
-    /// The `lstat` of entry `rel` of lower layer `layer` as its directory's cached
-    /// listing holds it; `None` when that listing is not cached (nothing is read) or
-    /// the cache is disabled. Serves the attribute requests the kernel sends after
-    /// every read (a read invalidates a FUSE inode's atime) without a disk call.
-    pub fn listed_meta(&self, layer: usize, rel: &Path) -> Option<fs::Metadata> {
+    /// The `lstat` of entry `rel` of lower layer `layer` and its ownership record
+    /// (`None`: not read with the listing) as its directory's cached listing holds
+    /// them; `None` when that listing is not cached (nothing is read) or the cache is
+    /// disabled. Serves the attribute requests the kernel sends after every read (a
+    /// read invalidates a FUSE inode's atime) without a disk call.
+    pub fn listed(
+        &self,
+        layer: usize,
+        rel: &Path,
+    ) -> Option<(fs::Metadata, Option<Option<OverrideStat>>)> {
         if !self.enabled {
             return None;
         }
@@ -236,7 +241,8 @@ impl LowerCache {
             .listed
             .get(&(layer, parent.to_path_buf()))?
             .clone()?;
-        dir.entry(name)?.meta.clone()
+        let e = dir.entry(name)?;
+        Some((e.meta.clone()?, e.ov))
     }
 
     /// Asks for the listing of directory `rel` of lower layer `layer` (root `root`) to
@@ -457,8 +463,9 @@ fn read_lower_dir(path: &Path) -> io::Result<Option<LowerDir>> {
         .enumerate()
         .map(|(i, e)| (e.name.clone(), i))
         .collect();
+    // The listing tells whether the marker file is there; only the xattrs are left.
     let opaque =
-        names.contains_key(OsStr::new(whiteout::OPAQUE_MARKER)) || whiteout::is_opaque_dir(path)?;
+        names.contains_key(OsStr::new(whiteout::OPAQUE_MARKER)) || whiteout::has_opaque_xattr(path);
     let whiteouts = entries.iter().any(|e| {
         e.name
             .as_bytes()
@@ -561,7 +568,7 @@ mod tests {
     /// listed, the entry's own `lstat` (a directory's too) after, nothing when the
     /// cache is disabled (lower layers that may change).
     #[test]
-    fn listed_meta_answers_from_cached_listings_only() {
+    fn listed_answers_from_cached_listings_only() {
         let t = tempfile::tempdir().expect("tempdir");
         let root = t.path();
         fs::create_dir_all(root.join("d/sub")).expect("mkdir");
@@ -569,17 +576,17 @@ mod tests {
         let (f, sub) = (Path::new("d/f"), Path::new("d/sub"));
 
         let c = LowerCache::new();
-        assert!(c.listed_meta(0, f).is_none(), "not listed yet");
+        assert!(c.listed(0, f).is_none(), "not listed yet");
         c.dir(0, root, Path::new("d")).expect("list");
-        let m = c.listed_meta(0, f).expect("listed file");
+        let (m, _) = c.listed(0, f).expect("listed file");
         assert_eq!((m.len(), m.is_file()), (4, true));
-        assert!(c.listed_meta(0, sub).expect("listed dir").is_dir());
-        assert!(c.listed_meta(0, Path::new("d/none")).is_none());
-        assert!(c.listed_meta(1, f).is_none(), "another layer");
+        assert!(c.listed(0, sub).expect("listed dir").0.is_dir());
+        assert!(c.listed(0, Path::new("d/none")).is_none());
+        assert!(c.listed(1, f).is_none(), "another layer");
 
         let off = LowerCache::disabled();
         off.dir(0, root, Path::new("d")).expect("list");
-        assert!(off.listed_meta(0, f).is_none());
+        assert!(off.listed(0, f).is_none());
     }
 
     #[test]

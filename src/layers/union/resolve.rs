@@ -407,8 +407,12 @@ impl Union {
             let p_host = self.abs(top, &info.path);
             let p = p_host.as_path();
             if !self.is_upper(top) {
-                if let Some(meta) = self.lower.listed_meta(top, &info.path) {
-                    return self.attr(ino, info.st_ino, &info.loc, &meta, p);
+                if let Some((meta, ov)) = self.lower.listed(top, &info.path) {
+                    let ov = match ov {
+                        Some(ov) if !meta.file_type().is_symlink() => ov,
+                        _ => self.record(Some(ino), &info.loc, &meta, p)?,
+                    };
+                    return Ok(self.attr_from(ino, info.st_ino, &info.loc, &meta, ov.as_ref()));
                 }
             }
             match fs::symlink_metadata(p) {
