@@ -1,5 +1,7 @@
 //! Directories listed without opens: the kernel's no-opendir mode
-//! (`FUSE_NO_OPENDIR_SUPPORT`, the directory side of [`super::node_files`]).
+//! (`FUSE_NO_OPENDIR_SUPPORT`), which the adapter asks for in every mode, passthrough
+//! or not (the directory side of [`super::node_files`], which only the no-open mode
+//! uses).
 //!
 //! Once OPENDIR answers ENOSYS the kernel sends no OPENDIR and no RELEASEDIR (two
 //! round trips per `ls`, per Python path scan) and READDIR(PLUS) arrives with handle

@@ -26,7 +26,8 @@
 //!
 //! - **Without opens** (the kernel's no-open mode, chosen by the adapter when there is
 //!   no passthrough): reads and writes by node through one file of each node
-//!   (`node_files`), listings by offset-named snapshots (`dir_snapshots`).
+//!   (`node_files`). Directories are listed without opens in every mode, by
+//!   offset-named snapshots (`dir_snapshots`).
 //!
 //! Every method takes node ids and returns `io::Result` carrying the OS errno; the
 //! FUSE adapter (`crate::fs::union`) only decodes and replies. No lock is held across
