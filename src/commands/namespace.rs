@@ -9,12 +9,10 @@ use super::CmdResult;
 use crate::builder::namespace::{self, Plan, UnionSpec, helper};
 use crate::fs::union;
 use crate::layers::union::UnionOptions;
+use crate::layers::union::options::CACHE_FOREVER;
 
 /// Mounts plan unions with gentree-fs's own FUSE union, served by the helper's threads.
 struct FuseUnions;
-
-/// The entry and attribute cache time of a namespace's unions (see `mount_union`).
-const PRIVATE_UPPER_TTL: std::time::Duration = std::time::Duration::from_secs(1_000_000_000);
 
 impl helper::UnionMounter for FuseUnions {
     fn mount_union(&self, spec: &UnionSpec, target: &Path) -> io::Result<Box<dyn Send>> {
@@ -30,7 +28,7 @@ impl helper::UnionMounter for FuseUnions {
             // default second for upper entries exists for changes behind a user's
             // union's back. A build's work files (Portage's dir in /var/tmp, the new
             // layer) and the misses of include and PATH searches then stay cached.
-            timeout: Some(PRIVATE_UPPER_TTL),
+            timeout: Some(CACHE_FOREVER),
             ..UnionOptions::default()
         };
         let mount = union::mount(&union::UnionMountSpec {

@@ -106,16 +106,15 @@ pub fn is_opaque_dir(dir: &Path) -> io::Result<bool> {
 /// True when the directory at `dir` is marked opaque by an xattr in any encoding (the
 /// OCI marker file is [`is_opaque_dir`]'s, or the caller's listing's, to check).
 /// One `llistxattr` answers for the usual directory, which has no xattrs at all;
-/// only a directory with one of the names listed reads its value. Errors count as
-/// "not set", as for [`is_opaque_dir`].
+/// only the opaque names it lists have their values read. Errors count as "not set",
+/// as for [`is_opaque_dir`].
 pub fn has_opaque_xattr(dir: &Path) -> bool {
-    let Ok(mut names) = xattr::list(dir) else {
+    let Ok(names) = xattr::list(dir) else {
         return false;
     };
-    names.any(|n| OPAQUE_XATTRS.iter().any(|x| n == *x))
-        && OPAQUE_XATTRS
-            .iter()
-            .any(|x| matches!(xattr::get(dir, x), Ok(Some(v)) if v == b"y"))
+    names
+        .filter(|n| OPAQUE_XATTRS.iter().any(|x| n == *x))
+        .any(|n| matches!(xattr::get(dir, &n), Ok(Some(v)) if v == b"y"))
 }
 
 /// The on-disk name of the OCI whiteout for `name`.

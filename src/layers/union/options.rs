@@ -89,6 +89,10 @@ pub enum OptionsError {
     WorkdirOtherFs { work: PathBuf, upper: PathBuf },
 }
 
+/// The cache time that means "for good": entries and attributes the kernel may keep
+/// until the union itself changes them (about 32 years; FUSE takes seconds).
+pub const CACHE_FOREVER: std::time::Duration = std::time::Duration::from_secs(1_000_000_000);
+
 const IGNORED: &[&str] = &[
     "default_permissions",
     "userxattr",
@@ -203,9 +207,7 @@ impl UnionOptions {
     pub fn cache_timeout(&self) -> std::time::Duration {
         match self.timeout {
             Some(t) => t,
-            None if self.is_read_only() && !self.volatile_lowers => {
-                std::time::Duration::from_secs(1_000_000_000)
-            }
+            None if self.is_read_only() && !self.volatile_lowers => CACHE_FOREVER,
             None => std::time::Duration::from_secs(1),
         }
     }
@@ -220,7 +222,7 @@ impl UnionOptions {
         match self.timeout {
             Some(t) => t,
             None if self.volatile_lowers => std::time::Duration::from_secs(1),
-            None => std::time::Duration::from_secs(1_000_000_000),
+            None => CACHE_FOREVER,
         }
     }
 
